@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv if it is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.advlab-installed
+
+.PHONY: demo test setup system-deps lint bench-deps
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch from the local wheel cache (uv/poetry would download gigabytes)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: setup
+	$(VENV)/bin/advlab reproduce --out runs/demo
+
+test: setup system-deps
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench-deps: setup
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q --no-deps adv-lib

@@ -1,0 +1,14 @@
+"""Adversarial attacks as plain functions: ``x_adv = attack(model, x, y, ...)``.
+
+Every attack takes a model that maps images in [0, 1] (N, C, H, W) to logits (N, K), leaves the model as it
+was (mode, requires_grad, no .grad), and returns a tensor shaped like ``x``, in [0, 1] and inside the eps-ball
+of its norm; ``return_info=True`` returns an :class:`AttackResult` instead. ``targeted=True`` reads ``y`` as
+the target classes.
+"""
+
+from ._core import AttackResult
+from .cw import cw_l2
+from .fgsm import fgsm
+from .pgd import bim, pgd
+
+__all__ = ["AttackResult", "bim", "cw_l2", "fgsm", "pgd"]

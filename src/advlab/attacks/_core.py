@@ -1,0 +1,317 @@
+"""Pieces every attack shares: input checks, the model guard, objectives, norm geometry, per-sample noise.
+
+The split follows Foolbox 3: what counts as success and what is maximised (``objective``, ``is_success``)
+is kept apart from how an attack searches, and the norm-specific pieces (random start, step direction,
+projection) are written once in :class:`Geometry` so that every iterative attack uses the same ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Norm = Literal["linf", "l2"]
+LossName = Literal["ce", "margin"]
+NORMS: tuple[str, ...] = ("linf", "l2")
+LOSSES: tuple[str, ...] = ("ce", "margin")
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack returns when called with ``return_info=True``.
+
+    Attributes:
+        x_adv: the adversarial batch, same shape, dtype and device as the input.
+        success: bool tensor (N,): the model's top-1 at ``x_adv`` is not the true class (untargeted) or is
+            the target (targeted). For CW the success test includes the confidence margin ``kappa``.
+        loss: per-sample value of the attack's objective at ``x_adv`` (higher is stronger), when defined.
+        extras: attack-specific per-sample tensors (e.g. CW's ``l2`` and final ``c``).
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    loss: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def check_images(x: object) -> Tensor:
+    """Raise unless ``x`` is a finite floating batch in [0, 1]; never clip silently."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of images in [0, 1], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating tensor (float32/float64) of images in [0, 1], got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch shaped (N, C, H, W) (any N >= 1), got shape {tuple(x.shape)}")
+    # One host sync for all three facts.
+    lo, hi, finite = torch.stack([x.min(), x.max(), torch.isfinite(x).all().to(x.dtype)]).tolist()
+    if not finite:
+        raise ValueError("x contains NaN or inf; expected finite pixel values in [0, 1]")
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"x must lie in [0, 1] (raw pixels, before normalisation), got min {lo:.6g} and max {hi:.6g}; "
+            "put the mean/std normalisation inside the model (advlab.models.Normalize) instead of in x"
+        )
+    return x
+
+
+def check_labels(y: object, n: int, device: torch.device) -> tuple[Tensor, int]:
+    """Return ``y`` as int64 on ``device`` and its largest value (checked against the model's classes later)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class indices (e.g. torch.int64), got dtype {y.dtype}")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},), one class index per image in x, got shape {tuple(y.shape)}")
+    lo, hi = (int(v) for v in torch.stack([y.min(), y.max()]).tolist())
+    if lo < 0:
+        raise ValueError(f"y holds class index {lo}; class indices must be >= 0")
+    return y.to(device=device, dtype=torch.long), hi
+
+
+def check_logits(logits: Tensor, n: int, y_max: int) -> None:
+    """Raise unless the model output is (N, classes) and every label is a valid class. No host sync."""
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return logits shaped (N, classes) = ({n}, K), got {shape}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"the model must return at least 2 class logits per image, got {logits.shape[1]}")
+    if y_max >= logits.shape[1]:
+        raise ValueError(
+            f"y holds class index {y_max} but the model has {logits.shape[1]} classes (valid: 0..{logits.shape[1] - 1})"
+        )
+
+
+def per_sample(value: float | Tensor, n: int, name: str, like: Tensor, *, strictly_positive: bool) -> Tensor:
+    """Turn a scalar or (N,) tensor parameter into a checked (N,) tensor on ``like``'s device and dtype."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
+        raise TypeError(f"{name} must be a number or a tensor of shape ({n},), got {type(value).__name__}")
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        t = t.expand(n)
+    elif t.shape != (n,):
+        raise ValueError(f"{name} must be a number or a tensor of shape ({n},), got shape {tuple(t.shape)}")
+    lo = float(t.min()) if t.numel() else 0.0
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if strictly_positive and lo <= 0:
+        raise ValueError(f"{name} must be > 0, got {lo:.6g}")
+    if lo < 0:
+        raise ValueError(f"{name} must be >= 0, got {lo:.6g}")
+    return t
+
+
+def check_steps(steps: object, name: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"{name} must be an int >= 1, got {type(steps).__name__}")
+    if steps < 1:
+        raise ValueError(f"{name} must be >= 1, got {steps}")
+    return steps
+
+
+def check_positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number > 0, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+    return str(value)
+
+
+def check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module mapping images in [0, 1] to logits, got {type(model).__name__}"
+        )
+    return model
+
+
+def batch_view(t: Tensor, x: Tensor) -> Tensor:
+    """Reshape a per-sample (N,) tensor so it broadcasts against a batch shaped like ``x``."""
+    return t.view(-1, *([1] * (x.ndim - 1)))
+
+
+# ------------------------------------------------------------------------------------------ model guard
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode with parameters that need no gradient, then restore both exactly.
+
+    Freezing the parameters is what makes an attack cost one forward and one input-gradient backward:
+    autograd then never computes (or stores into ``.grad``) the weight gradients. Each submodule's own
+    mode is restored, so a model that mixes train and eval submodules comes back as it was.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in grads:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, req in grads:
+            p.requires_grad_(req)
+
+
+# ------------------------------------------------------------------------------------------- objectives
+
+
+def margin(logits: Tensor, labels: Tensor) -> Tensor:
+    """max_{i != label} Z_i - Z_label per sample: positive exactly when ``label`` is not the top-1 class.
+
+    This is the margin of Carlini & Wagner (2017), objective f_6, with the sign that makes it grow as the
+    sample moves away from ``label``.
+    """
+    z_label = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return others.amax(dim=1) - z_label
+
+
+def objective(logits: Tensor, labels: Tensor, loss: str, targeted: bool) -> Tensor:
+    """Per-sample value the attack ascends: the loss of the true class, or minus the loss of the target.
+
+    Per-sample (no batch mean) so that the gradient of ``objective(...).sum()`` w.r.t. sample i depends on
+    sample i alone.
+    """
+    value = F.cross_entropy(logits, labels, reduction="none") if loss == "ce" else margin(logits, labels)
+    return -value if targeted else value
+
+
+def is_success(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
+    pred = logits.argmax(dim=1)
+    return pred == labels if targeted else pred != labels
+
+
+# ------------------------------------------------------------------------------------- per-sample noise
+
+
+class Noise:
+    """Random numbers drawn per sample, so that a sample's random start depends on its seed, not its batch.
+
+    With ``seed=None`` the global torch generator is used (fast, not batch-independent). With an int, sample i
+    of the batch gets seed ``seed + i``; with an int64 tensor of shape (N,) (e.g. dataset indices), sample i
+    gets ``seed[i]``. Seeded draws are made on the CPU and then moved, so a seeded start is the same on
+    every device.
+    """
+
+    def __init__(self, seed: int | Tensor | None, n: int) -> None:
+        self.generators: list[torch.Generator] | None
+        if seed is None:
+            self.generators = None
+            return
+        if isinstance(seed, bool) or not isinstance(seed, int | Tensor):
+            raise TypeError(f"seed must be None, an int, or an int64 tensor of shape ({n},), got {type(seed).__name__}")
+        if isinstance(seed, int):
+            seeds = [seed + i for i in range(n)]
+        else:
+            if seed.is_floating_point() or seed.shape != (n,):
+                raise ValueError(
+                    f"a seed tensor must hold {n} integers (one per sample), got {seed.dtype} {tuple(seed.shape)}"
+                )
+            seeds = [int(s) for s in seed.tolist()]
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def subset(self, index: Tensor) -> Noise:
+        """The generators of the samples at ``index`` (their streams continue where they were)."""
+        sub = Noise(None, 0)
+        if self.generators is not None:
+            sub.generators = [self.generators[i] for i in index.tolist()]
+        return sub
+
+    def _draw(self, like: Tensor, kind: str) -> Tensor:
+        if self.generators is None:
+            return torch.rand_like(like) if kind == "uniform" else torch.randn_like(like)
+        fn = torch.rand if kind == "uniform" else torch.randn
+        shape = like.shape[1:]
+        cpu = torch.stack([fn(shape, generator=g, dtype=torch.float64) for g in self.generators])
+        return cpu.to(device=like.device, dtype=like.dtype)
+
+    def uniform(self, like: Tensor) -> Tensor:
+        return self._draw(like, "uniform")
+
+    def normal(self, like: Tensor) -> Tensor:
+        return self._draw(like, "normal")
+
+
+# ------------------------------------------------------------------------------------------ geometries
+
+
+def flat_norm(t: Tensor, p: float) -> Tensor:
+    return t.flatten(1).norm(p=p, dim=1)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The norm-specific pieces of a first-order attack, written once (the Foolbox 3 split)."""
+
+    name: str
+
+    def norm(self, delta: Tensor) -> Tensor:
+        return flat_norm(delta, math.inf if self.name == "linf" else 2.0)
+
+    def random_start(self, x: Tensor, eps: Tensor, noise: Noise) -> Tensor:
+        """A point drawn uniformly from the eps-ball around x, then put back in the [0, 1] box."""
+        e = batch_view(eps, x)
+        if self.name == "linf":
+            delta = (2 * noise.uniform(x) - 1) * e
+        else:
+            # Uniform in the L2 ball: a Gaussian direction, radius eps * u^(1/d).
+            direction = noise.normal(x)
+            direction = direction / batch_view(flat_norm(direction, 2.0).clamp_min(1e-12), x)
+            d = x[0].numel()
+            radius = noise.uniform(x[:, :1].flatten(1)[:, :1]).view(-1) ** (1.0 / d)
+            delta = direction * batch_view(radius, x) * e
+        return (x + delta).clamp_(0, 1)
+
+    def ascent_step_(self, grad: Tensor, alpha: Tensor) -> Tensor:
+        """Turn ``grad`` in place into the steepest-ascent step of size alpha for this norm.
+
+        Linf: alpha * sign(grad) (Goodfellow et al. 2014, eq. (2)); L2: alpha * grad / ||grad||_2.
+        """
+        a = batch_view(alpha, grad)
+        if self.name == "linf":
+            return grad.sign_().mul_(a)
+        return grad.mul_(a / batch_view(flat_norm(grad, 2.0).clamp_min(1e-12), grad))
+
+    def project_(self, x_adv: Tensor, x: Tensor, eps: Tensor, box: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Project ``x_adv`` in place onto the eps-ball around x intersected with [0, 1].
+
+        For Linf the two constraints are one clamp to precomputed bounds (``box``); for L2, scaling the
+        perturbation back to the ball and then clamping to [0, 1] stays in the ball because clamping only
+        moves each coordinate towards x (x itself is in the box).
+        """
+        if self.name == "linf":
+            assert box is not None
+            return torch.clamp(x_adv, box[0], box[1], out=x_adv)
+        delta = x_adv.sub_(x)
+        norms = flat_norm(delta, 2.0)
+        factor = torch.where(norms > eps, eps / norms.clamp_min(1e-30), torch.ones_like(norms))
+        delta.mul_(batch_view(factor, delta))
+        return delta.add_(x).clamp_(0, 1)
+
+    def box(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor] | None:
+        if self.name != "linf":
+            return None
+        e = batch_view(eps, x)
+        return (x - e).clamp_(0, 1), (x + e).clamp_(0, 1)
+
+
+GEOMETRIES: dict[str, Geometry] = {name: Geometry(name) for name in NORMS}
