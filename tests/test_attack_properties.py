@@ -1,0 +1,92 @@
+"""Property-based checks (hypothesis): every attack's output stays in the [0, 1] box and the eps-ball."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advlab import attacks
+from tests.conftest import Linear
+
+TOL = 1e-6  # the contract: no more than 1e-6 beyond the ball, whatever float rounding does
+
+
+@st.composite
+def problems(draw: st.DrawFn) -> dict:
+    n = draw(st.integers(1, 5))
+    shape = (n, draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    classes = draw(st.integers(2, 6))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    d = shape[1] * shape[2] * shape[3]
+    # Pixels drawn from a mix of interior values and the box's own edges, where clipping matters most.
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    edge = torch.rand(shape, generator=g) < 0.3
+    x = torch.where(edge, (x > 0.5).double(), x).to(dtype)
+    model = Linear(
+        torch.randn(classes, d, generator=g, dtype=dtype) * 5, torch.randn(classes, generator=g, dtype=dtype)
+    )
+    y = torch.randint(0, classes, (n,), generator=g)
+    per_sample = draw(st.booleans())
+    if per_sample:
+        eps = torch.rand(n, generator=g, dtype=dtype) * draw(st.floats(0.0, 2.0))
+    else:
+        eps = draw(st.floats(0.0, 2.0))
+    return {"model": model, "x": x, "y": y, "eps": eps, "targeted": draw(st.booleans()), "seed": seed}
+
+
+def _check(x: torch.Tensor, x_adv: torch.Tensor, eps: float | torch.Tensor, norm: str) -> None:
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    e = torch.as_tensor(eps, dtype=torch.float64).expand(x.shape[0])
+    delta = (x_adv - x).double().flatten(1)
+    dist = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert bool((dist <= e + TOL).all()), (dist, e)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.sampled_from(["linf", "l2"]), st.sampled_from(["ce", "margin"]))
+def test_fgsm_stays_in_box_and_ball(p: dict, norm: str, loss: str) -> None:
+    x_adv = attacks.fgsm(p["model"], p["x"], p["y"], p["eps"], norm=norm, loss=loss, targeted=p["targeted"])
+    _check(p["x"], x_adv, p["eps"], norm)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.integers(1, 6))
+def test_bim_stays_in_box_and_ball(p: dict, steps: int) -> None:
+    x_adv = attacks.bim(p["model"], p["x"], p["y"], p["eps"], 0.05, steps, targeted=p["targeted"])
+    _check(p["x"], x_adv, p["eps"], "linf")
+
+
+@settings(max_examples=80, deadline=None)
+@given(problems(), st.sampled_from(["linf", "l2"]), st.integers(1, 5), st.integers(1, 3), st.booleans())
+def test_pgd_stays_in_box_and_ball(p: dict, norm: str, steps: int, restarts: int, random_start: bool) -> None:
+    x_adv = attacks.pgd(
+        p["model"],
+        p["x"],
+        p["y"],
+        p["eps"],
+        0.3,
+        steps,
+        norm=norm,
+        restarts=restarts,
+        random_start=random_start,
+        targeted=p["targeted"],
+        seed=p["seed"],
+    )
+    _check(p["x"], x_adv, p["eps"], norm)
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems())
+def test_cw_returns_box_points_and_unchanged_failures(p: dict) -> None:
+    res = attacks.cw_l2(
+        p["model"], p["x"], p["y"], steps=5, binary_search_steps=2, targeted=p["targeted"], return_info=True
+    )
+    assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
+    failed = ~res.success
+    assert torch.equal(res.x_adv[failed], p["x"][failed])
+    l2 = (res.x_adv - p["x"]).flatten(1).norm(dim=1)
+    torch.testing.assert_close(l2[res.success], res.extras["l2"][res.success].to(l2.dtype), rtol=1e-4, atol=1e-6)

@@ -1,0 +1,360 @@
+"""The attack core: analytic optima on linear models, per-sample independence, model hygiene, real-model strength."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from advlab import attacks
+from tests.conftest import Linear, digits_cnn
+
+Attack = Callable[..., torch.Tensor]
+
+# Every attack with a budget that makes it do real work; each takes (model, x, y, **extra).
+ATTACKS: dict[str, Callable[..., object]] = {
+    "fgsm": lambda m, x, y, **k: attacks.fgsm(m, x, y, 0.1, **k),
+    "bim": lambda m, x, y, **k: attacks.bim(m, x, y, 0.1, 0.02, 8, **k),
+    "pgd_linf": lambda m, x, y, **k: attacks.pgd(m, x, y, 0.1, 0.02, 8, restarts=2, seed=k.pop("seed", 0), **k),
+    "pgd_l2": lambda m, x, y, **k: attacks.pgd(m, x, y, 0.8, 0.2, 8, norm="l2", restarts=2, seed=k.pop("seed", 0), **k),
+    "cw_l2": lambda m, x, y, **k: attacks.cw_l2(m, x, y, c=0.1, steps=20, binary_search_steps=3, lr=0.05, **k),
+}
+SEEDED = {"pgd_linf", "pgd_l2"}
+
+
+def logistic(d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[Linear, torch.Tensor, float]:
+    """Two-class linear model with logits (0, w.x + b); returns it, w, b."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=g, dtype=dtype)
+    b = float(torch.randn((), generator=g, dtype=dtype))
+    weight = torch.stack([torch.zeros_like(w), w])
+    bias = torch.tensor([0.0, b], dtype=dtype)
+    return Linear(weight, bias), w, b
+
+
+# ---------------------------------------------------------------------------------------- analytic checks
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (3, 3, 2, 5), (7, 2, 3, 3), (16, 1, 8, 8)])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fgsm_on_logistic_model_is_eps_sign_w(shape: tuple[int, ...], targeted: bool) -> None:
+    model, w, _ = logistic(int(torch.tensor(shape[1:]).prod()))
+    g = torch.Generator().manual_seed(1)
+    x = 0.25 + 0.5 * torch.rand(shape, generator=g, dtype=torch.float64)  # eps below keeps it in the box
+    eps = 0.05
+    # Class 0 has logit 0, class 1 has w.x + b: moving away from 0 (or towards target 1) means +sign(w).
+    y = torch.zeros(shape[0], dtype=torch.long) if not targeted else torch.ones(shape[0], dtype=torch.long)
+    x_adv = attacks.fgsm(model, x, y, eps, targeted=targeted)
+    expected = eps * torch.sign(w).expand(shape[0], -1)
+    torch.testing.assert_close((x_adv - x).flatten(1), expected, rtol=0, atol=1e-12)
+    # The other class direction flips the sign.
+    x_adv = attacks.fgsm(model, x, 1 - y, eps, targeted=targeted)
+    torch.testing.assert_close((x_adv - x).flatten(1), -expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cw_l2_finds_the_exact_distance_to_a_linear_boundary(seed: int) -> None:
+    d = 16
+    model, w, b = logistic(d, seed)
+    g = torch.Generator().manual_seed(seed + 10)
+    x = 0.4 + 0.2 * torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64)
+    z = x.flatten(1) @ w + b
+    y = (z > 0).long()
+    # The nearest point of the boundary w.x + b = 0 is at |z| / ||w||; keep it inside the box.
+    distance = z.abs() / w.norm()
+    res = attacks.cw_l2(model, x, y, c=1e-1, steps=300, lr=5e-3, binary_search_steps=12, return_info=True)
+    assert res.success.all()
+    l2 = (res.x_adv - x).flatten(1).norm(dim=1)
+    assert bool((l2 >= distance * (1 - 1e-6)).all()), "an adversarial point closer than the boundary is impossible"
+    assert bool((l2 <= distance * 1.01).all()), f"CW L2 {l2} vs exact {distance}"
+    torch.testing.assert_close(res.extras["l2"], l2)
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+def test_pgd_loss_is_never_below_fgsm_on_linear_model(classes: int) -> None:
+    g = torch.Generator().manual_seed(classes)
+    model = Linear(torch.randn(classes, 12, generator=g), torch.randn(classes, generator=g))
+    x = torch.rand(32, 3, 2, 2, generator=g)
+    y = torch.randint(0, classes, (32,), generator=g)
+    eps = 0.1
+    loss = nn.CrossEntropyLoss(reduction="none")
+    with torch.no_grad():
+        loss_fgsm = loss(model(attacks.fgsm(model, x, y, eps)), y)
+        loss_pgd = loss(model(attacks.pgd(model, x, y, eps, alpha=eps / 4, steps=20, seed=0)), y)
+    assert bool((loss_pgd >= loss_fgsm - 1e-5).all())
+
+
+# ----------------------------------------------------------------------------------- per-sample independence
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_each_sample_gets_what_it_gets_alone(name: str) -> None:
+    torch.manual_seed(0)
+    model = digits_cnn().double()
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(6) % 10
+    seeds = torch.tensor([11, 12, 13, 14, 15, 16])
+    kwargs = {"seed": seeds} if name in SEEDED else {}
+    batch = ATTACKS[name](model, x, y, return_info=True, **kwargs)
+    for i in range(6):
+        kw = {"seed": seeds[i : i + 1]} if name in SEEDED else {}
+        alone = ATTACKS[name](model, x[i : i + 1], y[i : i + 1], return_info=True, **kw)
+        torch.testing.assert_close(batch.x_adv[i : i + 1], alone.x_adv, rtol=0, atol=1e-12)
+        assert bool(batch.success[i]) == bool(alone.success[0])
+
+
+def test_batch_order_does_not_change_seeded_pgd() -> None:
+    torch.manual_seed(0)
+    model = digits_cnn().double()
+    x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(5)
+    seeds = torch.arange(100, 105)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    a = attacks.pgd(model, x, y, 0.1, 0.02, 5, restarts=3, seed=seeds)
+    b = attacks.pgd(model, x[perm], y[perm], 0.1, 0.02, 5, restarts=3, seed=seeds[perm])
+    torch.testing.assert_close(a[perm], b, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- model hygiene
+
+
+class WithBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5))
+        self.head = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).flatten(1))
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_model_is_left_as_it_was(name: str) -> None:
+    torch.manual_seed(0)
+    model = WithBatchNorm()
+    model.train()
+    model.body[1].eval()  # a mixed-mode model must come back mixed
+    model.head.bias.requires_grad_(False)
+    before = copy.deepcopy(model.state_dict())
+    x = torch.rand(4, 1, 8, 8)
+    ATTACKS[name](model, x, torch.arange(4))
+    assert model.training and model.body[0].training and not model.body[1].training and model.body[3].training
+    assert model.head.weight.requires_grad and not model.head.bias.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+    for key, value in model.state_dict().items():  # BatchNorm running stats untouched
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_works_inside_no_grad_and_returns_same_dtype_and_device(name: str) -> None:
+    torch.manual_seed(0)
+    model = digits_cnn()
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        x_adv = ATTACKS[name](model, x, torch.arange(3))
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
+    assert not x_adv.requires_grad
+
+
+# ------------------------------------------------------------------------------------------ returned points
+
+
+def test_per_sample_eps_zero_leaves_the_sample_unchanged(digits_model) -> None:
+    model, x, y = digits_model
+    eps = torch.tensor([0.0, 0.2, 0.0, 0.2])
+    for x_adv in (
+        attacks.fgsm(model, x[:4], y[:4], eps),
+        attacks.bim(model, x[:4], y[:4], eps, 0.05, 5),
+        attacks.pgd(model, x[:4], y[:4], eps, 0.05, 5, seed=0),
+        attacks.pgd(model, x[:4], y[:4], eps * 5, 0.5, 5, norm="l2", seed=0),
+    ):
+        assert torch.equal(x_adv[0], x[0]) and torch.equal(x_adv[2], x[2])
+        assert not torch.equal(x_adv[1], x[1])
+
+
+def test_success_flags_match_the_model(digits_model) -> None:
+    model, x, y = digits_model
+    target = (y + 1) % 10
+    cases = [
+        (attacks.fgsm(model, x, y, 0.1, return_info=True), y, False),
+        (attacks.pgd(model, x, y, 0.1, 0.02, 10, seed=0, return_info=True), y, False),
+        (attacks.pgd(model, x, target, 0.2, 0.02, 20, seed=0, targeted=True, return_info=True), target, True),
+        (
+            attacks.cw_l2(model, x[:50], y[:50], steps=30, binary_search_steps=3, lr=0.05, return_info=True),
+            y[:50],
+            False,
+        ),
+    ]
+    for res, labels, targeted in cases:
+        with torch.no_grad():
+            pred = model(res.x_adv).argmax(1)
+        assert torch.equal(res.success, pred == labels if targeted else pred != labels)
+        assert 0 < int(res.success.sum()) < len(labels) or targeted
+
+
+def test_pgd_restarts_never_lose_a_success(digits_model) -> None:
+    model, x, y = digits_model
+    one = attacks.pgd(model, x, y, 0.06, 0.01, 5, restarts=1, seed=3, return_info=True)
+    five = attacks.pgd(model, x, y, 0.06, 0.01, 5, restarts=5, seed=3, return_info=True)
+    assert bool((five.success | ~one.success).all())
+    assert five.success.sum() >= one.success.sum()
+
+
+def test_cw_unsuccessful_samples_come_back_unchanged(digits_model) -> None:
+    model, x, y = digits_model
+    res = attacks.cw_l2(model, x[:20], y[:20], c=1e-6, steps=2, lr=1e-4, binary_search_steps=1, return_info=True)
+    with torch.no_grad():
+        correct = model(x[:20]).argmax(1) == y[:20]
+    failed = ~res.success
+    assert bool((failed & correct).any())
+    assert torch.equal(res.x_adv[failed], x[:20][failed])
+    assert bool(torch.isinf(res.extras["l2"][failed]).all())
+
+
+def test_targeted_cw_reaches_targets_with_small_l2(digits_model) -> None:
+    model, x, y = digits_model
+    target = (y[:40] + 3) % 10
+    # lr 0.1: digit backgrounds sit at exactly 0, where tanh-space CW needs large w steps to move at all.
+    res = attacks.cw_l2(
+        model, x[:40], target, targeted=True, c=0.1, steps=100, lr=0.1, binary_search_steps=5, return_info=True
+    )
+    with torch.no_grad():
+        pred = model(res.x_adv).argmax(1)
+    assert res.success.float().mean() >= 0.95
+    assert torch.equal(pred[res.success], target[res.success])
+    # kappa: a confident attack leaves a logit margin of at least kappa on its successes.
+    res_k = attacks.cw_l2(
+        model,
+        x[:40],
+        target,
+        targeted=True,
+        kappa=2.0,
+        c=0.1,
+        steps=100,
+        lr=0.1,
+        binary_search_steps=5,
+        return_info=True,
+    )
+    with torch.no_grad():
+        logits = model(res_k.x_adv)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    z_other = logits.scatter(1, target[:, None], float("-inf")).amax(1)
+    assert bool((z_t - z_other >= 2.0 - 1e-4)[res_k.success].all())
+    assert res_k.extras["l2"][res_k.success].median() > res.extras["l2"][res.success].median()
+
+
+# ------------------------------------------------------------------------------------------ real-model strength
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm_and_targeted_pgd_reaches_targets(digits_model) -> None:
+    model, x, y = digits_model
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean()
+        assert clean > 0.9
+        for eps in (0.05, 0.1, 0.2):
+            acc_fgsm = (model(attacks.fgsm(model, x, y, eps)).argmax(1) == y).float().mean()
+            acc_pgd = (model(attacks.pgd(model, x, y, eps, 2.5 * eps / 10, 10, seed=0)).argmax(1) == y).float().mean()
+            assert acc_pgd <= acc_fgsm, (eps, acc_pgd, acc_fgsm)
+        target = (y + 1) % 10
+        x_t = attacks.pgd(model, x, target, 0.3, 0.03, 30, targeted=True, seed=0)
+        reached = (model(x_t).argmax(1) == target).float().mean()
+    assert reached >= 0.9
+
+
+def test_margin_loss_and_l2_pgd_break_the_model(digits_model) -> None:
+    model, x, y = digits_model
+    with torch.no_grad():
+        acc_margin = (model(attacks.pgd(model, x, y, 0.2, 0.02, 20, loss="margin", seed=0)).argmax(1) == y).float()
+        acc_l2 = (model(attacks.pgd(model, x, y, 2.0, 0.25, 20, norm="l2", seed=0)).argmax(1) == y).float()
+    assert acc_margin.mean() < 0.2 and acc_l2.mean() < 0.2
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def _bad_inputs() -> list[tuple[str, dict, type[Exception], str]]:
+    return [
+        ("x above 1", {"x": torch.full((2, 1, 8, 8), 1.5)}, ValueError, "[0, 1]"),
+        ("x below 0", {"x": torch.full((2, 1, 8, 8), -0.1)}, ValueError, "[0, 1]"),
+        ("x NaN", {"x": torch.full((2, 1, 8, 8), float("nan"))}, ValueError, "NaN"),
+        ("x inf", {"x": torch.full((2, 1, 8, 8), float("inf"))}, ValueError, "NaN or inf"),
+        ("x int", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.uint8)}, TypeError, "floating"),
+        ("y length", {"y": torch.tensor([1, 2, 3])}, ValueError, "shape (2,)"),
+        ("y float", {"y": torch.tensor([1.0, 2.0])}, TypeError, "integer"),
+        ("y too big", {"y": torch.tensor([1, 10])}, ValueError, "10 classes"),
+        ("y negative", {"y": torch.tensor([-1, 0])}, ValueError, ">= 0"),
+    ]
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
+def test_bad_inputs_raise_clear_errors(name: str, case) -> None:
+    _, override, error, fragment = case
+    model = digits_cnn()
+    args = {"x": torch.rand(2, 1, 8, 8), "y": torch.tensor([1, 2]), **override}
+    with pytest.raises(error) as info:
+        ATTACKS[name](model, args["x"], args["y"])
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "call, error, fragment",
+    [
+        (lambda m, x, y: attacks.fgsm(m, x, y, -0.1), ValueError, "eps must be >= 0"),
+        (lambda m, x, y: attacks.pgd(m, x, y, 0.1, 0.0, 5), ValueError, "alpha must be > 0"),
+        (lambda m, x, y: attacks.bim(m, x, y, 0.1, -1.0, 5), ValueError, "alpha must be > 0"),
+        (lambda m, x, y: attacks.pgd(m, x, y, 0.1, 0.01, 0), ValueError, "steps must be >= 1"),
+        (lambda m, x, y: attacks.pgd(m, x, y, 0.1, 0.01, 2.5), TypeError, "steps must be an int"),
+        (lambda m, x, y: attacks.pgd(m, x, y, 0.1, norm="l1"), ValueError, "unknown norm 'l1'"),
+        (lambda m, x, y: attacks.fgsm(m, x, y, 0.1, loss="hinge"), ValueError, "unknown loss 'hinge'"),
+        (lambda m, x, y: attacks.pgd(m, x, y, torch.tensor([0.1, 0.2, 0.3])), ValueError, "shape (2,)"),
+        (lambda m, x, y: attacks.cw_l2(m, x, y, steps=0), ValueError, "steps must be >= 1"),
+        (lambda m, x, y: attacks.cw_l2(m, x, y, c=0.0), ValueError, "c must be > 0"),
+        (lambda m, x, y: attacks.cw_l2(m, x, y, lr=-1.0), ValueError, "lr must be a finite number > 0"),
+        (lambda m, x, y: attacks.cw_l2(m, x, y, binary_search_steps=0), ValueError, "binary_search_steps"),
+        (lambda m, x, y: attacks.pgd(m, x, y, 0.1, seed=torch.tensor([1.0, 2.0])), ValueError, "seed tensor"),
+        (lambda m, x, y: attacks.fgsm("model", x, y, 0.1), TypeError, "torch.nn.Module"),
+    ],
+)
+def test_bad_parameters_raise_clear_errors(call, error, fragment) -> None:
+    with pytest.raises(error) as info:
+        call(digits_cnn(), torch.rand(2, 1, 8, 8), torch.tensor([1, 2]))
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("output", ["flat", "3d", "one_class"])
+def test_model_with_wrong_output_shape_is_rejected(name: str, output: str) -> None:
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.lin(x.flatten(1))
+            return {"flat": z.sum(1), "3d": z[:, None, :], "one_class": z[:, :1]}[output]
+
+    with pytest.raises(ValueError, match="logits"):
+        ATTACKS[name](Bad(), torch.rand(2, 1, 8, 8), torch.tensor([0, 0]))
+
+
+def test_input_is_never_modified(digits_model) -> None:
+    model, x, y = digits_model
+    x0 = x.clone()
+    for name in ATTACKS:
+        ATTACKS[name](model, x[:8], y[:8])
+    assert torch.equal(x, x0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here; runs where a GPU exists")
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_runs_on_cuda(name: str, digits_model) -> None:
+    model, x, y = digits_model
+    model = copy.deepcopy(model).cuda()
+    x_adv = ATTACKS[name](model, x[:16].cuda(), y[:16].cuda())
+    assert x_adv.is_cuda and float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
