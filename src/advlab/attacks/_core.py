@@ -59,7 +59,7 @@ def check_images(x: object) -> Tensor:
     if lo < 0 or hi > 1:
         raise ValueError(
             f"x must lie in [0, 1] (raw pixels, before normalisation), got min {lo:.6g} and max {hi:.6g}; "
-            "put the mean/std normalisation inside the model (advlab.models.Normalize) instead of in x"
+            "put the mean/std normalisation inside the model (advlab.models.ImageClassifier) instead of in x"
         )
     return x
 

@@ -1,0 +1,125 @@
+"""Loop overhead of every iterative attack: time per iteration / one raw forward+backward on the same batch.
+
+The floor is what any gradient attack must pay per step: one forward pass and one backward pass for the
+gradient w.r.t. the input, with the parameters frozen (torch.autograd.grad of the summed cross-entropy).
+Target (issue 2): ratio <= 1.05 for every attack. Rounds interleave the floor and the attacks so that a
+noisy machine slows both alike; the table reports per-attack medians over rounds of the per-round ratio.
+
+    .venv/bin/python benchmarks/attack_overhead.py --batch 16 --steps 10 --rounds 5 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from advlab import __version__, attacks
+
+
+def _images(model: torch.nn.Module, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real images from the shared 30x5 set when present (content does not change timing), else noise."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-30x5"
+    try:
+        from advlab.data import LabelsFileDataset
+
+        ds = LabelsFileDataset(root / "labels.csv", root=root, transform=model.preprocess)
+        items = [ds[i] for i in range(batch)]
+        return torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
+    except Exception as exc:  # timing does not depend on the pixels
+        print(f"# using random images ({exc})")
+        c, h, w = model.input_size
+        return torch.rand(batch, c, h, w), torch.randint(0, 1000, (batch,))
+
+
+def _time(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from advlab.models import load_model
+
+    model = load_model(args.model)
+    x, y = _images(model, args.batch)
+    eps, steps = 4 / 255, args.steps
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def floor() -> None:
+        xi = x.clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model(xi), y, reduction="sum"), xi)
+
+    cases: dict[str, tuple[int, Callable[[], object]]] = {
+        "fgsm": (1, lambda: attacks.fgsm(model, x, y, eps)),
+        "bim": (steps, lambda: attacks.bim(model, x, y, eps, eps / steps, steps)),
+        "pgd_linf": (steps, lambda: attacks.pgd(model, x, y, eps, 2.5 * eps / steps, steps, seed=0)),
+        "pgd_l2": (steps, lambda: attacks.pgd(model, x, y, 0.5, 0.1, steps, norm="l2", seed=0)),
+        "pgd_linf_margin": (steps, lambda: attacks.pgd(model, x, y, eps, eps / 4, steps, loss="margin", seed=0)),
+        "cw_l2": (steps, lambda: attacks.cw_l2(model, x, y, steps=steps, binary_search_steps=1, abort_early=False)),
+    }
+    floor()  # warm-up
+    for _, fn in cases.values():
+        fn()
+    ratios: dict[str, list[float]] = {k: [] for k in cases}
+    per_iter: dict[str, list[float]] = {k: [] for k in cases}
+    floors: list[float] = []
+    for _ in range(args.rounds):
+        for name, (n_iter, fn) in cases.items():
+            f = statistics.median(_time(floor) for _ in range(3))
+            t = _time(fn) / n_iter
+            floors.append(f)
+            ratios[name].append(t / f)
+            per_iter[name].append(t)
+
+    rows = {
+        k: {
+            "per_iter_s": statistics.median(per_iter[k]),
+            "ratio": statistics.median(ratios[k]),
+            "ratio_min": min(ratios[k]),
+            "ratio_max": max(ratios[k]),
+        }
+        for k in cases
+    }
+    meta = {
+        "model": args.model,
+        "batch": args.batch,
+        "steps": steps,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "floor_fwd_bwd_s": statistics.median(floors),
+        "torch": torch.__version__,
+        "advlab": __version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+    }
+    print(f"# {json.dumps(meta)}")
+    print("| attack | time / iteration (s) | / raw fwd+bwd (median) | min | max |")
+    print("|---|---|---|---|---|")
+    for k, r in rows.items():
+        print(f"| {k} | {r['per_iter_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} | {r['ratio_max']:.3f} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
