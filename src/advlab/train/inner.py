@@ -1,0 +1,127 @@
+"""The inner maximisation of each training method and the outer loss it feeds.
+
+Madry et al. 2018 (eq. 2.1) write adversarial training as the saddle-point problem
+    min_theta E_(x,y) [ max_{delta in S} L(theta, x + delta, y) ],
+with S the Linf ball of radius eps (intersected here with the [0, 1] pixel box). Each method below is one way of
+approximately solving the inner max for a batch; the outer min is one optimiser step on the returned loss.
+
+The inner maximisations run the model in eval mode with frozen parameters (so batch-norm statistics are not
+touched by attack passes and no weight gradient is computed) and always sum, never average, the per-sample
+objective, so each sample's perturbation depends on that sample alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advlab import attacks
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and parameters without requires_grad for the duration; both restored exactly afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in grads:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, req in grads:
+            p.requires_grad_(req)
+
+
+def fgsm_rs(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float) -> Tensor:
+    """FGSM from a uniform random start (Wong, Rice & Kolter 2020, "Fast is better than free", Algorithm 3).
+
+    delta ~ U(-eps, eps); delta <- Pi_[-eps, eps](delta + alpha * sign(grad_delta L(x + delta, y))), with the
+    paper's alpha = 1.25 eps, and x + delta kept in [0, 1]. The step itself is :func:`advlab.attacks.fgsm`
+    taken at the random start (which clips to [0, 1]); the projection back onto the eps-ball around x follows.
+    Clipping to [0, 1] and then to [x - eps, x + eps] is the projection onto their intersection (one interval
+    per pixel), so the result is in both.
+    """
+    start = (x + (2 * torch.rand_like(x) - 1) * eps).clamp_(0, 1)
+    stepped = attacks.fgsm(model, start, y, alpha)
+    return torch.clamp(stepped, x - eps, x + eps)
+
+
+def trades_inner(model: nn.Module, x: Tensor, eps: float, alpha: float, steps: int) -> Tensor:
+    """TRADES' inner maximisation (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
+    Accuracy", Algorithm 1): projected sign-gradient ascent on KL(f(x) || f(x')) over the eps-ball, from
+    x + 0.001 * N(0, I) (their start).
+
+    The KL is summed over the batch (the reference code's ``size_average=False``), so each sample's ascent
+    direction is its own KL's and does not shrink with the batch size.
+    """
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    with _frozen(model), torch.no_grad():
+        p_clean = F.softmax(model(x), dim=1)
+    x_adv = torch.clamp(x + 0.001 * torch.randn_like(x), lo, hi)
+    with _frozen(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, x_adv)
+            with torch.no_grad():
+                x_adv = torch.clamp(x_adv.detach() + alpha * grad.sign(), lo, hi)
+    return x_adv.detach()
+
+
+def attack_module(model: nn.Module) -> nn.Module:
+    """The module to attack: the wrapped module of a DistributedDataParallel/DataParallel model, so that the
+    inner maximisation's backward passes never trigger DDP's gradient all-reduce."""
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        return model.module
+    return model
+
+
+def method_loss(
+    method: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    beta: float,
+) -> tuple[Tensor, Tensor]:
+    """One batch's training loss (batch mean) and the logits it was computed on (for the train accuracy).
+
+    - "standard": cross-entropy on the clean batch.
+    - "pgd": cross-entropy at the PGD point (Madry et al.: random start, ``steps`` steps of size ``alpha``),
+      found by :func:`advlab.attacks.pgd` (which returns the highest-loss iterate it met).
+    - "fgsm-rs": cross-entropy at the FGSM-from-random-start point (:func:`fgsm_rs`).
+    - "trades": CE(f(x), y) + beta * KL(f(x) || f(x')) with x' from :func:`trades_inner` (Zhang et al. eq. 5);
+      the logits returned are those at x'.
+    ``eps == 0`` (the start of an eps ramp) trains on the clean batch. ``model`` is in train mode; the inner
+    maximisation attacks its underlying module in eval mode.
+    """
+    target = attack_module(model)
+    if method == "standard" or eps == 0:
+        # TRADES at eps = 0 is plain CE too: its KL term vanishes when x' = x.
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+    if method == "pgd":
+        x_adv = attacks.pgd(target, x, y, eps, alpha, steps, random_start=True)
+    elif method == "fgsm-rs":
+        x_adv = fgsm_rs(target, x, y, eps, alpha)
+    elif method == "trades":
+        x_adv = trades_inner(target, x, eps, alpha, steps)
+        logits_clean = model(x)
+        logits_adv = model(x_adv)
+        kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="sum")
+        return F.cross_entropy(logits_clean, y) + beta * kl / x.shape[0], logits_adv
+    else:
+        raise ValueError(f"unknown method {method!r}; expected 'standard', 'pgd', 'fgsm-rs' or 'trades'")
+    logits = model(x_adv)
+    return F.cross_entropy(logits, y), logits

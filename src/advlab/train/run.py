@@ -1,0 +1,98 @@
+"""``run_training(config)``: build data, model, optimiser and schedule from a :class:`TrainConfig` and fit.
+
+This is what ``advlab train`` calls; the same run from Python is ``run_training(TrainConfig(...))``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advlab.data.fashion_mnist import load_fashion_mnist, to_float_images
+from advlab.models.small import build
+
+from .checkpoint import atomic_write
+from .config import TrainConfig
+from .loop import FitResult, TensorLoader, fit
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded permutation of 0..n-1 cut into (train, held-out) index tensors."""
+    if val_size >= n:
+        raise ValueError(f"val_size {val_size} leaves no training images out of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:], perm[:val_size]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
+    """The per-step multiplier of the base learning rate.
+
+    "onecycle" is the triangular cycle of Wong et al. 2020 (section 5.3): linear from ~0 up to the base rate
+    at 40% of the steps, then linear down to 0. "cosine" decays from the base rate to 0 (Loshchilov & Hutter
+    2017, without restarts).
+    """
+    total = max(total_steps, 1)
+    if schedule == "constant":
+        return lambda t: 1.0
+    if schedule == "cosine":
+        return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+    peak = 0.4 * total
+    return lambda t: max(0.0, min((t + 1) / peak, (total - t) / (total - peak)))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.epochs * steps_per_epoch))
+
+
+def load_data(config: TrainConfig) -> tuple[TensorLoader, TensorLoader | None]:
+    """Training and held-out loaders for ``config.dataset`` (a seeded split of the training set)."""
+    images, labels = load_fashion_mnist("train", config.data_root)
+    x = to_float_images(images)
+    train_idx, val_idx = split_indices(labels.shape[0], config.val_size, config.seed)
+    if config.train_subset is not None:
+        train_idx = train_idx[: config.train_subset]
+    train = TensorLoader(x[train_idx], labels[train_idx], config.batch_size, shuffle=True, seed=config.seed)
+    val = TensorLoader(x[val_idx], labels[val_idx], 500) if config.val_size > 0 else None
+    return train, val
+
+
+def run_training(config: TrainConfig, *, log: Callable[[str], Any] = print) -> FitResult:
+    """Train ``config.model`` on ``config.dataset`` with ``config.method`` and write the run into ``config.out``.
+
+    Returns the :class:`FitResult` (final model in eval mode, per-epoch history, best epoch). See
+    :func:`advlab.train.fit` for the files written. The model and data are built the same way on every call
+    (seeded), so ``resume=True`` after a kill finishes with the weights an uninterrupted run would have.
+    """
+    config.validate()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {config.device!r} was asked for but CUDA is not available")
+    train_loader, val_loader = load_data(config)
+    torch.manual_seed(config.seed)
+    model = build(config.model).to(device)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, len(train_loader))
+    if not config.resume:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        if not (config.run_dir / "checkpoint.pt").exists():
+            blob = json.dumps(config.to_dict(), indent=1)
+            atomic_write(config.run_dir / "config.json", lambda tmp: Path(tmp).write_text(blob + "\n"))
+    result = fit(model, train_loader, val_loader, optimizer, config, scheduler=scheduler, log=log)
+    result.model.eval()
+    return result
