@@ -1,0 +1,35 @@
+"""``load_dataset``: one entry point from a user's ``--data`` argument to a dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from advlab.data.imagenet import ImageNetFolder, LabelledImages, Transform, _ImageList
+from advlab.data.sample import default_sample
+
+DEFAULT_DATA = "default"
+
+
+def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transform | None = None) -> _ImageList:
+    """Open ``data`` as an image dataset yielding ``(image, label, index)``.
+
+    - ``None`` or ``"default"``: the 20 labelled ImageNet images of the foolbox wheel (:func:`default_sample`);
+    - a ``.csv`` file: :class:`LabelledImages` (``file,class_index`` columns);
+    - a folder: :class:`ImageNetFolder` (``<wnid>/<images>``).
+
+    All checks (missing folder, unknown wnid folders, missing files, out-of-range classes) run here, before
+    any image is decoded.
+    """
+    if data is None or str(data) == DEFAULT_DATA:
+        return default_sample(transform)
+    path = Path(data).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise ValueError(f"{path} is a file but not a .csv labels file (expected a folder or FILE.csv)")
+        return LabelledImages(path, transform=transform)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data {path} does not exist (expected a <wnid>/<images> folder, a labels .csv, or 'default')"
+        )
+    return ImageNetFolder(path, transform=transform)

@@ -1,0 +1,22 @@
+"""Models for advlab: every loader returns an :class:`ImageClassifier` that takes images in [0, 1] (NCHW),
+normalises inside (so eps is in pixel units), is in eval mode, and tells its input size, mean/std, class names
+and preprocessing. See docs/models_data.md.
+"""
+
+from advlab.models.classifier import ImageClassifier
+from advlab.models.efficientnet_lite import convert_lukemelas_state_dict, lukemelas_to_timm_key
+from advlab.models.weights import WeightsNotFoundError, load_state_dict_file
+from advlab.models.zoo import DEFAULT_MODEL, builtin_models, list_models, load_model, torchvision_models
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ImageClassifier",
+    "WeightsNotFoundError",
+    "builtin_models",
+    "convert_lukemelas_state_dict",
+    "list_models",
+    "load_model",
+    "load_state_dict_file",
+    "lukemelas_to_timm_key",
+    "torchvision_models",
+]

@@ -1,0 +1,150 @@
+"""The model wrapper every advlab loader returns: [0, 1] images in, logits out, normalisation inside."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from advlab.data.transforms import make_transform
+
+
+class _ToChannelsLast(torch.autograd.Function):
+    """Reorder the input to channels-last for the convolutions; hand the gradient back in the caller's
+    (contiguous NCHW) layout so attack code can ``view`` it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+class ImageClassifier(nn.Module):
+    """Wrap a classifier so it takes NCHW float images in [0, 1] and normalises inside.
+
+    ``forward(x) = backbone((x - mean) / std)``. Because normalisation is part of the model, attacks work
+    in pixel units: an eps of 8/255 means 8 grey levels, whatever the model's mean/std.
+
+    Attributes:
+        backbone: the wrapped network (expects normalised input).
+        mean, std: buffers of shape (1, C, 1, 1) (they follow ``.to(device)``); ``config`` has them as tuples.
+        input_size: (C, H, W) the model is meant to see.
+        resize_size, crop_size, interpolation: preprocessing (short side resize, centre crop) that
+            ``preprocess`` / ``advlab.data.transform_for`` applies to PIL images.
+        class_names: one name per output logit.
+        name, source: the name it was loaded by and where its weights came from (for provenance).
+        channels_last: run the backbone in channels-last memory layout. On CPU (oneDNN) this makes
+            convolutional nets 1.2-2x faster (benchmarks/models_channels_last.py); logits change only by float
+            rounding (~1e-5) and gradients w.r.t. the input come back contiguous NCHW.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: tuple[int, int, int],
+        class_names: Sequence[str],
+        resize_size: int | None = None,
+        crop_size: int | None = None,
+        interpolation: str = "bilinear",
+        name: str = "",
+        source: str = "",
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        channels = input_size[0]
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(
+                f"mean and std need {channels} values (one per input channel), got {len(mean)} and {len(std)}"
+            )
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {tuple(std)}")
+        self.backbone = backbone
+        # Non-persistent: state_dict() stays the backbone's weights (prefixed "backbone."), which
+        # load_model(arch, weights=FILE) accepts back.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.input_size = tuple(int(v) for v in input_size)
+        self.class_names = list(class_names)
+        self.resize_size = resize_size
+        self.crop_size = crop_size
+        self.interpolation = interpolation
+        self.name = name
+        self.source = source
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        self.eval()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.channels_last and x.dim() == 4:
+            x = _ToChannelsLast.apply(x)
+        return self.backbone(x)
+
+    @property
+    def preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL image -> float tensor in [0, 1] of shape ``input_size`` (resize, centre crop; no normalisation)."""
+        return make_transform(
+            resize_size=self.resize_size,
+            crop_size=self.crop_size,
+            interpolation=self.interpolation,
+            channels=self.input_size[0],
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything needed to describe (and reproduce the preprocessing of) this model, JSON-serialisable."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "input_size": list(self.input_size),
+            "mean": [float(v) for v in self.mean.flatten()],
+            "std": [float(v) for v in self.std.flatten()],
+            "resize_size": self.resize_size,
+            "crop_size": self.crop_size,
+            "interpolation": self.interpolation,
+            "num_classes": self.num_classes,
+        }
+
+    def class_weight_vectors(self) -> torch.Tensor:
+        """The final layer's per-class weight vectors, shape (num_classes, features), detached on CPU.
+
+        Found as the last ``nn.Linear`` (or 1x1 ``nn.Conv2d``, as in SqueezeNet) with ``num_classes``
+        outputs; for TorchScript backbones, the last 2-D-or-more ``weight`` parameter with ``num_classes`` rows.
+        """
+        n = self.num_classes
+        found: torch.Tensor | None = None
+        if isinstance(self.backbone, torch.jit.ScriptModule):
+            for pname, p in self.backbone.named_parameters():
+                if pname.endswith("weight") and p.dim() >= 2 and p.shape[0] == n:
+                    found = p
+        else:
+            for m in self.backbone.modules():
+                if (isinstance(m, nn.Linear) and m.out_features == n) or (
+                    isinstance(m, nn.Conv2d) and m.out_channels == n and m.kernel_size == (1, 1)
+                ):
+                    found = m.weight
+        if found is None:
+            raise ValueError(
+                f"{self.name or 'model'}: no final layer with {n} outputs found to take class vectors from"
+            )
+        return found.detach().reshape(n, -1).float().cpu()
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, input_size={self.input_size}, num_classes={self.num_classes}"
