@@ -7,8 +7,12 @@ the target classes.
 """
 
 from ._core import AttackResult
+from .apgd import apgd, apgd_t
 from .cw import cw_l2
+from .deepfool import deepfool
 from .fgsm import fgsm
+from .mifgsm import mifgsm
 from .pgd import bim, pgd
+from .square import square
 
-__all__ = ["AttackResult", "bim", "cw_l2", "fgsm", "pgd"]
+__all__ = ["AttackResult", "apgd", "apgd_t", "bim", "cw_l2", "deepfool", "fgsm", "mifgsm", "pgd", "square"]
