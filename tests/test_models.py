@@ -281,6 +281,8 @@ def test_unknown_names_list_what_exists() -> None:
         load_model("timm:no_such_net")
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
         load_model("resnet18", weights="IMAGENET9K_V9")
+    with pytest.raises(ValueError, match="neither a file nor usable"):
+        load_model("efficientnet_lite0", weights="IMAGENET1K_V1")
     assert {"efficientnet_lite0", "vgg11", "resnet50"} <= set(list_models())
 
 

@@ -270,6 +270,9 @@ class LabelledImages(_ImageList):
         self.root = base
 
 
+LabelsFileDataset = LabelledImages  # alias: the name some callers (benchmarks) use
+
+
 # -------------------------------------------------------------------------------------------- loading
 
 

@@ -117,6 +117,11 @@ def load_model(
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     user_file = _as_weights_file(weights)
+    if weights is not None and user_file is None and not (name.startswith("timm:") or name in _torchvision_names()):
+        raise ValueError(
+            f"weights={weights!r} is neither a file nor usable with {name!r}: named weights exist only for torchvision "
+            "(e.g. IMAGENET1K_V1) and timm (a pretrained tag) models"
+        )
     if name in efficientnet_lite.WEIGHT_FILES:
         model = _load_efficientnet_lite(name, user_file, pretrained, num_classes)
     elif name in small_models():
