@@ -1,0 +1,323 @@
+"""The worst-case ensemble: attacks from cheap to strong, each only on the samples still standing.
+
+A sample counts as robust only if it is classified correctly on the clean image and after every attack of
+the suite; the suite reports, per sample, which attack broke it, and per attack, how long it took. This is
+the protocol of AutoAttack (Croce & Hein 2020, sec. 4): a robustness number is the per-sample worst case
+over a diverse set of parameter-free attacks, one of them gradient-free.
+
+Suites (``SUITES``):
+
+- ``"strong"``: APGD-CE (100 steps), APGD-T (targeted DLR towards each of the top-9 other classes, 100 steps
+  each), Square (score-based, ``square_queries`` queries). AutoAttack's "standard" version runs APGD-CE,
+  APGD-T, FAB-T and Square with 5,000 queries; FAB-T rarely breaks a sample the two APGD attacks left
+  (Croce & Hein 2020, table 2) and Square with 5,000 queries dominates AutoAttack's time on robust models, so
+  "strong" drops FAB-T, spends fewer Square queries, and lets samples leave APGD at its checkpoints as soon as
+  they break. docs/benchmarks.md compares both on the same models, data and eps.
+- ``"fast"``: APGD-CE (50 steps), then APGD-T towards the top-3 other classes (50 steps each): a quick check.
+
+Randomness: ``seed`` is an int (sample i of the batch gets seed + i) or an int64 tensor (N,) of per-sample
+seeds, e.g. dataset indices, so that a sample's result does not depend on how the data was batched. Each stage
+derives its own per-sample seeds from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from advlab.attacks import AttackResult, apgd, apgd_t, square
+from advlab.attacks._core import (
+    NORMS,
+    check_choice,
+    check_images,
+    check_labels,
+    check_logits,
+    check_model,
+    flat_norm,
+    frozen,
+    per_sample,
+)
+
+StageFn = Callable[[nn.Module, Tensor, Tensor, Tensor, str, Tensor], AttackResult]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One attack of a suite: ``run(model, x, y, eps, norm, seeds) -> AttackResult`` on the samples left."""
+
+    name: str
+    run: StageFn
+    description: str
+
+
+def _apgd_ce(steps: int) -> StageFn:
+    def run(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str, seeds: Tensor) -> AttackResult:
+        out = apgd(model, x, y, eps, norm=norm, steps=steps, loss="ce", seed=seeds, return_info=True)
+        assert isinstance(out, AttackResult)
+        return out
+
+    return run
+
+
+def _apgd_t(steps: int, targets: int) -> StageFn:
+    def run(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str, seeds: Tensor) -> AttackResult:
+        with torch.no_grad(), frozen(model):
+            classes = model(x[:1]).shape[1]
+        n_targets = min(targets, classes - 1)
+        # The targeted DLR needs 4 classes; below that, the targeted cross-entropy does the same job.
+        loss = "dlr" if classes >= 4 else "ce"
+        out = apgd_t(
+            model, x, y, eps, norm=norm, steps=steps, n_target_classes=n_targets, loss=loss, seed=seeds,
+            return_info=True,
+        )  # fmt: skip
+        assert isinstance(out, AttackResult)
+        return out
+
+    return run
+
+
+def _square(queries: int) -> StageFn:
+    def run(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str, seeds: Tensor) -> AttackResult:
+        out = square(model, x, y, eps, norm=norm, queries=queries, p_init=0.8, seed=seeds, return_info=True)
+        assert isinstance(out, AttackResult)
+        return out
+
+    return run
+
+
+DEFAULT_SQUARE_QUERIES = 1000
+
+
+def suite_stages(suite: str = "strong", *, square_queries: int = DEFAULT_SQUARE_QUERIES) -> list[Stage]:
+    """The stages of a named suite, in the order they run."""
+    check_choice(suite, "suite", tuple(SUITES))
+    if suite == "strong":
+        return [
+            Stage("apgd-ce", _apgd_ce(100), "APGD, cross-entropy, 100 steps"),
+            Stage("apgd-t", _apgd_t(100, 9), "APGD, targeted DLR towards the top-9 other classes, 100 steps each"),
+            Stage("square", _square(square_queries), f"Square, {square_queries} queries, p_init 0.8"),
+        ]
+    return [
+        Stage("apgd-ce", _apgd_ce(50), "APGD, cross-entropy, 50 steps"),
+        Stage("apgd-t", _apgd_t(50, 3), "APGD, targeted DLR towards the top-3 other classes, 50 steps each"),
+    ]
+
+
+SUITES: dict[str, str] = {
+    "strong": "APGD-CE, APGD-T (top-9 targets), Square: at least as strong as AutoAttack standard, faster",
+    "fast": "APGD-CE (50 steps), APGD-T (top-3 targets, 50 steps): a quick lower bound on the attack's reach",
+}
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What one stage did: on how many samples it ran, how many it broke, and its wall time in seconds."""
+
+    name: str
+    description: str
+    attacked: int
+    broken: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """Per-sample worst case over a suite.
+
+    Attributes:
+        x_adv: (N, ...) the example that broke each sample (the clean image where none did, or where the clean
+            image is already misclassified).
+        clean_correct: bool (N,): the clean image is classified correctly.
+        robust: bool (N,): correctly classified on the clean image and after every attack.
+        broken_by: int64 (N,): index into ``attack_names`` of what broke the sample; 0 = "clean" (misclassified
+            without attack), -1 = robust.
+        attack_names: ("clean", stage names...).
+        stages: one :class:`StageRecord` per stage, in order (stages that had no sample left to attack included,
+            with ``attacked == 0``).
+        eps: (N,) the budget of each sample; norm, suite: as requested.
+    """
+
+    x_adv: Tensor
+    clean_correct: Tensor
+    robust: Tensor
+    broken_by: Tensor
+    attack_names: tuple[str, ...]
+    stages: tuple[StageRecord, ...]
+    eps: Tensor
+    norm: str
+    suite: str
+
+    @property
+    def n(self) -> int:
+        return int(self.robust.shape[0])
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    def broken_by_names(self) -> list[str | None]:
+        """Per sample, the name of what broke it ("clean" or a stage), None where robust."""
+        return [None if i < 0 else self.attack_names[i] for i in self.broken_by.tolist()]
+
+    def accuracy_after(self) -> dict[str, float]:
+        """Robust accuracy after each stage (cumulative), starting with the clean accuracy."""
+        out: dict[str, float] = {}
+        broken = torch.zeros_like(self.robust)
+        for i, name in enumerate(self.attack_names):
+            broken |= self.broken_by == i
+            out[name] = 1.0 - float(broken.float().mean())
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-JSON summary (no tensors): accuracies, per-stage counts and times."""
+        return {
+            "suite": self.suite,
+            "norm": self.norm,
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "accuracy_after": self.accuracy_after(),
+            "stages": [vars(s) for s in self.stages],
+            "seconds": self.seconds,
+        }
+
+    @staticmethod
+    def concat(results: Sequence[SuiteResult]) -> SuiteResult:
+        """Join the results of consecutive batches of one evaluation (same suite, norm and stages)."""
+        if not results:
+            raise ValueError("concat needs at least one SuiteResult")
+        first = results[0]
+        for r in results[1:]:
+            if (r.suite, r.norm, r.attack_names) != (first.suite, first.norm, first.attack_names):
+                raise ValueError("can only concat results of the same suite, norm and stages")
+        stages = tuple(
+            StageRecord(
+                s.name,
+                s.description,
+                sum(r.stages[i].attacked for r in results),
+                sum(r.stages[i].broken for r in results),
+                sum(r.stages[i].seconds for r in results),
+            )
+            for i, s in enumerate(first.stages)
+        )
+        return SuiteResult(
+            torch.cat([r.x_adv for r in results]),
+            torch.cat([r.clean_correct for r in results]),
+            torch.cat([r.robust for r in results]),
+            torch.cat([r.broken_by for r in results]),
+            first.attack_names,
+            stages,
+            torch.cat([r.eps for r in results]),
+            first.norm,
+            first.suite,
+        )
+
+
+def _per_sample_seeds(seed: int | Tensor, n: int, device: torch.device) -> Tensor:
+    if isinstance(seed, bool) or not isinstance(seed, int | Tensor):
+        raise TypeError(f"seed must be an int or an int64 tensor of shape ({n},), got {type(seed).__name__}")
+    if isinstance(seed, int):
+        return seed + torch.arange(n, dtype=torch.long, device=device)
+    if seed.is_floating_point() or seed.shape != (n,):
+        raise ValueError(f"a seed tensor must hold {n} integers (one per sample), got {seed.dtype} {tuple(seed.shape)}")
+    return seed.to(device=device, dtype=torch.long)
+
+
+def _sync(x: Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+def run_suite(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    norm: str = "linf",
+    *,
+    seed: int | Tensor = 0,
+    suite: str = "strong",
+    square_queries: int = DEFAULT_SQUARE_QUERIES,
+    stages: Sequence[Stage] | None = None,
+) -> SuiteResult:
+    """Run a suite of attacks on one batch and return the per-sample worst case.
+
+    Each stage runs only on the samples still correctly classified, so the cost falls as samples break. A
+    sample counts as broken by a stage when the model misclassifies the stage's returned example on a fresh
+    forward pass (as AutoAttack does), and that example is checked to lie in the box and the eps-ball.
+
+    Args:
+        model: maps images in [0, 1] to logits; left as it was.
+        x, y: a batch of clean images in [0, 1] and their true labels.
+        eps: budget in pixel units, a number or a per-sample tensor (N,).
+        norm: "linf" or "l2".
+        seed: an int (sample i gets seed + i) or per-sample int64 seeds (N,), e.g. dataset indices, which make
+            each sample's outcome independent of the batching.
+        suite: a name in ``SUITES``; ``stages`` overrides it with custom stages.
+        square_queries: the Square attack's query budget in the "strong" suite.
+    """
+    check_model(model)
+    check_images(x)
+    n = x.shape[0]
+    y, y_max = check_labels(y, n, x.device)
+    eps_t = per_sample(eps, n, "eps", x, strictly_positive=False)
+    norm = check_choice(norm, "norm", NORMS)
+    seeds = _per_sample_seeds(seed, n, x.device)
+    stage_list = list(stages) if stages is not None else suite_stages(suite, square_queries=square_queries)
+
+    with torch.no_grad(), frozen(model):
+        logits = model(x)
+    check_logits(logits, n, y_max)
+    clean_correct = logits.argmax(dim=1) == y
+    robust = clean_correct.clone()
+    broken_by = torch.where(clean_correct, -1, 0)
+    x_adv = x.detach().clone()
+    records = []
+    for k, stage in enumerate(stage_list, start=1):
+        index = robust.nonzero().view(-1)
+        if index.numel() == 0:
+            records.append(StageRecord(stage.name, stage.description, 0, 0, 0.0))
+            continue
+        xs, ys, es = x[index], y[index], eps_t[index]
+        _sync(x)
+        start = time.perf_counter()
+        result = stage.run(model, xs, ys, es, norm, seeds[index] * 8 + k)
+        with torch.no_grad(), frozen(model):
+            broke = model(result.x_adv).argmax(dim=1) != ys
+        _sync(x)
+        seconds = time.perf_counter() - start
+        _check_budget(result.x_adv, xs, es, norm, stage.name)
+        hit = index[broke]
+        robust[hit] = False
+        broken_by[hit] = k
+        x_adv[hit] = result.x_adv[broke]
+        records.append(StageRecord(stage.name, stage.description, int(index.numel()), int(hit.numel()), seconds))
+    return SuiteResult(
+        x_adv, clean_correct, robust, broken_by, ("clean", *(s.name for s in stage_list)), tuple(records), eps_t,
+        norm, suite if stages is None else "custom",
+    )  # fmt: skip
+
+
+def _check_budget(x_adv: Tensor, x: Tensor, eps: Tensor, norm: str, name: str) -> None:
+    """A stage's output must be an image in the eps-ball: anything else is a bug, not a robustness number."""
+    size = flat_norm(x_adv - x, float("inf") if norm == "linf" else 2.0)
+    tol = 1e-5 * torch.clamp(eps, min=1.0)
+    over = size > eps + tol
+    outside = (x_adv < 0).flatten(1).any(1) | (x_adv > 1).flatten(1).any(1)
+    if bool((over | outside).any()):
+        worst = float((size - eps).max())
+        raise RuntimeError(
+            f"stage {name} returned points outside the {norm} eps-ball or the [0, 1] box (by {worst:.3g})"
+        )
