@@ -199,7 +199,11 @@ class ImageNetFolder(_ImageList):
         samples: list[tuple[Path, int]] = []
         for d in subdirs:
             label = table.index_of(d.name)
-            files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(
+                f
+                for f in d.iterdir()
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+            )
             samples.extend((f, label) for f in files)
         if not samples:
             raise ValueError(f"{root} has class folders but no image files ({', '.join(IMAGE_EXTENSIONS)})")

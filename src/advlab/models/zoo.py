@@ -365,6 +365,9 @@ def _load_torchvision(
             raise ValueError(
                 f"{name} weights {default_w.name} have 1000 classes; pass weights=FILE for num_classes={num_classes}"
             )
+        # Resolve (or refuse) the checkpoint before building the architecture: offline misses fail at once.
+        match = torch.hub.HASH_REGEX.search(os.path.basename(default_w.url))
+        cached_url_file(default_w.url, download=download, hash_prefix=match.group(1) if match else None)
         with _torchvision_safe_loading(download) as used:
             try:
                 backbone = torchvision.models.get_model(name, weights=default_w)
