@@ -1,0 +1,489 @@
+"""The ``advlab`` command line: a thin layer over the Python API (see docs/cli.md).
+
+    advlab eval --model efficientnet_lite0 --data DIR --attack pgd --eps 4/255 --steps 10 --out runs/pgd
+    advlab eval --config attacks.toml
+    advlab reproduce [--model NAME] [--data DIR] [--out RUN_DIR]
+    advlab train --dataset fashion-mnist --model mnist_cnn --method pgd --eps 0.1 --out runs/train
+
+A user mistake (unknown attack or parameter, eps written wrongly, a run directory holding another run, a
+config file with unknown keys, a missing data folder, ...) ends with one line on stderr and exit status 2,
+before any work starts; set ``ADVLAB_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+EVAL_CONFIG_KEYS = {
+    "model": "model name (advlab.models.load_model)",
+    "weights": "state-dict file or weights tag for the model",
+    "data": "dataset: a <wnid>/<images> folder, a file,class_index CSV, 'default', or fashion-mnist[:train|:test]",
+    "subset": "the paper's selection, 'CLASSESxPER_CLASS' (e.g. '30x5') of correctly classified images",
+    "limit": "evaluate only the first N samples",
+    "out": "run directory",
+    "batch_size": "samples per batch",
+    "seed": "seed of targets and random starts",
+    "device": "cpu, cuda, cuda:1, ...",
+    "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
+    "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
+}
+ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken")
+
+
+class UsageError(Exception):
+    """A user mistake that the CLI reports as one line."""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {p} does not exist")
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config file {p} is not valid TOML: {e}") from None
+
+
+def _apply_config(
+    parser: argparse.ArgumentParser, argv: Sequence[str], table: dict[str, Any], allowed: Sequence[str], path: str
+) -> argparse.Namespace:
+    """Config values become defaults, so flags given on the command line still win."""
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    parser.set_defaults(**table)
+    return parser.parse_args(argv)
+
+
+def _int_arg(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _param(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as TOML (numbers, true/false, "strings"); bare words stay strings."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--param takes KEY=VALUE (e.g. restarts=5), got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _progress(quiet: bool) -> None:
+    if quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+
+def _eval_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval",
+        help="run attacks on a model and dataset, write per-sample records and summary.json",
+        description="Run one attack (flags) or several (--config FILE.toml) over a dataset; records and "
+        "RUN_DIR/summary.json are written as batches finish, and the same command resumes a killed run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with the run's settings and [[attack]] tables")
+    p.add_argument("--model", default="efficientnet_lite0", help="model name (see docs/models_data.md)")
+    p.add_argument("--weights", default=None, help="state-dict file or weights tag for --model")
+    p.add_argument("--data", default="default", help="dataset folder, labels CSV, 'default' or fashion-mnist[:split]")
+    p.add_argument("--subset", default=None, metavar="CxN", help="the paper's selection of C classes x N images")
+    p.add_argument("--limit", type=_int_arg("--limit"), default=None, help="only the first N samples")
+    p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
+    p.add_argument("--eps", nargs="+", default=None, help="budget(s) in pixel units: 0.03, 8/255; several = a sweep")
+    p.add_argument("--alpha", default=None, help="step size (pixel units)")
+    p.add_argument("--steps", type=_int_arg("--steps"), default=None, help="iterations")
+    p.add_argument("--restarts", type=_int_arg("--restarts"), default=None, help="random restarts (pgd)")
+    p.add_argument("--norm", default=None, help="linf or l2")
+    p.add_argument("--loss", default=None, help="ce or margin")
+    p.add_argument("--targeted", action="store_true", default=False, help="targeted attack")
+    p.add_argument("--target", default=None, help="targets: random, least-likely, or a class index")
+    p.add_argument(
+        "-p",
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other attack parameter, e.g. -p c=0.1 -p binary_search_steps=9",
+    )
+    p.add_argument("--suite", default=None, help="run a named suite of attacks ('strong', the worst-case ensemble)")
+    p.add_argument("--out", default="runs/eval", help="run directory")
+    p.add_argument("--batch-size", dest="batch_size", type=_int_arg("--batch-size"), default=16)
+    p.add_argument("--seed", type=_int_arg("--seed"), default=0, help="seed of targets and random starts")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.set_defaults(run=cmd_eval, attack_tables=None)
+    return p
+
+
+def _flag_attack(args: argparse.Namespace) -> list[Any]:
+    from .evaluate import make_spec
+
+    params: dict[str, Any] = {}
+    for key in ("alpha", "steps", "restarts", "norm", "loss"):
+        value = getattr(args, key)
+        if value is not None:
+            params[key] = value
+    if args.targeted:
+        params["targeted"] = True
+    for key, value in args.param:
+        params[key] = value
+    target: str | int | None = args.target
+    if isinstance(target, str) and target.lstrip("-").isdigit():
+        target = int(target)
+    eps_values = args.eps or [None]
+    specs = []
+    for eps in eps_values:
+        p = dict(params)
+        if eps is not None:
+            p["eps"] = eps
+        specs.append(make_spec(args.attack, p, target=target))
+    return specs
+
+
+def _table_attacks(tables: Any, path: str) -> list[Any]:
+    from .evaluate import make_spec
+
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise UsageError(f"{path}: 'attack' must be a list of tables ([[attack]] sections)")
+    specs = []
+    for k, t in enumerate(tables, start=1):
+        if "name" not in t:
+            raise UsageError(f"{path}: attack #{k} has no 'name' (e.g. name = \"pgd\")")
+        params = {key: v for key, v in t.items() if key not in ATTACK_TABLE_KEYS}
+        specs.append(
+            make_spec(
+                t["name"], params, id=t.get("id"), target=t.get("target"), only_unbroken=t.get("only_unbroken", ())
+            )
+        )
+    return specs
+
+
+def _parse_subset(text: str) -> tuple[int, int]:
+    a, sep, b = text.lower().partition("x")
+    if not sep or not a.isdigit() or not b.isdigit() or int(a) < 1 or int(b) < 1:
+        raise UsageError(f"--subset takes CLASSESxPER_CLASS like 30x5, got {text!r}")
+    return int(a), int(b)
+
+
+def _open_data(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any]]:
+    from .data import FashionMNIST, load_dataset, select_subset, transform_for
+
+    data = str(args.data)
+    meta: dict[str, Any] = {"source": data}
+    if data.startswith("fashion-mnist"):
+        split = data.partition(":")[2] or "test"
+        if split not in ("train", "test"):
+            raise UsageError(f"fashion-mnist split must be train or test, got {split!r}")
+        dataset: Any = FashionMNIST(split)
+        meta["provenance"] = f"Fashion-MNIST {split} split"
+    else:
+        dataset = load_dataset(data, transform=transform_for(model))
+        meta["provenance"] = getattr(dataset, "provenance", "")
+    if args.subset:
+        classes, per_class = _parse_subset(args.subset)
+        dataset = select_subset(model, dataset, classes=classes, per_class=per_class, seed=args.seed)
+        meta["provenance"] = dataset.provenance
+        meta["subset"] = args.subset
+    if args.limit is not None:
+        from .evaluate.reproduce import _Limited
+
+        dataset = _Limited(dataset, args.limit)
+        meta["limit"] = args.limit
+    return dataset, meta
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, summary_line
+
+    if args.attack_tables is not None and args.attack is not None:
+        raise UsageError("give the attacks either with --attack or as [[attack]] tables in --config, not both")
+    if args.attack_tables is not None:
+        specs = _table_attacks(args.attack_tables, args.config)
+    elif args.attack is not None:
+        specs = _flag_attack(args)
+    elif args.suite is None:
+        raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --config or --suite")
+    else:
+        specs = []
+    if args.attack is None and (args.eps or args.alpha or args.steps or args.param or args.targeted):
+        raise UsageError("--eps/--alpha/--steps/--param/--targeted describe an --attack; none was given")
+    if args.suite is not None and args.suite != "strong":
+        raise UsageError(f"unknown suite {args.suite!r}; available: strong")
+
+    from .models import load_model
+
+    model = load_model(args.model, weights=args.weights, device=args.device)
+    dataset, data_meta = _open_data(args, model)
+    model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
+    command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
+    if args.suite is not None:
+        return _run_suite(args, model, dataset, specs, model_meta, data_meta, command)
+    result = evaluate(
+        model,
+        dataset,
+        specs,
+        out=args.out,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        model_meta=model_meta,
+        data_meta=data_meta,
+        extra={"command": command},
+        quiet=args.quiet,
+    )
+    for a in result.summary["attacks"]:
+        print(summary_line(a))
+    if not args.quiet:
+        print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
+    return 0
+
+
+def _run_suite(
+    args: argparse.Namespace, model: Any, dataset: Any, specs: list[Any], model_meta: Any, data_meta: Any, command: str
+) -> int:
+    try:
+        from .evaluate import suite
+    except ImportError:
+        raise UsageError("the strong suite (advlab.evaluate.suite) is not part of this installation") from None
+    runner = getattr(suite, "run_suite_cli", None) or getattr(suite, "run_suite", None)
+    if runner is None:
+        raise UsageError("advlab.evaluate.suite has no run_suite(); this installation is incomplete")
+    return int(
+        runner(
+            model,
+            dataset,
+            eps=[float(e) for e in (args.eps or [])] or None,
+            out=args.out,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            quiet=args.quiet,
+            extra_attacks=specs,
+            model_meta=model_meta,
+            data_meta=data_meta,
+            command=command,
+        )
+        or 0
+    )
+
+
+# ------------------------------------------------------------------------------------------ reproduce
+
+
+def _reproduce_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "reproduce",
+        help="the seed paper's Tables 1-3 and Figures 2, 4, 6 as a self-contained HTML report",
+        description="Run the protocol of 'Robust Deep Learning' (Madan & Anand) end to end and write "
+        "RUN_DIR/report.html, tables.md, the figures as PNG and summary.json. Without --data it runs on the "
+        "default 20-image sample (and says so); with --data ../shared/data/imagenet-30x5 (or an ImageNet val "
+        "folder) it runs the full 30 classes x 5 images protocol. A killed run resumes with the same command.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="model name (default: the embedded efficientnet_lite0)")
+    p.add_argument("--data", default=None, help="ImageNet-style folder or labels CSV (default: the 20-image sample)")
+    p.add_argument("--out", default="runs/reproduce", help="run directory")
+    p.add_argument("--classes", type=_int_arg("--classes"), default=30, help="classes to select")
+    p.add_argument("--per-class", dest="per_class", type=_int_arg("--per-class"), default=5, help="images per class")
+    p.add_argument("--select-seed", dest="select_seed", type=_int_arg("--select-seed"), default=0)
+    p.add_argument("--seed", type=_int_arg("--seed"), default=0, help="seed of targets and random starts")
+    p.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=_int_arg("--batch-size"),
+        default=None,
+        help="images per batch (default: equal batches of at most 24)",
+    )
+    p.add_argument("--limit", type=_int_arg("--limit"), default=None, help="attack only the first N selected images")
+    p.add_argument(
+        "--cw-steps",
+        dest="cw_steps",
+        type=_int_arg("--cw-steps"),
+        default=None,
+        help="CW-L2 Adam steps per binary-search round (default 20)",
+    )
+    p.add_argument(
+        "--cw-search",
+        dest="cw_search",
+        type=_int_arg("--cw-search"),
+        default=None,
+        help="CW-L2 binary-search rounds (default 2)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.set_defaults(run=cmd_reproduce)
+    return p
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .evaluate.reproduce import Protocol, ReproduceOptions, run_reproduce
+
+    protocol = Protocol()
+    changes = {k: getattr(args, k) for k in ("cw_steps", "cw_search") if getattr(args, k) is not None}
+    for k, v in changes.items():
+        if v < 1:
+            raise UsageError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+    for k in ("classes", "per_class", "batch_size", "limit"):
+        v = getattr(args, k)
+        if v is not None and v < 1:
+            raise UsageError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+    if args.data is not None and not Path(args.data).exists():
+        raise UsageError(f"--data {args.data} does not exist (expected an ImageNet-style folder or a labels CSV)")
+    opts = ReproduceOptions(
+        out=Path(args.out),
+        model=args.model,
+        data=args.data,
+        classes=args.classes,
+        per_class=args.per_class,
+        select_seed=args.select_seed,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        device=args.device,
+        quiet=args.quiet,
+        protocol=dataclasses.replace(protocol, **changes),
+        command="advlab " + " ".join(shlex.quote(a) for a in args.argv),
+    )
+    run_reproduce(opts)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _train_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="adversarial training (PGD-AT, FGSM-RS, TRADES) on Fashion-MNIST",
+        description="Train a small CNN with Madry's PGD adversarial training, fast FGSM-RS, TRADES or standard "
+        "training; checkpoints are atomic and --resume continues a killed run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the flags below (as key = value)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    try:
+        from .train.config import add_arguments
+    except ImportError:
+        p.set_defaults(run=_train_missing)
+        return p
+    add_arguments(p)
+    p.set_defaults(run=cmd_train)
+    return p
+
+
+def _train_missing(args: argparse.Namespace) -> int:
+    raise UsageError("training (advlab.train) is not part of this installation")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, run_training
+
+    if args.quiet:
+        args.progress = False
+    config = TrainConfig.from_namespace(args)
+    run_training(config, log=(lambda *_: None) if args.quiet else print)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advlab",
+        description="Attack, evaluate and harden image classifiers against adversarial examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"advlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{eval,reproduce,train}")
+    sub.required = True
+    _eval_parser(sub)
+    _reproduce_parser(sub)
+    _train_parser(sub)
+    return parser
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        table = _read_toml(args.config)
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        if args.command == "eval":
+            attack_tables = table.pop("attack", None)
+            allowed = [k for k in EVAL_CONFIG_KEYS if k != "attack"]
+            args = _apply_config(sub, list(argv)[1:], table, allowed, args.config)
+            args.attack_tables = attack_tables
+        else:
+            allowed = [a.dest for a in sub._actions if a.dest not in ("help", "config")]
+            args = _apply_config(sub, list(argv)[1:], table, allowed, args.config)
+        args.command = argv[0]
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``advlab`` console script and ``python -m advlab``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("ADVLAB_DEBUG"))
+    try:
+        args = _parse(argv)
+        _progress(bool(getattr(args, "quiet", False)))
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(
+            "advlab: interrupted (the run directory holds every finished batch; run again to resume)", file=sys.stderr
+        )
+        return 130
+    except (
+        UsageError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        NotADirectoryError,
+        ModuleNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+    ) as e:
+        if debug:
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"advlab: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        if debug:
+            raise
+        print(f"advlab: error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,227 @@
+"""Per-sample records, their files, and the summary computed from them.
+
+A record is one sample under one attack, a flat JSON object (see docs/evaluate.md for every field). Records
+are written as JSON Lines, one file per (attack, batch), each file created atomically (temp file, fsync,
+rename), so a run directory only ever holds whole batches: a process killed at any moment (SIGKILL included)
+leaves either the complete file or none.
+
+:func:`summarize` is a pure function of the records: it sorts them by sample index and uses exactly rounded
+sums (``math.fsum``), so it gives the identical summary whatever the order or the grouping of the records
+(one process or several ranks, a run in one go or resumed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# An element counts towards L0 when it moved by more than float round-off (CW's tanh change of variables
+# moves every pixel by ~1e-7 without meaning to).
+L0_TOL = 1e-5
+TOPK = 5
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def topk(logits: Tensor, k: int = TOPK) -> tuple[list[list[int]], list[list[float]]]:
+    """Top-k classes and their softmax probabilities per row (k capped at the number of classes)."""
+    k = min(k, logits.shape[1])
+    probs = torch.softmax(logits.detach().double(), dim=1)
+    values, classes = probs.topk(k, dim=1)
+    return classes.tolist(), [[float(v) for v in row] for row in values.tolist()]
+
+
+def perturbation_norms(x: Tensor, x_adv: Tensor) -> tuple[list[int], list[float], list[float]]:
+    """L0 (elements moved by more than :data:`L0_TOL`), L2 and Linf of x_adv - x per sample, in pixel units."""
+    delta = (x_adv.detach().double() - x.detach().double()).flatten(1)
+    l0 = (delta.abs() > L0_TOL).sum(dim=1).tolist()
+    l2 = delta.norm(p=2, dim=1).tolist()
+    linf = delta.abs().amax(dim=1).tolist() if delta.shape[1] else [0.0] * delta.shape[0]
+    return [int(v) for v in l0], l2, linf
+
+
+def make_records(
+    *,
+    indices: Sequence[int],
+    labels: Sequence[int],
+    targets: Sequence[int] | None,
+    clean: tuple[list[list[int]], list[list[float]]],
+    adv: tuple[list[list[int]], list[list[float]]],
+    norms: tuple[list[int], list[float], list[float]],
+    seconds: float,
+) -> list[dict[str, Any]]:
+    """Records for one batch under one attack. ``seconds`` (the attack's wall time) is shared out equally."""
+    n = len(indices)
+    records = []
+    for i in range(n):
+        label = int(labels[i])
+        target = None if targets is None else int(targets[i])
+        adv_top = adv[0][i]
+        if target is None:
+            success, success5 = adv_top[0] != label, label not in adv_top
+        else:
+            success, success5 = adv_top[0] == target, target in adv_top
+        records.append(
+            {
+                "index": int(indices[i]),
+                "label": label,
+                "target": target,
+                "clean_top5": clean[0][i],
+                "clean_probs": clean[1][i],
+                "adv_top5": adv_top,
+                "adv_probs": adv[1][i],
+                "success": bool(success),
+                "success_top5": bool(success5),
+                "l0": norms[0][i],
+                "l2": norms[1][i],
+                "linf": norms[2][i],
+                "time_s": seconds / n,
+                "from": None,
+            }
+        )
+    return records
+
+
+def strength(record: Mapping[str, Any]) -> tuple[bool, bool]:
+    """Order of records of one sample under several attacks: the larger is the worse case for the model.
+
+    Untargeted, ``label not in top-5`` implies ``top-1 != label``; targeted, ``target is top-1`` implies
+    ``target in top-5``; so this one order is the per-sample worst case for both top-1 and top-5 numbers.
+    """
+    if record["target"] is None:
+        return record["success_top5"], record["success"]
+    return record["success"], record["success_top5"]
+
+
+def fully_broken(record: Mapping[str, Any]) -> bool:
+    """No stronger outcome exists for this sample: no later attack can make its numbers worse."""
+    return bool(record["success"] and record["success_top5"])
+
+
+# ------------------------------------------------------------------------------------------------- files
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers (and a restarted run) see the old file or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable (best effort: not every filesystem allows opening a directory)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def _rate(count: int, n: int) -> float | None:
+    return count / n if n else None
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "median": None, "max": None}
+    values = sorted(values)
+    return {"mean": math.fsum(values) / len(values), "median": statistics.median(values), "max": values[-1]}
+
+
+def _norm_stats(records: list[Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
+    return {key: _stats([float(r[key]) for r in records]) for key in ("l0", "l2", "linf")}
+
+
+def _dedupe(records: Iterable[Mapping[str, Any]], what: str) -> list[Mapping[str, Any]]:
+    """Records sorted by index; a sample present twice must have identical records (e.g. merged shards)."""
+    by_index: dict[int, Mapping[str, Any]] = {}
+    for r in records:
+        i = int(r["index"])
+        old = by_index.get(i)
+        if old is not None and {k: v for k, v in old.items() if k != "time_s"} != {
+            k: v for k, v in r.items() if k != "time_s"
+        }:
+            raise ValueError(f"{what}: sample {i} has two different records; were two different runs mixed?")
+        by_index.setdefault(i, r)
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def summarize_attack(records: Iterable[Mapping[str, Any]], what: str = "attack") -> dict[str, Any]:
+    """The numbers of one attack from its per-sample records (order-independent, deterministic).
+
+    Accuracies are of the true label; for targeted attacks ``success_rate`` counts only samples whose target
+    differs from their label (a given target class can equal a sample's own label).
+    """
+    rs = _dedupe(records, what)
+    n = len(rs)
+    clean1 = sum(r["clean_top5"][0] == r["label"] for r in rs)
+    clean5 = sum(r["label"] in r["clean_top5"] for r in rs)
+    adv1 = sum(r["adv_top5"][0] == r["label"] for r in rs)
+    adv5 = sum(r["label"] in r["adv_top5"] for r in rs)
+    targeted = any(r["target"] is not None for r in rs)
+    eligible = [r for r in rs if r["target"] is None or r["target"] != r["label"]]
+    succ = [r for r in eligible if r["success"]]
+    succ5 = sum(r["success_top5"] for r in eligible)
+    correct = [r for r in eligible if r["clean_top5"][0] == r["label"]]
+    return {
+        "n": n,
+        "targeted": targeted,
+        "clean_top1": _rate(clean1, n),
+        "clean_top5": _rate(clean5, n),
+        "adv_top1": _rate(adv1, n),
+        "adv_top5": _rate(adv5, n),
+        "n_eligible": len(eligible),
+        "success_rate": _rate(len(succ), len(eligible)),
+        "success_rate_top5": _rate(succ5, len(eligible)),
+        "success_rate_on_clean_correct": _rate(sum(r["success"] for r in correct), len(correct)),
+        "misclassified_top1": _rate(n - adv1, n),
+        "misclassified_top5": _rate(n - adv5, n),
+        "norms": _norm_stats(list(rs)),
+        "norms_successful": _norm_stats(succ),
+        "n_from_other_attacks": sum(r.get("from") is not None for r in rs),
+        "time_s": math.fsum(float(r["time_s"]) for r in rs),
+    }
+
+
+def summarize(records: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Summary of a run from its records, ``{attack id: records}`` (any order, any grouping into shards).
+
+    Every number except the ``time_s`` fields is a deterministic function of the set of records.
+    """
+    lists = {aid: list(rs) for aid, rs in records.items()}
+    attacks = {aid: summarize_attack(rs, aid) for aid, rs in lists.items()}
+    clean_by_index: dict[int, Mapping[str, Any]] = {}
+    for rs in lists.values():
+        for r in rs:
+            clean_by_index.setdefault(int(r["index"]), r)
+    n = len(clean_by_index)
+    top1 = sum(r["clean_top5"][0] == r["label"] for r in clean_by_index.values())
+    top5 = sum(r["label"] in r["clean_top5"] for r in clean_by_index.values())
+    return {
+        "clean": {"n": n, "top1": _rate(top1, n), "top5": _rate(top5, n)},
+        "attacks": attacks,
+    }

@@ -1,0 +1,10 @@
+"""Reports: self-contained HTML pages, Markdown tables and PNG plots built from evaluation summaries.
+
+:mod:`advlab.report.document` holds the report as data and renders it (no external requests, images inline);
+:mod:`advlab.report.plots` draws the curves and adversarial-example panels; :mod:`advlab.report.reproduce_report`
+builds the report of ``advlab reproduce``; :func:`eval_report` that of ``advlab eval``.
+"""
+
+from .document import Figure, Report, Section, Table, render_html, render_markdown, table_markdown
+
+__all__ = ["Figure", "Report", "Section", "Table", "render_html", "render_markdown", "table_markdown"]
