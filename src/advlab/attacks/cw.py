@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ._core import (
     AttackResult,
+    ModelCall,
     batch_view,
     check_images,
     check_labels,
@@ -74,6 +75,7 @@ def cw_l2(
     best_x = x.detach().clone()
     check_every = max(steps // 10, 1)
 
+    forward = ModelCall(model, x)
     with frozen(model):
         for _round in range(binary_search_steps):
             w = w0.clone()
@@ -85,7 +87,7 @@ def cw_l2(
             for t in range(1, steps + 1):
                 w.requires_grad_(True)
                 x_new = (torch.tanh(w) + 1) * 0.5
-                logits = model(x_new)
+                logits = forward(x_new)
                 if t == 1 and _round == 0:
                     check_logits(logits, n, y_max)
                 gap = margin(logits, y)  # > 0 iff y is not top-1

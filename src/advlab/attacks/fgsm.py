@@ -10,6 +10,7 @@ from ._core import (
     LOSSES,
     NORMS,
     AttackResult,
+    ModelCall,
     check_choice,
     check_images,
     check_labels,
@@ -58,8 +59,9 @@ def fgsm(
     geometry = GEOMETRIES[check_choice(norm, "norm", NORMS)]
 
     with frozen(model):
+        forward = ModelCall(model, x)
         x_in = x.detach().clone().requires_grad_(True)
-        logits = model(x_in)
+        logits = forward(x_in)
         check_logits(logits, x.shape[0], y_max)
         (grad,) = torch.autograd.grad(objective(logits, y, loss, targeted).sum(), x_in)
         x_adv = x_in.detach()
@@ -68,5 +70,5 @@ def fgsm(
         if not return_info:
             return x_adv
         with torch.no_grad():
-            logits_adv = model(x_adv)
+            logits_adv = forward(x_adv)
         return AttackResult(x_adv, is_success(logits_adv, y, targeted), objective(logits_adv, y, loss, targeted))

@@ -11,6 +11,7 @@ from ._core import (
     NORMS,
     AttackResult,
     Geometry,
+    ModelCall,
     Noise,
     batch_view,
     check_choice,
@@ -73,9 +74,10 @@ def _ascend(
     best = Best(x)
     box = geometry.box(x, eps)
     x_adv = start.detach().clone()
+    forward = ModelCall(model, x)
     for i in range(steps):
         x_adv.requires_grad_(True)
-        logits = model(x_adv)
+        logits = forward(x_adv)
         if i == 0:
             check_logits(logits, x.shape[0], y_max)
         obj = objective(logits, y, loss, targeted)
@@ -86,7 +88,7 @@ def _ascend(
             x_adv.add_(geometry.ascent_step_(grad, alpha))
             geometry.project_(x_adv, x, eps, box)
     with torch.no_grad():
-        logits = model(x_adv)
+        logits = forward(x_adv)
         best.update(x_adv, objective(logits, y, loss, targeted), is_success(logits, y, targeted))
     return best
 
