@@ -1,0 +1,136 @@
+"""Gradient-masking checks, both ways: a normal trained model passes, a model that quantises its input (zero
+gradients everywhere) warns, a randomised model warns about determinism; each verdict function both ways;
+the summary-based checks on hand-written summaries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from advlab.evaluate import sanity
+from advlab.evaluate.sanity import Check, check_summary, sanity_checks
+from advlab.evaluate.suite import run_suite
+
+
+class Quantised(nn.Module):
+    """Rounds the input to 5 grey levels before the classifier: torch.round has a zero gradient everywhere, the
+    textbook case of masked gradients (Athalye et al. 2018, sec. 4.1, "shattered gradients")."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+class AlwaysDropout(nn.Module):
+    """Randomised at test time (dropout that ignores eval mode)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(self.inner(x), 0.5, training=True)
+
+
+def statuses(checks: list[Check]) -> dict[str, str]:
+    return {c.name: c.status for c in checks}
+
+
+@pytest.fixture(scope="module")
+def digits_batch(digits_model):
+    model, x, y = digits_model
+    return model, x[:64], y[:64]
+
+
+def test_a_normal_trained_model_passes_every_check(digits_batch) -> None:
+    model, x, y = digits_batch
+    suite = run_suite(model, x, y, 0.1, seed=0, square_queries=300)
+    checks = sanity_checks(model, x, y, 0.1, seed=0, suite_result=suite)
+    assert [c.name for c in checks] == [
+        "deterministic_logits",
+        "zero_gradients",
+        "iterative_vs_single_step",
+        "accuracy_monotone_in_eps",
+        "large_eps",
+        "unbounded_attack",
+        "square_vs_whitebox",
+        "loss_rises",
+    ]
+    assert all(c.status == "pass" for c in checks), [c for c in checks if c.status != "pass"]
+    json.dumps([c.to_dict() for c in checks])
+    numbers = {c.name: c.numbers for c in checks}
+    assert numbers["large_eps"]["accuracy"] == 0.0 and numbers["zero_gradients"]["share_zero"] == 0.0
+    assert numbers["iterative_vs_single_step"]["iterative_accuracy"] <= suite.robust_accuracy + 1e-9
+
+
+def test_a_gradient_masking_model_warns(digits_batch) -> None:
+    model, x, y = digits_batch
+    masked = Quantised(model)
+    # Without a suite result the checks run their own reference suite (APGD-CE, APGD-T, Square).
+    checks = statuses(sanity_checks(masked, x, y, 0.1, seed=0, square_queries=300))
+    for name in ("zero_gradients", "unbounded_attack", "square_vs_whitebox", "loss_rises", "large_eps"):
+        assert checks[name] == "warn", (name, checks)
+    assert checks["deterministic_logits"] == "pass"
+
+
+def test_a_randomised_model_warns_about_determinism(digits_batch) -> None:
+    model, x, _ = digits_batch
+    logits = AlwaysDropout(model)
+    with torch.no_grad():
+        check = sanity.check_deterministic(logits(x), logits(x))
+    assert check.status == "warn" and "EOT" in check.message
+    with torch.no_grad():
+        assert sanity.check_deterministic(model(x), model(x)).status == "pass"
+
+
+def test_verdicts_both_ways() -> None:
+    assert sanity.check_zero_gradients(torch.ones(3, 4)).status == "pass"
+    g = torch.ones(3, 4)
+    g[1] = 0
+    c = sanity.check_zero_gradients(g)
+    assert c.status == "warn" and abs(c.numbers["share_zero"] - 1 / 3) < 1e-9
+    g[1, 0] = float("nan")
+    assert sanity.check_zero_gradients(g).numbers["share_nonfinite"] > 0
+    t, f = torch.tensor([True, False, True]), torch.tensor([False, False, True])
+    assert sanity.check_iterative_vs_single_step(t, f).status == "pass"
+    assert sanity.check_iterative_vs_single_step(f, t).status == "warn"
+    assert sanity.check_monotone([0.1, 0.2, 0.05], [0.5, 0.4, 0.6]).status == "pass"
+    assert sanity.check_monotone([0.1, 0.2, 0.4], [0.5, 0.4, 0.45]).status == "warn"
+    assert sanity.check_large_eps(0.5, 0.0).status == "pass" and sanity.check_large_eps(0.5, 0.3).status == "warn"
+    assert sanity.check_unbounded(1.0).status == "pass" and sanity.check_unbounded(0.5).status == "warn"
+    assert sanity.check_square_vs_whitebox(1000, 0.5, 2).status == "pass"
+    assert sanity.check_square_vs_whitebox(1000, 0.5, 3).status == "warn"
+    trace = torch.tensor([[1.0, 1.0, 1.0], [2.0, 1.0, float("nan")], [3.0, 0.5, float("nan")]])
+    c = sanity.check_loss_rises(trace, torch.tensor([False, False, True]))
+    assert c.status == "warn" and abs(c.numbers["share_rising"] - 2 / 3) < 1e-6
+    assert sanity.check_loss_rises(trace[:, [0, 2]], torch.tensor([False, True])).status == "pass"
+
+
+def summary(*attacks: tuple[str, float, float]) -> dict:
+    return {
+        "n_samples": 1000,
+        "attacks": [
+            {"name": name, "label": f"{name}(eps={eps})", "params": {"eps": eps}, "targeted": False, "adv_top1": acc}
+            for name, eps, acc in attacks
+        ],
+    }
+
+
+def test_summary_checks() -> None:
+    good = check_summary(summary(("fgsm", 0.1, 0.5), ("pgd", 0.1, 0.3), ("pgd", 0.2, 0.1), ("square", 0.1, 0.35)))
+    assert good is not None and good["warnings"] == 0
+    assert {c["name"] for c in good["checks"]} == {
+        "iterative_vs_single_step",
+        "square_vs_whitebox",
+        "accuracy_monotone_in_eps",
+    }
+    bad = check_summary(summary(("fgsm", 0.1, 0.2), ("pgd", 0.1, 0.3), ("pgd", 0.2, 0.4), ("square", 0.1, 0.1)))
+    assert bad is not None and bad["warnings"] == 3
+    assert check_summary(summary(("pgd", 0.1, 0.3))) is None
+    json.dumps(bad)
