@@ -230,28 +230,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.attack_tables is not None and args.attack is not None:
         raise UsageError("give the attacks either with --attack or as [[attack]] tables in --config, not both")
+    if args.suite is not None and args.attack is not None:
+        raise UsageError("give either --attack or --suite (list several attacks with --config)")
+    specs: list[Any] = []
     if args.attack_tables is not None:
-        specs = _table_attacks(args.attack_tables, args.config)
-    elif args.attack is not None:
-        specs = _flag_attack(args)
-    elif args.suite is None:
-        raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --config or --suite")
-    else:
-        specs = []
-    if args.attack is None and (args.eps or args.alpha or args.steps or args.param or args.targeted):
-        raise UsageError("--eps/--alpha/--steps/--param/--targeted describe an --attack; none was given")
-    if args.suite is not None and args.suite != "strong":
-        raise UsageError(f"unknown suite {args.suite!r}; available: strong")
+        specs += _table_attacks(args.attack_tables, args.config)
+    if args.attack is not None:
+        specs += _flag_attack(args)
+    if args.suite is not None:
+        specs += _suite_specs(args)
+    if not specs:
+        raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --suite or --config")
+    if args.attack is None and args.suite is None and (args.eps or args.alpha or args.steps or args.targeted):
+        raise UsageError("--eps/--alpha/--steps/--targeted describe an --attack; none was given")
 
+    from . import distributed
     from .models import load_model
 
+    # One process unless torchrun started several: then join them (before the model, so "cuda" is this rank's GPU).
+    info = distributed.setup(args.device)
     model = load_model(args.model, weights=args.weights, device=args.device)
     dataset, data_meta = _open_data(args, model)
     model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
-    if args.suite is not None:
-        return _run_suite(args, model, dataset, specs, model_meta, data_meta, command)
-    result = evaluate(
+    result = (distributed.evaluate_sharded if info.distributed else evaluate)(
         model,
         dataset,
         specs,
@@ -263,6 +265,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra={"command": command},
         quiet=args.quiet,
     )
+    if not info.is_main:  # rank 0 reports for the whole distributed run
+        return 0
     for a in result.summary["attacks"]:
         print(summary_line(a))
     if not args.quiet:
@@ -270,32 +274,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_suite(
-    args: argparse.Namespace, model: Any, dataset: Any, specs: list[Any], model_meta: Any, data_meta: Any, command: str
-) -> int:
-    try:
-        from .evaluate import suite
-    except ImportError:
-        raise UsageError("the strong suite (advlab.evaluate.suite) is not part of this installation") from None
-    runner = getattr(suite, "run_suite_cli", None) or getattr(suite, "run_suite", None)
-    if runner is None:
-        raise UsageError("advlab.evaluate.suite has no run_suite(); this installation is incomplete")
-    return int(
-        runner(
-            model,
-            dataset,
-            eps=[float(e) for e in (args.eps or [])] or None,
-            out=args.out,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            quiet=args.quiet,
-            extra_attacks=specs,
-            model_meta=model_meta,
-            data_meta=data_meta,
-            command=command,
-        )
-        or 0
-    )
+def _suite_specs(args: argparse.Namespace) -> list[Any]:
+    """``--suite strong --eps E...``: the worst-case suite (advlab.evaluate.suite) as one attack per eps."""
+    from .evaluate import make_spec, registry
+
+    available = sorted(k[len("suite_") :] for k in registry() if k.startswith("suite_"))
+    if args.suite not in available:
+        raise UsageError(f"unknown suite {args.suite!r}; available: {', '.join(available) or 'none installed'}")
+    if not args.eps:
+        raise UsageError("--suite needs --eps (one or more budgets, e.g. --eps 8/255)")
+    params: dict[str, Any] = {}
+    if args.norm is not None:
+        params["norm"] = args.norm
+    for key, value in args.param:
+        params[key] = value
+    return [make_spec(f"suite_{args.suite}", {**params, "eps": eps}) for eps in args.eps]
 
 
 # ------------------------------------------------------------------------------------------ reproduce
@@ -349,6 +342,10 @@ def _reproduce_parser(sub: Any) -> argparse.ArgumentParser:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     import dataclasses
 
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        raise UsageError(
+            "advlab reproduce runs in one process; under torchrun use advlab eval or advlab train (docs/distributed.md)"
+        )
     from .evaluate.reproduce import Protocol, ReproduceOptions, run_reproduce
 
     protocol = Protocol()
@@ -461,6 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parse(argv)
         _progress(bool(getattr(args, "quiet", False)))
+        if int(os.environ.get("WORLD_SIZE") or 1) > 1:  # started by torchrun: tell the other ranks how this ends
+            from .distributed import guard
+
+            with guard():
+                return int(args.run(args) or 0)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print(
@@ -484,6 +486,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except OSError as e:
         if debug:
+            raise
+        print(f"advlab: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        # Ranks of a torchrun run that disagree or lost each other: one line, not a traceback per rank.
+        distributed_error = getattr(sys.modules.get("advlab.distributed"), "DistributedError", None)
+        if debug or distributed_error is None or not isinstance(e, distributed_error):
             raise
         print(f"advlab: error: {e}", file=sys.stderr)
         return 1

@@ -41,7 +41,7 @@ from .records import (
     topk,
     write_jsonl,
 )
-from .specs import AttackSpec, SpecError, run_attack, validate_specs
+from .specs import AttackSpec, SpecError, run_attack, suite_stage_names, validate_specs
 
 SUMMARY_SCHEMA = "advlab.summary/1"
 RUN_SCHEMA = "advlab.run/1"
@@ -199,8 +199,7 @@ def attack_batch(
                 start = time.perf_counter()
                 x_adv = run_attack(spec, model, xs, goal, sample_seeds(spec, seed, sub_indices))
                 seconds = time.perf_counter() - start
-                if isinstance(x_adv, tuple | list):
-                    x_adv = x_adv[0]
+                extras = _extras(x_adv, len(run))
                 x_adv = getattr(x_adv, "x_adv", x_adv)
                 model.eval()  # an attack must restore the mode; be robust to one that does not
                 records = make_records(
@@ -212,6 +211,9 @@ def attack_batch(
                     norms=perturbation_norms(xs, x_adv),
                     seconds=seconds,
                 )
+                for k, rec in enumerate(records):
+                    if extras:
+                        rec["extras"] = {key: values[k] for key, values in extras.items()}
                 own = dict(zip(run, records, strict=True))
             merged = []
             for i in range(len(indices)):
@@ -227,6 +229,15 @@ def attack_batch(
     finally:
         model.train(was_training)
     return results
+
+
+def _extras(result: Any, n: int) -> dict[str, list[Any]]:
+    """Per-sample numbers an attack returned besides x_adv (``AttackResult.extras``), as JSON-able lists."""
+    out: dict[str, list[Any]] = {}
+    for key, value in (getattr(result, "extras", None) or {}).items():
+        if isinstance(value, Tensor) and value.shape == (n,):
+            out[key] = value.tolist()
+    return out
 
 
 # ---------------------------------------------------------------------------------------- run directory
@@ -363,6 +374,11 @@ def build_summary(
     attacks = []
     for spec in specs:
         stats = core["attacks"][spec.id]
+        names = suite_stage_names(spec.name)
+        if names is not None and "broken_by_counts" in stats:
+            stats["broken_by"] = {
+                ("robust" if int(k) < 0 else names[int(k)]): v for k, v in stats["broken_by_counts"].items()
+            }
         attacks.append(
             {
                 **spec.to_dict(),
@@ -389,6 +405,16 @@ def build_summary(
         "sanity": None,
         **dict(extra or {}),
     }
+
+
+def sanity_of(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The gradient-masking checks a summary answers by itself (:func:`advlab.evaluate.sanity.check_summary`:
+    iterative vs single-step, monotone in eps, Square vs white-box); None where none applies."""
+    try:
+        from .sanity import check_summary
+    except ImportError:  # the checks are optional
+        return None
+    return check_summary(summary)
 
 
 def summary_line(attack: Mapping[str, Any]) -> str:
@@ -482,7 +508,7 @@ def evaluate(
                     bar.update(1)
 
                 if kept:
-                    done = attack_batch(model, x, y, kept, specs, seed=seed, done=done, on_attack=saved)
+                    done = attack_batch(model, x, y, kept, todo_specs, seed=seed, done=done, on_attack=saved)
                 else:  # every image of the batch was unreadable: mark the batch done, with no records
                     for spec in todo_specs:
                         saved(spec, [])
@@ -507,6 +533,7 @@ def evaluate(
         wall_s=wall,
         extra=extra,
     )
+    summary["sanity"] = sanity_of(summary)
     if run_dir is not None and write_summary:
         atomic_write_text(run_dir.path / "summary.json", json.dumps(summary, indent=2, sort_keys=False) + "\n")
     return RunResult(summary, records, run_dir.path if run_dir else None)

@@ -187,7 +187,7 @@ def summarize_attack(records: Iterable[Mapping[str, Any]], what: str = "attack")
     succ = [r for r in eligible if r["success"]]
     succ5 = sum(r["success_top5"] for r in eligible)
     correct = [r for r in eligible if r["clean_top5"][0] == r["label"]]
-    return {
+    summary: dict[str, Any] = {
         "n": n,
         "targeted": targeted,
         "clean_top1": _rate(clean1, n),
@@ -205,6 +205,10 @@ def summarize_attack(records: Iterable[Mapping[str, Any]], what: str = "attack")
         "n_from_other_attacks": sum(r.get("from") is not None for r in rs),
         "time_s": math.fsum(float(r["time_s"]) for r in rs),
     }
+    broken_by = [r["extras"]["broken_by"] for r in rs if "broken_by" in (r.get("extras") or {})]
+    if broken_by:
+        summary["broken_by_counts"] = {str(k): broken_by.count(k) for k in sorted(set(broken_by))}
+    return summary
 
 
 def summarize(records: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:

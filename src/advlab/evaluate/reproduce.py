@@ -58,14 +58,17 @@ class Protocol:
         bim_steps: BIM iterations per table (1 in Table 1, 2 in Table 2); BIM's step is eps / steps, so the
             iterates can reach every corner of the eps-ball.
         pgd_steps, pgd_alpha: PGD iterations and step (``pgd_alpha`` x eps / steps, Madry et al.'s 2.5).
-        strong_steps, strong_restarts, strong_alpha: the strong column's PGD (run only on the samples that
-            FGSM, BIM and PGD left correctly classified in the top-5).
+        strong: the strong column: ``"suite"`` (advlab's worst-case suite: APGD-CE, APGD-T, Square) or
+            ``"pgd"`` (PGD with ``strong_steps`` steps of ``strong_alpha`` x eps / steps and ``strong_restarts``
+            random restarts); either runs only on the samples that FGSM, BIM and PGD left in the top-5, and the
+            column is the per-sample worst case of all of them.
         curve_eps: eps grid (pixels) of Figure 6; curve_bim_steps and curve_bim_alpha (x eps / steps) for BIM.
         cw_c, cw_steps, cw_search, cw_lr: targeted CW-L2: initial c, Adam steps per binary-search round,
             rounds, learning rate.
     """
 
     table_eps: tuple[float, float] = (0.1, 0.6)
+    strong: str = "suite"
     bim_steps: tuple[int, int] = (1, 2)
     pgd_steps: int = 6
     pgd_alpha: float = 2.5
@@ -79,6 +82,19 @@ class Protocol:
     cw_steps: int = 20
     cw_search: int = 2
     cw_lr: float = 0.01
+
+    def strong_description(self) -> str:
+        if strong_is_suite(self):
+            inner = "advlab's strong suite (APGD-CE 100 steps, APGD-T towards the top-9 classes, Square 1000 queries)"
+        else:
+            inner = (
+                f"PGD with {self.strong_steps} steps of {self.strong_alpha:g} x eps/{self.strong_steps} and "
+                f"{self.strong_restarts} random restarts"
+            )
+        return (
+            f"per-sample worst case of FGSM, BIM, PGD-{self.pgd_steps} and {inner}, the latter run on the samples "
+            "the others left in the top-5"
+        )
 
     def describe(self, std: float) -> list[tuple[str, str]]:
         e = format_number
@@ -98,12 +114,7 @@ class Protocol:
                 f"{self.pgd_steps} steps of size {self.pgd_alpha:g} x eps/{self.pgd_steps}, uniform random "
                 "start, cross-entropy",
             ),
-            (
-                "Strong",
-                f"per-sample worst case of FGSM, BIM, PGD-{self.pgd_steps} and PGD with {self.strong_steps} "
-                f"steps of {self.strong_alpha:g} x eps/{self.strong_steps}, {self.strong_restarts} random restarts "
-                "(run on the samples the others left in the top-5)",
-            ),
+            ("Strong", self.strong_description()),
             (
                 "Figure 6",
                 f"targeted FGSM and BIM ({self.curve_bim_steps} steps of {self.curve_bim_alpha:g} x "
@@ -138,6 +149,13 @@ def std_scale(model: nn.Module) -> float:
     return float(torch.as_tensor(std).float().mean())
 
 
+def strong_is_suite(protocol: Protocol) -> bool:
+    """Whether the strong column runs advlab's worst-case suite (when installed) or the PGD fallback."""
+    from .specs import registry
+
+    return protocol.strong == "suite" and "suite_strong" in registry()
+
+
 def build_experiment(protocol: Protocol, std: float) -> Experiment:
     specs: list[AttackSpec] = []
     table: dict[tuple[int, str, str], str] = {}
@@ -155,17 +173,17 @@ def build_experiment(protocol: Protocol, std: float) -> Experiment:
                     "pgd", {"eps": e, "alpha": p.pgd_alpha * e / p.pgd_steps, "steps": p.pgd_steps}, id=f"{prefix}-pgd"
                 ),
             }
-            rows["strong"] = make_spec(
-                "pgd",
-                {
+            deps = [s.id for s in rows.values()]
+            if strong_is_suite(p):
+                rows["strong"] = make_spec("suite_strong", {"eps": e}, id=f"{prefix}-strong", only_unbroken=deps)
+            else:
+                params = {
                     "eps": e,
                     "alpha": p.strong_alpha * e / p.strong_steps,
                     "steps": p.strong_steps,
                     "restarts": p.strong_restarts,
-                },
-                id=f"{prefix}-strong",
-                only_unbroken=[s.id for s in rows.values()],
-            )
+                }
+                rows["strong"] = make_spec("pgd", params, id=f"{prefix}-strong", only_unbroken=deps)
             for row, spec in rows.items():
                 specs.append(spec)
                 table[(t, scale, row)] = spec.id

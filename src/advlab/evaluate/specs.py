@@ -55,9 +55,60 @@ def _discover() -> None:
             _REGISTRY[name] = fn
 
 
+def _suite_attack(suite: str) -> Callable[..., Any]:
+    """The worst-case suite of :mod:`advlab.evaluate.suite` as an attack function the engine can run.
+
+    Returns an ``AttackResult`` whose ``extras["broken_by"]`` holds, per sample, the index into
+    :data:`SUITE_STAGES` ``[suite]`` of what broke it (0 = already misclassified clean, -1 = robust).
+    """
+
+    def attack(
+        model: nn.Module,
+        x: Any,
+        y: Any,
+        eps: float,
+        *,
+        norm: str = "linf",
+        square_queries: int = 1000,
+        seed: Any = None,
+        return_info: bool = False,
+    ) -> Any:
+        from . import suite as _suite
+
+        result = _suite.run_suite(
+            model, x, y, eps, norm, seed=0 if seed is None else seed, suite=suite, square_queries=square_queries
+        )
+        return _attacks.AttackResult(result.x_adv, ~result.robust, None, {"broken_by": result.broken_by})
+
+    attack.__name__ = f"suite_{suite}"
+    attack.__doc__ = f"The {suite!r} worst-case suite (advlab.evaluate.suite) as one attack."
+    return attack
+
+
+def suite_stage_names(name: str) -> tuple[str, ...] | None:
+    """("clean", stage names...) of a suite attack (``suite_strong``), indexed by ``broken_by``; else None."""
+    if not name.startswith("suite_"):
+        return None
+    from . import suite as _suite
+
+    return ("clean", *(st.name for st in _suite.suite_stages(name[len("suite_") :])))
+
+
+def _discover_suites() -> None:
+    try:
+        from . import suite as _suite
+    except ImportError:  # the suite module is optional
+        return
+    for suite in getattr(_suite, "SUITES", {}):
+        key = f"suite_{suite}"
+        if key not in _REGISTRY:
+            _REGISTRY[key] = _suite_attack(suite)
+
+
 def registry() -> dict[str, Callable[..., Any]]:
-    """Name -> attack function, for every attack a spec may name."""
+    """Name -> attack function, for every attack a spec may name (``suite_strong``: the worst-case suite)."""
     _discover()
+    _discover_suites()
     return dict(_REGISTRY)
 
 
@@ -176,7 +227,14 @@ def _check_value(attack: str, key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"{attack}: {key} must be an integer, got {value!r}")
-        if value < 1 and key in {"steps", "restarts", "binary_search_steps", "queries", "n_queries"}:
+        if value < 1 and key in {
+            "steps",
+            "restarts",
+            "binary_search_steps",
+            "queries",
+            "square_queries",
+            "n_target_classes",
+        }:
             raise SpecError(f"{attack}: {key} must be >= 1, got {value}")
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -37,7 +37,7 @@ def _row_name(row: str, t: int, protocol: Protocol) -> str:
     if row == "pgd":
         return f"PGD ({protocol.pgd_steps} steps)"
     if row == "strong":
-        return f"Strong: worst case incl. PGD-{protocol.strong_steps} x {protocol.strong_restarts} restarts"
+        return "Strong (worst case, see Settings)"
     return dict(ROWS)[row]
 
 

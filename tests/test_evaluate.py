@@ -1,0 +1,468 @@
+"""The evaluation engine: specs, targets, records, resume (including after SIGKILL), sharding, summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from advlab.evaluate import (
+    AttackSpec,
+    SpecError,
+    attack_batch,
+    evaluate,
+    make_spec,
+    parse_number,
+    plan_batches,
+    random_targets,
+    registry,
+    summarize,
+    validate_specs,
+)
+from advlab.evaluate.records import L0_TOL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads make
+    them ~20x slower; one thread keeps this file fast. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Items:
+    """A dataset of (image, label, index) items over tensors; ``None`` where an image is 'unreadable'."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, unreadable: set[int] | None = None) -> None:
+        self.x, self.y, self.unreadable = x, y, unreadable or set()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        if i in self.unreadable:
+            return None
+        return self.x[i], int(self.y[i]), i
+
+
+def untimed(summary: dict) -> dict:
+    """A summary without the fields that measure time (the only ones allowed to differ between runs)."""
+    out = {k: v for k, v in summary.items() if k not in ("wall_s", "time_s")}
+    out["attacks"] = [{k: v for k, v in a.items() if k != "time_s"} for a in summary["attacks"]]
+    return out
+
+
+def untimed_records(records: dict) -> dict:
+    return {aid: sorted(({**r, "time_s": 0} for r in rs), key=lambda r: r["index"]) for aid, rs in records.items()}
+
+
+@pytest.fixture(scope="module")
+def data(digits_model):
+    model, x, y = digits_model
+    return model, Items(x[:60], y[:60])
+
+
+def basic_specs() -> list[AttackSpec]:
+    return [
+        make_spec("fgsm", {"eps": "0.1"}, id="fgsm"),
+        make_spec("pgd", {"eps": 0.1, "steps": 5}, id="pgd"),
+        make_spec("bim", {"eps": "0.2", "steps": 3, "targeted": True}, id="tbim"),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ specs
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("8/255", 8 / 255), ("0.03", 0.03), (" 1e-2 ", 0.01), ("0", 0.0), (2, 2.0)]
+)
+def test_parse_number_accepts_numbers_and_fractions(text, value):
+    assert parse_number(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("8/0", "divides by zero"), ("-1", ">= 0"), ("abc", "not a number"), ("nan", "finite"), ("inf", "finite"),
+     ("1/-255", ">= 0"), (True, "number")],
+)  # fmt: skip
+def test_parse_number_rejects_bad_eps_with_one_clear_line(text, needle):
+    with pytest.raises(SpecError) as err:
+        parse_number(text, "eps")
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 10_000))
+def test_parse_fraction_equals_the_division(a, b):
+    assert parse_number(f"{a}/{b}") == a / b
+
+
+def test_unknown_attack_lists_what_exists():
+    with pytest.raises(SpecError, match=r"unknown attack 'nope'; available attacks: .*fgsm.*pgd"):
+        make_spec("nope", {"eps": 0.1})
+
+
+def test_unknown_parameter_lists_the_signature():
+    with pytest.raises(SpecError, match="unknown parameter stepz for attack 'pgd'; it takes: eps, alpha, steps"):
+        make_spec("pgd", {"eps": 0.1, "stepz": 3})
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "kwargs", "needle"),
+    [
+        ("fgsm", {}, {}, "needs eps"),
+        ("pgd", {"eps": 0.1, "steps": 2.5}, {}, "steps must be an integer"),
+        ("pgd", {"eps": 0.1, "steps": 0}, {}, "steps must be >= 1"),
+        ("pgd", {"eps": 0.1, "random_start": "yes"}, {}, "true or false"),
+        ("pgd", {"eps": 0.1, "norm": 2}, {}, "must be a string"),
+        ("fgsm", {"eps": 0.1}, {"target": "random"}, "only meaningful with targeted"),
+        ("fgsm", {"eps": 0.1, "targeted": True}, {"target": "most-likely"}, "target must be"),
+        ("fgsm", {"eps": 0.1, "targeted": True}, {"target": -3}, "target must be"),
+    ],
+)
+def test_bad_parameters_are_refused_before_any_work(name, params, kwargs, needle):
+    with pytest.raises(SpecError, match=needle):
+        make_spec(name, params, **kwargs)
+
+
+def test_specs_are_validated_together():
+    a = make_spec("fgsm", {"eps": 0.1}, id="a")
+    with pytest.raises(SpecError, match="share the id 'a'"):
+        validate_specs([a, make_spec("pgd", {"eps": 0.1}, id="a")])
+    with pytest.raises(SpecError, match="not an earlier attack"):
+        validate_specs([make_spec("pgd", {"eps": 0.1}, id="b", only_unbroken=["a"]), a])
+    with pytest.raises(SpecError, match="other targets"):
+        validate_specs([a, make_spec("pgd", {"eps": 0.1, "targeted": True}, id="b", only_unbroken=["a"])])
+    with pytest.raises(SpecError, match="no attacks"):
+        validate_specs([])
+
+
+def test_registry_holds_every_exported_attack():
+    from advlab import attacks
+
+    reg = registry()
+    for name in attacks.__all__:
+        if name != "AttackResult":
+            assert reg[name] is getattr(attacks, name)
+
+
+def test_plan_batches_covers_every_index_once():
+    plan = plan_batches(23, 5)
+    assert [list(b) for b in plan][-1] == [20, 21, 22]
+    assert sorted(i for b in plan for i in b) == list(range(23))
+    with pytest.raises(SpecError):
+        plan_batches(10, 0)
+
+
+# ---------------------------------------------------------------------------------------------- targets
+
+
+def test_random_targets_are_per_index_uniform_over_other_classes():
+    labels = torch.arange(2000) % 10
+    indices = list(range(2000))
+    t = random_targets(labels, indices, 10, seed=3)
+    assert bool((t != labels).all()) and int(t.min()) >= 0 and int(t.max()) <= 9
+    counts = torch.bincount(t, minlength=10).float()
+    assert float(counts.min()) > 150 and float(counts.max()) < 250  # ~200 each: uniform
+    # A sample's target depends on its index and the seed only, not on its batch.
+    part = random_targets(labels[1500:1510], indices[1500:1510], 10, seed=3)
+    assert torch.equal(part, t[1500:1510])
+    assert not torch.equal(random_targets(labels, indices, 10, seed=4), t)
+
+
+def test_least_likely_and_given_targets(data):
+    model, ds = data
+    x = ds.x[:8]
+    y = ds.y[:8]
+    specs = [
+        make_spec("fgsm", {"eps": 0.05, "targeted": True}, id="ll", target="least-likely"),
+        make_spec("fgsm", {"eps": 0.05, "targeted": True}, id="three", target=3),
+    ]
+    out = attack_batch(model, x, y, list(range(8)), specs)
+    with torch.no_grad():
+        least = model(x).argmin(dim=1).tolist()
+    assert [r["target"] for r in out["ll"]] == least
+    assert [r["target"] for r in out["three"]] == [3] * 8
+    for r in out["three"]:  # targeted success means the top-1 is the target
+        assert r["success"] == (r["adv_top5"][0] == 3)
+    with pytest.raises(SpecError, match="target class 10 does not exist"):
+        attack_batch(model, x, y, list(range(8)), [make_spec("fgsm", {"eps": 0.1, "targeted": True}, target=10)])
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def test_records_measure_what_they_claim(data):
+    model, ds = data
+    result = evaluate(model, ds, basic_specs(), batch_size=16, quiet=True)
+    by_id = {a["id"]: a for a in result.summary["attacks"]}
+    x, y = ds.x, ds.y
+    with torch.no_grad():
+        clean_pred = model(x).argmax(1)
+    for r in result.records["fgsm"]:
+        assert r["clean_top5"][0] == int(clean_pred[r["index"]])
+        assert r["linf"] <= 0.1 + 1e-6 and r["l2"] <= math.sqrt(64) * 0.1 + 1e-5
+        assert 0 <= r["l0"] <= 64
+        assert r["success"] == (r["adv_top5"][0] != r["label"])
+        assert (
+            len(r["adv_top5"]) == 5
+            and abs(sum(r["adv_probs"]) - 1) <= 1
+            and r["adv_probs"] == sorted(r["adv_probs"], reverse=True)
+        )
+    fgsm = by_id["fgsm"]
+    assert fgsm["n"] == 60 and fgsm["clean_top1"] == int((clean_pred == y[:60]).sum()) / 60
+    assert fgsm["adv_top1"] == 1 - fgsm["success_rate"]
+    assert fgsm["norms"]["linf"]["max"] <= 0.1 + 1e-6
+    tbim = by_id["tbim"]
+    assert tbim["targeted"] and all(r["target"] != r["label"] for r in result.records["tbim"])
+    assert tbim["success_rate"] == sum(r["adv_top5"][0] == r["target"] for r in result.records["tbim"]) / 60
+    assert result.summary["clean"]["n"] == 60
+    assert L0_TOL < 1e-4
+
+
+def test_only_unbroken_is_the_per_sample_worst_case(data):
+    model, ds = data
+    specs = [
+        make_spec("fgsm", {"eps": 0.3}, id="fgsm"),
+        make_spec("pgd", {"eps": 0.3, "steps": 3}, id="pgd"),
+        make_spec("pgd", {"eps": 0.3, "steps": 10, "restarts": 2}, id="strong", only_unbroken=["fgsm", "pgd"]),
+    ]
+    result = evaluate(model, ds, specs, batch_size=32, quiet=True)
+    a = {x["id"]: x for x in result.summary["attacks"]}
+    assert a["strong"]["adv_top1"] <= min(a["fgsm"]["adv_top1"], a["pgd"]["adv_top1"])
+    assert a["strong"]["adv_top5"] <= min(a["fgsm"]["adv_top5"], a["pgd"]["adv_top5"])
+    recs = {k: {r["index"]: r for r in v} for k, v in result.records.items()}
+    copied = [r for r in recs["strong"].values() if r["from"] is not None]
+    assert 0 < len(copied) < 60 and a["strong"]["n_from_other_attacks"] == len(copied)
+    for r in copied:  # a copied record is the dep's record, at no cost to this attack
+        dep = recs[r["from"]][r["index"]]
+        assert {**r, "time_s": 0, "from": None} == {**dep, "time_s": 0}
+        assert r["time_s"] == 0
+
+
+def test_unreadable_images_are_skipped_and_counted(data):
+    model, ds = data
+    holes = Items(ds.x, ds.y, unreadable={3, 17})
+    result = evaluate(model, holes, [make_spec("fgsm", {"eps": 0.1})], batch_size=16, quiet=True)
+    assert result.summary["clean"]["n"] == 58 and result.summary["n_unreadable"] == 2
+    assert result.summary["complete"]
+    assert {r["index"] for r in next(iter(result.records.values()))} == set(range(60)) - {3, 17}
+
+
+def test_model_mode_is_left_as_it_was(data):
+    model, ds = data
+    model.train()
+    try:
+        evaluate(model, Items(ds.x[:8], ds.y[:8]), [make_spec("fgsm", {"eps": 0.1})], quiet=True)
+        assert model.training
+    finally:
+        model.eval()
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+@pytest.fixture(scope="module")
+def run_records(data):
+    model, ds = data
+    return evaluate(model, ds, basic_specs(), batch_size=16, quiet=True).records
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(1, 4))
+def test_summary_is_independent_of_order_and_sharding(run_records, rnd: random.Random, shards: int):
+    reference = summarize(run_records)
+    shuffled = {}
+    for aid, rs in run_records.items():
+        rs = list(rs)
+        rnd.shuffle(rs)
+        # Split into shards and join them back in a random order, as merged ranks would be.
+        cuts = sorted(rnd.randrange(len(rs) + 1) for _ in range(shards - 1))
+        parts = [rs[a:b] for a, b in zip([0, *cuts], [*cuts, len(rs)], strict=True)]
+        rnd.shuffle(parts)
+        shuffled[aid] = [r for p in parts for r in p]
+    assert summarize(shuffled) == reference
+
+
+def test_summary_refuses_two_different_records_of_one_sample(run_records):
+    rs = list(run_records["fgsm"])
+    twin = {**rs[0], "success": not rs[0]["success"]}
+    with pytest.raises(ValueError, match="two different records"):
+        summarize({"fgsm": [*rs, twin]})
+    # The same record twice (a shard written by two ranks) is fine.
+    assert summarize({"fgsm": [*rs, rs[0]]}) == summarize({"fgsm": rs})
+
+
+# ------------------------------------------------------------------------------------- run directories
+
+
+def test_run_directory_resume_skips_finished_batches(data, tmp_path):
+    model, ds = data
+    out = tmp_path / "run"
+    first = evaluate(model, ds, basic_specs(), out=out, batch_size=16, quiet=True)
+    files = sorted((out / "records").rglob("*.jsonl"))
+    assert len(files) == 3 * 4  # 3 attacks x 4 batches
+    assert json.loads((out / "summary.json").read_text())["complete"] is True
+    victim = files[5]
+    victim.unlink()
+    stamps = {f: f.stat().st_mtime_ns for f in files if f != victim}
+    second = evaluate(model, ds, basic_specs(), out=out, batch_size=16, quiet=True)
+    assert victim.exists()
+    assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())  # nothing else was recomputed
+    assert untimed(second.summary) == untimed(first.summary)
+    # Same seed, same numbers: a fresh run elsewhere gives the identical records.
+    third = evaluate(model, ds, basic_specs(), out=tmp_path / "again", batch_size=16, quiet=True)
+    assert untimed_records(third.records) == untimed_records(first.records)
+
+
+def test_a_different_run_is_refused_before_any_work(data, tmp_path):
+    model, ds = data
+    out = tmp_path / "run"
+    evaluate(model, Items(ds.x[:16], ds.y[:16]), [make_spec("fgsm", {"eps": 0.1})], out=out, quiet=True)
+    before = sorted(p.name for p in (out / "records").rglob("*"))
+    for specs, kwargs, needle in [
+        ([make_spec("fgsm", {"eps": 0.2})], {}, "attacks"),
+        ([make_spec("fgsm", {"eps": 0.1})], {"seed": 1}, "seed"),
+        ([make_spec("fgsm", {"eps": 0.1})], {"batch_size": 8}, "batch_size"),
+    ]:
+        with pytest.raises(SpecError, match=f"holds a different run \\(differs in: .*{needle}"):
+            evaluate(model, Items(ds.x[:16], ds.y[:16]), specs, out=out, quiet=True, **kwargs)
+    assert sorted(p.name for p in (out / "records").rglob("*")) == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError, match="not empty and holds no advlab run"):
+        evaluate(model, ds, [make_spec("fgsm", {"eps": 0.1})], out=tmp_path / "other", quiet=True)
+
+
+def test_shards_written_separately_give_the_single_process_summary(data, tmp_path):
+    """Two 'ranks' each process half of the batch plan into one run directory (issue 8's layout)."""
+    model, ds = data
+    single = evaluate(model, ds, basic_specs(), out=tmp_path / "single", batch_size=16, quiet=True)
+    shared = tmp_path / "shared"
+    evaluate(model, ds, basic_specs(), out=shared, batch_size=16, batches=[1, 3], quiet=True)
+    partial = json.loads((shared / "summary.json").read_text())
+    assert partial["complete"] is False
+    merged = evaluate(model, ds, basic_specs(), out=shared, batch_size=16, batches=[0, 2], quiet=True)
+    assert untimed(merged.summary) == untimed(single.summary)
+
+
+SIGKILL_SPECS = [
+    ("fgsm", {"eps": 0.1}, "fgsm"),
+    ("pgd", {"eps": 0.1, "steps": 30, "restarts": 2}, "pgd"),
+    ("cw_l2", {"steps": 20, "binary_search_steps": 2, "targeted": True}, "cw"),
+]
+SIGKILL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    sys.path.insert(0, {tests!r})
+    from conftest import digits_cnn
+    from advlab.evaluate import evaluate, make_spec
+    torch.set_num_threads(1)
+    model = digits_cnn()
+    model.load_state_dict(torch.load({weights!r}, weights_only=True))
+    model.eval()
+    x, y = torch.load({data!r}, weights_only=True)
+    ds = [(x[i], int(y[i]), i) for i in range(len(x))]
+    specs = [make_spec(name, params, id=id) for name, params, id in json.loads({specs!r})]
+    evaluate(model, ds, specs, out=sys.argv[1], batch_size=8, seed=5, quiet=True)
+    """
+)
+
+
+def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_summary(digits_model, tmp_path):
+    """A real process killed with SIGKILL mid-run (twice, at random moments), then run again to the end."""
+    model, x, y = digits_model
+    x, y = x[:48], y[:48]
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    torch.save((x, y), tmp_path / "d.pt")
+    script = tmp_path / "run.py"
+    script.write_text(
+        SIGKILL_SCRIPT.format(
+            tests=str(ROOT / "tests"),
+            weights=str(tmp_path / "w.pt"),
+            data=str(tmp_path / "d.pt"),
+            specs=json.dumps(SIGKILL_SPECS),
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    specs = [make_spec(name, params, id=id) for name, params, id in SIGKILL_SPECS]
+    reference = evaluate(model, Items(x, y), specs, out=tmp_path / "reference", batch_size=8, seed=5, quiet=True)
+
+    out = tmp_path / "killed"
+    rnd = random.Random(0)
+    kills = 0
+    for _ in range(2):
+        start_count = len(list((out / "records").rglob("*.jsonl"))) if out.exists() else 0
+        proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = len(list((out / "records").rglob("*.jsonl"))) if out.exists() else 0
+            if done > start_count:  # it is working: kill it a random moment later
+                time.sleep(0.6 * rnd.random())
+                break
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        proc.stderr.close()
+        # Whatever the moment, the folder holds only whole batch files (temp files are hidden and ignored).
+        for f in (out / "records").rglob("*.jsonl"):
+            assert all(json.loads(line) for line in f.read_text().splitlines())
+    assert kills >= 1
+    assert len(list((out / "records").rglob("*.jsonl"))) < 3 * 6  # the kills left work to do
+    finished = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["complete"] and untimed(resumed) == untimed(reference.summary)
+    assert sorted(p.name for p in (out / "records").rglob("*.jsonl")) == sorted(
+        p.name for p in (tmp_path / "reference" / "records").rglob("*.jsonl")
+    )
+
+
+def test_evaluate_refuses_non_specs_and_empty_data(data):
+    model, ds = data
+    with pytest.raises(TypeError, match="AttackSpec"):
+        evaluate(model, ds, ["fgsm"], quiet=True)
+    with pytest.raises(SpecError, match="empty"):
+        evaluate(model, Items(ds.x[:0], ds.y[:0]), [make_spec("fgsm", {"eps": 0.1})], quiet=True)
+
+
+class _Flaky(nn.Module):
+    """A linear model, used to check that records do not depend on the batch a sample is in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(64, 10).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1).double()).float()
+
+
+def test_random_start_depends_on_the_sample_not_its_batch(data):
+    _, ds = data
+    model = _Flaky().eval()
+    spec = [make_spec("pgd", {"eps": 0.1, "steps": 2})]
+    a = evaluate(model, ds, spec, batch_size=7, quiet=True).records
+    b = evaluate(model, ds, spec, batch_size=60, quiet=True).records
+    ra, rb = untimed_records(a), untimed_records(b)
+    for x, y in zip(next(iter(ra.values())), next(iter(rb.values())), strict=True):
+        assert x["adv_top5"] == y["adv_top5"] and x["success"] == y["success"]
+        assert x["linf"] == pytest.approx(y["linf"], abs=1e-6) and x["l2"] == pytest.approx(y["l2"], rel=1e-5)
