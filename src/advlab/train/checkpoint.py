@@ -33,6 +33,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(str(tmp))
+        # Some writers (safetensors) create owner-only files; results are meant to be shared like any output.
+        os.chmod(tmp, 0o644)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -87,6 +88,9 @@ class TrainConfig:
         """Raise ValueError/TypeError naming the first bad field and what is expected."""
         _choice(self.method, "method", METHODS)
         _choice(self.dataset, "dataset", DATASETS)
+        from advlab.models.small import ARCHITECTURES
+
+        _choice(self.model, "model", tuple(ARCHITECTURES))
         _choice(self.optimizer, "optimizer", OPTIMIZERS)
         _choice(self.schedule, "schedule", SCHEDULES)
         _number(self.eps, "eps")
@@ -136,6 +140,11 @@ class TrainConfig:
             raise ValueError(f"unknown config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**data)
 
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> TrainConfig:
+        """The config from an argparse namespace filled by :func:`add_arguments` (other attributes ignored)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
     def differences(self, other: dict[str, Any]) -> list[str]:
         """Fields (other than runtime ones) whose value differs from ``other`` (a stored config dict)."""
         mine = self.to_dict()
@@ -144,6 +153,64 @@ class TrainConfig:
             for k in mine
             if k not in RUNTIME_FIELDS and other.get(k) != mine[k]
         ]
+
+
+_HELP: dict[str, str] = {
+    "dataset": "training data",
+    "model": "architecture (advlab.models.small): mnist_cnn (Madry et al.) or mnist_cnn_small",
+    "method": "inner maximisation: standard, pgd (Madry et al. 2018), fgsm-rs (Wong et al. 2020), trades",
+    "eps": "Linf budget in pixel units, in [0, 1]",
+    "alpha": "inner step size (default: 2.5*eps/steps for pgd/trades, 1.25*eps for fgsm-rs)",
+    "steps": "inner PGD/TRADES steps",
+    "beta": "TRADES weight of the KL term",
+    "eps_ramp_epochs": "grow eps linearly from 0 over this many epochs",
+    "epochs": "training epochs",
+    "batch_size": "training batch size",
+    "optimizer": "outer optimiser",
+    "lr": "(peak) learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "schedule": "learning-rate schedule, stepped per batch",
+    "val_size": "held-out training images for per-epoch clean/PGD accuracy (0: none)",
+    "val_pgd_steps": "steps of the held-out PGD",
+    "train_subset": "train on only this many images",
+    "seed": "seed of the split, shuffling, initialisation and random starts",
+    "amp": "bfloat16 mixed precision (CUDA only)",
+    "device": "cpu, cuda, cuda:1, ...",
+    "threads": "torch CPU threads (default: torch's choice)",
+    "data_root": "folder holding the dataset files (default: the system copy)",
+    "out": "run directory: checkpoint, logs, curves, weights",
+    "resume": "continue the run in --out from its checkpoint",
+    "progress": "progress bars",
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "method": METHODS,
+    "model": ("mnist_cnn", "mnist_cnn_small"),
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per :class:`TrainConfig` field (``eps_ramp_epochs`` -> ``--eps-ramp-epochs``; booleans
+    as ``--amp/--no-amp``), with the dataclass defaults. ``TrainConfig.from_namespace(args)`` reads them back."""
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        kind = {"int": int, "float": float, "str": str}
+        base = str(f.type).replace(" | None", "")
+        if base == "bool":
+            parser.add_argument(
+                flag, dest=f.name, default=default, action=argparse.BooleanOptionalAction, help=_HELP.get(f.name)
+            )
+        else:
+            help_text = _HELP.get(f.name, "")
+            if default is not None:
+                help_text += f" (default: {default})"
+            parser.add_argument(
+                flag, dest=f.name, type=kind[base], default=default, choices=_CHOICES.get(f.name), help=help_text
+            )
 
 
 def _choice(value: object, name: str, choices: tuple[str, ...]) -> None:
