@@ -364,7 +364,7 @@ def test_shards_written_separately_give_the_single_process_summary(data, tmp_pat
 
 SIGKILL_SPECS = [
     ("fgsm", {"eps": 0.1}, "fgsm"),
-    ("pgd", {"eps": 0.1, "steps": 30, "restarts": 2}, "pgd"),
+    ("pgd", {"eps": 0.1, "steps": 100, "restarts": 2}, "pgd"),
     ("cw_l2", {"steps": 20, "binary_search_steps": 2, "targeted": True}, "cw"),
 ]
 SIGKILL_SCRIPT = textwrap.dedent(
@@ -410,13 +410,16 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_summary(digits
     for _ in range(2):
         start_count = len(list((out / "records").rglob("*.jsonl"))) if out.exists() else 0
         proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, stderr=subprocess.PIPE)
+        # Kill once it has written 1-3 more batch files, plus a random few milliseconds: a moment that lands
+        # anywhere in a batch (mid-attack or mid-write), yet always before the run could finish on a fast machine.
+        target = start_count + rnd.randint(1, 3)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             done = len(list((out / "records").rglob("*.jsonl"))) if out.exists() else 0
-            if done > start_count:  # it is working: kill it a random moment later
-                time.sleep(0.6 * rnd.random())
+            if done >= target:
+                time.sleep(0.02 * rnd.random())
                 break
-            time.sleep(0.02)
+            time.sleep(0.002)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -425,7 +428,7 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_summary(digits
         # Whatever the moment, the folder holds only whole batch files (temp files are hidden and ignored).
         for f in (out / "records").rglob("*.jsonl"):
             assert all(json.loads(line) for line in f.read_text().splitlines())
-    assert kills >= 1
+    assert kills == 2
     assert len(list((out / "records").rglob("*.jsonl"))) < 3 * 6  # the kills left work to do
     finished = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, timeout=300)
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]

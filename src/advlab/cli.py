@@ -45,6 +45,13 @@ class UsageError(Exception):
     """A user mistake that the CLI reports as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (``advlab: error: ...``) instead of the usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -381,7 +388,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- train
 
 
-def _train_parser(sub: Any) -> argparse.ArgumentParser:
+def _train_parser(sub: Any, full: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="adversarial training (PGD-AT, FGSM-RS, TRADES) on Fashion-MNIST",
@@ -391,6 +398,8 @@ def _train_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the flags below (as key = value)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if not full:  # the training flags import torch: only build them when `advlab train` is what runs
+        return p
     try:
         from .train.config import add_arguments
     except ImportError:
@@ -418,8 +427,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="advlab",
         description="Attack, evaluate and harden image classifiers against adversarial examples.",
     )
@@ -428,12 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _eval_parser(sub)
     _reproduce_parser(sub)
-    _train_parser(sub)
+    _train_parser(sub, full=argv is None or "train" in argv)
     return parser
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         table = _read_toml(args.config)

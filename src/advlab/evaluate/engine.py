@@ -387,7 +387,7 @@ def build_summary(
                 "complete": (complete or {}).get(spec.id, stats["n"] == n),
             }
         )
-    return {
+    summary = {
         "schema": SUMMARY_SCHEMA,
         "advlab_version": __version__,
         "fingerprint": fingerprint,
@@ -405,6 +405,8 @@ def build_summary(
         "sanity": None,
         **dict(extra or {}),
     }
+    summary["sanity"] = sanity_of(summary)
+    return summary
 
 
 def sanity_of(summary: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -533,7 +535,6 @@ def evaluate(
         wall_s=wall,
         extra=extra,
     )
-    summary["sanity"] = sanity_of(summary)
     if run_dir is not None and write_summary:
         atomic_write_text(run_dir.path / "summary.json", json.dumps(summary, indent=2, sort_keys=False) + "\n")
     return RunResult(summary, records, run_dir.path if run_dir else None)

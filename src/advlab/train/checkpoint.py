@@ -155,9 +155,7 @@ def check_architecture(payload: dict[str, Any], model: nn.Module, path: str | os
     )
 
 
-def restore(
-    payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None
-) -> None:
+def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None) -> None:
     """Load model, optimiser, scheduler and RNG states from a checked checkpoint."""
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])

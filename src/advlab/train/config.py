@@ -194,7 +194,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per :class:`TrainConfig` field (``eps_ramp_epochs`` -> ``--eps-ramp-epochs``; booleans
-    as ``--amp/--no-amp``), with the dataclass defaults. ``TrainConfig.from_namespace(args)`` reads them back."""
+    as ``--amp/--no-amp``), with the dataclass defaults (ArgumentDefaultsHelpFormatter shows them).
+    ``TrainConfig.from_namespace(args)`` reads them back."""
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
@@ -202,14 +203,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         base = str(f.type).replace(" | None", "")
         if base == "bool":
             parser.add_argument(
-                flag, dest=f.name, default=default, action=argparse.BooleanOptionalAction, help=_HELP.get(f.name)
+                flag, dest=f.name, default=default, action=argparse.BooleanOptionalAction, help=_HELP[f.name]
             )
         else:
-            help_text = _HELP.get(f.name, "")
-            if default is not None:
-                help_text += f" (default: {default})"
             parser.add_argument(
-                flag, dest=f.name, type=kind[base], default=default, choices=_CHOICES.get(f.name), help=help_text
+                flag, dest=f.name, type=kind[base], default=default, choices=_CHOICES.get(f.name), help=_HELP[f.name]
             )
 
 

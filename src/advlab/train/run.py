@@ -5,6 +5,7 @@ This is what ``advlab train`` calls; the same run from Python is ``run_training(
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advlab import distributed
 from advlab.data.fashion_mnist import load_fashion_mnist, to_float_images
 from advlab.models.small import build
 
@@ -83,16 +85,30 @@ def run_training(config: TrainConfig, *, log: Callable[[str], Any] = print) -> F
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} was asked for but CUDA is not available")
+    # One process unless torchrun started several: then DistributedDataParallel, each global batch split by
+    # rank, files written by rank 0 (see advlab.distributed and docs/distributed.md).
+    info = distributed.setup(config.device)
+    if not info.is_main:
+        config = dataclasses.replace(config, progress=False)
+        log = _silent
     train_loader, val_loader = load_data(config)
     torch.manual_seed(config.seed)
-    model = build(config.model).to(device)
+    model = net = build(config.model).to(device)
     optimizer = make_optimizer(model, config)
+    if info.distributed:
+        model, train_loader = distributed.distribute_training(model, train_loader, info)
     scheduler = make_scheduler(optimizer, config, len(train_loader))
-    if not config.resume:
+    if not config.resume and info.is_main:
         config.run_dir.mkdir(parents=True, exist_ok=True)
         if not (config.run_dir / "checkpoint.pt").exists():
             blob = json.dumps(config.to_dict(), indent=1)
             atomic_write(config.run_dir / "config.json", lambda tmp: Path(tmp).write_text(blob + "\n"))
     result = fit(model, train_loader, val_loader, optimizer, config, scheduler=scheduler, log=log)
+    distributed.wait_for_all("the end of training", info)  # rank 0's files are complete before any rank returns
+    result.model = net
     result.model.eval()
     return result
+
+
+def _silent(*_: Any) -> None:
+    """The log of ranks other than 0 (rank 0 reports for the whole distributed run)."""

@@ -1,0 +1,228 @@
+"""The ``advlab`` command line: help everywhere, one-line errors before any work, eval/config/suite/train runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from advlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ADVLAB = Path(sys.executable).parent / "advlab"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not any(FASHION.glob("t10k-images-idx3-ubyte*")) and not os.environ.get("ADVLAB_FASHION_MNIST"),
+    reason="Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (or run scripts/install-system-deps.sh)",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core machine they only slow down. Restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A state-dict file for the small Fashion-MNIST CNN (random weights: these tests check plumbing)."""
+    from safetensors.torch import save_file
+
+    from advlab.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model("mnist_cnn_small", pretrained=False)
+    path = tmp_path_factory.mktemp("w") / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def small_eval(weights: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "eval", "--model", "mnist_cnn_small", "--weights", str(weights), "--data", "fashion-mnist",
+        "--limit", "24", "--batch-size", "8", "--out", str(out), "--quiet", *extra,
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ help
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["reproduce", "--help"], ["train", "--help"]])
+def test_help_everywhere(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: advlab") and "--help" in out
+
+
+def test_console_script_and_module_entry_point():
+    for cmd in ([str(ADVLAB), "--version"], [sys.executable, "-m", "advlab", "--version"]):
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and res.stdout.startswith("advlab "), res.stderr
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["eval", "--attack", "nope"], "unknown attack 'nope'; available attacks:"),
+        (["eval", "--attack", "pgd", "--eps", "8/0"], "divides by zero"),
+        (["eval", "--attack", "pgd", "--eps", "-1"], "eps must be >= 0"),
+        (["eval", "--attack", "fgsm", "--eps", "0.1", "--steps", "3"], "unknown parameter steps for attack 'fgsm'"),
+        (["eval", "--attack", "pgd", "--eps", "0.1", "-p", "stepz=3"], "unknown parameter stepz"),
+        (["eval"], "no attack given"),
+        (["eval", "--eps", "0.1"], "no attack given"),
+        (["eval", "--attack", "pgd", "--eps", "0.1", "--suite", "strong"], "either --attack or --suite"),
+        (["eval", "--suite", "nope", "--eps", "0.1"], "unknown suite 'nope'"),
+        (["eval", "--suite", "strong"], "--suite needs --eps"),
+        (["eval", "--config", "/no/such.toml"], "config file /no/such.toml does not exist"),
+        (["eval", "--attack", "fgsm", "--eps", "0.1", "--model", "no_such_model"], "no_such_model"),
+        (["reproduce", "--data", "/no/such/folder"], "does not exist"),
+        (["reproduce", "--cw-steps", "0"], "--cw-steps must be >= 1"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(capsys, argv, needle):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("advlab: error: ") and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_no_traceback_from_the_real_console_script():
+    res = subprocess.run(
+        [str(ADVLAB), "eval", "--attack", "pgd", "--eps", "8/0"], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip() == "advlab: error: eps '8/0' divides by zero; write it like 8/255 or 0.03"
+
+
+def test_config_with_unknown_keys_is_refused(capsys, tmp_path):
+    bad_top = tmp_path / "top.toml"
+    bad_top.write_text('modle = "x"\n[[attack]]\nname = "fgsm"\neps = 0.1\n')
+    code, _, err = run_cli(capsys, "eval", "--config", str(bad_top))
+    assert code == 2 and "unknown key modle" in err
+    bad_attack = tmp_path / "attack.toml"
+    bad_attack.write_text('[[attack]]\nname = "pgd"\neps = "8/255"\nsteppes = 3\n')
+    code, _, err = run_cli(capsys, "eval", "--config", str(bad_attack))
+    assert code == 2 and "unknown parameter steppes for attack 'pgd'" in err
+    nameless = tmp_path / "nameless.toml"
+    nameless.write_text("[[attack]]\neps = 0.1\n")
+    code, _, err = run_cli(capsys, "eval", "--config", str(nameless))
+    assert code == 2 and "has no 'name'" in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[attack]\n")
+    code, _, err = run_cli(capsys, "eval", "--config", str(broken))
+    assert code == 2 and "not valid TOML" in err
+
+
+# ------------------------------------------------------------------------------------------------- runs
+
+
+@needs_fashion
+def test_eval_writes_summary_and_refuses_to_mix_runs(capsys, weights, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, *small_eval(weights, out, "--attack", "pgd", "--eps", "8/255", "--steps", "3"))
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schema"] == "advlab.summary/1" and summary["complete"] and summary["n_samples"] == 24
+    (attack,) = summary["attacks"]
+    assert attack["name"] == "pgd" and attack["params"]["eps"] == 8 / 255 and attack["params"]["steps"] == 3
+    assert attack["norms"]["linf"]["max"] <= 8 / 255 + 1e-6
+    assert stdout.count("\n") == 1 and stdout.startswith("pgd(eps=8/255, steps=3): top-1")
+    assert summary["command"].startswith("advlab eval --model mnist_cnn_small")
+    # The same command again resumes (nothing to do) and prints the same line.
+    code, again, _ = run_cli(capsys, *small_eval(weights, out, "--attack", "pgd", "--eps", "8/255", "--steps", "3"))
+    assert code == 0 and again.split(", ")[:3] == stdout.split(", ")[:3]
+    # Another command into the same folder is refused, and nothing there changes.
+    before = sorted(p.name for p in out.rglob("*"))
+    code, _, err = run_cli(capsys, *small_eval(weights, out, "--attack", "pgd", "--eps", "4/255", "--steps", "3"))
+    assert code == 2 and "holds a different run (differs in: attacks)" in err
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+@needs_fashion
+def test_config_file_with_several_attacks_and_a_sweep(capsys, weights, tmp_path):
+    config = tmp_path / "attacks.toml"
+    config.write_text(
+        f"""
+model = "mnist_cnn_small"
+weights = "{weights}"
+data = "fashion-mnist"
+limit = 16
+batch_size = 8
+seed = 3
+out = "{tmp_path / "from-config"}"
+
+[[attack]]
+name = "fgsm"
+id = "fgsm-small"
+eps = "4/255"
+
+[[attack]]
+name = "bim"
+eps = 0.1
+steps = 2
+targeted = true
+target = "least-likely"
+"""
+    )
+    code, stdout, err = run_cli(capsys, "eval", "--config", str(config), "--quiet")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "from-config" / "summary.json").read_text())
+    assert summary["attacks"][0]["id"] == "fgsm-small" and summary["attacks"][1]["target"] == "least-likely"
+    assert summary["seed"] == 3 and summary["n_samples"] == 16 and summary["attacks"][1]["targeted"]
+    # A flag given on the command line wins over the config file.
+    code, _, err = run_cli(capsys, "eval", "--config", str(config), "--out", str(tmp_path / "flag"), "--quiet")
+    assert code == 0 and (tmp_path / "flag" / "summary.json").exists()
+    # An eps sweep from the flags gives one attack per eps.
+    code, stdout, err = run_cli(
+        capsys, *small_eval(weights, tmp_path / "sweep", "--attack", "fgsm", "--eps", "0.01", "0.1")
+    )
+    assert code == 0, err
+    sweep = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert [a["params"]["eps"] for a in sweep["attacks"]] == [0.01, 0.1] and stdout.count("\n") == 2
+
+
+@needs_fashion
+def test_suite_strong_runs_as_one_attack(capsys, weights, tmp_path):
+    out = tmp_path / "suite"
+    code, _, err = run_cli(capsys, *small_eval(weights, out, "--suite", "strong", "--eps", "0.1"))
+    assert code == 0, err
+    (attack,) = json.loads((out / "summary.json").read_text())["attacks"]
+    assert attack["name"] == "suite_strong" and sum(attack["broken_by"].values()) == 24
+    assert set(attack["broken_by"]) <= {"clean", "apgd-ce", "apgd-t", "square", "robust"}
+    assert attack["adv_top1"] == attack["broken_by"].get("robust", 0) / 24
+
+
+@needs_fashion
+def test_train_runs_through_the_cli(capsys, tmp_path):
+    out = tmp_path / "train"
+    code, _, err = run_cli(
+        capsys,
+        "train", "--method", "standard", "--model", "mnist_cnn_small", "--epochs", "1", "--train-subset", "256",
+        "--val-size", "64", "--batch-size", "64", "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert any(out.iterdir())
+    code, _, err = run_cli(capsys, "train", "--method", "nope")
+    assert code == 2 and err.count("\n") == 1 and "invalid choice: 'nope'" in err
+    code, _, err = run_cli(capsys, "eval", "--no-such-flag")
+    assert code == 2 and err.count("\n") == 1 and "unrecognized arguments: --no-such-flag" in err
