@@ -45,6 +45,16 @@ class UsageError(Exception):
     """A user mistake that the CLI reports as one line."""
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where there is a default and the help text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (``advlab: error: ...``) instead of the usage text."""
 
@@ -80,14 +90,14 @@ def _apply_config(
     return parser.parse_args(argv)
 
 
-def _int_arg(name: str) -> Callable[[str], int]:
+def _int_arg(name: str, minimum: int = 0) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text!r}")
         return value
 
     return parse
@@ -119,14 +129,14 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
         help="run attacks on a model and dataset, write per-sample records and summary.json",
         description="Run one attack (flags) or several (--config FILE.toml) over a dataset; records and "
         "RUN_DIR/summary.json are written as batches finish, and the same command resumes a killed run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with the run's settings and [[attack]] tables")
     p.add_argument("--model", default="efficientnet_lite0", help="model name (see docs/models_data.md)")
     p.add_argument("--weights", default=None, help="state-dict file or weights tag for --model")
     p.add_argument("--data", default="default", help="dataset folder, labels CSV, 'default' or fashion-mnist[:split]")
     p.add_argument("--subset", default=None, metavar="CxN", help="the paper's selection of C classes x N images")
-    p.add_argument("--limit", type=_int_arg("--limit"), default=None, help="only the first N samples")
+    p.add_argument("--limit", type=_int_arg("--limit", 1), default=None, help="only the first N samples")
     p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
     p.add_argument("--eps", nargs="+", default=None, help="budget(s) in pixel units: 0.03, 8/255; several = a sweep")
     p.add_argument("--alpha", default=None, help="step size (pixel units)")
@@ -147,7 +157,9 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--suite", default=None, help="run a named suite of attacks ('strong', the worst-case ensemble)")
     p.add_argument("--out", default="runs/eval", help="run directory")
-    p.add_argument("--batch-size", dest="batch_size", type=_int_arg("--batch-size"), default=16)
+    p.add_argument(
+        "--batch-size", dest="batch_size", type=_int_arg("--batch-size", 1), default=16, help="samples per batch"
+    )
     p.add_argument("--seed", type=_int_arg("--seed"), default=0, help="seed of targets and random starts")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
@@ -309,14 +321,20 @@ def _reproduce_parser(sub: Any) -> argparse.ArgumentParser:
         "RUN_DIR/report.html, tables.md, the figures as PNG and summary.json. Without --data it runs on the "
         "default 20-image sample (and says so); with --data ../shared/data/imagenet-30x5 (or an ImageNet val "
         "folder) it runs the full 30 classes x 5 images protocol. A killed run resumes with the same command.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     p.add_argument("--model", default=None, help="model name (default: the embedded efficientnet_lite0)")
     p.add_argument("--data", default=None, help="ImageNet-style folder or labels CSV (default: the 20-image sample)")
     p.add_argument("--out", default="runs/reproduce", help="run directory")
     p.add_argument("--classes", type=_int_arg("--classes"), default=30, help="classes to select")
     p.add_argument("--per-class", dest="per_class", type=_int_arg("--per-class"), default=5, help="images per class")
-    p.add_argument("--select-seed", dest="select_seed", type=_int_arg("--select-seed"), default=0)
+    p.add_argument(
+        "--select-seed",
+        dest="select_seed",
+        type=_int_arg("--select-seed"),
+        default=0,
+        help="seed of the 30 x 5 selection (which classes and images)",
+    )
     p.add_argument("--seed", type=_int_arg("--seed"), default=0, help="seed of targets and random starts")
     p.add_argument(
         "--batch-size",
@@ -394,7 +412,7 @@ def _train_parser(sub: Any, full: bool = True) -> argparse.ArgumentParser:
         help="adversarial training (PGD-AT, FGSM-RS, TRADES) on Fashion-MNIST",
         description="Train a small CNN with Madry's PGD adversarial training, fast FGSM-RS, TRADES or standard "
         "training; checkpoints are atomic and --resume continues a killed run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the flags below (as key = value)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -499,9 +517,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"advlab: error: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:
-        # Ranks of a torchrun run that disagree or lost each other: one line, not a traceback per rank.
-        distributed_error = getattr(sys.modules.get("advlab.distributed"), "DistributedError", None)
-        if debug or distributed_error is None or not isinstance(e, distributed_error):
+        # Ranks of a torchrun run that disagree or lost each other, or a training run that diverged: one line
+        # (the message says what to do), not a traceback per rank. Other runtime errors are bugs: traceback.
+        expected = tuple(
+            cls
+            for module, name in (
+                ("advlab.distributed", "DistributedError"),
+                ("advlab.train.loop", "TrainingDivergedError"),
+            )
+            if (cls := getattr(sys.modules.get(module), name, None)) is not None
+        )
+        if debug or not expected or not isinstance(e, expected):
             raise
         print(f"advlab: error: {e}", file=sys.stderr)
         return 1

@@ -331,6 +331,10 @@ def _provenance(summary: Mapping[str, Any], info: Mapping[str, Any], model: nn.M
     return items
 
 
+def _number(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _sanity_section(sanity: Mapping[str, Any] | None) -> Section:
     section = Section("Sanity checks (gradient masking)", id="sanity")
     if not sanity:
@@ -340,18 +344,17 @@ def _sanity_section(sanity: Mapping[str, Any] | None) -> Section:
             "accuracy falling with eps, unbounded attacks reaching 100%."
         )
         return section
-    checks = sanity.get("checks", sanity)
-    rows = []
-    if isinstance(checks, list):
-        for c in checks:
-            rows.append([str(c.get("name", "")), str(c.get("status", "")), str(c.get("detail", c.get("message", "")))])
-    elif isinstance(checks, Mapping):
-        for k, c in checks.items():
-            if isinstance(c, Mapping):
-                rows.append([str(k), str(c.get("status", "")), str(c.get("detail", c.get("message", "")))])
-            else:
-                rows.append([str(k), "", str(c)])
-    section.tables.append(Table("Checks", ["check", "status", "numbers behind it"], rows, id="sanity-table"))
+    # advlab.evaluate.sanity.check_summary: {"checks": [Check.to_dict(), ...], "warnings": k}
+    rows = [
+        [
+            str(c["name"]),
+            str(c["status"]),
+            ", ".join(f"{k} = {_number(v)}" for k, v in c.get("numbers", {}).items()),
+            str(c.get("message", "")),
+        ]
+        for c in sanity["checks"]
+    ]
+    section.tables.append(Table("Checks", ["check", "status", "numbers behind it", "reading"], rows, id="sanity-table"))
     return section
 
 

@@ -12,32 +12,12 @@ objective, so each sample's perturbation depends on that sample alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlab import attacks
-
-
-@contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """Eval mode and parameters without requires_grad for the duration; both restored exactly afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in grads:
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, req in grads:
-            p.requires_grad_(req)
+from advlab.attacks._core import frozen
 
 
 def fgsm_rs(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float) -> Tensor:
@@ -63,10 +43,10 @@ def trades_inner(model: nn.Module, x: Tensor, eps: float, alpha: float, steps: i
     direction is its own KL's and does not shrink with the batch size.
     """
     lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
-    with _frozen(model), torch.no_grad():
+    with frozen(model), torch.no_grad():
         p_clean = F.softmax(model(x), dim=1)
     x_adv = torch.clamp(x + 0.001 * torch.randn_like(x), lo, hi)
-    with _frozen(model):
+    with frozen(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
