@@ -76,6 +76,9 @@ def main() -> None:
         "pgd_l2": (steps, lambda: attacks.pgd(model, x, y, 0.5, 0.1, steps, norm="l2", seed=0)),
         "pgd_linf_margin": (steps, lambda: attacks.pgd(model, x, y, eps, eps / 4, steps, loss="margin", seed=0)),
         "cw_l2": (steps, lambda: attacks.cw_l2(model, x, y, steps=steps, binary_search_steps=1, abort_early=False)),
+        "mifgsm": (steps, lambda: attacks.mifgsm(model, x, y, eps, steps=steps)),
+        "apgd_ce": (steps, lambda: attacks.apgd(model, x, y, eps, steps=steps, seed=0)),
+        "apgd_dlr": (steps, lambda: attacks.apgd(model, x, y, eps, steps=steps, loss="dlr", seed=0)),
     }
     floor()  # warm-up
     for _, fn in cases.values():

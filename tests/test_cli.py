@@ -92,6 +92,7 @@ def test_console_script_and_module_entry_point():
         (["eval", "--attack", "pgd", "--eps", "0.1", "--suite", "strong"], "either --attack or --suite"),
         (["eval", "--suite", "nope", "--eps", "0.1"], "unknown suite 'nope'"),
         (["eval", "--suite", "strong"], "--suite needs --eps"),
+        (["eval", "--suite", "strong", "--eps", "0.1", "--steps", "5"], "--steps would be ignored"),
         (["eval", "--config", "/no/such.toml"], "config file /no/such.toml does not exist"),
         (["eval", "--attack", "fgsm", "--eps", "0.1", "--model", "no_such_model"], "no_such_model"),
         (["reproduce", "--data", "/no/such/folder"], "does not exist"),

@@ -302,6 +302,17 @@ def _suite_specs(args: argparse.Namespace) -> list[Any]:
         raise UsageError(f"unknown suite {args.suite!r}; available: {', '.join(available) or 'none installed'}")
     if not args.eps:
         raise UsageError("--suite needs --eps (one or more budgets, e.g. --eps 8/255)")
+    # The suite fixes its own steps, losses and targets; a flag that would be dropped is a mistake to report.
+    ignored = [
+        "--" + name
+        for name in ("alpha", "steps", "restarts", "loss", "target")
+        if getattr(args, name, None) is not None
+    ] + (["--targeted"] if args.targeted else [])
+    if ignored:
+        raise UsageError(
+            f"--suite takes only --eps, --norm and -p KEY=VALUE; {', '.join(ignored)} would be ignored "
+            "(the suite sets its own steps and targets)"
+        )
     params: dict[str, Any] = {}
     if args.norm is not None:
         params["norm"] = args.norm
