@@ -103,3 +103,29 @@ def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="concat"):
         SuiteResult.concat([])
     assert set(SUITES) == {"strong", "fast"}
+
+
+def test_square_focus_adds_breaks_only_where_the_first_run_came_closest(digits_model) -> None:
+    """The strong suite's Square stage: the second, longer run goes to the closest share of the samples left
+    and can only add breaks; every output stays in the ball and the box; a sample outside the focus share is
+    returned exactly as the plain run returned it."""
+    from advlab.evaluate.suite import _square
+
+    model, x, y = digits_model
+    x, y = x[:96], y[:96]
+    eps, seeds = torch.full((96,), 0.08), torch.arange(96)
+    plain = _square(30)(model, x, y, eps, "linf", seeds)
+    focus = _square(30, 300, 0.5)(model, x, y, eps, "linf", seeds)
+    assert torch.equal(plain.success & focus.success, plain.success)  # nothing lost
+    gained = focus.success & ~plain.success
+    assert int(gained.sum()) >= 1
+    left = (~plain.success).nonzero().view(-1)
+    assert plain.loss is not None
+    closest = left[torch.argsort(plain.loss[left], descending=True, stable=True)[: (left.numel() + 1) // 2]]
+    in_focus = torch.zeros(96, dtype=torch.bool)
+    in_focus[closest] = True
+    assert not (gained & ~in_focus).any()
+    assert torch.equal(focus.x_adv[~in_focus], plain.x_adv[~in_focus])
+    assert float((focus.x_adv - x).abs().max()) <= 0.08 + 1e-6 and focus.x_adv.min() >= 0 and focus.x_adv.max() <= 1
+    with torch.no_grad():
+        assert bool((model(focus.x_adv[gained]).argmax(1) != y[gained]).all())

@@ -85,7 +85,10 @@ class Protocol:
 
     def strong_description(self) -> str:
         if strong_is_suite(self):
-            inner = "advlab's strong suite (APGD-CE 100 steps, APGD-T towards the top-9 classes, Square 1000 queries)"
+            inner = (
+                "advlab's strong suite (APGD-CE 100 steps, APGD-T towards the top-9 classes, Square 1000 queries "
+                "+ 4000 on the closest fifth)"
+            )
         else:
             inner = (
                 f"PGD with {self.strong_steps} steps of {self.strong_alpha:g} x eps/{self.strong_steps} and "
