@@ -21,6 +21,7 @@ from ._core import (
 )
 
 _UPPER_INIT = 1e10  # c above this counts as "no upper bound found yet" (Carlini's reference code)
+ABORT_WINDOW_MIN = 10  # iterations between two early-abort checks, at least
 
 
 def cw_l2(
@@ -48,7 +49,7 @@ def cw_l2(
     point of smallest L2 it met (adversarial meaning the margin exceeds ``kappa``). A sample never made
     adversarial comes back unchanged.
 
-    ``abort_early`` stops a sample's round when its objective has not fallen by 0.01% over steps/10
+    ``abort_early`` stops a sample's round when its objective has not fallen by 0.01% over max(steps/10, 10)
     iterations (per sample: a stalled sample is frozen, so the others go on, and the batch stops when all
     have stalled).
 
@@ -73,7 +74,10 @@ def cw_l2(
     upper = torch.full_like(const, _UPPER_INIT)
     best_l2sq = torch.full_like(const, float("inf"))
     best_x = x.detach().clone()
-    check_every = max(steps // 10, 1)
+    # Carlini & Wagner check every steps/10 iterations (1,000 of their 10,000). Adam's first steps move every
+    # pixel by about lr and raise the L2 term before the margin term pays off, so a window of a couple of
+    # steps (short budgets) would freeze samples that go on to succeed: never check more often than every 10.
+    check_every = max(steps // 10, ABORT_WINDOW_MIN)
 
     forward = ModelCall(model, x)
     with frozen(model):

@@ -384,6 +384,7 @@ def build_summary(
                 **spec.to_dict(),
                 "label": spec.describe(),
                 **stats,
+                "targeted": spec.targeted,  # the spec says it even before any record exists (a partial run)
                 "complete": (complete or {}).get(spec.id, stats["n"] == n),
             }
         )
