@@ -9,7 +9,8 @@ as ``summary.json`` reports it (``wall_s``: rank 0's time from the start of the 
 summary, gathering included; interpreter start-up and model loading excluded); the end-to-end time of the
 command (start-up included) is listed too. Rounds interleave the two configurations so that a busy machine
 slows both alike; medians over rounds are reported, with the per-round scaling ratio
-(2-process throughput / 1-process throughput). Each round also checks that both runs give the same summary.
+(2-process throughput / 1-process throughput). Each round also checks that 2 processes x 1 thread give exactly
+the summary of 1 process x 1 thread (1 x 2 threads: the same accuracies; its float sums run in another order).
 
 Workloads:
 - ``fmnist``: the 28x28 CNN ``mnist_cnn_small`` (random weights unless a trained file is given with
@@ -117,8 +118,15 @@ def main() -> None:
                     walls[key].append(wall)
                     ends[key].append(seconds)
                     print(f"# {name} round {r + 1} {key}: eval {wall:.2f} s, end-to-end {seconds:.1f} s", flush=True)
-                if len({json.dumps(without_timings(s), sort_keys=True) for s in summaries.values()}) != 1:
-                    raise SystemExit(f"{name}: the summaries of the configurations differ")
+                # The claim (issue 8): 2 ranks give exactly the summary of 1 process at the same threads per
+                # process. A different intra-op thread count changes float summation order inside the model,
+                # which can flip the sign of near-zero gradient pixels: 1x2 is compared on accuracies only.
+                same = {k: json.dumps(without_timings(v), sort_keys=True) for k, v in summaries.items()}
+                if same["1x1"] != same["2x1"]:
+                    raise SystemExit(f"{name}: 2 processes x 1 thread differ from 1 process x 1 thread")
+                accuracies = {k: [(a["adv_top1"], a["adv_top5"]) for a in v["attacks"]] for k, v in summaries.items()}
+                if accuracies["1x2"] != accuracies["1x1"]:
+                    raise SystemExit(f"{name}: 1 process x 2 threads changes the accuracies: {accuracies}")
                 ratio_2x1.append(walls["1x2"][-1] / walls["2x1"][-1])
                 ratio_1x1.append(walls["1x1"][-1] / walls["2x1"][-1])
             raw[name] = {"n": n, "wall_s": walls, "end_to_end_s": ends}

@@ -38,6 +38,16 @@ def digits_cnn() -> nn.Module:
     )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core machine other test processes share the cores.
+    One intra-op thread for the module, restored afterwards (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """sklearn's 8x8 digits as (N, 1, 8, 8) images in [0, 1] and int64 labels."""

@@ -30,13 +30,7 @@ QUICK = dataclasses.replace(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    """One thread while other test processes share the two cores (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_experiment_plan_follows_the_paper():
