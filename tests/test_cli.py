@@ -109,23 +109,20 @@ def test_no_traceback_from_the_real_console_script():
     assert res.stderr.strip() == "advlab: error: eps '8/0' divides by zero; write it like 8/255 or 0.03"
 
 
-def test_config_with_unknown_keys_is_refused(capsys, tmp_path):
-    bad_top = tmp_path / "top.toml"
-    bad_top.write_text('modle = "x"\n[[attack]]\nname = "fgsm"\neps = 0.1\n')
-    code, _, err = run_cli(capsys, "eval", "--config", str(bad_top))
-    assert code == 2 and "unknown key modle" in err
-    bad_attack = tmp_path / "attack.toml"
-    bad_attack.write_text('[[attack]]\nname = "pgd"\neps = "8/255"\nsteppes = 3\n')
-    code, _, err = run_cli(capsys, "eval", "--config", str(bad_attack))
-    assert code == 2 and "unknown parameter steppes for attack 'pgd'" in err
-    nameless = tmp_path / "nameless.toml"
-    nameless.write_text("[[attack]]\neps = 0.1\n")
-    code, _, err = run_cli(capsys, "eval", "--config", str(nameless))
-    assert code == 2 and "has no 'name'" in err
-    broken = tmp_path / "broken.toml"
-    broken.write_text("[[attack]\n")
-    code, _, err = run_cli(capsys, "eval", "--config", str(broken))
-    assert code == 2 and "not valid TOML" in err
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('modle = "x"\n[[attack]]\nname = "fgsm"\neps = 0.1\n', "unknown key modle"),
+        ('[[attack]]\nname = "pgd"\neps = "8/255"\nsteppes = 3\n', "unknown parameter steppes for attack 'pgd'"),
+        ("[[attack]]\neps = 0.1\n", "has no 'name'"),
+        ("[[attack]\n", "not valid TOML"),
+    ],
+)
+def test_config_with_unknown_keys_is_refused(capsys, tmp_path, toml, message):
+    config = tmp_path / "run.toml"
+    config.write_text(toml)
+    code, _, err = run_cli(capsys, "eval", "--config", str(config))
+    assert code == 2 and message in err
 
 
 # ------------------------------------------------------------------------------------------------- runs

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import RunError
 
 EXIT_USAGE = 2
 
@@ -527,18 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"advlab: error: {e}", file=sys.stderr)
         return 1
-    except RuntimeError as e:
-        # Ranks of a torchrun run that disagree or lost each other, or a training run that diverged: one line
-        # (the message says what to do), not a traceback per rank. Other runtime errors are bugs: traceback.
-        expected = tuple(
-            cls
-            for module, name in (
-                ("advlab.distributed", "DistributedError"),
-                ("advlab.train.loop", "TrainingDivergedError"),
-            )
-            if (cls := getattr(sys.modules.get(module), name, None)) is not None
-        )
-        if debug or not expected or not isinstance(e, expected):
+    except RunError as e:
+        # Ranks of a torchrun run that disagree or lost each other, a training run that diverged: one line (the
+        # message says what to do), not a traceback per rank. Other runtime errors are bugs: traceback.
+        if debug:
             raise
         print(f"advlab: error: {e}", file=sys.stderr)
         return 1

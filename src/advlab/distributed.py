@@ -49,6 +49,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .errors import RunError
+
 ENV_TIMEOUT = "ADVLAB_DIST_TIMEOUT"
 ENV_HEARTBEAT = "ADVLAB_DIST_HEARTBEAT_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -61,7 +63,7 @@ WATCHED_PEERS = 2
 PEER_SIGNAL = signal.SIGUSR1
 
 
-class DistributedError(RuntimeError):
+class DistributedError(RunError):
     """The ranks of a distributed run disagree or lost each other (one line: which rank, what, what to do)."""
 
 

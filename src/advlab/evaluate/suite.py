@@ -17,8 +17,10 @@ Suites (``SUITES``):
 - ``"fast"``: APGD-CE (50 steps), then APGD-T towards the top-3 other classes (50 steps each): a quick check.
 
 Randomness: ``seed`` is an int (sample i of the batch gets seed + i) or an int64 tensor (N,) of per-sample
-seeds, e.g. dataset indices, so that a sample's result does not depend on how the data was batched. Each stage
-derives its own per-sample seeds from it.
+seeds, e.g. dataset indices, so that a sample's random draws do not depend on how the data was batched. Each
+stage derives its own per-sample seeds from it. One exception to batch independence: the "strong" suite's
+second Square run goes to the closest fifth of each batch's survivors, so a sample near that cut can get it in
+one batching and not in another.
 """
 
 from __future__ import annotations
@@ -100,8 +102,9 @@ def _square(queries: int, focus_queries: int = 0, focus_share: float = 0.0) -> S
         k = math.ceil(focus_share * left.numel()) if focus_queries > 0 else 0
         if k == 0:
             return out
-        # A sample's place in the ranking depends on its own first run only, so per-sample independence holds
-        # up to ties at the cut; the second run's seeds differ from the first's.
+        # The cut is a share of this batch's survivors, so whether a sample gets the second run depends on the
+        # others in its batch (its own first and second runs do not); the second run's seeds differ from the
+        # first's.
         closest = left[torch.argsort(out.loss[left], descending=True, stable=True)[:k]]
         again = square(
             model, x[closest], y[closest], eps[closest], norm=norm, queries=focus_queries, p_init=0.8,

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from advlab import attacks
+from advlab.errors import RunError
 
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -37,7 +38,7 @@ from .inner import attack_module, method_loss
 Batch = tuple[Tensor, Tensor]
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(RunError):
     """The training loss became NaN or infinite; the last good checkpoint is kept as it was."""
 
 
