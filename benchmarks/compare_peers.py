@@ -111,6 +111,7 @@ def settings(args: argparse.Namespace, small_images: bool) -> list[Spec]:
                     c=args.cw_c,
                     binary_search_steps=args.cw_rounds,
                     lr=args.cw_lr,
+                    abort_early=not args.cw_no_abort,
                 )
             )
     order = {"fgsm": 0, "bim": 1, "pgd": 2, "pgd_l2": 3, "apgd_ce": 4, "cw_l2": 5}
@@ -458,6 +459,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cw-rounds", type=int, help="binary-search rounds over c")
     p.add_argument("--cw-c", type=float, default=1e-2, help="initial c, the same for every library")
     p.add_argument("--cw-lr", type=float, default=1e-2)
+    p.add_argument(
+        "--cw-no-abort",
+        action="store_true",
+        help="switch CW's early abort off where a library allows it (advlab, Foolbox, adv_lib): every library "
+        "then runs every step, which compares the optimisers at equal work",
+    )
     p.add_argument("--batch", type=int, help="images per timed run (ImageNet)")
     p.add_argument("--strength-images", type=int, help="images for accuracy/success (ImageNet; >= batch)")
     p.add_argument("--fmnist-images", type=int, help="Fashion-MNIST test images (first N, correct ones kept)")

@@ -36,6 +36,7 @@ class Spec:
     c: float = 1e-2  # CW: initial trade-off constant
     binary_search_steps: int = 1  # CW: rounds of the search over c
     lr: float = 1e-2  # CW: Adam learning rate
+    abort_early: bool = True  # CW: each library's early abort (torchattacks' and ART's cannot be switched off)
 
     @property
     def norm(self) -> str | None:
@@ -67,7 +68,8 @@ class Spec:
     @property
     def setting(self) -> str:
         if self.attack == "cw_l2":
-            return f"c0={self.c:g}, {self.binary_search_steps}x{self.steps} steps, lr={self.lr:g}"
+            abort = "" if self.abort_early else ", abort off"
+            return f"c0={self.c:g}, {self.binary_search_steps}x{self.steps} steps, lr={self.lr:g}{abort}"
         eps = f"{self.eps * 255:g}/255" if self.norm == "linf" and self.eps is not None else f"{self.eps:g}"
         if self.attack == "fgsm":
             return f"eps={eps}"
@@ -84,7 +86,7 @@ class Spec:
         CW keeps up to 10 steps in one round: adv_lib's early-abort check divides by steps // 10.
         """
         steps = min(self.steps, 10 if self.attack == "cw_l2" else 2)
-        return Spec(self.attack, self.eps, steps, self.alpha, self.targeted, self.c, 1, self.lr)
+        return Spec(self.attack, self.eps, steps, self.alpha, self.targeted, self.c, 1, self.lr, self.abort_early)
 
 
 def version(dist: str) -> str:
@@ -160,6 +162,7 @@ class Advlab(Library):
                 lr=spec.lr,
                 binary_search_steps=spec.binary_search_steps,
                 targeted=spec.targeted,
+                abort_early=spec.abort_early,
             )
         assert self.apgd is not None
         params = inspect.signature(self.apgd).parameters
@@ -250,7 +253,7 @@ class Foolbox(Library):
                 stepsize=spec.lr,
                 confidence=0,
                 initial_const=spec.c,
-                abort_early=True,
+                abort_early=spec.abort_early,
             )
         criterion = fb.criteria.TargetedMisclassification(y) if spec.targeted else fb.criteria.Misclassification(y)
         _, clipped, _ = atk(self.fmodel, x, criterion, epsilons=spec.eps)
@@ -388,7 +391,7 @@ class AdvLib(Library):
             initial_const=spec.c,
             binary_search_steps=spec.binary_search_steps,
             max_iterations=spec.steps,
-            abort_early=True,
+            abort_early=spec.abort_early,
         )
 
 

@@ -96,6 +96,7 @@ class Check:
     worst_box: float  # largest distance outside [0, 1]
     worst_ball: float  # largest norm beyond eps
     other: str = ""  # shape/dtype/device/NaN problems
+    blanks: int = 0  # minimal-norm attacks: examples returned as an all-zero image (a failure placeholder)
 
     @property
     def ok(self) -> bool:
@@ -109,6 +110,8 @@ class Check:
             parts.append(f"{self.box_violations} outside [0,1] (by up to {self.worst_box:.3g})")
         if self.ball_violations:
             parts.append(f"{self.ball_violations} outside the eps-ball (by up to {self.worst_ball:.3g})")
+        if self.blanks:
+            parts.append(f"{self.blanks} returned as an all-black image (its value where the search failed)")
         return "; ".join(parts)
 
 
@@ -139,7 +142,10 @@ def check(x_adv: Tensor, x: Tensor, spec: Spec) -> Check:
         assert spec.eps is not None
         ball_excess = (norm - spec.eps).clamp_min(0)
     ball_ok = ball_excess <= TOLERANCE * max(1.0, spec.eps or 1.0)
-    valid = box_ok & ball_ok & finite
+    # Foolbox's CW starts its best-so-far at zeros and returns them where no adversarial point was found; the
+    # model then misreads a black image, which is no perturbation the attack found: counted as a failure.
+    blank = (flat == 0).all(1) & (x.flatten(1) != 0).any(1) if spec.minimal_norm else torch.zeros_like(finite)
+    valid = box_ok & ball_ok & finite & ~blank
     return Check(
         valid,
         int((~box_ok).sum()),
@@ -147,6 +153,7 @@ def check(x_adv: Tensor, x: Tensor, spec: Spec) -> Check:
         float(box_excess.max()),
         float(ball_excess.max()),
         "; ".join(other),
+        int(blank.sum()),
     )
 
 

@@ -18,6 +18,20 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGENET_30X5 = REPO.parent / "shared" / "data" / "imagenet-30x5"
 
 
+class _Counts:
+    """The counters of :class:`Counted`, shared by every copy of it: advlab attacks a BN-folded copy of the
+    model (``advlab.attacks._core.folded_model``), and its passes must count as the model's own."""
+
+    def __init__(self) -> None:
+        self.calls = self.grad_calls = self.images = 0
+
+    def __copy__(self) -> _Counts:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _Counts:
+        return self
+
+
 class Counted(nn.Module):
     """Pass-through wrapper that counts forward calls and images forwarded (with and without autograd).
 
@@ -28,19 +42,29 @@ class Counted(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.reset()
+        self.counts = _Counts()
         self.train(model.training)  # a new Module starts in train mode; mirror the wrapped model instead
 
+    @property
+    def calls(self) -> int:
+        return self.counts.calls
+
+    @property
+    def grad_calls(self) -> int:
+        return self.counts.grad_calls
+
+    @property
+    def images(self) -> int:
+        return self.counts.images
+
     def reset(self) -> None:
-        self.calls = 0
-        self.grad_calls = 0
-        self.images = 0
+        self.counts.calls = self.counts.grad_calls = self.counts.images = 0
 
     def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
-        self.images += x.shape[0]
+        self.counts.calls += 1
+        self.counts.images += x.shape[0]
         if torch.is_grad_enabled() and x.requires_grad:
-            self.grad_calls += 1
+            self.counts.grad_calls += 1
         return self.model(x)
 
 

@@ -6,7 +6,7 @@ of its norm; ``return_info=True`` returns an :class:`AttackResult` instead. ``ta
 the target classes.
 """
 
-from ._core import AttackResult
+from ._core import AttackResult, batchnorm_folding
 from .apgd import apgd, apgd_t
 from .cw import cw_l2
 from .deepfool import deepfool
@@ -15,4 +15,16 @@ from .mifgsm import mifgsm
 from .pgd import bim, pgd
 from .square import square
 
-__all__ = ["AttackResult", "apgd", "apgd_t", "bim", "cw_l2", "deepfool", "fgsm", "mifgsm", "pgd", "square"]
+__all__ = [
+    "AttackResult",
+    "apgd",
+    "apgd_t",
+    "batchnorm_folding",
+    "bim",
+    "cw_l2",
+    "deepfool",
+    "fgsm",
+    "mifgsm",
+    "pgd",
+    "square",
+]

@@ -21,7 +21,9 @@ from ._core import (
     GEOMETRIES,
     NORMS,
     AttackResult,
+    Forward,
     Geometry,
+    ModelCall,
     Noise,
     batch_view,
     check_choice,
@@ -121,7 +123,7 @@ def _take(state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
 
 
 def _apgd_run(
-    model: nn.Module,
+    forward: Forward,
     x: Tensor,
     y: Tensor,
     target: Tensor | None,
@@ -153,10 +155,10 @@ def _apgd_run(
     def evaluate(x_adv: Tensor, st: dict[str, Tensor], need_grad: bool, first: bool) -> tuple[Tensor, Tensor, Tensor]:
         if need_grad:
             x_adv = x_adv.detach().requires_grad_(True)
-            logits = model(x_adv)
+            logits = forward(x_adv)
         else:
             with torch.no_grad():
-                logits = model(x_adv)
+                logits = forward(x_adv)
         if first:
             check_logits(logits, x_adv.shape[0], y_max)
         obj = _objective(logits, st["y"], st.get("target"), loss, mode)
@@ -325,9 +327,10 @@ def apgd(
     best = Best(x)
     trace = None
     with frozen(model):
+        forward = ModelCall(model, x)
         if loss == "dlr":
             with torch.no_grad():
-                probe = model(x[:1])
+                probe = forward(x[:1])
             check_logits(probe, 1, y_max)
             _check_classes(probe.shape[1], loss, mode)
         index = torch.arange(x.shape[0], device=x.device)
@@ -339,7 +342,7 @@ def apgd(
             xs, ys, es = x[index], y[index], eps_t[index]
             start = geometry.random_start(xs, es, noise.subset(index)) if random_start else xs
             run, run_trace = _apgd_run(
-                model, xs, ys, None, start, es, steps, geometry, loss, mode, rho, y_max, stop_on_success
+                forward, xs, ys, None, start, es, steps, geometry, loss, mode, rho, y_max, stop_on_success
             )
             best.merge(run, index)
             if trace is None:
@@ -385,8 +388,9 @@ def apgd_t(
     n = x.shape[0]
     noise = Noise(seed, n)
     with frozen(model):
+        forward = ModelCall(model, x)
         with torch.no_grad():
-            logits = model(x)
+            logits = forward(x)
         check_logits(logits, n, y_max)
         classes = logits.shape[1]
         _check_classes(classes, loss, "toward")
@@ -407,12 +411,12 @@ def apgd_t(
                 xs, ys, es = x[index], y[index], eps_t[index]
                 start = geometry.random_start(xs, es, noise.subset(index)) if random_start else xs
                 run, _ = _apgd_run(
-                    model, xs, ys, order[index, rank], start, es, steps, geometry, loss, "toward", rho, y_max, True
+                    forward, xs, ys, order[index, rank], start, es, steps, geometry, loss, "toward", rho, y_max, True
                 )
                 best.merge(run, index)
                 target_rank[index] = torch.where(run.success, rank, target_rank[index])
         if not return_info:
             return best.x
         with torch.no_grad():
-            final = dlr_loss(model(best.x), y) if classes >= 3 else margin(model(best.x), y)
+            final = dlr_loss(forward(best.x), y) if classes >= 3 else margin(forward(best.x), y)
     return AttackResult(best.x, best.success, final, {"target_rank": target_rank})

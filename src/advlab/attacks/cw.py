@@ -50,8 +50,9 @@ def cw_l2(
     adversarial comes back unchanged.
 
     ``abort_early`` stops a sample's round when its objective has not fallen by 0.01% over max(steps/10, 10)
-    iterations (per sample: a stalled sample is frozen, so the others go on, and the batch stops when all
-    have stalled).
+    iterations. The test is per sample (Carlini & Wagner's reference code stops the whole batch once the
+    summed objective stalls): a stalled sample leaves the batch, so the round goes on, and costs, only for
+    the samples still improving, and each sample gets what it would get alone.
 
     Returns x_adv, or with ``return_info=True`` an :class:`AttackResult` whose ``success`` marks the samples
     made adversarial and whose ``extras`` hold ``l2`` (inf where unsuccessful) and ``c`` (the smallest c
@@ -82,11 +83,15 @@ def cw_l2(
     forward = ModelCall(model, x)
     with frozen(model):
         for _round in range(binary_search_steps):
+            found = torch.zeros(n, dtype=torch.bool, device=x.device)
+            # The round's state, for the samples still optimised (``idx`` into the batch; None = all of
+            # them). A stalled sample is dropped from every tensor, so it costs nothing for the rest of the
+            # round: the batch shrinks as samples converge instead of carrying them to the end.
+            idx: Tensor | None = None
             w = w0.clone()
             m = torch.zeros_like(w)
             v = torch.zeros_like(w)
-            found = torch.zeros(n, dtype=torch.bool, device=x.device)
-            active = torch.ones(n, dtype=torch.bool, device=x.device)
+            xs, ys, cs, ks = x, y, const, kappa_t
             previous = torch.full_like(const, float("inf"))
             for t in range(1, steps + 1):
                 w.requires_grad_(True)
@@ -94,32 +99,42 @@ def cw_l2(
                 logits = forward(x_new)
                 if t == 1 and _round == 0:
                     check_logits(logits, n, y_max)
-                gap = margin(logits, y)  # > 0 iff y is not top-1
+                gap = margin(logits, ys)  # > 0 iff ys is not top-1
                 if not targeted:
                     gap = -gap
                 # gap is now the CW quantity inside f: positive while not adversarial.
-                l2sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
-                total = l2sq + const * torch.maximum(gap, -kappa_t)
+                l2sq = (x_new - xs).flatten(1).pow(2).sum(dim=1)
+                total = l2sq + cs * torch.maximum(gap, -ks)
                 (grad,) = torch.autograd.grad(total.sum(), w)
                 with torch.no_grad():
                     w = w.detach()
-                    adversarial = gap < -kappa_t
-                    improved = adversarial & (l2sq < best_l2sq)
-                    best_l2sq = torch.where(improved, l2sq, best_l2sq)
-                    best_x = torch.where(batch_view(improved, x), x_new.detach(), best_x)
-                    found |= adversarial
+                    adversarial = gap < -ks
+                    if idx is None:
+                        improved = adversarial & (l2sq < best_l2sq)
+                        best_l2sq = torch.where(improved, l2sq, best_l2sq)
+                        best_x = torch.where(batch_view(improved, x), x_new.detach(), best_x)
+                        found |= adversarial
+                    else:
+                        improved = adversarial & (l2sq < best_l2sq[idx])
+                        best_l2sq[idx] = torch.where(improved, l2sq, best_l2sq[idx])
+                        best_x[idx] = torch.where(batch_view(improved, xs), x_new.detach(), best_x[idx])
+                        found[idx] |= adversarial
                     m.mul_(beta1).add_(grad, alpha=1 - beta1)
                     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                     step = (m / (1 - beta1**t)).div_((v / (1 - beta2**t)).sqrt_().add_(adam_eps)).mul_(lr)
-                    if abort_early:
-                        step.mul_(batch_view(active, step))
                     w.sub_(step)
-                    if abort_early and t % check_every == 0:
-                        active &= total.detach() <= previous * 0.9999
-                        previous = torch.where(active, total.detach(), previous)
-                        # One sync every steps/10 iterations: ends the round once every sample has stalled.
-                        if not bool(active.any()):
+                    if abort_early and t % check_every == 0 and t < steps:
+                        going = total <= previous * 0.9999
+                        # One sync every check_every iterations: shrink the batch, end the round when empty.
+                        kept = going.nonzero().view(-1)
+                        if kept.numel() == 0:
                             break
+                        if kept.numel() < going.numel():
+                            idx = kept if idx is None else idx[kept]
+                            w, m, v = w[kept], m[kept], v[kept]
+                            xs, ys, cs, ks = xs[kept], ys[kept], cs[kept], ks[kept]
+                            total = total[kept]
+                        previous = total
             # Per-sample binary search on c (Carlini & Wagner, section V.A).
             tried = const
             upper = torch.where(found, torch.minimum(upper, const), upper)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from ._core import (
     NORMS,
     AttackResult,
+    ModelCall,
     batch_view,
     check_choice,
     check_images,
@@ -63,6 +64,7 @@ def deepfool(
     y, y_max = check_labels(y, n, x.device)
 
     with frozen(model):
+        forward = ModelCall(model, x)
         r_total = torch.zeros_like(x)
         x_i = x.detach().clone()
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -70,7 +72,7 @@ def deepfool(
         k = 0
         for i in range(steps + 1):
             x_i.requires_grad_(True)
-            z = model(x_i)
+            z = forward(x_i)
             if i == 0:
                 check_logits(z, n, y_max)
                 k = min(candidates, z.shape[1]) - 1

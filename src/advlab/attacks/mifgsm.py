@@ -10,6 +10,7 @@ from ._core import (
     LOSSES,
     NORMS,
     AttackResult,
+    ModelCall,
     batch_view,
     check_choice,
     check_images,
@@ -66,9 +67,10 @@ def mifgsm(
     x_adv = x.detach().clone()
     g = torch.zeros_like(x)
     with frozen(model):
+        forward = ModelCall(model, x)
         for i in range(steps):
             x_adv.requires_grad_(True)
-            logits = model(x_adv)
+            logits = forward(x_adv)
             if i == 0:
                 check_logits(logits, n, y_max)
             obj = objective(logits, y, loss, targeted)
@@ -80,7 +82,7 @@ def mifgsm(
                 x_adv.add_(geometry.ascent_step_(g.clone(), alpha_t))
                 geometry.project_(x_adv, x, eps_t, box)
         with torch.no_grad():
-            logits = model(x_adv)
+            logits = forward(x_adv)
             best.update(x_adv, objective(logits, y, loss, targeted), is_success(logits, y, targeted))
     if return_info:
         return AttackResult(best.x, best.success, best.objective)

@@ -26,6 +26,7 @@ from ._core import (
     LOSSES,
     NORMS,
     AttackResult,
+    ModelCall,
     batch_view,
     check_choice,
     check_images,
@@ -331,8 +332,9 @@ def square(
         used[state.idx] = state.used
 
     with frozen(model), torch.no_grad():
+        forward = ModelCall(model, x)
         st.x_best = _linf_init(st, rng) if norm == "linf" else _l2_init(st, rng)
-        logits = model(st.x_best)
+        logits = forward(st.x_best)
         check_logits(logits, n, y_max)
         st.obj = objective(logits, y, loss, targeted)
         st.success = is_success(logits, y, targeted)
@@ -354,7 +356,7 @@ def square(
                 s = max(side, 3)
                 s = min(s + 1 if s % 2 == 0 else s, min(h, w))
                 x_new = _l2_proposal(st, sub_rng(st), i + 1, s)
-            logits = model(x_new)
+            logits = forward(x_new)
             obj = objective(logits, st.y, loss, targeted)
             success = is_success(logits, st.y, targeted)
             # A broken sample is frozen at once (not at the next compaction), so nothing depends on the batch.

@@ -1,0 +1,161 @@
+"""BN folding (advlab.attacks._core.folded_model): the attacks' cheaper copy of a BN network is the same function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from advlab import attacks
+from advlab.attacks._core import folded_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _randomise_norms(model: nn.Module, g: torch.Generator) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so that a wrong fold shows in the logits."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g))
+            m.running_var.copy_(torch.rand(c, generator=g) * 3 + 0.1)
+            if m.affine:
+                m.weight.data.copy_(torch.randn(c, generator=g))
+                m.bias.data.copy_(torch.randn(c, generator=g))
+    return model.eval()
+
+
+def bn_cnn(c1: int, c2: int, conv_bias: bool, affine: bool, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, c1, 3, padding=1, bias=conv_bias),
+        nn.BatchNorm2d(c1, affine=affine),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, 3, stride=2, padding=1, groups=1, bias=conv_bias),
+        nn.BatchNorm2d(c2, affine=affine),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(c2, 5),
+    )
+    return _randomise_norms(model, g)
+
+
+class ConvOutputReused(nn.Module):
+    """bn(conv(x)) + conv(x): folding the norm into the conv would change the skip branch too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.norm = nn.BatchNorm2d(6)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        return self.head(self.norm(z) + z)
+
+
+def _logits_and_grad(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xg = x.clone().requires_grad_(True)
+    logits = model(xg)
+    (grad,) = torch.autograd.grad(logits.logsumexp(dim=1).sum(), xg)
+    return logits.detach(), grad
+
+
+def _images(n: int, seed: int, size: int = 9) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    c1=st.integers(1, 6),
+    c2=st.integers(1, 6),
+    conv_bias=st.booleans(),
+    affine=st.booleans(),
+    n=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_folded_copy_computes_the_same_logits_and_input_gradients(
+    c1: int, c2: int, conv_bias: bool, affine: bool, n: int, seed: int
+) -> None:
+    model = bn_cnn(c1, c2, conv_bias, affine, seed)
+    x = _images(n, seed)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = folded_model(model, x)
+    assert folded is not model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    want, want_grad = _logits_and_grad(model, x)
+    got, got_grad = _logits_and_grad(folded, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()) + 1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5 * float(want_grad.abs().max()) + 1e-7)
+    # The model itself is untouched: same tensors, no hooks left behind.
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_timm_batchnorm_act_keeps_its_activation() -> None:
+    timm_layers = pytest.importorskip("timm.layers")
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        timm_layers.BatchNormAct2d(4, act_layer=nn.ReLU6),
+        nn.Flatten(),
+        nn.Linear(4 * 9 * 9, 3),
+    )
+    _randomise_norms(model, g)
+    x = _images(3, 1)
+    folded = folded_model(model, x)
+    assert folded is not model and isinstance(folded[1], nn.Sequential)
+    assert any(isinstance(m, nn.ReLU6) for m in folded[1].modules())
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_output_used_elsewhere_is_not_folded() -> None:
+    torch.manual_seed(0)
+    model = _randomise_norms(ConvOutputReused(), torch.Generator().manual_seed(0))
+    x = _images(2, 0)
+    assert folded_model(model, x) is model
+
+
+def test_train_mode_norms_are_not_folded() -> None:
+    model = bn_cnn(4, 4, True, True, 0).train()
+    assert folded_model(model, _images(2, 0)) is model
+
+
+def test_the_copy_is_rebuilt_after_the_weights_change() -> None:
+    model = bn_cnn(4, 5, True, True, 1)
+    x = _images(3, 2)
+    first = folded_model(model, x)
+    assert folded_model(model, x) is first  # cached while nothing changed
+    with torch.no_grad():
+        model[0].weight.mul_(-2.0)
+        model[4].running_mean.add_(1.0)
+    second = folded_model(model, x)
+    assert second is not first
+    torch.testing.assert_close(second(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_attacks_agree_with_and_without_folding() -> None:
+    model = bn_cnn(6, 8, False, True, 3)
+    x = _images(24, 4)
+    y = model(x).argmax(dim=1)
+    with attacks.batchnorm_folding(False):
+        plain = attacks.pgd(model, x, y, eps=0.05, steps=10, seed=0, return_info=True)
+    folded = attacks.pgd(model, x, y, eps=0.05, steps=10, seed=0, return_info=True)
+    assert torch.equal(plain.success, folded.success)
+    torch.testing.assert_close(folded.loss, plain.loss, rtol=1e-3, atol=1e-4)
+    # Rounding can flip the sign of a near-zero gradient entry; all but a sliver of the pixels agree.
+    assert (folded.x_adv - plain.x_adv).abs().le(1e-6).float().mean() > 0.99
+
+
+def test_batchnorm_folding_switch_is_restored() -> None:
+    model = bn_cnn(2, 2, True, True, 0)
+    x = _images(2, 0)
+    with pytest.raises(RuntimeError), attacks.batchnorm_folding(False):
+        assert folded_model(model, x) is model
+        raise RuntimeError("leave the block")
+    assert folded_model(model, x) is not model
