@@ -159,3 +159,17 @@ def test_batchnorm_folding_switch_is_restored() -> None:
         assert folded_model(model, x) is model
         raise RuntimeError("leave the block")
     assert folded_model(model, x) is not model
+
+
+def test_short_attacks_build_once_but_do_not_rebuild_after_the_weights_change() -> None:
+    model = bn_cnn(3, 3, True, True, 5)
+    x = _images(2, 3)
+    first = folded_model(model, x, passes=2)  # a model seen for the first time: the copy pays off later
+    assert first is not model
+    with torch.no_grad():
+        model[0].weight.add_(0.5)  # an optimiser step in a training loop
+    assert folded_model(model, x, passes=2) is model  # FGSM-sized: a rebuild per step would not pay
+    rebuilt = folded_model(model, x, passes=11)
+    assert rebuilt is not model and rebuilt is not first
+    torch.testing.assert_close(rebuilt(x), model(x), rtol=1e-5, atol=1e-5)
+    assert folded_model(model, x, passes=2) is rebuilt

@@ -177,6 +177,7 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 # ------------------------------------------------------------------------------------ batch-norm folding
 
 _fold_batchnorm = True
+FOLD_MIN_PASSES = 4  # below this many passes an attack does not rebuild a stale folded copy
 
 
 @contextmanager
@@ -184,7 +185,7 @@ def batchnorm_folding(enabled: bool) -> Iterator[None]:
     """Switch BN folding (see :func:`folded_model`) on or off for the attacks run inside; it is on by default.
 
     Off, attacks call the model's own modules (only the memory layout of the batch may change, see
-    :class:`ModelCall`), at about 1.5x the cost per pass on EfficientNet-Lite0 (CPU, batch 8).
+    :class:`ModelCall`), at 1.3-1.5x the cost per pass on EfficientNet-Lite0 (CPU, batch 8-16).
     """
     global _fold_batchnorm
     before, _fold_batchnorm = _fold_batchnorm, bool(enabled)
@@ -300,17 +301,22 @@ def _fold(model: nn.Module, x: Tensor) -> nn.Module | None:
     return folded
 
 
-def folded_model(model: nn.Module, x: Tensor) -> nn.Module:
+def folded_model(model: nn.Module, x: Tensor, passes: int = FOLD_MIN_PASSES) -> nn.Module:
     """``model``, or its cached BN-folded copy: the same function up to float rounding, cheaper per pass.
 
     An eval-mode BatchNorm2d is a per-channel affine map, so after a convolution it can be folded into the
     convolution's weights and bias (as inference engines do): forward and backward then skip two memory-bound
-    passes over every activation (EfficientNet-Lite0, CPU, batch 8, one thread: forward + input gradient in
-    0.68x the time; benchmarks/attack_overhead.py). Only a BatchNorm2d whose input is a Conv2d's output,
-    untouched in between, each module called once, is folded; the copy is checked against the model on two
-    samples of the batch (logits within 1e-4 of their scale) and dropped if it differs, so a graph the hooks
-    misread (a conv output also used elsewhere) falls back to the model as given. The copy is cached per model
-    and rebuilt when any parameter or buffer is written (e.g. by an optimiser step between two attacks).
+    passes over every activation (CPU, one thread, forward + input gradient: EfficientNet-Lite0 in 0.75-0.77x
+    the time, ResNet-50 in 0.86-0.92x; benchmarks/batchnorm_folding.py). Only a BatchNorm2d whose input is a
+    Conv2d's output, untouched in between, each module called once, is folded; the copy is checked against the
+    model on two samples of the batch (logits within 1e-4 of their scale) and dropped if it differs, so a
+    graph the hooks misread (a conv output also used elsewhere) falls back to the model as given. The copy is
+    cached per model and rebuilt when any parameter or buffer is written (e.g. an optimiser step between two
+    attacks).
+    Building it costs a copy and three passes over one or two samples. The first attack on a model builds it
+    (later calls reuse it); a rebuild after the weights changed happens only for an attack of at least
+    ``FOLD_MIN_PASSES`` passes (``passes``), so FGSM inside a training loop, whose model changes at every
+    step, runs the model as given while PGD-10 there still gains.
     """
     if not _fold_batchnorm:
         return model
@@ -318,6 +324,9 @@ def folded_model(model: nn.Module, x: Tensor) -> nn.Module:
     cached = _folded_cache.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1] or model
+    if cached is not None and passes < FOLD_MIN_PASSES:
+        # The weights changed since the last build (a training loop): a short attack would not repay a rebuild.
+        return model
     folded = _fold(model, x)
     _folded_cache[model] = (signature, folded)
     return folded or model
@@ -335,11 +344,13 @@ class ModelCall:
     A model that cannot take a channels-last tensor (e.g. one that ``view``s its activations) raises on the
     first call; that call is then repeated in the caller's layout, which is used from then on.
 
-    The first call also swaps in the BN-folded copy of the model (:func:`folded_model`) when there is one.
+    The first call also swaps in the BN-folded copy of the model (:func:`folded_model`) when there is one;
+    ``passes`` is about how many model passes the attack will make (it decides whether building one pays).
     """
 
-    def __init__(self, model: nn.Module, x: Tensor) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, passes: int) -> None:
         self.model = model
+        self.passes = passes
         self.layout: torch.memory_format | None = None
         if (
             x.ndim == 4
@@ -354,7 +365,7 @@ class ModelCall:
     def __call__(self, x: Tensor) -> Tensor:
         if self._first:
             # Here, not in __init__: the attack has put the model in eval mode by now (frozen()).
-            self.model = folded_model(self.model, x)
+            self.model = folded_model(self.model, x, self.passes)
         if self.layout is None:
             self._first = False
             return self.model(x)

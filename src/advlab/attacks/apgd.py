@@ -327,7 +327,7 @@ def apgd(
     best = Best(x)
     trace = None
     with frozen(model):
-        forward = ModelCall(model, x)
+        forward = ModelCall(model, x, steps * restarts)
         if loss == "dlr":
             with torch.no_grad():
                 probe = forward(x[:1])
@@ -388,7 +388,7 @@ def apgd_t(
     n = x.shape[0]
     noise = Noise(seed, n)
     with frozen(model):
-        forward = ModelCall(model, x)
+        forward = ModelCall(model, x, steps * restarts * n_target_classes)
         with torch.no_grad():
             logits = forward(x)
         check_logits(logits, n, y_max)

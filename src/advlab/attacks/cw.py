@@ -80,7 +80,7 @@ def cw_l2(
     # steps (short budgets) would freeze samples that go on to succeed: never check more often than every 10.
     check_every = max(steps // 10, ABORT_WINDOW_MIN)
 
-    forward = ModelCall(model, x)
+    forward = ModelCall(model, x, steps * binary_search_steps)
     with frozen(model):
         for _round in range(binary_search_steps):
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -124,6 +124,7 @@ def cw_l2(
                     step = (m / (1 - beta1**t)).div_((v / (1 - beta2**t)).sqrt_().add_(adam_eps)).mul_(lr)
                     w.sub_(step)
                     if abort_early and t % check_every == 0 and t < steps:
+                        total = total.detach()
                         going = total <= previous * 0.9999
                         # One sync every check_every iterations: shrink the batch, end the round when empty.
                         kept = going.nonzero().view(-1)

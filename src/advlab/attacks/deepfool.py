@@ -64,7 +64,7 @@ def deepfool(
     y, y_max = check_labels(y, n, x.device)
 
     with frozen(model):
-        forward = ModelCall(model, x)
+        forward = ModelCall(model, x, steps + 1)
         r_total = torch.zeros_like(x)
         x_i = x.detach().clone()
         done = torch.zeros(n, dtype=torch.bool, device=x.device)

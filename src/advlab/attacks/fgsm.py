@@ -59,7 +59,7 @@ def fgsm(
     geometry = GEOMETRIES[check_choice(norm, "norm", NORMS)]
 
     with frozen(model):
-        forward = ModelCall(model, x)
+        forward = ModelCall(model, x, 2)
         x_in = x.detach().clone().requires_grad_(True)
         logits = forward(x_in)
         check_logits(logits, x.shape[0], y_max)

@@ -67,7 +67,7 @@ def mifgsm(
     x_adv = x.detach().clone()
     g = torch.zeros_like(x)
     with frozen(model):
-        forward = ModelCall(model, x)
+        forward = ModelCall(model, x, steps + 1)
         for i in range(steps):
             x_adv.requires_grad_(True)
             logits = forward(x_adv)

@@ -74,7 +74,7 @@ def _ascend(
     best = Best(x)
     box = geometry.box(x, eps)
     x_adv = start.detach().clone()
-    forward = ModelCall(model, x)
+    forward = ModelCall(model, x, steps + 1)
     for i in range(steps):
         x_adv.requires_grad_(True)
         logits = forward(x_adv)

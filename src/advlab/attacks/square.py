@@ -332,7 +332,7 @@ def square(
         used[state.idx] = state.used
 
     with frozen(model), torch.no_grad():
-        forward = ModelCall(model, x)
+        forward = ModelCall(model, x, queries)
         st.x_best = _linf_init(st, rng) if norm == "linf" else _l2_init(st, rng)
         logits = forward(st.x_best)
         check_logits(logits, n, y_max)

@@ -1,0 +1,92 @@
+"""What attacking the BN-folded copy of a model buys (advlab.attacks._core.folded_model), and what it changes.
+
+For each model: CPU time of one forward + input-gradient backward (the unit every gradient attack pays per
+step) on the model as given and on its folded copy, in rounds that interleave the two so a noisy machine
+slows both alike (medians of per-round ratios); then the largest logit difference (relative to the logits'
+scale) and the relative L2 difference of the input gradients. VGG11 has no BN and shows the no-op path;
+ResNet-50 runs with random weights (and random BN statistics) when its checkpoint is absent.
+
+    .venv/bin/python benchmarks/batchnorm_folding.py --models efficientnet_lite0 resnet50 --batch 8 16 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from advlab.attacks._core import folded_model
+from advlab.models import load_model
+
+
+def _load(name: str) -> nn.Module:
+    try:
+        model = load_model(name, download=False)
+    except FileNotFoundError:
+        model = load_model(name, pretrained=False)
+        g = torch.Generator().manual_seed(0)
+        for m in model.modules():  # fresh BN layers are the identity; give them statistics to fold
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xg = x.clone().requires_grad_(True)
+    logits = model(xg)
+    (grad,) = torch.autograd.grad(nn.functional.cross_entropy(logits, y, reduction="sum"), xg)
+    return logits.detach(), grad
+
+
+def _cpu(model: nn.Module, x: torch.Tensor, y: torch.Tensor, calls: int = 2) -> float:
+    start = time.process_time()
+    for _ in range(calls):
+        _step(model, x, y)
+    return (time.process_time() - start) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet50", "vgg11"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[8, 16])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds, CPU")
+    print("| model | batch | folded | as given ms | folded ms | folded / as given | logit diff | grad diff |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for name in args.models:
+        model = _load(name)
+        for batch in args.batch:
+            g = torch.Generator().manual_seed(batch)
+            x = torch.rand(batch, *model.input_size, generator=g)
+            y = torch.randint(0, 1000, (batch,), generator=g)
+            start = time.perf_counter()
+            folded = folded_model(model, x)
+            build = time.perf_counter() - start
+            (want, want_grad), (got, got_grad) = _step(model, x, y), _step(folded, x, y)
+            logit_diff = float((want - got).abs().max() / want.abs().max())
+            grad_diff = float((want_grad - got_grad).norm() / want_grad.norm())
+            a, b = [], []
+            for _ in range(args.rounds):
+                a.append(_cpu(model, x, y))
+                b.append(_cpu(folded, x, y))
+            ratio = statistics.median(q / p for p, q in zip(a, b, strict=True))
+            state = f"yes (built in {build:.2f} s)" if folded is not model else "no BN to fold"
+            print(
+                f"| {name} | {batch} | {state} | {1000 * statistics.median(a):.0f} | {1000 * statistics.median(b):.0f} "
+                f"| {ratio:.2f} | {logit_diff:.1e} | {grad_diff:.1e} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
