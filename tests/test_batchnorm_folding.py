@@ -173,3 +173,23 @@ def test_short_attacks_build_once_but_do_not_rebuild_after_the_weights_change() 
     assert rebuilt is not model and rebuilt is not first
     torch.testing.assert_close(rebuilt(x), model(x), rtol=1e-5, atol=1e-5)
     assert folded_model(model, x, passes=2) is rebuilt
+
+
+def test_a_model_the_folding_cannot_copy_is_attacked_as_given() -> None:
+    class Uncopyable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = bn_cnn(3, 3, True, True, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def __deepcopy__(self, memo: dict) -> None:
+            raise RuntimeError("holds a handle that cannot be copied")
+
+    model = Uncopyable().eval()
+    x = _images(4, 7)
+    assert folded_model(model, x) is model
+    y = model(x).argmax(dim=1)
+    res = attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True)
+    torch.testing.assert_close(res.loss, attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True).loss)

@@ -259,13 +259,10 @@ def _fold(model: nn.Module, x: Tensor) -> nn.Module | None:
     if not any(_foldable_norm(m) for m in model.modules()):
         return None
     probe = x[:2].detach()
-    try:
-        pairs = _conv_norm_pairs(model, probe[:1])
-        if not pairs:
-            return None
-        folded = copy.deepcopy(model)
-    except Exception:  # a model whose forward or copy fails here is attacked as given
+    pairs = _conv_norm_pairs(model, probe[:1])
+    if not pairs:
         return None
+    folded = copy.deepcopy(model)
     modules = dict(folded.named_modules())
     with torch.no_grad():
         for conv_name, norm_name in pairs:
@@ -290,10 +287,7 @@ def _fold(model: nn.Module, x: Tensor) -> nn.Module | None:
         for p in folded.parameters():
             p.requires_grad_(False)
         folded.eval()
-        try:
-            want, got = model(probe), folded(probe)
-        except Exception:
-            return None
+        want, got = model(probe), folded(probe)
     # Folding changes only float rounding; anything more means a conv output fed something besides its norm.
     tol = 1e-4 * float(want.abs().max()) + 1e-5
     if want.shape != got.shape or not bool(((want - got).abs() <= tol).all()):
@@ -306,8 +300,8 @@ def folded_model(model: nn.Module, x: Tensor, passes: int = FOLD_MIN_PASSES) -> 
 
     An eval-mode BatchNorm2d is a per-channel affine map, so after a convolution it can be folded into the
     convolution's weights and bias (as inference engines do): forward and backward then skip two memory-bound
-    passes over every activation (CPU, one thread, forward + input gradient: EfficientNet-Lite0 in 0.75-0.77x
-    the time, ResNet-50 in 0.86-0.92x; benchmarks/batchnorm_folding.py). Only a BatchNorm2d whose input is a
+    passes over every activation (CPU, one thread, forward + input gradient: EfficientNet-Lite0 in 0.66-0.77x
+    the time, ResNet-50 in 0.86-0.95x; benchmarks/batchnorm_folding.py). Only a BatchNorm2d whose input is a
     Conv2d's output, untouched in between, each module called once, is folded; the copy is checked against the
     model on two samples of the batch (logits within 1e-4 of their scale) and dropped if it differs, so a
     graph the hooks misread (a conv output also used elsewhere) falls back to the model as given. The copy is
@@ -327,7 +321,10 @@ def folded_model(model: nn.Module, x: Tensor, passes: int = FOLD_MIN_PASSES) -> 
     if cached is not None and passes < FOLD_MIN_PASSES:
         # The weights changed since the last build (a training loop): a short attack would not repay a rebuild.
         return model
-    folded = _fold(model, x)
+    try:
+        folded = _fold(model, x)
+    except Exception:  # a model the folding cannot copy, hook or rewrite is attacked as given
+        folded = None
     _folded_cache[model] = (signature, folded)
     return folded or model
 
