@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -221,16 +222,16 @@ def _conv_norm_pairs(model: nn.Module, x: Tensor) -> list[tuple[str, str]]:
     The caller still checks the folded copy against the model, which catches a conv output used elsewhere.
     """
     names = {m: name for name, m in model.named_modules()}
-    calls: dict[str, int] = {}
+    calls: Counter[str] = Counter()
     produced: dict[int, tuple[str, Tensor, int]] = {}
     pairs: dict[str, str] = {}
 
     def after_conv(m: nn.Module, _inp: object, out: Tensor) -> None:
-        calls[names[m]] = calls.get(names[m], 0) + 1
+        calls[names[m]] += 1
         produced[id(out)] = (names[m], out, out._version)
 
     def before_norm(m: nn.Module, inp: tuple[Tensor, ...]) -> None:
-        calls[names[m]] = calls.get(names[m], 0) + 1
+        calls[names[m]] += 1
         src = produced.get(id(inp[0])) if inp else None
         if src is not None and src[1] is inp[0] and src[2] == inp[0]._version:
             pairs[names[m]] = src[0]
@@ -246,11 +247,11 @@ def _conv_norm_pairs(model: nn.Module, x: Tensor) -> list[tuple[str, str]]:
     finally:
         for h in hooks:
             h.remove()
-    used = [conv for conv in pairs.values()]
+    norms_per_conv = Counter(pairs.values())
     return [
         (conv, norm)
         for norm, conv in pairs.items()
-        if calls.get(norm) == 1 and calls.get(conv) == 1 and used.count(conv) == 1
+        if calls[norm] == 1 and calls[conv] == 1 and norms_per_conv[conv] == 1
     ]
 
 
@@ -360,15 +361,13 @@ class ModelCall:
         self._first = True
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self._first:
-            # Here, not in __init__: the attack has put the model in eval mode by now (frozen()).
-            self.model = folded_model(self.model, x, self.passes)
-        if self.layout is None:
-            self._first = False
-            return self.model(x)
         if not self._first:
-            return self.model(x.contiguous(memory_format=self.layout))
+            return self.model(x if self.layout is None else x.contiguous(memory_format=self.layout))
         self._first = False
+        # Here, not in __init__: the attack has put the model in eval mode by now (frozen()).
+        self.model = folded_model(self.model, x, self.passes)
+        if self.layout is None:
+            return self.model(x)
         try:
             return self.model(x.contiguous(memory_format=self.layout))
         except RuntimeError:

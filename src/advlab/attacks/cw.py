@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -83,15 +85,16 @@ def cw_l2(
     forward = ModelCall(model, x, steps * binary_search_steps)
     with frozen(model):
         for _round in range(binary_search_steps):
+            # The round's state, for the samples still optimised (``idx`` into the batch). A stalled sample is
+            # written back and dropped from every tensor, so it costs nothing for the rest of the round: the
+            # batch shrinks as samples converge instead of carrying them to the end.
+            idx = torch.arange(n, device=x.device)
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
-            # The round's state, for the samples still optimised (``idx`` into the batch; None = all of
-            # them). A stalled sample is dropped from every tensor, so it costs nothing for the rest of the
-            # round: the batch shrinks as samples converge instead of carrying them to the end.
-            idx: Tensor | None = None
             w = w0.clone()
             m = torch.zeros_like(w)
             v = torch.zeros_like(w)
             xs, ys, cs, ks = x, y, const, kappa_t
+            l2s, xbs, fs = best_l2sq, best_x, found
             previous = torch.full_like(const, float("inf"))
             for t in range(1, steps + 1):
                 w.requires_grad_(True)
@@ -109,33 +112,28 @@ def cw_l2(
                 with torch.no_grad():
                     w = w.detach()
                     adversarial = gap < -ks
-                    if idx is None:
-                        improved = adversarial & (l2sq < best_l2sq)
-                        best_l2sq = torch.where(improved, l2sq, best_l2sq)
-                        best_x = torch.where(batch_view(improved, x), x_new.detach(), best_x)
-                        found |= adversarial
-                    else:
-                        improved = adversarial & (l2sq < best_l2sq[idx])
-                        best_l2sq[idx] = torch.where(improved, l2sq, best_l2sq[idx])
-                        best_x[idx] = torch.where(batch_view(improved, xs), x_new.detach(), best_x[idx])
-                        found[idx] |= adversarial
-                    m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                    improved = adversarial & (l2sq < l2s)
+                    l2s = torch.where(improved, l2sq, l2s)
+                    xbs = torch.where(batch_view(improved, xs), x_new.detach(), xbs)
+                    fs = fs | adversarial
+                    # Adam (Kingma & Ba 2015, algorithm 1), bias corrections folded into two scalars.
+                    m.lerp_(grad, 1 - beta1)
                     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    step = (m / (1 - beta1**t)).div_((v / (1 - beta2**t)).sqrt_().add_(adam_eps)).mul_(lr)
-                    w.sub_(step)
+                    denom = v.sqrt().div_(math.sqrt(1 - beta2**t)).add_(adam_eps)
+                    w.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
                     if abort_early and t % check_every == 0 and t < steps:
                         total = total.detach()
-                        going = total <= previous * 0.9999
                         # One sync every check_every iterations: shrink the batch, end the round when empty.
-                        kept = going.nonzero().view(-1)
+                        kept = (total <= previous * 0.9999).nonzero().view(-1)
                         if kept.numel() == 0:
                             break
-                        if kept.numel() < going.numel():
-                            idx = kept if idx is None else idx[kept]
-                            w, m, v = w[kept], m[kept], v[kept]
+                        if kept.numel() < idx.numel():
+                            best_l2sq[idx], best_x[idx], found[idx] = l2s, xbs, fs
+                            idx, w, m, v, total = idx[kept], w[kept], m[kept], v[kept], total[kept]
                             xs, ys, cs, ks = xs[kept], ys[kept], cs[kept], ks[kept]
-                            total = total[kept]
+                            l2s, xbs, fs = l2s[kept], xbs[kept], fs[kept]
                         previous = total
+            best_l2sq[idx], best_x[idx], found[idx] = l2s, xbs, fs
             # Per-sample binary search on c (Carlini & Wagner, section V.A).
             tried = const
             upper = torch.where(found, torch.minimum(upper, const), upper)
