@@ -6,7 +6,7 @@ of its norm; ``return_info=True`` returns an :class:`AttackResult` instead. ``ta
 the target classes.
 """
 
-from ._core import AttackResult, batchnorm_folding
+from ._core import AttackResult, prepared_models
 from .apgd import apgd, apgd_t
 from .cw import cw_l2
 from .deepfool import deepfool
@@ -19,12 +19,12 @@ __all__ = [
     "AttackResult",
     "apgd",
     "apgd_t",
-    "batchnorm_folding",
     "bim",
     "cw_l2",
     "deepfool",
     "fgsm",
     "mifgsm",
     "pgd",
+    "prepared_models",
     "square",
 ]

@@ -175,28 +175,29 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(req)
 
 
-# ------------------------------------------------------------------------------------ batch-norm folding
+# ------------------------------------------------------------------------------------ the prepared copy
 
-_fold_batchnorm = True
-FOLD_MIN_PASSES = 4  # below this many passes an attack does not rebuild a stale folded copy
+_prepare_models = True
+PREPARE_MIN_PASSES = 4  # below this many passes an attack does not rebuild a stale prepared copy
 
 
 @contextmanager
-def batchnorm_folding(enabled: bool) -> Iterator[None]:
-    """Switch BN folding (see :func:`folded_model`) on or off for the attacks run inside; it is on by default.
+def prepared_models(enabled: bool) -> Iterator[None]:
+    """Switch the prepared copy (see :func:`prepared_model`) on or off for the attacks run inside; on by default.
 
     Off, attacks call the model's own modules (only the memory layout of the batch may change, see
-    :class:`ModelCall`), at 1.3-1.5x the cost per pass on EfficientNet-Lite0 (CPU, batch 8-16).
+    :class:`ModelCall`), at 1.3-1.5x the cost per pass on EfficientNet-Lite0 and 1.4x on the Fashion-MNIST
+    CNN (CPU, one thread).
     """
-    global _fold_batchnorm
-    before, _fold_batchnorm = _fold_batchnorm, bool(enabled)
+    global _prepare_models
+    before, _prepare_models = _prepare_models, bool(enabled)
     try:
         yield
     finally:
-        _fold_batchnorm = before
+        _prepare_models = before
 
 
-_folded_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], nn.Module | None]] = (
+_prepared_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], nn.Module | None]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -255,79 +256,103 @@ def _conv_norm_pairs(model: nn.Module, x: Tensor) -> list[tuple[str, str]]:
     ]
 
 
-def _fold(model: nn.Module, x: Tensor) -> nn.Module | None:
-    """A frozen copy of ``model`` with BN folded into the convs, or None when nothing folds or it fails."""
-    if not any(_foldable_norm(m) for m in model.modules()):
-        return None
+def _fold_into(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    """Rewrite ``conv`` in place to compute ``norm(conv(x))`` (eval mode), in float64 then cast back."""
+    # y = gamma * (W x + b - mean) / sqrt(var + eps) + beta
+    scale = norm.running_var.double().add(norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight.double()
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    bias = (bias - norm.running_mean.double()) * scale
+    if norm.bias is not None:
+        bias = bias + norm.bias.double()
+    w = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.ndim - 1)))
+    conv.weight = nn.Parameter(w.to(conv.weight.dtype), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+
+
+def _prepare(model: nn.Module, x: Tensor) -> nn.Module | None:
+    """A frozen copy of ``model`` that is cheaper per pass, or None when nothing would change or it fails."""
     probe = x[:2].detach()
-    pairs = _conv_norm_pairs(model, probe[:1])
-    if not pairs:
+    pairs = _conv_norm_pairs(model, probe[:1]) if any(_foldable_norm(m) for m in model.modules()) else []
+    # Channels-last weights: on a one-channel batch the batch's own layout cannot carry channels-last into
+    # the network (both layouts are the same strides), so without them every convolution runs NCHW; with
+    # three channels the batch carries it and the weights only save oneDNN's reorder of them at every call.
+    relayout = (
+        x.ndim == 4
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and any(isinstance(m, nn.Conv2d) and m.weight.ndim == 4 for m in model.modules())
+    )
+    if not pairs and not (relayout and x.shape[1] == 1):
         return None
-    folded = copy.deepcopy(model)
-    modules = dict(folded.named_modules())
+    prepared = copy.deepcopy(model)
+    modules = dict(prepared.named_modules())
     with torch.no_grad():
         for conv_name, norm_name in pairs:
             conv, norm = modules[conv_name], modules[norm_name]
             assert isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)
-            # y = gamma * (W x + b - mean) / sqrt(var + eps) + beta, computed in float64 then cast back.
-            scale = norm.running_var.double().add(norm.eps).rsqrt()
-            if norm.weight is not None:
-                scale = scale * norm.weight.double()
-            bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-            bias = (bias - norm.running_mean.double()) * scale
-            if norm.bias is not None:
-                bias = bias + norm.bias.double()
-            w = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.ndim - 1)))
-            conv.weight = nn.Parameter(w.to(conv.weight.dtype), requires_grad=False)
-            conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+            _fold_into(conv, norm)
             parent_name, _, attr = norm_name.rpartition(".")
             after: nn.Module = (
                 nn.Identity() if type(norm) is nn.BatchNorm2d else nn.Sequential(norm.drop, norm.act)  # type: ignore[arg-type]
             )
-            setattr(modules[parent_name] if parent_name else folded, attr, after)
-        for p in folded.parameters():
+            setattr(modules[parent_name] if parent_name else prepared, attr, after)
+        if relayout:
+            prepared.to(memory_format=torch.channels_last)
+        for p in prepared.parameters():
             p.requires_grad_(False)
-        folded.eval()
-        want, got = model(probe), folded(probe)
-    # Folding changes only float rounding; anything more means a conv output fed something besides its norm.
+        prepared.eval()
+        want, got = model(probe), prepared(probe)
+    # Both rewrites change only float rounding; anything more means a conv output fed something besides its norm.
     tol = 1e-4 * float(want.abs().max()) + 1e-5
     if want.shape != got.shape or not bool(((want - got).abs() <= tol).all()):
         return None
-    return folded
+    return prepared
 
 
-def folded_model(model: nn.Module, x: Tensor, passes: int = FOLD_MIN_PASSES) -> nn.Module:
-    """``model``, or its cached BN-folded copy: the same function up to float rounding, cheaper per pass.
+def prepared_model(model: nn.Module, x: Tensor, passes: int = PREPARE_MIN_PASSES) -> nn.Module:
+    """``model``, or its cached prepared copy: the same function up to float rounding, cheaper per pass.
 
-    An eval-mode BatchNorm2d is a per-channel affine map, so after a convolution it can be folded into the
-    convolution's weights and bias (as inference engines do): forward and backward then skip two memory-bound
-    passes over every activation (CPU, one thread, forward + input gradient: EfficientNet-Lite0 in 0.66-0.77x
-    the time, ResNet-50 in 0.86-0.95x; benchmarks/batchnorm_folding.py). Only a BatchNorm2d whose input is a
-    Conv2d's output, untouched in between, each module called once, is folded; the copy is checked against the
-    model on two samples of the batch (logits within 1e-4 of their scale) and dropped if it differs, so a
-    graph the hooks misread (a conv output also used elsewhere) falls back to the model as given. The copy is
-    cached per model and rebuilt when any parameter or buffer is written (e.g. an optimiser step between two
-    attacks).
+    Two rewrites, as inference engines do them:
+
+    - BN folding. An eval-mode BatchNorm2d is a per-channel affine map, so after a convolution it can be
+      folded into the convolution's weights and bias: forward and backward then skip two memory-bound passes
+      over every activation (CPU, one thread, forward + input gradient: EfficientNet-Lite0 in 0.66-0.77x the
+      time, ResNet-50 in 0.86-0.95x; benchmarks/prepared_model.py). Only a BatchNorm2d whose input is a
+      Conv2d's output, untouched in between, each module called once, is folded.
+    - Channels-last weights (CPU, float32 batch): oneDNN runs convolutions faster in NHWC. A batch of three
+      or more channels is reordered by :class:`ModelCall` and the layout propagates, but a one-channel batch
+      looks the same in both layouts, so a network such as the Fashion-MNIST CNN ran NCHW throughout; its
+      copy with channels-last weights runs in about 0.7x the time. In a copy that is made anyway (BN folding)
+      they also save oneDNN's per-call weight reorder (EfficientNet-Lite0: a further 0.90-0.94x). A
+      BN-free model fed three channels (VGG) is not copied: there it gains about 1% for a second copy of
+      its weights.
+
+    The copy is checked against the model on two samples of the batch (logits within 1e-4 of their scale)
+    and dropped if it differs, so a graph the hooks misread (a conv output also used elsewhere) falls back to
+    the model as given. It is cached per model and rebuilt when any parameter or buffer is written (e.g. an
+    optimiser step between two attacks).
     Building it costs a copy and three passes over one or two samples. The first attack on a model builds it
     (later calls reuse it); a rebuild after the weights changed happens only for an attack of at least
-    ``FOLD_MIN_PASSES`` passes (``passes``), so FGSM inside a training loop, whose model changes at every
+    ``PREPARE_MIN_PASSES`` passes (``passes``), so FGSM inside a training loop, whose model changes at every
     step, runs the model as given while PGD-10 there still gains.
     """
-    if not _fold_batchnorm:
+    if not _prepare_models:
         return model
     signature = _state_signature(model)
-    cached = _folded_cache.get(model)
+    cached = _prepared_cache.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1] or model
-    if cached is not None and passes < FOLD_MIN_PASSES:
+    if cached is not None and passes < PREPARE_MIN_PASSES:
         # The weights changed since the last build (a training loop): a short attack would not repay a rebuild.
         return model
     try:
-        folded = _fold(model, x)
-    except Exception:  # a model the folding cannot copy, hook or rewrite is attacked as given
-        folded = None
-    _folded_cache[model] = (signature, folded)
-    return folded or model
+        prepared = _prepare(model, x)
+    except Exception:  # a model the rewrite cannot copy, hook or run is attacked as given
+        prepared = None
+    _prepared_cache[model] = (signature, prepared)
+    return prepared or model
 
 
 class ModelCall:
@@ -342,7 +367,7 @@ class ModelCall:
     A model that cannot take a channels-last tensor (e.g. one that ``view``s its activations) raises on the
     first call; that call is then repeated in the caller's layout, which is used from then on.
 
-    The first call also swaps in the BN-folded copy of the model (:func:`folded_model`) when there is one;
+    The first call also swaps in the prepared copy of the model (:func:`prepared_model`) when there is one;
     ``passes`` is about how many model passes the attack will make (it decides whether building one pays).
     """
 
@@ -365,7 +390,7 @@ class ModelCall:
             return self.model(x if self.layout is None else x.contiguous(memory_format=self.layout))
         self._first = False
         # Here, not in __init__: the attack has put the model in eval mode by now (frozen()).
-        self.model = folded_model(self.model, x, self.passes)
+        self.model = prepared_model(self.model, x, self.passes)
         if self.layout is None:
             return self.model(x)
         try:

@@ -1,4 +1,4 @@
-"""BN folding (advlab.attacks._core.folded_model): the attacks' cheaper copy of a BN network is the same function."""
+"""The attacks' prepared copy of a model (advlab.attacks._core.prepared_model): cheaper, and the same function."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advlab import attacks
-from advlab.attacks._core import folded_model
+from advlab.attacks._core import prepared_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,7 +84,7 @@ def test_folded_copy_computes_the_same_logits_and_input_gradients(
     model = bn_cnn(c1, c2, conv_bias, affine, seed)
     x = _images(n, seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    folded = folded_model(model, x)
+    folded = prepared_model(model, x)
     assert folded is not model
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     want, want_grad = _logits_and_grad(model, x)
@@ -108,7 +108,7 @@ def test_timm_batchnorm_act_keeps_its_activation() -> None:
     )
     _randomise_norms(model, g)
     x = _images(3, 1)
-    folded = folded_model(model, x)
+    folded = prepared_model(model, x)
     assert folded is not model and isinstance(folded[1], nn.Sequential)
     assert any(isinstance(m, nn.ReLU6) for m in folded[1].modules())
     torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
@@ -118,23 +118,23 @@ def test_conv_output_used_elsewhere_is_not_folded() -> None:
     torch.manual_seed(0)
     model = _randomise_norms(ConvOutputReused(), torch.Generator().manual_seed(0))
     x = _images(2, 0)
-    assert folded_model(model, x) is model
+    assert prepared_model(model, x) is model
 
 
 def test_train_mode_norms_are_not_folded() -> None:
     model = bn_cnn(4, 4, True, True, 0).train()
-    assert folded_model(model, _images(2, 0)) is model
+    assert prepared_model(model, _images(2, 0)) is model
 
 
 def test_the_copy_is_rebuilt_after_the_weights_change() -> None:
     model = bn_cnn(4, 5, True, True, 1)
     x = _images(3, 2)
-    first = folded_model(model, x)
-    assert folded_model(model, x) is first  # cached while nothing changed
+    first = prepared_model(model, x)
+    assert prepared_model(model, x) is first  # cached while nothing changed
     with torch.no_grad():
         model[0].weight.mul_(-2.0)
         model[4].running_mean.add_(1.0)
-    second = folded_model(model, x)
+    second = prepared_model(model, x)
     assert second is not first
     torch.testing.assert_close(second(x), model(x), rtol=1e-5, atol=1e-5)
 
@@ -143,7 +143,7 @@ def test_attacks_agree_with_and_without_folding() -> None:
     model = bn_cnn(6, 8, False, True, 3)
     x = _images(24, 4)
     y = model(x).argmax(dim=1)
-    with attacks.batchnorm_folding(False):
+    with attacks.prepared_models(False):
         plain = attacks.pgd(model, x, y, eps=0.05, steps=10, seed=0, return_info=True)
     folded = attacks.pgd(model, x, y, eps=0.05, steps=10, seed=0, return_info=True)
     assert torch.equal(plain.success, folded.success)
@@ -152,27 +152,27 @@ def test_attacks_agree_with_and_without_folding() -> None:
     assert (folded.x_adv - plain.x_adv).abs().le(1e-6).float().mean() > 0.99
 
 
-def test_batchnorm_folding_switch_is_restored() -> None:
+def test_prepared_models_switch_is_restored() -> None:
     model = bn_cnn(2, 2, True, True, 0)
     x = _images(2, 0)
-    with pytest.raises(RuntimeError), attacks.batchnorm_folding(False):
-        assert folded_model(model, x) is model
+    with pytest.raises(RuntimeError), attacks.prepared_models(False):
+        assert prepared_model(model, x) is model
         raise RuntimeError("leave the block")
-    assert folded_model(model, x) is not model
+    assert prepared_model(model, x) is not model
 
 
 def test_short_attacks_build_once_but_do_not_rebuild_after_the_weights_change() -> None:
     model = bn_cnn(3, 3, True, True, 5)
     x = _images(2, 3)
-    first = folded_model(model, x, passes=2)  # a model seen for the first time: the copy pays off later
+    first = prepared_model(model, x, passes=2)  # a model seen for the first time: the copy pays off later
     assert first is not model
     with torch.no_grad():
         model[0].weight.add_(0.5)  # an optimiser step in a training loop
-    assert folded_model(model, x, passes=2) is model  # FGSM-sized: a rebuild per step would not pay
-    rebuilt = folded_model(model, x, passes=11)
+    assert prepared_model(model, x, passes=2) is model  # FGSM-sized: a rebuild per step would not pay
+    rebuilt = prepared_model(model, x, passes=11)
     assert rebuilt is not model and rebuilt is not first
     torch.testing.assert_close(rebuilt(x), model(x), rtol=1e-5, atol=1e-5)
-    assert folded_model(model, x, passes=2) is rebuilt
+    assert prepared_model(model, x, passes=2) is rebuilt
 
 
 def test_a_model_the_folding_cannot_copy_is_attacked_as_given() -> None:
@@ -189,7 +189,80 @@ def test_a_model_the_folding_cannot_copy_is_attacked_as_given() -> None:
 
     model = Uncopyable().eval()
     x = _images(4, 7)
-    assert folded_model(model, x) is model
+    assert prepared_model(model, x) is model
     y = model(x).argmax(dim=1)
     res = attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True)
     torch.testing.assert_close(res.loss, attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True).loss)
+
+
+def gray_cnn(c1: int, c2: int, pool: bool, seed: int) -> nn.Module:
+    """A BN-free CNN on one-channel images, the layout of the Fashion-MNIST models."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2) if pool else nn.Identity(),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.LazyLinear(4),
+    ).eval()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    c1=st.integers(1, 6),
+    c2=st.integers(1, 6),
+    pool=st.booleans(),
+    n=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_one_channel_copy_has_channels_last_weights_and_the_same_function(
+    c1: int, c2: int, pool: bool, n: int, seed: int
+) -> None:
+    model = gray_cnn(c1, c2, pool, seed)
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    model(x)  # materialise the lazy layer
+    prepared = prepared_model(model, x)
+    assert prepared is not model
+    convs = [m for m in prepared.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv2d))  # model untouched
+    # The layout reaches the activations: the second convolution's output is channels-last.
+    out = prepared[:4](x)
+    assert c1 == 1 or c2 == 1 or out.is_contiguous(memory_format=torch.channels_last)
+    want, want_grad = _logits_and_grad(model, x)
+    got, got_grad = _logits_and_grad(prepared, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()) + 1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5 * float(want_grad.abs().max()) + 1e-7)
+
+
+def test_no_copy_where_it_would_only_cost_memory() -> None:
+    # Three channels, no BN: the batch's layout already carries channels-last (ModelCall), a copy gains ~1%.
+    torch.manual_seed(0)
+    rgb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).eval()
+    x = _images(2, 0)
+    rgb(x)
+    assert prepared_model(rgb, x) is rgb
+    # float64 and non-4-D batches do not take oneDNN's channels-last path at all.
+    gray = gray_cnn(3, 3, True, 0)
+    g = torch.rand(2, 1, 8, 8)
+    gray(g)
+    assert prepared_model(gray, g.double()) is gray
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    assert prepared_model(mlp, g) is mlp
+
+
+def test_attacks_on_a_one_channel_model_agree_with_the_model_as_given() -> None:
+    from advlab.models import load_model
+
+    model = load_model("fmnist_cnn_pgd")
+    x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(dim=1)
+    with attacks.prepared_models(False):
+        plain = attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True)
+    prepared = attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True)
+    assert prepared_model(model, x) is not model
+    assert torch.equal(plain.success, prepared.success)
+    torch.testing.assert_close(prepared.loss, plain.loss, rtol=1e-4, atol=1e-5)
+    assert (prepared.x_adv - plain.x_adv).abs().le(1e-6).float().mean() > 0.99

@@ -1,12 +1,15 @@
-"""What attacking the BN-folded copy of a model buys (advlab.attacks._core.folded_model), and what it changes.
+"""What attacking the prepared copy of a model buys (advlab.attacks._core.prepared_model), and what it changes.
 
 For each model: CPU time of one forward + input-gradient backward (the unit every gradient attack pays per
-step) on the model as given and on its folded copy, in rounds that interleave the two so a noisy machine
-slows both alike (medians of per-round ratios); then the largest logit difference (relative to the logits'
-scale) and the relative L2 difference of the input gradients. VGG11 has no BN and shows the no-op path;
-ResNet-50 runs with random weights (and random BN statistics) when its checkpoint is absent.
+step) on the model as given and on its prepared copy (BN folded, channels-last weights), both fed the batch
+in the layout the attacks feed it (channels-last from three channels up, see ModelCall), in rounds that
+interleave the two so a noisy machine slows both alike (medians of per-round ratios); then the largest logit
+difference (relative to the logits' scale) and the relative L2 difference of the input gradients. VGG11 has
+no BN and three input channels and shows the no-copy path; ResNet-50 runs with random weights (and random BN
+statistics) when its checkpoint is absent; fmnist_cnn_pgd is the one-channel, BN-free case.
 
-    .venv/bin/python benchmarks/batchnorm_folding.py --models efficientnet_lite0 resnet50 --batch 8 16 --rounds 5
+    .venv/bin/python benchmarks/prepared_model.py --models efficientnet_lite0 resnet50 vgg11 --batch 8 16 --rounds 5
+    .venv/bin/python benchmarks/prepared_model.py --models fmnist_cnn_pgd --batch 128 900 --rounds 5
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from advlab.attacks._core import folded_model
+from advlab.attacks._core import prepared_model
 from advlab.models import load_model
 
 
@@ -40,7 +43,7 @@ def _load(name: str) -> nn.Module:
 
 def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xg = x.clone().requires_grad_(True)
-    logits = model(xg)
+    logits = model(xg.contiguous(memory_format=torch.channels_last) if xg.shape[1] > 1 else xg)
     (grad,) = torch.autograd.grad(nn.functional.cross_entropy(logits, y, reduction="sum"), xg)
     return logits.detach(), grad
 
@@ -61,16 +64,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds, CPU")
-    print("| model | batch | folded | as given ms | folded ms | folded / as given | logit diff | grad diff |")
+    print("| model | batch | copy | as given ms | prepared ms | prepared / as given | logit diff | grad diff |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for name in args.models:
         model = _load(name)
         for batch in args.batch:
             g = torch.Generator().manual_seed(batch)
             x = torch.rand(batch, *model.input_size, generator=g)
-            y = torch.randint(0, 1000, (batch,), generator=g)
+            y = torch.randint(0, model(x[:1]).shape[1], (batch,), generator=g)
             start = time.perf_counter()
-            folded = folded_model(model, x)
+            folded = prepared_model(model, x)
             build = time.perf_counter() - start
             (want, want_grad), (got, got_grad) = _step(model, x, y), _step(folded, x, y)
             logit_diff = float((want - got).abs().max() / want.abs().max())
@@ -80,7 +83,10 @@ def main() -> None:
                 a.append(_cpu(model, x, y))
                 b.append(_cpu(folded, x, y))
             ratio = statistics.median(q / p for p, q in zip(a, b, strict=True))
-            state = f"yes (built in {build:.2f} s)" if folded is not model else "no BN to fold"
+            folds = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) - sum(
+                isinstance(m, nn.BatchNorm2d) for m in folded.modules()
+            )
+            state = f"{folds} BN folded, built in {build:.2f} s" if folded is not model else "none (as given)"
             print(
                 f"| {name} | {batch} | {state} | {1000 * statistics.median(a):.0f} | {1000 * statistics.median(b):.0f} "
                 f"| {ratio:.2f} | {logit_diff:.1e} | {grad_diff:.1e} |",
