@@ -195,12 +195,12 @@ def test_a_model_the_folding_cannot_copy_is_attacked_as_given() -> None:
     torch.testing.assert_close(res.loss, attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True).loss)
 
 
-def gray_cnn(c1: int, c2: int, pool: bool, seed: int) -> nn.Module:
+def gray_cnn(c1: int, c2: int, pool: bool, seed: int, inplace: bool = False) -> nn.Module:
     """A BN-free CNN on one-channel images, the layout of the Fashion-MNIST models."""
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Conv2d(1, c1, 3, padding=1),
-        nn.ReLU(),
+        nn.ReLU(inplace=inplace),
         nn.MaxPool2d(2) if pool else nn.Identity(),
         nn.Conv2d(c1, c2, 3, padding=1),
         nn.ReLU(),
@@ -214,27 +214,50 @@ def gray_cnn(c1: int, c2: int, pool: bool, seed: int) -> nn.Module:
     c1=st.integers(1, 6),
     c2=st.integers(1, 6),
     pool=st.booleans(),
+    inplace=st.booleans(),
     n=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
 def test_one_channel_copy_has_channels_last_weights_and_the_same_function(
-    c1: int, c2: int, pool: bool, n: int, seed: int
+    c1: int, c2: int, pool: bool, inplace: bool, n: int, seed: int
 ) -> None:
-    model = gray_cnn(c1, c2, pool, seed)
-    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    model = gray_cnn(c1, c2, pool, seed, inplace)
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) - 0.3  # some windows all < 0
     model(x)  # materialise the lazy layer
     prepared = prepared_model(model, x)
     assert prepared is not model
+    # ReLU then max-pool runs as max-pool then ReLU; the model keeps its own order.
+    order = [type(m) for m in prepared[:3]]
+    assert order == ([nn.Conv2d, nn.MaxPool2d, nn.ReLU] if pool else [nn.Conv2d, nn.ReLU, nn.Identity])
+    assert [type(m) for m in model[:3]][1] is nn.ReLU
     convs = [m for m in prepared.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv2d))  # model untouched
     # The layout reaches the activations: the second convolution's output is channels-last.
-    out = prepared[:4](x)
+    out = prepared[:4](x.clone())
     assert c1 == 1 or c2 == 1 or out.is_contiguous(memory_format=torch.channels_last)
     want, want_grad = _logits_and_grad(model, x)
     got, got_grad = _logits_and_grad(prepared, x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()) + 1e-6)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5 * float(want_grad.abs().max()) + 1e-7)
+
+
+def test_relu_and_pool_with_hooks_or_in_a_custom_forward_keep_their_order() -> None:
+    class Chain(nn.Sequential):  # its own forward: positions in the list need not be the call order
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self[1](self[0](x))
+
+    hooked = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2))
+    hooked[1].register_forward_hook(lambda *_: None)
+    model = nn.Sequential(
+        hooked, nn.Conv2d(3, 3, 3), Chain(nn.ReLU(), nn.MaxPool2d(2)), nn.Flatten(), nn.LazyLinear(2)
+    ).eval()
+    x = torch.rand(2, 1, 16, 16) - 0.5
+    model(x)
+    prepared = prepared_model(model, x)
+    assert prepared is not model
+    assert [type(m) for m in prepared[0]] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+    assert [type(m) for m in prepared[2]] == [nn.ReLU, nn.MaxPool2d]
 
 
 def test_no_copy_where_it_would_only_cost_memory() -> None:

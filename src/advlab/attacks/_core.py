@@ -271,6 +271,31 @@ def _fold_into(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
 
 
+def _relu_pool_pairs(model: nn.Module) -> list[tuple[str, int]]:
+    """(Sequential name, index) of each ``ReLU`` directly followed by a ``MaxPool2d`` in a plain Sequential.
+
+    max-pooling commutes with ReLU (both are monotone: max_i relu(a_i) = relu(max_i a_i)), and the
+    gradient agrees too (both route to the window's first maximum, and relu' is 0 there exactly when the
+    whole window is <= 0), so pooling first runs the ReLU, forward and backward, on a quarter of the
+    elements. Only modules without hooks, in an ``nn.Sequential`` whose forward is the plain chain.
+    """
+    found: list[tuple[str, int]] = []
+    for name, seq in model.named_modules():
+        if type(seq) is not nn.Sequential:
+            continue
+        mods = list(seq)
+        for i in range(len(mods) - 1):
+            relu, pool = mods[i], mods[i + 1]
+            if (
+                type(relu) is nn.ReLU
+                and type(pool) is nn.MaxPool2d
+                and not pool.return_indices
+                and not any(m._forward_hooks or m._forward_pre_hooks for m in (relu, pool))
+            ):
+                found.append((name, i))
+    return found
+
+
 def _prepare(model: nn.Module, x: Tensor) -> nn.Module | None:
     """A frozen copy of ``model`` that is cheaper per pass, or None when nothing would change or it fails."""
     probe = x[:2].detach()
@@ -288,6 +313,10 @@ def _prepare(model: nn.Module, x: Tensor) -> nn.Module | None:
         return None
     prepared = copy.deepcopy(model)
     modules = dict(prepared.named_modules())
+    for seq_name, i in _relu_pool_pairs(prepared):
+        seq = modules[seq_name]
+        assert isinstance(seq, nn.Sequential)
+        seq[i], seq[i + 1] = seq[i + 1], seq[i]
     with torch.no_grad():
         for conv_name, norm_name in pairs:
             conv, norm = modules[conv_name], modules[norm_name]
@@ -304,7 +333,7 @@ def _prepare(model: nn.Module, x: Tensor) -> nn.Module | None:
             p.requires_grad_(False)
         prepared.eval()
         want, got = model(probe), prepared(probe)
-    # Both rewrites change only float rounding; anything more means a conv output fed something besides its norm.
+    # The rewrites change only float rounding; anything more means a conv output fed something besides its norm.
     tol = 1e-4 * float(want.abs().max()) + 1e-5
     if want.shape != got.shape or not bool(((want - got).abs() <= tol).all()):
         return None
@@ -314,7 +343,7 @@ def _prepare(model: nn.Module, x: Tensor) -> nn.Module | None:
 def prepared_model(model: nn.Module, x: Tensor, passes: int = PREPARE_MIN_PASSES) -> nn.Module:
     """``model``, or its cached prepared copy: the same function up to float rounding, cheaper per pass.
 
-    Two rewrites, as inference engines do them:
+    Three rewrites, as inference engines do them:
 
     - BN folding. An eval-mode BatchNorm2d is a per-channel affine map, so after a convolution it can be
       folded into the convolution's weights and bias: forward and backward then skip two memory-bound passes
@@ -328,6 +357,8 @@ def prepared_model(model: nn.Module, x: Tensor, passes: int = PREPARE_MIN_PASSES
       they also save oneDNN's per-call weight reorder (EfficientNet-Lite0: a further 0.90-0.94x). A
       BN-free model fed three channels (VGG) is not copied: there it gains about 1% for a second copy of
       its weights.
+    - ReLU then max-pooling becomes max-pooling then ReLU (the same function and gradient, see
+      :func:`_relu_pool_pairs`): on the Fashion-MNIST CNN the ReLUs were a fifth of a step.
 
     The copy is checked against the model on two samples of the batch (logits within 1e-4 of their scale)
     and dropped if it differs, so a graph the hooks misread (a conv output also used elsewhere) falls back to
