@@ -65,6 +65,14 @@ def _logits_and_grad(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, t
     return logits.detach(), grad
 
 
+def _assert_same_function(prepared: nn.Module, model: nn.Module, x: torch.Tensor) -> None:
+    """Logits and input gradients equal up to float rounding."""
+    want, want_grad = _logits_and_grad(model, x)
+    got, got_grad = _logits_and_grad(prepared, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()) + 1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5 * float(want_grad.abs().max()) + 1e-7)
+
+
 def _images(n: int, seed: int, size: int = 9) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -87,10 +95,7 @@ def test_folded_copy_computes_the_same_logits_and_input_gradients(
     folded = prepared_model(model, x)
     assert folded is not model
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    want, want_grad = _logits_and_grad(model, x)
-    got, got_grad = _logits_and_grad(folded, x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()) + 1e-6)
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5 * float(want_grad.abs().max()) + 1e-7)
+    _assert_same_function(folded, model, x)
     # The model itself is untouched: same tensors, no hooks left behind.
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -236,10 +241,7 @@ def test_one_channel_copy_has_channels_last_weights_and_the_same_function(
     # The layout reaches the activations: the second convolution's output is channels-last.
     out = prepared[:4](x.clone())
     assert c1 == 1 or c2 == 1 or out.is_contiguous(memory_format=torch.channels_last)
-    want, want_grad = _logits_and_grad(model, x)
-    got, got_grad = _logits_and_grad(prepared, x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()) + 1e-6)
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5 * float(want_grad.abs().max()) + 1e-7)
+    _assert_same_function(prepared, model, x)
 
 
 def test_relu_and_pool_with_hooks_or_in_a_custom_forward_keep_their_order() -> None:
