@@ -307,7 +307,7 @@ def _prepare(model: nn.Module, x: Tensor) -> nn.Module | None:
         x.ndim == 4
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and any(isinstance(m, nn.Conv2d) and m.weight.ndim == 4 for m in model.modules())
+        and any(isinstance(m, nn.Conv2d) for m in model.modules())
     )
     if not pairs and not (relayout and x.shape[1] == 1):
         return None
