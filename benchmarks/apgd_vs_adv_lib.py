@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports it for plotting only
 
-from advlab.attacks import apgd  # noqa: E402
-from benchmarks._peers.workload import fmnist_workload  # noqa: E402
+from advlab.attacks import apgd
+from benchmarks._peers.libraries import stub_visdom
+from benchmarks._peers.workload import fmnist_workload
 
 
 def main() -> None:
@@ -32,6 +31,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    stub_visdom()
     from adv_lib.attacks import apgd as adv_lib_apgd
 
     torch.set_num_threads(args.threads)

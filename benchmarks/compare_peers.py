@@ -226,30 +226,27 @@ def run_spec(
             if r == 0:
                 row["calls"], row["grad_calls"], row["images_forwarded"] = model.calls, model.grad_calls, model.images
                 outputs[lib.name] = [x_adv.detach()]
-    # Strength on the further images: one untimed run per chunk of the timing batch size.
-    for start in range(batch, n_strength, batch):
-        xs, ys = x_all[start : min(start + batch, n_strength)], y_all[start : min(start + batch, n_strength)]
-        for lib in active:
-            if rows[lib.name]["error"]:
-                continue
-            try:
-                _, x_adv = call(lib, spec, xs, ys)
-                outputs[lib.name].append(x_adv.detach())
-            except Exception as e:
-                rows[lib.name]["error"] = f"{type(e).__name__}: {e}"
-    # Random starts: one draw decides a few samples either way, so the strength of a random-start attack is
-    # also measured with further seeds (untimed, every strength image) and compared by its mean.
+
+    def untimed(lib: Library, first: int, seed: int = 0) -> list[torch.Tensor]:
+        """The attack on strength images ``first:`` in chunks of the timing batch size (not timed)."""
+        chunks = []
+        for start in range(first, n_strength, batch):
+            stop = min(start + batch, n_strength)
+            chunks.append(call(lib, spec, x_all[start:stop], y_all[start:stop], seed)[1].detach())
+        return chunks
+
+    # Strength on the further images; for random-start attacks also with further seeds over every strength
+    # image (one draw decides a few samples either way), compared by the mean.
+    seeds = range(1, args.strength_seeds) if spec.attack in RANDOM_START_ATTACKS else range(0)
     seeded: dict[str, list[torch.Tensor]] = {}
-    if spec.attack in RANDOM_START_ATTACKS:
-        for seed in range(1, args.strength_seeds):
-            for lib in active:
-                if rows[lib.name]["error"]:
-                    continue
-                chunks = []
-                for start in range(0, n_strength, batch):
-                    stop = min(start + batch, n_strength)
-                    chunks.append(call(lib, spec, x_all[start:stop], y_all[start:stop], seed)[1].detach())
-                seeded.setdefault(lib.name, []).append(torch.cat(chunks))
+    for lib in active:
+        if rows[lib.name]["error"]:
+            continue
+        try:
+            outputs[lib.name] += untimed(lib, batch)
+            seeded[lib.name] = [torch.cat(untimed(lib, 0, seed)) for seed in seeds]
+        except Exception as e:
+            rows[lib.name]["error"] = f"{type(e).__name__}: {e}"
     result = []
     for lib, _ in offered:
         row = rows[lib.name]
@@ -281,7 +278,7 @@ def run_spec(
             print(f"    BUG in {lib.name} {spec.name} ({spec.setting}): {row['bug']}", flush=True)
         with torch.no_grad():
             row.update(strength(model, x_adv, x_ref, true_ref, tgt, spec, chk.valid))
-            if lib.name in seeded:
+            if seeded.get(lib.name):
                 top1 = [row["top1"]]
                 for xs_adv in seeded[lib.name]:
                     chk_s = check(xs_adv, x_ref, spec)

@@ -340,7 +340,7 @@ class ART(Library):
         return torch.from_numpy(np.asarray(out, dtype=x_np.dtype)).to(x.device)
 
 
-def _stub_visdom() -> None:
+def stub_visdom() -> None:
     """adv_lib imports ``visdom`` for its optional live plots; the benchmark never plots, so a stub will do."""
     try:
         import visdom  # noqa: F401
@@ -356,7 +356,7 @@ class AdvLib(Library):
 
     def __init__(self, model: nn.Module, num_classes: int, x_example: Tensor) -> None:
         super().__init__(model, num_classes, x_example)
-        _stub_visdom()
+        stub_visdom()
         import adv_lib.attacks as al
 
         self.al = al

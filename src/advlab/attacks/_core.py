@@ -296,6 +296,16 @@ def _relu_pool_pairs(model: nn.Module) -> list[tuple[str, int]]:
     return found
 
 
+def _channels_last_path(model: nn.Module, x: Tensor) -> bool:
+    """Whether oneDNN's channels-last convolutions apply: a 4-D float32 CPU batch into a network with Conv2d."""
+    return (
+        x.ndim == 4
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    )
+
+
 def _prepare(model: nn.Module, x: Tensor) -> nn.Module | None:
     """A frozen copy of ``model`` that is cheaper per pass, or None when nothing would change or it fails."""
     probe = x[:2].detach()
@@ -303,12 +313,7 @@ def _prepare(model: nn.Module, x: Tensor) -> nn.Module | None:
     # Channels-last weights: on a one-channel batch the batch's own layout cannot carry channels-last into
     # the network (both layouts are the same strides), so without them every convolution runs NCHW; with
     # three channels the batch carries it and the weights only save oneDNN's reorder of them at every call.
-    relayout = (
-        x.ndim == 4
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and any(isinstance(m, nn.Conv2d) for m in model.modules())
-    )
+    relayout = _channels_last_path(model, x)
     if not pairs and not (relayout and x.shape[1] == 1):
         return None
     prepared = copy.deepcopy(model)
@@ -405,15 +410,10 @@ class ModelCall:
     def __init__(self, model: nn.Module, x: Tensor, passes: int) -> None:
         self.model = model
         self.passes = passes
-        self.layout: torch.memory_format | None = None
-        if (
-            x.ndim == 4
-            and x.shape[1] > 1
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and any(isinstance(m, nn.Conv2d) for m in model.modules())
-        ):
-            self.layout = torch.channels_last
+        # One channel: both layouts have the same strides, nothing to reorder (the prepared copy's weights carry it).
+        self.layout: torch.memory_format | None = (
+            torch.channels_last if _channels_last_path(model, x) and x.shape[1] > 1 else None
+        )
         self._first = True
 
     def __call__(self, x: Tensor) -> Tensor:
