@@ -90,3 +90,64 @@ def test_cw_returns_box_points_and_unchanged_failures(p: dict) -> None:
     assert torch.equal(res.x_adv[failed], p["x"][failed])
     l2 = (res.x_adv - p["x"]).flatten(1).norm(dim=1)
     torch.testing.assert_close(l2[res.success], res.extras["l2"][res.success].to(l2.dtype), rtol=1e-4, atol=1e-6)
+
+
+def _exact_l2_projection(p: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Reference: clip(x + t (p - x)) with the largest feasible t in [0, 1], by bisection in float64."""
+    d = (p - x).double()
+    xd = x.double()
+
+    def reached(t: torch.Tensor) -> torch.Tensor:
+        return (xd + t.view(-1, *[1] * (x.dim() - 1)) * d).clamp(0, 1).sub(xd).flatten(1).norm(dim=1)
+
+    lo, hi = torch.zeros(x.shape[0], dtype=torch.float64), torch.ones(x.shape[0], dtype=torch.float64)
+    lo = torch.where(reached(hi) <= eps.double(), hi, lo)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        ok = reached(mid) <= eps.double()
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    return (xd + lo.view(-1, *[1] * (x.dim() - 1)) * d).clamp(0, 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(problems(), st.floats(0.0, 4.0))
+def test_l2_projection_is_feasible_and_no_farther_than_scale_then_clip(p: dict, reach: float) -> None:
+    from advlab.attacks._core import GEOMETRIES
+
+    x = p["x"]
+    eps = torch.as_tensor(p["eps"], dtype=x.dtype).expand(x.shape[0]).clone()
+    g = torch.Generator().manual_seed(p["seed"])
+    direction = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype)
+    direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    target = x + direction * (reach * eps).view(-1, 1, 1, 1)
+    z = GEOMETRIES["l2"].project_(target.clone(), x, eps, None)
+    _check(x, z, eps, "l2")
+    # The usual shortcut: scale the step to the ball, then clip. The projection is never farther from target.
+    delta = target - x
+    scale = (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-30)).clamp(max=1.0)
+    shortcut = (x + delta * scale.view(-1, 1, 1, 1)).clamp(0, 1)
+    farther = (z - target).flatten(1).norm(dim=1) - (shortcut - target).flatten(1).norm(dim=1)
+    assert bool((farther <= 1e-5).all()), farther
+
+
+def test_l2_projection_matches_the_exact_projection_on_images_with_saturated_pixels() -> None:
+    """On digits (8 x 8, many pixels at 0) with steps twice eps, the fixed point lands within 0.5% of the exact
+    projection's distance to the target and on the sphere, where scale-then-clip stops well inside the ball."""
+    from sklearn.datasets import load_digits
+
+    from advlab.attacks._core import GEOMETRIES
+
+    x = torch.from_numpy(load_digits().images[:200] / 16.0).float().unsqueeze(1)
+    g = torch.Generator().manual_seed(0)
+    eps = torch.full((x.shape[0],), 1.5)
+    direction = torch.randn(x.shape, generator=g)
+    direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    target = x + direction * 2 * eps.view(-1, 1, 1, 1)
+    z = GEOMETRIES["l2"].project_(target.clone(), x, eps, None)
+    exact = _exact_l2_projection(target, x, eps)
+    to_target = (z.double() - target.double()).flatten(1).norm(dim=1)
+    exact_to_target = (exact - target.double()).flatten(1).norm(dim=1)
+    assert float((to_target / exact_to_target).max()) <= 1.005
+    assert float((z - x).flatten(1).norm(dim=1).min()) >= 0.99 * 1.5
+    shortcut = (x + (target - x) / 2).clamp(0, 1)
+    assert float((shortcut - x).flatten(1).norm(dim=1).median()) < 0.85 * 1.5

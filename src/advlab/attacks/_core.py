@@ -518,6 +518,11 @@ def flat_norm(t: Tensor, p: float) -> Tensor:
     return t.flatten(1).norm(p=p, dim=1)
 
 
+# Fixed-point iterations of the L2 projection onto ball ∩ box (Geometry.project_); each costs about four
+# elementwise passes over the batch, far below a forward pass.
+L2_PROJECTION_ITERATIONS = 3
+
+
 @dataclass(frozen=True)
 class Geometry:
     """The norm-specific pieces of a first-order attack, written once (the Foolbox 3 split)."""
@@ -554,18 +559,28 @@ class Geometry:
     def project_(self, x_adv: Tensor, x: Tensor, eps: Tensor, box: tuple[Tensor, Tensor] | None) -> Tensor:
         """Project ``x_adv`` in place onto the eps-ball around x intersected with [0, 1].
 
-        For Linf the two constraints are one clamp to precomputed bounds (``box``); for L2, scaling the
-        perturbation back to the ball and then clamping to [0, 1] stays in the ball because clamping only
-        moves each coordinate towards x (x itself is in the box).
+        Linf: the two constraints are one clamp to precomputed bounds (``box``), which is exact.
+
+        L2: the Euclidean projection of p = x + d onto {||z - x||_2 <= eps} ∩ [0, 1]^n is, from the KKT
+        conditions of min ||z - p||^2 (one multiplier for the ball, and the box separable per coordinate),
+        z(t) = clip(x + t d, 0, 1) with t in (0, 1] the largest such that ||z(t) - x||_2 <= eps. Scaling d to
+        the ball and then clipping (t = eps / ||d||, the usual shortcut, AutoAttack's and Foolbox's) leaves the
+        point inside the ball whenever a coordinate is clipped, wasting budget on images with saturated pixels.
+        t is found by the fixed point t <- t * eps / ||z(t) - x||_2 from the shortcut's t: ||z(t) - x|| / t
+        does not increase with t, so every iterate stays feasible and grows monotonically towards the root.
+        Measured on the Fashion-MNIST CNNs, :data:`L2_PROJECTION_ITERATIONS` iterations reproduce the exact
+        projection (bisection to 2^-30) per sample, and PGD-L2 leaves 1-3 fewer samples of ~900 standing than
+        with the shortcut (docs/benchmarks.md).
         """
         if self.name == "linf":
             assert box is not None
             return torch.clamp(x_adv, box[0], box[1], out=x_adv)
-        delta = x_adv.sub_(x)
-        norms = flat_norm(delta, 2.0)
-        factor = torch.where(norms > eps, eps / norms.clamp_min(1e-30), torch.ones_like(norms))
-        delta.mul_(batch_view(factor, delta))
-        return delta.add_(x).clamp_(0, 1)
+        d = x_adv.sub_(x)
+        t = (eps / flat_norm(d, 2.0).clamp_min(1e-30)).clamp_(max=1.0)
+        for _ in range(L2_PROJECTION_ITERATIONS):
+            reached = flat_norm((x + batch_view(t, d) * d).clamp_(0, 1).sub_(x), 2.0)
+            t = (t * eps / reached.clamp_min(1e-30)).clamp_(max=1.0)
+        return d.mul_(batch_view(t, d)).add_(x).clamp_(0, 1)
 
     def box(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor] | None:
         if self.name != "linf":
