@@ -76,8 +76,8 @@ from _peers.measure import (  # noqa: E402
 from _peers.workload import Workload, fmnist_workload, imagenet_workload  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "bench"
-ITERATIVE = ("bim", "pgd", "pgd_l2", "apgd_ce")
-RANDOM_START_ATTACKS = ("pgd", "pgd_l2", "apgd_ce")
+ITERATIVE = ("bim", "pgd", "pgd_l2", "apgd_ce", "apgd_l2")
+RANDOM_START_ATTACKS = ("pgd", "pgd_l2", "apgd_ce", "apgd_l2")
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -104,6 +104,8 @@ def settings(args: argparse.Namespace, small_images: bool) -> list[Spec]:
     specs = linf_specs([a for a in attacks if a in ("fgsm", "bim", "pgd", "apgd_ce")], eps, args.steps)
     if "pgd_l2" in attacks:
         specs += [Spec("pgd_l2", e, s, 2.5 * e / s) for e in eps_l2 for s in args.steps]
+    if "apgd_l2" in attacks:
+        specs += [Spec("apgd_l2", e, s) for e in eps_l2 for s in args.steps]
     if "cw_l2" in attacks:
         for targeted in (False, True):
             specs.append(
@@ -117,7 +119,7 @@ def settings(args: argparse.Namespace, small_images: bool) -> list[Spec]:
                     abort_early=not args.cw_no_abort,
                 )
             )
-    order = {"fgsm": 0, "bim": 1, "pgd": 2, "pgd_l2": 3, "apgd_ce": 4, "cw_l2": 5}
+    order = {"fgsm": 0, "bim": 1, "pgd": 2, "pgd_l2": 3, "apgd_ce": 4, "apgd_l2": 5, "cw_l2": 6}
     return sorted(specs, key=lambda s: (order[s.attack], s.targeted, s.steps, s.eps or 0))
 
 
@@ -475,7 +477,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", nargs="+", help="imagenet, fmnist_cnn_pgd, fmnist_cnn_standard")
     p.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES))
-    p.add_argument("--attacks", nargs="+", choices=["fgsm", "bim", "pgd", "pgd_l2", "apgd_ce", "cw_l2"])
+    p.add_argument("--attacks", nargs="+", choices=["fgsm", "bim", "pgd", "pgd_l2", "apgd_ce", "apgd_l2", "cw_l2"])
     p.add_argument("--eps", nargs="+", type=float, help="Linf eps for ImageNet, in pixel units (x/255)")
     p.add_argument("--eps-l2", nargs="+", type=float)
     p.add_argument("--fmnist-eps", nargs="+", type=float)

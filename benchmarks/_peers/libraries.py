@@ -28,7 +28,7 @@ TORCHATTACKS_CW_C = 1.0
 class Spec:
     """One attack setting, identical for every library."""
 
-    attack: str  # "fgsm" | "bim" | "pgd" | "pgd_l2" | "apgd_ce" | "cw_l2"
+    attack: str  # "fgsm" | "bim" | "pgd" | "pgd_l2" | "apgd_ce" | "apgd_l2" | "cw_l2"
     eps: float | None = None
     steps: int = 1
     alpha: float | None = None
@@ -40,7 +40,7 @@ class Spec:
 
     @property
     def norm(self) -> str | None:
-        if self.attack == "cw_l2" or self.attack == "pgd_l2":
+        if self.attack in ("cw_l2", "pgd_l2", "apgd_l2"):
             return "l2"
         return "linf"
 
@@ -61,6 +61,7 @@ class Spec:
             "pgd": "PGD-Linf",
             "pgd_l2": "PGD-L2",
             "apgd_ce": "APGD-CE",
+            "apgd_l2": "APGD-CE-L2",
             "cw_l2": "CW-L2",
         }
         return names[self.attack] + (" targeted" if self.targeted else "")
@@ -133,8 +134,8 @@ class Advlab(Library):
     def api(self, spec: Spec) -> str | None:
         if spec.targeted and spec.attack != "cw_l2":
             return None
-        if spec.attack == "apgd_ce":
-            return "attacks.apgd(loss='ce')" if self.apgd is not None else None
+        if spec.attack in ("apgd_ce", "apgd_l2"):
+            return f"attacks.apgd(norm='{spec.norm}', loss='ce')" if self.apgd is not None else None
         return {
             "fgsm": "attacks.fgsm",
             "bim": "attacks.bim",
@@ -169,7 +170,9 @@ class Advlab(Library):
         kwargs: dict[str, object] = {"eps": spec.eps}
         kwargs["steps" if "steps" in params else "n_iter"] = spec.steps
         if "norm" in params:
-            kwargs["norm"] = "linf"
+            kwargs["norm"] = spec.norm
+        elif spec.norm != "linf":
+            raise ValueError(f"this advlab's apgd has no norm argument: cannot run {spec.name}")
         if "loss" in params:
             kwargs["loss"] = "ce"
         return self.apgd(m, x, y, **kwargs)
@@ -188,6 +191,7 @@ class Torchattacks(Library):
             "pgd": "PGD",
             "pgd_l2": "PGDL2",
             "apgd_ce": "APGD(loss='ce')",
+            "apgd_l2": "APGD(norm='L2', loss='ce')",
             "cw_l2": f"CW(c={TORCHATTACKS_CW_C:g}, steps=rounds*steps; no c search)",
         }[spec.attack]
 
@@ -203,8 +207,9 @@ class Torchattacks(Library):
             atk = ta.PGD(m, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=True)
         elif spec.attack == "pgd_l2":
             atk = ta.PGDL2(m, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=True)
-        elif spec.attack == "apgd_ce":
-            atk = ta.APGD(m, norm="Linf", eps=spec.eps, steps=spec.steps, n_restarts=1, seed=0, loss="ce", rho=0.75)
+        elif spec.attack in ("apgd_ce", "apgd_l2"):
+            norm = "L2" if spec.norm == "l2" else "Linf"
+            atk = ta.APGD(m, norm=norm, eps=spec.eps, steps=spec.steps, n_restarts=1, seed=0, loss="ce", rho=0.75)
         else:
             atk = ta.CW(m, c=TORCHATTACKS_CW_C, kappa=0, steps=spec.iterations, lr=spec.lr)
             if spec.targeted:
@@ -232,6 +237,7 @@ class Foolbox(Library):
             "pgd": "LinfProjectedGradientDescentAttack",
             "pgd_l2": "L2ProjectedGradientDescentAttack",
             "apgd_ce": None,
+            "apgd_l2": None,
             "cw_l2": "L2CarliniWagnerAttack",
         }[spec.attack]
 
@@ -286,6 +292,7 @@ class ART(Library):
             "pgd": "ProjectedGradientDescentPyTorch",
             "pgd_l2": "ProjectedGradientDescentPyTorch(norm=2)",
             "apgd_ce": "AutoProjectedGradientDescent",
+            "apgd_l2": "AutoProjectedGradientDescent(norm=2)",
             "cw_l2": "CarliniL2Method",
         }[spec.attack]
 
@@ -311,10 +318,10 @@ class ART(Library):
                 batch_size=n,
                 verbose=False,
             )
-        elif spec.attack == "apgd_ce":
+        elif spec.attack in ("apgd_ce", "apgd_l2"):
             atk = ev.AutoProjectedGradientDescent(
                 c,
-                norm=np.inf,
+                norm=norm,
                 eps=spec.eps,
                 eps_step=2 * spec.eps,
                 max_iter=spec.steps,
@@ -370,6 +377,7 @@ class AdvLib(Library):
             "pgd": "pgd_linf",
             "pgd_l2": None,
             "apgd_ce": "apgd(loss_function='ce')",
+            "apgd_l2": "apgd(norm=2, loss_function='ce')",
             "cw_l2": "carlini_wagner_l2",
         }[spec.attack]
 
@@ -379,8 +387,9 @@ class AdvLib(Library):
             return al.pgd_linf(
                 m, x, y, spec.eps, steps=spec.steps, random_init=spec.attack == "pgd", absolute_step_size=spec.alpha
             )
-        if spec.attack == "apgd_ce":
-            return al.apgd(m, x, y, spec.eps, norm=float("inf"), n_iter=spec.steps, n_restarts=1, loss_function="ce")
+        if spec.attack in ("apgd_ce", "apgd_l2"):
+            norm = 2.0 if spec.norm == "l2" else float("inf")
+            return al.apgd(m, x, y, spec.eps, norm=norm, n_iter=spec.steps, n_restarts=1, loss_function="ce")
         return al.carlini_wagner_l2(
             m,
             x,
@@ -400,7 +409,9 @@ class AutoAttack(Library):
     dist = "pyautoattack"
 
     def api(self, spec: Spec) -> str | None:
-        return "APGDAttack(loss='ce')" if spec.attack == "apgd_ce" and not spec.targeted else None
+        if spec.targeted or spec.attack not in ("apgd_ce", "apgd_l2"):
+            return None
+        return f"APGDAttack(norm='{'L2' if spec.norm == 'l2' else 'Linf'}', loss='ce')"
 
     def run(self, spec: Spec, x: Tensor, y: Tensor) -> Tensor:
         from pyautoattack.autopgd_base import APGDAttack
@@ -408,7 +419,7 @@ class AutoAttack(Library):
         atk = APGDAttack(
             self.model,
             n_iter=spec.steps,
-            norm="Linf",
+            norm="L2" if spec.norm == "l2" else "Linf",
             n_restarts=1,
             eps=spec.eps,
             seed=0,
