@@ -45,6 +45,11 @@ class Spec:
         return "linf"
 
     @property
+    def norm_label(self) -> str:
+        """The norm as torchattacks and AutoAttack spell it."""
+        return "L2" if self.norm == "l2" else "Linf"
+
+    @property
     def minimal_norm(self) -> bool:
         return self.attack == "cw_l2"
 
@@ -208,8 +213,9 @@ class Torchattacks(Library):
         elif spec.attack == "pgd_l2":
             atk = ta.PGDL2(m, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=True)
         elif spec.attack in ("apgd_ce", "apgd_l2"):
-            norm = "L2" if spec.norm == "l2" else "Linf"
-            atk = ta.APGD(m, norm=norm, eps=spec.eps, steps=spec.steps, n_restarts=1, seed=0, loss="ce", rho=0.75)
+            atk = ta.APGD(
+                m, norm=spec.norm_label, eps=spec.eps, steps=spec.steps, n_restarts=1, seed=0, loss="ce", rho=0.75
+            )
         else:
             atk = ta.CW(m, c=TORCHATTACKS_CW_C, kappa=0, steps=spec.iterations, lr=spec.lr)
             if spec.targeted:
@@ -411,7 +417,7 @@ class AutoAttack(Library):
     def api(self, spec: Spec) -> str | None:
         if spec.targeted or spec.attack not in ("apgd_ce", "apgd_l2"):
             return None
-        return f"APGDAttack(norm='{'L2' if spec.norm == 'l2' else 'Linf'}', loss='ce')"
+        return f"APGDAttack(norm='{spec.norm_label}', loss='ce')"
 
     def run(self, spec: Spec, x: Tensor, y: Tensor) -> Tensor:
         from pyautoattack.autopgd_base import APGDAttack
@@ -419,7 +425,7 @@ class AutoAttack(Library):
         atk = APGDAttack(
             self.model,
             n_iter=spec.steps,
-            norm="L2" if spec.norm == "l2" else "Linf",
+            norm=spec.norm_label,
             n_restarts=1,
             eps=spec.eps,
             seed=0,

@@ -578,7 +578,7 @@ class Geometry:
         d = x_adv.sub_(x)
         t = (eps / flat_norm(d, 2.0).clamp_min(1e-30)).clamp_(max=1.0)
         for _ in range(L2_PROJECTION_ITERATIONS):
-            reached = flat_norm((x + batch_view(t, d) * d).clamp_(0, 1).sub_(x), 2.0)
+            reached = flat_norm(torch.addcmul(x, batch_view(t, d), d).clamp_(0, 1).sub_(x), 2.0)
             t = (t * eps / reached.clamp_min(1e-30)).clamp_(max=1.0)
         return d.mul_(batch_view(t, d)).add_(x).clamp_(0, 1)
 
