@@ -90,6 +90,19 @@ def test_cw_returns_box_points_and_unchanged_failures(p: dict) -> None:
     assert torch.equal(res.x_adv[failed], p["x"][failed])
     l2 = (res.x_adv - p["x"]).flatten(1).norm(dim=1)
     torch.testing.assert_close(l2[res.success], res.extras["l2"][res.success].to(l2.dtype), rtol=1e-4, atol=1e-6)
+    # The line search only ever shrinks a success along its own direction: same successes, never a larger L2.
+    raw = attacks.cw_l2(
+        p["model"],
+        p["x"],
+        p["y"],
+        steps=5,
+        binary_search_steps=2,
+        targeted=p["targeted"],
+        refine_steps=0,
+        return_info=True,
+    )
+    assert torch.equal(raw.success, res.success)
+    assert bool((res.extras["l2"][res.success] <= raw.extras["l2"][res.success]).all())
 
 
 def _exact_l2_projection(p: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,10 @@ ATTACKS: dict[str, Callable[..., object]] = {
     "bim": lambda m, x, y, **k: attacks.bim(m, x, y, 0.1, 0.02, 8, **k),
     "pgd_linf": lambda m, x, y, **k: attacks.pgd(m, x, y, 0.1, 0.02, 8, restarts=2, seed=k.pop("seed", 0), **k),
     "pgd_l2": lambda m, x, y, **k: attacks.pgd(m, x, y, 0.8, 0.2, 8, norm="l2", restarts=2, seed=k.pop("seed", 0), **k),
-    "cw_l2": lambda m, x, y, **k: attacks.cw_l2(m, x, y, c=0.1, steps=20, binary_search_steps=3, lr=0.05, **k),
+    # CW's early abort is a batch decision (the reference's rule); tests/test_attacks.py checks it on its own.
+    "cw_l2": lambda m, x, y, **k: attacks.cw_l2(
+        m, x, y, c=0.1, steps=20, binary_search_steps=3, lr=0.05, abort_early=False, **k
+    ),
 }
 SEEDED = {"pgd_linf", "pgd_l2"}
 
@@ -228,21 +231,55 @@ class RowCounter(nn.Module):
         return self.model(x)
 
 
-def test_cw_stalled_samples_leave_the_batch_without_changing_any_result(digits_model) -> None:
+def test_cw_abort_ends_a_round_once_no_sample_improves(digits_model) -> None:
     model, x, y = digits_model
     x, y = x[:16].double(), y[:16]
     counted = RowCounter(model.double())
     try:
-        kwargs = dict(c=0.1, steps=60, binary_search_steps=2, lr=0.05, return_info=True)
-        batch = attacks.cw_l2(counted, x, y, **kwargs)
-        # Stalled samples stopped costing: fewer rows than 16 samples x 60 steps x 2 rounds (old: all of them).
-        assert counted.rows < 0.9 * 16 * 60 * 2
-        for i in range(0, 16, 3):
-            alone = attacks.cw_l2(model, x[i : i + 1], y[i : i + 1], **kwargs)
-            torch.testing.assert_close(batch.x_adv[i : i + 1], alone.x_adv, rtol=0, atol=1e-10)
-            assert bool(batch.success[i]) == bool(alone.success[0])
+        kwargs = dict(steps=20, binary_search_steps=2, lr=0.05, refine_steps=0)
+        # c so small that the L2 term rules: every objective rises from the round's start, so each round ends at
+        # its first check after the start (iteration 2 of 20): iterates 0, 1 and 2 are evaluated, no more.
+        attacks.cw_l2(counted, x, y, c=1e-9, **kwargs)
+        assert counted.rows == 16 * 3 * 2
+        counted.rows = 0
+        attacks.cw_l2(counted, x, y, c=1e-9, abort_early=False, **kwargs)
+        assert counted.rows == 16 * 20 * 2
+        # One sample whose objective keeps falling keeps the whole batch's round going (the decision is the
+        # batch's, as in Carlini & Wagner's code): many more rows than 3 per sample and round.
+        counted.rows = 0
+        c = torch.full((16,), 1e-9, dtype=torch.float64)
+        c[5] = 1.0
+        attacks.cw_l2(counted, x, y, c=c, **kwargs)
+        assert counted.rows >= 16 * 6 * 2
     finally:
         model.float()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cw_line_search_finds_the_boundary_along_the_found_direction(seed: int) -> None:
+    d = 16
+    model, w, b = logistic(d, seed)
+    g = torch.Generator().manual_seed(seed + 20)
+    x = 0.4 + 0.2 * torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64)
+    z0 = x.flatten(1) @ w + b
+    y = (z0 > 0).long()
+    # Few Adam steps with a large c: the points found overshoot the boundary.
+    kwargs = dict(c=10.0, steps=3, lr=0.5, binary_search_steps=1, abort_early=False, return_info=True)
+    raw = attacks.cw_l2(model, x, y, refine_steps=0, **kwargs)
+    refine_steps = 10
+    ref = attacks.cw_l2(model, x, y, refine_steps=refine_steps, **kwargs)
+    assert raw.success.all() and ref.success.all()
+    delta = (raw.x_adv - x).flatten(1)
+    # The logit w.x + b is linear along delta, so the boundary lies at s* = z0 / (z0 - z1) of it.
+    z1 = raw.x_adv.flatten(1) @ w + b
+    s_star = z0 / (z0 - z1)
+    s = (ref.x_adv - x).flatten(1).norm(dim=1) / delta.norm(dim=1)
+    torch.testing.assert_close((ref.x_adv - x).flatten(1), s[:, None] * delta)  # same direction, shrunk
+    assert bool((s >= s_star).all()), "a point short of the boundary is not adversarial"
+    assert bool((s <= s_star + 2.0**-refine_steps).all()), f"bisection left s {s} far above s* {s_star}"
+    # Not vacuous: every point Adam found overshoots, so the line search has to move each of them.
+    assert bool((s_star < 0.99).all()) and int((s_star < 0.9).sum()) >= 2
+    torch.testing.assert_close(ref.extras["l2"], (ref.x_adv - x).flatten(1).norm(dim=1))
 
 
 def test_targeted_cw_reaches_targets_with_small_l2(digits_model) -> None:
@@ -346,6 +383,7 @@ def test_bad_inputs_raise_clear_errors(name: str, case) -> None:
         (lambda m, x, y: attacks.cw_l2(m, x, y, c=0.0), ValueError, "c must be > 0"),
         (lambda m, x, y: attacks.cw_l2(m, x, y, lr=-1.0), ValueError, "lr must be a finite number > 0"),
         (lambda m, x, y: attacks.cw_l2(m, x, y, binary_search_steps=0), ValueError, "binary_search_steps"),
+        (lambda m, x, y: attacks.cw_l2(m, x, y, refine_steps=-1), ValueError, "refine_steps must be an integer >= 0"),
         (lambda m, x, y: attacks.pgd(m, x, y, 0.1, seed=torch.tensor([1.0, 2.0])), ValueError, "seed tensor"),
         (lambda m, x, y: attacks.fgsm("model", x, y, 0.1), TypeError, "torch.nn.Module"),
     ],

@@ -445,6 +445,17 @@ def margin(logits: Tensor, labels: Tensor) -> Tensor:
     return others.amax(dim=1) - z_label
 
 
+# Float rounding differs between equal computations (batch size, memory layout, thread count, the prepared copy
+# against the model as given) by about 1e-6 of the logits' scale. A point whose margin clears the boundary by
+# less than this fraction of the largest |logit| could flip back when the caller re-evaluates it.
+ROUNDING_SLACK = 1e-4
+
+
+def rounding_slack(logits: Tensor) -> Tensor:
+    """Per-sample margin (logit units) a point must clear the boundary by to count as past it for sure."""
+    return ROUNDING_SLACK * logits.detach().abs().amax(dim=1)
+
+
 def objective(logits: Tensor, labels: Tensor, loss: str, targeted: bool) -> Tensor:
     """Per-sample value the attack ascends: the loss of the true class, or minus the loss of the target.
 

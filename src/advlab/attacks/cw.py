@@ -20,10 +20,10 @@ from ._core import (
     frozen,
     margin,
     per_sample,
+    rounding_slack,
 )
 
 _UPPER_INIT = 1e10  # c above this counts as "no upper bound found yet" (Carlini's reference code)
-ABORT_WINDOW_MIN = 10  # iterations between two early-abort checks, at least
 
 
 def cw_l2(
@@ -38,6 +38,7 @@ def cw_l2(
     binary_search_steps: int = 5,
     targeted: bool = False,
     abort_early: bool = True,
+    refine_steps: int = 8,
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """Minimise ||x' - x||_2^2 + c * f(x') over x' = 0.5 (tanh(w) + 1), with a per-sample search over c.
@@ -51,12 +52,21 @@ def cw_l2(
     point of smallest L2 it met (adversarial meaning the margin exceeds ``kappa``). A sample never made
     adversarial comes back unchanged.
 
-    ``abort_early`` stops a sample's round when its objective has not fallen by 0.01% over max(steps/10, 10)
-    iterations. The test is per sample (Carlini & Wagner's reference code stops the whole batch once the
-    summed objective stalls): a stalled sample leaves the batch, so the round goes on, and costs, only for
-    the samples still improving, and each sample gets what it would get alone. The first check only records
-    the reference value, so a round can stop at the second check at the earliest: rounds of 20 steps or
-    fewer always run to the end (stopping earlier measurably raised the L2 found, docs/benchmarks.md).
+    ``abort_early`` is the rule of Carlini & Wagner's reference code: every max(steps/10, 1) iterations,
+    starting from the round's first, the objective is compared with its value at the previous check, and the
+    round ends once no sample's objective has fallen by 0.01%. The decision is the batch's, so with it on a
+    sample's result can depend on the other samples in its batch (as in every implementation of the
+    reference); with ``abort_early=False`` every round runs all ``steps`` and each sample gets exactly what it
+    would get alone. The abort spends the iterations where they pay: rounds whose c is too small for every
+    sample end after a couple of steps (docs/benchmarks.md measures both settings against the peers).
+
+    ``refine_steps`` (advlab's addition; 0 gives the paper's algorithm): Adam's iterates overshoot the
+    decision boundary, its first steps move every pixel by about lr whatever c is, so the point found is
+    rarely the closest one along its own direction. Each successful perturbation delta is therefore shrunk to
+    the smallest s * delta, s in (0, 1], that is still adversarial, by bisection over s with ``refine_steps``
+    forward passes (no gradient) of the successful samples. The result stays in the box (a convex combination
+    of two box points), keeps its margin beyond kappa (with ``rounding_slack``, 1e-4 of the largest |logit|, so
+    that float rounding elsewhere cannot undo it) and is never farther from x than the point Adam found.
 
     Returns x_adv, or with ``return_info=True`` an :class:`AttackResult` whose ``success`` marks the samples
     made adversarial and whose ``extras`` hold ``l2`` (inf where unsuccessful) and ``c`` (the smallest c
@@ -66,6 +76,8 @@ def cw_l2(
     check_images(x)
     steps = check_steps(steps)
     binary_search_steps = check_steps(binary_search_steps, "binary_search_steps")
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
+        raise ValueError(f"refine_steps must be an integer >= 0 (0 turns the line search off), got {refine_steps!r}")
     n = x.shape[0]
     y, y_max = check_labels(y, n, x.device)
     const = per_sample(c, n, "c", x, strictly_positive=True).clone()
@@ -79,72 +91,98 @@ def cw_l2(
     upper = torch.full_like(const, _UPPER_INIT)
     best_l2sq = torch.full_like(const, float("inf"))
     best_x = x.detach().clone()
-    # Carlini & Wagner check every steps/10 iterations (1,000 of their 10,000). Adam's first steps move every
-    # pixel by about lr and raise the L2 term before the margin term pays off, so a window of a couple of
-    # steps (short budgets) would freeze samples that go on to succeed: never check more often than every 10.
-    check_every = max(steps // 10, ABORT_WINDOW_MIN)
+    check_every = max(steps // 10, 1)
 
     forward = ModelCall(model, x, steps * binary_search_steps)
     with frozen(model):
         for _round in range(binary_search_steps):
-            # The round's state, for the samples still optimised (``idx`` into the batch). A stalled sample is
-            # written back and dropped from every tensor, so it costs nothing for the rest of the round: the
-            # batch shrinks as samples converge instead of carrying them to the end.
-            idx = torch.arange(n, device=x.device)
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
             w = w0.clone()
             m = torch.zeros_like(w)
             v = torch.zeros_like(w)
-            xs, ys, cs, ks = x, y, const, kappa_t
-            l2s, xbs, fs = best_l2sq, best_x, found
             previous = torch.full_like(const, float("inf"))
-            for t in range(1, steps + 1):
+            for t in range(steps):
                 w.requires_grad_(True)
                 x_new = (torch.tanh(w) + 1) * 0.5
                 logits = forward(x_new)
-                if t == 1 and _round == 0:
+                if t == 0 and _round == 0:
                     check_logits(logits, n, y_max)
-                gap = margin(logits, ys)  # > 0 iff ys is not top-1
+                gap = margin(logits, y)  # > 0 iff y is not top-1
                 if not targeted:
                     gap = -gap
                 # gap is now the CW quantity inside f: positive while not adversarial.
-                l2sq = (x_new - xs).flatten(1).pow(2).sum(dim=1)
-                total = l2sq + cs * torch.maximum(gap, -ks)
+                l2sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
+                total = l2sq + const * torch.maximum(gap, -kappa_t)
+                with torch.no_grad():
+                    adversarial = gap < -kappa_t
+                    improved = adversarial & (l2sq < best_l2sq)
+                    best_l2sq = torch.where(improved, l2sq, best_l2sq)
+                    best_x = torch.where(batch_view(improved, x), x_new.detach(), best_x)
+                    found |= adversarial
+                    if abort_early and t % check_every == 0:
+                        # One host sync per check, before the backward that a stopped round would waste.
+                        if t > 0 and bool((total > previous * 0.9999).all()):
+                            break
+                        previous = total.detach()
+                if t == steps - 1:
+                    break  # the step after the last iterate would never be evaluated
                 (grad,) = torch.autograd.grad(total.sum(), w)
                 with torch.no_grad():
                     w = w.detach()
-                    adversarial = gap < -ks
-                    improved = adversarial & (l2sq < l2s)
-                    l2s = torch.where(improved, l2sq, l2s)
-                    xbs = torch.where(batch_view(improved, xs), x_new.detach(), xbs)
-                    fs = fs | adversarial
                     # Adam (Kingma & Ba 2015, algorithm 1), bias corrections folded into two scalars.
                     m.lerp_(grad, 1 - beta1)
                     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    denom = v.sqrt().div_(math.sqrt(1 - beta2**t)).add_(adam_eps)
-                    w.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
-                    if abort_early and t % check_every == 0 and t < steps:
-                        total = total.detach()
-                        # One sync every check_every iterations: shrink the batch, end the round when empty.
-                        kept = (total <= previous * 0.9999).nonzero().view(-1)
-                        if kept.numel() == 0:
-                            break
-                        if kept.numel() < idx.numel():
-                            best_l2sq[idx], best_x[idx], found[idx] = l2s, xbs, fs
-                            idx, w, m, v, total = idx[kept], w[kept], m[kept], v[kept], total[kept]
-                            xs, ys, cs, ks = xs[kept], ys[kept], cs[kept], ks[kept]
-                            l2s, xbs, fs = l2s[kept], xbs[kept], fs[kept]
-                        previous = total
-            best_l2sq[idx], best_x[idx], found[idx] = l2s, xbs, fs
+                    denom = v.sqrt().div_(math.sqrt(1 - beta2 ** (t + 1))).add_(adam_eps)
+                    w.addcdiv_(m, denom, value=-lr / (1 - beta1 ** (t + 1)))
             # Per-sample binary search on c (Carlini & Wagner, section V.A).
             tried = const
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))
             bisect = (lower + upper) / 2
             const = torch.where(found | (upper < _UPPER_INIT), bisect, const * 10)
+        if refine_steps:
+            best_x, best_l2sq = _shrink_along_delta(forward, x, y, best_x, best_l2sq, kappa_t, targeted, refine_steps)
 
     success = torch.isfinite(best_l2sq)
     if not return_info:
         return best_x
     smallest_c = torch.where(upper < _UPPER_INIT, upper, tried)
     return AttackResult(best_x, success, -best_l2sq.sqrt(), {"l2": best_l2sq.sqrt(), "c": smallest_c})
+
+
+@torch.no_grad()
+def _shrink_along_delta(
+    forward: ModelCall,
+    x: Tensor,
+    y: Tensor,
+    best_x: Tensor,
+    best_l2sq: Tensor,
+    kappa: Tensor,
+    targeted: bool,
+    refine_steps: int,
+) -> tuple[Tensor, Tensor]:
+    """Bisect s in (0, 1] for the smallest x + s (best_x - x) still adversarial, for the successful samples."""
+    idx = torch.isfinite(best_l2sq).nonzero().view(-1)
+    if idx.numel() == 0:
+        return best_x, best_l2sq
+    xs, ys, ks = x[idx], y[idx], kappa[idx]
+    delta = best_x[idx] - xs
+    lo = torch.zeros_like(best_l2sq[idx])
+    hi = torch.ones_like(lo)  # s = 1 is the point Adam found, known to be adversarial
+    for _ in range(refine_steps):
+        mid = (lo + hi) / 2
+        logits = forward(xs + batch_view(mid, xs) * delta)
+        gap = margin(logits, ys)
+        if not targeted:
+            gap = -gap
+        # The bisection ends next to the boundary: keep a slack so the caller's re-evaluation agrees.
+        adversarial = gap < -ks - rounding_slack(logits)
+        hi = torch.where(adversarial, mid, hi)
+        lo = torch.where(adversarial, lo, mid)
+    shrunk = hi < 1  # where s stayed 1, keep Adam's point bit for bit
+    refined = torch.where(batch_view(shrunk, xs), xs + batch_view(hi, xs) * delta, best_x[idx])
+    best_x = best_x.clone()
+    best_x[idx] = refined
+    best_l2sq = best_l2sq.clone()
+    best_l2sq[idx] = torch.where(shrunk, (refined - xs).flatten(1).pow(2).sum(dim=1), best_l2sq[idx])
+    return best_x, best_l2sq

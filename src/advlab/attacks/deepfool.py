@@ -19,6 +19,8 @@ from ._core import (
     check_steps,
     flat_norm,
     frozen,
+    margin,
+    rounding_slack,
 )
 
 
@@ -45,8 +47,10 @@ def deepfool(
     the ``candidates - 1`` classes with the highest clean logits besides y (10 classes in all on ImageNet).
 
     The box constraint is not in the paper; clipping each iterate keeps x_adv a valid image. Each sample stops
-    when it is misclassified; the loop ends when all have (one host sync per iteration: DeepFool usually needs
-    2-3 iterations, so stopping early saves far more than the sync costs).
+    when it is misclassified by more than ``rounding_slack`` (1e-4 of its largest |logit|, so that re-evaluating
+    x_adv with other float rounding, e.g. one thread instead of two, gives the same label); the loop ends when
+    all have (one host sync per iteration: DeepFool usually needs 2-3 iterations, so stopping early saves far
+    more than the sync costs).
 
     Returns x_adv (unchanged where DeepFool failed within ``steps``), or with ``return_info=True`` an
     :class:`AttackResult` whose ``extras["norm"]`` is the perturbation's size in ``norm`` (inf where it failed).
@@ -77,7 +81,8 @@ def deepfool(
                 check_logits(z, n, y_max)
                 k = min(candidates, z.shape[1]) - 1
                 others = z.detach().scatter(1, y[:, None], float("-inf")).topk(k, dim=1).indices  # (N, k)
-            done = done | (z.detach().argmax(dim=1) != y)
+            # Past the boundary by a rounding slack: the caller's re-evaluation must agree with ``success``.
+            done = done | (margin(z.detach(), y) > rounding_slack(z))
             if i == steps or bool(done.all()):
                 break
             f = z.gather(1, others) - z.gather(1, y[:, None])  # (N, k): f'_k
