@@ -38,6 +38,17 @@ def logistic(d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple
     return Linear(weight, bias), w, b
 
 
+def logistic_problem(
+    seed: int, n: int, data_seed: int
+) -> tuple[Linear, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logistic model on 16 pixels with n images in [0.4, 0.6], labelled by the model: (model, w, x, z, y)."""
+    model, w, b = logistic(16, seed)
+    g = torch.Generator().manual_seed(data_seed)
+    x = 0.4 + 0.2 * torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64)
+    z = x.flatten(1) @ w + b
+    return model, w, x, z, (z > 0).long()
+
+
 # ---------------------------------------------------------------------------------------- analytic checks
 
 
@@ -60,12 +71,7 @@ def test_fgsm_on_logistic_model_is_eps_sign_w(shape: tuple[int, ...], targeted: 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cw_l2_finds_the_exact_distance_to_a_linear_boundary(seed: int) -> None:
-    d = 16
-    model, w, b = logistic(d, seed)
-    g = torch.Generator().manual_seed(seed + 10)
-    x = 0.4 + 0.2 * torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64)
-    z = x.flatten(1) @ w + b
-    y = (z > 0).long()
+    model, w, x, z, y = logistic_problem(seed, 6, seed + 10)
     # The nearest point of the boundary w.x + b = 0 is at |z| / ||w||; keep it inside the box.
     distance = z.abs() / w.norm()
     res = attacks.cw_l2(model, x, y, c=1e-1, steps=300, lr=5e-3, binary_search_steps=12, return_info=True)
@@ -257,12 +263,8 @@ def test_cw_abort_ends_a_round_once_no_sample_improves(digits_model) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cw_line_search_finds_the_boundary_along_the_found_direction(seed: int) -> None:
-    d = 16
-    model, w, b = logistic(d, seed)
-    g = torch.Generator().manual_seed(seed + 20)
-    x = 0.4 + 0.2 * torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64)
-    z0 = x.flatten(1) @ w + b
-    y = (z0 > 0).long()
+    model, w, x, z0, y = logistic_problem(seed, 8, seed + 20)
+    b = float(model.bias.detach()[1])
     # Few Adam steps with a large c: the points found overshoot the boundary.
     kwargs = dict(c=10.0, steps=3, lr=0.5, binary_search_steps=1, abort_early=False, return_info=True)
     raw = attacks.cw_l2(model, x, y, refine_steps=0, **kwargs)
