@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--refine", nargs="+", type=int, default=[0, 8], help="refine_steps values")
     parser.add_argument("--abort", nargs="+", choices=["on", "off"], default=["on"])
     parser.add_argument("--modes", nargs="+", choices=["untargeted", "targeted"], default=["untargeted", "targeted"])
+    parser.add_argument("--c", type=float, default=0.01, help="initial c (advlab reproduce's Table 3 uses 1)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -41,7 +42,7 @@ def main() -> None:
     wl = imagenet_workload()
     model = wl.model
     n = min(args.images, len(wl.x))
-    print(f"{wl.name}: {n} images, CW {args.rounds} x {args.steps} steps, c0 0.01, lr 0.01, batch {args.batch}")
+    print(f"{wl.name}: {n} images, CW {args.rounds} x {args.steps} steps, c0 {args.c:g}, lr 0.01, batch {args.batch}")
     print("| mode | abort | refine_steps | success | L2 median | L2 mean | CPU s | images forwarded |")
     print("|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
@@ -58,7 +59,7 @@ def main() -> None:
                         model,
                         x,
                         t,
-                        c=0.01,
+                        c=args.c,
                         steps=args.steps,
                         lr=0.01,
                         binary_search_steps=args.rounds,

@@ -244,12 +244,13 @@ def test_cw_abort_ends_a_round_once_no_sample_improves(digits_model) -> None:
     try:
         kwargs = dict(steps=20, binary_search_steps=2, lr=0.05, refine_steps=0)
         # c so small that the L2 term rules: every objective rises from the round's start, so each round ends at
-        # its first check after the start (iteration 2 of 20): iterates 0, 1 and 2 are evaluated, no more.
+        # its first check after the start (iteration 2 of 20): iterates 0, 1 and 2 are evaluated, no more. Every
+        # round starts at the same iterate 0, which only the first round forwards.
         attacks.cw_l2(counted, x, y, c=1e-9, **kwargs)
-        assert counted.rows == 16 * 3 * 2
+        assert counted.rows == 16 * (3 + 2)
         counted.rows = 0
         attacks.cw_l2(counted, x, y, c=1e-9, abort_early=False, **kwargs)
-        assert counted.rows == 16 * 20 * 2
+        assert counted.rows == 16 * (20 + 19)
         # One sample whose objective keeps falling keeps the whole batch's round going (the decision is the
         # batch's, as in Carlini & Wagner's code): many more rows than 3 per sample and round.
         counted.rows = 0
@@ -257,6 +258,28 @@ def test_cw_abort_ends_a_round_once_no_sample_improves(digits_model) -> None:
         c[5] = 1.0
         attacks.cw_l2(counted, x, y, c=c, **kwargs)
         assert counted.rows >= 16 * 6 * 2
+    finally:
+        model.float()
+
+
+def test_cw_rounds_reusing_the_first_iterate_match_fresh_single_rounds(digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:12].double(), y[:12]
+    model.double()
+    try:
+        kwargs = dict(steps=15, lr=0.05, abort_early=False, refine_steps=0, return_info=True)
+        c0 = torch.full((12,), 0.05, dtype=torch.float64)
+        both = attacks.cw_l2(model, x, y, c=c0, binary_search_steps=2, **kwargs)
+        first = attacks.cw_l2(model, x, y, c=c0, binary_search_steps=1, **kwargs)
+        # Round 2's c by the search rule: halved (bisected towards 0) where round 1 succeeded, else times ten.
+        c1 = torch.where(first.success, c0 / 2, c0 * 10)
+        second = attacks.cw_l2(model, x, y, c=c1, binary_search_steps=1, **kwargs)
+        assert bool(first.success.any()) and bool((~first.success).any()), "the test needs both branches"
+        # Round 2 of the two-round run reused round 1's first forward and gradients; a fresh run computed them.
+        take_second = second.extras["l2"] < first.extras["l2"]
+        expected = torch.where(take_second[:, None, None, None], second.x_adv, first.x_adv)
+        torch.testing.assert_close(both.x_adv, expected, rtol=0, atol=1e-10)
+        torch.testing.assert_close(both.extras["l2"], torch.minimum(first.extras["l2"], second.extras["l2"]))
     finally:
         model.float()
 

@@ -94,6 +94,10 @@ def cw_l2(
     check_every = max(steps // 10, 1)
 
     forward = ModelCall(model, x, steps * binary_search_steps)
+    # Every round restarts from w0, so its first iterate, margin and gradients are the same in every round up
+    # to the factor c on the margin term: the first round computes them, the others reuse them (one forward
+    # and one backward fewer per round; with the early abort a round is often only 3 iterates long).
+    start: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
     with frozen(model):
         for _round in range(binary_search_steps):
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -102,16 +106,19 @@ def cw_l2(
             v = torch.zeros_like(w)
             previous = torch.full_like(const, float("inf"))
             for t in range(steps):
-                w.requires_grad_(True)
-                x_new = (torch.tanh(w) + 1) * 0.5
-                logits = forward(x_new)
-                if t == 0 and _round == 0:
-                    check_logits(logits, n, y_max)
-                gap = margin(logits, y)  # > 0 iff y is not top-1
-                if not targeted:
-                    gap = -gap
-                # gap is now the CW quantity inside f: positive while not adversarial.
-                l2sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
+                if t == 0 and start is not None:
+                    x_new, gap, l2sq, grad_l2sq, grad_f = start
+                else:
+                    w.requires_grad_(True)
+                    x_new = (torch.tanh(w) + 1) * 0.5
+                    logits = forward(x_new)
+                    if t == 0:
+                        check_logits(logits, n, y_max)
+                    gap = margin(logits, y)  # > 0 iff y is not top-1
+                    if not targeted:
+                        gap = -gap
+                    # gap is now the CW quantity inside f: positive while not adversarial.
+                    l2sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
                 total = l2sq + const * torch.maximum(gap, -kappa_t)
                 with torch.no_grad():
                     adversarial = gap < -kappa_t
@@ -126,7 +133,15 @@ def cw_l2(
                         previous = total.detach()
                 if t == steps - 1:
                     break  # the step after the last iterate would never be evaluated
-                (grad,) = torch.autograd.grad(total.sum(), w)
+                if t == 0:
+                    if start is None:
+                        # The two parts of the gradient apart, so that later rounds can weigh them by their c.
+                        (grad_f,) = torch.autograd.grad(torch.maximum(gap, -kappa_t).sum(), w, retain_graph=True)
+                        (grad_l2sq,) = torch.autograd.grad(l2sq.sum(), w)
+                        start = (x_new.detach(), gap.detach(), l2sq.detach(), grad_l2sq, grad_f)
+                    grad = grad_l2sq + batch_view(const, grad_f) * grad_f
+                else:
+                    (grad,) = torch.autograd.grad(total.sum(), w)
                 with torch.no_grad():
                     w = w.detach()
                     # Adam (Kingma & Ba 2015, algorithm 1), bias corrections folded into two scalars.
