@@ -4,8 +4,8 @@ advlab's ``cw_l2`` ends with a bisection along each successful perturbation for 
 multiple of it (``refine_steps`` forward passes; 0 is the paper's algorithm). This script runs CW on the
 EfficientNet-Lite0 images of the 30 x 5 set that the model classifies correctly, untargeted and targeted,
 with each ``--refine`` value and each abort setting, and prints success, median and mean L2 of the successes,
-CPU time and the images forwarded. Every returned point is re-checked with the
-model as given (not the attack's prepared copy) and counted as a failure where it is not adversarial.
+CPU time and the images forwarded. The points are scored as in ``compare_peers.py`` (``strength``: medians
+are the lower middle of an even count), with the model as given, not the attack's prepared copy.
 
     .venv/bin/python benchmarks/cw_refine.py --images 128 --refine 0 8   # 5 rounds x 20 steps, c0 0.01, lr 0.01
 """
@@ -13,7 +13,6 @@ model as given (not the attack's prepared copy) and counted as a failure where i
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advlab import attacks
+from benchmarks._peers.libraries import Spec
+from benchmarks._peers.measure import strength
 from benchmarks._peers.workload import imagenet_workload
 
 
@@ -49,37 +50,35 @@ def main() -> None:
         labels = wl.targets if mode == "targeted" else wl.y
         for abort in args.abort:
             for refine in args.refine:
-                l2s: list[torch.Tensor] = []
+                outputs: list[torch.Tensor] = []
                 cpu = 0.0
                 images0 = model.images
                 for i in range(0, n, args.batch):
                     x, t = wl.x[i : min(i + args.batch, n)], labels[i : min(i + args.batch, n)]
                     start = time.process_time()
-                    x_adv = attacks.cw_l2(
-                        model,
-                        x,
-                        t,
-                        c=args.c,
-                        steps=args.steps,
-                        lr=0.01,
-                        binary_search_steps=args.rounds,
-                        targeted=mode == "targeted",
-                        abort_early=abort == "on",
-                        refine_steps=refine,
+                    outputs.append(
+                        attacks.cw_l2(
+                            model,
+                            x,
+                            t,
+                            c=args.c,
+                            steps=args.steps,
+                            lr=0.01,
+                            binary_search_steps=args.rounds,
+                            targeted=mode == "targeted",
+                            abort_early=abort == "on",
+                            refine_steps=refine,
+                        )
                     )
                     cpu += time.process_time() - start
-                    with torch.no_grad():
-                        pred = model.model(x_adv).argmax(1)  # the model as given, not the counted/prepared one
-                    ok = pred == t if mode == "targeted" else pred != t
-                    l2 = (x_adv - x).flatten(1).norm(dim=1)
-                    l2s.append(torch.where(ok, l2, torch.full_like(l2, float("inf"))))
-                l2 = torch.cat(l2s)
-                won = l2[torch.isfinite(l2)].tolist()
-                median = statistics.median(l2.tolist())
-                mean = statistics.fmean(won) if won else float("nan")
+                images = model.images - images0
+                # compare_peers' scoring, with the model as given (not the counted one, nor the prepared copy).
+                spec = Spec("cw_l2", targeted=mode == "targeted")
+                valid = torch.ones(n, dtype=torch.bool)
+                s = strength(model.model, torch.cat(outputs), wl.x[:n], wl.y[:n], wl.targets[:n], spec, valid)
                 print(
-                    f"| {mode} | {abort} | {refine} | {len(won) / n:.3f} | {median:.4f} | {mean:.4f} | {cpu:.1f} "
-                    f"| {model.images - images0} |",
+                    f"| {mode} | {abort} | {refine} | {s['success']:.3f} | {s['l2_median']:.4f} | {s['l2_mean']:.4f} "
+                    f"| {cpu:.1f} | {images} |",
                     flush=True,
                 )
 

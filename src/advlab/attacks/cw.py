@@ -18,7 +18,7 @@ from ._core import (
     check_positive,
     check_steps,
     frozen,
-    margin,
+    objective,
     per_sample,
     rounding_slack,
 )
@@ -114,10 +114,8 @@ def cw_l2(
                     logits = forward(x_new)
                     if t == 0:
                         check_logits(logits, n, y_max)
-                    gap = margin(logits, y)  # > 0 iff y is not top-1
-                    if not targeted:
-                        gap = -gap
-                    # gap is now the CW quantity inside f: positive while not adversarial.
+                    # The CW quantity inside f: positive while not adversarial (minus the margin objective).
+                    gap = -objective(logits, y, "margin", targeted)
                     l2sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
                 total = l2sq + const * torch.maximum(gap, -kappa_t)
                 with torch.no_grad():
@@ -187,17 +185,14 @@ def _shrink_along_delta(
     for _ in range(refine_steps):
         mid = (lo + hi) / 2
         logits = forward(xs + batch_view(mid, xs) * delta)
-        gap = margin(logits, ys)
-        if not targeted:
-            gap = -gap
+        gap = -objective(logits, ys, "margin", targeted)
         # The bisection ends next to the boundary: keep a slack so the caller's re-evaluation agrees.
         adversarial = gap < -ks - rounding_slack(logits)
         hi = torch.where(adversarial, mid, hi)
         lo = torch.where(adversarial, lo, mid)
     shrunk = hi < 1  # where s stayed 1, keep Adam's point bit for bit
     refined = torch.where(batch_view(shrunk, xs), xs + batch_view(hi, xs) * delta, best_x[idx])
-    best_x = best_x.clone()
+    # Both tensors are the attack's own (built by torch.where in the rounds): written in place.
     best_x[idx] = refined
-    best_l2sq = best_l2sq.clone()
     best_l2sq[idx] = torch.where(shrunk, (refined - xs).flatten(1).pow(2).sum(dim=1), best_l2sq[idx])
     return best_x, best_l2sq
