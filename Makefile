@@ -17,8 +17,9 @@ setup: $(STAMP)
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# A killed demo resumes; after a change to advlab's code (or settings) it starts over instead of refusing.
 demo: setup
-	$(VENV)/bin/advlab reproduce --out runs/demo
+	$(VENV)/bin/advlab reproduce --out runs/demo --replace
 
 test: setup system-deps
 	$(VENV)/bin/ruff check src tests benchmarks

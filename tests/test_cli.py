@@ -146,8 +146,17 @@ def test_eval_writes_summary_and_refuses_to_mix_runs(capsys, weights, tmp_path):
     # Another command into the same folder is refused, and nothing there changes.
     before = sorted(p.name for p in out.rglob("*"))
     code, _, err = run_cli(capsys, *small_eval(weights, out, "--attack", "pgd", "--eps", "4/255", "--steps", "3"))
-    assert code == 2 and "holds a different run (differs in: attacks)" in err
+    assert code == 2 and "holds a different run (differs in: attacks)" in err and "--replace" in err
     assert sorted(p.name for p in out.rglob("*")) == before
+    # --replace starts the folder over with the new command.
+    code, replaced, err = run_cli(
+        capsys, *small_eval(weights, out, "--attack", "pgd", "--eps", "4/255", "--steps", "3", "--replace")
+    )
+    assert code == 0, err
+    (attack,) = json.loads((out / "summary.json").read_text())["attacks"]
+    assert attack["params"]["eps"] == 4 / 255 and replaced.startswith("pgd(eps=4/255, steps=3): top-1")
+    (folder,) = (out / "records").iterdir()  # the 8/255 records are gone
+    assert "eps=4_255" in folder.name
 
 
 @needs_fashion

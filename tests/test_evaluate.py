@@ -352,6 +352,65 @@ def test_a_different_run_is_refused_before_any_work(data, tmp_path):
         evaluate(model, ds, [make_spec("fgsm", {"eps": 0.1})], out=tmp_path / "other", quiet=True)
 
 
+def test_source_digest_follows_the_code_that_makes_records(tmp_path):
+    import shutil
+
+    import advlab
+    from advlab.evaluate.engine import code_digest, source_digest
+
+    real = Path(advlab.__file__).resolve().parent
+    copy = tmp_path / "advlab"
+    shutil.copytree(real, copy, ignore=shutil.ignore_patterns("__pycache__", "*.safetensors"))
+    assert source_digest(copy) == source_digest(real) == code_digest()  # contents and relative paths only
+    reference = source_digest(copy)
+    report = copy / "report" / "document.py"
+    report.write_text(report.read_text() + "\n# a report change leaves records alone\n")
+    assert source_digest(copy) == reference
+    for path, change in [
+        (copy / "attacks" / "pgd.py", lambda text: text.replace("def ", "def  ", 1)),
+        (copy / "models" / "extra.py", None),
+        (copy / "evaluate" / "engine.py", lambda text: text + " "),
+    ]:
+        before = path.read_text() if path.exists() else None
+        path.write_text(change(before) if change else "x = 1\n")
+        assert source_digest(copy) != reference, path
+        path.unlink() if before is None else path.write_text(before)
+        assert source_digest(copy) == reference
+
+
+def test_a_run_by_other_advlab_code_is_refused_or_replaced(data, tmp_path):
+    model, ds = data
+    small = Items(ds.x[:32], ds.y[:32])
+    specs = [make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd")]
+    fresh = evaluate(model, small, specs, out=tmp_path / "fresh", batch_size=16, quiet=True)
+    out = tmp_path / "run"
+    evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
+    # What an older advlab would have left: its own code digest, and records this code would not compute.
+    run_file = out / "run.json"
+    old = json.loads(run_file.read_text())
+    old["config"]["code_sha256"] = "0" * 64
+    old["fingerprint"] = "f" * 64
+    run_file.write_text(json.dumps(old))
+    stale = sorted((out / "records").rglob("*.jsonl"))[0]
+    rows = [json.loads(line) for line in stale.read_text().splitlines()]
+    stale.write_text("".join(json.dumps({**r, "success": not r["success"]}) + "\n" for r in rows))
+    (out / "report.html").write_text("<html>the old run's report</html>")
+    with pytest.raises(SpecError, match="differs in: code_sha256: it was computed by other advlab code"):
+        evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
+    assert json.loads(run_file.read_text())["fingerprint"] == "f" * 64  # refused before touching anything
+    again = evaluate(model, small, specs, out=out, batch_size=16, quiet=True, replace=True)
+    assert untimed_records(again.records) == untimed_records(fresh.records)
+    assert untimed(again.summary) == untimed(fresh.summary)
+    assert json.loads(run_file.read_text())["fingerprint"] == again.summary["fingerprint"]
+    assert (out / "report.html").exists()  # a report is overwritten by the next one, not deleted
+    # A folder that holds no advlab run is never cleared, replace or not.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError, match="holds no advlab run"):
+        evaluate(model, small, specs, out=tmp_path / "mine", quiet=True, replace=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
 def test_shards_written_separately_give_the_single_process_summary(data, tmp_path):
     """Two 'ranks' each process half of the batch plan into one run directory (issue 8's layout)."""
     model, ds = data

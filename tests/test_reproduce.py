@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from advlab.evaluate import SpecError
 from advlab.evaluate.reproduce import (
     PAPER,
     Protocol,
@@ -114,6 +115,12 @@ def test_reproduce_end_to_end_on_two_images(tmp_path):
     again = run_reproduce(opts)
     assert sorted(p.stat().st_mtime_ns for p in (out / "records").rglob("*.jsonl")) == records
     assert again["reproduce"]["tables"] == data["tables"]
+    # Other settings into the same folder are refused, or with replace (as `make demo` runs) start it over.
+    with pytest.raises(SpecError, match="holds a different run"):
+        run_reproduce(dataclasses.replace(opts, limit=1))
+    one = run_reproduce(dataclasses.replace(opts, limit=1, replace=True))
+    assert one["complete"] and one["n_samples"] == 1
+    assert all(len(p.read_text().splitlines()) == 1 for p in (out / "records").rglob("*.jsonl"))
 
 
 def test_full_protocol_data_goes_through_the_30x5_selection():

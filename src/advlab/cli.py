@@ -159,6 +159,12 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--suite", default=None, help="run a named suite of attacks ('strong', the worst-case ensemble)")
     p.add_argument("--out", default="runs/eval", help="run directory")
     p.add_argument(
+        "--replace",
+        action="store_true",
+        help="if --out holds a different run (other settings, model, data or advlab code), start it over "
+        "instead of refusing",
+    )
+    p.add_argument(
         "--batch-size", dest="batch_size", type=_int_arg("--batch-size", 1), default=16, help="samples per batch"
     )
     p.add_argument("--seed", type=_int_arg("--seed"), default=0, help="seed of targets and random starts")
@@ -284,6 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_meta=data_meta,
         extra={"command": command},
         quiet=args.quiet,
+        replace=args.replace,
     )
     if not info.is_main:  # rank 0 reports for the whole distributed run
         return 0
@@ -338,6 +345,12 @@ def _reproduce_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name (default: the embedded efficientnet_lite0)")
     p.add_argument("--data", default=None, help="ImageNet-style folder or labels CSV (default: the 20-image sample)")
     p.add_argument("--out", default="runs/reproduce", help="run directory")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="if --out holds a different run (other settings, model, data or advlab code), start it over "
+        "instead of refusing",
+    )
     p.add_argument("--classes", type=_int_arg("--classes"), default=30, help="classes to select")
     p.add_argument("--per-class", dest="per_class", type=_int_arg("--per-class"), default=5, help="images per class")
     p.add_argument(
@@ -408,6 +421,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
         quiet=args.quiet,
+        replace=args.replace,
         protocol=dataclasses.replace(protocol, **changes),
         command="advlab " + " ".join(shlex.quote(a) for a in args.argv),
     )

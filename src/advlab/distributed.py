@@ -650,6 +650,7 @@ def evaluate_sharded(
     quiet: bool = False,
     progress_desc: str = "evaluate",
     info: RankInfo | None = None,
+    replace: bool = False,
 ) -> Any:
     """:func:`advlab.evaluate.evaluate` over the ranks of a distributed run; the same call in one process.
 
@@ -683,7 +684,7 @@ def evaluate_sharded(
         "seed": seed,
     }
     if not info.distributed:
-        return evaluate(model, dataset, attacks, out=out, quiet=quiet, **common)
+        return evaluate(model, dataset, attacks, out=out, quiet=quiet, replace=replace, **common)
     start = time.perf_counter()
     specs = validate_specs(attacks)
     n = len(dataset)
@@ -694,13 +695,15 @@ def evaluate_sharded(
         model, specs, n_samples=n, batch_size=batch_size, seed=seed, model_meta=model_meta, data_meta=data_meta
     )
     # Same weights, data size, attacks and seed everywhere, or the merged records would mix two runs.
-    check_same(config, "the run configuration (model weights, data, attacks, seed)", info, show=_config_keys)
+    what = "the run configuration (model weights, data, attacks, seed, advlab code)"
+    check_same(config, what, info, show=_config_keys)
     if out is not None:
         # Open the run directory in turn: rank 0 first, then one rank per machine (whose disk may be its
         # own), then the rest: nobody sees a half-created folder, and a wrong folder fails on rank 0 first.
+        # With ``replace`` the first opener of each disk clears a different run; the rest then find this one.
         for turn in (info.is_main, info.local_rank == 0 and not info.is_main, info.local_rank != 0):
             if turn:
-                RunDirectory(out, config).open()
+                RunDirectory(out, config).open(replace=replace and info.local_rank == 0)
             wait_for_all("opening the run directory", info)
     mine = shard_batches(len(plan), info.rank, info.world_size)
     result = evaluate(
@@ -742,7 +745,8 @@ def _config_keys(config: Mapping[str, Any]) -> str:
     model = config.get("model", {})
     return (
         f"model sha256 {str(model.get('state_dict_sha256', '?'))[:12]}, {config.get('data', {}).get('n_samples')} "
-        f"samples, {len(config.get('attacks', []))} attacks, seed {config.get('seed')}"
+        f"samples, {len(config.get('attacks', []))} attacks, seed {config.get('seed')}, "
+        f"advlab code {str(config.get('code_sha256', '?'))[:12]}"
     )
 
 

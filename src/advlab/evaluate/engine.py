@@ -19,10 +19,12 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,29 @@ def model_digest(model: nn.Module) -> str:
         h.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+# The packages whose code decides what a run's records hold: the attacks, the models (and their prepared
+# copies), the data pipeline and the engine. The report, the CLI and training do not change a record.
+RECORD_SOURCES = ("attacks", "models", "data", "evaluate")
+
+
+def source_digest(package_root: str | Path, parts: Sequence[str] = RECORD_SOURCES) -> str:
+    """sha256 of the ``*.py`` files under ``package_root/<part>`` (relative paths and contents, in order)."""
+    root = Path(package_root)
+    h = hashlib.sha256()
+    for part in parts:
+        for path in sorted((root / part).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@cache
+def code_digest() -> str:
+    """:func:`source_digest` of the running advlab: part of a run's configuration, so that a run directory
+    is never resumed by other code (the version alone does not change between commits of a checkout)."""
+    return source_digest(Path(__file__).resolve().parent.parent)
 
 
 # --------------------------------------------------------------------------------------------- batches
@@ -261,8 +286,14 @@ class RunDirectory:
         self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
         self.fingerprint = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()
 
-    def open(self) -> bool:
-        """Create the run, or check that the folder holds this very run. Returns True when resuming."""
+    def open(self, replace: bool = False) -> bool:
+        """Create the run, or check that the folder holds this very run. Returns True when resuming.
+
+        A folder holding another advlab run (other settings, weights, data or advlab code) is refused, or
+        with ``replace`` cleared of that run's ``run.json``, ``records/`` and ``summary.json`` and started
+        afresh (files a report wrote there stay until the new run overwrites them). A non-empty folder
+        without ``run.json`` is always refused.
+        """
         run_file = self.path / "run.json"
         if self.path.exists() and not self.path.is_dir():
             raise SpecError(f"run directory {self.path} is a file; give a folder path for --out")
@@ -271,15 +302,22 @@ class RunDirectory:
                 old = json.loads(run_file.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as e:
                 raise SpecError(f"{run_file} is unreadable ({e}); remove the folder or use another --out") from None
-            if old.get("fingerprint") != self.fingerprint:
+            if old.get("fingerprint") == self.fingerprint:
+                return True
+            if not replace:
                 old_cfg = old.get("config", {})
                 keys = sorted(k for k in set(old_cfg) | set(self.config) if old_cfg.get(k) != self.config.get(k))
+                why = ", ".join(keys) or "schema"
+                if set(keys) <= {"advlab_version", "code_sha256"}:
+                    why += ": it was computed by other advlab code, whose records may differ from this code's"
                 raise SpecError(
-                    f"{self.path} holds a different run (differs in: {', '.join(keys) or 'version'}); "
-                    "use another --out, or delete that folder to start over"
+                    f"{self.path} holds a different run (differs in: {why}); use another --out, "
+                    "or --replace (replace=True) to start that folder over"
                 )
-            return True
-        if self.path.exists() and any(p.name != ".DS_Store" for p in self.path.iterdir()):
+            shutil.rmtree(self.path / "records", ignore_errors=True)
+            (self.path / "summary.json").unlink(missing_ok=True)
+            run_file.unlink()  # last: a replacement killed half-way is still recognised as an advlab run
+        elif self.path.exists() and any(p.name != ".DS_Store" for p in self.path.iterdir()):
             raise SpecError(
                 f"{self.path} is not empty and holds no advlab run (no run.json); use an empty or new --out"
             )
@@ -345,6 +383,7 @@ def run_config(
     """The configuration that defines a run (and its fingerprint): same configuration, same records."""
     return {
         "advlab_version": __version__,
+        "code_sha256": code_digest(),
         "model": {**dict(model_meta or {}), "state_dict_sha256": model_digest(model)},
         "data": {**dict(data_meta or {}), "n_samples": n_samples},
         "attacks": [s.to_dict() for s in specs],
@@ -450,6 +489,7 @@ def evaluate(
     quiet: bool = False,
     progress_desc: str = "evaluate",
     write_summary: bool = True,
+    replace: bool = False,
 ) -> RunResult:
     """Run ``attacks`` over ``dataset`` and summarise; with ``out``, stream records to a run directory.
 
@@ -457,7 +497,8 @@ def evaluate(
         model: maps images in [0, 1] to logits; its device is where the attacks run.
         dataset: indexable, ``len()``-able, items ``(image (C, H, W) in [0, 1], label, ...)``.
         attacks: :class:`AttackSpec` objects (see :func:`advlab.evaluate.make_spec`).
-        out: run directory; a run there with the same configuration is resumed, a different one refused.
+        out: run directory; a run there with the same configuration (which includes a digest of advlab's
+            code, :func:`code_digest`) is resumed, a different one refused (see ``replace``).
         batch_size: samples per batch (part of the run's configuration: it fixes the batch files).
         seed: seeds targets and random starts per sample index.
         batches: positions in the batch plan to process (a shard); default all.
@@ -467,6 +508,8 @@ def evaluate(
         quiet: no progress bar.
         write_summary: write ``summary.json`` into ``out`` (a shard of a distributed run leaves that to rank 0,
             see :func:`advlab.distributed.evaluate_sharded`).
+        replace: start ``out`` over when it holds a different run, instead of refusing
+            (:meth:`RunDirectory.open`).
     """
     specs = validate_specs(attacks)
     n = len(dataset)
@@ -481,7 +524,7 @@ def evaluate(
     )
     run_dir = RunDirectory(out, config) if out is not None else None
     if run_dir is not None:
-        run_dir.open()
+        run_dir.open(replace=replace)
     device = _device_of(model)
     memory: dict[str, list[dict[str, Any]]] = {s.id: [] for s in specs}
 

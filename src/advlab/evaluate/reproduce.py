@@ -232,6 +232,7 @@ class ReproduceOptions:
     limit: int | None = None
     device: str | None = None
     quiet: bool = False
+    replace: bool = False
     protocol: Protocol = field(default_factory=Protocol)
     command: str = ""
 
@@ -391,6 +392,7 @@ def run_reproduce(
         data_meta={**data_meta, "protocol": asdict(opts.protocol)},
         quiet=opts.quiet,
         progress_desc="reproduce",
+        replace=opts.replace,
     )
     summary = result.summary
     attacks = _by_id(summary)
