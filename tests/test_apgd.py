@@ -200,14 +200,18 @@ def test_bad_parameters_raise_clear_errors(kwargs: dict, error: type, fragment: 
         attacks.apgd(model, x, y, args.pop("eps"), **args)
 
 
-def test_dlr_needs_enough_classes_and_targets_fit_the_model() -> None:
+def test_dlr_needs_enough_classes_and_targets_are_capped_by_the_model() -> None:
     x, y = torch.rand(2, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1])
     with pytest.raises(ValueError, match="at least 3 classes"):
         attacks.apgd(logistic(16)[0], x, y, 0.1, loss="dlr")
     with pytest.raises(ValueError, match="at least 4 classes"):
         attacks.apgd_t(linear(3, 16, 0), x, y, 0.1)
-    with pytest.raises(ValueError, match="n_target_classes"):
-        attacks.apgd_t(linear(5, 16, 0), x, y, 0.1, n_target_classes=5)
+    # More targets than other classes (AutoAttack's 9 on a 5-class model) is capped at classes - 1.
+    model = linear(5, 16, 0)
+    capped = attacks.apgd_t(model, x, y, 0.1, steps=5, n_target_classes=9, seed=0, return_info=True)
+    every = attacks.apgd_t(model, x, y, 0.1, steps=5, n_target_classes=4, seed=0, return_info=True)
+    assert torch.equal(capped.x_adv, every.x_adv)
+    assert torch.equal(capped.extras["target_rank"], every.extras["target_rank"])
 
 
 @settings(max_examples=15, deadline=None)

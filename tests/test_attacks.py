@@ -374,7 +374,9 @@ def _bad_inputs() -> list[tuple[str, dict, type[Exception], str]]:
         ("x below 0", {"x": torch.full((2, 1, 8, 8), -0.1)}, ValueError, "[0, 1]"),
         ("x NaN", {"x": torch.full((2, 1, 8, 8), float("nan"))}, ValueError, "NaN"),
         ("x inf", {"x": torch.full((2, 1, 8, 8), float("inf"))}, ValueError, "NaN or inf"),
-        ("x int", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.uint8)}, TypeError, "floating"),
+        ("x int", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.uint8)}, TypeError, "float32 or float64"),
+        ("x half", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.float16)}, TypeError, "autocast"),
+        ("x double", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.float64)}, TypeError, "x.to(torch.float32)"),
         ("y length", {"y": torch.tensor([1, 2, 3])}, ValueError, "shape (2,)"),
         ("y float", {"y": torch.tensor([1.0, 2.0])}, TypeError, "integer"),
         ("y too big", {"y": torch.tensor([1, 10])}, ValueError, "10 classes"),
@@ -441,6 +443,59 @@ def test_input_is_never_modified(digits_model) -> None:
     for name in ATTACKS:
         ATTACKS[name](model, x[:8], y[:8])
     assert torch.equal(x, x0)
+
+
+# Every public attack, at a small budget, on (model, x, y) with extra keyword arguments.
+EVERY_ATTACK: dict[str, Callable[..., object]] = {
+    **ATTACKS,
+    "mifgsm": lambda m, x, y, **k: attacks.mifgsm(m, x, y, 0.1, steps=4, **k),
+    "apgd": lambda m, x, y, **k: attacks.apgd(m, x, y, 0.1, steps=4, seed=0, **k),
+    "apgd_t": lambda m, x, y, **k: attacks.apgd_t(m, x, y, 0.1, steps=4, n_target_classes=2, seed=0, **k),
+    "square": lambda m, x, y, **k: attacks.square(m, x, y, 0.1, queries=8, seed=0, **k),
+    "deepfool": lambda m, x, y, **k: attacks.deepfool(m, x, y, steps=4, **k),
+}
+
+
+@pytest.mark.parametrize("name", list(EVERY_ATTACK))
+def test_inputs_inside_a_graph_give_the_same_detached_result(name: str, digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:6], y[:6]
+    plain = EVERY_ATTACK[name](model, x, y, return_info=True)
+    leaf = x.clone().requires_grad_(True)
+    graphed = EVERY_ATTACK[name](model, leaf * 1.0, y, return_info=True)  # x computed by the caller's graph
+    assert not graphed.x_adv.requires_grad and graphed.x_adv.grad_fn is None
+    assert torch.equal(graphed.x_adv, plain.x_adv) and torch.equal(graphed.success, plain.success)
+    assert leaf.grad is None
+
+
+@pytest.mark.parametrize("name", list(EVERY_ATTACK))
+def test_inference_mode_is_refused_and_inference_tensors_are_taken(name: str, digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:4], y[:4]
+    with torch.inference_mode():
+        frozen_x = x.clone()  # an inference tensor, e.g. from a data pipeline run under inference_mode
+        with pytest.raises(RuntimeError, match="inference_mode"):
+            EVERY_ATTACK[name](model, x, y)
+    assert torch.equal(EVERY_ATTACK[name](model, frozen_x, y), EVERY_ATTACK[name](model, x, y))
+
+
+def test_budgets_take_numpy_and_graph_tensors_and_warn_about_255_scale(digits_model) -> None:
+    import warnings
+
+    import numpy as np
+
+    model, x, y = digits_model
+    x, y = x[:4], y[:4]
+    want = attacks.fgsm(model, x, y, 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for a budget that needs grad or a numpy scalar
+        single = np.float32(0.1)
+        assert torch.equal(attacks.fgsm(model, x, y, single), attacks.fgsm(model, x, y, float(single)))
+        eps = torch.full((4,), 0.1, requires_grad=True)
+        assert torch.equal(attacks.fgsm(model, x, y, eps * 1.0), want)
+        attacks.pgd(model, x, y, 3.0, norm="l2", steps=2)  # an L2 budget above 1 is common
+    with pytest.warns(UserWarning, match="8/255"):
+        attacks.pgd(model, x, y, 8.0, steps=2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here; runs where a GPU exists")

@@ -244,22 +244,88 @@ def test_one_channel_copy_has_channels_last_weights_and_the_same_function(
     _assert_same_function(prepared, model, x)
 
 
-def test_relu_and_pool_with_hooks_or_in_a_custom_forward_keep_their_order() -> None:
+def test_relu_and_pool_in_a_custom_forward_keep_their_order() -> None:
     class Chain(nn.Sequential):  # its own forward: positions in the list need not be the call order
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self[1](self[0](x))
 
-    hooked = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2))
-    hooked[1].register_forward_hook(lambda *_: None)
     model = nn.Sequential(
-        hooked, nn.Conv2d(3, 3, 3), Chain(nn.ReLU(), nn.MaxPool2d(2)), nn.Flatten(), nn.LazyLinear(2)
-    ).eval()
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 3, 3), Chain(nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Flatten(), nn.LazyLinear(2),
+    ).eval()  # fmt: skip
     x = torch.rand(2, 1, 16, 16) - 0.5
     model(x)
     prepared = prepared_model(model, x)
     assert prepared is not model
-    assert [type(m) for m in prepared[0]] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
-    assert [type(m) for m in prepared[2]] == [nn.ReLU, nn.MaxPool2d]
+    assert [type(m) for m in prepared[:3]] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]  # the plain chain is swapped
+    assert [type(m) for m in prepared[4]] == [nn.ReLU, nn.MaxPool2d]
+
+
+def _fused_adam_step(model: nn.Module, x: torch.Tensor) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=0.3, fused=True)
+    model(x).logsumexp(dim=1).sum().backward()
+    opt.step()
+
+
+def _data_write(model: nn.Module, x: torch.Tensor) -> None:
+    model[0].weight.data.mul_(-1.0)  # an EMA or a manual edit through .data: no version bump
+
+
+def _swap_activation(model: nn.Module, x: torch.Tensor) -> None:
+    model[5] = nn.Tanh()  # a parameter-free module swapped (a gradient-masking check does this)
+
+
+def _norm_setting(model: nn.Module, x: torch.Tensor) -> None:
+    model[1].eps = 3.0
+
+
+def _conv_setting(model: nn.Module, x: torch.Tensor) -> None:
+    model[3].padding = (0, 0)
+
+
+@pytest.mark.parametrize("change", [_fused_adam_step, _data_write, _swap_activation, _norm_setting, _conv_setting])
+def test_attacks_see_the_model_as_it_is_after_any_change(change) -> None:
+    model = bn_cnn(4, 5, True, True, 8)
+    x = _images(16, 9)
+    y = model(x).argmax(dim=1)
+    attacks.pgd(model, x, y, eps=0.05, steps=5, seed=0)  # builds and caches the prepared copy
+    change(model, x)
+    model.eval().zero_grad(set_to_none=True)
+    with torch.no_grad():
+        want = model(x)
+    torch.testing.assert_close(prepared_model(model, x, passes=11)(x), want, rtol=1e-4, atol=1e-4)
+    res = attacks.pgd(model, x, y, eps=0.05, steps=5, seed=0, return_info=True)
+    with torch.no_grad():
+        assert torch.equal(res.success, model(res.x_adv).argmax(dim=1) != y)
+    with attacks.prepared_models(False):
+        plain = attacks.pgd(model, x, y, eps=0.05, steps=5, seed=0, return_info=True)
+    torch.testing.assert_close(res.loss, plain.loss, rtol=1e-3, atol=1e-4)
+
+
+def test_a_hooked_model_is_attacked_as_given_and_can_be_freed() -> None:
+    import gc
+    import weakref
+
+    model = bn_cnn(3, 4, True, True, 10)
+    x = _images(4, 11)
+    y = model(x).argmax(dim=1)
+    assert prepared_model(model, x) is not model
+    seen: list[nn.Module] = []
+    # A feature-recording hook that holds the model (a common pattern): it must see the user's modules.
+    model.features = {}
+
+    def record(m: nn.Module, _inp: object, out: torch.Tensor, owner: nn.Module = model, log: list = seen) -> None:
+        log.append(m)
+        owner.features["relu"] = out  # the hook holds the model: a reference cycle through the model's hooks
+
+    model[2].register_forward_hook(record)
+    assert prepared_model(model, x) is model
+    attacks.pgd(model, x, y, eps=0.05, steps=3, seed=0)
+    assert len(seen) >= 4 and all(m is model[2] for m in seen)
+    ref = weakref.ref(model)
+    del model, seen, record
+    gc.collect()
+    assert ref() is None
 
 
 def test_no_copy_where_it_would_only_cost_memory() -> None:

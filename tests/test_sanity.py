@@ -69,6 +69,25 @@ def test_a_normal_trained_model_passes_every_check(digits_batch) -> None:
     assert numbers["iterative_vs_single_step"]["iterative_accuracy"] <= suite.robust_accuracy + 1e-9
 
 
+def test_a_suite_without_square_still_gets_all_eight_checks(digits_batch) -> None:
+    model, x, y = digits_batch
+    fast = run_suite(model, x, y, 0.1, seed=0, suite="fast")
+    assert "square" not in fast.attack_names
+    checks = {c.name: c for c in sanity_checks(model, x, y, 0.1, seed=0, suite_result=fast, square_queries=300)}
+    assert len(checks) == 8 and checks["square_vs_whitebox"].status == "pass"
+    assert checks["square_vs_whitebox"].numbers["whitebox_accuracy"] == fast.robust_accuracy
+
+
+def test_a_suite_result_of_another_budget_is_refused(digits_batch) -> None:
+    model, x, y = digits_batch
+    x, y = x[:8], y[:8]
+    fast = run_suite(model, x, y, 0.1, seed=0, suite="fast")
+    with pytest.raises(ValueError, match=r"was run at eps 0\.1\.\.0\.1, the checks at eps 0\.2"):
+        sanity_checks(model, x, y, 0.2, seed=0, suite_result=fast)
+    with pytest.raises(ValueError, match="norm 'linf' but the checks use 'l2'"):
+        sanity_checks(model, x, y, 0.1, norm="l2", seed=0, suite_result=fast)
+
+
 def test_a_gradient_masking_model_warns(digits_batch) -> None:
     model, x, y = digits_batch
     masked = Quantised(model)

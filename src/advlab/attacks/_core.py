@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
+import warnings
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -49,11 +51,26 @@ class AttackResult:
 
 
 def check_images(x: object) -> Tensor:
-    """Raise unless ``x`` is a finite floating batch in [0, 1]; never clip silently."""
+    """``x`` detached from any graph if it is a finite float32/float64 batch in [0, 1]; never clip silently.
+
+    Also refuses to run inside ``torch.inference_mode()``, where no input gradient can be taken.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "advlab attacks need autograd (input gradients) and cannot run inside torch.inference_mode(); "
+            "call the attack outside it (torch.no_grad() around it is fine)"
+        )
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor of images in [0, 1], got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating tensor (float32/float64) of images in [0, 1], got dtype {x.dtype}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"x must be a float32 or float64 tensor of images in [0, 1], got dtype {x.dtype}"
+            + (
+                "; attack in float32 and let the model use autocast inside its forward for half precision"
+                if x.is_floating_point()
+                else ""
+            )
+        )
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch shaped (N, C, H, W) (any N >= 1), got shape {tuple(x.shape)}")
     # One host sync for all three facts.
@@ -65,7 +82,8 @@ def check_images(x: object) -> Tensor:
             f"x must lie in [0, 1] (raw pixels, before normalisation), got min {lo:.6g} and max {hi:.6g}; "
             "put the mean/std normalisation inside the model (advlab.models.ImageClassifier) instead of in x"
         )
-    return x
+    # A tensor made under inference_mode cannot enter autograd; a clone made here can.
+    return x.clone() if x.is_inference() else x.detach()
 
 
 def check_labels(y: object, n: int, device: torch.device) -> tuple[Tensor, int]:
@@ -97,8 +115,10 @@ def check_logits(logits: Tensor, n: int, y_max: int) -> None:
 
 def per_sample(value: float | Tensor, n: int, name: str, like: Tensor, *, strictly_positive: bool) -> Tensor:
     """Turn a scalar or (N,) tensor parameter into a checked (N,) tensor on ``like``'s device and dtype."""
-    if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | Tensor):
         raise TypeError(f"{name} must be a number or a tensor of shape ({n},), got {type(value).__name__}")
+    if isinstance(value, Tensor):
+        value = value.detach()
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if t.ndim == 0:
         t = t.expand(n)
@@ -114,6 +134,20 @@ def per_sample(value: float | Tensor, n: int, name: str, like: Tensor, *, strict
     return t
 
 
+def check_eps(eps: float | Tensor, n: int, like: Tensor, norm: str) -> Tensor:
+    """:func:`per_sample` for the budget; an Linf eps above 1 (the whole [0, 1] box) is almost always a budget
+    meant for pixels in [0, 255] (8 for 8/255), so it is warned about."""
+    eps_t = per_sample(eps, n, "eps", like, strictly_positive=False)
+    if norm == "linf" and float(eps_t.max()) > 1:
+        warnings.warn(
+            f"Linf eps {float(eps_t.max()):.6g} > 1 allows any image in [0, 1]; eps is in pixel units of images "
+            "in [0, 1] (8/255 = 0.0314, not 8)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return eps_t
+
+
 def check_steps(steps: object, name: str = "steps") -> int:
     if isinstance(steps, bool) or not isinstance(steps, int):
         raise TypeError(f"{name} must be an int >= 1, got {type(steps).__name__}")
@@ -123,7 +157,7 @@ def check_steps(steps: object, name: str = "steps") -> int:
 
 
 def check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number > 0, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
@@ -202,9 +236,52 @@ _prepared_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], 
 )
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain(v: object) -> bool:
+    """A setting such as ``eps``, ``momentum``, ``stride=(1, 1)`` or ``padding='same'``."""
+    return isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(e, _PLAIN) for e in v))
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    """Whether any submodule has a forward or backward hook (the module-global ones included)."""
+    from torch.nn.modules import module as _module
+
+    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    return any(getattr(_module, name, None) for name in global_hooks) or any(
+        getattr(m, name, None) for m in model.modules() for name in _HOOK_DICTS
+    )
+
+
+def _checksums(tensors: Sequence[Tensor]) -> list[int]:
+    """Per tensor, the int64 sum of its bit patterns: any realistic write changes it (one host sync per device)."""
+    sums: dict[torch.device, list[Tensor]] = {}
+    for t in tensors:
+        t = t.detach()
+        if t.is_complex():
+            t = torch.view_as_real(t)
+        if t.is_floating_point():
+            t = t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+        sums.setdefault(t.device, []).append(t.sum(dtype=torch.int64))
+    return [v for parts in sums.values() for v in torch.stack(parts).tolist()]
+
+
 def _state_signature(model: nn.Module) -> tuple[object, ...]:
-    # _version counts in-place writes (optimizer steps, load_state_dict); data_ptr catches .to() and swaps.
-    return tuple((id(t), t._version, t.data_ptr(), t.device) for t in (*model.parameters(), *model.buffers()))
+    """What the prepared copy was built from: the modules, their plain settings, and the tensors' contents.
+
+    Contents, not ``_version`` counters: fused optimisers and writes through ``.data`` change weights without
+    bumping them. The module tree (ids and types) catches a swapped submodule such as ``m.act = nn.Tanh()``,
+    the plain attributes a changed setting such as ``bn.eps`` or a conv's padding.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    layout = tuple((id(t), t.data_ptr(), t.device, t.dtype, tuple(t.shape)) for t in tensors)
+    settings = tuple(
+        (id(m), type(m), tuple((k, v) for k, v in vars(m).items() if _plain(v) and k != "training"))
+        for m in model.modules()
+    )
+    return layout, settings, tuple(_checksums(tensors))
 
 
 def _foldable_norm(m: nn.Module) -> bool:
@@ -367,14 +444,17 @@ def prepared_model(model: nn.Module, x: Tensor, passes: int = PREPARE_MIN_PASSES
 
     The copy is checked against the model on two samples of the batch (logits within 1e-4 of their scale)
     and dropped if it differs, so a graph the hooks misread (a conv output also used elsewhere) falls back to
-    the model as given. It is cached per model and rebuilt when any parameter or buffer is written (e.g. an
-    optimiser step between two attacks).
+    the model as given. It is cached per model and rebuilt when the model changes: any parameter or buffer's
+    contents (an optimiser step, fused or not, a write through ``.data``), a submodule swapped or a plain
+    setting changed (:func:`_state_signature`). A model with forward or backward hooks is never copied.
     Building it costs a copy and three passes over one or two samples. The first attack on a model builds it
     (later calls reuse it); a rebuild after the weights changed happens only for an attack of at least
     ``PREPARE_MIN_PASSES`` passes (``passes``), so FGSM inside a training loop, whose model changes at every
     step, runs the model as given while PGD-10 there still gains.
     """
-    if not _prepare_models:
+    if not _prepare_models or _has_hooks(model):
+        # A hooked model runs as given: its hooks see the user's modules (a copy would run copies of the hooks,
+        # and a hook that holds the model would keep the cached copy, and so the model, alive for ever).
         return model
     signature = _state_signature(model)
     cached = _prepared_cache.get(model)
@@ -422,13 +502,22 @@ class ModelCall:
         self._first = False
         # Here, not in __init__: the attack has put the model in eval mode by now (frozen()).
         self.model = prepared_model(self.model, x, self.passes)
-        if self.layout is None:
-            return self.model(x)
         try:
-            return self.model(x.contiguous(memory_format=self.layout))
-        except RuntimeError:
-            self.layout = None
-            return self.model(x)
+            if self.layout is None:
+                return self.model(x)
+            try:
+                return self.model(x.contiguous(memory_format=self.layout))
+            except RuntimeError:
+                self.layout = None
+                return self.model(x)
+        except RuntimeError as e:
+            dtypes = sorted({str(p.dtype) for p in self.model.parameters() if p.is_floating_point()})
+            if dtypes and str(x.dtype) not in dtypes:  # torch's own message names neither side's role
+                raise TypeError(
+                    f"x is {x.dtype} but the model's parameters are {', '.join(dtypes)}; give x in the model's "
+                    f"dtype (x.to({dtypes[0]})) or convert the model"
+                ) from e
+            raise
 
 
 # ------------------------------------------------------------------------------------------- objectives

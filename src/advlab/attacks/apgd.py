@@ -27,6 +27,7 @@ from ._core import (
     Noise,
     batch_view,
     check_choice,
+    check_eps,
     check_images,
     check_labels,
     check_logits,
@@ -35,7 +36,6 @@ from ._core import (
     check_steps,
     frozen,
     margin,
-    per_sample,
 )
 from .pgd import Best
 
@@ -257,18 +257,18 @@ def _apgd_run(
 
 def _prepare(
     model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, steps: int, norm: str, loss: str, rho: float
-) -> tuple[Tensor, int, Tensor, Geometry]:
+) -> tuple[Tensor, Tensor, int, Tensor, Geometry]:
     check_model(model)
-    check_images(x)
+    x = check_images(x)
     check_steps(steps)
     y, y_max = check_labels(y, x.shape[0], x.device)
-    eps_t = per_sample(eps, x.shape[0], "eps", x, strictly_positive=False)
+    eps_t = check_eps(eps, x.shape[0], x, norm)
     geometry = GEOMETRIES[check_choice(norm, "norm", NORMS)]
     check_choice(loss, "loss", APGD_LOSSES)
     rho = check_positive(rho, "rho")
     if rho > 1:
         raise ValueError(f"rho must be in (0, 1] (a share of the steps), got {rho}")
-    return y, y_max, eps_t, geometry
+    return x, y, y_max, eps_t, geometry
 
 
 def _check_classes(num_classes: int, loss: str, mode: str) -> None:
@@ -320,7 +320,7 @@ def apgd(
     x_adv and whose ``extras["loss_trace"]`` (steps + 1, N) holds the objective of every iterate of the first
     run (NaN after a sample left), for checks that the loss rises.
     """
-    y, y_max, eps_t, geometry = _prepare(model, x, y, eps, steps, norm, loss, rho)
+    x, y, y_max, eps_t, geometry = _prepare(model, x, y, eps, steps, norm, loss, rho)
     restarts = check_steps(restarts, "restarts")
     mode = "targeted" if targeted else "untargeted"
     noise = Noise(seed, x.shape[0])
@@ -371,7 +371,8 @@ def apgd_t(
 ) -> Tensor | AttackResult:
     """APGD-T, the targeted APGD of AutoAttack (Croce & Hein 2020, sec. 4): an untargeted attack that runs APGD
     on the targeted DLR loss (eq. (6)) towards each of the ``n_target_classes`` classes ranked 2nd, 3rd, ...
-    by the model's clean logits, in that order, each run only on the samples not yet misclassified.
+    by the model's clean logits, in that order, each run only on the samples not yet misclassified
+    (``n_target_classes`` is capped at classes - 1, so AutoAttack's default of 9 also suits a 5-class model).
 
     ``y`` holds the true classes; success means any misclassification. Cost: up to
     ``n_target_classes * restarts * steps`` gradient steps for a sample that never breaks, fewer for the others
@@ -382,7 +383,7 @@ def apgd_t(
     at x_adv and whose ``extras["target_rank"]`` (N,) gives the rank of the target class that broke each
     sample (0 if it was misclassified from the start, -1 if never broken).
     """
-    y, y_max, eps_t, geometry = _prepare(model, x, y, eps, steps, norm, loss, rho)
+    x, y, y_max, eps_t, geometry = _prepare(model, x, y, eps, steps, norm, loss, rho)
     restarts = check_steps(restarts, "restarts")
     n_target_classes = check_steps(n_target_classes, "n_target_classes")
     n = x.shape[0]
@@ -394,10 +395,7 @@ def apgd_t(
         check_logits(logits, n, y_max)
         classes = logits.shape[1]
         _check_classes(classes, loss, "toward")
-        if n_target_classes > classes - 1:
-            raise ValueError(
-                f"n_target_classes must be at most classes - 1 = {classes - 1} for this model, got {n_target_classes}"
-            )
+        n_target_classes = min(n_target_classes, classes - 1)  # AutoAttack's 9 on a model of fewer classes
         order = logits.argsort(dim=1, descending=True)
         best = Best(x)
         # Samples misclassified from the start are done (x itself); the others keep -inf until a run scores them.

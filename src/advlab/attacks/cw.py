@@ -73,7 +73,7 @@ def cw_l2(
     that succeeded, else the last c tried).
     """
     check_model(model)
-    check_images(x)
+    x = check_images(x)
     steps = check_steps(steps)
     binary_search_steps = check_steps(binary_search_steps, "binary_search_steps")
     if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:

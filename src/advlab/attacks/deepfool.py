@@ -56,7 +56,7 @@ def deepfool(
     :class:`AttackResult` whose ``extras["norm"]`` is the perturbation's size in ``norm`` (inf where it failed).
     """
     check_model(model)
-    check_images(x)
+    x = check_images(x)
     steps = check_steps(steps)
     candidates = check_steps(candidates, "candidates")
     if candidates < 2:

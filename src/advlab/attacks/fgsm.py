@@ -12,6 +12,7 @@ from ._core import (
     AttackResult,
     ModelCall,
     check_choice,
+    check_eps,
     check_images,
     check_labels,
     check_logits,
@@ -19,7 +20,6 @@ from ._core import (
     frozen,
     is_success,
     objective,
-    per_sample,
 )
 
 
@@ -52,9 +52,9 @@ def fgsm(
         x_adv shaped like x, in [0, 1] and within eps of x in the chosen norm.
     """
     check_model(model)
-    check_images(x)
+    x = check_images(x)
     y, y_max = check_labels(y, x.shape[0], x.device)
-    eps_t = per_sample(eps, x.shape[0], "eps", x, strictly_positive=False)
+    eps_t = check_eps(eps, x.shape[0], x, norm)
     loss = check_choice(loss, "loss", LOSSES)
     geometry = GEOMETRIES[check_choice(norm, "norm", NORMS)]
 

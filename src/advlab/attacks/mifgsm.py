@@ -13,6 +13,7 @@ from ._core import (
     ModelCall,
     batch_view,
     check_choice,
+    check_eps,
     check_images,
     check_labels,
     check_logits,
@@ -51,11 +52,11 @@ def mifgsm(
     The L1 normalisation is per sample. Returns the best iterate met (successful first, then highest loss).
     """
     check_model(model)
-    check_images(x)
+    x = check_images(x)
     steps = check_steps(steps)
     n = x.shape[0]
     y, y_max = check_labels(y, n, x.device)
-    eps_t = per_sample(eps, n, "eps", x, strictly_positive=False)
+    eps_t = check_eps(eps, n, x, norm)
     alpha_t = eps_t / steps if alpha is None else per_sample(alpha, n, "alpha", x, strictly_positive=True)
     if isinstance(decay, bool) or not isinstance(decay, int | float) or not decay >= 0:
         raise ValueError(f"decay must be a number >= 0, got {decay!r}")

@@ -15,6 +15,7 @@ from ._core import (
     Noise,
     batch_view,
     check_choice,
+    check_eps,
     check_images,
     check_labels,
     check_logits,
@@ -103,12 +104,12 @@ def _prepare(
     loss: str,
     norm: str,
     default_alpha: float,
-) -> tuple[Tensor, int, Tensor, Tensor, Geometry]:
+) -> tuple[Tensor, Tensor, int, Tensor, Tensor, Geometry]:
     check_model(model)
-    check_images(x)
+    x = check_images(x)
     steps = check_steps(steps)
     y, y_max = check_labels(y, x.shape[0], x.device)
-    eps_t = per_sample(eps, x.shape[0], "eps", x, strictly_positive=False)
+    eps_t = check_eps(eps, x.shape[0], x, norm)
     alpha_t = (
         eps_t * default_alpha / steps
         if alpha is None
@@ -116,7 +117,7 @@ def _prepare(
     )
     check_choice(loss, "loss", LOSSES)
     geometry = GEOMETRIES[check_choice(norm, "norm", NORMS)]
-    return y, y_max, eps_t, alpha_t, geometry
+    return x, y, y_max, eps_t, alpha_t, geometry
 
 
 def _result(best: Best, return_info: bool) -> Tensor | AttackResult:
@@ -147,7 +148,7 @@ def bim(
     ``alpha`` defaults to eps / steps, the smallest step that can reach the corner of the ball.
     Other arguments as in :func:`advlab.attacks.fgsm`.
     """
-    y, y_max, eps_t, alpha_t, geometry = _prepare(model, x, y, eps, alpha, steps, loss, "linf", 1.0)
+    x, y, y_max, eps_t, alpha_t, geometry = _prepare(model, x, y, eps, alpha, steps, loss, "linf", 1.0)
     with frozen(model):
         best = _ascend(model, x, y, y_max, x, eps_t, alpha_t, steps, geometry, loss, targeted)
     return _result(best, return_info)
@@ -181,7 +182,7 @@ def pgd(
 
     ``alpha`` defaults to 2.5 * eps / steps (Madry et al.). Returns the best point met, not the last iterate.
     """
-    y, y_max, eps_t, alpha_t, geometry = _prepare(model, x, y, eps, alpha, steps, loss, norm, 2.5)
+    x, y, y_max, eps_t, alpha_t, geometry = _prepare(model, x, y, eps, alpha, steps, loss, norm, 2.5)
     restarts = check_steps(restarts, "restarts")
     noise = Noise(seed, x.shape[0])
     with frozen(model):

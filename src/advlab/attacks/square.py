@@ -29,6 +29,7 @@ from ._core import (
     ModelCall,
     batch_view,
     check_choice,
+    check_eps,
     check_images,
     check_labels,
     check_logits,
@@ -39,7 +40,6 @@ from ._core import (
     frozen,
     is_success,
     objective,
-    per_sample,
 )
 
 _MASK32 = 0xFFFFFFFF
@@ -297,7 +297,7 @@ def square(
     of model evaluations each sample used.
     """
     check_model(model)
-    check_images(x)
+    x = check_images(x)
     if x.ndim != 4:
         raise ValueError(f"the Square attack needs images shaped (N, C, H, W), got shape {tuple(x.shape)}")
     norm = check_choice(norm, "norm", NORMS)
@@ -310,7 +310,7 @@ def square(
     if min(h, w) < 2:
         raise ValueError(f"the Square attack needs images of at least 2 x 2 pixels, got {h} x {w}")
     y, y_max = check_labels(y, n, x.device)
-    eps_t = per_sample(eps, n, "eps", x, strictly_positive=False)
+    eps_t = check_eps(eps, n, x, norm)
     rng = CounterRandom(seed, n, x.device)
 
     e = batch_view(eps_t, x)

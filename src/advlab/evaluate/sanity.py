@@ -233,13 +233,27 @@ def sanity_checks(
     (samples leave at checkpoints once broken), ``cw_steps`` CW steps, and the reference suite if none is given.
     """
     check_model(model)
-    check_images(x)
+    x = check_images(x)
     n = x.shape[0]
     y, y_max = check_labels(y, n, x.device)
     eps = check_positive(eps, "eps")
     norm = check_choice(norm, "norm", NORMS)
-    if suite_result is not None and suite_result.n != n:
-        raise ValueError(f"suite_result holds {suite_result.n} samples but x holds {n}; pass the result of this batch")
+    if suite_result is not None:
+        if suite_result.n != n:
+            raise ValueError(
+                f"suite_result holds {suite_result.n} samples but x holds {n}; pass the result of this batch"
+            )
+        if suite_result.norm != norm:
+            raise ValueError(
+                f"suite_result was run with norm {suite_result.norm!r} but the checks use {norm!r}; pass the "
+                "result of run_suite at this norm"
+            )
+        ran = suite_result.eps.detach().double().cpu()
+        if not torch.allclose(ran, torch.full_like(ran, eps), rtol=1e-6, atol=0.0):
+            raise ValueError(
+                f"suite_result was run at eps {float(ran.min()):.6g}..{float(ran.max()):.6g}, the checks at eps "
+                f"{eps:.6g}; pass the result of run_suite at this eps"
+            )
     large = _default_large_eps(norm, x) if large_eps is None else check_positive(large_eps, "large_eps")
     factors = sorted({float(f) for f in eps_factors} | {1.0})
     checks: list[Check] = []
@@ -278,9 +292,18 @@ def sanity_checks(
         ]
         suite_result = run_suite(model, x, y, eps, norm, seed=seed, stages=stages)
     names = suite_result.attack_names
-    square_index = names.index("square") if "square" in names else -1
-    square_only = int((suite_result.broken_by == square_index).sum()) if square_index > 0 else 0
-    robust_whitebox = suite_result.robust | (suite_result.broken_by == square_index)
+    if "square" in names:
+        square_index = names.index("square")
+        square_only = int((suite_result.broken_by == square_index).sum())
+        robust_whitebox = suite_result.robust | (suite_result.broken_by == square_index)
+    else:  # a suite without Square (e.g. "fast"): Square attacks here what the white-box stages left standing
+        robust_whitebox = suite_result.robust
+        left = robust_whitebox.nonzero().view(-1)
+        square_only = 0
+        if left.numel():
+            stage = _Stage("square", _square(square_queries), f"Square, {square_queries} queries")
+            extra = run_suite(model, x[left], y[left], eps, norm, seed=seeds[left.to(seeds.device)], stages=[stage])
+            square_only = int((~extra.robust).sum())
 
     fg = fgsm(model, x, y, eps, norm=norm, return_info=True)
     assert isinstance(fg, AttackResult)
@@ -295,8 +318,7 @@ def sanity_checks(
         checks.append(check_unbounded(float(cw.success.float().mean())))
     else:
         checks.append(check_unbounded(1.0))
-    if square_index > 0:
-        checks.append(check_square_vs_whitebox(n, float(robust_whitebox.float().mean()), square_only))
+    checks.append(check_square_vs_whitebox(n, float(robust_whitebox.float().mean()), square_only))
     trace = nominal.extras["loss_trace"][:, correct]
     checks.append(check_loss_rises(trace, nominal.success[correct]))
     return checks

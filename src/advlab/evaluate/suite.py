@@ -37,13 +37,13 @@ from advlab.attacks import AttackResult, apgd, apgd_t, square
 from advlab.attacks._core import (
     NORMS,
     check_choice,
+    check_eps,
     check_images,
     check_labels,
     check_logits,
     check_model,
     flat_norm,
     frozen,
-    per_sample,
 )
 
 StageFn = Callable[[nn.Module, Tensor, Tensor, Tensor, str, Tensor], AttackResult]
@@ -306,10 +306,10 @@ def run_suite(
         square_queries: the Square attack's query budget in the "strong" suite.
     """
     check_model(model)
-    check_images(x)
+    x = check_images(x)
     n = x.shape[0]
     y, y_max = check_labels(y, n, x.device)
-    eps_t = per_sample(eps, n, "eps", x, strictly_positive=False)
+    eps_t = check_eps(eps, n, x, norm)
     norm = check_choice(norm, "norm", NORMS)
     seeds = _per_sample_seeds(seed, n, x.device)
     stage_list = list(stages) if stages is not None else suite_stages(suite, square_queries=square_queries)
