@@ -91,6 +91,17 @@ def test_console_script_and_module_entry_point():
         (["eval", "--attack", "fgsm", "--eps", "0.1", "--model", "no_such_model"], "no_such_model"),
         (["reproduce", "--data", "/no/such/folder"], "does not exist"),
         (["reproduce", "--cw-steps", "0"], "--cw-steps must be >= 1"),
+        (["reproduce", "--model", "fmnist_cnn_pgd"], "fmnist_cnn_pgd has 10 classes, but the labels of the default"),
+        (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "0"], "--steps must be >= 1, got '0'"),
+        (["eval", "--attack", "pgd", "--eps", "0.1", "-p", "eps=0.2"], "eps is set twice, by --eps and by -p eps=0.2"),
+        (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "-p", "steps=4"], "steps is set twice"),
+        (["eval", "--suite", "strong", "--eps", "0.1", "--norm", "l2", "-p", "norm=linf"], "norm is set twice"),
+        (["eval", "--attack", "fgsm", "--eps", "0.1", "--device", "gpu"], "unknown device 'gpu'; expected cpu, cuda"),
+        *(
+            []
+            if torch.cuda.is_available()
+            else [(["eval", "--attack", "fgsm", "--eps", "0.1", "--device", "cuda"], "device 'cuda' is not available")]
+        ),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(capsys, argv, needle):
@@ -160,6 +171,21 @@ def test_eval_writes_summary_and_refuses_to_mix_runs(capsys, weights, tmp_path):
 
 
 @needs_fashion
+def test_fashion_mnist_takes_a_class_balanced_subset_and_refuses_the_wrong_model(capsys, weights, tmp_path):
+    argv = small_eval(weights, tmp_path / "run", "--attack", "fgsm", "--eps", "0.1", "--subset", "2x2")
+    code, _, err = run_cli(capsys, *(a for a in argv if a not in ("--limit", "24")))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n_samples"] == 4 and summary["data"]["subset"] == "2x2"
+    # Grey 28 x 28 images into the default ImageNet model: said, not silently broadcast to three channels.
+    code, _, err = run_cli(
+        capsys, "eval", "--data", "fashion-mnist", "--limit", "2", "--attack", "fgsm", "--eps", "0.1",
+        "--out", str(tmp_path / "wrong"), "--quiet",
+    )  # fmt: skip
+    assert code == 2 and "takes images shaped (N, 3, H, W)" in err and "got shape (2, 1, 28, 28)" in err
+
+
+@needs_fashion
 def test_config_file_with_several_attacks_and_a_sweep(capsys, weights, tmp_path):
     config = tmp_path / "attacks.toml"
     config.write_text(
@@ -223,6 +249,13 @@ def test_train_runs_through_the_cli(capsys, tmp_path):
     )  # fmt: skip
     assert code == 0, err
     assert any(out.iterdir())
+    # The same command again is refused (a run is there), as a user mistake: one line, status 2.
+    code, _, err = run_cli(
+        capsys,
+        "train", "--method", "standard", "--model", "mnist_cnn_small", "--epochs", "1", "--train-subset", "256",
+        "--val-size", "64", "--batch-size", "64", "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "already exists; pass resume=True (--resume)" in err
     code, _, err = run_cli(capsys, "train", "--method", "nope")
     assert code == 2 and err.count("\n") == 1 and "invalid choice: 'nope'" in err
     code, _, err = run_cli(capsys, "eval", "--no-such-flag")

@@ -112,10 +112,23 @@ def test_real_fashion_mnist_counts_and_balanced_histogram() -> None:
 def test_dataset_gives_float_images_in_unit_range() -> None:
     ds = fm.FashionMNIST("test", indices=[0, 5, 9999])
     assert len(ds) == 3
-    img, label = ds[1]
+    img, label, index = ds[1]
+    assert index == 5 and [ds[i][2] for i in range(3)] == [0, 5, 9999]  # the position in the split
     assert img.shape == (1, 28, 28) and img.dtype == torch.float32
     assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
     x, y = fm.load_fashion_mnist("test")
     assert torch.equal(img, x[5].float().div(255).unsqueeze(0)) and label == y[5]
     with pytest.raises(TypeError, match="uint8"):
         fm.to_float_images(x.float())
+
+
+@needs_data
+def test_load_dataset_opens_fashion_mnist_by_name() -> None:
+    from advlab.data import load_dataset
+
+    test, train = load_dataset("fashion-mnist"), load_dataset("fashion-mnist:train")
+    assert (len(test), len(train)) == (10_000, 60_000) and test.split == "test"
+    img, _label, index = train[59_999]
+    assert img.shape == (1, 28, 28) and index == 59_999
+    with pytest.raises(ValueError, match="expected 'fashion-mnist', 'fashion-mnist:train'"):
+        load_dataset("fashion-mnist:val")

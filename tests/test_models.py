@@ -18,6 +18,7 @@ from torch import nn
 from advlab.models import (
     ImageClassifier,
     WeightsNotFoundError,
+    check_device,
     convert_lukemelas_state_dict,
     list_models,
     load_model,
@@ -48,6 +49,23 @@ def test_default_model_normalises_inside() -> None:
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.allclose(model(x), model.backbone(x * 2 - 1), atol=1e-5)
+
+
+def test_images_of_another_shape_are_refused_not_broadcast() -> None:
+    model = default_model()
+    for shape in [(2, 1, 224, 224), (3, 224, 224), (2, 4, 64, 64)]:
+        with pytest.raises(ValueError, match=r"efficientnet_lite0 takes images shaped \(N, 3, H, W\)"):
+            model(torch.rand(shape))
+    assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1000)  # other image sizes are the network's business
+
+
+def test_devices_are_checked_with_a_message() -> None:
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        check_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda:1' is not available on this machine"):
+            load_model("mnist_cnn_small", pretrained=False, device="cuda:1")
 
 
 def test_channels_last_layout_is_invisible_to_callers() -> None:

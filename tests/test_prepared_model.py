@@ -166,6 +166,31 @@ def test_prepared_models_switch_is_restored() -> None:
     assert prepared_model(model, x) is not model
 
 
+def test_the_switch_holds_only_in_its_own_thread() -> None:
+    import threading
+
+    model = bn_cnn(2, 2, True, True, 0)
+    x = _images(2, 0)
+    inside, release = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def worker() -> None:
+        with attacks.prepared_models(False):
+            seen.append(prepared_model(model, x) is model)
+            inside.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        assert prepared_model(model, x) is not model  # this thread still gets the copy
+    finally:
+        release.set()
+        thread.join()
+    assert seen == [True]
+
+
 def test_short_attacks_build_once_but_do_not_rebuild_after_the_weights_change() -> None:
     model = bn_cnn(3, 3, True, True, 5)
     x = _images(2, 3)

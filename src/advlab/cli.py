@@ -141,8 +141,10 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
     p.add_argument("--eps", nargs="+", default=None, help="budget(s) in pixel units: 0.03, 8/255; several = a sweep")
     p.add_argument("--alpha", default=None, help="step size (pixel units)")
-    p.add_argument("--steps", type=_int_arg("--steps"), default=None, help="iterations")
-    p.add_argument("--restarts", type=_int_arg("--restarts"), default=None, help="random restarts (pgd)")
+    p.add_argument("--steps", type=_int_arg("--steps", 1), default=None, help="iterations")
+    p.add_argument(
+        "--restarts", type=_int_arg("--restarts", 1), default=None, help="random restarts (pgd, apgd, apgd_t)"
+    )
     p.add_argument("--norm", default=None, help="linf or l2")
     p.add_argument("--loss", default=None, help="ce or margin")
     p.add_argument("--targeted", action="store_true", default=False, help="targeted attack")
@@ -156,7 +158,11 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any other attack parameter, e.g. -p c=0.1 -p binary_search_steps=9",
     )
-    p.add_argument("--suite", default=None, help="run a named suite of attacks ('strong', the worst-case ensemble)")
+    p.add_argument(
+        "--suite",
+        default=None,
+        help="run a named suite of attacks: 'strong' (the worst-case ensemble) or 'fast'",
+    )
     p.add_argument("--out", default="runs/eval", help="run directory")
     p.add_argument(
         "--replace",
@@ -174,6 +180,15 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _add_params(params: dict[str, Any], args: argparse.Namespace, also_flagged: set[str]) -> None:
+    """Add the ``-p KEY=VALUE`` pairs to ``params``; a key a flag already set is refused (no silent winner)."""
+    flagged = set(params) | also_flagged | ({"target"} if getattr(args, "target", None) is not None else set())
+    for key, value in args.param:
+        if key in flagged:
+            raise UsageError(f"{key} is set twice, by --{key.replace('_', '-')} and by -p {key}={value}; give it once")
+        params[key] = value
+
+
 def _flag_attack(args: argparse.Namespace) -> list[Any]:
     from .evaluate import make_spec
 
@@ -184,8 +199,7 @@ def _flag_attack(args: argparse.Namespace) -> list[Any]:
             params[key] = value
     if args.targeted:
         params["targeted"] = True
-    for key, value in args.param:
-        params[key] = value
+    _add_params(params, args, also_flagged={"eps"} if args.eps else set())
     target: str | int | None = args.target
     if isinstance(target, str) and target.lstrip("-").isdigit():
         target = int(target)
@@ -225,16 +239,13 @@ def _parse_subset(text: str) -> tuple[int, int]:
 
 
 def _open_data(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any]]:
-    from .data import FashionMNIST, load_dataset, select_subset, transform_for
+    from .data import load_dataset, select_subset, transform_for
 
     data = str(args.data)
     meta: dict[str, Any] = {"source": data}
     if data.startswith("fashion-mnist"):
-        split = data.partition(":")[2] or "test"
-        if split not in ("train", "test"):
-            raise UsageError(f"fashion-mnist split must be train or test, got {split!r}")
-        dataset: Any = FashionMNIST(split)
-        meta["provenance"] = f"Fashion-MNIST {split} split"
+        dataset: Any = load_dataset(data)
+        meta["provenance"] = f"Fashion-MNIST {dataset.split} split"
     else:
         dataset = load_dataset(data, transform=transform_for(model))
         meta["provenance"] = getattr(dataset, "provenance", "")
@@ -271,8 +282,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("--eps/--alpha/--steps/--targeted describe an --attack; none was given")
 
     from . import distributed
-    from .models import load_model
+    from .models import check_device, load_model
 
+    if args.device is not None:
+        check_device(args.device)
     # One process unless torchrun started several: then join them (before the model, so "cuda" is this rank's GPU).
     info = distributed.setup(args.device)
     model = load_model(args.model, weights=args.weights, device=args.device)
@@ -324,8 +337,7 @@ def _suite_specs(args: argparse.Namespace) -> list[Any]:
     params: dict[str, Any] = {}
     if args.norm is not None:
         params["norm"] = args.norm
-    for key, value in args.param:
-        params[key] = value
+    _add_params(params, args, also_flagged={"eps"})
     return [make_spec(f"suite_{args.suite}", {**params, "eps": eps}) for eps in args.eps]
 
 
@@ -531,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ModuleNotFoundError,
         PermissionError,
         IsADirectoryError,
+        FileExistsError,
     ) as e:
         if debug:
             raise

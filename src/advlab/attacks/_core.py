@@ -15,6 +15,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -109,7 +110,8 @@ def check_logits(logits: Tensor, n: int, y_max: int) -> None:
         raise ValueError(f"the model must return at least 2 class logits per image, got {logits.shape[1]}")
     if y_max >= logits.shape[1]:
         raise ValueError(
-            f"y holds class index {y_max} but the model has {logits.shape[1]} classes (valid: 0..{logits.shape[1] - 1})"
+            f"y (the labels) holds class index {y_max} but the model has {logits.shape[1]} classes "
+            f"(valid: 0..{logits.shape[1] - 1}); are the labels meant for another model?"
         )
 
 
@@ -211,7 +213,8 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 # ------------------------------------------------------------------------------------ the prepared copy
 
-_prepare_models = True
+# A context variable, not a module global: switching it off in one thread (or asyncio task) leaves the others alone.
+_prepare_models: ContextVar[bool] = ContextVar("advlab_prepare_models", default=True)
 PREPARE_MIN_PASSES = 4  # below this many passes an attack does not rebuild a stale prepared copy
 
 
@@ -223,12 +226,11 @@ def prepared_models(enabled: bool) -> Iterator[None]:
     :class:`ModelCall`), at 1.3-1.5x the cost per pass on EfficientNet-Lite0 and 1.4x on the Fashion-MNIST
     CNN (CPU, one thread).
     """
-    global _prepare_models
-    before, _prepare_models = _prepare_models, bool(enabled)
+    token = _prepare_models.set(bool(enabled))
     try:
         yield
     finally:
-        _prepare_models = before
+        _prepare_models.reset(token)
 
 
 _prepared_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], nn.Module | None]] = (
@@ -452,7 +454,7 @@ def prepared_model(model: nn.Module, x: Tensor, passes: int = PREPARE_MIN_PASSES
     ``PREPARE_MIN_PASSES`` passes (``passes``), so FGSM inside a training loop, whose model changes at every
     step, runs the model as given while PGD-10 there still gains.
     """
-    if not _prepare_models or _has_hooks(model):
+    if not _prepare_models.get() or _has_hooks(model):
         # A hooked model runs as given: its hooks see the user's modules (a copy would run copies of the hooks,
         # and a hook that holds the model would keep the cached copy, and so the model, alive for ever).
         return model

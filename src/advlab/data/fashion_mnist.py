@@ -163,11 +163,12 @@ def to_float_images(images: Tensor) -> Tensor:
     return images.unsqueeze(1).float().div_(255.0)
 
 
-class FashionMNIST(Dataset[tuple[Tensor, Tensor]]):
-    """Map-style dataset of ``(image float32 (1, 28, 28) in [0, 1], label int64)`` pairs, held in memory.
+class FashionMNIST(Dataset[tuple[Tensor, Tensor, int]]):
+    """Map-style dataset of ``(image float32 (1, 28, 28) in [0, 1], label int64, index)``, held in memory.
 
-    ``indices`` keeps a subset (e.g. a held-out split) in the given order. The whole split is converted once
-    (60,000 images take 188 MB as float32), so a ``DataLoader`` over it costs only indexing.
+    ``index`` is the image's position in the split, as for every advlab image dataset. ``indices`` keeps a
+    subset (e.g. a held-out split) in the given order; its items keep their index in the split. The whole
+    split is converted once (60,000 images take 188 MB as float32), so a ``DataLoader`` costs only indexing.
     """
 
     classes = CLASSES
@@ -181,9 +182,10 @@ class FashionMNIST(Dataset[tuple[Tensor, Tensor]]):
         download: bool = False,
     ) -> None:
         images, labels = load_fashion_mnist(split, root, download=download)
+        self.indices = torch.arange(labels.shape[0])
         if indices is not None:
-            index = torch.as_tensor(indices, dtype=torch.long)
-            images, labels = images[index], labels[index]
+            self.indices = torch.as_tensor(indices, dtype=torch.long)
+            images, labels = images[self.indices], labels[self.indices]
         self.split = split
         self.images = to_float_images(images)
         self.labels = labels
@@ -191,8 +193,8 @@ class FashionMNIST(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.images[i], self.labels[i]
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        return self.images[i], self.labels[i], int(self.indices[i])
 
     def tensors(self) -> tuple[Tensor, Tensor]:
         """All images (N, 1, 28, 28) float32 in [0, 1] and labels (N,) int64."""

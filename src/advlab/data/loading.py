@@ -9,6 +9,7 @@ from advlab.data.imagenet import ImageNetFolder, LabelledImages, Transform, _Ima
 from advlab.data.sample import default_sample
 
 DEFAULT_DATA = "default"
+FASHION_MNIST = "fashion-mnist"
 
 
 def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transform | None = None) -> _ImageList:
@@ -16,13 +17,22 @@ def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transfor
 
     - ``None`` or ``"default"``: the 20 labelled ImageNet images of the foolbox wheel (:func:`default_sample`);
     - a ``.csv`` file: :class:`LabelledImages` (``file,class_index`` columns);
-    - a folder: :class:`ImageNetFolder` (``<wnid>/<images>``).
+    - a folder: :class:`ImageNetFolder` (``<wnid>/<images>``);
+    - ``"fashion-mnist"`` or ``"fashion-mnist:train"``: :class:`~advlab.data.FashionMNIST` (the test split by
+      default; ``transform`` does not apply: its images are already (1, 28, 28) tensors in [0, 1]).
 
     All checks (missing folder, unknown wnid folders, missing files, out-of-range classes) run here, before
     any image is decoded.
     """
     if data is None or str(data) == DEFAULT_DATA:
         return default_sample(transform)
+    if str(data).startswith(FASHION_MNIST):
+        from .fashion_mnist import FashionMNIST
+
+        split = str(data).partition(":")[2] or "test"
+        if str(data).partition(":")[0] != FASHION_MNIST or split not in ("train", "test"):
+            raise ValueError(f"unknown data {str(data)!r}; expected 'fashion-mnist', 'fashion-mnist:train' or ':test'")
+        return FashionMNIST(split)  # type: ignore[return-value]
     path = Path(data).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".csv":
@@ -30,6 +40,7 @@ def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transfor
         return LabelledImages(path, transform=transform)
     if not path.exists():
         raise FileNotFoundError(
-            f"data {path} does not exist (expected a <wnid>/<images> folder, a labels .csv, or 'default')"
+            f"data {path} does not exist (expected a <wnid>/<images> folder, a labels .csv, 'default' or "
+            "'fashion-mnist')"
         )
     return ImageNetFolder(path, transform=transform)

@@ -293,9 +293,15 @@ def prepare(opts: ReproduceOptions) -> tuple[nn.Module, Any, dict[str, Any], dic
             "30 x 5 = 150 images; pass --data ../shared/data/imagenet-30x5 (or your ImageNet val folder) "
             "for the full protocol."
         )
+    labels = dataset.labels
+    classes_out = len(getattr(model, "class_names", [])) or None
+    if classes_out is not None and int(labels.max()) >= classes_out:
+        raise SpecError(
+            f"{name} has {classes_out} classes, but the labels of {opts.data or 'the default sample'} go up to "
+            f"{int(labels.max())} (ImageNet-1k): the protocol needs an ImageNet classifier"
+        )
     device = next(model.parameters()).device
     preds = _predict(model, dataset, 32, device)
-    labels = dataset.labels
     correct_classes = len({int(c) for c, p in zip(labels.tolist(), preds.tolist(), strict=True) if c == p})
     classes = min(opts.classes, correct_classes)
     if classes < opts.classes:

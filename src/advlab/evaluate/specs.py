@@ -151,7 +151,8 @@ def parse_number(text: object, name: str = "eps", *, allow_zero: bool = True) ->
         raise SpecError(f"{name} must be finite, got {text!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise SpecError(f"{name} must be {bound} (pixel units, images in [0, 1]), got {text!r}")
+        unit = " (pixel units, images in [0, 1])" if name in ("eps", "alpha") else ""
+        raise SpecError(f"{name} must be {bound}{unit}, got {text!r}")
     return value
 
 
@@ -300,7 +301,10 @@ def validate_specs(specs: Iterable[AttackSpec]) -> list[AttackSpec]:
         if not isinstance(spec, AttackSpec):
             raise TypeError(f"attacks must be AttackSpec objects (see advlab.evaluate.make_spec), got {spec!r}")
         if spec.id in seen:
-            raise SpecError(f"two attacks share the id {spec.id!r}; give each attack a distinct id")
+            raise SpecError(
+                f"two attacks share the id {spec.id!r} (the same attack and settings twice, e.g. --eps 0.1 0.1?); "
+                "drop one, or give each a distinct id (id = in a config file)"
+            )
         for dep in spec.only_unbroken:
             if dep not in seen:
                 raise SpecError(f"attack {spec.id!r}: only_unbroken names {dep!r}, which is not an earlier attack")

@@ -6,13 +6,14 @@ and preprocessing. See docs/models_data.md.
 from advlab.models.classifier import ImageClassifier
 from advlab.models.efficientnet_lite import convert_lukemelas_state_dict, lukemelas_to_timm_key
 from advlab.models.weights import WeightsNotFoundError, load_state_dict_file
-from advlab.models.zoo import DEFAULT_MODEL, builtin_models, list_models, load_model, torchvision_models
+from advlab.models.zoo import DEFAULT_MODEL, builtin_models, check_device, list_models, load_model, torchvision_models
 
 __all__ = [
     "DEFAULT_MODEL",
     "ImageClassifier",
     "WeightsNotFoundError",
     "builtin_models",
+    "check_device",
     "convert_lukemelas_state_dict",
     "list_models",
     "load_model",

@@ -92,6 +92,14 @@ class ImageClassifier(nn.Module):
         return len(self.class_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Broadcasting against the (1, C, 1, 1) mean would quietly turn a grey batch into a colour one, or an
+        # unbatched (C, H, W) image into a batch: refuse both.
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            c, h, w = self.input_size
+            raise ValueError(
+                f"{self.name or 'this model'} takes images shaped (N, {c}, H, W) (it was trained on {c} x {h} x {w}), "
+                f"got shape {tuple(x.shape)}; is the data meant for another model?"
+            )
         x = (x - self.mean) / self.std
         if self.channels_last and x.dim() == 4:
             x = _ToChannelsLast.apply(x)

@@ -36,6 +36,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PathLike = str | os.PathLike[str]
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists here, or a ValueError that says what is available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; expected cpu, cuda, cuda:N (or mps, xpu, ...)") from None
+    backend = getattr(torch, dev.type, None) if dev.type != "cpu" else None
+    if dev.type != "cpu" and not (backend is not None and hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(f"device {device!r} is not available on this machine ({dev.type} unavailable); use cpu")
+    if dev.index is not None and dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
 def small_models() -> list[str]:
     """advlab's 28x28 grey-image CNNs: architectures (``mnist_cnn``, ...) and trained Fashion-MNIST models."""
     try:
@@ -140,7 +154,7 @@ def load_model(
     overrides["channels_last"] = channels_last
     model = _apply_overrides(model, overrides)
     if device is not None:
-        model = model.to(device)
+        model = model.to(check_device(device))
     return model.eval()
 
 

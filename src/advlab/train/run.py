@@ -17,6 +17,7 @@ from torch import nn
 
 from advlab import distributed
 from advlab.data.fashion_mnist import load_fashion_mnist, to_float_images
+from advlab.models import check_device
 from advlab.models.small import build
 
 from .checkpoint import atomic_write
@@ -82,9 +83,7 @@ def run_training(config: TrainConfig, *, log: Callable[[str], Any] = print) -> F
     config.validate()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {config.device!r} was asked for but CUDA is not available")
+    device = check_device(config.device)
     # One process unless torchrun started several: then DistributedDataParallel, each global batch split by
     # rank, files written by rank 0 (see advlab.distributed and docs/distributed.md).
     info = distributed.setup(config.device)
