@@ -91,6 +91,7 @@ def test_console_script_and_module_entry_point():
         (["eval", "--attack", "fgsm", "--eps", "0.1", "--model", "no_such_model"], "no_such_model"),
         (["reproduce", "--data", "/no/such/folder"], "does not exist"),
         (["reproduce", "--cw-steps", "0"], "--cw-steps must be >= 1"),
+        (["train", "--eps", "8/0"], "--eps '8/0' divides by zero"),
         (["reproduce", "--model", "fmnist_cnn_pgd"], "fmnist_cnn_pgd has 10 classes, but the labels of the default"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "0"], "--steps must be >= 1, got '0'"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "-p", "eps=0.2"], "eps is set twice, by --eps and by -p eps=0.2"),
@@ -260,3 +261,10 @@ def test_train_runs_through_the_cli(capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "invalid choice: 'nope'" in err
     code, _, err = run_cli(capsys, "eval", "--no-such-flag")
     assert code == 2 and err.count("\n") == 1 and "unrecognized arguments: --no-such-flag" in err
+
+
+def test_train_budgets_are_written_as_in_eval():
+    from advlab.cli import _parse
+
+    args = _parse(["train", "--eps", "8/255", "--alpha", "2/255"])
+    assert (args.eps, args.alpha) == (8 / 255, 2 / 255)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -206,9 +207,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, dest=f.name, default=default, action=argparse.BooleanOptionalAction, help=_HELP[f.name]
             )
         else:
+            # Budgets are written as in advlab eval: 0.1 or a fraction such as 8/255.
+            parse = _pixel_budget(flag) if f.name in ("eps", "alpha") else kind[base]
             parser.add_argument(
-                flag, dest=f.name, type=kind[base], default=default, choices=_CHOICES.get(f.name), help=_HELP[f.name]
+                flag, dest=f.name, type=parse, default=default, choices=_CHOICES.get(f.name), help=_HELP[f.name]
             )
+
+
+def _pixel_budget(flag: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        from advlab.evaluate.specs import parse_number
+
+        try:
+            return parse_number(text, flag)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def _choice(value: object, name: str, choices: tuple[str, ...]) -> None:
