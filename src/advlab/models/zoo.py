@@ -187,8 +187,9 @@ def _unknown_name_message(name: str) -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return (
-        f"unknown model {name!r}{hint}; known names: {', '.join(known)}; or timm:NAME for any of timm.list_models(), "
-        "or the path of a TorchScript file"
+        f"unknown model {name!r}{hint}; expected one of {', '.join(builtin_models())}, a torchvision model name "
+        "(vgg11, resnet50, ...: advlab.models.torchvision_models()), timm:NAME (any of timm.list_models()), or "
+        "the path of a TorchScript file"
     )
 
 
