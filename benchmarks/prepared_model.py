@@ -4,7 +4,9 @@ For each model: CPU time of one forward + input-gradient backward (the unit ever
 step) on the model as given and on its prepared copy (BN folded, channels-last weights), both fed the batch
 in the layout the attacks feed it (channels-last from three channels up, see ModelCall), in rounds that
 interleave the two so a noisy machine slows both alike (medians of per-round ratios); then the largest logit
-difference (relative to the logits' scale) and the relative L2 difference of the input gradients. VGG11 has
+difference (relative to the logits' scale) and the relative L2 difference of the input gradients; and what
+every attack pays to find the cached copy still valid (the content checksum of the weights, the module tree
+and its settings: a cache hit of prepared_model). VGG11 has
 no BN and three input channels and shows the no-copy path; ResNet-50 runs with random weights (and random BN
 statistics) when its checkpoint is absent; fmnist_cnn_pgd is the one-channel, BN-free case.
 
@@ -64,8 +66,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds, CPU")
-    print("| model | batch | copy | as given ms | prepared ms | prepared / as given | logit diff | grad diff |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    print(
+        "| model | batch | copy | as given ms | prepared ms | prepared / as given | logit diff | grad diff "
+        "| cache check ms |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
         model = _load(name)
         for batch in args.batch:
@@ -83,13 +88,18 @@ def main() -> None:
                 a.append(_cpu(model, x, y))
                 b.append(_cpu(folded, x, y))
             ratio = statistics.median(q / p for p, q in zip(a, b, strict=True))
+            checks = []
+            for _ in range(max(args.rounds, 5)):
+                start = time.process_time()
+                prepared_model(model, x)
+                checks.append(time.process_time() - start)
             folds = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) - sum(
                 isinstance(m, nn.BatchNorm2d) for m in folded.modules()
             )
             state = f"{folds} BN folded, built in {build:.2f} s" if folded is not model else "none (as given)"
             print(
                 f"| {name} | {batch} | {state} | {1000 * statistics.median(a):.0f} | {1000 * statistics.median(b):.0f} "
-                f"| {ratio:.2f} | {logit_diff:.1e} | {grad_diff:.1e} |",
+                f"| {ratio:.2f} | {logit_diff:.1e} | {grad_diff:.1e} | {1000 * statistics.median(checks):.1f} |",
                 flush=True,
             )
 

@@ -305,6 +305,11 @@ def test_two_process_eval_equals_single_process(eval_dirs: dict[str, Path]) -> N
     assert without_timings(summary) == without_timings(json.loads((single / "summary.json").read_text()))
     assert records_of(two) == records_of(single)  # per sample identical: random starts and targets follow the index
     assert len(result.stdout.strip().splitlines()) == 2  # rank 0 alone prints the two per-attack lines
+    # Another seed into the same folder with --replace: the first rank clears the old run, both redo it all.
+    ok(torchrun([*EVAL_ARGS, "--seed", "1", "--replace"], eval_dirs["two"]))
+    again = json.loads((two / "summary.json").read_text())
+    assert again["seed"] == 1 and again["complete"] and again["n_samples"] == 96
+    assert set(record_files(two)) == set(record_files(single)) and records_of(two) != records_of(single)
 
 
 @needs_data
