@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,6 +47,7 @@ def _check(x: torch.Tensor, x_adv: torch.Tensor, eps: float | torch.Tensor, norm
     assert bool((dist <= e + TOL).all()), (dist, e)
 
 
+@pytest.mark.filterwarnings("ignore:Linf eps:UserWarning")  # eps up to 2 on purpose: the box must hold
 @settings(max_examples=60, deadline=None)
 @given(problems(), st.sampled_from(["linf", "l2"]), st.sampled_from(["ce", "margin"]))
 def test_fgsm_stays_in_box_and_ball(p: dict, norm: str, loss: str) -> None:
@@ -53,6 +55,7 @@ def test_fgsm_stays_in_box_and_ball(p: dict, norm: str, loss: str) -> None:
     _check(p["x"], x_adv, p["eps"], norm)
 
 
+@pytest.mark.filterwarnings("ignore:Linf eps:UserWarning")  # eps up to 2 on purpose: the box must hold
 @settings(max_examples=60, deadline=None)
 @given(problems(), st.integers(1, 6))
 def test_bim_stays_in_box_and_ball(p: dict, steps: int) -> None:
@@ -60,6 +63,7 @@ def test_bim_stays_in_box_and_ball(p: dict, steps: int) -> None:
     _check(p["x"], x_adv, p["eps"], "linf")
 
 
+@pytest.mark.filterwarnings("ignore:Linf eps:UserWarning")  # eps up to 2 on purpose: the box must hold
 @settings(max_examples=80, deadline=None)
 @given(problems(), st.sampled_from(["linf", "l2"]), st.integers(1, 5), st.integers(1, 3), st.booleans())
 def test_pgd_stays_in_box_and_ball(p: dict, norm: str, steps: int, restarts: int, random_start: bool) -> None:

@@ -494,8 +494,10 @@ def test_budgets_take_numpy_and_graph_tensors_and_warn_about_255_scale(digits_mo
         eps = torch.full((4,), 0.1, requires_grad=True)
         assert torch.equal(attacks.fgsm(model, x, y, eps * 1.0), want)
         attacks.pgd(model, x, y, 3.0, norm="l2", steps=2)  # an L2 budget above 1 is common
-    with pytest.warns(UserWarning, match="8/255"):
-        attacks.pgd(model, x, y, 8.0, steps=2)
+    for attack in (lambda e: attacks.pgd(model, x, y, e, steps=2), lambda e: attacks.bim(model, x, y, e, steps=2)):
+        with pytest.warns(UserWarning, match="8/255") as record:
+            attack(8.0)
+        assert [w.filename for w in record] == [__file__]  # the warning names the caller's line
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here; runs where a GPU exists")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import os
+import sys
 import warnings
 import weakref
 from collections import Counter
@@ -136,6 +138,15 @@ def per_sample(value: float | Tensor, n: int, name: str, like: Tensor, *, strict
     return t
 
 
+def _outside_advlab() -> int:
+    """The ``stacklevel`` that makes a warning raised by the caller point at the first frame outside advlab."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(2), 2  # level 1 is the caller of this function, the one that warns
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def check_eps(eps: float | Tensor, n: int, like: Tensor, norm: str) -> Tensor:
     """:func:`per_sample` for the budget; an Linf eps above 1 (the whole [0, 1] box) is almost always a budget
     meant for pixels in [0, 255] (8 for 8/255), so it is warned about."""
@@ -145,7 +156,7 @@ def check_eps(eps: float | Tensor, n: int, like: Tensor, norm: str) -> Tensor:
             f"Linf eps {float(eps_t.max()):.6g} > 1 allows any image in [0, 1]; eps is in pixel units of images "
             "in [0, 1] (8/255 = 0.0314, not 8)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=_outside_advlab(),
         )
     return eps_t
 
