@@ -92,6 +92,7 @@ def test_console_script_and_module_entry_point():
         (["reproduce", "--data", "/no/such/folder"], "does not exist"),
         (["reproduce", "--cw-steps", "0"], "--cw-steps must be >= 1"),
         (["train", "--eps", "8/0"], "--eps '8/0' divides by zero"),
+        (["train", "--train-subset", "0"], "--train-subset must be >= 1, got 0"),
         (["reproduce", "--model", "fmnist_cnn_pgd"], "fmnist_cnn_pgd has 10 classes, but the labels of the default"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "0"], "--steps must be >= 1, got '0'"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "-p", "eps=0.2"], "eps is set twice, by --eps and by -p eps=0.2"),

@@ -13,7 +13,9 @@ before any work starts; set ``ADVLAB_DEBUG=1`` to see the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import shlex
 import sys
 import tomllib
@@ -402,8 +404,6 @@ def _reproduce_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    import dataclasses
-
     if int(os.environ.get("WORLD_SIZE") or 1) > 1:
         raise UsageError(
             "advlab reproduce runs in one process; under torchrun use advlab eval or advlab train (docs/distributed.md)"
@@ -475,7 +475,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.quiet:
         args.progress = False
-    config = TrainConfig.from_namespace(args)
+    try:
+        config = TrainConfig.from_namespace(args)  # validated on construction
+    except (ValueError, TypeError) as e:
+        # The checks name TrainConfig's fields (Python API); on the command line, name the flags.
+        message = str(e)
+        for f in dataclasses.fields(TrainConfig):
+            if "_" in f.name:
+                message = re.sub(rf"\b{f.name}\b", "--" + f.name.replace("_", "-"), message)
+        raise UsageError(message) from None
     run_training(config, log=(lambda *_: None) if args.quiet else print)
     return 0
 

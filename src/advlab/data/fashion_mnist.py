@@ -44,8 +44,9 @@ SYSTEM_ROOT = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "ADVLAB_FASHION_MNIST"
 HOW_TO_GET = (
     "install Debian's package (apt-get install dataset-fashion-mnist, which puts the IDX files in "
-    f"{SYSTEM_ROOT}), or set ${ENV_VAR} / pass root= to a folder holding train-images-idx3-ubyte.gz and the "
-    "three other IDX files (directly or under FashionMNIST/raw/), or pass download=True with a network"
+    f"{SYSTEM_ROOT}), or set ${ENV_VAR} / pass root= (advlab train: --data-root) to a folder holding "
+    "train-images-idx3-ubyte.gz and the three other IDX files (directly or under FashionMNIST/raw/), or pass "
+    "download=True (Python API) with a network"
 )
 _IDX_UBYTE = 0x08
 
