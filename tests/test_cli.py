@@ -231,6 +231,47 @@ target = "least-likely"
 
 
 @needs_fashion
+def test_a_suite_after_listed_attacks_is_their_per_sample_worst_case(capsys, weights, tmp_path):
+    config = tmp_path / "attacks.toml"
+    config.write_text(
+        f"""
+model = "mnist_cnn_small"
+weights = "{weights}"
+data = "fashion-mnist"
+limit = 32
+batch_size = 16
+suite = "fast"
+
+[[attack]]
+name = "fgsm"
+eps = 0.1
+
+[[attack]]
+name = "pgd"
+eps = 0.1
+steps = 3
+
+[[attack]]
+name = "fgsm"
+eps = 0.05
+"""
+    )
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "eval", "--config", str(config), "--eps", "0.1", "--out", str(out), "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    by_name = {a["id"]: a for a in summary["attacks"]}
+    suite = summary["attacks"][-1]
+    assert suite["name"] == "suite_fast" and suite["only_unbroken"] == [a["id"] for a in summary["attacks"][:2]]
+    assert suite["adv_top1"] <= min(a["adv_top1"] for a in list(by_name.values())[:2])
+    checks = {c["name"]: c for c in summary["sanity"]["checks"]}
+    assert (
+        checks["suite_is_worst_case"]["status"] == "pass"
+        and checks["suite_is_worst_case"]["numbers"]["missed_by_suite"] == 0
+    )
+
+
+@needs_fashion
 def test_suite_strong_runs_as_one_attack(capsys, weights, tmp_path):
     out = tmp_path / "suite"
     code, _, err = run_cli(capsys, *small_eval(weights, out, "--suite", "strong", "--eps", "0.1"))

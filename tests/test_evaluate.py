@@ -352,6 +352,21 @@ def test_a_different_run_is_refused_before_any_work(data, tmp_path):
         evaluate(model, ds, [make_spec("fgsm", {"eps": 0.1})], out=tmp_path / "other", quiet=True)
 
 
+def test_summary_line_quotes_the_l2_of_successful_examples(data):
+    from advlab.evaluate.engine import summary_line
+
+    model, ds = data
+    small = Items(ds.x[:32], ds.y[:32])
+    result = evaluate(model, small, [make_spec("suite_fast", {"eps": 0.05}, id="fast")], batch_size=16, quiet=True)
+    (attack,) = result.summary["attacks"]
+    hits = [r["l2"] for r in result.records["fast"] if r["success"] and r["l2"] > 0]
+    misses = [r["l2"] for r in result.records["fast"] if not r["success"]]
+    assert hits and misses and set(misses) == {0.0}  # the suite keeps the clean image where it fails
+    line = summary_line(attack)
+    assert f"mean L2 of successes {attack['norms_successful']['l2']['mean']:.4g}" in line
+    assert attack["norms_successful"]["l2"]["mean"] > attack["norms"]["l2"]["mean"]
+
+
 def test_source_digest_follows_the_code_that_makes_records(tmp_path):
     import shutil
 

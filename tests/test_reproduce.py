@@ -63,9 +63,11 @@ def test_std_scale_is_the_models_std():
     assert std_scale(torch.nn.Linear(2, 2)) == 1.0
 
 
-def numbers(fgsm1: float, pgd1: float, fgsm2: float | None = None) -> dict:
-    """Table numbers with the given top-1 (fractions) for FGSM and PGD and fixed others."""
-    table = {"natural": [1.0, 1.0], "fgsm": [fgsm1, 0.2], "bim": [0.05, 0.2], "pgd": [pgd1, 0.1], "strong": [0, 0]}
+def numbers(fgsm1: float, pgd1: float, fgsm2: float | None = None, strong: float = 0.0) -> dict:
+    """Table numbers with the given top-1 (fractions) for FGSM, PGD and the strong column, and fixed others."""
+    table = {
+        "natural": [1.0, 1.0], "fgsm": [fgsm1, 0.2], "bim": [0.05, 0.2], "pgd": [pgd1, 0.1], "strong": [strong, 0.1]
+    }  # fmt: skip
     t2 = copy.deepcopy(table)
     if fgsm2 is not None:
         t2["fgsm"][0] = fgsm2
@@ -85,6 +87,14 @@ def test_reading_says_what_the_numbers_show():
     non_monotone = " ".join(reading(numbers(0.0, 0.0, fgsm2=0.2), Protocol(), "m", 10, 0.5))
     assert "FGSM is not monotone in eps" in non_monotone
     assert "at 1 of 1 eps values" in strong_pgd  # Figure 6: BIM below FGSM
+    # The strong column's reading follows its numbers, and names the run's own PGD steps.
+    assert "m keeps essentially no robust accuracy (at most 0.0% top-1)" in strong_pgd
+    assert "the samples PGD-6 missed are not robust" in weak_pgd
+    robust = " ".join(
+        reading(numbers(0.5, 0.6, strong=0.55), dataclasses.replace(Protocol(), pgd_steps=9), "m", 10, 0.5)
+    )
+    assert "m keeps up to 55.0% top-1 under the strongest attacks" in robust and "essentially no" not in robust
+    assert "PGD-9 leaves more top-1 accuracy" in robust and "does not break them all either" in robust
 
 
 def test_reproduce_end_to_end_on_two_images(tmp_path):

@@ -119,6 +119,9 @@ def test_verdicts_both_ways() -> None:
     t, f = torch.tensor([True, False, True]), torch.tensor([False, False, True])
     assert sanity.check_iterative_vs_single_step(t, f).status == "pass"
     assert sanity.check_iterative_vs_single_step(f, t).status == "warn"
+    # Equal totals, disjoint samples: FGSM broke two samples the iterative attack missed.
+    a, b = torch.tensor([True, True, False, False]), torch.tensor([False, False, True, True])
+    assert sanity.check_iterative_vs_single_step(a, b).status == "warn"
     assert sanity.check_monotone([0.1, 0.2, 0.05], [0.5, 0.4, 0.6]).status == "pass"
     assert sanity.check_monotone([0.1, 0.2, 0.4], [0.5, 0.4, 0.45]).status == "warn"
     assert sanity.check_large_eps(0.5, 0.0).status == "pass" and sanity.check_large_eps(0.5, 0.3).status == "warn"
@@ -153,6 +156,49 @@ def test_summary_checks() -> None:
     assert bad is not None and bad["warnings"] == 3
     assert check_summary(summary(("pgd", 0.1, 0.3))) is None
     json.dumps(bad)
+
+
+def run_of(n: int, **broken: set[int]) -> tuple[dict, dict]:
+    """A summary and per-sample records of untargeted attacks at eps 0.1; ``broken`` = name -> broken indices."""
+    attacks, records = [], {}
+    for name, idx in broken.items():
+        attacks.append(
+            {"id": name, "name": name, "label": name, "params": {"eps": 0.1}, "targeted": False,
+             "adv_top1": 1 - len(idx) / n}
+        )  # fmt: skip
+        records[name] = [{"index": i, "success": i in idx} for i in range(n)]
+    return {"n_samples": n, "attacks": attacks}, records
+
+
+def test_summary_checks_count_samples_when_records_are_given() -> None:
+    n = 100
+    # Square and PGD leave the same accuracy, but Square's five breaks are samples PGD left standing.
+    pgd, square = set(range(0, 50)), set(range(5, 55))
+    totals, records = run_of(n, fgsm=set(range(30)), pgd=pgd, square=square)
+    assert statuses_of(check_summary(totals))["square_vs_whitebox"] == "pass"  # totals cannot tell
+    per_sample = check_summary(totals, records)
+    assert statuses_of(per_sample)["square_vs_whitebox"] == "warn"
+    assert _numbers(per_sample, "square_vs_whitebox")["broken_only_by_square"] == 5
+    # A suite weaker than a plain attack of the same run, per sample and in total.
+    totals, records = run_of(n, fgsm=set(range(40)), pgd=set(range(60)), suite_strong=set(range(10, 60)))
+    assert statuses_of(check_summary(totals)) == {"iterative_vs_single_step": "pass", "suite_is_worst_case": "warn"}
+    per_sample = check_summary(totals, records)  # the ten it missed are FGSM's too: both checks see them
+    assert statuses_of(per_sample) == {"iterative_vs_single_step": "warn", "suite_is_worst_case": "warn"}
+    assert _numbers(per_sample, "suite_is_worst_case")["missed_by_suite"] == 10
+    assert _numbers(per_sample, "iterative_vs_single_step")["broken_only_by_fgsm"] == 10
+    # The suite as worst case: every sample another attack broke, and more.
+    totals, records = run_of(n, fgsm=set(range(40)), pgd=set(range(60)), suite_strong=set(range(70)))
+    assert all(c["status"] == "pass" for c in check_summary(totals, records)["checks"])
+
+
+def statuses_of(result: dict | None) -> dict[str, str]:
+    assert result is not None
+    return {c["name"]: c["status"] for c in result["checks"]}
+
+
+def _numbers(result: dict | None, name: str) -> dict:
+    assert result is not None
+    return next(c["numbers"] for c in result["checks"] if c["name"] == name)
 
 
 @pytest.mark.parametrize("name", ["fmnist_cnn_pgd", "fmnist_cnn_standard"])

@@ -277,7 +277,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.attack is not None:
         specs += _flag_attack(args)
     if args.suite is not None:
-        specs += _suite_specs(args)
+        for suite in _suite_specs(args):
+            # The suite is the run's worst case: it runs after, and on top of, the listed untargeted attacks of its
+            # budget (only_unbroken), so its numbers are the per-sample worst case over all of them.
+            norm, eps = suite.params.get("norm", "linf"), suite.params["eps"]
+            same = [
+                s.id
+                for s in specs
+                if not s.targeted and s.params.get("eps") == eps and s.params.get("norm", "linf") == norm
+            ]
+            specs.append(dataclasses.replace(suite, only_unbroken=tuple(same)))
     if not specs:
         raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --suite or --config")
     if args.attack is None and args.suite is None and (args.eps or args.alpha or args.steps or args.targeted):

@@ -445,18 +445,21 @@ def build_summary(
         "sanity": None,
         **dict(extra or {}),
     }
-    summary["sanity"] = sanity_of(summary)
+    summary["sanity"] = sanity_of(summary, records)
     return summary
 
 
-def sanity_of(summary: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The gradient-masking checks a summary answers by itself (:func:`advlab.evaluate.sanity.check_summary`:
-    iterative vs single-step, monotone in eps, Square vs white-box); None where none applies."""
+def sanity_of(
+    summary: Mapping[str, Any], records: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+) -> dict[str, Any] | None:
+    """The gradient-masking checks a summary and its records answer (:func:`advlab.evaluate.sanity.check_summary`:
+    iterative vs single-step, Square vs white-box and a suite vs the other attacks per sample, monotone in eps);
+    None where none applies."""
     try:
         from .sanity import check_summary
     except ImportError:  # the checks are optional
         return None
-    return check_summary(summary)
+    return check_summary(summary, records)
 
 
 def summary_line(attack: Mapping[str, Any]) -> str:
@@ -468,9 +471,11 @@ def summary_line(attack: Mapping[str, Any]) -> str:
     name = attack["id"] if attack["id"] == attack["label"] else f"{attack['id']} = {attack['label']}"
     line = f"{name}: top-1 {pct(attack['adv_top1'])} top-5 {pct(attack['adv_top5'])}"
     line += f" (clean {pct(attack['clean_top1'])}), success {pct(attack['success_rate'])}"
-    linf, l2 = attack["norms"]["linf"]["max"], attack["norms"]["l2"]["mean"]
+    # Mean L2 over the successful examples: comparable across attacks (a suite returns the clean image, L2 0,
+    # where it failed; a PGD its last try); the max Linf over all samples shows the budget held.
+    linf, l2 = attack["norms"]["linf"]["max"], (attack.get("norms_successful") or {}).get("l2", {}).get("mean")
     if linf is not None:
-        line += f", max Linf {linf:.4g}, mean L2 {l2:.4g}"
+        line += f", max Linf {linf:.4g}, mean L2 of successes {'n/a' if l2 is None else f'{l2:.4g}'}"
     return line + f", {attack['time_s']:.1f} s over {attack['n']} samples"
 
 

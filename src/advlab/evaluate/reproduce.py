@@ -13,8 +13,8 @@ The paper attacks VGG11 (ImageNet) on 30 visually distinct classes x 5 correctly
 The paper states neither the scale of eps nor the step sizes. Both eps readings are run: eps on [0, 1]
 pixels, and eps on mean/std-normalised inputs, which is eps * std in pixels (the mean of the model's three
 stds when they differ). The step sizes used are stated in :class:`Protocol` and in the report. A column of
-strong settings (the per-sample worst case of the row's attacks and a PGD with more steps and random
-restarts run on the samples they left standing) shows what a proper evaluation gives.
+strong settings (the per-sample worst case of the row's attacks and of the "strong" suite, APGD-CE, APGD-T and
+Square, run on the samples they left standing) shows what a proper evaluation gives.
 
 Everything runs through :func:`advlab.evaluate.evaluate`, so a killed reproduction resumes where it stopped.
 """
@@ -129,7 +129,10 @@ class Protocol:
                 f"targeted CW-L2, c from {self.cw_c:g} (x10 until found, then bisected), {self.cw_search} "
                 f"rounds of {self.cw_steps} Adam steps, lr {self.cw_lr:g}, kappa 0, random targets",
             ),
-            ("targets", "uniform among the 999 other classes, drawn per sample from the seed (as in the paper)"),
+            (
+                "targets",
+                "uniform among the other classes (999 on ImageNet), drawn per sample from the seed (as in the paper)",
+            ),
         ]
 
 
