@@ -93,6 +93,7 @@ def test_console_script_and_module_entry_point():
         (["reproduce", "--cw-steps", "0"], "--cw-steps must be >= 1"),
         (["train", "--eps", "8/0"], "--eps '8/0' divides by zero"),
         (["train", "--train-subset", "0"], "--train-subset must be >= 1, got 0"),
+        (["train", "--val-size", "59990", "--train-subset", "256"], "--train-subset 256 is more than the 10"),
         (["reproduce", "--model", "fmnist_cnn_pgd"], "fmnist_cnn_pgd has 10 classes, but the labels of the default"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "0"], "--steps must be >= 1, got '0'"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "-p", "eps=0.2"], "eps is set twice, by --eps and by -p eps=0.2"),
@@ -298,7 +299,7 @@ def test_train_runs_through_the_cli(capsys, tmp_path):
         "train", "--method", "standard", "--model", "mnist_cnn_small", "--epochs", "1", "--train-subset", "256",
         "--val-size", "64", "--batch-size", "64", "--out", str(out), "--quiet",
     )  # fmt: skip
-    assert code == 2 and err.count("\n") == 1 and "already exists; pass resume=True (--resume)" in err
+    assert code == 2 and err.count("\n") == 1 and "already exists; resume it (resume=True, --resume)" in err
     code, _, err = run_cli(capsys, "train", "--method", "nope")
     assert code == 2 and err.count("\n") == 1 and "invalid choice: 'nope'" in err
     code, _, err = run_cli(capsys, "eval", "--no-such-flag")

@@ -30,8 +30,10 @@ from advlab.train import (
     fit,
     load_checkpoint,
     method_loss,
+    pgd_inner,
     run_training,
     trades_inner,
+    train_epoch,
 )
 from advlab.train.loop import eps_at
 
@@ -146,7 +148,7 @@ def test_inner_maximisations_stay_in_the_ball_and_the_box(eps: float, seed: int)
     for x_adv in (
         fgsm_rs(model, x, y, eps, 1.25 * eps),
         trades_inner(model, x, eps, eps / 4, 3),
-        attacks.pgd(model, x, y, eps, 2.5 * eps / 3, 3),
+        pgd_inner(model, x, y, eps, 2.5 * eps / 3, 3),
     ):
         assert x_adv.shape == x.shape
         assert float((x_adv - x).abs().max()) <= eps + 1e-6
@@ -174,11 +176,54 @@ def test_inner_maximisations_increase_their_objectives(fmnist_test: tuple[torch.
             return nn.functional.kl_div(model(z).log_softmax(1), p, reduction="none").sum(1)
 
         assert float(kl(trades_inner(model, x, eps, eps / 4, 5)).mean()) > 5 * float(kl(random_point).mean())
+        last = pgd_inner(model, x, y, eps, eps / 4, 7)  # Madry's inner max: the last iterate, not the best
+        assert ce(model(last), y) > ce(model(random_point), y) + 0.1
+        assert float((last - x).abs().amax()) == pytest.approx(eps, abs=1e-6)  # sign steps end on the ball
     # TRADES' loss is CE on clean plus beta * KL; at eps = 0 it is the clean CE exactly.
     loss0, _ = method_loss("trades", model, x, y, eps=0.0, alpha=0.01, steps=3, beta=6.0)
     assert torch.allclose(loss0, ce(model(x), y))
     loss, _ = method_loss("trades", model, x, y, eps=eps, alpha=eps / 4, steps=5, beta=6.0)
     assert float(loss.detach()) > float(loss0.detach())
+
+
+def test_inner_attacks_use_the_prepared_copy_by_their_length_alone() -> None:
+    """What ran before in the process (a held-out PGD check that left a cached copy, or nothing, as after a
+    resume) must not change an inner maximisation's result: that is what bit-identical resume rests on."""
+    import copy
+
+    from advlab.attacks._core import _prepared_cache
+
+    torch.manual_seed(0)
+    model = build("mnist_cnn_small").train()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+
+    def loss_of(m: nn.Module, method: str, steps: int) -> torch.Tensor:
+        torch.manual_seed(1)
+        return method_loss(method, m, x, y, eps=0.1, alpha=0.025, steps=steps, beta=6.0)[0].detach()
+
+    fresh = copy.deepcopy(model)
+    short = loss_of(fresh, "fgsm-rs", 1)
+    assert _prepared_cache.get(fresh) is None  # FGSM-RS neither builds nor uses a copy
+    warm = copy.deepcopy(model)
+    attacks.pgd(warm, x, y, 0.1, steps=10)  # an evaluation attack caches a copy of these very weights
+    assert _prepared_cache.get(warm) is not None
+    assert torch.equal(loss_of(warm, "fgsm-rs", 1), short)
+    assert torch.equal(loss_of(copy.deepcopy(model), "pgd", 5), loss_of(warm, "pgd", 5))  # PGD: a copy either way
+
+
+def test_fit_takes_batches_with_an_index_and_checks_amp_against_the_model(
+    fmnist_test: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    x, y = fmnist_test
+    triples = [(x[i], y[i], i) for i in range(64)]  # what a DataLoader over advlab.data.FashionMNIST yields
+    loader = torch.utils.data.DataLoader(triples, batch_size=32)
+    model = linear()
+    stats = train_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), quiet(method="fgsm-rs"))
+    assert stats.loss > 0 and 0 <= stats.accuracy <= 1
+    if not torch.cuda.is_available():
+        cfg = quiet(amp=True, device="cuda", out=str(tmp_path))  # the config alone cannot know the model's device
+        with pytest.raises(ValueError, match=r"CUDA only, but the model is on cpu"):
+            train_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), cfg)
 
 
 def test_defaults_follow_the_papers() -> None:
@@ -189,6 +234,10 @@ def test_defaults_follow_the_papers() -> None:
     assert eps_at(cfg, 1, 4, 10) == pytest.approx(0.075)
     assert eps_at(cfg, 2, 0, 10) == pytest.approx(0.1)
     assert eps_at(quiet(eps=0.1), 0, 0, 10) == 0.1
+    # A loader without len(): the ramp moves per epoch (a batch's share of the epoch is unknown).
+    assert [eps_at(cfg, e, b, None) for e, b in [(0, 0), (0, 7), (1, 3), (3, 0)]] == pytest.approx(
+        [0.05, 0.05, 0.1, 0.1]
+    )
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -240,8 +289,14 @@ def test_resume_refuses_another_architecture_or_other_settings(tmp_path: Path) -
     run_training(quiet(**kw), log=lambda s: None)
     with pytest.raises(FileExistsError, match="already exists"):
         run_training(quiet(**kw), log=lambda s: None)
-    with pytest.raises(ValueError, match=r"another architecture \('mnist_cnn_small'\).*shapes differ"):
+    # Resumed without the original flags: the differing settings are named, and where to find them.
+    with pytest.raises(ValueError, match=r"model: checkpoint 'mnist_cnn_small' vs now 'mnist_cnn'.*config\.json"):
         run_training(quiet(**{**kw, "model": "mnist_cnn"}, resume=True), log=lambda s: None)
+    # The same settings with another network (fit with a model of one's own): the architecture check speaks.
+    other = build("mnist_cnn")
+    loader = TensorLoader(torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match=r"another architecture \('mnist_cnn_small'\).*shapes differ"):
+        fit(other, loader, None, torch.optim.Adam(other.parameters()), quiet(**kw, resume=True), log=lambda s: None)
     with pytest.raises(ValueError, match=r"different settings: lr: checkpoint 0.001 vs now 0.002"):
         run_training(quiet(**kw, lr=2e-3, resume=True), log=lambda s: None)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

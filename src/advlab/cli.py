@@ -486,6 +486,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.progress = False
     try:
         config = TrainConfig.from_namespace(args)  # validated on construction
+        run_training(config, log=(lambda *_: None) if args.quiet else print)
     except (ValueError, TypeError) as e:
         # The checks name TrainConfig's fields (Python API); on the command line, name the flags.
         message = str(e)
@@ -493,7 +494,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             if "_" in f.name:
                 message = re.sub(rf"\b{f.name}\b", "--" + f.name.replace("_", "-"), message)
         raise UsageError(message) from None
-    run_training(config, log=(lambda *_: None) if args.quiet else print)
     return 0
 
 
@@ -547,9 +547,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return int(args.run(args) or 0)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        print(
-            "advlab: interrupted (the run directory holds every finished batch; run again to resume)", file=sys.stderr
-        )
+        if argv[:1] == ["train"]:
+            why = "checkpoint.pt in --out holds the last finished epoch; the same command with --resume continues"
+        else:
+            why = "the run directory holds every finished batch; run again to resume"
+        print(f"advlab: interrupted ({why})", file=sys.stderr)
         return 130
     except (
         UsageError,

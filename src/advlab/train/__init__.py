@@ -8,7 +8,7 @@ or, with your own model, loaders and optimiser, :func:`fit` (and its parts :func
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import METHODS, TrainConfig, default_alpha
-from .inner import fgsm_rs, method_loss, trades_inner
+from .inner import fgsm_rs, method_loss, pgd_inner, trades_inner
 from .loop import EpochStats, FitResult, TensorLoader, TrainingDivergedError, evaluate, fit, train_epoch
 from .run import run_training
 
@@ -25,6 +25,7 @@ __all__ = [
     "fit",
     "load_checkpoint",
     "method_loss",
+    "pgd_inner",
     "run_training",
     "save_checkpoint",
     "trades_inner",

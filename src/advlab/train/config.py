@@ -21,8 +21,9 @@ RUNTIME_FIELDS: frozenset[str] = frozenset({"out", "resume", "progress", "thread
 def default_alpha(method: str, eps: float, steps: int) -> float:
     """The step size the papers use when none is given.
 
-    pgd and trades: 2.5 * eps / steps (Madry et al. 2018, appendix; enough to reach the ball's boundary and
-    move along it). fgsm-rs: 1.25 * eps (Wong, Rice & Kolter 2020, "Fast is better than free", section 4).
+    pgd and trades: 2.5 * eps / steps, a rule from Madry-lab's later work, enough to reach the ball's boundary
+    and move along it (Madry et al. 2018 themselves ran 40 steps of 0.01 at eps 0.3 on MNIST and 7 of 2/255 at
+    8/255 on CIFAR-10: 1.3 and 1.75 eps in all). fgsm-rs: 1.25 * eps (Wong, Rice & Kolter 2020, section 4).
     """
     if method == "fgsm-rs":
         return 1.25 * eps

@@ -7,17 +7,32 @@ approximately solving the inner max for a batch; the outer min is one optimiser 
 
 The inner maximisations run the model in eval mode with frozen parameters (so batch-norm statistics are not
 touched by attack passes and no weight gradient is computed) and always sum, never average, the per-sample
-objective, so each sample's perturbation depends on that sample alone.
+objective, so each sample's perturbation depends on that sample alone. Eval mode is a choice, shared with the
+TRADES reference code and Madry-lab's ``robustness`` library; Madry et al.'s and Wong et al.'s own code attack
+in train mode (batch statistics). It makes no difference to BN-free models such as the shipped CNNs.
+
+Whether an attack runs advlab's prepared copy of the model (:func:`advlab.attacks._core.prepared_model`) is
+decided here by the attack's length alone: short ones (FGSM-RS) never, long ones always, rebuilt from the
+current weights. Left to the cache, it would depend on what ran earlier in the process, and a resumed run,
+whose process starts afresh, would then differ by float rounding from an uninterrupted one.
 """
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlab import attacks
-from advlab.attacks._core import frozen
+from advlab.attacks._core import PREPARE_MIN_PASSES, ModelCall, frozen
+
+
+def history_free_copy(passes: int) -> AbstractContextManager[None]:
+    """The prepared copy for an attack of ``passes`` model passes: always from ``PREPARE_MIN_PASSES`` on, never
+    below, whatever is cached (see the module's docstring)."""
+    return attacks.prepared_models(passes >= PREPARE_MIN_PASSES)
 
 
 def fgsm_rs(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float) -> Tensor:
@@ -30,8 +45,26 @@ def fgsm_rs(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float) ->
     per pixel), so the result is in both.
     """
     start = (x + (2 * torch.rand_like(x) - 1) * eps).clamp_(0, 1)
-    stepped = attacks.fgsm(model, start, y, alpha)
+    with history_free_copy(2):
+        stepped = attacks.fgsm(model, start, y, alpha)
     return torch.clamp(stepped, x - eps, x + eps)
+
+
+def pgd_inner(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int) -> Tensor:
+    """Madry et al. 2018's inner maximisation: a uniform random start in the eps-ball, then ``steps`` projected
+    sign-gradient steps of size ``alpha`` on the summed cross-entropy, clipped to the ball and [0, 1]; the last
+    iterate is returned, as in their code (an evaluation attack keeps the best point instead)."""
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    x_adv = torch.min(torch.max(x + (2 * torch.rand_like(x) - 1) * eps, lo), hi)
+    with frozen(model), history_free_copy(steps):
+        forward = ModelCall(model, x, steps)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(forward(x_adv), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), lo), hi)
+    return x_adv.detach()
 
 
 def trades_inner(model: nn.Module, x: Tensor, eps: float, alpha: float, steps: int) -> Tensor:
@@ -78,8 +111,8 @@ def method_loss(
     """One batch's training loss (batch mean) and the logits it was computed on (for the train accuracy).
 
     - "standard": cross-entropy on the clean batch.
-    - "pgd": cross-entropy at the PGD point (Madry et al.: random start, ``steps`` steps of size ``alpha``),
-      found by :func:`advlab.attacks.pgd` (which returns the highest-loss iterate it met).
+    - "pgd": cross-entropy at the PGD point (:func:`pgd_inner`: Madry et al.'s random start, ``steps`` steps of
+      size ``alpha``, last iterate).
     - "fgsm-rs": cross-entropy at the FGSM-from-random-start point (:func:`fgsm_rs`).
     - "trades": CE(f(x), y) + beta * KL(f(x) || f(x')) with x' from :func:`trades_inner` (Zhang et al. eq. 5);
       the logits returned are those at x'.
@@ -92,7 +125,7 @@ def method_loss(
         logits = model(x)
         return F.cross_entropy(logits, y), logits
     if method == "pgd":
-        x_adv = attacks.pgd(target, x, y, eps, alpha, steps, random_start=True)
+        x_adv = pgd_inner(target, x, y, eps, alpha, steps)
     elif method == "fgsm-rs":
         x_adv = fgsm_rs(target, x, y, eps, alpha)
     elif method == "trades":

@@ -105,12 +105,16 @@ def _check_batch(x: Tensor, y: Tensor) -> None:
         raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
 
 
-def eps_at(config: TrainConfig, epoch: int, batch: int, batches: int) -> float:
-    """The eps of a batch: ramped linearly from 0 over ``eps_ramp_epochs`` epochs (per batch), then constant."""
+def eps_at(config: TrainConfig, epoch: int, batch: int, batches: int | None) -> float:
+    """The eps of a batch: ramped linearly from 0 over ``eps_ramp_epochs`` epochs, then constant.
+
+    Per batch when the loader's length (``batches``) is known; for a loader without ``__len__`` the ramp moves
+    per epoch (every batch of epoch e gets the value at its end), since a batch's share of the epoch is unknown.
+    """
     if config.eps_ramp_epochs == 0:
         return config.eps
-    progress = (epoch + (batch + 1) / batches) / config.eps_ramp_epochs
-    return config.eps * min(1.0, progress)
+    share = 1.0 if not batches else (batch + 1) / batches
+    return config.eps * min(1.0, (epoch + share) / config.eps_ramp_epochs)
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> AbstractContextManager[Any]:
@@ -144,15 +148,18 @@ def train_epoch(
     NaN into the weights).
     """
     device = _device_of(model)
+    if config.amp and device.type != "cuda":
+        raise ValueError(f"amp (mixed precision) is supported on CUDA only, but the model is on {device}")
     model.train()
-    batches = len(loader) if hasattr(loader, "__len__") else 0
+    batches = len(loader) if hasattr(loader, "__len__") else None
     alpha_ratio = config.inner_alpha / config.eps if config.eps > 0 else 0.0
     total_loss, correct, seen = 0.0, 0, 0
-    bar = _progress(loader, config.progress, f"epoch {epoch + 1}/{config.epochs}", batches or None)
-    for b, (x, y) in enumerate(bar):
+    bar = _progress(loader, config.progress, f"epoch {epoch + 1}/{config.epochs}", batches)
+    for b, batch in enumerate(bar):
+        x, y = batch[0], batch[1]  # (images, labels, ...): advlab's datasets add the index
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         _check_batch(x, y)
-        eps = eps_at(config, epoch, b, max(batches, 1))
+        eps = eps_at(config, epoch, b, batches)
         with _autocast(config, device):
             loss, logits = method_loss(
                 config.method, model, x, y, eps=eps, alpha=alpha_ratio * eps, steps=config.steps, beta=config.beta
@@ -203,7 +210,8 @@ def evaluate(
     device = _device_of(target)
     clean = robust = seen = 0
     try:
-        for x, y in _progress(loader, progress, "held-out PGD", None):
+        for batch in _progress(loader, progress, "held-out PGD", None):
+            x, y = batch[0], batch[1]
             x, y = x.to(device), y.to(device)
             n = y.shape[0]
             with torch.no_grad():
@@ -278,15 +286,21 @@ def fit(
     start = 0
     if config.resume:
         payload = load_checkpoint(ckpt_path)
-        check_architecture(payload, attack_module(model), ckpt_path)
+        # Settings first: a resume without the original flags differs in them, which says more than shapes do.
         diffs = config.differences(payload["config"])
         if diffs:
-            raise ValueError(f"cannot resume {ckpt_path} with different settings: " + "; ".join(diffs))
+            raise ValueError(
+                f"cannot resume {ckpt_path} with different settings: {'; '.join(diffs)} (resume with the original "
+                "settings: advlab train keeps them in config.json next to the checkpoint)"
+            )
+        check_architecture(payload, attack_module(model), ckpt_path)
         restore(payload, attack_module(model), optimizer, scheduler)
         start, history, best = payload["epoch"], list(payload["history"]), dict(payload["best"])
         log(f"resumed {ckpt_path} after epoch {start}/{config.epochs}")
     elif ckpt_path.exists():
-        raise FileExistsError(f"{ckpt_path} already exists; pass resume=True (--resume) to continue it, or another out")
+        raise FileExistsError(
+            f"{ckpt_path} already exists; resume it (resume=True, --resume) or choose another out (--out)"
+        )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
@@ -297,6 +311,7 @@ def fit(
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
         t0 = time.perf_counter()
+        lr_first = optimizer.param_groups[0]["lr"]  # after the epoch the scheduler already points past it
         stats = train_epoch(model, train_loader, optimizer, config, epoch=epoch, scheduler=scheduler)
         seconds = time.perf_counter() - t0
         if val_loader is not None:
@@ -305,11 +320,11 @@ def fit(
             )
         else:
             val_clean = val_pgd = float("nan")
-        batches = len(train_loader) if hasattr(train_loader, "__len__") else 1
+        batches = len(train_loader) if hasattr(train_loader, "__len__") else None
         row = {
             "epoch": epoch + 1,
-            "eps": eps_at(config, epoch, batches - 1, batches),
-            "lr": optimizer.param_groups[0]["lr"],
+            "eps": eps_at(config, epoch, (batches or 1) - 1, batches),
+            "lr": lr_first,
             "train_loss": stats.loss,
             "train_acc": stats.accuracy,
             "val_clean_acc": val_clean,

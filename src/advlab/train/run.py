@@ -67,6 +67,11 @@ def load_data(config: TrainConfig) -> tuple[TensorLoader, TensorLoader | None]:
     x = to_float_images(images)
     train_idx, val_idx = split_indices(labels.shape[0], config.val_size, config.seed)
     if config.train_subset is not None:
+        if config.train_subset > train_idx.numel():
+            raise ValueError(
+                f"train_subset {config.train_subset} is more than the {train_idx.numel()} training images left "
+                f"after val_size {config.val_size}; lower one of them"
+            )
         train_idx = train_idx[: config.train_subset]
     train = TensorLoader(x[train_idx], labels[train_idx], config.batch_size, shuffle=True, seed=config.seed)
     val = TensorLoader(x[val_idx], labels[val_idx], 500) if config.val_size > 0 else None
