@@ -52,6 +52,13 @@ def small_eval(weights: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def config_head(weights: Path, **settings: object) -> str:
+    """The top of an attacks.toml for the small Fashion-MNIST CNN: model, weights, data and ``settings``."""
+    lines = ['model = "mnist_cnn_small"', f'weights = "{weights}"', 'data = "fashion-mnist"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------ help
 
 
@@ -192,15 +199,8 @@ def test_fashion_mnist_takes_a_class_balanced_subset_and_refuses_the_wrong_model
 def test_config_file_with_several_attacks_and_a_sweep(capsys, weights, tmp_path):
     config = tmp_path / "attacks.toml"
     config.write_text(
-        f"""
-model = "mnist_cnn_small"
-weights = "{weights}"
-data = "fashion-mnist"
-limit = 16
-batch_size = 8
-seed = 3
-out = "{tmp_path / "from-config"}"
-
+        config_head(weights, limit=16, batch_size=8, seed=3, out=str(tmp_path / "from-config"))
+        + """
 [[attack]]
 name = "fgsm"
 id = "fgsm-small"
@@ -235,14 +235,8 @@ target = "least-likely"
 def test_a_suite_after_listed_attacks_is_their_per_sample_worst_case(capsys, weights, tmp_path):
     config = tmp_path / "attacks.toml"
     config.write_text(
-        f"""
-model = "mnist_cnn_small"
-weights = "{weights}"
-data = "fashion-mnist"
-limit = 32
-batch_size = 16
-suite = "fast"
-
+        config_head(weights, limit=32, batch_size=16, suite="fast")
+        + """
 [[attack]]
 name = "fgsm"
 eps = 0.1
