@@ -259,6 +259,12 @@ eps = 0.05
     suite = summary["attacks"][-1]
     assert suite["name"] == "suite_fast" and suite["only_unbroken"] == [a["id"] for a in summary["attacks"][:2]]
     assert suite["adv_top1"] <= min(a["adv_top1"] for a in list(by_name.values())[:2])
+    # AutoAttack's running robust accuracy, stage by stage, ending at the suite's number.
+    assert [st["name"] for st in suite["stages"]] == ["clean", "apgd-ce", "apgd-t"]
+    assert suite["stages"][-1]["robust_after"] == pytest.approx(suite["adv_top1"])
+    standing = suite["broken_by"].get("robust", 0)
+    assert sum(st["broken"] for st in suite["stages"]) + suite["n_from_other_attacks"] + standing == suite["n"]
+    assert "targeted DLR towards the top-3" in suite["stages"][2]["description"]
     checks = {c["name"]: c for c in summary["sanity"]["checks"]}
     assert (
         checks["suite_is_worst_case"]["status"] == "pass"

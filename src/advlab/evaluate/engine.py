@@ -393,6 +393,32 @@ def run_config(
     }
 
 
+def suite_progress(spec: AttackSpec, stats: Mapping[str, Any], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per stage of a suite, in order: its budget, the samples it broke, and the top-1 accuracy left after it
+    (AutoAttack's running robust accuracy); the last ``robust_after`` is the suite's ``adv_top1``."""
+    from .suite import DEFAULT_SQUARE_QUERIES, suite_stages
+
+    queries = int(spec.params.get("square_queries", DEFAULT_SQUARE_QUERIES))
+    described = {"clean": "misclassified without attack"} | {
+        st.name: st.description for st in suite_stages(spec.name[len("suite_") :], square_queries=queries)
+    }
+    counts = {int(k): int(v) for k, v in stats["broken_by_counts"].items()}
+    n = int(stats["n"])
+    standing = n - int(stats.get("n_from_other_attacks") or 0)  # broken by the attacks it was chained on
+    out = []
+    for k, name in enumerate(names):
+        standing -= counts.get(k, 0)
+        out.append(
+            {
+                "name": name,
+                "description": described.get(name, ""),
+                "broken": counts.get(k, 0),
+                "robust_after": standing / n,
+            }
+        )
+    return out
+
+
 def build_summary(
     records: Mapping[str, list[dict[str, Any]]],
     specs: Sequence[AttackSpec],
@@ -418,6 +444,7 @@ def build_summary(
             stats["broken_by"] = {
                 ("robust" if int(k) < 0 else names[int(k)]): v for k, v in stats["broken_by_counts"].items()
             }
+            stats["stages"] = suite_progress(spec, stats, names)
         attacks.append(
             {
                 **spec.to_dict(),
