@@ -102,7 +102,7 @@ def test_console_script_and_module_entry_point():
         (["train", "--train-subset", "0"], "--train-subset must be >= 1, got 0"),
         (["train", "--val-size", "59990", "--train-subset", "256"], "--train-subset 256 is more than the 10"),
         (["reproduce", "--model", "fmnist_cnn_pgd"], "fmnist_cnn_pgd has 10 classes, but the labels of the default"),
-        (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "0"], "--steps must be >= 1, got '0'"),
+        (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "0"], "argument --steps: must be >= 1, got '0'"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "-p", "eps=0.2"], "eps is set twice, by --eps and by -p eps=0.2"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "-p", "steps=4"], "steps is set twice"),
         (["eval", "--suite", "strong", "--eps", "0.1", "--norm", "l2", "-p", "norm=linf"], "norm is set twice"),

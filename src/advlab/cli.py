@@ -93,14 +93,14 @@ def _apply_config(
     return parser.parse_args(argv)
 
 
-def _int_arg(name: str, minimum: int = 0) -> Callable[[str], int]:
+def _int_arg(minimum: int = 0) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:  # argparse prefixes "argument NAME: "
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
         return value
 
     return parse
@@ -139,14 +139,12 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="state-dict file or weights tag for --model")
     p.add_argument("--data", default="default", help="dataset folder, labels CSV, 'default' or fashion-mnist[:split]")
     p.add_argument("--subset", default=None, metavar="CxN", help="the paper's selection of C classes x N images")
-    p.add_argument("--limit", type=_int_arg("--limit", 1), default=None, help="only the first N samples")
+    p.add_argument("--limit", type=_int_arg(1), default=None, help="only the first N samples")
     p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
     p.add_argument("--eps", nargs="+", default=None, help="budget(s) in pixel units: 0.03, 8/255; several = a sweep")
     p.add_argument("--alpha", default=None, help="step size (pixel units)")
-    p.add_argument("--steps", type=_int_arg("--steps", 1), default=None, help="iterations")
-    p.add_argument(
-        "--restarts", type=_int_arg("--restarts", 1), default=None, help="random restarts (pgd, apgd, apgd_t)"
-    )
+    p.add_argument("--steps", type=_int_arg(1), default=None, help="iterations")
+    p.add_argument("--restarts", type=_int_arg(1), default=None, help="random restarts (pgd, apgd, apgd_t)")
     p.add_argument("--norm", default=None, help="linf or l2")
     p.add_argument("--loss", default=None, help="ce or margin")
     p.add_argument("--targeted", action="store_true", default=False, help="targeted attack")
@@ -172,10 +170,8 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
         help="if --out holds a different run (other settings, model, data or advlab code), start it over "
         "instead of refusing",
     )
-    p.add_argument(
-        "--batch-size", dest="batch_size", type=_int_arg("--batch-size", 1), default=16, help="samples per batch"
-    )
-    p.add_argument("--seed", type=_int_arg("--seed"), default=0, help="seed of targets and random starts")
+    p.add_argument("--batch-size", dest="batch_size", type=_int_arg(1), default=16, help="samples per batch")
+    p.add_argument("--seed", type=_int_arg(), default=0, help="seed of targets and random starts")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     p.set_defaults(run=cmd_eval, attack_tables=None)
@@ -374,35 +370,35 @@ def _reproduce_parser(sub: Any) -> argparse.ArgumentParser:
         help="if --out holds a different run (other settings, model, data or advlab code), start it over "
         "instead of refusing",
     )
-    p.add_argument("--classes", type=_int_arg("--classes"), default=30, help="classes to select")
-    p.add_argument("--per-class", dest="per_class", type=_int_arg("--per-class"), default=5, help="images per class")
+    p.add_argument("--classes", type=_int_arg(), default=30, help="classes to select")
+    p.add_argument("--per-class", dest="per_class", type=_int_arg(), default=5, help="images per class")
     p.add_argument(
         "--select-seed",
         dest="select_seed",
-        type=_int_arg("--select-seed"),
+        type=_int_arg(),
         default=0,
         help="seed of the 30 x 5 selection (which classes and images)",
     )
-    p.add_argument("--seed", type=_int_arg("--seed"), default=0, help="seed of targets and random starts")
+    p.add_argument("--seed", type=_int_arg(), default=0, help="seed of targets and random starts")
     p.add_argument(
         "--batch-size",
         dest="batch_size",
-        type=_int_arg("--batch-size"),
+        type=_int_arg(),
         default=None,
         help="images per batch (default: equal batches of at most 24)",
     )
-    p.add_argument("--limit", type=_int_arg("--limit"), default=None, help="attack only the first N selected images")
+    p.add_argument("--limit", type=_int_arg(), default=None, help="attack only the first N selected images")
     p.add_argument(
         "--cw-steps",
         dest="cw_steps",
-        type=_int_arg("--cw-steps"),
+        type=_int_arg(),
         default=None,
         help="CW-L2 Adam steps per binary-search round (default 20)",
     )
     p.add_argument(
         "--cw-search",
         dest="cw_search",
-        type=_int_arg("--cw-search"),
+        type=_int_arg(),
         default=None,
         help="CW-L2 binary-search rounds (default 2)",
     )
