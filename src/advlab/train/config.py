@@ -99,7 +99,9 @@ class TrainConfig:
         if not 0.0 <= self.eps <= 1.0:
             raise ValueError(f"eps must be in [0, 1] (pixel units, images in [0, 1]), got {self.eps}")
         if self.method != "standard" and self.eps == 0:
-            raise ValueError(f"method {self.method!r} needs eps > 0; use method='standard' for eps = 0")
+            raise ValueError(
+                f"method {self.method!r} needs eps > 0; for eps = 0 use method 'standard' (--method standard)"
+            )
         if self.alpha is not None:
             _number(self.alpha, "alpha")
             if not 0 < self.alpha <= 1:
