@@ -187,10 +187,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_ranks(argvs: Sequence[Sequence[str]], cwd: Path, **extra: str) -> list[subprocess.Popen[str]]:
-    """Start one process per argv with the environment torchrun gives its workers (as on separate machines)."""
+def start_ranks(
+    argvs: Sequence[Sequence[str]], cwd: Path | Sequence[Path], **extra: str
+) -> list[subprocess.Popen[str]]:
+    """Start one process per argv with the environment torchrun gives its workers (as on separate machines);
+    ``cwd`` is one folder for all or one per rank."""
     port = str(free_port())
     procs = []
+    cwds = [cwd] * len(argvs) if isinstance(cwd, Path) else list(cwd)
     for rank, argv in enumerate(argvs):
         env = _env(
             RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(len(argvs)), MASTER_ADDR="127.0.0.1", MASTER_PORT=port
@@ -199,7 +203,7 @@ def start_ranks(argvs: Sequence[Sequence[str]], cwd: Path, **extra: str) -> list
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "advlab", *argv],
-                cwd=cwd,
+                cwd=cwds[rank],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -360,3 +364,22 @@ def test_ranks_with_different_commands_stop_at_start(eval_dirs: dict[str, Path])
         assert "advlab: error: ranks disagree on the command: rank 0 has `" in err, err[-3000:]
         assert "--seed 1" in err and "Traceback" not in err
     assert not (cwd / "run" / "records").exists()  # stopped before any work
+
+
+@needs_data
+def test_a_rank_that_fails_after_joining_is_named_by_the_others(trained: Path, tmp_path: Path) -> None:
+    """Rank 1 cannot read the weights (a relative path that exists only where rank 0 runs) while rank 0 waits in a
+    collective: rank 0 must report rank 1's error, not its own broken connection."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    (here / "w").mkdir(parents=True)
+    there.mkdir()
+    (here / "w" / "fm.safetensors").write_bytes((trained / "final.safetensors").read_bytes())
+    argv = ["eval", "--model", "mnist_cnn_small", "--weights", "w/fm.safetensors", "--data", "fashion-mnist"]
+    argv += ["--limit", "16", "--batch-size", "8", "--attack", "fgsm", "--eps", "0.1", "--quiet", "--out", "run"]
+    procs = start_ranks([argv, argv], [here, there])
+    outputs = [p.communicate(timeout=90) for p in procs]
+    (_, err0), (_, err1) = outputs
+    assert procs[1].returncode == 2 and "weights file w/fm.safetensors does not exist" in err1, err1[-2000:]
+    assert procs[0].returncode == 1, err0[-2000:]
+    assert "advlab: error: rank 1 stopped with an error: FileNotFoundError: weights file" in err0, err0[-2000:]
+    assert "Traceback" not in err0

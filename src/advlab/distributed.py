@@ -458,6 +458,31 @@ def peer_failure() -> str | None:
     return _STATE.heartbeat.failure if _STATE is not None else None
 
 
+def _recorded_failure(wait: float = 0.0) -> str | None:
+    """The reason another rank wrote into the store, read there directly (the heartbeat only polls every few
+    seconds), waiting up to ``wait`` seconds for it: a peer that fails closes its connections a moment before
+    it has written why, so a backend error here is often the first sign of a failure about to be recorded."""
+    state = _STATE
+    if state is None:
+        return None
+    deadline = time.monotonic() + wait
+    while True:
+        failure = peer_failure()
+        if failure is None:
+            with contextlib.suppress(Exception):  # the store may be gone with the failed rank
+                key = f"{state.namespace}/failed"
+                if state.store.check([key]):
+                    failure = state.store.get(key).decode(errors="replace")
+        if failure is not None or time.monotonic() >= deadline:
+            return failure
+        time.sleep(0.05)
+
+
+def _backend_error(e: BaseException) -> bool:
+    """An error raised by a collective or the backend (gloo/NCCL), not by advlab or the user's code."""
+    return isinstance(e, RuntimeError) and not isinstance(e, RunError)
+
+
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
     """Leave the process group (if one was joined) when the block ends, telling the others how it ended.
@@ -472,7 +497,7 @@ def guard() -> Iterator[None]:
     except BaseException as e:
         if _STATE is None:
             raise
-        failure = peer_failure()
+        failure = _recorded_failure(wait=2.0 if _backend_error(e) else 0.0)
         clean_exit = isinstance(e, SystemExit) and e.code in (0, None)
         if clean_exit and failure is None:
             teardown()
@@ -508,7 +533,7 @@ def _collective(fn: Callable[[], Any], info: RankInfo, what: str) -> Any:
             raise DistributedError(failure) from None
         raise
     except Exception as e:
-        failure = peer_failure()
+        failure = _recorded_failure(wait=2.0)
         if failure is not None:
             raise DistributedError(failure) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

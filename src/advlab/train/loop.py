@@ -8,6 +8,7 @@ calls ``set_epoch`` on a loader or its sampler when they have one, and writes fi
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -295,6 +296,12 @@ def fit(
             )
         check_architecture(payload, attack_module(model), ckpt_path)
         restore(payload, attack_module(model), optimizer, scheduler)
+        if not main:
+            # The checkpoint holds rank 0's generator: give every other rank its own stream again (derived from
+            # that state and the rank, so a resume is reproducible), or all ranks would draw the same noise.
+            digest = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).digest()
+            rank = torch.distributed.get_rank()
+            torch.manual_seed((int.from_bytes(digest[:8], "little") + 1_000_003 * rank) % 2**63)
         start, history, best = payload["epoch"], list(payload["history"]), dict(payload["best"])
         log(f"resumed {ckpt_path} after epoch {start}/{config.epochs}")
     elif ckpt_path.exists():
