@@ -122,6 +122,17 @@ def test_user_mistakes_are_one_line_and_exit_2(capsys, argv, needle):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [({"WORLD_SIZE": "2", "RANK": "5"}, "RANK must be in 0..1"), ({"WORLD_SIZE": "two"}, "must be an integer")],
+)
+def test_bad_torchrun_settings_are_usage_mistakes(capsys, monkeypatch, env, needle):
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", **env}.items():
+        monkeypatch.setenv(key, value)
+    code, _, err = run_cli(capsys, "eval", "--attack", "fgsm", "--eps", "0.1", "--data", "fashion-mnist")
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+
+
 def test_no_traceback_from_the_real_console_script():
     res = subprocess.run(
         [str(ADVLAB), "eval", "--attack", "pgd", "--eps", "8/0"], capture_output=True, text=True, timeout=120

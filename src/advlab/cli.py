@@ -409,7 +409,7 @@ def _reproduce_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+    if _under_torchrun():
         raise UsageError(
             "advlab reproduce runs in one process; under torchrun use advlab eval or advlab train (docs/distributed.md)"
         )
@@ -529,6 +529,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _under_torchrun() -> bool:
+    """Whether several processes were started (``WORLD_SIZE`` other than 1); a malformed value counts, so that
+    the distributed setup reports it as the usage mistake it is."""
+    return (os.environ.get("WORLD_SIZE") or "1").strip() != "1"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advlab`` console script and ``python -m advlab``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -536,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parse(argv)
         _progress(bool(getattr(args, "quiet", False)))
-        if int(os.environ.get("WORLD_SIZE") or 1) > 1:  # started by torchrun: tell the other ranks how this ends
+        if _under_torchrun():  # tell the other ranks how this ends
             from .distributed import guard
 
             with guard():

@@ -67,6 +67,10 @@ class DistributedError(RunError):
     """The ranks of a distributed run disagree or lost each other (one line: which rank, what, what to do)."""
 
 
+class DistributedSettingError(DistributedError, ValueError):
+    """An environment variable of a distributed run that is not valid: a usage mistake (exit status 2)."""
+
+
 # ------------------------------------------------------------------------------------------ rank info
 
 
@@ -98,7 +102,9 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise DistributedError(f"environment variable {name}={raw!r} must be an integer (set by torchrun)") from None
+        raise DistributedSettingError(
+            f"environment variable {name}={raw!r} must be an integer (set by torchrun)"
+        ) from None
 
 
 def rank_info_from_env(env: Mapping[str, str] | None = None) -> RankInfo:
@@ -108,15 +114,15 @@ def rank_info_from_env(env: Mapping[str, str] | None = None) -> RankInfo:
     rank = _env_int(env, "RANK", 0)
     local = _env_int(env, "LOCAL_RANK", rank if world > 1 else 0)
     if world < 1:
-        raise DistributedError(f"WORLD_SIZE must be >= 1, got {world}")
+        raise DistributedSettingError(f"WORLD_SIZE must be >= 1, got {world}")
     if not 0 <= rank < world:
-        raise DistributedError(f"RANK must be in 0..{world - 1} (WORLD_SIZE={world}), got {rank}")
+        raise DistributedSettingError(f"RANK must be in 0..{world - 1} (WORLD_SIZE={world}), got {rank}")
     if local < 0:
-        raise DistributedError(f"LOCAL_RANK must be >= 0, got {local}")
+        raise DistributedSettingError(f"LOCAL_RANK must be >= 0, got {local}")
     if world > 1:
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
         if missing:
-            raise DistributedError(
+            raise DistributedSettingError(
                 f"WORLD_SIZE={world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
                 "start the processes with torchrun (see docs/distributed.md)"
             )
@@ -130,9 +136,9 @@ def _seconds_from_env(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise DistributedError(f"{name}={raw!r} must be a number of seconds > 0") from None
+        raise DistributedSettingError(f"{name}={raw!r} must be a number of seconds > 0") from None
     if not (math.isfinite(value) and value > 0):
-        raise DistributedError(f"{name}={raw!r} must be a number of seconds > 0")
+        raise DistributedSettingError(f"{name}={raw!r} must be a number of seconds > 0")
     return value
 
 
