@@ -93,6 +93,15 @@ def _apply_config(
     return parser.parse_args(argv)
 
 
+def _add_replace_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="if --out holds a different run (other settings, model, data or advlab code), start it over "
+        "instead of refusing",
+    )
+
+
 def _int_arg(minimum: int = 0) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -164,12 +173,7 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
         help="run a named suite of attacks: 'strong' (the worst-case ensemble) or 'fast'",
     )
     p.add_argument("--out", default="runs/eval", help="run directory")
-    p.add_argument(
-        "--replace",
-        action="store_true",
-        help="if --out holds a different run (other settings, model, data or advlab code), start it over "
-        "instead of refusing",
-    )
+    _add_replace_flag(p)
     p.add_argument("--batch-size", dest="batch_size", type=_int_arg(1), default=16, help="samples per batch")
     p.add_argument("--seed", type=_int_arg(), default=0, help="seed of targets and random starts")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
@@ -364,12 +368,7 @@ def _reproduce_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name (default: the embedded efficientnet_lite0)")
     p.add_argument("--data", default=None, help="ImageNet-style folder or labels CSV (default: the 20-image sample)")
     p.add_argument("--out", default="runs/reproduce", help="run directory")
-    p.add_argument(
-        "--replace",
-        action="store_true",
-        help="if --out holds a different run (other settings, model, data or advlab code), start it over "
-        "instead of refusing",
-    )
+    _add_replace_flag(p)
     p.add_argument("--classes", type=_int_arg(), default=30, help="classes to select")
     p.add_argument("--per-class", dest="per_class", type=_int_arg(), default=5, help="images per class")
     p.add_argument(

@@ -571,11 +571,7 @@ def wait_for_all(what: str, info: RankInfo | None = None, *, timeout: float | No
         store.set(f"{key}/{info.rank}", "1")
         arrived = store.add(key, 1)
         while arrived < info.world_size:
-            failure = peer_failure() or (
-                store.get(f"{state.namespace}/failed").decode(errors="replace")
-                if store.check([f"{state.namespace}/failed"])
-                else None
-            )
+            failure = _recorded_failure()
             if failure is not None:
                 raise DistributedError(failure)
             if time.monotonic() - start > limit:

@@ -151,9 +151,12 @@ def check_eps(eps: float | Tensor, n: int, like: Tensor, norm: str) -> Tensor:
     """:func:`per_sample` for the budget; an Linf eps above 1 (the whole [0, 1] box) is almost always a budget
     meant for pixels in [0, 255] (8 for 8/255), so it is warned about."""
     eps_t = per_sample(eps, n, "eps", like, strictly_positive=False)
-    if norm == "linf" and float(eps_t.max()) > 1:
+    if norm != "linf":
+        return eps_t
+    largest = float(eps_t.max()) if isinstance(eps, Tensor) else float(eps)
+    if largest > 1:
         warnings.warn(
-            f"Linf eps {float(eps_t.max()):.6g} > 1 allows any image in [0, 1]; eps is in pixel units of images "
+            f"Linf eps {largest:.6g} > 1 allows any image in [0, 1]; eps is in pixel units of images "
             "in [0, 1] (8/255 = 0.0314, not 8)",
             UserWarning,
             stacklevel=_outside_advlab(),
@@ -367,7 +370,7 @@ def _relu_pool_pairs(model: nn.Module) -> list[tuple[str, int]]:
     max-pooling commutes with ReLU (both are monotone: max_i relu(a_i) = relu(max_i a_i)), and the
     gradient agrees too (both route to the window's first maximum, and relu' is 0 there exactly when the
     whole window is <= 0), so pooling first runs the ReLU, forward and backward, on a quarter of the
-    elements. Only modules without hooks, in an ``nn.Sequential`` whose forward is the plain chain.
+    elements. Only in an ``nn.Sequential`` whose forward is the plain chain (a hooked model is never copied).
     """
     found: list[tuple[str, int]] = []
     for name, seq in model.named_modules():
@@ -376,12 +379,7 @@ def _relu_pool_pairs(model: nn.Module) -> list[tuple[str, int]]:
         mods = list(seq)
         for i in range(len(mods) - 1):
             relu, pool = mods[i], mods[i + 1]
-            if (
-                type(relu) is nn.ReLU
-                and type(pool) is nn.MaxPool2d
-                and not pool.return_indices
-                and not any(m._forward_hooks or m._forward_pre_hooks for m in (relu, pool))
-            ):
+            if type(relu) is nn.ReLU and type(pool) is nn.MaxPool2d and not pool.return_indices:
                 found.append((name, i))
     return found
 
@@ -516,13 +514,7 @@ class ModelCall:
         # Here, not in __init__: the attack has put the model in eval mode by now (frozen()).
         self.model = prepared_model(self.model, x, self.passes)
         try:
-            if self.layout is None:
-                return self.model(x)
-            try:
-                return self.model(x.contiguous(memory_format=self.layout))
-            except RuntimeError:
-                self.layout = None
-                return self.model(x)
+            return self._first_call(x)
         except RuntimeError as e:
             dtypes = sorted({str(p.dtype) for p in self.model.parameters() if p.is_floating_point()})
             if dtypes and str(x.dtype) not in dtypes:  # torch's own message names neither side's role
@@ -531,6 +523,15 @@ class ModelCall:
                     f"dtype (x.to({dtypes[0]})) or convert the model"
                 ) from e
             raise
+
+    def _first_call(self, x: Tensor) -> Tensor:
+        if self.layout is None:
+            return self.model(x)
+        try:
+            return self.model(x.contiguous(memory_format=self.layout))
+        except RuntimeError:
+            self.layout = None
+            return self.model(x)
 
 
 # ------------------------------------------------------------------------------------------- objectives

@@ -344,6 +344,11 @@ def _attack_key(a: Mapping[str, Any]) -> tuple[str, float | None]:
     return str(params.get("norm", "linf")), None if eps is None else float(eps)
 
 
+def _verdict(name: str, ok: bool, numbers: dict[str, Any], message: str, warning: str) -> Check:
+    """A summary check: pass, or warn with ``warning`` appended to the message."""
+    return Check(name, PASS if ok else WARN, numbers, message if ok else f"{message}: {warning}")
+
+
 def check_summary(
     summary: Mapping[str, Any], records: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
 ) -> dict[str, Any] | None:
@@ -396,19 +401,15 @@ def check_summary(
             msg = f"{worst['label']} leaves {worst['adv_top1']:.1%} vs FGSM's {acc_fgsm:.1%} {where}"
             if broken is not None:
                 # Each suite is a worst case by itself; the plain iterative attacks count together.
-                only = max(
-                    [beyond(single, iterative)] * bool(iterative) + [beyond(single, [s]) for s in suites], default=0
-                )
+                counts = [beyond(single, [s]) for s in suites] + ([beyond(single, iterative)] if iterative else [])
+                only = max(counts)
                 numbers["broken_only_by_fgsm"] = only
                 if only > _tolerated(n):
                     ok = False
                     msg += f"; FGSM broke {only} samples the iterative attacks missed"
             checks.append(
-                Check(
-                    "iterative_vs_single_step",
-                    PASS if ok else WARN,
-                    numbers,
-                    msg + ("" if ok else ": the iterative attack is weaker than a single step"),
+                _verdict(
+                    "iterative_vs_single_step", ok, numbers, msg, "the iterative attack is weaker than a single step"
                 )
             )
         white = single + iterative
@@ -425,11 +426,8 @@ def check_summary(
                 ok = (acc_white - acc_black) * n <= _tolerated(n)
                 msg = f"Square leaves {acc_black:.1%}, the best white-box attack {acc_white:.1%} {where}"
             checks.append(
-                Check(
-                    "square_vs_whitebox",
-                    PASS if ok else WARN,
-                    numbers,
-                    msg + ("" if ok else ": the black-box attack is stronger, so gradients are masked"),
+                _verdict(
+                    "square_vs_whitebox", ok, numbers, msg, "the black-box attack is stronger, so gradients are masked"
                 )
             )
         for suite in suites:
@@ -446,20 +444,11 @@ def check_summary(
             else:
                 ok = (suite["adv_top1"] - best["adv_top1"]) * n <= _tolerated(n)
                 msg = f"{suite['label']} leaves {suite['adv_top1']:.1%}, {best['label']} {best['adv_top1']:.1%} {where}"
-            checks.append(
-                Check(
-                    "suite_is_worst_case",
-                    PASS if ok else WARN,
-                    numbers,
-                    msg
-                    + (
-                        ""
-                        if ok
-                        else ": the suite's number is not the worst case of this run (chain it with "
-                        "only_unbroken, or report the per-sample worst case)"
-                    ),
-                )
+            why = (
+                "the suite's number is not the worst case of this run (chain it with only_unbroken, or report the "
+                "per-sample worst case)"
             )
+            checks.append(_verdict("suite_is_worst_case", ok, numbers, msg, why))
     by_config: dict[str, list[Mapping[str, Any]]] = {}
     for a in attacks:
         rest = {k: v for k, v in (a.get("params") or {}).items() if k not in ("eps", "alpha")}

@@ -151,7 +151,7 @@ def parse_number(text: object, name: str = "eps", *, allow_zero: bool = True) ->
         raise SpecError(f"{name} must be finite, got {text!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        unit = " (pixel units, images in [0, 1])" if name in ("eps", "alpha") else ""
+        unit = " (pixel units, images in [0, 1])" if name.lstrip("-") in ("eps", "alpha") else ""
         raise SpecError(f"{name} must be {bound}{unit}, got {text!r}")
     return value
 

@@ -42,10 +42,12 @@ def check_device(device: str | torch.device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}; expected cpu, cuda, cuda:N (or mps, xpu, ...)") from None
-    backend = getattr(torch, dev.type, None) if dev.type != "cpu" else None
-    if dev.type != "cpu" and not (backend is not None and hasattr(backend, "is_available") and backend.is_available()):
+    if dev.type == "cpu":
+        return dev
+    available = getattr(getattr(torch, dev.type, None), "is_available", None)
+    if available is None or not available():
         raise ValueError(f"device {device!r} is not available on this machine ({dev.type} unavailable); use cpu")
-    if dev.index is not None and dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA devices")
     return dev
 

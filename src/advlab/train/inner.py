@@ -55,7 +55,7 @@ def pgd_inner(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, 
     sign-gradient steps of size ``alpha`` on the summed cross-entropy, clipped to the ball and [0, 1]; the last
     iterate is returned, as in their code (an evaluation attack keeps the best point instead)."""
     lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
-    x_adv = torch.min(torch.max(x + (2 * torch.rand_like(x) - 1) * eps, lo), hi)
+    x_adv = torch.clamp(x + (2 * torch.rand_like(x) - 1) * eps, lo, hi)
     with frozen(model), history_free_copy(steps):
         forward = ModelCall(model, x, steps)
         for _ in range(steps):
@@ -63,7 +63,7 @@ def pgd_inner(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, 
             loss = F.cross_entropy(forward(x_adv), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x_adv)
             with torch.no_grad():
-                x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), lo), hi)
+                x_adv = torch.clamp(x_adv.detach() + alpha * grad.sign(), lo, hi)
     return x_adv.detach()
 
 
