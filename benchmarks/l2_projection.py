@@ -1,6 +1,6 @@
 """L2 attacks with the exact projection onto ball ∩ box against the scale-then-clip shortcut, paired by seed.
 
-advlab's ``Geometry.project_`` finds the Euclidean projection onto the L2 ball intersected with [0, 1]^d by
+advlab's ``L2.project_`` finds the Euclidean projection onto the L2 ball intersected with [0, 1]^d by
 ``L2_PROJECTION_ITERATIONS`` fixed-point iterations; with 0 iterations it is the shortcut most libraries use
 (scale the perturbation to the ball, then clip). This script runs PGD-L2 and APGD-CE-L2 both ways with the
 same per-sample seeds on the correctly classified of the first ``--images`` Fashion-MNIST test images and
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import advlab.attacks._core as core
+import advlab.attacks.norms as core
 from advlab import attacks
 from benchmarks._peers.workload import fmnist_workload
 

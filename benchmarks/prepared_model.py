@@ -1,14 +1,10 @@
-"""What attacking the prepared copy of a model buys (advlab.attacks._core.prepared_model), and what it changes.
+"""What attacking advlab.models.prepare's copy of a model buys, and what it changes.
 
-For each model: CPU time of one forward + input-gradient backward (the unit every gradient attack pays per
-step) on the model as given and on its prepared copy (BN folded, channels-last weights), both fed the batch
-in the layout the attacks feed it (channels-last from three channels up, see ModelCall), in rounds that
-interleave the two so a noisy machine slows both alike (medians of per-round ratios); then the largest logit
-difference (relative to the logits' scale) and the relative L2 difference of the input gradients; and what
-every attack pays to find the cached copy still valid (the content checksum of the weights, the module tree
-and its settings: a cache hit of prepared_model). VGG11 has
-no BN and three input channels and shows the no-copy path; ResNet-50 runs with random weights (and random BN
-statistics) when its checkpoint is absent; fmnist_cnn_pgd is the one-channel, BN-free case.
+For each model and batch size: CPU time of one attack step (forward + input gradient of the summed
+cross-entropy) on the model as given (NCHW input, as an attack calls it) and on ``prepare(model, x)`` (BN folded,
+ReLU/max-pool swapped, channels-last weights and input), in interleaved rounds; the largest logit difference
+relative to the logits' scale, the relative L2 difference of the input gradients, and what preparing costs
+once (copy, trace, verification). Models without downloadable weights here are built with random BN statistics.
 
     .venv/bin/python benchmarks/prepared_model.py --models efficientnet_lite0 resnet50 vgg11 --batch 8 16 --rounds 5
     .venv/bin/python benchmarks/prepared_model.py --models fmnist_cnn_pgd --batch 128 900 --rounds 5
@@ -23,8 +19,7 @@ import time
 import torch
 from torch import nn
 
-from advlab.attacks._core import prepared_model
-from advlab.models import load_model
+from advlab.models import load_model, preparation_record, prepare
 
 
 def _load(name: str) -> nn.Module:
@@ -45,7 +40,7 @@ def _load(name: str) -> nn.Module:
 
 def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xg = x.clone().requires_grad_(True)
-    logits = model(xg.contiguous(memory_format=torch.channels_last) if xg.shape[1] > 1 else xg)
+    logits = model(xg)
     (grad,) = torch.autograd.grad(nn.functional.cross_entropy(logits, y, reduction="sum"), xg)
     return logits.detach(), grad
 
@@ -67,8 +62,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds, CPU")
     print(
-        "| model | batch | copy | as given ms | prepared ms | prepared / as given | logit diff | grad diff "
-        "| cache check ms |"
+        "| model | batch | changes | as given ms | prepared ms | prepared / as given | logit diff | grad diff "
+        "| prepare s |"
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
@@ -78,7 +73,7 @@ def main() -> None:
             x = torch.rand(batch, *model.input_size, generator=g)
             y = torch.randint(0, model(x[:1]).shape[1], (batch,), generator=g)
             start = time.perf_counter()
-            folded = prepared_model(model, x)
+            folded = prepare(model, x)
             build = time.perf_counter() - start
             (want, want_grad), (got, got_grad) = _step(model, x, y), _step(folded, x, y)
             logit_diff = float((want - got).abs().max() / want.abs().max())
@@ -88,18 +83,10 @@ def main() -> None:
                 a.append(_cpu(model, x, y))
                 b.append(_cpu(folded, x, y))
             ratio = statistics.median(q / p for p, q in zip(a, b, strict=True))
-            checks = []
-            for _ in range(max(args.rounds, 5)):
-                start = time.process_time()
-                prepared_model(model, x)
-                checks.append(time.process_time() - start)
-            folds = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) - sum(
-                isinstance(m, nn.BatchNorm2d) for m in folded.modules()
-            )
-            state = f"{folds} BN folded, built in {build:.2f} s" if folded is not model else "none (as given)"
+            state = ", ".join(preparation_record(folded)["changes"]) or "none (as given)"
             print(
                 f"| {name} | {batch} | {state} | {1000 * statistics.median(a):.0f} | {1000 * statistics.median(b):.0f} "
-                f"| {ratio:.2f} | {logit_diff:.1e} | {grad_diff:.1e} | {1000 * statistics.median(checks):.1f} |",
+                f"| {ratio:.2f} | {logit_diff:.1e} | {grad_diff:.1e} | {build:.2f} |",
                 flush=True,
             )
 

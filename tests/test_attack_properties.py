@@ -129,7 +129,7 @@ def _exact_l2_projection(p: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) ->
 @settings(max_examples=100, deadline=None)
 @given(problems(), st.floats(0.0, 4.0))
 def test_l2_projection_is_feasible_and_no_farther_than_scale_then_clip(p: dict, reach: float) -> None:
-    from advlab.attacks._core import GEOMETRIES
+    from advlab.attacks.norms import L2
 
     x = p["x"]
     eps = torch.as_tensor(p["eps"], dtype=x.dtype).expand(x.shape[0]).clone()
@@ -137,7 +137,7 @@ def test_l2_projection_is_feasible_and_no_farther_than_scale_then_clip(p: dict, 
     direction = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype)
     direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
     target = x + direction * (reach * eps).view(-1, 1, 1, 1)
-    z = GEOMETRIES["l2"].project_(target.clone(), x, eps, None)
+    z = L2().ball(x, eps).project_(target.clone())
     _check(x, z, eps, "l2")
     # The usual shortcut: scale the step to the ball, then clip. The projection is never farther from target.
     delta = target - x
@@ -152,7 +152,7 @@ def test_l2_projection_matches_the_exact_projection_on_images_with_saturated_pix
     projection's distance to the target and on the sphere, where scale-then-clip stops well inside the ball."""
     from sklearn.datasets import load_digits
 
-    from advlab.attacks._core import GEOMETRIES
+    from advlab.attacks.norms import L2
 
     x = torch.from_numpy(load_digits().images[:200] / 16.0).float().unsqueeze(1)
     g = torch.Generator().manual_seed(0)
@@ -160,7 +160,7 @@ def test_l2_projection_matches_the_exact_projection_on_images_with_saturated_pix
     direction = torch.randn(x.shape, generator=g)
     direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     target = x + direction * 2 * eps.view(-1, 1, 1, 1)
-    z = GEOMETRIES["l2"].project_(target.clone(), x, eps, None)
+    z = L2().ball(x, eps).project_(target.clone())
     exact = _exact_l2_projection(target, x, eps)
     to_target = (z.double() - target.double()).flatten(1).norm(dim=1)
     exact_to_target = (exact - target.double()).flatten(1).norm(dim=1)

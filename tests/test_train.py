@@ -186,29 +186,31 @@ def test_inner_maximisations_increase_their_objectives(fmnist_test: tuple[torch.
     assert float(loss.detach()) > float(loss0.detach())
 
 
-def test_inner_attacks_use_the_prepared_copy_by_their_length_alone() -> None:
-    """What ran before in the process (a held-out PGD check that left a cached copy, or nothing, as after a
-    resume) must not change an inner maximisation's result: that is what bit-identical resume rests on."""
+def test_inner_attacks_depend_on_their_settings_alone() -> None:
+    """What ran before in the process (a held-out PGD check, or nothing, as after a resume) must not change an
+    inner maximisation's result: that is what bit-identical resume rests on. Preparing the model is a setting:
+    on or off, the losses agree up to float rounding, and FGSM-RS (too short to repay a copy) is identical."""
     import copy
-
-    from advlab.attacks._core import _prepared_cache
 
     torch.manual_seed(0)
     model = build("mnist_cnn_small").train()
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
 
-    def loss_of(m: nn.Module, method: str, steps: int) -> torch.Tensor:
+    def loss_of(m: nn.Module, method: str, steps: int, prepare: bool = True) -> torch.Tensor:
         torch.manual_seed(1)
-        return method_loss(method, m, x, y, eps=0.1, alpha=0.025, steps=steps, beta=6.0)[0].detach()
+        return method_loss(method, m, x, y, eps=0.1, alpha=0.025, steps=steps, beta=6.0, prepare=prepare)[0].detach()
 
     fresh = copy.deepcopy(model)
-    short = loss_of(fresh, "fgsm-rs", 1)
-    assert _prepared_cache.get(fresh) is None  # FGSM-RS neither builds nor uses a copy
+    short, long = loss_of(fresh, "fgsm-rs", 1), loss_of(fresh, "pgd", 5)
     warm = copy.deepcopy(model)
-    attacks.pgd(warm, x, y, 0.1, steps=10)  # an evaluation attack caches a copy of these very weights
-    assert _prepared_cache.get(warm) is not None
+    attacks.pgd(warm, x, y, 0.1, steps=10)  # an evaluation attack on these very weights ran first
     assert torch.equal(loss_of(warm, "fgsm-rs", 1), short)
-    assert torch.equal(loss_of(copy.deepcopy(model), "pgd", 5), loss_of(warm, "pgd", 5))  # PGD: a copy either way
+    assert torch.equal(loss_of(warm, "pgd", 5), long)
+    assert torch.equal(loss_of(warm, "fgsm-rs", 1, prepare=False), short)
+    torch.testing.assert_close(loss_of(warm, "pgd", 5, prepare=False), long, rtol=1e-4, atol=1e-5)
+    trades = loss_of(warm, "trades", 5)
+    torch.testing.assert_close(loss_of(warm, "trades", 5, prepare=False), trades, rtol=1e-4, atol=1e-5)
+    assert all(m.training for m in warm.modules())  # the inner maximisation left the model in train mode
 
 
 def test_fit_takes_batches_with_an_index_and_checks_amp_against_the_model(

@@ -183,6 +183,20 @@ class Advlab(Library):
         return self.apgd(m, x, y, **kwargs)
 
 
+class AdvlabPrepared(Advlab):
+    """advlab on :func:`advlab.models.prepare`'s copy of the model: the speed a user of ``advlab eval`` gets.
+
+    The plain :class:`Advlab` row attacks the model as given, like every peer: that row compares like with like.
+    """
+
+    name = "advlab (prepared)"
+
+    def __init__(self, model: nn.Module, num_classes: int, x_example: Tensor) -> None:
+        from advlab.models import prepare
+
+        super().__init__(prepare(model, x_example), num_classes, x_example)
+
+
 class Torchattacks(Library):
     name = "torchattacks"
     dist = "torchattacks"
@@ -438,6 +452,7 @@ class AutoAttack(Library):
 
 LIBRARIES: dict[str, type[Library]] = {
     "advlab": Advlab,
+    "advlab-prepared": AdvlabPrepared,
     "torchattacks": Torchattacks,
     "foolbox": Foolbox,
     "ART": ART,

@@ -19,8 +19,8 @@ IMAGENET_30X5 = REPO.parent / "shared" / "data" / "imagenet-30x5"
 
 
 class _Counts:
-    """The counters of :class:`Counted`, shared by every copy of it: advlab attacks a prepared copy of the
-    model (``advlab.attacks._core.prepared_model``), and its passes must count as the model's own."""
+    """The counters of :class:`Counted`, shared by every copy of it: the "advlab (prepared)" row attacks
+    :func:`advlab.models.prepare`'s copy of the model, and its passes must count as the model's own."""
 
     def __init__(self) -> None:
         self.calls = self.grad_calls = self.images = 0

@@ -1,30 +1,48 @@
 """Adversarial attacks as plain functions: ``x_adv = attack(model, x, y, ...)``.
 
-Every attack takes a model that maps images in [0, 1] (N, C, H, W) to logits (N, K), leaves the model as it
-was (mode, requires_grad, no .grad), and returns a tensor shaped like ``x``, in [0, 1] and inside the eps-ball
-of its norm; ``return_info=True`` returns an :class:`AttackResult` instead. ``targeted=True`` reads ``y`` as
-the target classes.
+Every attack takes a model that maps images in [0, 1] (N, C, H, W) to logits (N, K), calls that model and
+nothing else, leaves it as it was (mode, requires_grad, no .grad), and returns a tensor shaped like ``x``, in
+[0, 1] and inside the eps-ball of its norm; ``return_info=True`` returns an :class:`AttackResult` instead (each
+``<attack>_result`` function always does). ``targeted=True`` reads ``y`` as the target classes.
+
+The kernel the attacks are built from is public too, for new attacks and for the evaluation layer:
+:mod:`~advlab.attacks.checks` (``validate`` and the model guard ``frozen``), :mod:`~advlab.attacks.objectives`,
+:mod:`~advlab.attacks.norms` (one geometry per norm), :mod:`~advlab.attacks.noise`,
+:mod:`~advlab.attacks.state` (per-sample state and best points) and :mod:`~advlab.attacks.ascent` (the shared
+steepest-ascent loop).
 """
 
-from ._core import AttackResult, prepared_models
-from .apgd import apgd, apgd_t
-from .cw import cw_l2
-from .deepfool import deepfool
-from .fgsm import fgsm
-from .mifgsm import mifgsm
-from .pgd import bim, pgd
-from .square import square
+from .apgd import apgd, apgd_result, apgd_t, apgd_t_result
+from .cw import cw_l2, cw_l2_result
+from .deepfool import deepfool, deepfool_result
+from .fgsm import fgsm, fgsm_result
+from .mifgsm import mifgsm, mifgsm_result
+from .pgd import bim, bim_result, pgd, pgd_result
+from .result import AttackResult
+from .square import square, square_result
+
+# The attacks by name, as the evaluation layer registers them (each also has an ``<name>_result`` form).
+ATTACKS: tuple[str, ...] = ("apgd", "apgd_t", "bim", "cw_l2", "deepfool", "fgsm", "mifgsm", "pgd", "square")
 
 __all__ = [
+    "ATTACKS",
     "AttackResult",
     "apgd",
+    "apgd_result",
     "apgd_t",
+    "apgd_t_result",
     "bim",
+    "bim_result",
     "cw_l2",
+    "cw_l2_result",
     "deepfool",
+    "deepfool_result",
     "fgsm",
+    "fgsm_result",
     "mifgsm",
+    "mifgsm_result",
     "pgd",
-    "prepared_models",
+    "pgd_result",
     "square",
+    "square_result",
 ]

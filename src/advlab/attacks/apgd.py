@@ -17,31 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._core import (
-    GEOMETRIES,
-    NORMS,
-    AttackResult,
-    Forward,
-    Geometry,
-    ModelCall,
-    Noise,
-    batch_view,
-    check_choice,
-    check_eps,
-    check_images,
-    check_labels,
-    check_logits,
-    check_model,
-    check_positive,
-    check_steps,
-    frozen,
-    margin,
-)
-from .pgd import Best
+from .checks import Inputs, check_positive, check_steps, first_logits, frozen, validate
+from .noise import Noise
+from .norms import Ball, batch_view
+from .objectives import DLR_TINY, dlr_loss, margin, targeted_dlr_loss
+from .result import AttackResult
+from .state import BestPoint, PerSample
 
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
 MOMENTUM = 0.75  # alpha of Algorithm 1: weight of the new gradient step against the previous update
-_TINY = 1e-12  # the paper's guard against a zero DLR denominator
 
 # How the labels are read: "untargeted" (y = true class, success = y left), "targeted" (y = target, success =
 # target reached) and "toward" (APGD-T: y = true class, the loss pulls towards a second label, success = y left).
@@ -49,28 +33,6 @@ _MODES = ("untargeted", "targeted", "toward")
 
 
 # ----------------------------------------------------------------------------------------------- losses
-
-
-def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """Difference of Logits Ratio, eq. (5) of Croce & Hein 2020, with the sign that makes it grow as x breaks:
-
-    DLR(z, y) = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12),
-
-    where pi orders the logits decreasingly. Needs at least 3 classes.
-    """
-    top = logits.topk(3, dim=1).values
-    return margin(logits, y) / (top[:, 0] - top[:, 2] + _TINY)
-
-
-def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
-    """Targeted DLR, eq. (6) of Croce & Hein 2020: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12).
-
-    Grows as the target logit z_t overtakes the true logit z_y. Needs at least 4 classes.
-    """
-    top = logits.topk(4, dim=1).values
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    z_t = logits.gather(1, target[:, None]).squeeze(1)
-    return (z_t - z_y) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _TINY)
 
 
 def _objective(logits: Tensor, y: Tensor, target: Tensor | None, loss: str, mode: str) -> Tensor:
@@ -83,7 +45,7 @@ def _objective(logits: Tensor, y: Tensor, target: Tensor | None, loss: str, mode
         if loss == "ce":
             return -F.cross_entropy(logits, y, reduction="none")
         top = logits.topk(4, dim=1).values
-        return -margin(logits, y) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _TINY)
+        return -margin(logits, y) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + DLR_TINY)
     assert target is not None
     if loss == "ce":
         return -F.cross_entropy(logits, target, reduction="none")
@@ -118,25 +80,19 @@ def checkpoints(steps: int) -> list[int]:
 # ------------------------------------------------------------------------------------------- the engine
 
 
-def _take(state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
-    return {k: v[keep] for k, v in state.items()}
-
-
 def _apgd_run(
-    forward: Forward,
-    x: Tensor,
+    model: nn.Module,
+    ball: Ball,
     y: Tensor,
     target: Tensor | None,
     start: Tensor,
-    eps: Tensor,
     steps: int,
-    geometry: Geometry,
     loss: str,
     mode: str,
     rho: float,
     y_max: int,
     stop_on_success: bool,
-) -> tuple[Best, Tensor]:
+) -> tuple[BestPoint, Tensor]:
     """One APGD run from ``start`` (Algorithm 1). Returns the per-sample best point and the loss trace.
 
     Each iteration is one forward, one input-gradient backward and a few in-place updates: no host syncs. The
@@ -147,42 +103,33 @@ def _apgd_run(
 
     The trace (steps + 1, N) holds the objective of every iterate; NaN once a sample has left.
     """
+    x = ball.x
     n = x.shape[0]
     trace = torch.full((steps + 1, n), float("nan"), dtype=x.dtype, device=x.device)
-    best_all = Best(x)
+    best_all = BestPoint.start(x)
     marks = set(checkpoints(steps))
+    labels = PerSample(y=y) if target is None else PerSample(y=y, target=target)
 
-    def evaluate(x_adv: Tensor, st: dict[str, Tensor], need_grad: bool, first: bool) -> tuple[Tensor, Tensor, Tensor]:
-        if need_grad:
-            x_adv = x_adv.detach().requires_grad_(True)
-            logits = forward(x_adv)
-        else:
-            with torch.no_grad():
-                logits = forward(x_adv)
-        if first:
-            check_logits(logits, x_adv.shape[0], y_max)
-        obj = _objective(logits, st["y"], st.get("target"), loss, mode)
-        grad = torch.autograd.grad(obj.sum(), x_adv)[0] if need_grad else torch.zeros_like(x_adv)
-        return obj.detach(), grad, _success(logits.detach(), st["y"], mode)
-
-    # Per-sample state of the samples still in the batch; ``idx`` maps them back to the run's batch.
-    st: dict[str, Tensor] = {"idx": torch.arange(n, device=x.device), "x": x, "y": y, "eps": eps}
-    if target is not None:
-        st["target"] = target
-    box = geometry.box(x, eps)
-    if box is not None:
-        st["lo"], st["hi"] = box
+    def evaluate(x_adv: Tensor, lab: PerSample, need_grad: bool, first: bool) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.set_grad_enabled(need_grad):
+            x_in = x_adv.detach().requires_grad_(need_grad)
+            logits = first_logits(model, x_in, y_max) if first else model(x_in)
+            obj = _objective(logits, lab.y, lab.target if target is not None else None, loss, mode)
+        grad = torch.autograd.grad(obj.sum(), x_in)[0] if need_grad else torch.zeros_like(x_adv)
+        return obj.detach(), grad, _success(logits.detach(), lab.y, mode)
 
     x_cur = start.detach().clone()
-    f_cur, grad, succ = evaluate(x_cur, st, steps > 0, True)
+    f_cur, grad, succ = evaluate(x_cur, labels, steps > 0, True)
     trace[0] = f_cur
-    best = Best(x_cur)
+    best = BestPoint.start(x_cur)
     best.update(x_cur, f_cur, succ)
-    st.update(
+    # Per-sample state of the samples still in the batch; ``idx`` maps them back to the run's batch.
+    st = PerSample(
+        idx=torch.arange(n, device=x.device),
         x_cur=x_cur,
         x_prev=x_cur.clone(),
         grad=grad,
-        eta=2.0 * eps,  # eta^(0) = 2 eps, for Linf and L2 alike
+        eta=2.0 * ball.eps,  # eta^(0) = 2 eps, for Linf and L2 alike
         f_cur=f_cur,
         f_max=f_cur.clone(),
         x_max=x_cur.clone(),
@@ -190,85 +137,67 @@ def _apgd_run(
         f_max_last=f_cur.clone(),
         reduced_last=torch.zeros(n, dtype=torch.bool, device=x.device),
         increases=torch.zeros(n, dtype=x.dtype, device=x.device),
-        best_x=best.x,
-        best_f=best.objective,
-        best_s=best.success,
     )
     last_mark = 0
-
-    def write_back(state: dict[str, Tensor]) -> None:
-        i = state["idx"]
-        best_all.x[i], best_all.objective[i], best_all.success[i] = state["best_x"], state["best_f"], state["best_s"]
-
     for k in range(steps):
         with torch.no_grad():
             a = 1.0 if k == 0 else MOMENTUM
-            x_cur, x_prev = st["x_cur"], st["x_prev"]
-            box_k = (st["lo"], st["hi"]) if "lo" in st else None
+            x_cur, x_prev = st.x_cur, st.x_prev
             # z^(k+1) = P_S(x^(k) + eta grad-step), x^(k+1) = P_S(x^(k) + a (z - x^(k)) + (1 - a)(x^(k) - x^(k-1)))
-            z = x_cur + geometry.ascent_step_(st["grad"], st["eta"])
-            geometry.project_(z, st["x"], st["eps"], box_k)
+            z = x_cur + ball.norm.ascent_step_(st.grad, st.eta)
+            ball.project_(z)
             x_new = z.sub_(x_cur).mul_(a).add_(x_cur)
             if k > 0:
                 x_new.add_(x_cur - x_prev, alpha=1.0 - a)
-            geometry.project_(x_new, st["x"], st["eps"], box_k)
-        f_new, grad, succ = evaluate(x_new, st, k < steps - 1, False)
+            ball.project_(x_new)
+        f_new, grad, succ = evaluate(x_new, labels, k < steps - 1, False)
         with torch.no_grad():
-            trace[k + 1, st["idx"]] = f_new
-            st["increases"] += (f_new > st["f_cur"]).to(x.dtype)
-            st["x_prev"], st["x_cur"], st["f_cur"], st["grad"] = x_cur, x_new, f_new, grad
-            improved = f_new > st["f_max"]  # NaN never improves
-            st["f_max"] = torch.where(improved, f_new, st["f_max"])
-            st["x_max"] = torch.where(batch_view(improved, x_new), x_new, st["x_max"])
-            st["grad_max"] = torch.where(batch_view(improved, grad), grad, st["grad_max"])
-            b = Best.__new__(Best)
-            b.x, b.objective, b.success = st["best_x"], st["best_f"], st["best_s"]
-            b.update(x_new, f_new, succ)
-            st["best_x"], st["best_f"], st["best_s"] = b.x, b.objective, b.success
+            trace[k + 1, st.idx] = f_new
+            st.increases += (f_new > st.f_cur).to(x.dtype)
+            st.x_prev, st.x_cur, st.f_cur, st.grad = x_cur, x_new, f_new, grad
+            improved = f_new > st.f_max  # NaN never improves
+            st.f_max = torch.where(improved, f_new, st.f_max)
+            st.x_max = torch.where(batch_view(improved, x_new), x_new, st.x_max)
+            st.grad_max = torch.where(batch_view(improved, grad), grad, st.grad_max)
+            best.update(x_new, f_new, succ)
 
         if k + 1 not in marks:
             continue
         with torch.no_grad():
             # Condition 1: fewer than rho of the steps since the last checkpoint increased the loss.
-            cond1 = st["increases"] < rho * (k + 1 - last_mark)
+            cond1 = st.increases < rho * (k + 1 - last_mark)
             # Condition 2: the step was not reduced at the last checkpoint and the best loss has not improved.
-            cond2 = ~st["reduced_last"] & (st["f_max"] <= st["f_max_last"])
+            cond2 = ~st.reduced_last & (st.f_max <= st.f_max_last)
             reduce = cond1 | cond2
-            st["eta"] = torch.where(reduce, st["eta"] / 2, st["eta"])
+            st.eta = torch.where(reduce, st.eta / 2, st.eta)
             # Restart from the best point (and its gradient) where the step was halved.
-            st["x_cur"] = torch.where(batch_view(reduce, x_new), st["x_max"], st["x_cur"])
-            st["grad"] = torch.where(batch_view(reduce, x_new), st["grad_max"], st["grad"])
-            st["reduced_last"], st["f_max_last"] = reduce, st["f_max"].clone()
-            st["increases"] = torch.zeros_like(st["increases"])
+            st.x_cur = torch.where(batch_view(reduce, x_new), st.x_max, st.x_cur)
+            st.grad = torch.where(batch_view(reduce, x_new), st.grad_max, st.grad)
+            st.reduced_last, st.f_max_last = reduce, st.f_max.clone()
+            st.increases = torch.zeros_like(st.increases)
             last_mark = k + 1
         if stop_on_success and k + 1 < steps:
-            keep = ~st["best_s"]
+            keep = ~best.success
             if not bool(keep.all()):  # the one host sync, at a checkpoint
-                write_back(_take(st, ~keep))
-                st = _take(st, keep)
-                if st["idx"].numel() == 0:
+                best_all.put(st.idx[~keep], best.take(~keep))
+                st, best, ball, labels = st.take(keep), best.take(keep), ball.take(keep), labels.take(keep)
+                if st.idx.numel() == 0:
                     break
-    write_back(st)
+    best_all.put(st.idx, best)
     return best_all, trace
 
 
 # ------------------------------------------------------------------------------------------- public API
 
 
-def _prepare(
+def _validate(
     model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, steps: int, norm: str, loss: str, rho: float
-) -> tuple[Tensor, Tensor, int, Tensor, Geometry]:
-    check_model(model)
-    x = check_images(x)
-    check_steps(steps)
-    y, y_max = check_labels(y, x.shape[0], x.device)
-    eps_t = check_eps(eps, x.shape[0], x, norm)
-    geometry = GEOMETRIES[check_choice(norm, "norm", NORMS)]
-    check_choice(loss, "loss", APGD_LOSSES)
+) -> Inputs:
+    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, losses=APGD_LOSSES, steps=steps)
     rho = check_positive(rho, "rho")
     if rho > 1:
         raise ValueError(f"rho must be in (0, 1] (a share of the steps), got {rho}")
-    return x, y, y_max, eps_t, geometry
+    return inp
 
 
 def _check_classes(num_classes: int, loss: str, mode: str) -> None:
@@ -278,6 +207,54 @@ def _check_classes(num_classes: int, loss: str, mode: str) -> None:
         raise ValueError(
             f"the {name} loss needs a model with at least {need} classes, got {num_classes}; use loss='ce'"
         )
+
+
+def apgd_result(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    *,
+    norm: str = "linf",
+    steps: int = 100,
+    loss: str = "ce",
+    targeted: bool = False,
+    restarts: int = 1,
+    rho: float = 0.75,
+    random_start: bool = True,
+    stop_on_success: bool = True,
+    seed: int | Tensor | None = None,
+) -> AttackResult:
+    """:func:`apgd`, always returning the :class:`AttackResult`."""
+    inp = _validate(model, x, y, eps, steps, norm, loss, rho)
+    assert inp.eps is not None and inp.norm is not None
+    restarts = check_steps(restarts, "restarts")
+    mode = "targeted" if targeted else "untargeted"
+    noise = Noise(seed, inp.n)
+    ball = inp.norm.ball(inp.x, inp.eps)
+    best = BestPoint.start(inp.x)
+    trace = None
+    with frozen(model):
+        if loss == "dlr":
+            with torch.no_grad():
+                probe = first_logits(model, inp.x[:1], inp.y_max)
+            _check_classes(probe.shape[1], loss, mode)
+        index = torch.arange(inp.n, device=inp.x.device)
+        for r in range(restarts):
+            if r > 0:
+                index = (~best.success).nonzero().view(-1)
+                if index.numel() == 0:
+                    break
+            sub = ball.take(index)
+            start = sub.random_start(noise.take(index)) if random_start else sub.x
+            run, run_trace = _apgd_run(
+                model, sub, inp.y[index], None, start, steps, loss, mode, rho, inp.y_max, stop_on_success
+            )
+            best.merge(run, index)
+            if trace is None:
+                trace = run_trace
+    assert trace is not None
+    return AttackResult(best.x, best.success, best.objective, {"loss_trace": trace})
 
 
 def apgd(
@@ -320,37 +297,63 @@ def apgd(
     x_adv and whose ``extras["loss_trace"]`` (steps + 1, N) holds the objective of every iterate of the first
     run (NaN after a sample left), for checks that the loss rises.
     """
-    x, y, y_max, eps_t, geometry = _prepare(model, x, y, eps, steps, norm, loss, rho)
+    result = apgd_result(
+        model, x, y, eps, norm=norm, steps=steps, loss=loss, targeted=targeted, restarts=restarts, rho=rho,
+        random_start=random_start, stop_on_success=stop_on_success, seed=seed,
+    )
+    return result if return_info else result.x_adv
+
+
+def apgd_t_result(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    *,
+    norm: str = "linf",
+    steps: int = 100,
+    n_target_classes: int = 9,
+    loss: str = "dlr",
+    restarts: int = 1,
+    rho: float = 0.75,
+    random_start: bool = True,
+    seed: int | Tensor | None = None,
+) -> AttackResult:
+    """:func:`apgd_t`, always returning the :class:`AttackResult`."""
+    inp = _validate(model, x, y, eps, steps, norm, loss, rho)
+    assert inp.eps is not None and inp.norm is not None
     restarts = check_steps(restarts, "restarts")
-    mode = "targeted" if targeted else "untargeted"
-    noise = Noise(seed, x.shape[0])
-    best = Best(x)
-    trace = None
+    n_target_classes = check_steps(n_target_classes, "n_target_classes")
+    x, y, n = inp.x, inp.y, inp.n
+    noise = Noise(seed, n)
+    ball = inp.norm.ball(x, inp.eps)
     with frozen(model):
-        forward = ModelCall(model, x, steps * restarts)
-        if loss == "dlr":
-            with torch.no_grad():
-                probe = forward(x[:1])
-            check_logits(probe, 1, y_max)
-            _check_classes(probe.shape[1], loss, mode)
-        index = torch.arange(x.shape[0], device=x.device)
-        for r in range(restarts):
-            if r > 0:
+        with torch.no_grad():
+            logits = first_logits(model, x, inp.y_max)
+        classes = logits.shape[1]
+        _check_classes(classes, loss, "toward")
+        n_target_classes = min(n_target_classes, classes - 1)  # AutoAttack's 9 on a model of fewer classes
+        order = logits.argsort(dim=1, descending=True)
+        best = BestPoint.start(x)
+        # Samples misclassified from the start are done (x itself); the others keep -inf until a run scores them.
+        best.update(x, torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device), logits.argmax(dim=1) != y)
+        target_rank = torch.where(best.success, 0, -1)
+        for rank in range(1, n_target_classes + 1):
+            for _ in range(restarts):
                 index = (~best.success).nonzero().view(-1)
                 if index.numel() == 0:
                     break
-            xs, ys, es = x[index], y[index], eps_t[index]
-            start = geometry.random_start(xs, es, noise.subset(index)) if random_start else xs
-            run, run_trace = _apgd_run(
-                forward, xs, ys, None, start, es, steps, geometry, loss, mode, rho, y_max, stop_on_success
-            )
-            best.merge(run, index)
-            if trace is None:
-                trace = run_trace
-    if not return_info:
-        return best.x
-    assert trace is not None
-    return AttackResult(best.x, best.success, best.objective, {"loss_trace": trace})
+                sub = ball.take(index)
+                start = sub.random_start(noise.take(index)) if random_start else sub.x
+                run, _ = _apgd_run(
+                    model, sub, y[index], order[index, rank], start, steps, loss, "toward", rho, inp.y_max, True
+                )
+                best.merge(run, index)
+                target_rank[index] = torch.where(run.success, rank, target_rank[index])
+        with torch.no_grad():
+            final_logits = model(best.x)
+        final = dlr_loss(final_logits, y) if classes >= 3 else margin(final_logits, y)
+    return AttackResult(best.x, best.success, final, {"target_rank": target_rank})
 
 
 def apgd_t(
@@ -383,38 +386,8 @@ def apgd_t(
     at x_adv and whose ``extras["target_rank"]`` (N,) gives the rank of the target class that broke each
     sample (0 if it was misclassified from the start, -1 if never broken).
     """
-    x, y, y_max, eps_t, geometry = _prepare(model, x, y, eps, steps, norm, loss, rho)
-    restarts = check_steps(restarts, "restarts")
-    n_target_classes = check_steps(n_target_classes, "n_target_classes")
-    n = x.shape[0]
-    noise = Noise(seed, n)
-    with frozen(model):
-        forward = ModelCall(model, x, steps * restarts * n_target_classes)
-        with torch.no_grad():
-            logits = forward(x)
-        check_logits(logits, n, y_max)
-        classes = logits.shape[1]
-        _check_classes(classes, loss, "toward")
-        n_target_classes = min(n_target_classes, classes - 1)  # AutoAttack's 9 on a model of fewer classes
-        order = logits.argsort(dim=1, descending=True)
-        best = Best(x)
-        # Samples misclassified from the start are done (x itself); the others keep -inf until a run scores them.
-        best.update(x, torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device), logits.argmax(dim=1) != y)
-        target_rank = torch.where(best.success, 0, -1)
-        for rank in range(1, n_target_classes + 1):
-            for _ in range(restarts):
-                index = (~best.success).nonzero().view(-1)
-                if index.numel() == 0:
-                    break
-                xs, ys, es = x[index], y[index], eps_t[index]
-                start = geometry.random_start(xs, es, noise.subset(index)) if random_start else xs
-                run, _ = _apgd_run(
-                    forward, xs, ys, order[index, rank], start, es, steps, geometry, loss, "toward", rho, y_max, True
-                )
-                best.merge(run, index)
-                target_rank[index] = torch.where(run.success, rank, target_rank[index])
-        if not return_info:
-            return best.x
-        with torch.no_grad():
-            final = dlr_loss(forward(best.x), y) if classes >= 3 else margin(forward(best.x), y)
-    return AttackResult(best.x, best.success, final, {"target_rank": target_rank})
+    result = apgd_t_result(
+        model, x, y, eps, norm=norm, steps=steps, n_target_classes=n_target_classes, loss=loss,
+        restarts=restarts, rho=rho, random_start=random_start, seed=seed,
+    )
+    return result if return_info else result.x_adv

@@ -7,23 +7,110 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._core import (
-    AttackResult,
-    ModelCall,
-    batch_view,
-    check_images,
-    check_labels,
-    check_logits,
-    check_model,
-    check_positive,
-    check_steps,
-    frozen,
-    objective,
-    per_sample,
-    rounding_slack,
-)
+from .checks import check_positive, first_logits, frozen, per_sample, validate
+from .norms import batch_view
+from .objectives import objective, rounding_slack
+from .result import AttackResult
 
 _UPPER_INIT = 1e10  # c above this counts as "no upper bound found yet" (Carlini's reference code)
+
+
+def cw_l2_result(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    c: float | Tensor = 1e-2,
+    kappa: float = 0.0,
+    steps: int = 100,
+    lr: float = 1e-2,
+    binary_search_steps: int = 5,
+    targeted: bool = False,
+    abort_early: bool = True,
+    refine_steps: int = 8,
+) -> AttackResult:
+    """:func:`cw_l2`, always returning the :class:`AttackResult`."""
+    inp = validate(model, x, y, steps=steps, binary_search_steps=binary_search_steps)
+    x, y, y_max = inp.x, inp.y, inp.y_max
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
+        raise ValueError(f"refine_steps must be an integer >= 0 (0 turns the line search off), got {refine_steps!r}")
+    n = x.shape[0]
+    const = per_sample(c, n, "c", x, strictly_positive=True).clone()
+    kappa_t = per_sample(kappa, n, "kappa", x, strictly_positive=False)
+    check_positive(lr, "lr")
+
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
+    # atanh is infinite at 0 and 1: pull the box in by a hair so pixels at the edges stay reachable.
+    w0 = torch.atanh((2 * x - 1) * (1 - 1e-6))
+    lower = torch.zeros_like(const)
+    upper = torch.full_like(const, _UPPER_INIT)
+    best_l2sq = torch.full_like(const, float("inf"))
+    best_x = x.detach().clone()
+    check_every = max(steps // 10, 1)
+
+    # Every round restarts from w0, so its first iterate, margin and gradients are the same in every round up
+    # to the factor c on the margin term: the first round computes them, the others reuse them (one forward
+    # and one backward fewer per round; with the early abort a round is often only 3 iterates long).
+    start: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
+    with frozen(model):
+        for _round in range(binary_search_steps):
+            found = torch.zeros(n, dtype=torch.bool, device=x.device)
+            w = w0.clone()
+            m = torch.zeros_like(w)
+            v = torch.zeros_like(w)
+            previous = torch.full_like(const, float("inf"))
+            for t in range(steps):
+                if t == 0 and start is not None:
+                    x_new, gap, l2sq, grad_l2sq, grad_f = start
+                else:
+                    w.requires_grad_(True)
+                    x_new = (torch.tanh(w) + 1) * 0.5
+                    logits = first_logits(model, x_new, y_max) if t == 0 else model(x_new)
+                    # The CW quantity inside f: positive while not adversarial (minus the margin objective).
+                    gap = -objective(logits, y, "margin", targeted)
+                    l2sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
+                total = l2sq + const * torch.maximum(gap, -kappa_t)
+                with torch.no_grad():
+                    adversarial = gap < -kappa_t
+                    improved = adversarial & (l2sq < best_l2sq)
+                    best_l2sq = torch.where(improved, l2sq, best_l2sq)
+                    best_x = torch.where(batch_view(improved, x), x_new.detach(), best_x)
+                    found |= adversarial
+                    if abort_early and t % check_every == 0:
+                        # One host sync per check, before the backward that a stopped round would waste.
+                        if t > 0 and bool((total > previous * 0.9999).all()):
+                            break
+                        previous = total.detach()
+                if t == steps - 1:
+                    break  # the step after the last iterate would never be evaluated
+                if t == 0:
+                    if start is None:
+                        # The two parts of the gradient apart, so that later rounds can weigh them by their c.
+                        (grad_f,) = torch.autograd.grad(torch.maximum(gap, -kappa_t).sum(), w, retain_graph=True)
+                        (grad_l2sq,) = torch.autograd.grad(l2sq.sum(), w)
+                        start = (x_new.detach(), gap.detach(), l2sq.detach(), grad_l2sq, grad_f)
+                    grad = grad_l2sq + batch_view(const, grad_f) * grad_f
+                else:
+                    (grad,) = torch.autograd.grad(total.sum(), w)
+                with torch.no_grad():
+                    w = w.detach()
+                    # Adam (Kingma & Ba 2015, algorithm 1), bias corrections folded into two scalars.
+                    m.lerp_(grad, 1 - beta1)
+                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    denom = v.sqrt().div_(math.sqrt(1 - beta2 ** (t + 1))).add_(adam_eps)
+                    w.addcdiv_(m, denom, value=-lr / (1 - beta1 ** (t + 1)))
+            # Per-sample binary search on c (Carlini & Wagner, section V.A).
+            tried = const
+            upper = torch.where(found, torch.minimum(upper, const), upper)
+            lower = torch.where(found, lower, torch.maximum(lower, const))
+            bisect = (lower + upper) / 2
+            const = torch.where(found | (upper < _UPPER_INIT), bisect, const * 10)
+        if refine_steps:
+            best_x, best_l2sq = _shrink_along_delta(model, x, y, best_x, best_l2sq, kappa_t, targeted, refine_steps)
+
+    success = torch.isfinite(best_l2sq)
+    smallest_c = torch.where(upper < _UPPER_INIT, upper, tried)
+    return AttackResult(best_x, success, -best_l2sq.sqrt(), {"l2": best_l2sq.sqrt(), "c": smallest_c})
 
 
 def cw_l2(
@@ -72,100 +159,16 @@ def cw_l2(
     made adversarial and whose ``extras`` hold ``l2`` (inf where unsuccessful) and ``c`` (the smallest c
     that succeeded, else the last c tried).
     """
-    check_model(model)
-    x = check_images(x)
-    steps = check_steps(steps)
-    binary_search_steps = check_steps(binary_search_steps, "binary_search_steps")
-    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
-        raise ValueError(f"refine_steps must be an integer >= 0 (0 turns the line search off), got {refine_steps!r}")
-    n = x.shape[0]
-    y, y_max = check_labels(y, n, x.device)
-    const = per_sample(c, n, "c", x, strictly_positive=True).clone()
-    kappa_t = per_sample(kappa, n, "kappa", x, strictly_positive=False)
-    check_positive(lr, "lr")
-
-    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
-    # atanh is infinite at 0 and 1: pull the box in by a hair so pixels at the edges stay reachable.
-    w0 = torch.atanh((2 * x - 1) * (1 - 1e-6))
-    lower = torch.zeros_like(const)
-    upper = torch.full_like(const, _UPPER_INIT)
-    best_l2sq = torch.full_like(const, float("inf"))
-    best_x = x.detach().clone()
-    check_every = max(steps // 10, 1)
-
-    forward = ModelCall(model, x, steps * binary_search_steps)
-    # Every round restarts from w0, so its first iterate, margin and gradients are the same in every round up
-    # to the factor c on the margin term: the first round computes them, the others reuse them (one forward
-    # and one backward fewer per round; with the early abort a round is often only 3 iterates long).
-    start: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
-    with frozen(model):
-        for _round in range(binary_search_steps):
-            found = torch.zeros(n, dtype=torch.bool, device=x.device)
-            w = w0.clone()
-            m = torch.zeros_like(w)
-            v = torch.zeros_like(w)
-            previous = torch.full_like(const, float("inf"))
-            for t in range(steps):
-                if t == 0 and start is not None:
-                    x_new, gap, l2sq, grad_l2sq, grad_f = start
-                else:
-                    w.requires_grad_(True)
-                    x_new = (torch.tanh(w) + 1) * 0.5
-                    logits = forward(x_new)
-                    if t == 0:
-                        check_logits(logits, n, y_max)
-                    # The CW quantity inside f: positive while not adversarial (minus the margin objective).
-                    gap = -objective(logits, y, "margin", targeted)
-                    l2sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
-                total = l2sq + const * torch.maximum(gap, -kappa_t)
-                with torch.no_grad():
-                    adversarial = gap < -kappa_t
-                    improved = adversarial & (l2sq < best_l2sq)
-                    best_l2sq = torch.where(improved, l2sq, best_l2sq)
-                    best_x = torch.where(batch_view(improved, x), x_new.detach(), best_x)
-                    found |= adversarial
-                    if abort_early and t % check_every == 0:
-                        # One host sync per check, before the backward that a stopped round would waste.
-                        if t > 0 and bool((total > previous * 0.9999).all()):
-                            break
-                        previous = total.detach()
-                if t == steps - 1:
-                    break  # the step after the last iterate would never be evaluated
-                if t == 0:
-                    if start is None:
-                        # The two parts of the gradient apart, so that later rounds can weigh them by their c.
-                        (grad_f,) = torch.autograd.grad(torch.maximum(gap, -kappa_t).sum(), w, retain_graph=True)
-                        (grad_l2sq,) = torch.autograd.grad(l2sq.sum(), w)
-                        start = (x_new.detach(), gap.detach(), l2sq.detach(), grad_l2sq, grad_f)
-                    grad = grad_l2sq + batch_view(const, grad_f) * grad_f
-                else:
-                    (grad,) = torch.autograd.grad(total.sum(), w)
-                with torch.no_grad():
-                    w = w.detach()
-                    # Adam (Kingma & Ba 2015, algorithm 1), bias corrections folded into two scalars.
-                    m.lerp_(grad, 1 - beta1)
-                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    denom = v.sqrt().div_(math.sqrt(1 - beta2 ** (t + 1))).add_(adam_eps)
-                    w.addcdiv_(m, denom, value=-lr / (1 - beta1 ** (t + 1)))
-            # Per-sample binary search on c (Carlini & Wagner, section V.A).
-            tried = const
-            upper = torch.where(found, torch.minimum(upper, const), upper)
-            lower = torch.where(found, lower, torch.maximum(lower, const))
-            bisect = (lower + upper) / 2
-            const = torch.where(found | (upper < _UPPER_INIT), bisect, const * 10)
-        if refine_steps:
-            best_x, best_l2sq = _shrink_along_delta(forward, x, y, best_x, best_l2sq, kappa_t, targeted, refine_steps)
-
-    success = torch.isfinite(best_l2sq)
-    if not return_info:
-        return best_x
-    smallest_c = torch.where(upper < _UPPER_INIT, upper, tried)
-    return AttackResult(best_x, success, -best_l2sq.sqrt(), {"l2": best_l2sq.sqrt(), "c": smallest_c})
+    result = cw_l2_result(
+        model, x, y, c=c, kappa=kappa, steps=steps, lr=lr, binary_search_steps=binary_search_steps,
+        targeted=targeted, abort_early=abort_early, refine_steps=refine_steps,
+    )
+    return result if return_info else result.x_adv
 
 
 @torch.no_grad()
 def _shrink_along_delta(
-    forward: ModelCall,
+    model: nn.Module,
     x: Tensor,
     y: Tensor,
     best_x: Tensor,
@@ -184,7 +187,7 @@ def _shrink_along_delta(
     hi = torch.ones_like(lo)  # s = 1 is the point Adam found, known to be adversarial
     for _ in range(refine_steps):
         mid = (lo + hi) / 2
-        logits = forward(xs + batch_view(mid, xs) * delta)
+        logits = model(xs + batch_view(mid, xs) * delta)
         gap = -objective(logits, ys, "margin", targeted)
         # The bisection ends next to the boundary: keep a slack so the caller's re-evaluation agrees.
         adversarial = gap < -ks - rounding_slack(logits)

@@ -6,22 +6,68 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._core import (
-    NORMS,
-    AttackResult,
-    ModelCall,
-    batch_view,
-    check_choice,
-    check_images,
-    check_labels,
-    check_logits,
-    check_model,
-    check_steps,
-    flat_norm,
-    frozen,
-    margin,
-    rounding_slack,
-)
+from .checks import check_steps, first_logits, frozen, validate
+from .norms import batch_view
+from .objectives import margin, rounding_slack
+from .result import AttackResult
+
+
+def deepfool_result(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int = 50,
+    overshoot: float = 0.02,
+    candidates: int = 10,
+    norm: str = "l2",
+) -> AttackResult:
+    """:func:`deepfool`, always returning the :class:`AttackResult`."""
+    inp = validate(model, x, y, norm=norm, steps=steps)
+    assert inp.norm is not None
+    x, y, y_max, geometry = inp.x, inp.y, inp.y_max, inp.norm
+    candidates = check_steps(candidates, "candidates")
+    if candidates < 2:
+        raise ValueError(f"candidates must be >= 2 (the true class and at least one other), got {candidates}")
+    if isinstance(overshoot, bool) or not isinstance(overshoot, int | float) or not overshoot >= 0:
+        raise ValueError(f"overshoot must be a number >= 0, got {overshoot!r}")
+    n = x.shape[0]
+
+    with frozen(model):
+        r_total = torch.zeros_like(x)
+        x_i = x.detach().clone()
+        done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        others = y[:, None]
+        k = 0
+        for i in range(steps + 1):
+            x_i.requires_grad_(True)
+            z = first_logits(model, x_i, y_max) if i == 0 else model(x_i)
+            if i == 0:
+                k = min(candidates, z.shape[1]) - 1
+                others = z.detach().scatter(1, y[:, None], float("-inf")).topk(k, dim=1).indices  # (N, k)
+            # Past the boundary by a rounding slack: the caller's re-evaluation must agree with ``success``.
+            done = done | (margin(z.detach(), y) > rounding_slack(z))
+            if i == steps or bool(done.all()):
+                break
+            f = z.gather(1, others) - z.gather(1, y[:, None])  # (N, k): f'_k
+            grads = [torch.autograd.grad(f[:, j].sum(), x_i, retain_graph=j < k - 1)[0] for j in range(k)]
+            with torch.no_grad():
+                w = torch.stack(grads, dim=1)  # (N, k, ...)
+                dual = geometry.dual_size(w.flatten(0, 1)).view(n, k)
+                distance = f.detach().abs() / (dual + 1e-8)
+                l = distance.argmin(dim=1)
+                pick = torch.arange(n, device=x.device)
+                w_l, f_l, dual_l = w[pick, l], f.detach()[pick, l].abs() + 1e-4, dual[pick, l]
+                # The step onto the linearised boundary: |f_l| / ||w_l||_* along the norm's steepest direction.
+                step = geometry.ascent_step_(w_l.clone(), f_l / (dual_l + 1e-8))
+                # A sample that is already misclassified stays where it is.
+                r_total += step * batch_view((~done).to(x.dtype), step)
+                x_i = (x + (1 + overshoot) * r_total).clamp_(0, 1)
+        success = done
+        x_adv = torch.where(batch_view(success, x), x_i.detach(), x)
+    size = geometry.size(x_adv - x)
+    size = torch.where(success, size, torch.full_like(size, float("inf")))
+    return AttackResult(x_adv, success, -size, {"norm": size})
 
 
 def deepfool(
@@ -55,56 +101,7 @@ def deepfool(
     Returns x_adv (unchanged where DeepFool failed within ``steps``), or with ``return_info=True`` an
     :class:`AttackResult` whose ``extras["norm"]`` is the perturbation's size in ``norm`` (inf where it failed).
     """
-    check_model(model)
-    x = check_images(x)
-    steps = check_steps(steps)
-    candidates = check_steps(candidates, "candidates")
-    if candidates < 2:
-        raise ValueError(f"candidates must be >= 2 (the true class and at least one other), got {candidates}")
-    if isinstance(overshoot, bool) or not isinstance(overshoot, int | float) or not overshoot >= 0:
-        raise ValueError(f"overshoot must be a number >= 0, got {overshoot!r}")
-    norm = check_choice(norm, "norm", NORMS)
-    n = x.shape[0]
-    y, y_max = check_labels(y, n, x.device)
-
-    with frozen(model):
-        forward = ModelCall(model, x, steps + 1)
-        r_total = torch.zeros_like(x)
-        x_i = x.detach().clone()
-        done = torch.zeros(n, dtype=torch.bool, device=x.device)
-        others = y[:, None]
-        k = 0
-        for i in range(steps + 1):
-            x_i.requires_grad_(True)
-            z = forward(x_i)
-            if i == 0:
-                check_logits(z, n, y_max)
-                k = min(candidates, z.shape[1]) - 1
-                others = z.detach().scatter(1, y[:, None], float("-inf")).topk(k, dim=1).indices  # (N, k)
-            # Past the boundary by a rounding slack: the caller's re-evaluation must agree with ``success``.
-            done = done | (margin(z.detach(), y) > rounding_slack(z))
-            if i == steps or bool(done.all()):
-                break
-            f = z.gather(1, others) - z.gather(1, y[:, None])  # (N, k): f'_k
-            grads = [torch.autograd.grad(f[:, j].sum(), x_i, retain_graph=j < k - 1)[0] for j in range(k)]
-            with torch.no_grad():
-                w = torch.stack(grads, dim=1)  # (N, k, ...)
-                dual = flat_norm(w.flatten(0, 1), 1.0 if norm == "linf" else 2.0).view(n, k)
-                distance = f.detach().abs() / (dual + 1e-8)
-                l = distance.argmin(dim=1)
-                pick = torch.arange(n, device=x.device)
-                w_l, f_l, dual_l = w[pick, l], f.detach()[pick, l].abs() + 1e-4, dual[pick, l]
-                if norm == "l2":
-                    step = w_l * batch_view(f_l / (dual_l**2 + 1e-8), w_l)
-                else:
-                    step = w_l.sign() * batch_view(f_l / (dual_l + 1e-8), w_l)
-                # A sample that is already misclassified stays where it is.
-                r_total += step * batch_view((~done).to(x.dtype), step)
-                x_i = (x + (1 + overshoot) * r_total).clamp_(0, 1)
-        success = done
-        x_adv = torch.where(batch_view(success, x), x_i.detach(), x)
-    if not return_info:
-        return x_adv
-    size = flat_norm(x_adv - x, float("inf") if norm == "linf" else 2.0)
-    size = torch.where(success, size, torch.full_like(size, float("inf")))
-    return AttackResult(x_adv, success, -size, {"norm": size})
+    result = deepfool_result(
+        model, x, y, steps=steps, overshoot=overshoot, candidates=candidates, norm=norm,
+    )
+    return result if return_info else result.x_adv

@@ -5,22 +5,39 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._core import (
-    GEOMETRIES,
-    LOSSES,
-    NORMS,
-    AttackResult,
-    ModelCall,
-    check_choice,
-    check_eps,
-    check_images,
-    check_labels,
-    check_logits,
-    check_model,
-    frozen,
-    is_success,
-    objective,
-)
+from .checks import Inputs, first_logits, frozen, validate
+from .objectives import is_success, objective
+from .result import AttackResult
+
+
+def fgsm_result(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    *,
+    targeted: bool = False,
+    loss: str = "ce",
+    norm: str = "linf",
+) -> AttackResult:
+    """:func:`fgsm`, always returning the :class:`AttackResult` (one more forward pass, for the success mask)."""
+    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss)
+    with frozen(model):
+        x_adv = _step(model, inp, loss, targeted)
+        with torch.no_grad():
+            logits = model(x_adv)
+    return AttackResult(x_adv, is_success(logits, inp.y, targeted), objective(logits, inp.y, loss, targeted))
+
+
+def _step(model: nn.Module, inp: Inputs, loss: str, targeted: bool) -> Tensor:
+    """x + eps * s(grad), projected onto the ball ∩ box: the whole attack, without scoring the result."""
+    assert inp.eps is not None and inp.norm is not None
+    x_in = inp.x.clone().requires_grad_(True)
+    logits = first_logits(model, x_in, inp.y_max)
+    (grad,) = torch.autograd.grad(objective(logits, inp.y, loss, targeted).sum(), x_in)
+    x_adv = x_in.detach()
+    x_adv.add_(inp.norm.ascent_step_(grad, inp.eps))
+    return inp.norm.ball(inp.x, inp.eps).project_(x_adv)
 
 
 def fgsm(
@@ -51,24 +68,8 @@ def fgsm(
     Returns:
         x_adv shaped like x, in [0, 1] and within eps of x in the chosen norm.
     """
-    check_model(model)
-    x = check_images(x)
-    y, y_max = check_labels(y, x.shape[0], x.device)
-    eps_t = check_eps(eps, x.shape[0], x, norm)
-    loss = check_choice(loss, "loss", LOSSES)
-    geometry = GEOMETRIES[check_choice(norm, "norm", NORMS)]
-
+    if return_info:
+        return fgsm_result(model, x, y, eps, targeted=targeted, loss=loss, norm=norm)
+    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss)
     with frozen(model):
-        forward = ModelCall(model, x, 2)
-        x_in = x.detach().clone().requires_grad_(True)
-        logits = forward(x_in)
-        check_logits(logits, x.shape[0], y_max)
-        (grad,) = torch.autograd.grad(objective(logits, y, loss, targeted).sum(), x_in)
-        x_adv = x_in.detach()
-        x_adv.add_(geometry.ascent_step_(grad, eps_t))
-        geometry.project_(x_adv, x, eps_t, geometry.box(x, eps_t))
-        if not return_info:
-            return x_adv
-        with torch.no_grad():
-            logits_adv = forward(x_adv)
-        return AttackResult(x_adv, is_success(logits_adv, y, targeted), objective(logits_adv, y, loss, targeted))
+        return _step(model, inp, loss, targeted)

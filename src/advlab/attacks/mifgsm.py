@@ -2,30 +2,49 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from ._core import (
-    GEOMETRIES,
-    LOSSES,
-    NORMS,
-    AttackResult,
-    ModelCall,
-    batch_view,
-    check_choice,
-    check_eps,
-    check_images,
-    check_labels,
-    check_logits,
-    check_model,
-    check_steps,
-    flat_norm,
-    frozen,
-    is_success,
-    objective,
-    per_sample,
-)
-from .pgd import Best
+from .ascent import Momentum, ascend
+from .checks import frozen, per_sample, validate
+from .objectives import is_success, objective
+from .result import AttackResult
+from .state import BestPoint
+
+
+def mifgsm_result(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    alpha: float | Tensor | None = None,
+    steps: int = 10,
+    *,
+    decay: float = 1.0,
+    norm: str = "linf",
+    targeted: bool = False,
+    loss: str = "ce",
+) -> AttackResult:
+    """:func:`mifgsm`, always returning the :class:`AttackResult`."""
+    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps)
+    assert inp.eps is not None and inp.norm is not None
+    alpha_t = inp.eps / steps if alpha is None else per_sample(alpha, inp.n, "alpha", inp.x, strictly_positive=True)
+    if isinstance(decay, bool) or not isinstance(decay, int | float) or not decay >= 0:
+        raise ValueError(f"decay must be a number >= 0, got {decay!r}")
+    best = BestPoint.start(inp.x)
+    with frozen(model):
+        ascend(
+            model,
+            inp.norm.ball(inp.x, inp.eps),
+            inp.x,
+            alpha_t,
+            steps,
+            lambda logits: objective(logits, inp.y, loss, targeted),
+            y_max=inp.y_max,
+            direction=Momentum(float(decay)),
+            best=best,
+            success=lambda logits: is_success(logits, inp.y, targeted),
+        )
+    return AttackResult(best.x, best.success, best.objective)
 
 
 def mifgsm(
@@ -51,40 +70,5 @@ def mifgsm(
     can reach the border of the ball), and the clip onto the eps-ball intersected with [0, 1]. No random start.
     The L1 normalisation is per sample. Returns the best iterate met (successful first, then highest loss).
     """
-    check_model(model)
-    x = check_images(x)
-    steps = check_steps(steps)
-    n = x.shape[0]
-    y, y_max = check_labels(y, n, x.device)
-    eps_t = check_eps(eps, n, x, norm)
-    alpha_t = eps_t / steps if alpha is None else per_sample(alpha, n, "alpha", x, strictly_positive=True)
-    if isinstance(decay, bool) or not isinstance(decay, int | float) or not decay >= 0:
-        raise ValueError(f"decay must be a number >= 0, got {decay!r}")
-    loss = check_choice(loss, "loss", LOSSES)
-    geometry = GEOMETRIES[check_choice(norm, "norm", NORMS)]
-
-    best = Best(x)
-    box = geometry.box(x, eps_t)
-    x_adv = x.detach().clone()
-    g = torch.zeros_like(x)
-    with frozen(model):
-        forward = ModelCall(model, x, steps + 1)
-        for i in range(steps):
-            x_adv.requires_grad_(True)
-            logits = forward(x_adv)
-            if i == 0:
-                check_logits(logits, n, y_max)
-            obj = objective(logits, y, loss, targeted)
-            (grad,) = torch.autograd.grad(obj.sum(), x_adv)
-            with torch.no_grad():
-                x_adv = x_adv.detach()
-                best.update(x_adv, obj.detach(), is_success(logits, y, targeted))
-                g.mul_(decay).add_(grad / batch_view(flat_norm(grad, 1.0).clamp_min(1e-30), grad))
-                x_adv.add_(geometry.ascent_step_(g.clone(), alpha_t))
-                geometry.project_(x_adv, x, eps_t, box)
-        with torch.no_grad():
-            logits = forward(x_adv)
-            best.update(x_adv, objective(logits, y, loss, targeted), is_success(logits, y, targeted))
-    if return_info:
-        return AttackResult(best.x, best.success, best.objective)
-    return best.x
+    result = mifgsm_result(model, x, y, eps, alpha, steps, decay=decay, norm=norm, targeted=targeted, loss=loss)
+    return result if return_info else result.x_adv

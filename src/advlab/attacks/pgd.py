@@ -2,128 +2,53 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from ._core import (
-    GEOMETRIES,
-    LOSSES,
-    NORMS,
-    AttackResult,
-    Geometry,
-    ModelCall,
-    Noise,
-    batch_view,
-    check_choice,
-    check_eps,
-    check_images,
-    check_labels,
-    check_logits,
-    check_model,
-    check_steps,
-    frozen,
-    is_success,
-    objective,
-    per_sample,
-)
+from .ascent import ascend
+from .checks import check_steps, frozen, per_sample, validate
+from .noise import Noise
+from .norms import Ball
+from .objectives import is_success, objective
+from .result import AttackResult
+from .state import BestPoint
 
 
-class Best:
-    """Per-sample best point: a successful point beats an unsuccessful one, then a higher objective wins."""
-
-    def __init__(self, x: Tensor) -> None:
-        n = x.shape[0]
-        self.x = x.detach().clone()
-        self.objective = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
-        self.success = torch.zeros(n, dtype=torch.bool, device=x.device)
-
-    @torch.no_grad()
-    def update(self, x: Tensor, objective: Tensor, success: Tensor) -> None:
-        # NaN objectives compare False, so a point with a NaN loss is never kept.
-        better = (success & ~self.success) | ((success == self.success) & (objective > self.objective))
-        self.x = torch.where(batch_view(better, x), x, self.x)
-        self.objective = torch.where(better, objective, self.objective)
-        self.success |= better & success
-
-    def merge(self, other: Best, index: Tensor) -> None:
-        """Fold in ``other``, which holds the samples at ``index`` of this batch."""
-        sub = Best.__new__(Best)
-        sub.x, sub.objective, sub.success = self.x[index], self.objective[index], self.success[index]
-        sub.update(other.x, other.objective, other.success)
-        self.x[index], self.objective[index], self.success[index] = sub.x, sub.objective, sub.success
+def _alpha(alpha: float | Tensor | None, eps: Tensor, steps: int, default: float) -> Tensor:
+    """``alpha`` per sample, or ``default * eps / steps``."""
+    if alpha is None:
+        return eps * default / steps
+    return per_sample(alpha, eps.shape[0], "alpha", eps, strictly_positive=True)
 
 
-def _ascend(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    y_max: int,
-    start: Tensor,
-    eps: Tensor,
-    alpha: Tensor,
-    steps: int,
-    geometry: Geometry,
-    loss: str,
-    targeted: bool,
-) -> Best:
-    """``steps`` projected steepest-ascent steps from ``start``; every iterate is scored, the best is kept.
-
-    The loop body is one forward, one input-gradient backward and an in-place update under no_grad: no host
-    syncs, no copies beyond the best-point bookkeeping. Each iterate is scored from the logits its own forward
-    pass already computed, and one final forward scores the last iterate.
-    """
-    best = Best(x)
-    box = geometry.box(x, eps)
-    x_adv = start.detach().clone()
-    forward = ModelCall(model, x, steps + 1)
-    for i in range(steps):
-        x_adv.requires_grad_(True)
-        logits = forward(x_adv)
-        if i == 0:
-            check_logits(logits, x.shape[0], y_max)
-        obj = objective(logits, y, loss, targeted)
-        (grad,) = torch.autograd.grad(obj.sum(), x_adv)
-        with torch.no_grad():
-            x_adv = x_adv.detach()
-            best.update(x_adv, obj.detach(), is_success(logits, y, targeted))
-            x_adv.add_(geometry.ascent_step_(grad, alpha))
-            geometry.project_(x_adv, x, eps, box)
-    with torch.no_grad():
-        logits = forward(x_adv)
-        best.update(x_adv, objective(logits, y, loss, targeted), is_success(logits, y, targeted))
-    return best
-
-
-def _prepare(
+def bim_result(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     eps: float | Tensor,
-    alpha: float | Tensor | None,
-    steps: int,
-    loss: str,
-    norm: str,
-    default_alpha: float,
-) -> tuple[Tensor, Tensor, int, Tensor, Tensor, Geometry]:
-    check_model(model)
-    x = check_images(x)
-    steps = check_steps(steps)
-    y, y_max = check_labels(y, x.shape[0], x.device)
-    eps_t = check_eps(eps, x.shape[0], x, norm)
-    alpha_t = (
-        eps_t * default_alpha / steps
-        if alpha is None
-        else per_sample(alpha, x.shape[0], "alpha", x, strictly_positive=True)
-    )
-    check_choice(loss, "loss", LOSSES)
-    geometry = GEOMETRIES[check_choice(norm, "norm", NORMS)]
-    return x, y, y_max, eps_t, alpha_t, geometry
-
-
-def _result(best: Best, return_info: bool) -> Tensor | AttackResult:
-    if return_info:
-        return AttackResult(best.x, best.success, best.objective)
-    return best.x
+    alpha: float | Tensor | None = None,
+    steps: int = 10,
+    *,
+    targeted: bool = False,
+    loss: str = "ce",
+) -> AttackResult:
+    """:func:`bim`, always returning the :class:`AttackResult`."""
+    inp = validate(model, x, y, eps=eps, norm="linf", loss=loss, steps=steps)
+    assert inp.eps is not None and inp.norm is not None
+    alpha_t = _alpha(alpha, inp.eps, steps, 1.0)
+    best = BestPoint.start(inp.x)
+    with frozen(model):
+        ascend(
+            model,
+            inp.norm.ball(inp.x, inp.eps),
+            inp.x,
+            alpha_t,
+            steps,
+            lambda logits: objective(logits, inp.y, loss, targeted),
+            y_max=inp.y_max,
+            best=best,
+            success=lambda logits: is_success(logits, inp.y, targeted),
+        )
+    return AttackResult(best.x, best.success, best.objective)
 
 
 def bim(
@@ -148,10 +73,56 @@ def bim(
     ``alpha`` defaults to eps / steps, the smallest step that can reach the corner of the ball.
     Other arguments as in :func:`advlab.attacks.fgsm`.
     """
-    x, y, y_max, eps_t, alpha_t, geometry = _prepare(model, x, y, eps, alpha, steps, loss, "linf", 1.0)
+    result = bim_result(model, x, y, eps, alpha, steps, targeted=targeted, loss=loss)
+    return result if return_info else result.x_adv
+
+
+def pgd_result(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    alpha: float | Tensor | None = None,
+    steps: int = 10,
+    *,
+    norm: str = "linf",
+    random_start: bool = True,
+    restarts: int = 1,
+    targeted: bool = False,
+    loss: str = "ce",
+    seed: int | Tensor | None = None,
+) -> AttackResult:
+    """:func:`pgd`, always returning the :class:`AttackResult`."""
+    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps)
+    assert inp.eps is not None and inp.norm is not None
+    restarts = check_steps(restarts, "restarts")
+    alpha_t = _alpha(alpha, inp.eps, steps, 2.5)
+    noise = Noise(seed, inp.n)
+
+    def run(ball: Ball, y: Tensor, alpha: Tensor, noise: Noise) -> BestPoint:
+        best = BestPoint.start(ball.x)
+        ascend(
+            model,
+            ball,
+            ball.random_start(noise) if random_start else ball.x,
+            alpha,
+            steps,
+            lambda logits: objective(logits, y, loss, targeted),
+            y_max=inp.y_max,
+            best=best,
+            success=lambda logits: is_success(logits, y, targeted),
+        )
+        return best
+
     with frozen(model):
-        best = _ascend(model, x, y, y_max, x, eps_t, alpha_t, steps, geometry, loss, targeted)
-    return _result(best, return_info)
+        ball = inp.norm.ball(inp.x, inp.eps)
+        best = run(ball, inp.y, alpha_t, noise)
+        for _ in range(restarts - 1):  # each restart only on the samples not yet broken
+            index = (~best.success).nonzero().view(-1)
+            if index.numel() == 0:
+                break
+            best.merge(run(ball.take(index), inp.y[index], alpha_t[index], noise.take(index)), index)
+    return AttackResult(best.x, best.success, best.objective)
 
 
 def pgd(
@@ -182,17 +153,8 @@ def pgd(
 
     ``alpha`` defaults to 2.5 * eps / steps (Madry et al.). Returns the best point met, not the last iterate.
     """
-    x, y, y_max, eps_t, alpha_t, geometry = _prepare(model, x, y, eps, alpha, steps, loss, norm, 2.5)
-    restarts = check_steps(restarts, "restarts")
-    noise = Noise(seed, x.shape[0])
-    with frozen(model):
-        start = geometry.random_start(x, eps_t, noise) if random_start else x
-        best = _ascend(model, x, y, y_max, start, eps_t, alpha_t, steps, geometry, loss, targeted)
-        for _ in range(restarts - 1):
-            index = (~best.success).nonzero().view(-1)
-            if index.numel() == 0:
-                break
-            xs, ys, es, al = x[index], y[index], eps_t[index], alpha_t[index]
-            start = geometry.random_start(xs, es, noise.subset(index)) if random_start else xs
-            best.merge(_ascend(model, xs, ys, y_max, start, es, al, steps, geometry, loss, targeted), index)
-    return _result(best, return_info)
+    result = pgd_result(
+        model, x, y, eps, alpha, steps, norm=norm, random_start=random_start, restarts=restarts,
+        targeted=targeted, loss=loss, seed=seed,
+    )
+    return result if return_info else result.x_adv

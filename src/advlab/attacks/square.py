@@ -22,25 +22,12 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
-from ._core import (
-    LOSSES,
-    NORMS,
-    AttackResult,
-    ModelCall,
-    batch_view,
-    check_choice,
-    check_eps,
-    check_images,
-    check_labels,
-    check_logits,
-    check_model,
-    check_positive,
-    check_steps,
-    flat_norm,
-    frozen,
-    is_success,
-    objective,
-)
+from .checks import check_choice, check_positive, check_steps, first_logits, frozen, validate
+from .noise import seed_list
+from .norms import batch_view, flat_norm
+from .objectives import is_success, objective
+from .result import AttackResult
+from .state import PerSample
 
 _MASK32 = 0xFFFFFFFF
 _SIGN_CANDIDATES = 8  # Linf: colour vectors tried per iteration so that the proposal changes the window
@@ -69,22 +56,14 @@ class CounterRandom:
     """Per-sample random numbers that are a pure function of (sample seed, counter, stream).
 
     ``seed``: None (draw per-sample keys from torch's global generator; not batch-independent), an int (sample
-    i gets seed + i, as in :class:`advlab.attacks._core.Noise`) or an int64 tensor (N,) of per-sample seeds.
+    i gets seed + i, as in :class:`advlab.attacks.noise.Noise`) or an int64 tensor (N,) of per-sample seeds.
     """
 
     def __init__(self, seed: int | Tensor | None, n: int, device: torch.device) -> None:
         if seed is None:
             seeds = torch.randint(0, 2**62, (n,), dtype=torch.long)
-        elif isinstance(seed, bool) or not isinstance(seed, int | Tensor):
-            raise TypeError(f"seed must be None, an int, or an int64 tensor of shape ({n},), got {type(seed).__name__}")
-        elif isinstance(seed, int):
-            seeds = seed + torch.arange(n, dtype=torch.long)
         else:
-            if seed.is_floating_point() or seed.shape != (n,):
-                raise ValueError(
-                    f"a seed tensor must hold {n} integers (one per sample), got {seed.dtype} {tuple(seed.shape)}"
-                )
-            seeds = seed.to(torch.long)
+            seeds = torch.tensor(seed_list(seed, n), dtype=torch.long)
         seeds = seeds.to(device)
         lo, hi = seeds & _MASK32, (seeds >> 32) & _MASK32
         self.key = _mix32(lo ^ _mix32(hi ^ 0x2545F491))
@@ -172,24 +151,14 @@ def _place(pattern: Tensor, vh: Tensor, vw: Tensor, h: int, w: int, transpose: T
 # ----------------------------------------------------------------------------------------- proposals
 
 
-class _State:
-    """Per-sample state of the samples still being attacked (subset on compaction)."""
-
-    def __init__(self, **tensors: Tensor) -> None:
-        self.__dict__.update(tensors)
-
-    def take(self, keep: Tensor) -> _State:
-        return _State(**{k: v[keep] for k, v in self.__dict__.items()})
-
-
-def _linf_init(st: _State, rng: CounterRandom) -> Tensor:
+def _linf_init(st: PerSample, rng: CounterRandom) -> Tensor:
     """Vertical stripes: each column of each channel at x + eps or x - eps (Algorithm 2, initialisation)."""
     n, c, _, w = st.x.shape
     signs = rng.bits(_INIT, c * w).view(n, c, 1, w) >> 31
     return torch.where(signs.bool(), st.hi, st.lo)
 
 
-def _linf_proposal(st: _State, rng: CounterRandom, i: int, s: int) -> Tensor:
+def _linf_proposal(st: PerSample, rng: CounterRandom, i: int, s: int) -> Tensor:
     """One window of side s, each channel set to x + eps or x - eps, so that the window changes (the authors'
     code resamples the colours until it does; here the first of 8 candidate colour vectors that changes it)."""
     n, c, h, w = st.x.shape
@@ -205,7 +174,7 @@ def _linf_proposal(st: _State, rng: CounterRandom, i: int, s: int) -> Tensor:
     return torch.where(win, torch.where(up[:, :, None, None], st.hi, st.lo), st.x_best)
 
 
-def _l2_init(st: _State, rng: CounterRandom) -> Tensor:
+def _l2_init(st: PerSample, rng: CounterRandom) -> Tensor:
     """A grid of s x s bumps (s = min(h, w) // 5), each with a random sign per channel and a random orientation,
     scaled to the L2 sphere of radius eps (Algorithm 3, initialisation)."""
     n, c, h, w = st.x.shape
@@ -222,12 +191,12 @@ def _l2_init(st: _State, rng: CounterRandom) -> Tensor:
     return _on_sphere(st, delta)
 
 
-def _on_sphere(st: _State, delta: Tensor) -> Tensor:
+def _on_sphere(st: PerSample, delta: Tensor) -> Tensor:
     scale = batch_view(st.eps, delta) / batch_view(flat_norm(delta, 2.0).clamp_min(1e-12), delta)
     return (st.x + delta * scale).clamp_(0, 1)
 
 
-def _l2_proposal(st: _State, rng: CounterRandom, i: int, s: int) -> Tensor:
+def _l2_proposal(st: PerSample, rng: CounterRandom, i: int, s: int) -> Tensor:
     """Algorithm 3: in window 1 a new bump (random sign per channel, random orientation) is added to the old
     content; window 2 is emptied; the mass the two windows held, plus what the budget has left, is spent on
     window 1 per channel; the whole perturbation is then put back on the eps-sphere and in the box."""
@@ -257,6 +226,92 @@ def _l2_proposal(st: _State, rng: CounterRandom, i: int, s: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------- public API
+
+
+def square_result(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    *,
+    norm: str = "linf",
+    queries: int = 5000,
+    p_init: float = 0.8,
+    targeted: bool = False,
+    loss: str | None = None,
+    rescale_schedule: bool = True,
+    seed: int | Tensor | None = None,
+) -> AttackResult:
+    """:func:`square`, always returning the :class:`AttackResult`."""
+    inp = validate(model, x, y, eps=eps, norm=norm)
+    assert inp.eps is not None and inp.norm is not None
+    x, y, y_max, eps_t = inp.x, inp.y, inp.y_max, inp.eps
+    if x.ndim != 4:
+        raise ValueError(f"the Square attack needs images shaped (N, C, H, W), got shape {tuple(x.shape)}")
+    queries = check_steps(queries, "queries")
+    p_init = check_positive(p_init, "p_init")
+    if p_init > 1:
+        raise ValueError(f"p_init must be in (0, 1] (a fraction of the pixels), got {p_init}")
+    loss = ("ce" if targeted else "margin") if loss is None else check_choice(loss, "loss", ("ce", "margin"))
+    n, _, h, w = x.shape
+    if min(h, w) < 2:
+        raise ValueError(f"the Square attack needs images of at least 2 x 2 pixels, got {h} x {w}")
+    rng = CounterRandom(seed, n, x.device)
+
+    e = batch_view(eps_t, x)
+    st = PerSample(idx=torch.arange(n, device=x.device), x=x, y=y, eps=eps_t, key=rng.key)
+    if norm == "linf":
+        st.lo, st.hi = (x - e).clamp(0, 1), (x + e).clamp(0, 1)
+    out = PerSample(
+        x_best=x.detach().clone(),
+        obj=torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device),
+        success=torch.zeros(n, dtype=torch.bool, device=x.device),
+        used=torch.zeros(n, dtype=torch.long, device=x.device),
+    )
+
+    def sub_rng(state: PerSample) -> CounterRandom:
+        r = CounterRandom.__new__(CounterRandom)
+        r.key = state.key
+        return r
+
+    def write_back(state: PerSample) -> None:
+        out.put(state.idx, PerSample(x_best=state.x_best, obj=state.obj, success=state.success, used=state.used))
+
+    with frozen(model), torch.no_grad():
+        st.x_best = _linf_init(st, rng) if norm == "linf" else _l2_init(st, rng)
+        logits = first_logits(model, st.x_best, y_max)
+        st.obj = objective(logits, y, loss, targeted)
+        st.success = is_success(logits, y, targeted)
+        st.used = torch.ones(n, dtype=torch.long, device=x.device)
+        for i in range(queries - 1):
+            if i % _COMPACT_EVERY == 0:
+                keep = ~st.success
+                if not bool(keep.all()):  # host sync every _COMPACT_EVERY iterations only
+                    write_back(st.take(~keep))
+                    st = st.take(keep)
+                if st.idx.numel() == 0:
+                    break
+            p = p_schedule(p_init, i, queries, rescale_schedule)
+            side = round(math.sqrt(p * h * w))
+            if norm == "linf":
+                s = min(max(side, 1), min(h, w) - 1)
+                x_new = _linf_proposal(st, sub_rng(st), i + 1, s)
+            else:
+                s = max(side, 3)
+                s = min(s + 1 if s % 2 == 0 else s, min(h, w))
+                x_new = _l2_proposal(st, sub_rng(st), i + 1, s)
+            logits = model(x_new)
+            obj = objective(logits, st.y, loss, targeted)
+            success = is_success(logits, st.y, targeted)
+            # A broken sample is frozen at once (not at the next compaction), so nothing depends on the batch.
+            active = ~st.success
+            accept = active & ((obj > st.obj) | success)
+            st.x_best = torch.where(batch_view(accept, x_new), x_new, st.x_best)
+            st.obj = torch.where(accept, obj, st.obj)
+            st.success = st.success | (accept & success)
+            st.used = st.used + active.long()
+        write_back(st)
+    return AttackResult(out.x_best, out.success, out.obj, {"queries": out.used})
 
 
 def square(
@@ -296,77 +351,8 @@ def square(
     :class:`AttackResult` whose ``loss`` is the objective that was ascended and ``extras["queries"]`` the number
     of model evaluations each sample used.
     """
-    check_model(model)
-    x = check_images(x)
-    if x.ndim != 4:
-        raise ValueError(f"the Square attack needs images shaped (N, C, H, W), got shape {tuple(x.shape)}")
-    norm = check_choice(norm, "norm", NORMS)
-    queries = check_steps(queries, "queries")
-    p_init = check_positive(p_init, "p_init")
-    if p_init > 1:
-        raise ValueError(f"p_init must be in (0, 1] (a fraction of the pixels), got {p_init}")
-    loss = ("ce" if targeted else "margin") if loss is None else check_choice(loss, "loss", LOSSES)
-    n, _, h, w = x.shape
-    if min(h, w) < 2:
-        raise ValueError(f"the Square attack needs images of at least 2 x 2 pixels, got {h} x {w}")
-    y, y_max = check_labels(y, n, x.device)
-    eps_t = check_eps(eps, n, x, norm)
-    rng = CounterRandom(seed, n, x.device)
-
-    e = batch_view(eps_t, x)
-    st = _State(idx=torch.arange(n, device=x.device), x=x, y=y, eps=eps_t, key=rng.key)
-    if norm == "linf":
-        st.lo, st.hi = (x - e).clamp(0, 1), (x + e).clamp(0, 1)
-    out_x = x.detach().clone()
-    out_obj = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
-    out_success = torch.zeros(n, dtype=torch.bool, device=x.device)
-    used = torch.zeros(n, dtype=torch.long, device=x.device)
-
-    def sub_rng(state: _State) -> CounterRandom:
-        r = CounterRandom.__new__(CounterRandom)
-        r.key = state.key
-        return r
-
-    def write_back(state: _State) -> None:
-        out_x[state.idx], out_obj[state.idx], out_success[state.idx] = state.x_best, state.obj, state.success
-        used[state.idx] = state.used
-
-    with frozen(model), torch.no_grad():
-        forward = ModelCall(model, x, queries)
-        st.x_best = _linf_init(st, rng) if norm == "linf" else _l2_init(st, rng)
-        logits = forward(st.x_best)
-        check_logits(logits, n, y_max)
-        st.obj = objective(logits, y, loss, targeted)
-        st.success = is_success(logits, y, targeted)
-        st.used = torch.ones(n, dtype=torch.long, device=x.device)
-        for i in range(queries - 1):
-            if i % _COMPACT_EVERY == 0:
-                keep = ~st.success
-                if not bool(keep.all()):  # host sync every _COMPACT_EVERY iterations only
-                    write_back(st.take(~keep))
-                    st = st.take(keep)
-                if st.idx.numel() == 0:
-                    break
-            p = p_schedule(p_init, i, queries, rescale_schedule)
-            side = round(math.sqrt(p * h * w))
-            if norm == "linf":
-                s = min(max(side, 1), min(h, w) - 1)
-                x_new = _linf_proposal(st, sub_rng(st), i + 1, s)
-            else:
-                s = max(side, 3)
-                s = min(s + 1 if s % 2 == 0 else s, min(h, w))
-                x_new = _l2_proposal(st, sub_rng(st), i + 1, s)
-            logits = forward(x_new)
-            obj = objective(logits, st.y, loss, targeted)
-            success = is_success(logits, st.y, targeted)
-            # A broken sample is frozen at once (not at the next compaction), so nothing depends on the batch.
-            active = ~st.success
-            accept = active & ((obj > st.obj) | success)
-            st.x_best = torch.where(batch_view(accept, x_new), x_new, st.x_best)
-            st.obj = torch.where(accept, obj, st.obj)
-            st.success = st.success | (accept & success)
-            st.used = st.used + active.long()
-        write_back(st)
-    if not return_info:
-        return out_x
-    return AttackResult(out_x, out_success, out_obj, {"queries": used})
+    result = square_result(
+        model, x, y, eps, norm=norm, queries=queries, p_init=p_init, targeted=targeted, loss=loss,
+        rescale_schedule=rescale_schedule, seed=seed,
+    )
+    return result if return_info else result.x_adv

@@ -35,8 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from advlab.attacks import AttackResult, apgd, cw_l2, fgsm
-from advlab.attacks._core import (
-    NORMS,
+from advlab.attacks.checks import (
     check_choice,
     check_images,
     check_labels,
@@ -44,8 +43,9 @@ from advlab.attacks._core import (
     check_model,
     check_positive,
     frozen,
-    margin,
 )
+from advlab.attacks.norms import NORM_NAMES as NORMS
+from advlab.attacks.objectives import margin
 
 from .suite import Stage as _Stage
 from .suite import SuiteResult, _apgd_ce, _apgd_t, _square, run_suite

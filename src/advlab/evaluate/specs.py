@@ -46,8 +46,8 @@ def register_attack(name: str, fn: Callable[..., Any]) -> None:
 
 
 def _discover() -> None:
-    """Register every attack function that :mod:`advlab.attacks` exports (new attacks appear by themselves)."""
-    for name in getattr(_attacks, "__all__", []):
+    """Register every attack :mod:`advlab.attacks` lists in ``ATTACKS`` (new attacks appear by themselves)."""
+    for name in _attacks.ATTACKS:
         fn = getattr(_attacks, name, None)
         if name in _REGISTRY or not inspect.isfunction(fn):
             continue

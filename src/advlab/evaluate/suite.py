@@ -34,17 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from advlab.attacks import AttackResult, apgd, apgd_t, square
-from advlab.attacks._core import (
-    NORMS,
-    check_choice,
-    check_eps,
-    check_images,
-    check_labels,
-    check_logits,
-    check_model,
-    flat_norm,
-    frozen,
-)
+from advlab.attacks.checks import check_choice, check_eps, check_images, check_labels, check_logits, check_model, frozen
+from advlab.attacks.norms import NORM_NAMES as NORMS
+from advlab.attacks.norms import flat_norm
 
 StageFn = Callable[[nn.Module, Tensor, Tensor, Tensor, str, Tensor], AttackResult]
 

@@ -5,12 +5,14 @@ and preprocessing. See docs/models_data.md.
 
 from advlab.models.classifier import ImageClassifier
 from advlab.models.efficientnet_lite import convert_lukemelas_state_dict, lukemelas_to_timm_key
+from advlab.models.prepare import PreparedModel, preparation_record, prepare
 from advlab.models.weights import WeightsNotFoundError, load_state_dict_file
 from advlab.models.zoo import DEFAULT_MODEL, builtin_models, check_device, list_models, load_model, torchvision_models
 
 __all__ = [
     "DEFAULT_MODEL",
     "ImageClassifier",
+    "PreparedModel",
     "WeightsNotFoundError",
     "builtin_models",
     "check_device",
@@ -19,5 +21,7 @@ __all__ = [
     "load_model",
     "load_state_dict_file",
     "lukemelas_to_timm_key",
+    "preparation_record",
+    "prepare",
     "torchvision_models",
 ]

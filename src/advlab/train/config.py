@@ -52,6 +52,8 @@ class TrainConfig:
         train_subset: use only the first N images of the shuffled training split (for quick runs and tests).
         seed: seeds the split, the shuffling, the initialisation and the random starts.
         amp: bfloat16 autocast on CUDA (no effect on what is stored; refused on CPU).
+        prepare: inner attacks of 4 steps or more, and the held-out PGD, attack :func:`advlab.models.prepare`'s
+            copy of the current weights (the same function up to float rounding, faster per step).
         out: run directory (checkpoint, logs, plot, weights).
         resume: continue from ``out/checkpoint.pt``; the run's other fields must match the checkpoint's.
     """
@@ -76,6 +78,7 @@ class TrainConfig:
     train_subset: int | None = None
     seed: int = 0
     amp: bool = False
+    prepare: bool = True
     device: str = "cpu"
     threads: int | None = None
     data_root: str | None = None
@@ -180,6 +183,7 @@ _HELP: dict[str, str] = {
     "train_subset": "train on only this many images",
     "seed": "seed of the split, shuffling, initialisation and random starts",
     "amp": "bfloat16 mixed precision (CUDA only)",
+    "prepare": "attack a prepared (BN-folded, channels-last) copy of the model in the inner maximisation",
     "device": "cpu, cuda, cuda:1, ...",
     "threads": "torch CPU threads (default: torch's choice)",
     "data_root": "folder holding the dataset files (default: the system copy)",

@@ -11,28 +11,32 @@ objective, so each sample's perturbation depends on that sample alone. Eval mode
 TRADES reference code and Madry-lab's ``robustness`` library; Madry et al.'s and Wong et al.'s own code attack
 in train mode (batch statistics). It makes no difference to BN-free models such as the shipped CNNs.
 
-Whether an attack runs advlab's prepared copy of the model (:func:`advlab.attacks._core.prepared_model`) is
-decided here by the attack's length alone: short ones (FGSM-RS) never, long ones always, rebuilt from the
-current weights. Left to the cache, it would depend on what ran earlier in the process, and a resumed run,
-whose process starts afresh, would then differ by float rounding from an uninterrupted one.
+Long inner attacks (``steps >= PREPARE_MIN_STEPS``) attack :func:`advlab.models.prepare`'s copy of the model, made
+afresh from the current weights at every step when ``prepare`` is on (``TrainConfig.prepare``); short ones
+(FGSM-RS) attack the model as given, where a copy per step would not repay itself. Either way the choice
+depends on the settings alone, never on what ran earlier in the process, so a resumed run equals an
+uninterrupted one.
 """
 
 from __future__ import annotations
-
-from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlab import attacks
-from advlab.attacks._core import PREPARE_MIN_PASSES, ModelCall, frozen
+from advlab.attacks.ascent import ascend
+from advlab.attacks.checks import frozen
+from advlab.attacks.noise import Noise
+from advlab.attacks.norms import Linf
+from advlab.models import prepare as prepare_model
+
+PREPARE_MIN_STEPS = 4  # inner attacks of at least this many steps attack a prepared copy (when prepare is on)
 
 
-def history_free_copy(passes: int) -> AbstractContextManager[None]:
-    """The prepared copy for an attack of ``passes`` model passes: always from ``PREPARE_MIN_PASSES`` on, never
-    below, whatever is cached (see the module's docstring)."""
-    return attacks.prepared_models(passes >= PREPARE_MIN_PASSES)
+def _attacked(model: nn.Module, x: Tensor, steps: int, prepare: bool) -> nn.Module:
+    """The module the inner attack runs: a prepared copy of the current weights for long attacks, else the model."""
+    return prepare_model(model, x) if prepare and steps >= PREPARE_MIN_STEPS else model
 
 
 def fgsm_rs(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float) -> Tensor:
@@ -45,29 +49,36 @@ def fgsm_rs(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float) ->
     per pixel), so the result is in both.
     """
     start = (x + (2 * torch.rand_like(x) - 1) * eps).clamp_(0, 1)
-    with history_free_copy(2):
-        stepped = attacks.fgsm(model, start, y, alpha)
+    stepped = attacks.fgsm(model, start, y, alpha)
     return torch.clamp(stepped, x - eps, x + eps)
 
 
-def pgd_inner(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int) -> Tensor:
+def pgd_inner(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int, *, prepare: bool = True
+) -> Tensor:
     """Madry et al. 2018's inner maximisation: a uniform random start in the eps-ball, then ``steps`` projected
     sign-gradient steps of size ``alpha`` on the summed cross-entropy, clipped to the ball and [0, 1]; the last
     iterate is returned, as in their code (an evaluation attack keeps the best point instead)."""
-    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
-    x_adv = torch.clamp(x + (2 * torch.rand_like(x) - 1) * eps, lo, hi)
-    with frozen(model), history_free_copy(steps):
-        forward = ModelCall(model, x, steps)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(forward(x_adv), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            with torch.no_grad():
-                x_adv = torch.clamp(x_adv.detach() + alpha * grad.sign(), lo, hi)
+    n = x.shape[0]
+    ball = Linf().ball(x, torch.full((n,), eps, dtype=x.dtype, device=x.device))
+    start = ball.random_start(Noise(None, n))
+    target = _attacked(model, x, steps, prepare)
+    with frozen(target):
+        x_adv = ascend(
+            target,
+            ball,
+            start,
+            torch.full((n,), alpha, dtype=x.dtype, device=x.device),
+            steps,
+            lambda logits: F.cross_entropy(logits, y, reduction="none"),
+            y_max=int(y.max()),
+        )
     return x_adv.detach()
 
 
-def trades_inner(model: nn.Module, x: Tensor, eps: float, alpha: float, steps: int) -> Tensor:
+def trades_inner(
+    model: nn.Module, x: Tensor, eps: float, alpha: float, steps: int, *, prepare: bool = True
+) -> Tensor:
     """TRADES' inner maximisation (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
     Accuracy", Algorithm 1): projected sign-gradient ascent on KL(f(x) || f(x')) over the eps-ball, from
     x + 0.001 * N(0, I) (their start).
@@ -75,17 +86,26 @@ def trades_inner(model: nn.Module, x: Tensor, eps: float, alpha: float, steps: i
     The KL is summed over the batch (the reference code's ``size_average=False``), so each sample's ascent
     direction is its own KL's and does not shrink with the batch size.
     """
-    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
-    with frozen(model), torch.no_grad():
-        p_clean = F.softmax(model(x), dim=1)
-    x_adv = torch.clamp(x + 0.001 * torch.randn_like(x), lo, hi)
-    with frozen(model):
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, x_adv)
-            with torch.no_grad():
-                x_adv = torch.clamp(x_adv.detach() + alpha * grad.sign(), lo, hi)
+    n = x.shape[0]
+    ball = Linf().ball(x, torch.full((n,), eps, dtype=x.dtype, device=x.device))
+    target = _attacked(model, x, steps, prepare)
+    with frozen(target), torch.no_grad():
+        p_clean = F.softmax(target(x), dim=1)
+    start = ball.project_(x + 0.001 * torch.randn_like(x))
+
+    def kl(logits: Tensor) -> Tensor:
+        return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="none").sum(dim=1)
+
+    with frozen(target):
+        x_adv = ascend(
+            target,
+            ball,
+            start,
+            torch.full((n,), alpha, dtype=x.dtype, device=x.device),
+            steps,
+            kl,
+            y_max=0,
+        )
     return x_adv.detach()
 
 
@@ -107,6 +127,7 @@ def method_loss(
     alpha: float,
     steps: int,
     beta: float,
+    prepare: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """One batch's training loss (batch mean) and the logits it was computed on (for the train accuracy).
 
@@ -116,6 +137,7 @@ def method_loss(
     - "fgsm-rs": cross-entropy at the FGSM-from-random-start point (:func:`fgsm_rs`).
     - "trades": CE(f(x), y) + beta * KL(f(x) || f(x')) with x' from :func:`trades_inner` (Zhang et al. eq. 5);
       the logits returned are those at x'.
+    ``prepare``: long inner attacks run a prepared copy of the current weights (see the module's docstring).
     ``eps == 0`` (the start of an eps ramp) trains on the clean batch. ``model`` is in train mode; the inner
     maximisation attacks its underlying module in eval mode.
     """
@@ -125,11 +147,11 @@ def method_loss(
         logits = model(x)
         return F.cross_entropy(logits, y), logits
     if method == "pgd":
-        x_adv = pgd_inner(target, x, y, eps, alpha, steps)
+        x_adv = pgd_inner(target, x, y, eps, alpha, steps, prepare=prepare)
     elif method == "fgsm-rs":
         x_adv = fgsm_rs(target, x, y, eps, alpha)
     elif method == "trades":
-        x_adv = trades_inner(target, x, eps, alpha, steps)
+        x_adv = trades_inner(target, x, eps, alpha, steps, prepare=prepare)
         logits_clean = model(x)
         logits_adv = model(x_adv)
         kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="sum")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from advlab import attacks
 from advlab.errors import RunError
+from advlab.models import prepare as prepare_model
 
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -163,7 +164,15 @@ def train_epoch(
         eps = eps_at(config, epoch, b, batches)
         with _autocast(config, device):
             loss, logits = method_loss(
-                config.method, model, x, y, eps=eps, alpha=alpha_ratio * eps, steps=config.steps, beta=config.beta
+                config.method,
+                model,
+                x,
+                y,
+                eps=eps,
+                alpha=alpha_ratio * eps,
+                steps=config.steps,
+                beta=config.beta,
+                prepare=config.prepare,
             )
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -198,18 +207,21 @@ def evaluate(
     restarts: int = 1,
     seed: int = 0,
     progress: bool = False,
+    prepare: bool = True,
 ) -> tuple[float, float]:
     """Clean and PGD (Linf, random start) accuracy of ``model`` on ``loader``, in eval mode.
 
     Sample i of the loader (in its order) gets random-start seed ``seed + i``, so the result does not depend
     on the batch size and never touches the global random generators (the training's RNG stream stays as it
-    was, which bit-identical resume relies on). ``eps == 0`` reports the clean accuracy twice.
+    was, which bit-identical resume relies on). ``eps == 0`` reports the clean accuracy twice. With ``prepare``
+    PGD attacks :func:`advlab.models.prepare`'s copy of the model, made from the first batch.
     """
     target = attack_module(model)
     was_training = target.training
     target.eval()
     device = _device_of(target)
     clean = robust = seen = 0
+    attacked: nn.Module | None = None
     try:
         for batch in _progress(loader, progress, "held-out PGD", None):
             x, y = batch[0], batch[1]
@@ -219,7 +231,9 @@ def evaluate(
                 ok = target(x).argmax(1) == y
             if eps > 0:
                 seeds = torch.arange(seed + seen, seed + seen + n, dtype=torch.int64)
-                x_adv = attacks.pgd(target, x, y, eps, alpha, steps, restarts=restarts, seed=seeds)
+                if attacked is None:
+                    attacked = prepare_model(target, x) if prepare else target
+                x_adv = attacks.pgd(attacked, x, y, eps, alpha, steps, restarts=restarts, seed=seeds)
                 with torch.no_grad():
                     ok_adv = target(x_adv).argmax(1) == y
             else:
@@ -323,7 +337,13 @@ def fit(
         seconds = time.perf_counter() - t0
         if val_loader is not None:
             val_clean, val_pgd = evaluate(
-                model, val_loader, eps=config.eps, steps=config.val_pgd_steps, seed=config.seed, progress=False
+                model,
+                val_loader,
+                eps=config.eps,
+                steps=config.val_pgd_steps,
+                seed=config.seed,
+                progress=False,
+                prepare=config.prepare,
             )
         else:
             val_clean = val_pgd = float("nan")

@@ -1,4 +1,5 @@
-"""The attacks' prepared copy of a model (advlab.attacks._core.prepared_model): cheaper, and the same function."""
+"""advlab.models.prepare: an explicit copy of a model that is cheaper per pass and computes the same function;
+attacks call the model they are given and nothing else."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advlab import attacks
-from advlab.attacks._core import prepared_model
+from advlab.models import PreparedModel, preparation_record, prepare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,9 +93,10 @@ def test_folded_copy_computes_the_same_logits_and_input_gradients(
     model = bn_cnn(c1, c2, conv_bias, affine, seed)
     x = _images(n, seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    folded = prepared_model(model, x)
-    assert folded is not model
+    folded = prepare(model, x)
+    assert isinstance(folded, PreparedModel) and folded.module is not model
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert "2 batchnorm folded" in preparation_record(folded)["changes"]
     _assert_same_function(folded, model, x)
     # The model itself is untouched: same tensors, no hooks left behind.
     for k, v in model.state_dict().items():
@@ -113,9 +115,9 @@ def test_timm_batchnorm_act_keeps_its_activation() -> None:
     )
     _randomise_norms(model, g)
     x = _images(3, 1)
-    folded = prepared_model(model, x)
-    assert folded is not model and isinstance(folded[1], nn.Sequential)
-    assert any(isinstance(m, nn.ReLU6) for m in folded[1].modules())
+    folded = prepare(model, x)
+    assert isinstance(folded, PreparedModel) and isinstance(folded.module[1], nn.Sequential)
+    assert any(isinstance(m, nn.ReLU6) for m in folded.module[1].modules())
     torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
@@ -123,89 +125,67 @@ def test_conv_output_used_elsewhere_is_not_folded() -> None:
     torch.manual_seed(0)
     model = _randomise_norms(ConvOutputReused(), torch.Generator().manual_seed(0))
     x = _images(2, 0)
-    assert prepared_model(model, x) is model
+    prepared = prepare(model, x)
+    assert not any("batchnorm" in c for c in preparation_record(prepared)["changes"])
+    _assert_same_function(prepared, model, x)
 
 
-def test_train_mode_norms_are_not_folded() -> None:
+def test_a_train_mode_model_is_prepared_for_evaluation_and_left_in_train_mode() -> None:
     model = bn_cnn(4, 4, True, True, 0).train()
-    assert prepared_model(model, _images(2, 0)) is model
+    x = _images(2, 0)
+    prepared = prepare(model, x)
+    assert model.training and all(m.training for m in model.modules())
+    assert not prepared.training
+    _assert_same_function(prepared, model.eval(), x)
 
 
-def test_the_copy_is_rebuilt_after_the_weights_change() -> None:
+def test_prepare_is_uncached_and_sees_the_model_as_it_is_when_called() -> None:
     model = bn_cnn(4, 5, True, True, 1)
     x = _images(3, 2)
-    first = prepared_model(model, x)
-    assert prepared_model(model, x) is first  # cached while nothing changed
+    first = prepare(model, x)
+    second = prepare(model, x)
+    assert first is not second and first.module is not second.module  # nothing is cached
     with torch.no_grad():
         model[0].weight.mul_(-2.0)
         model[4].running_mean.add_(1.0)
-    second = prepared_model(model, x)
-    assert second is not first
-    torch.testing.assert_close(second(x), model(x), rtol=1e-5, atol=1e-5)
+    # A prepared copy is a snapshot: it keeps computing the old function; preparing again sees the new one.
+    assert not torch.allclose(first(x), model(x), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(prepare(model, x)(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_attacks_agree_with_and_without_folding() -> None:
+def test_a_prepared_model_refuses_to_be_trained() -> None:
+    prepared = prepare(bn_cnn(2, 2, True, True, 0), _images(2, 0))
+    with pytest.raises(RuntimeError, match="prepare it again"):
+        prepared.train()
+    assert prepared.eval() is prepared
+
+
+def test_attacks_agree_on_the_model_and_on_its_prepared_copy() -> None:
     model = bn_cnn(6, 8, False, True, 3)
     x = _images(24, 4)
     y = model(x).argmax(dim=1)
-    with attacks.prepared_models(False):
-        plain = attacks.pgd(model, x, y, eps=0.05, steps=10, seed=0, return_info=True)
-    folded = attacks.pgd(model, x, y, eps=0.05, steps=10, seed=0, return_info=True)
+    plain = attacks.pgd(model, x, y, eps=0.05, steps=10, seed=0, return_info=True)
+    folded = attacks.pgd(prepare(model, x), x, y, eps=0.05, steps=10, seed=0, return_info=True)
     assert torch.equal(plain.success, folded.success)
     torch.testing.assert_close(folded.loss, plain.loss, rtol=1e-3, atol=1e-4)
     # Rounding can flip the sign of a near-zero gradient entry; all but a sliver of the pixels agree.
     assert (folded.x_adv - plain.x_adv).abs().le(1e-6).float().mean() > 0.99
 
 
-def test_prepared_models_switch_is_restored() -> None:
-    model = bn_cnn(2, 2, True, True, 0)
-    x = _images(2, 0)
-    with pytest.raises(RuntimeError), attacks.prepared_models(False):
-        assert prepared_model(model, x) is model
-        raise RuntimeError("leave the block")
-    assert prepared_model(model, x) is not model
+def test_attacks_on_the_model_as_given_do_not_depend_on_the_batch() -> None:
+    # The per-sample independence the attacks document: BIM on a batch equals BIM on each image alone, bit for
+    # bit (with nothing rewritten behind the caller's back, no rounding difference can creep in).
+    model = bn_cnn(6, 8, True, True, 12)
+    x = _images(4, 13, size=16)
+    y = model(x).argmax(dim=1)
+    together = attacks.bim(model, x, y, eps=4 / 255, alpha=1 / 255, steps=5)
+    alone = torch.cat(
+        [attacks.bim(model, x[i : i + 1], y[i : i + 1], eps=4 / 255, alpha=1 / 255, steps=5) for i in range(4)]
+    )
+    assert torch.equal(together, alone)
 
 
-def test_the_switch_holds_only_in_its_own_thread() -> None:
-    import threading
-
-    model = bn_cnn(2, 2, True, True, 0)
-    x = _images(2, 0)
-    inside, release = threading.Event(), threading.Event()
-    seen: list[bool] = []
-
-    def worker() -> None:
-        with attacks.prepared_models(False):
-            seen.append(prepared_model(model, x) is model)
-            inside.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    try:
-        assert inside.wait(30)
-        assert prepared_model(model, x) is not model  # this thread still gets the copy
-    finally:
-        release.set()
-        thread.join()
-    assert seen == [True]
-
-
-def test_short_attacks_build_once_but_do_not_rebuild_after_the_weights_change() -> None:
-    model = bn_cnn(3, 3, True, True, 5)
-    x = _images(2, 3)
-    first = prepared_model(model, x, passes=2)  # a model seen for the first time: the copy pays off later
-    assert first is not model
-    with torch.no_grad():
-        model[0].weight.add_(0.5)  # an optimiser step in a training loop
-    assert prepared_model(model, x, passes=2) is model  # FGSM-sized: a rebuild per step would not pay
-    rebuilt = prepared_model(model, x, passes=11)
-    assert rebuilt is not model and rebuilt is not first
-    torch.testing.assert_close(rebuilt(x), model(x), rtol=1e-5, atol=1e-5)
-    assert prepared_model(model, x, passes=2) is rebuilt
-
-
-def test_a_model_the_folding_cannot_copy_is_attacked_as_given() -> None:
+def test_a_model_that_cannot_be_copied_is_prepared_without_a_copy() -> None:
     class Uncopyable(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -219,10 +199,13 @@ def test_a_model_the_folding_cannot_copy_is_attacked_as_given() -> None:
 
     model = Uncopyable().eval()
     x = _images(4, 7)
-    assert prepared_model(model, x) is model
+    prepared = prepare(model, x)
+    assert prepared is model or prepared.module is model  # at most the input layout changes
+    _assert_same_function(prepared, model, x)
     y = model(x).argmax(dim=1)
-    res = attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True)
-    torch.testing.assert_close(res.loss, attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True).loss)
+    res = attacks.pgd(prepared, x, y, eps=0.1, steps=5, seed=0, return_info=True)
+    with torch.no_grad():
+        assert torch.equal(res.success, model(res.x_adv).argmax(dim=1) != y)
 
 
 def gray_cnn(c1: int, c2: int, pool: bool, seed: int, inplace: bool = False) -> nn.Module:
@@ -254,17 +237,18 @@ def test_one_channel_copy_has_channels_last_weights_and_the_same_function(
     model = gray_cnn(c1, c2, pool, seed, inplace)
     x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) - 0.3  # some windows all < 0
     model(x)  # materialise the lazy layer
-    prepared = prepared_model(model, x)
-    assert prepared is not model
+    prepared = prepare(model, x)
+    assert isinstance(prepared, PreparedModel)
+    net = prepared.module
     # ReLU then max-pool runs as max-pool then ReLU; the model keeps its own order.
-    order = [type(m) for m in prepared[:3]]
+    order = [type(m) for m in net[:3]]
     assert order == ([nn.Conv2d, nn.MaxPool2d, nn.ReLU] if pool else [nn.Conv2d, nn.ReLU, nn.Identity])
     assert [type(m) for m in model[:3]][1] is nn.ReLU
-    convs = [m for m in prepared.modules() if isinstance(m, nn.Conv2d)]
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv2d))  # model untouched
     # The layout reaches the activations: the second convolution's output is channels-last.
-    out = prepared[:4](x.clone())
+    out = net[:4](x.clone())
     assert c1 == 1 or c2 == 1 or out.is_contiguous(memory_format=torch.channels_last)
     _assert_same_function(prepared, model, x)
 
@@ -280,10 +264,11 @@ def test_relu_and_pool_in_a_custom_forward_keep_their_order() -> None:
     ).eval()  # fmt: skip
     x = torch.rand(2, 1, 16, 16) - 0.5
     model(x)
-    prepared = prepared_model(model, x)
-    assert prepared is not model
-    assert [type(m) for m in prepared[:3]] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]  # the plain chain is swapped
-    assert [type(m) for m in prepared[4]] == [nn.ReLU, nn.MaxPool2d]
+    prepared = prepare(model, x)
+    assert isinstance(prepared, PreparedModel)
+    assert [type(m) for m in prepared.module[:3]] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]  # the plain chain is swapped
+    assert [type(m) for m in prepared.module[4]] == [nn.ReLU, nn.MaxPool2d]
+    _assert_same_function(prepared, model, x)
 
 
 def _fused_adam_step(model: nn.Module, x: torch.Tensor) -> None:
@@ -313,28 +298,23 @@ def test_attacks_see_the_model_as_it_is_after_any_change(change) -> None:
     model = bn_cnn(4, 5, True, True, 8)
     x = _images(16, 9)
     y = model(x).argmax(dim=1)
-    attacks.pgd(model, x, y, eps=0.05, steps=5, seed=0)  # builds and caches the prepared copy
+    attacks.pgd(model, x, y, eps=0.05, steps=5, seed=0)
     change(model, x)
     model.eval().zero_grad(set_to_none=True)
-    with torch.no_grad():
-        want = model(x)
-    torch.testing.assert_close(prepared_model(model, x, passes=11)(x), want, rtol=1e-4, atol=1e-4)
     res = attacks.pgd(model, x, y, eps=0.05, steps=5, seed=0, return_info=True)
     with torch.no_grad():
         assert torch.equal(res.success, model(res.x_adv).argmax(dim=1) != y)
-    with attacks.prepared_models(False):
-        plain = attacks.pgd(model, x, y, eps=0.05, steps=5, seed=0, return_info=True)
-    torch.testing.assert_close(res.loss, plain.loss, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(prepare(model, x)(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-def test_a_hooked_model_is_attacked_as_given_and_can_be_freed() -> None:
+def test_a_hooked_model_is_not_prepared_and_can_be_freed() -> None:
     import gc
     import weakref
 
     model = bn_cnn(3, 4, True, True, 10)
     x = _images(4, 11)
     y = model(x).argmax(dim=1)
-    assert prepared_model(model, x) is not model
+    assert prepare(model, x) is not model
     seen: list[nn.Module] = []
     # A feature-recording hook that holds the model (a common pattern): it must see the user's modules.
     model.features = {}
@@ -344,7 +324,7 @@ def test_a_hooked_model_is_attacked_as_given_and_can_be_freed() -> None:
         owner.features["relu"] = out  # the hook holds the model: a reference cycle through the model's hooks
 
     model[2].register_forward_hook(record)
-    assert prepared_model(model, x) is model
+    assert prepare(model, x) is model
     attacks.pgd(model, x, y, eps=0.05, steps=3, seed=0)
     assert len(seen) >= 4 and all(m is model[2] for m in seen)
     ref = weakref.ref(model)
@@ -354,19 +334,22 @@ def test_a_hooked_model_is_attacked_as_given_and_can_be_freed() -> None:
 
 
 def test_no_copy_where_it_would_only_cost_memory() -> None:
-    # Three channels, no BN: the batch's layout already carries channels-last (ModelCall), a copy gains ~1%.
+    # Three channels, no BN: only the input layout changes; the weights are the model's own, not a copy.
     torch.manual_seed(0)
     rgb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).eval()
     x = _images(2, 0)
     rgb(x)
-    assert prepared_model(rgb, x) is rgb
+    prepared = prepare(rgb, x)
+    assert isinstance(prepared, PreparedModel) and prepared.module is rgb
+    assert preparation_record(prepared) == {"changes": ["channels-last input"]}
     # float64 and non-4-D batches do not take oneDNN's channels-last path at all.
     gray = gray_cnn(3, 3, True, 0)
     g = torch.rand(2, 1, 8, 8)
     gray(g)
-    assert prepared_model(gray, g.double()) is gray
+    assert prepare(gray, g.double()) is gray
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
-    assert prepared_model(mlp, g) is mlp
+    assert prepare(mlp, g) is mlp
+    assert preparation_record(mlp) == {"changes": []}
 
 
 def test_attacks_on_a_one_channel_model_agree_with_the_model_as_given() -> None:
@@ -375,10 +358,10 @@ def test_attacks_on_a_one_channel_model_agree_with_the_model_as_given() -> None:
     model = load_model("fmnist_cnn_pgd")
     x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     y = model(x).argmax(dim=1)
-    with attacks.prepared_models(False):
-        plain = attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True)
-    prepared = attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True)
-    assert prepared_model(model, x) is not model
+    plain = attacks.pgd(model, x, y, eps=0.1, steps=5, seed=0, return_info=True)
+    prepared_model = prepare(model, x)
+    assert isinstance(prepared_model, PreparedModel)
+    prepared = attacks.pgd(prepared_model, x, y, eps=0.1, steps=5, seed=0, return_info=True)
     assert torch.equal(plain.success, prepared.success)
     torch.testing.assert_close(prepared.loss, plain.loss, rtol=1e-4, atol=1e-5)
     assert (prepared.x_adv - plain.x_adv).abs().le(1e-6).float().mean() > 0.99

@@ -1,0 +1,81 @@
+"""The one projected steepest-ascent loop behind BIM, PGD, MI-FGSM and training's inner maximisation.
+
+    x_{t+1} = Pi_{B(x, eps) ∩ [0, 1]^d}(x_t + alpha * s(d_t)),    d_t = direction(grad_x f(x_t))
+
+with s the norm's steepest-ascent step (sign for Linf, g / ||g||_2 for L2) and ``direction`` the identity (BIM,
+PGD; Madry et al. 2018, eq. (2.1)) or a momentum rule (MI-FGSM, :class:`Momentum`). An evaluation attack scores
+every iterate and keeps the best point (:class:`~advlab.attacks.state.BestPoint`); training's inner
+maximisation keeps the last iterate, as Madry et al.'s code does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .checks import first_logits
+from .norms import Ball, batch_view, flat_norm
+from .state import BestPoint
+
+Score = Callable[[Tensor], Tensor]  # logits -> per-sample values (objective) or bool (success)
+Direction = Callable[[Tensor], Tensor]  # input gradient -> ascent direction (may reuse the gradient's storage)
+
+
+class Momentum:
+    """MI-FGSM's direction rule, Algorithm 1 of Dong et al. 2018: g_{t+1} = mu * g_t + grad / ||grad||_1.
+
+    The L1 normalisation is per sample. One instance per run (it holds g).
+    """
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.g: Tensor | None = None
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        step = grad / batch_view(flat_norm(grad, 1.0).clamp_min(1e-30), grad)
+        self.g = step if self.g is None else self.g.mul_(self.decay).add_(step)
+        return self.g.clone()
+
+
+def ascend(
+    model: nn.Module,
+    ball: Ball,
+    start: Tensor,
+    alpha: Tensor,
+    steps: int,
+    objective: Score,
+    *,
+    y_max: int,
+    direction: Direction | None = None,
+    best: BestPoint | None = None,
+    success: Score | None = None,
+) -> Tensor:
+    """``steps`` projected steepest-ascent steps of size ``alpha`` (N,) from ``start``; returns the last iterate.
+
+    With ``best`` (and ``success``), every iterate is scored from the logits its own forward pass already
+    computed, and one final forward scores the last iterate, so ``best`` ends holding the best point met.
+    The loop body is one forward, one input-gradient backward and an in-place update under no_grad: no host
+    syncs. The objective is summed over the batch, never averaged, so each sample's step is its own.
+    """
+    if (best is None) != (success is None):
+        raise ValueError("ascend scores iterates only with both best and success given")
+    x_adv = start.detach().clone()
+    for i in range(steps):
+        x_adv.requires_grad_(True)
+        logits = first_logits(model, x_adv, y_max) if i == 0 else model(x_adv)
+        obj = objective(logits)
+        (grad,) = torch.autograd.grad(obj.sum(), x_adv)
+        with torch.no_grad():
+            x_adv = x_adv.detach()
+            if best is not None and success is not None:
+                best.update(x_adv, obj.detach(), success(logits))
+            step = grad if direction is None else direction(grad)
+            x_adv.add_(ball.norm.ascent_step_(step, alpha))
+            ball.project_(x_adv)
+    if best is not None and success is not None:
+        with torch.no_grad():
+            logits = model(x_adv)
+            best.update(x_adv, objective(logits), success(logits))
+    return x_adv
