@@ -20,6 +20,8 @@ uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,7 +30,7 @@ from advlab import attacks
 from advlab.attacks.ascent import ascend
 from advlab.attacks.checks import frozen
 from advlab.attacks.noise import Noise
-from advlab.attacks.norms import Linf
+from advlab.attacks.norms import Ball, Linf
 from advlab.models import prepare as prepare_model
 
 PREPARE_MIN_STEPS = 4  # inner attacks of at least this many steps attack a prepared copy (when prepare is on)
@@ -53,27 +55,38 @@ def fgsm_rs(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float) ->
     return torch.clamp(stepped, x - eps, x + eps)
 
 
+def _sign_ascent(
+    target: nn.Module,
+    x: Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    start: Callable[[Ball], Tensor],
+    objective: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """``steps`` projected sign-gradient steps over the Linf eps-ball ∩ [0, 1] from ``start(ball)``; last iterate."""
+    n = x.shape[0]
+    ball = Linf().ball(x, torch.full((n,), eps, dtype=x.dtype, device=x.device))
+    alphas = torch.full((n,), alpha, dtype=x.dtype, device=x.device)
+    with frozen(target):
+        return ascend(target, ball, start(ball), alphas, steps, objective, y_max=0).detach()
+
+
 def pgd_inner(
     model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int, *, prepare: bool = True
 ) -> Tensor:
     """Madry et al. 2018's inner maximisation: a uniform random start in the eps-ball, then ``steps`` projected
     sign-gradient steps of size ``alpha`` on the summed cross-entropy, clipped to the ball and [0, 1]; the last
     iterate is returned, as in their code (an evaluation attack keeps the best point instead)."""
-    n = x.shape[0]
-    ball = Linf().ball(x, torch.full((n,), eps, dtype=x.dtype, device=x.device))
-    start = ball.random_start(Noise(None, n))
-    target = _attacked(model, x, steps, prepare)
-    with frozen(target):
-        x_adv = ascend(
-            target,
-            ball,
-            start,
-            torch.full((n,), alpha, dtype=x.dtype, device=x.device),
-            steps,
-            lambda logits: F.cross_entropy(logits, y, reduction="none"),
-            y_max=int(y.max()),
-        )
-    return x_adv.detach()
+    return _sign_ascent(
+        _attacked(model, x, steps, prepare),
+        x,
+        eps,
+        alpha,
+        steps,
+        lambda ball: ball.random_start(Noise(None, x.shape[0])),
+        lambda logits: F.cross_entropy(logits, y, reduction="none"),
+    )
 
 
 def trades_inner(
@@ -86,27 +99,18 @@ def trades_inner(
     The KL is summed over the batch (the reference code's ``size_average=False``), so each sample's ascent
     direction is its own KL's and does not shrink with the batch size.
     """
-    n = x.shape[0]
-    ball = Linf().ball(x, torch.full((n,), eps, dtype=x.dtype, device=x.device))
     target = _attacked(model, x, steps, prepare)
     with frozen(target), torch.no_grad():
         p_clean = F.softmax(target(x), dim=1)
-    start = ball.project_(x + 0.001 * torch.randn_like(x))
-
-    def kl(logits: Tensor) -> Tensor:
-        return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="none").sum(dim=1)
-
-    with frozen(target):
-        x_adv = ascend(
-            target,
-            ball,
-            start,
-            torch.full((n,), alpha, dtype=x.dtype, device=x.device),
-            steps,
-            kl,
-            y_max=0,
-        )
-    return x_adv.detach()
+    return _sign_ascent(
+        target,
+        x,
+        eps,
+        alpha,
+        steps,
+        lambda ball: ball.project_(x + 0.001 * torch.randn_like(x)),
+        lambda logits: F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="none").sum(dim=1),
+    )
 
 
 def attack_module(model: nn.Module) -> nn.Module:
