@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from advlab import attacks
-from advlab.attacks.square import CounterRandom, p_schedule, square_pattern
+from advlab.attacks.noise import CounterRandom
+from advlab.attacks.square import p_schedule, square_pattern
 from tests.conftest import Linear
 
 

@@ -1,4 +1,9 @@
-"""Per-sample random numbers: a sample's random start depends on its own seed, never on its batch."""
+"""Per-sample random numbers: what a sample draws depends on its own seed, never on its batch.
+
+:class:`Noise` draws tensors from one ``torch.Generator`` per sample (random starts). :class:`CounterRandom`
+draws integers that are a pure function of (sample seed, counter, stream), for attacks that draw a few numbers per
+sample at every one of thousands of iterations (Square), where a Python call per sample would dominate.
+"""
 
 from __future__ import annotations
 
@@ -54,3 +59,66 @@ def seed_list(seed: int | Tensor, n: int) -> list[int]:
     if seed.is_floating_point() or seed.shape != (n,):
         raise ValueError(f"a seed tensor must hold {n} integers (one per sample), got {seed.dtype} {tuple(seed.shape)}")
     return [int(s) for s in seed.tolist()]
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+
+def _mix32(h: Tensor) -> Tensor:
+    """A 32-bit integer finaliser (xor-shift / multiply rounds) on int64 tensors holding values < 2**32.
+
+    The multipliers are below 2**31, so no product leaves the int64 range: the arithmetic is exact and the
+    same on every device.
+    """
+    h = h ^ (h >> 16)
+    h = (h * 0x45D9F3B) & _MASK32
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _MASK32
+    return h ^ (h >> 15)
+
+
+class CounterRandom:
+    """Per-sample random numbers that are a pure function of (sample seed, counter, stream).
+
+    ``seed``: None (draw per-sample keys from torch's global generator; not batch-independent), an int (sample
+    i gets seed + i, as in :class:`advlab.attacks.noise.Noise`) or an int64 tensor (N,) of per-sample seeds.
+    """
+
+    def __init__(self, seed: int | Tensor | None, n: int, device: torch.device) -> None:
+        if seed is None:
+            seeds = torch.randint(0, 2**62, (n,), dtype=torch.long)
+        else:
+            seeds = torch.tensor(seed_list(seed, n), dtype=torch.long)
+        seeds = seeds.to(device)
+        lo, hi = seeds & _MASK32, (seeds >> 32) & _MASK32
+        self.key = _mix32(lo ^ _mix32(hi ^ 0x2545F491))
+
+    @classmethod
+    def from_keys(cls, key: Tensor) -> CounterRandom:
+        """The generator of samples whose mixed keys (``.key``) are already known, e.g. a subset's."""
+        rng = cls.__new__(cls)
+        rng.key = key
+        return rng
+
+    def take(self, index: Tensor) -> CounterRandom:
+        """The streams of the samples at ``index``."""
+        return CounterRandom.from_keys(self.key[index])
+
+    def bits(self, counter: int, width: int) -> Tensor:
+        """(N, width) independent 32-bit integers for draw ``counter`` (e.g. the iteration)."""
+        stream = torch.arange(width, dtype=torch.long, device=self.key.device)
+        c = _mix32(torch.tensor(counter & _MASK32, dtype=torch.long, device=self.key.device) ^ 0x68E31DA4)
+        return _mix32(_mix32(self.key[:, None] ^ c) ^ _mix32(stream + 0x1B56C4E9))
+
+    def uniform(self, counter: int, width: int, dtype: torch.dtype = torch.float64) -> Tensor:
+        """(N, width) floats in [0, 1) with 24 random bits each."""
+        return (self.bits(counter, width) >> 8).to(dtype) / float(1 << 24)
+
+    def integers(self, counter: int, width: int, high: int | Tensor) -> Tensor:
+        """(N, width) integers uniform in [0, high)."""
+        return (self.uniform(counter, width) * high).long()
+
+    def signs(self, counter: int, width: int, dtype: torch.dtype) -> Tensor:
+        """(N, width) values in {-1, +1}."""
+        return ((self.bits(counter, width) >> 31) * 2 - 1).to(dtype)

@@ -23,73 +23,16 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_choice, check_positive, check_steps, first_logits, frozen, validate
-from .noise import seed_list
+from .noise import CounterRandom
 from .norms import batch_view, flat_norm
 from .objectives import is_success, objective
 from .result import AttackResult
 from .state import PerSample
 
-_MASK32 = 0xFFFFFFFF
 _SIGN_CANDIDATES = 8  # Linf: colour vectors tried per iteration so that the proposal changes the window
 _COMPACT_EVERY = 16  # iterations between drops of the finished samples from the batch (one host sync each)
 _INIT = 0x7FFF0000  # counters of the initialisation's draws; iteration i draws with counters i + 1 and i + 2**30
 _COLOURS = 1 << 30
-
-
-# ----------------------------------------------------------------------------- counter-based randomness
-
-
-def _mix32(h: Tensor) -> Tensor:
-    """A 32-bit integer finaliser (xor-shift / multiply rounds) on int64 tensors holding values < 2**32.
-
-    The multipliers are below 2**31, so no product leaves the int64 range: the arithmetic is exact and the
-    same on every device.
-    """
-    h = h ^ (h >> 16)
-    h = (h * 0x45D9F3B) & _MASK32
-    h = h ^ (h >> 16)
-    h = (h * 0x7FEB352D) & _MASK32
-    return h ^ (h >> 15)
-
-
-class CounterRandom:
-    """Per-sample random numbers that are a pure function of (sample seed, counter, stream).
-
-    ``seed``: None (draw per-sample keys from torch's global generator; not batch-independent), an int (sample
-    i gets seed + i, as in :class:`advlab.attacks.noise.Noise`) or an int64 tensor (N,) of per-sample seeds.
-    """
-
-    def __init__(self, seed: int | Tensor | None, n: int, device: torch.device) -> None:
-        if seed is None:
-            seeds = torch.randint(0, 2**62, (n,), dtype=torch.long)
-        else:
-            seeds = torch.tensor(seed_list(seed, n), dtype=torch.long)
-        seeds = seeds.to(device)
-        lo, hi = seeds & _MASK32, (seeds >> 32) & _MASK32
-        self.key = _mix32(lo ^ _mix32(hi ^ 0x2545F491))
-
-    def subset(self, index: Tensor) -> CounterRandom:
-        sub = CounterRandom.__new__(CounterRandom)
-        sub.key = self.key[index]
-        return sub
-
-    def bits(self, counter: int, width: int) -> Tensor:
-        """(N, width) independent 32-bit integers for draw ``counter`` (e.g. the iteration)."""
-        stream = torch.arange(width, dtype=torch.long, device=self.key.device)
-        c = _mix32(torch.tensor(counter & _MASK32, dtype=torch.long, device=self.key.device) ^ 0x68E31DA4)
-        return _mix32(_mix32(self.key[:, None] ^ c) ^ _mix32(stream + 0x1B56C4E9))
-
-    def uniform(self, counter: int, width: int, dtype: torch.dtype = torch.float64) -> Tensor:
-        """(N, width) floats in [0, 1) with 24 random bits each."""
-        return (self.bits(counter, width) >> 8).to(dtype) / float(1 << 24)
-
-    def integers(self, counter: int, width: int, high: int | Tensor) -> Tensor:
-        """(N, width) integers uniform in [0, high)."""
-        return (self.uniform(counter, width) * high).long()
-
-    def signs(self, counter: int, width: int, dtype: torch.dtype) -> Tensor:
-        """(N, width) values in {-1, +1}."""
-        return ((self.bits(counter, width) >> 31) * 2 - 1).to(dtype)
 
 
 # ------------------------------------------------------------------------------------------- schedule
@@ -269,11 +212,6 @@ def square_result(
         used=torch.zeros(n, dtype=torch.long, device=x.device),
     )
 
-    def sub_rng(state: PerSample) -> CounterRandom:
-        r = CounterRandom.__new__(CounterRandom)
-        r.key = state.key
-        return r
-
     def write_back(state: PerSample) -> None:
         out.put(state.idx, PerSample(x_best=state.x_best, obj=state.obj, success=state.success, used=state.used))
 
@@ -295,11 +233,11 @@ def square_result(
             side = round(math.sqrt(p * h * w))
             if norm == "linf":
                 s = min(max(side, 1), min(h, w) - 1)
-                x_new = _linf_proposal(st, sub_rng(st), i + 1, s)
+                x_new = _linf_proposal(st, CounterRandom.from_keys(st.key), i + 1, s)
             else:
                 s = max(side, 3)
                 s = min(s + 1 if s % 2 == 0 else s, min(h, w))
-                x_new = _l2_proposal(st, sub_rng(st), i + 1, s)
+                x_new = _l2_proposal(st, CounterRandom.from_keys(st.key), i + 1, s)
             logits = model(x_new)
             obj = objective(logits, st.y, loss, targeted)
             success = is_success(logits, st.y, targeted)
