@@ -49,7 +49,7 @@ def test_counter_random_is_a_function_of_seed_and_counter() -> None:
     b = CounterRandom(torch.tensor([7, 5]), 2, torch.device("cpu"))
     torch.testing.assert_close(a.bits(9, 4)[[2, 0]], b.bits(9, 4), rtol=0, atol=0)
     assert not torch.equal(a.bits(9, 4), a.bits(10, 4))
-    torch.testing.assert_close(a.subset(torch.tensor([1])).bits(3, 2), a.bits(3, 2)[1:2], rtol=0, atol=0)
+    torch.testing.assert_close(a.take(torch.tensor([1])).bits(3, 2), a.bits(3, 2)[1:2], rtol=0, atol=0)
     # Roughly uniform: 10 equal bins over 200,000 draws.
     u = CounterRandom(0, 1000, torch.device("cpu")).uniform(17, 200)
     counts = torch.histc(u.float(), bins=10, min=0, max=1)
