@@ -15,6 +15,8 @@ from torch import nn
 from advlab import attacks
 from tests.conftest import Linear
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
+
 
 def per_sample(t: torch.Tensor) -> torch.Tensor:
     return t.view(-1, 1, 1, 1)
@@ -93,7 +95,6 @@ SETTINGS = {
 }
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("decay", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_every_prefix_of_the_trajectory_matches_algorithm_1(setting: str, decay: float) -> None:
@@ -116,7 +117,6 @@ def test_every_prefix_of_the_trajectory_matches_algorithm_1(setting: str, decay:
     torch.testing.assert_close(got, expected, rtol=0, atol=atol)
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_targeted_mifgsm_matches_algorithm_1() -> None:
     model, x = tanh_mlp(), images(0.0, 1.0)
     target = (torch.arange(8) + 1) % 3
@@ -128,7 +128,6 @@ def test_targeted_mifgsm_matches_algorithm_1() -> None:
         assert torch.equal(got.success, model(got.x_adv).argmax(1) == target)
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("setting", ["linf", "l2_inside"])
 def test_decay_is_used_decay_0_and_1_differ_and_each_is_algorithm_1_with_its_own_decay(setting: str) -> None:
     norm, eps, alpha, (low, high), atol = SETTINGS[setting]
