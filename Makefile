@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch from the local wheel cache (uv/poetry would download gigabytes)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,report,samples]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,5 +29,5 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
 bench-deps: setup
-	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q -e '.[bench,report,samples]'
 	$(PY) -m pip install -q --no-deps adv-lib

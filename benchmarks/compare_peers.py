@@ -19,11 +19,12 @@ parameters. Per library the benchmark records
 
 The model is handed to every library as a user loads it (eval mode, parameters requiring grad).
 
-Run (outputs JSON + markdown under docs/bench/, progress on stdout):
+Run (writes docs/bench/compare_peers.json and .md, the one kept result, unless ``--out`` names another stem;
+progress on stdout):
 
-    .venv/bin/python benchmarks/compare_peers.py --quick          # ~10-20 min on 2 shared CPU cores
+    .venv/bin/python benchmarks/compare_peers.py --quick          # minutes on 2 shared CPU cores
     .venv/bin/python benchmarks/compare_peers.py --full           # hours on CPU; minutes on a GPU
-    .venv/bin/python benchmarks/compare_peers.py --render docs/bench/compare_peers_full.json  # table only
+    .venv/bin/python benchmarks/compare_peers.py --render docs/bench/compare_peers.json  # table only
 
 Install the peers with ``make bench-deps`` (``pip install -e .[bench]`` and ``pip install --no-deps adv-lib``).
 """
@@ -514,7 +515,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "costs ~40x the others)",
     )
     p.add_argument("--floor-calls", type=int, default=2, help="floor measurements per repeat (median)")
-    p.add_argument("--out", type=Path, help="output stem (default docs/bench/compare_peers_<mode>)")
+    p.add_argument("--out", type=Path, help="output stem (default docs/bench/compare_peers)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     preset = "full" if args.full else "quick" if args.quick else "default"
@@ -578,7 +579,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.skip = ["ART:cw_l2:imagenet"] if preset == "quick" else []
     args.preset = preset
     if args.out is None:
-        args.out = OUT / f"compare_peers_{preset}"
+        args.out = OUT / "compare_peers"
     return args
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from advlab import attacks
@@ -20,7 +23,7 @@ ATTACKS: dict[str, Callable[..., object]] = {
     "bim": lambda m, x, y, **k: attacks.bim(m, x, y, 0.1, 0.02, 8, **k),
     "pgd_linf": lambda m, x, y, **k: attacks.pgd(m, x, y, 0.1, 0.02, 8, restarts=2, seed=k.pop("seed", 0), **k),
     "pgd_l2": lambda m, x, y, **k: attacks.pgd(m, x, y, 0.8, 0.2, 8, norm="l2", restarts=2, seed=k.pop("seed", 0), **k),
-    # CW's early abort is a batch decision (the reference's rule); tests/test_attacks.py checks it on its own.
+    # CW's early abort is a batch decision (the reference's rule); the CW tests below check it on its own.
     "cw_l2": lambda m, x, y, **k: attacks.cw_l2(
         m, x, y, c=0.1, steps=20, binary_search_steps=3, lr=0.05, abort_early=False, **k
     ),
@@ -225,41 +228,145 @@ def test_cw_unsuccessful_samples_come_back_unchanged(digits_model) -> None:
     assert bool(torch.isinf(res.extras["l2"][failed]).all())
 
 
-class RowCounter(nn.Module):
-    """Counts the images the wrapped model is called on."""
+def critical_c(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The smallest c for which CW's objective has an adversarial minimiser on the logistic model.
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.rows = model, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.model(x)
+    Along the best direction (-sign(z) w), at distance r the margin is |z| - ||w|| r, so CW minimises
+    r^2 + c max(|z| - ||w|| r, 0): its minimiser is r = c ||w|| / 2, short of the boundary d = |z| / ||w|| while
+    c < c* = 2 |z| / ||w||^2, and the boundary point itself from c* on.
+    """
+    return 2 * z.abs() / w.norm() ** 2
 
 
-def test_cw_abort_ends_a_round_once_no_sample_improves(digits_model) -> None:
+# The logistic problems below: 6 images each, boundaries at L2 0.2-0.6, far enough that Adam at lr 5e-3 does not
+# cross them in its first steps whatever c is. c starts at 1e-3, two decades below c*: the first rounds' objectives
+# rise from their first iterate on, so with abort_early those rounds stop after a few iterations.
+CW_ANALYTIC = dict(c=1e-3, steps=200, lr=5e-3, binary_search_steps=12, return_info=True)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("seed", [0, 5])
+def test_cw_abort_early_finds_the_boundary_as_well_as_running_every_step(seed: int) -> None:
+    model, w, x, z, y = logistic_problem(seed, 6, seed + 10)
+    distance = z.abs() / w.norm()
+    full = attacks.cw_l2(model, x, y, abort_early=False, **CW_ANALYTIC)
+    aborted = attacks.cw_l2(model, x, y, abort_early=True, **CW_ANALYTIC)
+    for res in (full, aborted):
+        assert res.success.all()
+        l2 = (res.x_adv - x).flatten(1).norm(dim=1)
+        torch.testing.assert_close(res.extras["l2"], l2)
+        assert bool((l2 >= distance * (1 - 1e-6)).all()), "an adversarial point closer than the boundary"
+        assert bool((l2 <= distance * 1.01).all()), f"CW L2 {l2} vs exact {distance}"
+    # The rounds the abort cuts short are the hopeless ones: the result is as good as the full schedule's.
+    assert bool((aborted.extras["l2"] <= full.extras["l2"] * (1 + 1e-3)).all())
+    torch.testing.assert_close(aborted.extras["c"], full.extras["c"], rtol=0.05, atol=0)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("seed", [0, 5])
+def test_cw_binary_search_brackets_the_critical_c(seed: int) -> None:
+    model, w, x, z, y = logistic_problem(seed, 6, seed + 10)
+    c_star = critical_c(w, z)
+    res = attacks.cw_l2(model, x, y, **CW_ANALYTIC)
+    assert res.success.all()
+    # From 1e-3 the search passes 1e-1 (below every c*, ~0.16-0.27 here) and succeeds at 1, then bisects
+    # [0.1, 1] eight times: the smallest c that succeeded is within 0.0035 of c*, up to how close to c* a
+    # 200-step round can tell success from failure.
+    c = res.extras["c"]
+    assert bool((c >= 0.9 * c_star).all() and (c <= 1.15 * c_star).all()), (c / c_star).tolist()
+    # The bracket, one round each: c well below c* never succeeds, the c found does (at the boundary).
+    one_round = dict(steps=200, lr=5e-3, binary_search_steps=1, return_info=True)
+    below = attacks.cw_l2(model, x, y, c=0.8 * c_star, **one_round)
+    at = attacks.cw_l2(model, x, y, c=c, **one_round)
+    assert not below.success.any()
+    assert torch.equal(below.x_adv, x)
+    assert at.success.all()
+    assert bool((at.extras["l2"] <= z.abs() / w.norm() * 1.01).all())
+
+
+def tanh_mlp_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A seeded non-linear model (16-12-4 tanh MLP, float64) with 6 images labelled by it (classes 0-3)."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 4)).double()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        return model, x, model(x).argmax(1)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("problem", ["logistic", "tanh_mlp"])
+def test_cw_more_search_rounds_never_give_a_larger_l2(problem: str) -> None:
+    if problem == "logistic":
+        model, _, x, _, y = logistic_problem(4, 6, 14)
+    else:
+        model, x, y = tanh_mlp_problem()
+    # Without the line search, round k of a longer search is round k of a shorter one, and the result is the
+    # smallest adversarial point met in all rounds: its L2 can only fall as the budget grows.
+    l2 = [
+        attacks.cw_l2(
+            model, x, y, c=0.02, steps=60, lr=1e-2, binary_search_steps=k, refine_steps=0, return_info=True
+        ).extras["l2"]
+        for k in range(1, 7)
+    ]
+    for k in range(1, 6):
+        assert bool((l2[k] <= l2[k - 1]).all()), f"{k + 1} rounds: {l2[k]} vs {k} rounds: {l2[k - 1]}"
+    # Not vacuous: round 1 (c = 0.02) finds nothing, later rounds find every sample and then keep improving.
+    assert bool(torch.isinf(l2[0]).all()) and bool(torch.isfinite(l2[-1]).all())
+    assert int((l2[-1] < l2[2]).sum()) >= 2
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cw_line_search_only_shrinks_and_keeps_every_success(digits_model) -> None:
     model, x, y = digits_model
-    x, y = x[:16].double(), y[:16]
-    counted = RowCounter(model.double())
-    try:
-        kwargs = dict(steps=20, binary_search_steps=2, lr=0.05, refine_steps=0)
-        # c so small that the L2 term rules: every objective rises from the round's start, so each round ends at
-        # its first check after the start (iteration 2 of 20): iterates 0, 1 and 2 are evaluated, no more. Every
-        # round starts at the same iterate 0, which only the first round forwards.
-        attacks.cw_l2(counted, x, y, c=1e-9, **kwargs)
-        assert counted.rows == 16 * (3 + 2)
-        counted.rows = 0
-        attacks.cw_l2(counted, x, y, c=1e-9, abort_early=False, **kwargs)
-        assert counted.rows == 16 * (20 + 19)
-        # One sample whose objective keeps falling keeps the whole batch's round going (the decision is the
-        # batch's, as in Carlini & Wagner's code): many more rows than 3 per sample and round.
-        counted.rows = 0
-        c = torch.full((16,), 1e-9, dtype=torch.float64)
-        c[5] = 1.0
-        attacks.cw_l2(counted, x, y, c=c, **kwargs)
-        assert counted.rows >= 16 * 6 * 2
-    finally:
-        model.float()
+    x, y = x[:32], y[:32]
+    kwargs = dict(c=0.1, steps=30, lr=0.05, binary_search_steps=3, return_info=True)
+    raw = attacks.cw_l2(model, x, y, refine_steps=0, **kwargs)
+    refined = attacks.cw_l2(model, x, y, **kwargs)  # the default line search
+    assert torch.equal(refined.success, raw.success) and int(raw.success.sum()) >= 16
+    with torch.no_grad():
+        for res in (raw, refined):
+            assert torch.equal(model(res.x_adv).argmax(1) != y, res.success)
+            torch.testing.assert_close(
+                res.extras["l2"][res.success], (res.x_adv - x)[res.success].flatten(1).norm(dim=1)
+            )
+    ok = raw.success
+    assert bool((refined.extras["l2"][ok] <= raw.extras["l2"][ok]).all())
+    # Adam overshoots the boundary on a real model too: most successful points get strictly closer.
+    assert int((refined.extras["l2"][ok] < raw.extras["l2"][ok] * 0.99).sum()) >= int(ok.sum()) // 2
+    assert torch.equal(refined.x_adv[~ok], x[~ok])
+
+
+# Per-sample starting c from far too small to large: the samples' searches take different paths.
+CW_COMPANIONS = dict(
+    c=torch.tensor([0.01, 0.1, 1.0, 0.05, 0.5, 3.0], dtype=torch.float64),
+    steps=25,
+    lr=0.05,
+    binary_search_steps=3,
+    abort_early=False,
+    return_info=True,
+)
+
+
+@functools.cache
+def cw_on_the_whole_batch() -> attacks.AttackResult:
+    model, x, y = tanh_mlp_problem()
+    return attacks.cw_l2(model, x, y, **CW_COMPANIONS)
+
+
+@pytest.mark.usefixtures("one_thread")
+@settings(max_examples=12, deadline=None)
+@given(order=st.permutations(range(6)), keep=st.integers(1, 6))
+def test_cw_sample_result_does_not_depend_on_its_batch_companions(order: list[int], keep: int) -> None:
+    """With abort_early=False each sample runs its own search: any sub-batch, in any order, gets the same rows."""
+    model, x, y = tanh_mlp_problem()
+    whole = cw_on_the_whole_batch()
+    assert 0 < int(whole.success.sum()) < 6, "the test needs samples that succeed and one that does not"
+    idx = torch.tensor(order[:keep])
+    part = attacks.cw_l2(model, x[idx], y[idx], **{**CW_COMPANIONS, "c": CW_COMPANIONS["c"][idx]})
+    torch.testing.assert_close(part.x_adv, whole.x_adv[idx], rtol=0, atol=1e-12)
+    assert torch.equal(part.success, whole.success[idx])
+    torch.testing.assert_close(part.extras["l2"], whole.extras["l2"][idx], rtol=0, atol=1e-12)
+    torch.testing.assert_close(part.extras["c"], whole.extras["c"][idx], rtol=0, atol=0)
 
 
 def test_cw_rounds_reusing_the_first_iterate_match_fresh_single_rounds(digits_model) -> None:

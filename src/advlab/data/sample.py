@@ -1,6 +1,6 @@
-"""A default sample of real labelled ImageNet photos that every install has: the images in the foolbox wheel.
+"""A default sample of real labelled ImageNet photos: the images in the foolbox wheel.
 
-foolbox (MIT licence, a dependency of advlab) ships 20 ImageNet images as
+foolbox (MIT licence; installed with ``pip install 'advlab[samples]'``) ships 20 ImageNet images as
 ``foolbox/data/imagenet_NN_<label>.jpg`` (512x512 RGB); ``<label>`` is the ImageNet-1k class index. They
 are read from the installed package, never copied into this repository.
 """
@@ -21,7 +21,7 @@ def foolbox_data_dir() -> Path:
     spec = importlib.util.find_spec("foolbox")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
-            "the default image sample comes from the foolbox wheel: pip install foolbox", name="foolbox"
+            "the default image sample comes from the foolbox wheel: pip install 'advlab[samples]'", name="foolbox"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 

@@ -12,7 +12,10 @@ from torch import Tensor
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("plots need matplotlib: pip install 'advlab[report]'", name="matplotlib") from e
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

@@ -38,7 +38,10 @@ def write_history(folder: str | os.PathLike[str], history: list[dict[str, Any]])
 
 def plot_history(folder: str | os.PathLike[str], history: list[dict[str, Any]], title: str = "") -> Path:
     """``curves.png``: training loss, and train / held-out clean / held-out PGD accuracy per epoch."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("plots need matplotlib: pip install 'advlab[report]'", name="matplotlib") from e
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
