@@ -9,6 +9,7 @@ calls ``set_epoch`` on a loader or its sampler when they have one, and writes fi
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -390,6 +391,8 @@ def fit(
         last = history[-1] if history else None
         save_weights(run_dir / "final.safetensors", net.state_dict(), _weights_metadata(config, config.epochs, last))
         write_history(run_dir, history)
-        if history:
+        if history and importlib.util.find_spec("matplotlib") is not None:
             plot_history(run_dir, history, f"{config.model} {config.method} eps={config.eps}")
+        elif history:  # the core install has no plotting: history.csv/json hold the same numbers
+            print(f"curves.png not drawn (pip install 'advlab[report]' for plots); see {run_dir / 'history.csv'}")
     return FitResult(model, history, best["epoch"], run_dir)
