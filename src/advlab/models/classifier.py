@@ -40,8 +40,8 @@ class ImageClassifier(nn.Module):
         class_names: one name per output logit.
         name, source: the name it was loaded by and where its weights came from (for provenance).
         channels_last: run the backbone in channels-last memory layout. On CPU (oneDNN) this makes
-            convolutional nets 1.2-2x faster (benchmarks/models_channels_last.py); logits change only by float
-            rounding (~1e-5) and gradients w.r.t. the input come back contiguous NCHW.
+            convolutional nets faster (docs/benchmarks.md, benchmarks/models_channels_last.py); logits change
+            only by float rounding and gradients w.r.t. the input come back contiguous NCHW.
     """
 
     mean: torch.Tensor

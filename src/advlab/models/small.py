@@ -7,8 +7,8 @@ Attacks", appendix C / their ``mnist_challenge`` model): conv 32 5x5 + ReLU, 2x2
 
 ``mnist_cnn_small`` has the same layout at a quarter of the conv channels' cost: conv 16 5x5, pool, conv 32
 5x5, pool, fc 256, fc 10 (0.42 M parameters, 1.7 MB). One forward/backward costs about a quarter of
-``mnist_cnn``'s on a CPU (measured: 22 vs 81 ms per input-gradient step on a batch of 128, 2 threads), which is
-what makes PGD adversarial training on the full Fashion-MNIST fit in well under an hour on 2 CPU cores. The
+``mnist_cnn``'s (docs/benchmarks.md), which is what makes PGD adversarial training on the full Fashion-MNIST
+practical on a few CPU cores. The
 shipped models ``fmnist_cnn_pgd`` and ``fmnist_cnn_standard`` use it; docs/training.md gives the numbers.
 
 Every model takes images in [0, 1] (N, 1, 28, 28) and normalises inside; as in Madry et al. the
