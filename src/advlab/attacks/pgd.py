@@ -31,24 +31,11 @@ def bim_result(
     targeted: bool = False,
     loss: str = "ce",
 ) -> AttackResult:
-    """:func:`bim`, always returning the :class:`AttackResult`."""
-    inp = validate(model, x, y, eps=eps, norm="linf", loss=loss, steps=steps)
-    assert inp.eps is not None and inp.norm is not None
-    alpha_t = _alpha(alpha, inp.eps, steps, 1.0)
-    best = BestPoint.start(inp.x)
-    with frozen(model):
-        ascend(
-            model,
-            inp.norm.ball(inp.x, inp.eps),
-            inp.x,
-            alpha_t,
-            steps,
-            lambda logits: objective(logits, inp.y, loss, targeted),
-            y_max=inp.y_max,
-            best=best,
-            success=lambda logits: is_success(logits, inp.y, targeted),
-        )
-    return AttackResult(best.x, best.success, best.objective)
+    """:func:`bim`, always returning the :class:`AttackResult`: PGD-Linf with no random start and no restart."""
+    return _projected_ascent(
+        model, x, y, eps, alpha, steps, norm="linf", random_start=False, restarts=1, targeted=targeted, loss=loss,
+        seed=None, default_alpha=1.0,
+    )
 
 
 def bim(
@@ -93,10 +80,33 @@ def pgd_result(
     seed: int | Tensor | None = None,
 ) -> AttackResult:
     """:func:`pgd`, always returning the :class:`AttackResult`."""
+    return _projected_ascent(
+        model, x, y, eps, alpha, steps, norm=norm, random_start=random_start, restarts=restarts,
+        targeted=targeted, loss=loss, seed=seed, default_alpha=2.5,
+    )
+
+
+def _projected_ascent(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    alpha: float | Tensor | None,
+    steps: int,
+    *,
+    norm: str,
+    random_start: bool,
+    restarts: int,
+    targeted: bool,
+    loss: str,
+    seed: int | Tensor | None,
+    default_alpha: float,
+) -> AttackResult:
+    """BIM and PGD: restarts of :func:`~advlab.attacks.ascent.ascend`, each on the samples not yet broken."""
     inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps)
     assert inp.eps is not None and inp.norm is not None
     restarts = check_steps(restarts, "restarts")
-    alpha_t = _alpha(alpha, inp.eps, steps, 2.5)
+    alpha_t = _alpha(alpha, inp.eps, steps, default_alpha)
     noise = Noise(seed, inp.n)
 
     def run(ball: Ball, y: Tensor, alpha: Tensor, noise: Noise) -> BestPoint:
