@@ -107,6 +107,9 @@ def test_console_script_and_module_entry_point():
         (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "-p", "steps=4"], "steps is set twice"),
         (["eval", "--suite", "strong", "--eps", "0.1", "--norm", "l2", "-p", "norm=linf"], "norm is set twice"),
         (["eval", "--attack", "fgsm", "--eps", "0.1", "--device", "gpu"], "unknown device 'gpu'; expected cpu, cuda"),
+        (["eval", "--attack", "pgd", "--eps", "0.1", "--norm", "l3"], "pgd: unknown norm 'l3'; expected one of"),
+        (["eval", "--attack", "apgd", "--eps", "0.1", "-p", "rho=2.0"], "apgd: rho must be in (0, 1], got 2"),
+        (["eval", "--attack", "fgsm", "--eps", "0.1", "--data", "/no/such/folder"], "/no/such/folder"),
         *(
             []
             if torch.cuda.is_available()
@@ -120,6 +123,40 @@ def test_user_mistakes_are_one_line_and_exit_2(capsys, argv, needle):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("advlab: error: ") and needle in lines[0], err
     assert "Traceback" not in err
+
+
+class _BuggyBackbone(torch.nn.Module):
+    """A real network with a bug: it assumes a batch of one (ValueError on any larger batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 16 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (image,) = x  # the bug: "too many values to unpack (expected 1)"
+        return self.linear(image.flatten())[None]
+
+
+def test_a_bug_is_not_a_usage_error_and_shows_its_traceback(capsys, monkeypatch, tmp_path):
+    """Only advlab's own usage errors are one line; a ValueError from inside a model propagates out of main
+    (so the console script prints its traceback). The bug is injected by handing the CLI a buggy model."""
+    from advlab import models
+    from advlab.errors import UsageError
+    from tests.conftest import IMAGENET_30x5
+
+    if not IMAGENET_30x5.is_dir():
+        pytest.skip(f"{IMAGENET_30x5} is missing")
+    buggy = models.ImageClassifier(
+        _BuggyBackbone(), mean=[0.5] * 3, std=[0.5] * 3, input_size=(3, 16, 16),
+        class_names=[str(k) for k in range(10)], resize_size=16, crop_size=16, name="buggy",
+    )  # fmt: skip
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: buggy)
+    argv = ["eval", "--attack", "fgsm", "--eps", "0.1", "--data", str(IMAGENET_30x5), "--limit", "4",
+            "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    with pytest.raises(ValueError, match="too many values to unpack") as err:
+        main(argv)
+    assert not isinstance(err.value, UsageError)
+    assert "advlab: error" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,9 @@ def test_parse_number_accepts_numbers_and_fractions(text, value):
      ("1/-255", ">= 0"), (True, "number")],
 )  # fmt: skip
 def test_parse_number_rejects_bad_eps_with_one_clear_line(text, needle):
-    with pytest.raises(SpecError) as err:
+    from advlab.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
         parse_number(text, "eps")
     assert needle in str(err.value) and "\n" not in str(err.value)
 
@@ -134,11 +136,40 @@ def test_unknown_parameter_lists_the_signature():
         ("fgsm", {"eps": 0.1}, {"target": "random"}, "only meaningful with targeted"),
         ("fgsm", {"eps": 0.1, "targeted": True}, {"target": "most-likely"}, "target must be"),
         ("fgsm", {"eps": 0.1, "targeted": True}, {"target": -3}, "target must be"),
+        ("pgd", {"eps": 0.1, "norm": "l3"}, {}, "pgd: unknown norm 'l3'; expected one of 'linf', 'l2'"),
+        ("pgd", {"eps": 0.1, "loss": "dlr"}, {}, "pgd: unknown loss 'dlr'; expected one of 'ce', 'margin'"),
+        ("apgd", {"eps": 0.1, "loss": "margin"}, {}, "apgd: unknown loss 'margin'; expected one of 'ce', 'dlr'"),
+        ("apgd", {"eps": 0.1, "rho": 2.0}, {}, r"rho must be in \(0, 1\], got 2"),
+        ("square", {"eps": 0.1, "p_init": 0.0}, {}, r"p_init must be in \(0, 1\]"),
+        ("mifgsm", {"eps": 0.1, "decay": -1.0}, {}, r"decay must be in \[0, inf\)"),
+        ("deepfool", {"candidates": 1}, {}, "candidates must be >= 2"),
+        ("cw_l2", {"lr": float("nan")}, {}, "lr must be finite"),
     ],
 )
 def test_bad_parameters_are_refused_before_any_work(name, params, kwargs, needle):
     with pytest.raises(SpecError, match=needle):
         make_spec(name, params, **kwargs)
+
+
+def test_every_refused_value_is_a_usage_error_and_accepted_values_run(data):
+    """The values make_spec refuses are the ones the attacks refuse: a refused spec is a UsageError (one line,
+    exit 2 on the command line), and the attacks run with every value the tables allow."""
+    from advlab.errors import UsageError
+    from advlab.evaluate.specs import ATTACK_STRING_CHOICES, STRING_CHOICES
+
+    model, ds = data
+    x, y = ds.x[:2], ds.y[:2]
+    with pytest.raises(UsageError):
+        make_spec("pgd", {"eps": 0.1, "norm": "l3"})
+    for name in ("fgsm", "pgd", "apgd", "mifgsm", "square"):
+        for key in ("norm", "loss"):
+            for value in ATTACK_STRING_CHOICES.get((name, key), STRING_CHOICES[key]):
+                params = {"eps": 0.05, key: value, **({"steps": 1} if name != "fgsm" else {})}
+                if name == "square":
+                    params = {"eps": 0.05, key: value, "queries": 2}
+                spec = make_spec(name, params)
+                out = registry()[name](model, x, y, **spec.params)
+                assert out.shape == x.shape, (name, key, value)
 
 
 def test_specs_are_validated_together():
@@ -256,6 +287,67 @@ def test_only_unbroken_is_the_per_sample_worst_case(data):
         dep = recs[r["from"]][r["index"]]
         assert {**r, "time_s": 0, "from": None} == {**dep, "time_s": 0}
         assert r["time_s"] == 0
+
+
+def test_a_suite_chained_onto_listed_attacks_is_their_per_sample_worst_case(data):
+    """with_suites (the rule behind ``advlab eval --suite``): the suite runs on top of the listed untargeted
+    attacks of its own eps and norm, and its row is the per-sample worst case over them."""
+    from advlab.evaluate import suite_specs, with_suites
+
+    model, ds = data
+    small = Items(ds.x[:32], ds.y[:32])
+    listed = [
+        make_spec("fgsm", {"eps": 0.1}, id="fgsm"),
+        make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd"),
+        make_spec("fgsm", {"eps": 0.05}, id="other-eps"),
+        make_spec("fgsm", {"eps": 0.1, "norm": "l2"}, id="other-norm"),
+        make_spec("fgsm", {"eps": 0.1, "targeted": True}, id="targeted"),
+    ]
+    (suite,) = suite_specs("fast", [0.1])
+    specs = with_suites(listed, [suite])
+    assert specs[:-1] == listed and specs[-1].only_unbroken == ("fgsm", "pgd") and specs[-1].name == "suite_fast"
+    with pytest.raises(SpecError, match="unknown suite 'nope'; available: fast, strong"):
+        suite_specs("nope", [0.1])
+    result = evaluate(model, small, specs, batch_size=16, quiet=True)
+    a = {x["id"]: x for x in result.summary["attacks"]}
+    recs = {k: {r["index"]: r for r in v} for k, v in result.records.items()}
+    for i, r in recs[specs[-1].id].items():  # per sample: broken by the suite if fgsm or pgd broke it
+        assert r["success"] or not (recs["fgsm"][i]["success"] or recs["pgd"][i]["success"]), i
+    assert a[specs[-1].id]["adv_top1"] <= min(a["fgsm"]["adv_top1"], a["pgd"]["adv_top1"])
+
+
+class BuggyForward(nn.Module):
+    """A real model with a bug: its forward assumes a batch of one, so it raises ValueError on a batch of four
+    (the kind of ValueError that used to look like a user mistake on the command line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (image,) = x  # the bug: "too many values to unpack (expected 1)"
+        return self.linear(image.flatten())[None]
+
+
+def test_a_bug_in_the_model_propagates_and_is_not_a_usage_error(data):
+    from advlab.errors import UsageError
+
+    _, ds = data
+    with pytest.raises(ValueError, match="too many values to unpack") as err:
+        evaluate(BuggyForward(), Items(ds.x[:4], ds.y[:4]), [make_spec("fgsm", {"eps": 0.1})], quiet=True)
+    assert not isinstance(err.value, UsageError)
+
+
+def test_data_the_model_was_not_made_for_is_a_usage_error(data):
+    from advlab.models import ImageClassifier
+
+    _, ds = data
+    colour = ImageClassifier(
+        nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)),
+        mean=[0.5] * 3, std=[0.5] * 3, input_size=(3, 8, 8), class_names=[str(k) for k in range(10)], name="rgb8",
+    )  # fmt: skip
+    with pytest.raises(SpecError, match=r"rgb8 takes images shaped \(N, 3, H, W\).*got shape \(4, 1, 8, 8\)"):
+        evaluate(colour, Items(ds.x[:4], ds.y[:4]), [make_spec("fgsm", {"eps": 0.1})], quiet=True)
 
 
 def test_unreadable_images_are_skipped_and_counted(data):

@@ -6,8 +6,10 @@
     advlab train --dataset fashion-mnist --model mnist_cnn --method pgd --eps 0.1 --out runs/train
 
 A user mistake (unknown attack or parameter, eps written wrongly, a run directory holding another run, a
-config file with unknown keys, a missing data folder, ...) ends with one line on stderr and exit status 2,
-before any work starts; set ``ADVLAB_DEBUG=1`` to see the traceback.
+config file with unknown keys, a missing data folder, ...) is an :class:`advlab.errors.UsageError` raised by
+advlab's own validation: it ends with one line on stderr and exit status 2, before any work starts (set
+``ADVLAB_DEBUG=1`` to see the traceback). A run that stops for a reason it explains (:class:`~advlab.errors.RunError`)
+is one line and exit status 1. Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import RunError
+from .errors import MissingInputError, RunError, UsageError, as_usage_error
 
 EXIT_USAGE = 2
 
@@ -42,10 +44,6 @@ EVAL_CONFIG_KEYS = {
     "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
 }
 ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken")
-
-
-class UsageError(Exception):
-    """A user mistake that the CLI reports as one line."""
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -71,7 +69,7 @@ class _Parser(argparse.ArgumentParser):
 def _read_toml(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"config file {p} does not exist")
+        raise MissingInputError(f"config file {p} does not exist")
     try:
         with p.open("rb") as f:
             return tomllib.load(f)
@@ -277,16 +275,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.attack is not None:
         specs += _flag_attack(args)
     if args.suite is not None:
-        for suite in _suite_specs(args):
-            # The suite is the run's worst case: it runs after, and on top of, the listed untargeted attacks of its
-            # budget (only_unbroken), so its numbers are the per-sample worst case over all of them.
-            norm, eps = suite.params.get("norm", "linf"), suite.params["eps"]
-            same = [
-                s.id
-                for s in specs
-                if not s.targeted and s.params.get("eps") == eps and s.params.get("norm", "linf") == norm
-            ]
-            specs.append(dataclasses.replace(suite, only_unbroken=tuple(same)))
+        from .evaluate import with_suites
+
+        specs = with_suites(specs, _suite_specs(args))  # the per-sample worst case of the listed attacks
     if not specs:
         raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --suite or --config")
     if args.attack is None and args.suite is None and (args.eps or args.alpha or args.steps or args.targeted):
@@ -296,10 +287,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .models import check_device, load_model
 
     if args.device is not None:
-        check_device(args.device)
+        with as_usage_error(ValueError):  # the models package's check of a --device value
+            check_device(args.device)
     # One process unless torchrun started several: then join them (before the model, so "cuda" is this rank's GPU).
     info = distributed.setup(args.device)
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    with as_usage_error(ValueError, FileNotFoundError, ModuleNotFoundError):  # its check of --model and --weights
+        model = load_model(args.model, weights=args.weights, device=args.device)
     dataset, data_meta = _open_data(args, model)
     model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
@@ -327,9 +320,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _suite_specs(args: argparse.Namespace) -> list[Any]:
     """``--suite strong --eps E...``: the worst-case suite (advlab.evaluate.suite) as one attack per eps."""
-    from .evaluate import make_spec, registry
+    from .evaluate import available_suites, suite_specs
 
-    available = sorted(k[len("suite_") :] for k in registry() if k.startswith("suite_"))
+    available = available_suites()
     if args.suite not in available:
         raise UsageError(f"unknown suite {args.suite!r}; available: {', '.join(available) or 'none installed'}")
     if not args.eps:
@@ -349,7 +342,7 @@ def _suite_specs(args: argparse.Namespace) -> list[Any]:
     if args.norm is not None:
         params["norm"] = args.norm
     _add_params(params, args, also_flagged={"eps"})
-    return [make_spec(f"suite_{args.suite}", {**params, "eps": eps}) for eps in args.eps]
+    return suite_specs(args.suite, args.eps, params)
 
 
 # ------------------------------------------------------------------------------------------ reproduce
@@ -424,7 +417,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if v is not None and v < 1:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
     if args.data is not None and not Path(args.data).exists():
-        raise UsageError(f"--data {args.data} does not exist (expected an ImageNet-style folder or a labels CSV)")
+        raise MissingInputError(
+            f"--data {args.data} does not exist (expected an ImageNet-style folder or a labels CSV)"
+        )
     opts = ReproduceOptions(
         out=Path(args.out),
         model=args.model,
@@ -482,7 +477,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         config = TrainConfig.from_namespace(args)  # validated on construction
         run_training(config, log=(lambda *_: None) if args.quiet else print)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as e:
+        if not isinstance(e, UsageError) and not _raised_by_train_checks(e):
+            raise  # a bug in training, not a mistake on the command line: show the traceback
         # The checks name TrainConfig's fields (Python API); on the command line, name the flags.
         message = str(e)
         for f in dataclasses.fields(TrainConfig):
@@ -490,6 +487,38 @@ def cmd_train(args: argparse.Namespace) -> int:
                 message = re.sub(rf"\b{f.name}\b", "--" + f.name.replace("_", "-"), message)
         raise UsageError(message) from None
     return 0
+
+
+# Where advlab.train checks its settings and raises plain ValueError/TypeError/FileExistsError for a bad one,
+# as (file, function) of the raise: TrainConfig's checks, the split of the data, fit's refusal to overwrite or
+# to resume with other settings, the device check and a missing checkpoint for --resume.
+# TODO(issue 15): once advlab.train raises advlab.errors.UsageError itself, cmd_train catches only that.
+_TRAIN_CHECKS = frozenset(
+    {
+        ("config.py", "validate"),
+        ("config.py", "from_dict"),
+        ("config.py", "_choice"),
+        ("config.py", "_number"),
+        ("config.py", "_int"),
+        ("run.py", "split_indices"),
+        ("run.py", "load_data"),
+        ("loop.py", "fit"),
+        ("zoo.py", "check_device"),
+        ("checkpoint.py", "load_checkpoint"),
+    }
+)
+
+
+def _raised_by_train_checks(error: BaseException) -> bool:
+    """Whether ``error`` was raised by one of advlab.train's checks of its settings (:data:`_TRAIN_CHECKS`),
+    not by something that went wrong while training."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    code = tb.tb_frame.f_code
+    return (Path(code.co_filename).name, code.co_name) in _TRAIN_CHECKS
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -554,30 +583,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             why = "the run directory holds every finished batch; run again to resume"
         print(f"advlab: interrupted ({why})", file=sys.stderr)
         return 130
-    except (
-        UsageError,
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        NotADirectoryError,
-        ModuleNotFoundError,
-        PermissionError,
-        IsADirectoryError,
-        FileExistsError,
-    ) as e:
+    except UsageError as e:
         if debug:
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"advlab: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as e:
-        if debug:
-            raise
-        print(f"advlab: error: {e}", file=sys.stderr)
-        return 1
     except RunError as e:
         # Ranks of a torchrun run that disagree or lost each other, a training run that diverged: one line (the
-        # message says what to do), not a traceback per rank. Other runtime errors are bugs: traceback.
+        # message says what to do), not a traceback per rank. Other errors are bugs: traceback.
         if debug:
             raise
         print(f"advlab: error: {e}", file=sys.stderr)

@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .errors import RunError
+from .errors import RunError, UsageError
 
 ENV_TIMEOUT = "ADVLAB_DIST_TIMEOUT"
 ENV_HEARTBEAT = "ADVLAB_DIST_HEARTBEAT_TIMEOUT"
@@ -67,7 +67,7 @@ class DistributedError(RunError):
     """The ranks of a distributed run disagree or lost each other (one line: which rank, what, what to do)."""
 
 
-class DistributedSettingError(DistributedError, ValueError):
+class DistributedSettingError(DistributedError, UsageError):
     """An environment variable of a distributed run that is not valid: a usage mistake (exit status 2)."""
 
 

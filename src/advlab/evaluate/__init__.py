@@ -18,6 +18,7 @@ from .engine import (
     run_config,
     summary_line,
 )
+from .plans import available_suites, chain_suite, suite_specs, with_suites
 from .records import summarize, summarize_attack
 from .specs import AttackSpec, SpecError, make_spec, parse_number, register_attack, registry, validate_specs
 
@@ -27,7 +28,9 @@ __all__ = [
     "RunResult",
     "SpecError",
     "attack_batch",
+    "available_suites",
     "build_summary",
+    "chain_suite",
     "choose_targets",
     "evaluate",
     "load_batch",
@@ -38,8 +41,10 @@ __all__ = [
     "register_attack",
     "registry",
     "run_config",
+    "suite_specs",
     "summarize",
     "summarize_attack",
     "summary_line",
     "validate_specs",
+    "with_suites",
 ]

@@ -170,6 +170,21 @@ def sample_seeds(spec: AttackSpec, seed: int, indices: Sequence[int]) -> Tensor:
 # ------------------------------------------------------------------------------------------ one batch
 
 
+def check_fits(model: nn.Module, x: Tensor) -> None:
+    """Refuse data the model was not made for, as a :class:`SpecError` before any attack: a model that states
+    its ``input_size`` (C, H, W), as advlab's :class:`~advlab.models.ImageClassifier` does, gets images with C
+    channels in a batch (N, C, H, W). Grey images given to a colour model are a mistake in the command, not a
+    bug, so they are named here rather than by the model's forward."""
+    size = getattr(model, "input_size", None)
+    if not (isinstance(size, tuple) and len(size) == 3) or (x.dim() == 4 and x.shape[1] == size[0]):
+        return
+    c, h, w = size
+    raise SpecError(
+        f"{getattr(model, 'name', '') or 'this model'} takes images shaped (N, {c}, H, W) (it was trained on "
+        f"{c} x {h} x {w}), got shape {tuple(x.shape)}; is the data meant for another model?"
+    )
+
+
 @torch.no_grad()
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
     return model(x).float()
@@ -198,6 +213,7 @@ def attack_batch(
     results: dict[str, list[dict[str, Any]]] = {k: list(v) for k, v in (done or {}).items()}
     if all(spec.id in results for spec in specs):
         return results
+    check_fits(model, x)
     was_training = model.training
     model.eval()
     try:

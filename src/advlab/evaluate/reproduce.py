@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..errors import as_usage_error
 from .engine import RunResult, evaluate, load_batch, summary_line
 from .records import atomic_write_text
 from .specs import AttackSpec, SpecError, format_number, make_spec, run_attack
@@ -286,7 +287,8 @@ def prepare(opts: ReproduceOptions) -> tuple[nn.Module, Any, dict[str, Any], dic
 
     notes: list[str] = []
     name = opts.model or DEFAULT_MODEL
-    model = load_model(name, device=opts.device)
+    with as_usage_error(ValueError, FileNotFoundError, ModuleNotFoundError):  # the check of --model and --device
+        model = load_model(name, device=opts.device)
     if opts.model is None:
         notes.append(f"No --model given: using the embedded default model {name} (the paper used VGG11).")
     dataset = load_dataset(opts.data, transform=transform_for(model))
