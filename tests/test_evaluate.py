@@ -6,11 +6,13 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import advlab
 from advlab.evaluate import (
     AttackSpec,
     SpecError,
@@ -29,6 +32,7 @@ from advlab.evaluate import (
     plan_batches,
     random_targets,
     registry,
+    run_config,
     summarize,
     validate_specs,
 )
@@ -445,7 +449,7 @@ def test_a_different_run_is_refused_before_any_work(data, tmp_path):
 
 
 def test_summary_line_quotes_the_l2_of_successful_examples(data):
-    from advlab.evaluate.engine import summary_line
+    from advlab.evaluate.summary import summary_line
 
     model, ds = data
     small = Items(ds.x[:32], ds.y[:32])
@@ -460,10 +464,7 @@ def test_summary_line_quotes_the_l2_of_successful_examples(data):
 
 
 def test_source_digest_follows_the_code_that_makes_records(tmp_path):
-    import shutil
-
-    import advlab
-    from advlab.evaluate.engine import code_digest, source_digest
+    from advlab.evaluate.rundir import code_digest, source_digest
 
     real = Path(advlab.__file__).resolve().parent
     copy = tmp_path / "advlab"
@@ -485,25 +486,74 @@ def test_source_digest_follows_the_code_that_makes_records(tmp_path):
         assert source_digest(copy) == reference
 
 
-def test_a_run_by_other_advlab_code_is_refused_or_replaced(data, tmp_path):
+def test_a_run_by_other_advlab_code_resumes_with_a_warning(data, tmp_path):
+    """Provenance is not the fingerprint: a run written by other advlab code (another code digest, another
+    version) with the same record schema and attack versions resumes, with a warning, and keeps its records."""
+    from advlab.evaluate import ProvenanceWarning
+    from advlab.evaluate.rundir import RunDirectory, provenance, source_digest
+
+    model, ds = data
+    small = Items(ds.x[:32], ds.y[:32])
+    specs = [make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd")]
+    out = tmp_path / "run"
+    first = evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
+    run_file = out / "run.json"
+    written = json.loads(run_file.read_text())
+    assert written["provenance"] == provenance() and "code_sha256" not in written["config"]
+    # What an older advlab (other code, same record versions) would have left: its own provenance, and one batch.
+    old = {**written, "provenance": {"advlab_version": "0.0.9", "code_sha256": "0" * 64}}
+    run_file.write_text(json.dumps(old))
+    (first_batch, _second) = sorted((out / "records").rglob("*.jsonl"))
+    _second.unlink()
+    with pytest.warns(ProvenanceWarning, match=r"started by other advlab code \(advlab 0\.0\.9, code 000000000000"):
+        again = evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
+    assert untimed(again.summary) == untimed(first.summary) and first_batch.exists()
+    assert json.loads(run_file.read_text())["provenance"]["code_sha256"] == "0" * 64  # kept as written
+    # The same run from code whose source differs (a comment edited): same fingerprint, a warning on resume.
+    edited = tmp_path / "edited"
+    skip = shutil.ignore_patterns("__pycache__", "*.safetensors")
+    shutil.copytree(Path(advlab.__file__).resolve().parent, edited / "advlab", ignore=skip)
+    pgd = edited / "advlab" / "attacks" / "pgd.py"
+    pgd.write_text(pgd.read_text() + "# a comment edited\n")
+    origin = provenance(edited / "advlab")
+    assert origin["code_sha256"] == source_digest(edited / "advlab") != provenance()["code_sha256"]
+    run_file.write_text(json.dumps(written))
+    config = written["config"]
+    with pytest.warns(ProvenanceWarning):
+        assert RunDirectory(out, config, origin).open() is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert RunDirectory(out, config).open() is True  # the same code: no warning
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda c: c["algorithms"].update(pgd=c["algorithms"]["pgd"] + 1), r"pgd algorithm 2 -> 1\): its records"),
+        (lambda c: c.update(record_schema=c["record_schema"] + 1), r"record schema 2 -> 1\): its records"),
+        (lambda c: c.update(code_sha256="0" * 64), "written by an advlab from before record versions"),
+    ],
+)
+def test_a_run_with_other_record_versions_is_refused_or_replaced(data, tmp_path, change, needle):
+    """A changed algorithm version or record schema means other records: refused before any work, or replaced."""
     model, ds = data
     small = Items(ds.x[:32], ds.y[:32])
     specs = [make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd")]
     fresh = evaluate(model, small, specs, out=tmp_path / "fresh", batch_size=16, quiet=True)
     out = tmp_path / "run"
     evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
-    # What an older advlab would have left: its own code digest, and records this code would not compute.
     run_file = out / "run.json"
     old = json.loads(run_file.read_text())
-    old["config"]["code_sha256"] = "0" * 64
+    change(old["config"])
     old["fingerprint"] = "f" * 64
     run_file.write_text(json.dumps(old))
-    stale = sorted((out / "records").rglob("*.jsonl"))[0]
+    stale = sorted((out / "records").rglob("*.jsonl"))[0]  # records the other version computed differently
     rows = [json.loads(line) for line in stale.read_text().splitlines()]
     stale.write_text("".join(json.dumps({**r, "success": not r["success"]}) + "\n" for r in rows))
     (out / "report.html").write_text("<html>the old run's report</html>")
-    with pytest.raises(SpecError, match="differs in: code_sha256: it was computed by other advlab code"):
+    with pytest.raises(SpecError, match=needle) as err:
         evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
+    assert "--replace" in str(err.value) and "\n" not in str(err.value)
     assert json.loads(run_file.read_text())["fingerprint"] == "f" * 64  # refused before touching anything
     again = evaluate(model, small, specs, out=out, batch_size=16, quiet=True, replace=True)
     assert untimed_records(again.records) == untimed_records(fresh.records)
@@ -516,6 +566,17 @@ def test_a_run_by_other_advlab_code_is_refused_or_replaced(data, tmp_path):
     with pytest.raises(SpecError, match="holds no advlab run"):
         evaluate(model, small, specs, out=tmp_path / "mine", quiet=True, replace=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_the_fingerprint_holds_the_versions_of_every_attack_a_run_uses():
+    """A suite's records depend on the attacks it runs: their versions are in the configuration too."""
+    from advlab.evaluate import ALGORITHM_VERSIONS, registry
+
+    model = nn.Linear(4, 3)
+    config = run_config(model, [make_spec("suite_fast", {"eps": 0.1}), make_spec("fgsm", {"eps": 0.1})],
+                        n_samples=4, batch_size=2, seed=0)  # fmt: skip
+    assert config["algorithms"] == {"apgd": 1, "apgd_t": 1, "fgsm": 1, "suite_fast": 1}
+    assert set(registry()) <= set(ALGORITHM_VERSIONS)  # every built-in attack has a version to bump
 
 
 def test_shards_written_separately_give_the_single_process_summary(data, tmp_path):

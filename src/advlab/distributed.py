@@ -690,16 +690,12 @@ def evaluate_sharded(
     Without a shared filesystem each machine's ``out`` holds the batches its ranks computed; the summary
     (on the first machine) is still complete because records travel through the process group.
     """
-    from advlab.evaluate.engine import (
-        RunDirectory,
-        RunResult,
-        atomic_write_text,
-        build_summary,
-        evaluate,
-        plan_batches,
-        run_config,
-    )
+    from advlab.evaluate.engine import plan_batches
+    from advlab.evaluate.records import atomic_write_text
+    from advlab.evaluate.run import RunResult, evaluate, run_config
+    from advlab.evaluate.rundir import RunDirectory
     from advlab.evaluate.specs import SpecError, validate_specs
+    from advlab.evaluate.summary import build_summary
 
     info = info or current()
     common = {

@@ -36,9 +36,11 @@ from torch import nn
 
 from .. import __version__
 from ..errors import as_usage_error
-from .engine import RunResult, evaluate, load_batch, summary_line
+from .engine import choose_targets, load_batch, sample_seeds
 from .records import atomic_write_text
+from .run import RunResult, evaluate
 from .specs import AttackSpec, SpecError, format_number, make_spec, run_attack
+from .summary import summary_line
 
 # The paper's numbers (percent), Tables 1-3 of Madan & Anand, "Robust Deep Learning".
 PAPER: dict[str, Any] = {
@@ -357,8 +359,6 @@ def _example(
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]] | None:
     """Re-run ``spec`` on the first sample it fooled (the lowest index) to get the images for a panel."""
-    from .engine import choose_targets, sample_seeds
-
     hits = sorted((r for r in records if r["success"]), key=lambda r: r["index"])
     if not hits:
         return None

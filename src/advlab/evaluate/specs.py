@@ -20,6 +20,7 @@ from torch import nn
 from .. import attacks as _attacks
 from ..errors import UsageError
 from ..numbers import format_number, parse_number
+from . import suite as _suite
 
 
 class SpecError(UsageError):
@@ -99,9 +100,21 @@ def register_attack(name: str, fn: Callable[..., Any], *, version: int = 1) -> N
     ALGORITHM_VERSIONS[name] = version
 
 
+# Attacks whose records also depend on other attacks' algorithms: a suite runs its stages' attacks.
+USES: dict[str, tuple[str, ...]] = {"suite_strong": ("apgd", "apgd_t", "square"), "suite_fast": ("apgd", "apgd_t")}
+
+
 def algorithm_version(name: str) -> int:
     """The algorithm version of attack ``name`` (:data:`ALGORITHM_VERSIONS`; 1 when not listed)."""
     return ALGORITHM_VERSIONS.get(name, 1)
+
+
+def algorithm_versions(names: Iterable[str]) -> dict[str, int]:
+    """The algorithm versions that decide the records of attacks ``names``: theirs and those of the attacks
+    they run (:data:`USES`), for a run's fingerprint."""
+    used = set(names)
+    used |= {inner for name in list(used) for inner in USES.get(name, ())}
+    return {name: algorithm_version(name) for name in sorted(used)}
 
 
 def _discover() -> None:
@@ -132,8 +145,6 @@ def _suite_attack(suite: str) -> Callable[..., Any]:
         seed: Any = None,
         return_info: bool = False,
     ) -> Any:
-        from . import suite as _suite
-
         result = _suite.run_suite(
             model, x, y, eps, norm, seed=0 if seed is None else seed, suite=suite, square_queries=square_queries
         )
@@ -148,17 +159,11 @@ def suite_stage_names(name: str) -> tuple[str, ...] | None:
     """("clean", stage names...) of a suite attack (``suite_strong``), indexed by ``broken_by``; else None."""
     if not name.startswith("suite_"):
         return None
-    from . import suite as _suite
-
     return ("clean", *(st.name for st in _suite.suite_stages(name[len("suite_") :])))
 
 
 def _discover_suites() -> None:
-    try:
-        from . import suite as _suite
-    except ImportError:  # the suite module is optional
-        return
-    for suite in getattr(_suite, "SUITES", {}):
+    for suite in _suite.SUITES:
         key = f"suite_{suite}"
         if key not in _REGISTRY:
             _REGISTRY[key] = _suite_attack(suite)
