@@ -255,9 +255,9 @@ def _open_data(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any
         meta["provenance"] = dataset.provenance
         meta["subset"] = args.subset
     if args.limit is not None:
-        from .evaluate.reproduce import _Limited
+        from .data import LimitedDataset
 
-        dataset = _Limited(dataset, args.limit)
+        dataset = LimitedDataset(dataset, args.limit)
         meta["limit"] = args.limit
     return dataset, meta
 
@@ -283,20 +283,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.attack is None and args.suite is None and (args.eps or args.alpha or args.steps or args.targeted):
         raise UsageError("--eps/--alpha/--steps/--targeted describe an --attack; none was given")
 
-    from . import distributed
+    from . import runtime
+    from .evaluate.sharded import evaluate_sharded
     from .models import check_device, load_model
 
     if args.device is not None:
         with as_usage_error(ValueError):  # the models package's check of a --device value
             check_device(args.device)
     # One process unless torchrun started several: then join them (before the model, so "cuda" is this rank's GPU).
-    info = distributed.setup(args.device)
+    info = runtime.setup(args.device)
     with as_usage_error(ValueError, FileNotFoundError, ModuleNotFoundError):  # its check of --model and --weights
         model = load_model(args.model, weights=args.weights, device=args.device)
     dataset, data_meta = _open_data(args, model)
     model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
-    result = (distributed.evaluate_sharded if info.distributed else evaluate)(
+    result = (evaluate_sharded if info.distributed else evaluate)(
         model,
         dataset,
         specs,
@@ -405,7 +406,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UsageError(
             "advlab reproduce runs in one process; under torchrun use advlab eval or advlab train (docs/distributed.md)"
         )
-    from .evaluate.reproduce import Protocol, ReproduceOptions, run_reproduce
+    from .paper import Protocol, ReproduceOptions, run_reproduce
 
     protocol = Protocol()
     changes = {k: getattr(args, k) for k in ("cw_steps", "cw_search") if getattr(args, k) is not None}
@@ -571,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parse(argv)
         _progress(bool(getattr(args, "quiet", False)))
         if _under_torchrun():  # tell the other ranks how this ends
-            from .distributed import guard
+            from .runtime import guard
 
             with guard():
                 return int(args.run(args) or 0)

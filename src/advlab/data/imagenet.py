@@ -119,8 +119,9 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-class _ImageList(Dataset):
-    """Shared machinery: a fixed list of (path, label); decoding, conversion, skip bookkeeping."""
+class ImageList(Dataset):
+    """A fixed list of (image path, label): decoding, conversion to a [0, 1] tensor, unreadable images skipped
+    with a warning. The base of ImageNetFolder, LabelledImages and DefaultSample (what load_dataset returns)."""
 
     def __init__(
         self,
@@ -171,7 +172,7 @@ class _ImageList(Dataset):
         return f"{type(self).__name__}({len(self)} images, {self.provenance})"
 
 
-class ImageNetFolder(_ImageList):
+class ImageNetFolder(ImageList):
     """``root/<wnid>/<images>`` mapped to ImageNet-1k class indices (sorted 1000 wnids).
 
     Args:
@@ -213,7 +214,7 @@ class ImageNetFolder(_ImageList):
         self.root = root
 
 
-class LabelledImages(_ImageList):
+class LabelledImages(ImageList):
     """Images listed in a CSV file with (at least) the columns ``file,class_index``.
 
     Args:

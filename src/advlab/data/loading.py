@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from advlab.data.imagenet import ImageNetFolder, LabelledImages, Transform, _ImageList
+from advlab.data.imagenet import ImageList, ImageNetFolder, LabelledImages, Transform
 from advlab.data.sample import default_sample
 from advlab.errors import MissingInputError, UsageError
 
@@ -13,7 +13,7 @@ DEFAULT_DATA = "default"
 FASHION_MNIST = "fashion-mnist"
 
 
-def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transform | None = None) -> _ImageList:
+def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transform | None = None) -> ImageList:
     """Open ``data`` as an image dataset yielding ``(image, label, index)``.
 
     - ``None`` or ``"default"``: the 20 labelled ImageNet images of the foolbox wheel (:func:`default_sample`);

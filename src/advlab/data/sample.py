@@ -12,7 +12,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from advlab.data.imagenet import Transform, _ImageList, imagenet_class_names
+from advlab.data.imagenet import ImageList, Transform, imagenet_class_names
 
 _FILE = re.compile(r"^imagenet_(\d+)_(\d+)\.jpg$")
 
@@ -26,7 +26,7 @@ def foolbox_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-class DefaultSample(_ImageList):
+class DefaultSample(ImageList):
     """The foolbox wheel's ImageNet images as an ``(image, label, index)`` dataset, labels from file names."""
 
     def __init__(self, transform: Transform | None = None) -> None:

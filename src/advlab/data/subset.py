@@ -179,3 +179,21 @@ def select_subset(
         f"{getattr(model, 'name', type(model).__name__)}'s class weight vectors"
     )
     return SubsetDataset(dataset, indices, classes=chosen, description=description)
+
+
+class LimitedDataset:
+    """The first ``n`` items of a dataset (``--limit``: quick looks and tests), keeping its class names and
+    saying in its provenance that it was cut."""
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        self.dataset, self.n = dataset, min(n, len(dataset))
+        self.class_names = getattr(dataset, "class_names", [])
+        self.provenance = f"{getattr(dataset, 'provenance', '')}; first {self.n} only (--limit)"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset[i]

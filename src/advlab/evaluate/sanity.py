@@ -47,8 +47,7 @@ from advlab.attacks._core import (
     margin,
 )
 
-from .suite import Stage as _Stage
-from .suite import SuiteResult, _apgd_ce, _apgd_t, _square, run_suite
+from .suite import Stage, SuiteResult, apgd_ce_stage, apgd_t_stage, run_suite, square_stage
 
 PASS, WARN = "pass", "warn"
 
@@ -289,9 +288,9 @@ def sanity_checks(
 
     if suite_result is None:
         stages = [
-            _Stage("apgd-ce", _apgd_ce(50), "APGD-CE, 50 steps"),
-            _Stage("apgd-t", _apgd_t(50, 3), "APGD-T, top-3 targets, 50 steps"),
-            _Stage("square", _square(square_queries), f"Square, {square_queries} queries"),
+            Stage("apgd-ce", apgd_ce_stage(50), "APGD-CE, 50 steps"),
+            Stage("apgd-t", apgd_t_stage(50, 3), "APGD-T, top-3 targets, 50 steps"),
+            Stage("square", square_stage(square_queries), f"Square, {square_queries} queries"),
         ]
         suite_result = run_suite(model, x, y, eps, norm, seed=seed, stages=stages)
     names = suite_result.attack_names
@@ -304,7 +303,7 @@ def sanity_checks(
         left = robust_whitebox.nonzero().view(-1)
         square_only = 0
         if left.numel():
-            stage = _Stage("square", _square(square_queries), f"Square, {square_queries} queries")
+            stage = Stage("square", square_stage(square_queries), f"Square, {square_queries} queries")
             extra = run_suite(model, x[left], y[left], eps, norm, seed=seeds[left.to(seeds.device)], stages=[stage])
             square_only = int((~extra.robust).sum())
 

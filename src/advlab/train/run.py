@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from advlab import distributed
 from advlab.data.fashion_mnist import load_fashion_mnist, to_float_images
 from advlab.models import check_device
 from advlab.models.small import build
+from advlab.train import ddp as distributed
 
 from .checkpoint import atomic_write
 from .config import TrainConfig
