@@ -5,6 +5,7 @@ and preprocessing. See docs/models_data.md.
 
 from advlab.models.classifier import ImageClassifier
 from advlab.models.efficientnet_lite import convert_lukemelas_state_dict, lukemelas_to_timm_key
+from advlab.models.prepare import preparation_record, prepare
 from advlab.models.weights import WeightsNotFoundError, load_state_dict_file
 from advlab.models.zoo import DEFAULT_MODEL, builtin_models, check_device, list_models, load_model, torchvision_models
 
@@ -19,5 +20,7 @@ __all__ = [
     "load_model",
     "load_state_dict_file",
     "lukemelas_to_timm_key",
+    "preparation_record",
+    "prepare",
     "torchvision_models",
 ]
