@@ -354,6 +354,38 @@ def test_train_runs_through_the_cli(capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "unrecognized arguments: --no-such-flag" in err
 
 
+def test_no_prepare_flag_and_config_key(tmp_path):
+    from advlab.cli import _parse
+
+    assert _parse(["eval"]).prepare is True and _parse(["eval", "--no-prepare"]).prepare is False
+    assert _parse(["reproduce"]).prepare is True and _parse(["reproduce", "--no-prepare"]).prepare is False
+    config = tmp_path / "attacks.toml"
+    config.write_text('prepare = false\n[[attack]]\nname = "fgsm"\neps = 0.1\n')
+    assert _parse(["eval", "--config", str(config)]).prepare is False
+
+
+@needs_fashion
+def test_eval_records_the_model_preparation_in_run_json(capsys, weights, tmp_path):
+    from advlab.models import load_model, preparation_record, prepare
+
+    for flags, out in (((), tmp_path / "on"), (("--no-prepare",), tmp_path / "off")):
+        code, _, err = run_cli(capsys, *small_eval(weights, out, "--attack", "fgsm", "--eps", "0.1", *flags))
+        assert code == 0, err
+    model = load_model("mnist_cnn_small", weights=str(weights))
+    x = torch.stack([load_dataset_first(i) for i in range(8)])
+    assert json.loads((tmp_path / "on" / "run.json").read_text())["config"]["prepare"] == preparation_record(
+        prepare(model, x)
+    )
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["config"]["prepare"] == {"enabled": False}
+
+
+def load_dataset_first(i: int) -> torch.Tensor:
+    """Image ``i`` of the Fashion-MNIST test split as ``advlab eval --data fashion-mnist`` reads it."""
+    from advlab.data import load_dataset
+
+    return load_dataset("fashion-mnist")[i][0]
+
+
 def test_train_budgets_are_written_as_in_eval():
     from advlab.cli import _parse
 

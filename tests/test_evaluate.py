@@ -579,6 +579,26 @@ def test_the_fingerprint_holds_the_versions_of_every_attack_a_run_uses():
     assert set(registry()) <= set(ALGORITHM_VERSIONS)  # every built-in attack has a version to bump
 
 
+def test_the_model_is_prepared_once_per_run_and_the_preparation_is_part_of_the_run(data, tmp_path):
+    """evaluate(prepare=True) attacks advlab.models.prepare(model, first batch) and records what was done in
+    run.json's configuration; prepare=False attacks the model as given; switching is another run."""
+    from advlab.models import preparation_record, prepare
+
+    model, ds = data
+    small = Items(ds.x[:32], ds.y[:32])
+    specs = [make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd")]
+    on = evaluate(model, small, specs, out=tmp_path / "on", batch_size=16, quiet=True)
+    prepared = prepare(model, ds.x[:16])  # the run's first batch is the example
+    assert json.loads((tmp_path / "on" / "run.json").read_text())["config"]["prepare"] == preparation_record(prepared)
+    direct = evaluate(prepared, small, specs, batch_size=16, quiet=True, prepare=False)
+    assert untimed_records(on.records) == untimed_records(direct.records)  # the prepared model was attacked
+    off = evaluate(model, small, specs, out=tmp_path / "off", batch_size=16, quiet=True, prepare=False)
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["config"]["prepare"] == {"enabled": False}
+    assert off.model is model and on.model is not None
+    with pytest.raises(SpecError, match=r"differs in: prepare\)?"):
+        evaluate(model, small, specs, out=tmp_path / "on", batch_size=16, quiet=True, prepare=False)
+
+
 def test_shards_written_separately_give_the_single_process_summary(data, tmp_path):
     """Two 'ranks' each process half of the batch plan into one run directory (issue 8's layout)."""
     model, ds = data

@@ -41,6 +41,7 @@ EVAL_CONFIG_KEYS = {
     "seed": "seed of targets and random starts",
     "device": "cpu, cuda, cuda:1, ...",
     "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
+    "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
     "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
 }
 ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken")
@@ -97,6 +98,17 @@ def _add_replace_flag(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="if --out holds a different run (other settings, model, data or advlab code), start it over "
         "instead of refusing",
+    )
+
+
+def _add_prepare_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-prepare",
+        dest="prepare",
+        action="store_false",
+        default=True,
+        help="attack the model exactly as given; by default it is prepared once for the attacks "
+        "(advlab.models.prepare: batch-norm folding etc.), and what was done is recorded in run.json",
     )
 
 
@@ -172,6 +184,7 @@ def _eval_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/eval", help="run directory")
     _add_replace_flag(p)
+    _add_prepare_flag(p)
     p.add_argument("--batch-size", dest="batch_size", type=_int_arg(1), default=16, help="samples per batch")
     p.add_argument("--seed", type=_int_arg(), default=0, help="seed of targets and random starts")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
@@ -309,6 +322,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra={"command": command},
         quiet=args.quiet,
         replace=args.replace,
+        prepare=bool(args.prepare),
     )
     if not info.is_main:  # rank 0 reports for the whole distributed run
         return 0
@@ -363,6 +377,7 @@ def _reproduce_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="ImageNet-style folder or labels CSV (default: the 20-image sample)")
     p.add_argument("--out", default="runs/reproduce", help="run directory")
     _add_replace_flag(p)
+    _add_prepare_flag(p)
     p.add_argument("--classes", type=_int_arg(), default=30, help="classes to select")
     p.add_argument("--per-class", dest="per_class", type=_int_arg(), default=5, help="images per class")
     p.add_argument(
@@ -434,6 +449,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         device=args.device,
         quiet=args.quiet,
         replace=args.replace,
+        prepare=args.prepare,
         protocol=dataclasses.replace(protocol, **changes),
         command="advlab " + " ".join(shlex.quote(a) for a in args.argv),
     )

@@ -3,6 +3,11 @@
 The configuration (:func:`run_config`) is what decides the records, so it is the run's fingerprint
 (:mod:`advlab.evaluate.rundir`); the batches come from :func:`~advlab.evaluate.engine.plan_batches` and each
 is the unit of work :func:`~advlab.evaluate.engine.attack_batch`.
+
+Before attacking, the model is prepared once per run (:func:`advlab.models.prepare`, e.g. batch norm folded
+into the convolutions: the same function up to float rounding, faster to attack) with the run's first batch
+as the example; what was done is part of the configuration, so a run is resumed only on the same preparation.
+``prepare=False`` attacks the model exactly as given.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .engine import attack_batch, load_batch, plan_batches
+from ..models import preparation_record
+from ..models import prepare as prepare_model
+from .engine import attack_batch, check_fits, load_batch, plan_batches
 from .records import RECORD_SCHEMA_VERSION, atomic_write_text
 from .rundir import RunDirectory
 from .specs import AttackSpec, SpecError, algorithm_versions, validate_specs
@@ -44,6 +51,7 @@ class RunResult:
     summary: dict[str, Any]
     records: dict[str, list[dict[str, Any]]]
     run_dir: Path | None
+    model: nn.Module | None = None  # the model the attacks ran on (the prepared one, see prepare_for_run)
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -52,6 +60,27 @@ def device_of(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def prepare_for_run(
+    model: nn.Module, dataset: Any, plan: Sequence[range], enabled: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to attack and the record of its preparation for the run's configuration.
+
+    With ``enabled``, :func:`advlab.models.prepare` once, with the first readable batch of the plan as the
+    example (the same on every rank and every resumption), and :func:`advlab.models.preparation_record` of
+    the result; else the model as given and ``{"enabled": False}``.
+    """
+    if not enabled:
+        return model, {"enabled": False}
+    device = device_of(model)
+    for batch in plan:
+        x, _, kept = load_batch(dataset, list(batch), device)
+        if kept:
+            check_fits(model, x)  # name data the model was not made for before preparing on it
+            prepared = prepare_model(model, x)
+            return prepared, dict(preparation_record(prepared))
+    return model, dict(preparation_record(model))  # no readable image: nothing to prepare on, nothing to attack
 
 
 def run_config(
@@ -63,11 +92,14 @@ def run_config(
     seed: int,
     model_meta: Mapping[str, Any] | None = None,
     data_meta: Mapping[str, Any] | None = None,
+    preparation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The configuration that defines a run (and its fingerprint): same configuration, same records.
 
-    Besides the settings it holds the record schema version and the algorithm version of each attack used
-    (bumped by the change that alters their records), but not which advlab code ran: that is provenance.
+    Besides the settings it holds the record schema version, the algorithm version of each attack used
+    (bumped by the change that alters their records) and the model's preparation (:func:`prepare_for_run`;
+    default: none), but not which advlab code ran: that is provenance. ``model`` is the model as given (its
+    weights identify the run).
     """
     return {
         "record_schema": RECORD_SCHEMA_VERSION,
@@ -78,6 +110,7 @@ def run_config(
         "seed": seed,
         "batch_size": batch_size,
         "device_type": device_of(model).type,
+        "prepare": dict(preparation) if preparation is not None else {"enabled": False},
     }
 
 
@@ -97,6 +130,7 @@ def evaluate(
     progress_desc: str = "evaluate",
     write_summary: bool = True,
     replace: bool = False,
+    prepare: bool = True,
 ) -> RunResult:
     """Run ``attacks`` over ``dataset`` and summarise; with ``out``, stream records to a run directory.
 
@@ -118,6 +152,8 @@ def evaluate(
             see :func:`advlab.evaluate.sharded.evaluate_sharded`).
         replace: start ``out`` over when it holds a different run, instead of refusing
             (:meth:`RunDirectory.open`).
+        prepare: prepare the model once for the attacks (:func:`prepare_for_run`, recorded in ``run.json``);
+            False attacks it exactly as given.
     """
     specs = validate_specs(attacks)
     n = len(dataset)
@@ -127,8 +163,16 @@ def evaluate(
     chosen = sorted(set(range(len(plan)) if batches is None else batches))
     if chosen and (chosen[0] < 0 or chosen[-1] >= len(plan)):
         raise ValueError(f"batch numbers must be in 0..{len(plan) - 1}, got {chosen[0]}..{chosen[-1]}")
+    attacked, preparation = prepare_for_run(model, dataset, plan, prepare)
     config = run_config(
-        model, specs, n_samples=n, batch_size=batch_size, seed=seed, model_meta=model_meta, data_meta=data_meta
+        model,
+        specs,
+        n_samples=n,
+        batch_size=batch_size,
+        seed=seed,
+        model_meta=model_meta,
+        data_meta=data_meta,
+        preparation=preparation,
     )
     run_dir = RunDirectory(out, config) if out is not None else None
     if run_dir is not None:
@@ -160,7 +204,7 @@ def evaluate(
                     bar.update(1)
 
                 if kept:
-                    done = attack_batch(model, x, y, kept, todo_specs, seed=seed, done=done, on_attack=saved)
+                    done = attack_batch(attacked, x, y, kept, todo_specs, seed=seed, done=done, on_attack=saved)
                 else:  # every image of the batch was unreadable: mark the batch done, with no records
                     for spec in todo_specs:
                         saved(spec, [])
@@ -187,4 +231,4 @@ def evaluate(
     )
     if run_dir is not None and write_summary:
         atomic_write_text(run_dir.path / "summary.json", json.dumps(summary, indent=2, sort_keys=False) + "\n")
-    return RunResult(summary, records, run_dir.path if run_dir else None)
+    return RunResult(summary, records, run_dir.path if run_dir else None, attacked)

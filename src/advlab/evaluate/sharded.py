@@ -20,7 +20,7 @@ from torch import nn
 from ..runtime import RankInfo, broadcast, check_same, current, gather, shard_batches, wait_for_all
 from .engine import plan_batches
 from .records import atomic_write_text
-from .run import RunResult, evaluate, run_config
+from .run import RunResult, evaluate, prepare_for_run, run_config
 from .rundir import RunDirectory, provenance
 from .specs import SpecError, validate_specs
 from .summary import build_summary
@@ -69,6 +69,7 @@ def evaluate_sharded(
     progress_desc: str = "evaluate",
     info: RankInfo | None = None,
     replace: bool = False,
+    prepare: bool = True,
 ) -> RunResult:
     """:func:`advlab.evaluate.evaluate` over the ranks of a distributed run; the same call in one process.
 
@@ -91,15 +92,24 @@ def evaluate_sharded(
         "seed": seed,
     }
     if not info.distributed:
-        return evaluate(model, dataset, attacks, out=out, quiet=quiet, replace=replace, **common)
+        return evaluate(model, dataset, attacks, out=out, quiet=quiet, replace=replace, prepare=prepare, **common)
     start = time.perf_counter()
     specs = validate_specs(attacks)
     n = len(dataset)
     if n == 0:
         raise SpecError("the dataset is empty; nothing to evaluate")
     plan = plan_batches(n, batch_size)
+    # Every rank prepares on the same first batch, so the preparation record (in the config) agrees.
+    _, preparation = prepare_for_run(model, dataset, plan, prepare)
     config = run_config(
-        model, specs, n_samples=n, batch_size=batch_size, seed=seed, model_meta=model_meta, data_meta=data_meta
+        model,
+        specs,
+        n_samples=n,
+        batch_size=batch_size,
+        seed=seed,
+        model_meta=model_meta,
+        data_meta=data_meta,
+        preparation=preparation,
     )
     # Same weights, data size, attacks and seed everywhere, or the merged records would mix two runs.
     origin = provenance()
@@ -122,6 +132,7 @@ def evaluate_sharded(
         quiet=quiet or not info.is_main,
         batches=mine,
         write_summary=False,
+        prepare=prepare,
         **common,
     )
     own = {i for k in mine for i in plan[k]}
@@ -146,7 +157,7 @@ def evaluate_sharded(
             atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=2, sort_keys=False) + "\n")
         records = merged
     summary = broadcast(summary, info, "sharing the summary")
-    return RunResult(summary, records, Path(out) if out is not None else None)
+    return RunResult(summary, records, Path(out) if out is not None else None, result.model)
 
 
 def _config_keys(config: Mapping[str, Any]) -> str:

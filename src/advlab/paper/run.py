@@ -64,6 +64,7 @@ class ReproduceOptions:
     device: str | None = None
     quiet: bool = False
     replace: bool = False
+    prepare: bool = True
     protocol: Protocol = field(default_factory=Protocol)
     command: str = ""
 
@@ -203,7 +204,9 @@ def run_reproduce(
         quiet=opts.quiet,
         progress_desc="reproduce",
         replace=opts.replace,
+        prepare=opts.prepare,
     )
+    model = result.model or model  # the panels re-run attacks on, and read, the model the run attacked
     summary = result.summary
     attacks = _by_id(summary)
     examples = {}
