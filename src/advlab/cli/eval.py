@@ -241,4 +241,3 @@ def _suite_specs(args: argparse.Namespace) -> list[Any]:
         params["norm"] = args.norm
     _add_params(params, args, also_flagged={"eps"})
     return suite_specs(args.suite, args.eps, params)
-

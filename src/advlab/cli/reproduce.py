@@ -104,4 +104,3 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     )
     run_reproduce(opts)
     return 0
-

@@ -88,4 +88,3 @@ def _raised_by_train_checks(error: BaseException) -> bool:
         return False
     code = tb.tb_frame.f_code
     return (Path(code.co_filename).name, code.co_name) in _TRAIN_CHECKS
-

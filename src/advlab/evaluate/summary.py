@@ -13,9 +13,9 @@ from typing import Any
 
 from .. import __version__
 from .records import summarize
-from .sanity import check_summary
 from .specs import AttackSpec, suite_stage_names
 from .suite import DEFAULT_SQUARE_QUERIES, suite_stages
+from .summary_checks import check_summary
 
 SUMMARY_SCHEMA = "advlab.summary/1"
 
@@ -104,9 +104,9 @@ def build_summary(
 def sanity_of(
     summary: Mapping[str, Any], records: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
 ) -> dict[str, Any] | None:
-    """The gradient-masking checks a summary and its records answer (:func:`advlab.evaluate.sanity.check_summary`:
-    iterative vs single-step, Square vs white-box and a suite vs the other attacks per sample, monotone in eps);
-    None where none applies."""
+    """The gradient-masking checks a summary and its records answer
+    (:func:`advlab.evaluate.summary_checks.check_summary`: iterative vs single-step, Square vs white-box and a
+    suite vs the other attacks per sample, monotone in eps); None where none applies."""
     return check_summary(summary, records)
 
 

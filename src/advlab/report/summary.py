@@ -109,7 +109,7 @@ def _number(v: Any) -> str:
 
 
 def sanity_section(sanity: Mapping[str, Any] | None) -> Section:
-    """The gradient-masking checks of a summary (:func:`advlab.evaluate.sanity.check_summary`) as a section."""
+    """The gradient-masking checks of a summary (:func:`advlab.evaluate.summary_checks.check_summary`) as a section."""
     section = Section("Sanity checks (gradient masking)", id="sanity")
     if not sanity:
         section.paragraphs.append(
@@ -118,7 +118,7 @@ def sanity_section(sanity: Mapping[str, Any] | None) -> Section:
             "accuracy falling with eps, unbounded attacks reaching 100%."
         )
         return section
-    # advlab.evaluate.sanity.check_summary: {"checks": [Check.to_dict(), ...], "warnings": k}
+    # advlab.evaluate.summary_checks.check_summary: {"checks": [Check.to_dict(), ...], "warnings": k}
     rows = [
         [
             str(c["name"]),
