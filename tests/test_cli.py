@@ -229,6 +229,22 @@ def test_eval_writes_summary_and_refuses_to_mix_runs(capsys, weights, tmp_path):
 
 
 @needs_fashion
+def test_a_run_resumed_by_other_advlab_code_warns_in_one_line(capsys, weights, tmp_path):
+    """Provenance is not the fingerprint: the same command after an upgrade resumes, saying so in one line."""
+    out = tmp_path / "run"
+    argv = small_eval(weights, out, "--attack", "fgsm", "--eps", "0.1")
+    code, first, err = run_cli(capsys, *argv)
+    assert code == 0 and "warning" not in err, err
+    run = json.loads((out / "run.json").read_text())
+    run["provenance"] = {"advlab_version": "0.0.9", "code_sha256": "0" * 64}
+    (out / "run.json").write_text(json.dumps(run))
+    code, again, err = run_cli(capsys, *argv)
+    assert code == 0 and again.split(", ")[:3] == first.split(", ")[:3]
+    (line,) = err.strip().splitlines()
+    assert line.startswith("advlab: warning: ") and "started by other advlab code (advlab 0.0.9" in line
+
+
+@needs_fashion
 def test_fashion_mnist_takes_a_class_balanced_subset_and_refuses_the_wrong_model(capsys, weights, tmp_path):
     argv = small_eval(weights, tmp_path / "run", "--attack", "fgsm", "--eps", "0.1", "--subset", "2x2")
     code, _, err = run_cli(capsys, *(a for a in argv if a not in ("--limit", "24")))

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from .. import __version__
 from ..errors import RunError, UsageError
@@ -65,9 +67,29 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """advlab's own warnings (e.g. a run resumed by other advlab code) as one ``advlab: warning:`` line; any
+    other warning as Python shows it."""
+    if category.__module__.startswith("advlab."):
+        print(f"advlab: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOW_WARNING = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advlab`` console script and ``python -m advlab``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     debug = bool(os.environ.get("ADVLAB_DEBUG"))
     try:
         args = _parse(argv)
