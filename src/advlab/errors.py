@@ -28,6 +28,15 @@ class MissingInputError(UsageError, FileNotFoundError):
     callers can also catch as ``FileNotFoundError``."""
 
 
+class MissingDependencyError(UsageError, ModuleNotFoundError):
+    """An optional package that what the user asked for needs is not installed (the message says what to
+    install); Python callers can also catch it as ``ModuleNotFoundError``."""
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 class RunError(RuntimeError):
     """A run stopped for a reason its message explains; ``advlab`` prints it as one line and exits with 1."""
 

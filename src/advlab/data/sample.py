@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from advlab.data.imagenet import ImageList, Transform, imagenet_class_names
+from advlab.errors import MissingDependencyError
 
 _FILE = re.compile(r"^imagenet_(\d+)_(\d+)\.jpg$")
 
@@ -20,8 +21,8 @@ _FILE = re.compile(r"^imagenet_(\d+)_(\d+)\.jpg$")
 def foolbox_data_dir() -> Path:
     spec = importlib.util.find_spec("foolbox")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the default image sample comes from the foolbox wheel: pip install foolbox", name="foolbox"
+        raise MissingDependencyError(
+            "the default image sample comes from the foolbox wheel: pip install foolbox (or give --data)", "foolbox"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 

@@ -10,9 +10,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import MissingDependencyError
+
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise MissingDependencyError(
+            "advlab's report figures are drawn with matplotlib, which is not installed: pip install matplotlib",
+            "matplotlib",
+        ) from None
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
