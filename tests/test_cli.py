@@ -402,6 +402,29 @@ def load_dataset_first(i: int) -> torch.Tensor:
     return load_dataset("fashion-mnist")[i][0]
 
 
+@needs_fashion
+def test_a_bug_during_training_shows_its_traceback(monkeypatch, tmp_path):
+    """advlab train turns only advlab.train's checks of its settings into one line; a ValueError raised while
+    training (here: a network that assumes a batch of one, handed to the run) propagates out of main."""
+    import advlab.train.run
+
+    class OneAtATime(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(28 * 28, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            (image,) = x  # the bug: "too many values to unpack (expected 1)"
+            return self.linear(image.flatten())[None]
+
+    monkeypatch.setattr(advlab.train.run, "build", lambda name: OneAtATime())
+    argv = ["train", "--method", "standard", "--model", "mnist_cnn_small", "--epochs", "1", "--train-subset", "64",
+            "--val-size", "64", "--batch-size", "32", "--out", str(tmp_path / "train"), "--quiet"]  # fmt: skip
+    with pytest.raises(ValueError, match="too many values to unpack") as err:
+        main(argv)
+    assert type(err.value) is ValueError
+
+
 def test_train_budgets_are_written_as_in_eval():
     from advlab.cli import _parse
 
