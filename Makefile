@@ -17,7 +17,7 @@ setup: $(STAMP)
 system-deps:
 	bash scripts/install-system-deps.sh
 
-# A killed demo resumes; after a change to advlab's code (or settings) it starts over instead of refusing.
+# A killed demo resumes, even after an advlab upgrade; --replace starts over if settings or record versions changed.
 demo: setup
 	$(VENV)/bin/advlab reproduce --out runs/demo --replace
 

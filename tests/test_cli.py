@@ -107,6 +107,9 @@ def test_console_script_and_module_entry_point():
         (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "-p", "steps=4"], "steps is set twice"),
         (["eval", "--suite", "strong", "--eps", "0.1", "--norm", "l2", "-p", "norm=linf"], "norm is set twice"),
         (["eval", "--attack", "fgsm", "--eps", "0.1", "--device", "gpu"], "unknown device 'gpu'; expected cpu, cuda"),
+        (["eval", "--attack", "pgd", "--eps", "0.1", "--norm", "l3"], "pgd: unknown norm 'l3'; expected one of"),
+        (["eval", "--attack", "apgd", "--eps", "0.1", "-p", "rho=2.0"], "apgd: rho must be in (0, 1], got 2"),
+        (["eval", "--attack", "fgsm", "--eps", "0.1", "--data", "/no/such/folder"], "/no/such/folder"),
         *(
             []
             if torch.cuda.is_available()
@@ -120,6 +123,40 @@ def test_user_mistakes_are_one_line_and_exit_2(capsys, argv, needle):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("advlab: error: ") and needle in lines[0], err
     assert "Traceback" not in err
+
+
+class _BuggyBackbone(torch.nn.Module):
+    """A real network with a bug: it assumes a batch of one (ValueError on any larger batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 16 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (image,) = x  # the bug: "too many values to unpack (expected 1)"
+        return self.linear(image.flatten())[None]
+
+
+def test_a_bug_is_not_a_usage_error_and_shows_its_traceback(capsys, monkeypatch, tmp_path):
+    """Only advlab's own usage errors are one line; a ValueError from inside a model propagates out of main
+    (so the console script prints its traceback). The bug is injected by handing the CLI a buggy model."""
+    from advlab import models
+    from advlab.errors import UsageError
+    from tests.conftest import IMAGENET_30x5
+
+    if not IMAGENET_30x5.is_dir():
+        pytest.skip(f"{IMAGENET_30x5} is missing")
+    buggy = models.ImageClassifier(
+        _BuggyBackbone(), mean=[0.5] * 3, std=[0.5] * 3, input_size=(3, 16, 16),
+        class_names=[str(k) for k in range(10)], resize_size=16, crop_size=16, name="buggy",
+    )  # fmt: skip
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: buggy)
+    argv = ["eval", "--attack", "fgsm", "--eps", "0.1", "--data", str(IMAGENET_30x5), "--limit", "4",
+            "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    with pytest.raises(ValueError, match="too many values to unpack") as err:
+        main(argv)
+    assert not isinstance(err.value, UsageError)
+    assert "advlab: error" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -189,6 +226,22 @@ def test_eval_writes_summary_and_refuses_to_mix_runs(capsys, weights, tmp_path):
     assert attack["params"]["eps"] == 4 / 255 and replaced.startswith("pgd(eps=4/255, steps=3): top-1")
     (folder,) = (out / "records").iterdir()  # the 8/255 records are gone
     assert "eps=4_255" in folder.name
+
+
+@needs_fashion
+def test_a_run_resumed_by_other_advlab_code_warns_in_one_line(capsys, weights, tmp_path):
+    """Provenance is not the fingerprint: the same command after an upgrade resumes, saying so in one line."""
+    out = tmp_path / "run"
+    argv = small_eval(weights, out, "--attack", "fgsm", "--eps", "0.1")
+    code, first, err = run_cli(capsys, *argv)
+    assert code == 0 and "warning" not in err, err
+    run = json.loads((out / "run.json").read_text())
+    run["provenance"] = {"advlab_version": "0.0.9", "code_sha256": "0" * 64}
+    (out / "run.json").write_text(json.dumps(run))
+    code, again, err = run_cli(capsys, *argv)
+    assert code == 0 and again.split(", ")[:3] == first.split(", ")[:3]
+    (line,) = err.strip().splitlines()
+    assert line.startswith("advlab: warning: ") and "started by other advlab code (advlab 0.0.9" in line
 
 
 @needs_fashion
@@ -315,6 +368,61 @@ def test_train_runs_through_the_cli(capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "invalid choice: 'nope'" in err
     code, _, err = run_cli(capsys, "eval", "--no-such-flag")
     assert code == 2 and err.count("\n") == 1 and "unrecognized arguments: --no-such-flag" in err
+
+
+def test_no_prepare_flag_and_config_key(tmp_path):
+    from advlab.cli import _parse
+
+    assert _parse(["eval"]).prepare is True and _parse(["eval", "--no-prepare"]).prepare is False
+    assert _parse(["reproduce"]).prepare is True and _parse(["reproduce", "--no-prepare"]).prepare is False
+    config = tmp_path / "attacks.toml"
+    config.write_text('prepare = false\n[[attack]]\nname = "fgsm"\neps = 0.1\n')
+    assert _parse(["eval", "--config", str(config)]).prepare is False
+
+
+@needs_fashion
+def test_eval_records_the_model_preparation_in_run_json(capsys, weights, tmp_path):
+    from advlab.models import load_model, preparation_record, prepare
+
+    for flags, out in (((), tmp_path / "on"), (("--no-prepare",), tmp_path / "off")):
+        code, _, err = run_cli(capsys, *small_eval(weights, out, "--attack", "fgsm", "--eps", "0.1", *flags))
+        assert code == 0, err
+    model = load_model("mnist_cnn_small", weights=str(weights))
+    x = torch.stack([load_dataset_first(i) for i in range(8)])
+    assert json.loads((tmp_path / "on" / "run.json").read_text())["config"]["prepare"] == preparation_record(
+        prepare(model, x)
+    )
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["config"]["prepare"] == {"enabled": False}
+
+
+def load_dataset_first(i: int) -> torch.Tensor:
+    """Image ``i`` of the Fashion-MNIST test split as ``advlab eval --data fashion-mnist`` reads it."""
+    from advlab.data import load_dataset
+
+    return load_dataset("fashion-mnist")[i][0]
+
+
+@needs_fashion
+def test_a_bug_during_training_shows_its_traceback(monkeypatch, tmp_path):
+    """advlab train turns only advlab.train's checks of its settings into one line; a ValueError raised while
+    training (here: a network that assumes a batch of one, handed to the run) propagates out of main."""
+    import advlab.train.run
+
+    class OneAtATime(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(28 * 28, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            (image,) = x  # the bug: "too many values to unpack (expected 1)"
+            return self.linear(image.flatten())[None]
+
+    monkeypatch.setattr(advlab.train.run, "build", lambda name: OneAtATime())
+    argv = ["train", "--method", "standard", "--model", "mnist_cnn_small", "--epochs", "1", "--train-subset", "64",
+            "--val-size", "64", "--batch-size", "32", "--out", str(tmp_path / "train"), "--quiet"]  # fmt: skip
+    with pytest.raises(ValueError, match="too many values to unpack") as err:
+        main(argv)
+    assert type(err.value) is ValueError
 
 
 def test_train_budgets_are_written_as_in_eval():

@@ -1,4 +1,5 @@
-"""advlab.distributed: sharding, merging, DDP training and evaluation across processes (gloo, 2 ranks, 1 thread).
+"""Distributed runs (advlab.runtime, advlab.evaluate.sharded, advlab.train.ddp): sharding, merging, DDP training
+and evaluation across processes (gloo, 2 ranks, 1 thread).
 
 The multi-process tests start real processes: ``torchrun`` (as ``python -m torch.distributed.run``) for normal
 runs, and two hand-started ranks (the environment torchrun would set) where a test needs to kill one rank or
@@ -25,10 +26,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from advlab import distributed
+from advlab import runtime as distributed
 from advlab.data import fashion_mnist as fm
-from advlab.distributed import RankBatches, RankInfo, merge_records, shard_batches, shard_range
+from advlab.evaluate.sharded import merge_records
+from advlab.runtime import RankInfo, shard_batches, shard_range
 from advlab.train import TensorLoader, load_checkpoint, method_loss
+from advlab.train.ddp import RankBatches
 
 needs_data = pytest.mark.skipif(
     not (fm.SYSTEM_ROOT / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -381,5 +384,5 @@ def test_a_rank_that_fails_after_joining_is_named_by_the_others(trained: Path, t
     (_, err0), (_, err1) = outputs
     assert procs[1].returncode == 2 and "weights file w/fm.safetensors does not exist" in err1, err1[-2000:]
     assert procs[0].returncode == 1, err0[-2000:]
-    assert "advlab: error: rank 1 stopped with an error: FileNotFoundError: weights file" in err0, err0[-2000:]
+    assert "advlab: error: rank 1 stopped with an error: MissingInputError: weights file" in err0, err0[-2000:]
     assert "Traceback" not in err0

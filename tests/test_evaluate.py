@@ -6,11 +6,13 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import advlab
 from advlab.evaluate import (
     AttackSpec,
     SpecError,
@@ -29,6 +32,7 @@ from advlab.evaluate import (
     plan_batches,
     random_targets,
     registry,
+    run_config,
     summarize,
     validate_specs,
 )
@@ -103,7 +107,9 @@ def test_parse_number_accepts_numbers_and_fractions(text, value):
      ("1/-255", ">= 0"), (True, "number")],
 )  # fmt: skip
 def test_parse_number_rejects_bad_eps_with_one_clear_line(text, needle):
-    with pytest.raises(SpecError) as err:
+    from advlab.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
         parse_number(text, "eps")
     assert needle in str(err.value) and "\n" not in str(err.value)
 
@@ -134,11 +140,40 @@ def test_unknown_parameter_lists_the_signature():
         ("fgsm", {"eps": 0.1}, {"target": "random"}, "only meaningful with targeted"),
         ("fgsm", {"eps": 0.1, "targeted": True}, {"target": "most-likely"}, "target must be"),
         ("fgsm", {"eps": 0.1, "targeted": True}, {"target": -3}, "target must be"),
+        ("pgd", {"eps": 0.1, "norm": "l3"}, {}, "pgd: unknown norm 'l3'; expected one of 'linf', 'l2'"),
+        ("pgd", {"eps": 0.1, "loss": "dlr"}, {}, "pgd: unknown loss 'dlr'; expected one of 'ce', 'margin'"),
+        ("apgd", {"eps": 0.1, "loss": "margin"}, {}, "apgd: unknown loss 'margin'; expected one of 'ce', 'dlr'"),
+        ("apgd", {"eps": 0.1, "rho": 2.0}, {}, r"rho must be in \(0, 1\], got 2"),
+        ("square", {"eps": 0.1, "p_init": 0.0}, {}, r"p_init must be in \(0, 1\]"),
+        ("mifgsm", {"eps": 0.1, "decay": -1.0}, {}, r"decay must be in \[0, inf\)"),
+        ("deepfool", {"candidates": 1}, {}, "candidates must be >= 2"),
+        ("cw_l2", {"lr": float("nan")}, {}, "lr must be finite"),
     ],
 )
 def test_bad_parameters_are_refused_before_any_work(name, params, kwargs, needle):
     with pytest.raises(SpecError, match=needle):
         make_spec(name, params, **kwargs)
+
+
+def test_every_refused_value_is_a_usage_error_and_accepted_values_run(data):
+    """The values make_spec refuses are the ones the attacks refuse: a refused spec is a UsageError (one line,
+    exit 2 on the command line), and the attacks run with every value the tables allow."""
+    from advlab.errors import UsageError
+    from advlab.evaluate.specs import ATTACK_STRING_CHOICES, STRING_CHOICES
+
+    model, ds = data
+    x, y = ds.x[:2], ds.y[:2]
+    with pytest.raises(UsageError):
+        make_spec("pgd", {"eps": 0.1, "norm": "l3"})
+    for name in ("fgsm", "pgd", "apgd", "mifgsm", "square"):
+        for key in ("norm", "loss"):
+            for value in ATTACK_STRING_CHOICES.get((name, key), STRING_CHOICES[key]):
+                params = {"eps": 0.05, key: value, **({"steps": 1} if name != "fgsm" else {})}
+                if name == "square":
+                    params = {"eps": 0.05, key: value, "queries": 2}
+                spec = make_spec(name, params)
+                out = registry()[name](model, x, y, **spec.params)
+                assert out.shape == x.shape, (name, key, value)
 
 
 def test_specs_are_validated_together():
@@ -257,6 +292,67 @@ def test_only_unbroken_is_the_per_sample_worst_case(data):
         assert r["time_s"] == 0
 
 
+def test_a_suite_chained_onto_listed_attacks_is_their_per_sample_worst_case(data):
+    """with_suites (the rule behind ``advlab eval --suite``): the suite runs on top of the listed untargeted
+    attacks of its own eps and norm, and its row is the per-sample worst case over them."""
+    from advlab.evaluate import suite_specs, with_suites
+
+    model, ds = data
+    small = Items(ds.x[:32], ds.y[:32])
+    listed = [
+        make_spec("fgsm", {"eps": 0.1}, id="fgsm"),
+        make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd"),
+        make_spec("fgsm", {"eps": 0.05}, id="other-eps"),
+        make_spec("fgsm", {"eps": 0.1, "norm": "l2"}, id="other-norm"),
+        make_spec("fgsm", {"eps": 0.1, "targeted": True}, id="targeted"),
+    ]
+    (suite,) = suite_specs("fast", [0.1])
+    specs = with_suites(listed, [suite])
+    assert specs[:-1] == listed and specs[-1].only_unbroken == ("fgsm", "pgd") and specs[-1].name == "suite_fast"
+    with pytest.raises(SpecError, match="unknown suite 'nope'; available: fast, strong"):
+        suite_specs("nope", [0.1])
+    result = evaluate(model, small, specs, batch_size=16, quiet=True)
+    a = {x["id"]: x for x in result.summary["attacks"]}
+    recs = {k: {r["index"]: r for r in v} for k, v in result.records.items()}
+    for i, r in recs[specs[-1].id].items():  # per sample: broken by the suite if fgsm or pgd broke it
+        assert r["success"] or not (recs["fgsm"][i]["success"] or recs["pgd"][i]["success"]), i
+    assert a[specs[-1].id]["adv_top1"] <= min(a["fgsm"]["adv_top1"], a["pgd"]["adv_top1"])
+
+
+class BuggyForward(nn.Module):
+    """A real model with a bug: its forward assumes a batch of one, so it raises ValueError on a batch of four
+    (the kind of ValueError that used to look like a user mistake on the command line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (image,) = x  # the bug: "too many values to unpack (expected 1)"
+        return self.linear(image.flatten())[None]
+
+
+def test_a_bug_in_the_model_propagates_and_is_not_a_usage_error(data):
+    from advlab.errors import UsageError
+
+    _, ds = data
+    with pytest.raises(ValueError, match="too many values to unpack") as err:
+        evaluate(BuggyForward(), Items(ds.x[:4], ds.y[:4]), [make_spec("fgsm", {"eps": 0.1})], quiet=True)
+    assert not isinstance(err.value, UsageError)
+
+
+def test_data_the_model_was_not_made_for_is_a_usage_error(data):
+    from advlab.models import ImageClassifier
+
+    _, ds = data
+    colour = ImageClassifier(
+        nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)),
+        mean=[0.5] * 3, std=[0.5] * 3, input_size=(3, 8, 8), class_names=[str(k) for k in range(10)], name="rgb8",
+    )  # fmt: skip
+    with pytest.raises(SpecError, match=r"rgb8 takes images shaped \(N, 3, H, W\).*got shape \(4, 1, 8, 8\)"):
+        evaluate(colour, Items(ds.x[:4], ds.y[:4]), [make_spec("fgsm", {"eps": 0.1})], quiet=True)
+
+
 def test_unreadable_images_are_skipped_and_counted(data):
     model, ds = data
     holes = Items(ds.x, ds.y, unreadable={3, 17})
@@ -352,7 +448,7 @@ def test_a_different_run_is_refused_before_any_work(data, tmp_path):
 
 
 def test_summary_line_quotes_the_l2_of_successful_examples(data):
-    from advlab.evaluate.engine import summary_line
+    from advlab.evaluate.summary import summary_line
 
     model, ds = data
     small = Items(ds.x[:32], ds.y[:32])
@@ -367,10 +463,7 @@ def test_summary_line_quotes_the_l2_of_successful_examples(data):
 
 
 def test_source_digest_follows_the_code_that_makes_records(tmp_path):
-    import shutil
-
-    import advlab
-    from advlab.evaluate.engine import code_digest, source_digest
+    from advlab.evaluate.rundir import code_digest, source_digest
 
     real = Path(advlab.__file__).resolve().parent
     copy = tmp_path / "advlab"
@@ -392,25 +485,74 @@ def test_source_digest_follows_the_code_that_makes_records(tmp_path):
         assert source_digest(copy) == reference
 
 
-def test_a_run_by_other_advlab_code_is_refused_or_replaced(data, tmp_path):
+def test_a_run_by_other_advlab_code_resumes_with_a_warning(data, tmp_path):
+    """Provenance is not the fingerprint: a run written by other advlab code (another code digest, another
+    version) with the same record schema and attack versions resumes, with a warning, and keeps its records."""
+    from advlab.evaluate import ProvenanceWarning
+    from advlab.evaluate.rundir import RunDirectory, provenance, source_digest
+
+    model, ds = data
+    small = Items(ds.x[:32], ds.y[:32])
+    specs = [make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd")]
+    out = tmp_path / "run"
+    first = evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
+    run_file = out / "run.json"
+    written = json.loads(run_file.read_text())
+    assert written["provenance"] == provenance() and "code_sha256" not in written["config"]
+    # What an older advlab (other code, same record versions) would have left: its own provenance, and one batch.
+    old = {**written, "provenance": {"advlab_version": "0.0.9", "code_sha256": "0" * 64}}
+    run_file.write_text(json.dumps(old))
+    (first_batch, _second) = sorted((out / "records").rglob("*.jsonl"))
+    _second.unlink()
+    with pytest.warns(ProvenanceWarning, match=r"started by other advlab code \(advlab 0\.0\.9, code 000000000000"):
+        again = evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
+    assert untimed(again.summary) == untimed(first.summary) and first_batch.exists()
+    assert json.loads(run_file.read_text())["provenance"]["code_sha256"] == "0" * 64  # kept as written
+    # The same run from code whose source differs (a comment edited): same fingerprint, a warning on resume.
+    edited = tmp_path / "edited"
+    skip = shutil.ignore_patterns("__pycache__", "*.safetensors")
+    shutil.copytree(Path(advlab.__file__).resolve().parent, edited / "advlab", ignore=skip)
+    pgd = edited / "advlab" / "attacks" / "pgd.py"
+    pgd.write_text(pgd.read_text() + "# a comment edited\n")
+    origin = provenance(edited / "advlab")
+    assert origin["code_sha256"] == source_digest(edited / "advlab") != provenance()["code_sha256"]
+    run_file.write_text(json.dumps(written))
+    config = written["config"]
+    with pytest.warns(ProvenanceWarning):
+        assert RunDirectory(out, config, origin).open() is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert RunDirectory(out, config).open() is True  # the same code: no warning
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda c: c["algorithms"].update(pgd=c["algorithms"]["pgd"] + 1), r"pgd algorithm 2 -> 1\): its records"),
+        (lambda c: c.update(record_schema=c["record_schema"] + 1), r"record schema 2 -> 1\): its records"),
+        (lambda c: c.update(code_sha256="0" * 64), "written by an advlab from before record versions"),
+    ],
+)
+def test_a_run_with_other_record_versions_is_refused_or_replaced(data, tmp_path, change, needle):
+    """A changed algorithm version or record schema means other records: refused before any work, or replaced."""
     model, ds = data
     small = Items(ds.x[:32], ds.y[:32])
     specs = [make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd")]
     fresh = evaluate(model, small, specs, out=tmp_path / "fresh", batch_size=16, quiet=True)
     out = tmp_path / "run"
     evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
-    # What an older advlab would have left: its own code digest, and records this code would not compute.
     run_file = out / "run.json"
     old = json.loads(run_file.read_text())
-    old["config"]["code_sha256"] = "0" * 64
+    change(old["config"])
     old["fingerprint"] = "f" * 64
     run_file.write_text(json.dumps(old))
-    stale = sorted((out / "records").rglob("*.jsonl"))[0]
+    stale = sorted((out / "records").rglob("*.jsonl"))[0]  # records the other version computed differently
     rows = [json.loads(line) for line in stale.read_text().splitlines()]
     stale.write_text("".join(json.dumps({**r, "success": not r["success"]}) + "\n" for r in rows))
     (out / "report.html").write_text("<html>the old run's report</html>")
-    with pytest.raises(SpecError, match="differs in: code_sha256: it was computed by other advlab code"):
+    with pytest.raises(SpecError, match=needle) as err:
         evaluate(model, small, specs, out=out, batch_size=16, quiet=True)
+    assert "--replace" in str(err.value) and "\n" not in str(err.value)
     assert json.loads(run_file.read_text())["fingerprint"] == "f" * 64  # refused before touching anything
     again = evaluate(model, small, specs, out=out, batch_size=16, quiet=True, replace=True)
     assert untimed_records(again.records) == untimed_records(fresh.records)
@@ -423,6 +565,37 @@ def test_a_run_by_other_advlab_code_is_refused_or_replaced(data, tmp_path):
     with pytest.raises(SpecError, match="holds no advlab run"):
         evaluate(model, small, specs, out=tmp_path / "mine", quiet=True, replace=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_the_fingerprint_holds_the_versions_of_every_attack_a_run_uses():
+    """A suite's records depend on the attacks it runs: their versions are in the configuration too."""
+    from advlab.evaluate import ALGORITHM_VERSIONS, registry
+
+    model = nn.Linear(4, 3)
+    config = run_config(model, [make_spec("suite_fast", {"eps": 0.1}), make_spec("fgsm", {"eps": 0.1})],
+                        n_samples=4, batch_size=2, seed=0)  # fmt: skip
+    assert config["algorithms"] == {"apgd": 1, "apgd_t": 1, "fgsm": 1, "suite_fast": 1}
+    assert set(registry()) <= set(ALGORITHM_VERSIONS)  # every built-in attack has a version to bump
+
+
+def test_the_model_is_prepared_once_per_run_and_the_preparation_is_part_of_the_run(data, tmp_path):
+    """evaluate(prepare=True) attacks advlab.models.prepare(model, first batch) and records what was done in
+    run.json's configuration; prepare=False attacks the model as given; switching is another run."""
+    from advlab.models import preparation_record, prepare
+
+    model, ds = data
+    small = Items(ds.x[:32], ds.y[:32])
+    specs = [make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd")]
+    on = evaluate(model, small, specs, out=tmp_path / "on", batch_size=16, quiet=True)
+    prepared = prepare(model, ds.x[:16])  # the run's first batch is the example
+    assert json.loads((tmp_path / "on" / "run.json").read_text())["config"]["prepare"] == preparation_record(prepared)
+    direct = evaluate(prepared, small, specs, batch_size=16, quiet=True, prepare=False)
+    assert untimed_records(on.records) == untimed_records(direct.records)  # the prepared model was attacked
+    off = evaluate(model, small, specs, out=tmp_path / "off", batch_size=16, quiet=True, prepare=False)
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["config"]["prepare"] == {"enabled": False}
+    assert off.model is model and on.model is not None
+    with pytest.raises(SpecError, match=r"differs in: prepare\)?"):
+        evaluate(model, small, specs, out=tmp_path / "on", batch_size=16, quiet=True, prepare=False)
 
 
 def test_shards_written_separately_give_the_single_process_summary(data, tmp_path):

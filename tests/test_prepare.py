@@ -341,7 +341,7 @@ def test_no_copy_where_it_would_only_cost_memory() -> None:
     rgb(x)
     prepared = prepare(rgb, x)
     assert isinstance(prepared, PreparedModel) and prepared.module is rgb
-    assert preparation_record(prepared) == {"changes": ["channels-last input"]}
+    assert preparation_record(prepared) == {"enabled": True, "changes": ["channels-last input"]}
     # float64 and non-4-D batches do not take oneDNN's channels-last path at all.
     gray = gray_cnn(3, 3, True, 0)
     g = torch.rand(2, 1, 8, 8)
@@ -349,7 +349,7 @@ def test_no_copy_where_it_would_only_cost_memory() -> None:
     assert prepare(gray, g.double()) is gray
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
     assert prepare(mlp, g) is mlp
-    assert preparation_record(mlp) == {"changes": []}
+    assert preparation_record(mlp) == {"enabled": True, "changes": []}
 
 
 def test_attacks_on_a_one_channel_model_agree_with_the_model_as_given() -> None:

@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from advlab.evaluate import SpecError
-from advlab.evaluate.reproduce import (
+from advlab.paper import (
     PAPER,
     Protocol,
     ReproduceOptions,
     build_experiment,
-    prepare,
+    prepare_inputs,
+    reading,
     run_reproduce,
     std_scale,
 )
-from advlab.report.reproduce_report import reading
 from tests.conftest import IMAGENET_30x5
 from tests.test_report import assert_renders_cleanly
 
@@ -136,7 +136,7 @@ def test_reproduce_end_to_end_on_two_images(tmp_path):
 def test_full_protocol_data_goes_through_the_30x5_selection():
     if not (IMAGENET_30x5 / "labels.csv").exists():
         pytest.skip(f"the shared 30 x 5 set is missing at {IMAGENET_30x5}: see ../shared/data/README.md")
-    _model, data, model_meta, data_meta, notes = prepare(ReproduceOptions(data=str(IMAGENET_30x5), quiet=True))
+    _model, data, model_meta, data_meta, notes = prepare_inputs(ReproduceOptions(data=str(IMAGENET_30x5), quiet=True))
     assert not any("default sample" in n for n in notes)
     assert data_meta["selection"]["classes"] == 30 and data_meta["images_in_source"] == 150
     assert 100 <= len(data) <= 150 and len(set(data.classes)) == 30  # the correctly classified of the 150

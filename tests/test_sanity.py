@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from advlab.evaluate import sanity
-from advlab.evaluate.sanity import Check, check_summary, sanity_checks
+from advlab.evaluate.sanity import Check, sanity_checks
 from advlab.evaluate.suite import run_suite
+from advlab.evaluate.summary_checks import check_summary
 
 
 class Quantised(nn.Module):

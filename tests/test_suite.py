@@ -109,13 +109,13 @@ def test_square_focus_adds_breaks_only_where_the_first_run_came_closest(digits_m
     """The strong suite's Square stage: the second, longer run goes to the closest share of the samples left
     and can only add breaks; every output stays in the ball and the box; a sample outside the focus share is
     returned exactly as the plain run returned it."""
-    from advlab.evaluate.suite import _square
+    from advlab.evaluate.suite import square_stage
 
     model, x, y = digits_model
     x, y = x[:96], y[:96]
     eps, seeds = torch.full((96,), 0.08), torch.arange(96)
-    plain = _square(30)(model, x, y, eps, "linf", seeds)
-    focus = _square(30, 300, 0.5)(model, x, y, eps, "linf", seeds)
+    plain = square_stage(30)(model, x, y, eps, "linf", seeds)
+    focus = square_stage(30, 300, 0.5)(model, x, y, eps, "linf", seeds)
     assert torch.equal(plain.success & focus.success, plain.success)  # nothing lost
     gained = focus.success & ~plain.success
     assert int(gained.sum()) >= 1

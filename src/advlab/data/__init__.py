@@ -9,6 +9,7 @@ from advlab.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from advlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from advlab.data.imagenet import (
     IMAGE_EXTENSIONS,
+    ImageList,
     ImageNetClasses,
     ImageNetFolder,
     LabelledImages,
@@ -23,7 +24,7 @@ from advlab.data.imagenet import (
 )
 from advlab.data.loading import load_dataset
 from advlab.data.sample import DefaultSample, default_sample
-from advlab.data.subset import SubsetDataset, farthest_point_classes, select_subset
+from advlab.data.subset import LimitedDataset, SubsetDataset, farthest_point_classes, select_subset
 from advlab.data.transforms import make_transform, transform_for
 
 __all__ = [
@@ -31,10 +32,12 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DefaultSample",
     "FashionMNIST",
+    "ImageList",
     "ImageNetClasses",
     "ImageNetFolder",
     "LabelledImages",
     "LabelsFileDataset",
+    "LimitedDataset",
     "SubsetDataset",
     "collate_skip",
     "default_sample",

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from advlab.errors import MissingInputError, UsageError
+
 CLASSES: tuple[str, ...] = (
     "T-shirt/top",
     "Trouser",
@@ -59,21 +61,21 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:  # gzip raises EOFError/BadGzipFile on a truncated or corrupt file
-        raise ValueError(f"cannot read IDX file {path}: {e}") from e
+        raise UsageError(f"cannot read IDX file {path}: {e}") from e
     if len(data) < 4:
-        raise ValueError(f"{path} is not an IDX file: {len(data)} bytes, shorter than the 4-byte magic number")
+        raise UsageError(f"{path} is not an IDX file: {len(data)} bytes, shorter than the 4-byte magic number")
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or ndim == 0:
-        raise ValueError(f"{path} is not an IDX file: magic number {data[:4].hex()} (expected 0000 <type> <ndim>)")
+        raise UsageError(f"{path} is not an IDX file: magic number {data[:4].hex()} (expected 0000 <type> <ndim>)")
     if dtype != _IDX_UBYTE:
-        raise ValueError(f"{path}: IDX data type 0x{dtype:02x} is not supported (expected 0x08, unsigned byte)")
+        raise UsageError(f"{path}: IDX data type 0x{dtype:02x} is not supported (expected 0x08, unsigned byte)")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, expected at least {header})")
+        raise UsageError(f"{path}: truncated IDX header ({len(data)} bytes, expected at least {header})")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     expected = header + int(np.prod(shape, dtype=np.int64))
     if len(data) != expected:
-        raise ValueError(f"{path}: {len(data)} bytes but the header's shape {shape} needs {expected}; truncated?")
+        raise UsageError(f"{path}: {len(data)} bytes but the header's shape {shape} needs {expected}; truncated?")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -104,7 +106,7 @@ def _download(root: Path) -> None:
         FashionMNIST(str(root), train=True, download=True)
         FashionMNIST(str(root), train=False, download=True)
     except Exception as e:  # URLError, socket errors, HTTP errors: all mean "no copy could be fetched"
-        raise FileNotFoundError(f"Fashion-MNIST download into {root} failed ({e}); {HOW_TO_GET}") from e
+        raise MissingInputError(f"Fashion-MNIST download into {root} failed ({e}); {HOW_TO_GET}") from e
 
 
 def load_fashion_mnist(
@@ -126,7 +128,7 @@ def load_fashion_mnist(
         FileNotFoundError: no copy found (the message says how to get one).
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown Fashion-MNIST split {split!r}; expected 'train' or 'test'")
+        raise UsageError(f"unknown Fashion-MNIST split {split!r}; expected 'train' or 'test'")
     image_stem, label_stem, count = SPLITS[split]
     folders = _candidate_roots(root)
     image_path, label_path = _find(image_stem, folders), _find(label_stem, folders)
@@ -138,19 +140,19 @@ def load_fashion_mnist(
     if image_path is None or label_path is None:
         missing = image_stem if image_path is None else label_stem
         where = ", ".join(str(f) for f in folders)
-        raise FileNotFoundError(f"Fashion-MNIST file {missing}(.gz) not found in {where}; {HOW_TO_GET}")
+        raise MissingInputError(f"Fashion-MNIST file {missing}(.gz) not found in {where}; {HOW_TO_GET}")
 
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.shape != (count, 28, 28):
-        raise ValueError(f"{image_path}: images shaped {images.shape}, expected ({count}, 28, 28) for split {split}")
+        raise UsageError(f"{image_path}: images shaped {images.shape}, expected ({count}, 28, 28) for split {split}")
     if labels.shape != (count,):
-        raise ValueError(f"{label_path}: labels shaped {labels.shape}, expected ({count},) for the {split} split")
+        raise UsageError(f"{label_path}: labels shaped {labels.shape}, expected ({count},) for the {split} split")
     if labels.max() >= len(CLASSES):
-        raise ValueError(f"{label_path}: label {labels.max()} out of range; Fashion-MNIST labels are 0..9")
+        raise UsageError(f"{label_path}: label {labels.max()} out of range; Fashion-MNIST labels are 0..9")
     # Fashion-MNIST is balanced by construction: 6,000 (train) / 1,000 (test) images per class.
     histogram = np.bincount(labels, minlength=len(CLASSES))
     if not (histogram == count // len(CLASSES)).all():
-        raise ValueError(
+        raise UsageError(
             f"{label_path}: label histogram {histogram.tolist()} is not the balanced {count // len(CLASSES)} "
             "per class of Fashion-MNIST; the file is not the original release"
         )

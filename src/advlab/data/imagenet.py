@@ -35,6 +35,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from advlab.errors import MissingInputError, UsageError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -51,7 +53,7 @@ class ImageNetClasses:
         try:
             return self._wnid_to_index[wnid]
         except KeyError:
-            raise ValueError(f"{wnid!r} is not an ImageNet-1k wnid (expected e.g. 'n01440764')") from None
+            raise UsageError(f"{wnid!r} is not an ImageNet-1k wnid (expected e.g. 'n01440764')") from None
 
     @functools.cached_property
     def _wnid_to_index(self) -> dict[str, int]:
@@ -117,8 +119,9 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-class _ImageList(Dataset):
-    """Shared machinery: a fixed list of (path, label); decoding, conversion, skip bookkeeping."""
+class ImageList(Dataset):
+    """A fixed list of (image path, label): decoding, conversion to a [0, 1] tensor, unreadable images skipped
+    with a warning. The base of ImageNetFolder, LabelledImages and DefaultSample (what load_dataset returns)."""
 
     def __init__(
         self,
@@ -169,7 +172,7 @@ class _ImageList(Dataset):
         return f"{type(self).__name__}({len(self)} images, {self.provenance})"
 
 
-class ImageNetFolder(_ImageList):
+class ImageNetFolder(ImageList):
     """``root/<wnid>/<images>`` mapped to ImageNet-1k class indices (sorted 1000 wnids).
 
     Args:
@@ -184,15 +187,15 @@ class ImageNetFolder(_ImageList):
     def __init__(self, root: str | os.PathLike[str], transform: Transform | None = None) -> None:
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist (expected <root>/<wnid>/<images>)")
+            raise MissingInputError(f"image folder {root} does not exist (expected <root>/<wnid>/<images>)")
         table = imagenet_classes()
         subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not subdirs:
-            raise ValueError(f"{root} has no class folders (expected <root>/<wnid>/<images>, e.g. n01440764/x.JPEG)")
+            raise UsageError(f"{root} has no class folders (expected <root>/<wnid>/<images>, e.g. n01440764/x.JPEG)")
         unknown = [d.name for d in subdirs if d.name not in table._wnid_to_index]
         if unknown:
             shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-            raise ValueError(
+            raise UsageError(
                 f"{root}: {len(unknown)} folder(s) are not ImageNet-1k wnids ({shown}); expected folders named "
                 "like n01440764, or use advlab.data.LabelledImages with a file,class_index CSV"
             )
@@ -206,12 +209,12 @@ class ImageNetFolder(_ImageList):
             )
             samples.extend((f, label) for f in files)
         if not samples:
-            raise ValueError(f"{root} has class folders but no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise UsageError(f"{root} has class folders but no image files ({', '.join(IMAGE_EXTENSIONS)})")
         super().__init__(samples, transform, table.names, f"ImageNet folder {root}")
         self.root = root
 
 
-class LabelledImages(_ImageList):
+class LabelledImages(ImageList):
     """Images listed in a CSV file with (at least) the columns ``file,class_index``.
 
     Args:
@@ -237,17 +240,17 @@ class LabelledImages(_ImageList):
     ) -> None:
         labels_file = Path(labels_file).expanduser()
         if not labels_file.is_file():
-            raise FileNotFoundError(f"labels file {labels_file} does not exist (expected a CSV with file,class_index)")
+            raise MissingInputError(f"labels file {labels_file} does not exist (expected a CSV with file,class_index)")
         base = Path(root).expanduser() if root is not None else labels_file.parent
         if class_names is None:
             class_names = imagenet_class_names() if num_classes == 1000 else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} entries, expected num_classes={num_classes}")
+            raise UsageError(f"class_names has {len(class_names)} entries, expected num_classes={num_classes}")
         with labels_file.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             fields = [f.strip() for f in (reader.fieldnames or [])]
             if "file" not in fields or "class_index" not in fields:
-                raise ValueError(f"{labels_file}: header must name the columns file,class_index (found {fields})")
+                raise UsageError(f"{labels_file}: header must name the columns file,class_index (found {fields})")
             rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
         samples: list[tuple[Path, int]] = []
         missing: list[str] = []
@@ -255,20 +258,20 @@ class LabelledImages(_ImageList):
             try:
                 label = int(row["class_index"])
             except ValueError:
-                raise ValueError(
+                raise UsageError(
                     f"{labels_file}:{lineno}: class_index {row['class_index']!r} is not an integer"
                 ) from None
             if not 0 <= label < num_classes:
-                raise ValueError(f"{labels_file}:{lineno}: class_index {label} is outside 0..{num_classes - 1}")
+                raise UsageError(f"{labels_file}:{lineno}: class_index {label} is outside 0..{num_classes - 1}")
             path = base / row["file"]
             if not path.is_file():
                 missing.append(row["file"])
             samples.append((path, label))
         if missing:
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise FileNotFoundError(f"{labels_file}: {len(missing)} listed file(s) not found under {base}: {shown}")
+            raise MissingInputError(f"{labels_file}: {len(missing)} listed file(s) not found under {base}: {shown}")
         if not samples:
-            raise ValueError(f"{labels_file} lists no images")
+            raise UsageError(f"{labels_file} lists no images")
         super().__init__(samples, transform, class_names, f"labels file {labels_file}")
         self.labels_file = labels_file
         self.root = base
@@ -290,7 +293,7 @@ def collate_skip(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         return None
     shapes = {tuple(x.shape) for x, _, _ in items}
     if len(shapes) > 1:
-        raise ValueError(
+        raise UsageError(
             f"images in a batch differ in size {sorted(shapes)}: give the dataset a transform that resizes and "
             "crops (advlab.data.transform_for(model))"
         )
@@ -307,7 +310,7 @@ def make_loader(dataset: Dataset, batch_size: int = 32, *, num_workers: int = 0)
     keep their own copies, so use 0 when the skip count matters.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip)
 
 

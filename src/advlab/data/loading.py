@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from advlab.data.imagenet import ImageNetFolder, LabelledImages, Transform, _ImageList
+from advlab.data.imagenet import ImageList, ImageNetFolder, LabelledImages, Transform
 from advlab.data.sample import default_sample
+from advlab.errors import MissingInputError, UsageError
 
 DEFAULT_DATA = "default"
 FASHION_MNIST = "fashion-mnist"
 
 
-def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transform | None = None) -> _ImageList:
+def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transform | None = None) -> ImageList:
     """Open ``data`` as an image dataset yielding ``(image, label, index)``.
 
     - ``None`` or ``"default"``: the 20 labelled ImageNet images of the foolbox wheel (:func:`default_sample`);
@@ -31,15 +32,15 @@ def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transfor
 
         split = str(data).partition(":")[2] or "test"
         if str(data).partition(":")[0] != FASHION_MNIST or split not in ("train", "test"):
-            raise ValueError(f"unknown data {str(data)!r}; expected 'fashion-mnist', 'fashion-mnist:train' or ':test'")
+            raise UsageError(f"unknown data {str(data)!r}; expected 'fashion-mnist', 'fashion-mnist:train' or ':test'")
         return FashionMNIST(split)  # type: ignore[return-value]
     path = Path(data).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise ValueError(f"{path} is a file but not a .csv labels file (expected a folder or FILE.csv)")
+            raise UsageError(f"{path} is a file but not a .csv labels file (expected a folder or FILE.csv)")
         return LabelledImages(path, transform=transform)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"data {path} does not exist (expected a <wnid>/<images> folder, a labels .csv, 'default' or "
             "'fashion-mnist')"
         )

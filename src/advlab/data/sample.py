@@ -12,7 +12,8 @@ import importlib.util
 import re
 from pathlib import Path
 
-from advlab.data.imagenet import Transform, _ImageList, imagenet_class_names
+from advlab.data.imagenet import ImageList, Transform, imagenet_class_names
+from advlab.errors import MissingDependencyError
 
 _FILE = re.compile(r"^imagenet_(\d+)_(\d+)\.jpg$")
 
@@ -20,13 +21,14 @@ _FILE = re.compile(r"^imagenet_(\d+)_(\d+)\.jpg$")
 def foolbox_data_dir() -> Path:
     spec = importlib.util.find_spec("foolbox")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the default image sample comes from the foolbox wheel: pip install 'advlab[samples]'", name="foolbox"
+        raise MissingDependencyError(
+            "the default image sample comes from the foolbox wheel: pip install 'advlab[samples]' (or give --data)",
+            "foolbox",
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-class DefaultSample(_ImageList):
+class DefaultSample(ImageList):
     """The foolbox wheel's ImageNet images as an ``(image, label, index)`` dataset, labels from file names."""
 
     def __init__(self, transform: Transform | None = None) -> None:

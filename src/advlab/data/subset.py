@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from advlab.data.imagenet import iter_batches
+from advlab.errors import UsageError
 
 
 class SubsetDataset(Dataset):
@@ -117,7 +118,7 @@ def predict_top1(model: nn.Module, dataset: Dataset, batch_size: int = 32) -> tu
     finally:
         model.train(was_training)
     if not idx_all:
-        raise ValueError("the dataset yielded no readable images")
+        raise UsageError("the dataset yielded no readable images")
     return torch.cat(idx_all), torch.cat(pred_all)
 
 
@@ -141,7 +142,7 @@ def select_subset(
         ValueError: bad counts, or fewer than ``classes`` classes with at least one correctly classified image.
     """
     if classes < 1 or per_class < 1:
-        raise ValueError(f"classes and per_class must be >= 1, got {classes} and {per_class}")
+        raise UsageError(f"classes and per_class must be >= 1, got {classes} and {per_class}")
     vectors = class_vectors(model)
     if predictions is None:
         idx, pred = predict_top1(model, dataset, batch_size)
@@ -158,7 +159,7 @@ def select_subset(
     for i, y in zip(correct.tolist(), correct_labels.tolist(), strict=True):
         by_class.setdefault(int(y), []).append(int(i))
     if len(by_class) < classes:
-        raise ValueError(
+        raise UsageError(
             f"only {len(by_class)} classes have a correctly classified image ({len(correct)} of {len(idx)} images "
             f"correct); cannot select {classes} classes"
         )
@@ -179,3 +180,21 @@ def select_subset(
         f"{getattr(model, 'name', type(model).__name__)}'s class weight vectors"
     )
     return SubsetDataset(dataset, indices, classes=chosen, description=description)
+
+
+class LimitedDataset:
+    """The first ``n`` items of a dataset (``--limit``: quick looks and tests), keeping its class names and
+    saying in its provenance that it was cut."""
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        self.dataset, self.n = dataset, min(n, len(dataset))
+        self.class_names = getattr(dataset, "class_names", [])
+        self.provenance = f"{getattr(dataset, 'provenance', '')}; first {self.n} only (--limit)"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset[i]

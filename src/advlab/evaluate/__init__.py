@@ -1,33 +1,46 @@
-"""Evaluation: attacks over a dataset, per-sample records in a run directory, summaries, reproduction.
+"""Evaluation: attacks over a dataset, per-sample records in a run directory, summaries.
 
 ``evaluate(model, dataset, [make_spec("pgd", {"eps": "8/255", "steps": 10})], out="runs/x")`` runs the
 attacks in batches, writes ``runs/x/records/...`` and ``runs/x/summary.json`` (schema in docs/evaluate.md),
-and resumes a killed run. ``advlab.evaluate.reproduce`` runs the seed paper's experiments.
+and resumes a killed run. Modules, bottom up: :mod:`.specs` (attack specs, the registry and its algorithm
+versions), :mod:`.records` (a sample's record, its files, the statistics), :mod:`.suite` and :mod:`.sanity`
+(the worst-case suite and the gradient-masking checks), :mod:`.plans` (suites chained onto listed attacks),
+:mod:`.engine` (batches, targets, one batch's records), :mod:`.rundir` (run.json, fingerprint, provenance,
+record files), :mod:`.summary` (summary.json), :mod:`.run` (:func:`evaluate`), :mod:`.sharded` (the same
+over the ranks of a torchrun run).
 """
 
-from .engine import (
-    RunDirectory,
-    RunResult,
-    attack_batch,
-    build_summary,
-    choose_targets,
-    evaluate,
-    load_batch,
-    plan_batches,
-    random_targets,
-    run_config,
-    summary_line,
+from ..numbers import parse_number
+from .engine import attack_batch, choose_targets, load_batch, plan_batches, random_targets
+from .plans import available_suites, chain_suite, suite_specs, with_suites
+from .records import RECORD_SCHEMA_VERSION, summarize, summarize_attack
+from .run import RunResult, evaluate, run_config
+from .rundir import ProvenanceWarning, RunDirectory
+from .specs import (
+    ALGORITHM_VERSIONS,
+    AttackSpec,
+    SpecError,
+    algorithm_version,
+    make_spec,
+    register_attack,
+    registry,
+    validate_specs,
 )
-from .records import summarize, summarize_attack
-from .specs import AttackSpec, SpecError, make_spec, parse_number, register_attack, registry, validate_specs
+from .summary import build_summary, summary_line
 
 __all__ = [
+    "ALGORITHM_VERSIONS",
+    "RECORD_SCHEMA_VERSION",
     "AttackSpec",
+    "ProvenanceWarning",
     "RunDirectory",
     "RunResult",
     "SpecError",
+    "algorithm_version",
     "attack_batch",
+    "available_suites",
     "build_summary",
+    "chain_suite",
     "choose_targets",
     "evaluate",
     "load_batch",
@@ -38,8 +51,10 @@ __all__ = [
     "register_attack",
     "registry",
     "run_config",
+    "suite_specs",
     "summarize",
     "summarize_attack",
     "summary_line",
     "validate_specs",
+    "with_suites",
 ]

@@ -27,6 +27,10 @@ from torch import Tensor
 # moves every pixel by ~1e-7 without meaning to).
 L0_TOL = 1e-5
 TOPK = 5
+# The version of the record format and of what its fields mean, part of every run's fingerprint: BUMP it in
+# the change that adds, removes or redefines a field (or L0_TOL, TOPK), so older run directories are refused
+# instead of mixed with new records.
+RECORD_SCHEMA_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------------- building

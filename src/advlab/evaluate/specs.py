@@ -13,16 +13,18 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from torch import nn
 
 from .. import attacks as _attacks
+from ..errors import UsageError
+from ..numbers import format_number, parse_number
+from . import suite as _suite
 
 
-class SpecError(ValueError):
-    """A user mistake in an attack specification, a run configuration or a run directory (one line)."""
+class SpecError(UsageError):
+    """A user mistake in an attack specification, a run configuration or a run directory (one line, exit 2)."""
 
 
 # Arguments the engine supplies itself; a user may not set them in a spec.
@@ -32,17 +34,87 @@ TARGET_MODES: tuple[str, ...] = ("random", "least-likely")
 # Parameters that hold a budget or step in pixel units and may be written as a fraction ("8/255").
 FRACTION_PARAMS: frozenset[str] = frozenset({"eps", "alpha", "c", "kappa", "lr"})
 
+# Values a string parameter may take, per parameter name, and where one attack differs, per (attack, name).
+# Checked by make_spec so that a wrong value on the command line is a one-line usage error before any work,
+# not a ValueError from inside an attack. Keep in step with the attacks' own checks.
+STRING_CHOICES: dict[str, tuple[str, ...]] = {"norm": ("linf", "l2"), "loss": ("ce", "margin")}
+ATTACK_STRING_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("apgd", "loss"): ("ce", "dlr"),
+    ("apgd_t", "loss"): ("ce", "dlr"),
+}
+# Integer parameters and their least allowed value.
+INT_MINIMUM: dict[str, int] = {
+    "steps": 1,
+    "restarts": 1,
+    "binary_search_steps": 1,
+    "queries": 1,
+    "square_queries": 1,
+    "n_target_classes": 1,
+    "candidates": 2,
+    "refine_steps": 0,
+}
+# Real parameters (other than the pixel budgets of FRACTION_PARAMS) and their range (low, high, low included).
+REAL_RANGE: dict[str, tuple[float, float, bool]] = {
+    "rho": (0.0, 1.0, False),
+    "p_init": (0.0, 1.0, False),
+    "decay": (0.0, math.inf, True),
+    "overshoot": (0.0, math.inf, True),
+}
+
+# The version of each attack's algorithm, part of every run's fingerprint (advlab.evaluate.rundir): a run
+# directory is resumed only by code whose attacks compute the same records. BUMP an attack's number in the
+# same change that alters the records it gives for the same settings and seed (a new step rule, other
+# defaults, another random stream, a fixed bug); leave it when only speed, comments or layout change. An
+# attack missing here (one registered with register_attack) is version 1 unless registered with another.
+ALGORITHM_VERSIONS: dict[str, int] = {
+    "fgsm": 1,
+    "bim": 1,
+    "pgd": 1,
+    "mifgsm": 1,
+    "deepfool": 1,
+    "cw_l2": 1,
+    "apgd": 1,
+    "apgd_t": 1,
+    "square": 1,
+    "suite_strong": 1,
+    "suite_fast": 1,
+}
+
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 
 
-def register_attack(name: str, fn: Callable[..., Any]) -> None:
-    """Make ``fn`` (signature ``fn(model, x, y, ..., return_info=False)``) available to specs as ``name``."""
+def register_attack(name: str, fn: Callable[..., Any], *, version: int = 1) -> None:
+    """Make ``fn`` (signature ``fn(model, x, y, ..., return_info=False)``) available to specs as ``name``.
+
+    ``version`` is the algorithm version recorded in run fingerprints (see :data:`ALGORITHM_VERSIONS`):
+    register the function again with a higher one when its records change.
+    """
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"attack names are lower-case identifiers like 'pgd' or 'cw_l2', got {name!r}")
     params = list(inspect.signature(fn).parameters)
     if params[:3] != ["model", "x", "y"]:
         raise ValueError(f"an attack function must start with (model, x, y, ...), {name!r} starts with {params[:3]}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"an attack's algorithm version is an integer >= 1, got {version!r}")
     _REGISTRY[name] = fn
+    ALGORITHM_VERSIONS[name] = version
+
+
+# Attacks whose records also depend on other attacks' algorithms: a suite runs its stages' attacks.
+USES: dict[str, tuple[str, ...]] = {"suite_strong": ("apgd", "apgd_t", "square"), "suite_fast": ("apgd", "apgd_t")}
+
+
+def algorithm_version(name: str) -> int:
+    """The algorithm version of attack ``name`` (:data:`ALGORITHM_VERSIONS`; 1 when not listed)."""
+    return ALGORITHM_VERSIONS.get(name, 1)
+
+
+def algorithm_versions(names: Iterable[str]) -> dict[str, int]:
+    """The algorithm versions that decide the records of attacks ``names``: theirs and those of the attacks
+    they run (:data:`USES`), for a run's fingerprint."""
+    used = set(names)
+    used |= {inner for name in list(used) for inner in USES.get(name, ())}
+    return {name: algorithm_version(name) for name in sorted(used)}
 
 
 def _discover() -> None:
@@ -73,8 +145,6 @@ def _suite_attack(suite: str) -> Callable[..., Any]:
         seed: Any = None,
         return_info: bool = False,
     ) -> Any:
-        from . import suite as _suite
-
         result = _suite.run_suite(
             model, x, y, eps, norm, seed=0 if seed is None else seed, suite=suite, square_queries=square_queries
         )
@@ -89,17 +159,11 @@ def suite_stage_names(name: str) -> tuple[str, ...] | None:
     """("clean", stage names...) of a suite attack (``suite_strong``), indexed by ``broken_by``; else None."""
     if not name.startswith("suite_"):
         return None
-    from . import suite as _suite
-
     return ("clean", *(st.name for st in _suite.suite_stages(name[len("suite_") :])))
 
 
 def _discover_suites() -> None:
-    try:
-        from . import suite as _suite
-    except ImportError:  # the suite module is optional
-        return
-    for suite in getattr(_suite, "SUITES", {}):
+    for suite in _suite.SUITES:
         key = f"suite_{suite}"
         if key not in _REGISTRY:
             _REGISTRY[key] = _suite_attack(suite)
@@ -117,51 +181,6 @@ def attack_function(name: str) -> Callable[..., Any]:
     if name not in reg:
         raise SpecError(f"unknown attack {name!r}; available attacks: {', '.join(sorted(reg))}")
     return reg[name]
-
-
-# ------------------------------------------------------------------------------------------ number parsing
-
-
-def parse_number(text: object, name: str = "eps", *, allow_zero: bool = True) -> float:
-    """Read a non-negative finite number written as ``0.03``, ``8/255`` or ``1e-2`` (or given as int/float).
-
-    Raises :class:`SpecError` for anything else: ``8/0``, ``-1``, ``abc``, ``nan``, ``inf``, booleans.
-    """
-    if isinstance(text, bool):
-        raise SpecError(f"{name} must be a number like 0.03 or a fraction like 8/255, got {text!r}")
-    if isinstance(text, int | float):
-        value = float(text)
-    elif isinstance(text, str):
-        s = text.strip()
-        try:
-            if "/" in s:
-                num, _, den = s.partition("/")
-                if float(den) == 0:
-                    raise SpecError(f"{name} {text!r} divides by zero; write it like 8/255 or 0.03")
-                value = float(Fraction(num.strip()) / Fraction(den.strip()))
-            else:
-                value = float(s)
-        except SpecError:
-            raise
-        except (ValueError, ZeroDivisionError):
-            raise SpecError(f"{name} {text!r} is not a number; write it like 0.03 or as a fraction 8/255") from None
-    else:
-        raise SpecError(f"{name} must be a number like 0.03 or a fraction like 8/255, got {type(text).__name__}")
-    if not math.isfinite(value):
-        raise SpecError(f"{name} must be finite, got {text!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        unit = " (pixel units, images in [0, 1])" if name.lstrip("-") in ("eps", "alpha") else ""
-        raise SpecError(f"{name} must be {bound}{unit}, got {text!r}")
-    return value
-
-
-def format_number(value: float) -> str:
-    """A short label for a pixel budget: ``8/255`` when it is one, else up to 4 significant digits."""
-    frac = Fraction(value).limit_denominator(255)
-    if frac.denominator == 255 and abs(float(frac) - value) < 1e-12 and frac.numerator != 0:
-        return f"{frac.numerator}/255"
-    return f"{value:.4g}"
 
 
 # ------------------------------------------------------------------------------------------------- specs
@@ -217,9 +236,20 @@ class AttackSpec:
 
 
 def _check_value(attack: str, key: str, value: Any, default: Any) -> Any:
-    """Parse/validate one parameter value against the type of its default in the attack's signature."""
+    """Parse/validate one parameter value: its type against its default in the attack's signature, its value
+    against :data:`STRING_CHOICES`, :data:`INT_MINIMUM` and :data:`REAL_RANGE`."""
     if key in FRACTION_PARAMS:
-        return parse_number(value, key, allow_zero=key in {"eps", "kappa"})
+        try:
+            return parse_number(value, key, allow_zero=key in {"eps", "kappa"})
+        except UsageError as e:
+            raise SpecError(str(e)) from None
+    choices = ATTACK_STRING_CHOICES.get((attack, key), STRING_CHOICES.get(key))
+    if choices is not None and (isinstance(default, str) or (default is None and value is not None)):
+        if not isinstance(value, str):
+            raise SpecError(f"{attack}: {key} must be a string, got {value!r}")
+        if value not in choices:
+            raise SpecError(f"{attack}: unknown {key} {value!r}; expected one of {', '.join(map(repr, choices))}")
+        return value
     if default is inspect.Parameter.empty or default is None:
         return value
     if isinstance(default, bool):
@@ -228,19 +258,17 @@ def _check_value(attack: str, key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"{attack}: {key} must be an integer, got {value!r}")
-        if value < 1 and key in {
-            "steps",
-            "restarts",
-            "binary_search_steps",
-            "queries",
-            "square_queries",
-            "n_target_classes",
-        }:
-            raise SpecError(f"{attack}: {key} must be >= 1, got {value}")
+        if key in INT_MINIMUM and value < INT_MINIMUM[key]:
+            raise SpecError(f"{attack}: {key} must be >= {INT_MINIMUM[key]}, got {value}")
     elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SpecError(f"{attack}: {key} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SpecError(f"{attack}: {key} must be a finite number, got {value!r}")
         value = float(value)
+        if key in REAL_RANGE:
+            low, high, closed = REAL_RANGE[key]
+            if not (low <= value if closed else low < value) or value > high:
+                where = f"{'[' if closed else '('}{low:g}, {high:g}{']' if high < math.inf else ')'}"
+                raise SpecError(f"{attack}: {key} must be in {where}, got {value:g}")
     elif isinstance(default, str) and not isinstance(value, str):
         raise SpecError(f"{attack}: {key} must be a string, got {value!r}")
     return value

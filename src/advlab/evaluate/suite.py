@@ -50,7 +50,9 @@ class Stage:
     description: str
 
 
-def _apgd_ce(steps: int) -> StageFn:
+def apgd_ce_stage(steps: int) -> StageFn:
+    """A stage running APGD with the cross-entropy loss for ``steps`` steps (Croce & Hein 2020)."""
+
     def run(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str, seeds: Tensor) -> AttackResult:
         out = apgd(model, x, y, eps, norm=norm, steps=steps, loss="ce", seed=seeds, return_info=True)
         assert isinstance(out, AttackResult)
@@ -59,7 +61,10 @@ def _apgd_ce(steps: int) -> StageFn:
     return run
 
 
-def _apgd_t(steps: int, targets: int) -> StageFn:
+def apgd_t_stage(steps: int, targets: int) -> StageFn:
+    """A stage running targeted APGD (DLR loss, cross-entropy below 4 classes) towards the top-``targets``
+    other classes, ``steps`` steps each (Croce & Hein 2020)."""
+
     def run(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str, seeds: Tensor) -> AttackResult:
         with torch.no_grad(), frozen(model):
             classes = model(x[:1]).shape[1]
@@ -76,7 +81,7 @@ def _apgd_t(steps: int, targets: int) -> StageFn:
     return run
 
 
-def _square(queries: int, focus_queries: int = 0, focus_share: float = 0.0) -> StageFn:
+def square_stage(queries: int, focus_queries: int = 0, focus_share: float = 0.0) -> StageFn:
     """Square with ``queries`` on every sample left; then, when ``focus_queries`` > 0, a second, independent
     Square run of ``focus_queries`` on the ``focus_share`` of the samples still standing whose first run came
     closest to the decision boundary (highest margin objective).
@@ -121,18 +126,18 @@ def suite_stages(suite: str = "strong", *, square_queries: int = DEFAULT_SQUARE_
     check_choice(suite, "suite", tuple(SUITES))
     if suite == "strong":
         return [
-            Stage("apgd-ce", _apgd_ce(100), "APGD, cross-entropy, 100 steps"),
-            Stage("apgd-t", _apgd_t(100, 9), "APGD, targeted DLR towards the top-9 other classes, 100 steps each"),
+            Stage("apgd-ce", apgd_ce_stage(100), "APGD, cross-entropy, 100 steps"),
+            Stage("apgd-t", apgd_t_stage(100, 9), "APGD, targeted DLR towards the top-9 other classes, 100 steps each"),
             Stage(
                 "square",
-                _square(square_queries, FOCUS_QUERIES, FOCUS_SHARE),
+                square_stage(square_queries, FOCUS_QUERIES, FOCUS_SHARE),
                 f"Square, {square_queries} queries, p_init 0.8; then {FOCUS_QUERIES} more on the "
                 f"{FOCUS_SHARE:.0%} of the samples left that came closest to the boundary",
             ),
         ]
     return [
-        Stage("apgd-ce", _apgd_ce(50), "APGD, cross-entropy, 50 steps"),
-        Stage("apgd-t", _apgd_t(50, 3), "APGD, targeted DLR towards the top-3 other classes, 50 steps each"),
+        Stage("apgd-ce", apgd_ce_stage(50), "APGD, cross-entropy, 50 steps"),
+        Stage("apgd-t", apgd_t_stage(50, 3), "APGD, targeted DLR towards the top-3 other classes, 50 steps each"),
     ]
 
 

@@ -103,9 +103,10 @@ def prepare(model: nn.Module, example: Tensor) -> nn.Module:
 
 
 def preparation_record(model: nn.Module) -> dict[str, object]:
-    """What :func:`prepare` did to give ``model``, JSON-ready (for run.json): ``{"changes": [...]}``."""
+    """What :func:`prepare` did to give ``model``, JSON-ready (for run.json): ``{"enabled": True, "changes": [...]}``
+    (no changes: ``prepare`` returned the model as given)."""
     changes = list(model.changes) if isinstance(model, PreparedModel) else []
-    return {"changes": changes}
+    return {"enabled": True, "changes": changes}
 
 
 def _prepare(model: nn.Module, probe: Tensor) -> nn.Module:

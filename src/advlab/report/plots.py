@@ -10,12 +10,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import MissingDependencyError
+
 
 def _pyplot():
     try:
         import matplotlib
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError("plots need matplotlib: pip install 'advlab[report]'", name="matplotlib") from e
+    except ModuleNotFoundError:
+        raise MissingDependencyError(
+            "advlab's report figures are drawn with matplotlib, which is not installed: pip install 'advlab[report]'",
+            "matplotlib",
+        ) from None
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

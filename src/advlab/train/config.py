@@ -223,7 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pixel_budget(flag: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
-        from advlab.evaluate.specs import parse_number
+        from advlab.numbers import parse_number
 
         try:
             return parse_number(text, flag)

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from advlab import distributed
 from advlab.data.fashion_mnist import load_fashion_mnist, to_float_images
 from advlab.models import check_device
 from advlab.models.small import build
+from advlab.train import ddp as distributed
 
 from .checkpoint import atomic_write
 from .config import TrainConfig
@@ -90,7 +90,7 @@ def run_training(config: TrainConfig, *, log: Callable[[str], Any] = print) -> F
         torch.set_num_threads(config.threads)
     device = check_device(config.device)
     # One process unless torchrun started several: then DistributedDataParallel, each global batch split by
-    # rank, files written by rank 0 (see advlab.distributed and docs/distributed.md).
+    # rank, files written by rank 0 (see advlab.train.ddp, advlab.runtime and docs/distributed.md).
     info = distributed.setup(config.device)
     if not info.is_main:
         config = dataclasses.replace(config, progress=False)

@@ -1,29 +1,25 @@
-"""The report of ``advlab reproduce``: the paper's tables beside ours, Figure 6, the panels, and a reading."""
+"""The report of ``advlab reproduce``: the paper's tables beside ours, Figure 6, the panels, and a reading.
+
+Built on :func:`advlab.report.summary_report`, which adds what every run's report has (sanity checks,
+settings with the table of every attack, provenance).
+"""
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..evaluate.records import atomic_write_text, topk
-from ..evaluate.specs import format_number
-from .document import Figure, Report, Section, Table, render_html, render_markdown
-from .plots import Series, curve_png, panel_png
-
-if TYPE_CHECKING:
-    from ..evaluate.reproduce import Experiment, Protocol
+from ..evaluate.records import topk
+from ..numbers import format_number
+from ..report import Figure, Section, Table, summary_report
+from ..report.plots import Series, curve_png, panel_png
+from ..report.summary import pct, write_report
+from .protocol import PAPER, Experiment, Protocol
 
 ROWS = (("natural", "Natural"), ("fgsm", "FGSM"), ("bim", "BIM"), ("pgd", "PGD"), ("strong", "Strong (worst case)"))
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
 
 
 def _paper(v: float | None) -> str:
@@ -106,10 +102,10 @@ def _tables_1_2(numbers: Mapping[str, Any], protocol: Protocol) -> list[Table]:
                     _row_name(row, t, protocol),
                     _paper(paper[0]),
                     _paper(paper[1]),
-                    _pct(d["pixel"][row][0]),
-                    _pct(d["pixel"][row][1]),
-                    _pct(d["normalised"][row][0]),
-                    _pct(d["normalised"][row][1]),
+                    pct(d["pixel"][row][0]),
+                    pct(d["pixel"][row][1]),
+                    pct(d["normalised"][row][0]),
+                    pct(d["normalised"][row][1]),
                 ]
             )
         tables.append(
@@ -131,17 +127,17 @@ def _table_3(numbers: Mapping[str, Any], protocol: Protocol) -> Table:
     p = d["paper"]
     l2 = d["median_l2_successful"]
     rows = [
-        ["target becomes top-1", _paper(p["target_top1"]), _pct(d["target_top1"])],
-        ["target within top-5", _paper(p["target_top5"]), _pct(d["target_top5"])],
+        ["target becomes top-1", _paper(p["target_top1"]), pct(d["target_top1"])],
+        ["target within top-5", _paper(p["target_top5"]), pct(d["target_top5"])],
         [
             "misclassified in top-1 (true class not top-1)",
             _paper(p["misclassified_top1"]),
-            _pct(d["misclassified_top1"]),
+            pct(d["misclassified_top1"]),
         ],
         [
             "misclassified in top-5 (true class not in top-5)",
             _paper(p["misclassified_top5"]),
-            _pct(d["misclassified_top5"]),
+            pct(d["misclassified_top5"]),
         ],
         ["median L2 of successful perturbations (pixels)", "—", "n/a" if l2 is None else f"{l2:.3f}"],
     ]
@@ -158,7 +154,7 @@ def _table_3(numbers: Mapping[str, Any], protocol: Protocol) -> Table:
 def _figure6_table(numbers: Mapping[str, Any]) -> Table:
     fg, bi = numbers["figure6"]["fgsm"], numbers["figure6"]["bim"]
     rows = [
-        [e, _pct(fg[e]["true_top5"]), _pct(bi[e]["true_top5"]), _pct(fg[e]["target_top5"]), _pct(bi[e]["target_top5"])]
+        [e, pct(fg[e]["true_top5"]), pct(bi[e]["true_top5"]), pct(fg[e]["target_top5"]), pct(bi[e]["target_top5"])]
         for e in fg
     ]
     return Table(
@@ -172,35 +168,6 @@ def _figure6_table(numbers: Mapping[str, Any]) -> Table:
         ],
         rows,
         id="figure6-data",
-    )
-
-
-def _all_attacks_table(summary: Mapping[str, Any]) -> Table:
-    rows = []
-    for a in summary["attacks"]:
-        l2 = (a.get("norms_successful") or {}).get("l2", {}).get("mean")
-        linf = a["norms"]["linf"]["max"]
-        rows.append(
-            [
-                a["id"],
-                a["label"],
-                _pct(a["adv_top1"]),
-                _pct(a["adv_top5"]),
-                _pct(a["success_rate"]),
-                "n/a" if l2 is None else f"{l2:.3f}",
-                "n/a" if linf is None else f"{linf:.4f}",
-                f"{a['time_s']:.1f}",
-            ]
-        )
-    return Table(
-        "Every attack of the run",
-        ["id", "attack and parameters", "top-1", "top-5", "success", "mean L2 of successes", "max Linf", "time (s)"],
-        rows,
-        "success: untargeted, the top-1 is not the true class; targeted, the top-1 is the target. Norms in pixel "
-        "units: mean L2 over the successful examples (a suite keeps the clean image where it fails, a PGD its last "
-        "try, so a mean over all samples would not compare), max Linf over all samples. Time: compute time of the "
-        "attack (summed over batches, resumed runs included).",
-        id="all-attacks",
     )
 
 
@@ -247,7 +214,7 @@ def reading(numbers: Mapping[str, Any], protocol: Protocol, model_name: str, n: 
             "configuration (a step too small to travel in 6 iterations, or too few iterations), not of robustness."
         )
     else:
-        cells = "; ".join(f"Table {t} {s}: PGD {_pct(p)}% vs FGSM {_pct(f)}%" for t, s, f, p in weaker)
+        cells = "; ".join(f"Table {t} {s}: PGD {pct(p)}% vs FGSM {pct(f)}%" for t, s, f, p in weaker)
         out.append(
             f"PGD against FGSM: as in the paper, PGD-{protocol.pgd_steps} leaves more top-1 accuracy than FGSM in "
             f"some settings ({cells}). At such large eps a single full-size step already breaks almost everything, "
@@ -265,8 +232,8 @@ def reading(numbers: Mapping[str, Any], protocol: Protocol, model_name: str, n: 
         f_small, f_big = t1[scale]["fgsm"][0], t2[scale]["fgsm"][0]
         if f_small is not None and f_big is not None and f_big > f_small + 1e-9:
             out.append(
-                f"FGSM is not monotone in eps ({scale} reading): top-1 {_pct(f_small)}% at eps 0.1 but "
-                f"{_pct(f_big)}% at 0.6. One huge signed step pushes most pixels to 0 or 1 and overshoots; "
+                f"FGSM is not monotone in eps ({scale} reading): top-1 {pct(f_small)}% at eps 0.1 but "
+                f"{pct(f_big)}% at 0.6. One huge signed step pushes most pixels to 0 or 1 and overshoots; "
                 "single-step attacks are linearisations that stop holding far from the image."
             )
     strong = [
@@ -274,16 +241,16 @@ def reading(numbers: Mapping[str, Any], protocol: Protocol, model_name: str, n: 
         for t, tab in ((1, t1), (2, t2))
         for s in ("pixel", "normalised")
     ]
-    cells = ", ".join(f"Table {t} {s}: {_pct(a)}% / {_pct(b)}%" for t, s, a, b in strong)
+    cells = ", ".join(f"Table {t} {s}: {pct(a)}% / {pct(b)}%" for t, s, a, b in strong)
     highest = max((a for _, _, a, _ in strong if a is not None), default=None)
     if highest is not None and highest <= 0.05:
         verdict = (
             f"at every eps the paper uses, {model_name} keeps essentially no robust accuracy (at most "
-            f"{_pct(highest)}% top-1); the differences between the weaker columns measure the attacks, not the model."
+            f"{pct(highest)}% top-1); the differences between the weaker columns measure the attacks, not the model."
         )
     elif highest is not None:
         verdict = (
-            f"{model_name} keeps up to {_pct(highest)}% top-1 under the strongest attacks run here; that, not the "
+            f"{model_name} keeps up to {pct(highest)}% top-1 under the strongest attacks run here; that, not the "
             "weaker columns, is its robust accuracy at these budgets (an upper bound: stronger attacks can only "
             "lower it)."
         )
@@ -294,10 +261,10 @@ def reading(numbers: Mapping[str, Any], protocol: Protocol, model_name: str, n: 
     if t3["target_top1"] is not None:
         kept5 = None if t3["misclassified_top5"] is None else 1 - t3["misclassified_top5"]
         text = (
-            f"Table 3: targeted CW-L2 makes the target top-1 for {_pct(t3['target_top1'])}% of the images "
-            f"(paper 100%) and the true class leaves the top-5 for {_pct(t3['misclassified_top5'])}% (paper "
+            f"Table 3: targeted CW-L2 makes the target top-1 for {pct(t3['target_top1'])}% of the images "
+            f"(paper 100%) and the true class leaves the top-5 for {pct(t3['misclassified_top5'])}% (paper "
             f"51.73%). CW looks for the smallest perturbation that reaches the target, so the true class often stays "
-            f"among the top-5 (here for {_pct(kept5)}%): the larger the search budget, the smaller the perturbation "
+            f"among the top-5 (here for {pct(kept5)}%): the larger the search budget, the smaller the perturbation "
             "and the more often that happens."
         )
         if t3["target_top1"] < 1:
@@ -318,65 +285,6 @@ def reading(numbers: Mapping[str, Any], protocol: Protocol, model_name: str, n: 
     return out
 
 
-def _provenance(summary: Mapping[str, Any], info: Mapping[str, Any], model: nn.Module) -> list[tuple[str, str]]:
-    m, d = summary["model"], summary["data"]
-    items = [
-        ("model", f"{m.get('name')} — {m.get('source', '')}"),
-        ("model weights sha256", str(m.get("state_dict_sha256", ""))),
-        (
-            "preprocessing",
-            f"resize {m.get('resize_size')}, crop {m.get('crop_size')}, {m.get('interpolation')}, "
-            f"mean {m.get('mean')}, std {m.get('std')} (inside the model; attacks work on [0, 1] pixels)",
-        ),
-        ("data", f"{d.get('source')} — {d.get('provenance', '')}"),
-        (
-            "images attacked",
-            f"{summary['clean']['n']} (of {d.get('images_in_source')} in the source; "
-            f"{d.get('unreadable_in_source', 0)} unreadable)",
-        ),
-        ("seed", f"{summary['seed']} (targets and random starts, per sample index)"),
-        ("advlab", str(info["advlab_version"])),
-        ("software", f"Python {info['python']}, torch {info['torch']}, {platform.system()}"),
-        ("machine", str(info["machine"])),
-        (
-            "run time",
-            f"{info['wall_s']:.0f} s wall for this invocation; attacks' compute time {summary['time_s']:.0f} s "
-            "(summed over all invocations of a resumed run)",
-        ),
-        ("date", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
-        ("command", str(info.get("command") or "")),
-        ("run fingerprint", str(summary.get("fingerprint"))),
-    ]
-    return items
-
-
-def _number(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _sanity_section(sanity: Mapping[str, Any] | None) -> Section:
-    section = Section("Sanity checks (gradient masking)", id="sanity")
-    if not sanity:
-        section.paragraphs.append(
-            "No sanity checks were run in this version (they come with advlab.evaluate.sanity). Read the numbers "
-            "with Carlini et al. 2019's checklist in mind: iterative attacks at least as strong as single-step ones, "
-            "accuracy falling with eps, unbounded attacks reaching 100%."
-        )
-        return section
-    # advlab.evaluate.sanity.check_summary: {"checks": [Check.to_dict(), ...], "warnings": k}
-    rows = [
-        [
-            str(c["name"]),
-            str(c["status"]),
-            ", ".join(f"{k} = {_number(v)}" for k, v in c.get("numbers", {}).items()),
-            str(c.get("message", "")),
-        ]
-        for c in sanity["checks"]
-    ]
-    section.tables.append(Table("Checks", ["check", "status", "numbers behind it", "reading"], rows, id="sanity-table"))
-    return section
-
-
 def build_report(
     exp: Experiment,
     summary: Mapping[str, Any],
@@ -388,8 +296,6 @@ def build_report(
     sanity: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """The report (``{"report": Report, "data": numbers}``) from a finished reproduction."""
-    from ..evaluate.reproduce import PAPER
-
     numbers = table_numbers(exp, attacks, summary["clean"], PAPER)
     names = list(getattr(model, "class_names", []))
     std = float(info["std_scale"])
@@ -431,7 +337,7 @@ def build_report(
                 "figure6.png",
                 fig6_png,
                 f"Top-5 accuracy of the true class (solid) and share of images whose target is in the top-5 (dashed) "
-                f"against eps; clean top-5 accuracy {_pct(summary['clean']['top5'])}%. Bottom axis in pixels, top axis "
+                f"against eps; clean top-5 accuracy {pct(summary['clean']['top5'])}%. Bottom axis in pixels, top axis "
                 "the same eps on normalised inputs.",
                 alt="Figure 6 curves",
             )
@@ -478,22 +384,15 @@ def build_report(
         reading(numbers, protocol, model_name, n, std),
         id="reading",
     )
-    settings = Section("Settings", items=protocol.describe(std), tables=[_all_attacks_table(summary)], id="settings")
-    prov = Section("Model, data and provenance", items=_provenance(summary, info, model), id="provenance")
-    report = Report(
-        f'Reproduction of "Robust Deep Learning" (Tables 1-3, Figures 2, 4, 6) on {model_name}',
-        f"advlab {info['advlab_version']} — {n} images — run time {info['wall_s']:.0f} s",
-        [intro, results, t3, f6, panels, read, _sanity_section(sanity), settings, prov],
+    report = summary_report(
+        summary,
+        title=f'Reproduction of "Robust Deep Learning" (Tables 1-3, Figures 2, 4, 6) on {model_name}',
+        subtitle=f"advlab {info['advlab_version']} — {n} images — run time {info['wall_s']:.0f} s",
+        sections=[intro, results, t3, f6, panels, read],
+        settings=protocol.describe(std),
+        info=info,
     )
     return {"report": report, "data": {"tables": numbers, "reading": read.paragraphs}}
 
 
-def write_report(out: Path, report: Report) -> None:
-    """report.html (self-contained), tables.md and every figure as PNG, each written atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    for fig in report.figures():
-        tmp = out / f".{fig.name}.tmp"
-        tmp.write_bytes(fig.png)
-        tmp.replace(out / fig.name)
-    atomic_write_text(out / "tables.md", render_markdown(report))
-    atomic_write_text(out / "report.html", render_html(report))
+__all__ = ["build_report", "reading", "table_numbers", "write_report"]

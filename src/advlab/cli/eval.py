@@ -1,0 +1,243 @@
+"""``advlab eval``: attacks over a dataset into a run directory (flags, or an attacks.toml with [[attack]] tables)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError, as_usage_error
+from .common import DefaultsFormatter, add_prepare_flag, add_replace_flag, int_arg, param_pair
+
+EVAL_CONFIG_KEYS = {
+    "model": "model name (advlab.models.load_model)",
+    "weights": "state-dict file or weights tag for the model",
+    "data": "dataset: a <wnid>/<images> folder, a file,class_index CSV, 'default', or fashion-mnist[:train|:test]",
+    "subset": "the paper's selection, 'CLASSESxPER_CLASS' (e.g. '30x5') of correctly classified images",
+    "limit": "evaluate only the first N samples",
+    "out": "run directory",
+    "batch_size": "samples per batch",
+    "seed": "seed of targets and random starts",
+    "device": "cpu, cuda, cuda:1, ...",
+    "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
+    "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
+    "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
+}
+ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken")
+
+
+def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval",
+        help="run attacks on a model and dataset, write per-sample records and summary.json",
+        description="Run one attack (flags) or several (--config FILE.toml) over a dataset; records and "
+        "RUN_DIR/summary.json are written as batches finish, and the same command resumes a killed run.",
+        formatter_class=DefaultsFormatter,
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with the run's settings and [[attack]] tables")
+    p.add_argument("--model", default="efficientnet_lite0", help="model name (see docs/models_data.md)")
+    p.add_argument("--weights", default=None, help="state-dict file or weights tag for --model")
+    p.add_argument("--data", default="default", help="dataset folder, labels CSV, 'default' or fashion-mnist[:split]")
+    p.add_argument("--subset", default=None, metavar="CxN", help="the paper's selection of C classes x N images")
+    p.add_argument("--limit", type=int_arg(1), default=None, help="only the first N samples")
+    p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
+    p.add_argument("--eps", nargs="+", default=None, help="budget(s) in pixel units: 0.03, 8/255; several = a sweep")
+    p.add_argument("--alpha", default=None, help="step size (pixel units)")
+    p.add_argument("--steps", type=int_arg(1), default=None, help="iterations")
+    p.add_argument("--restarts", type=int_arg(1), default=None, help="random restarts (pgd, apgd, apgd_t)")
+    p.add_argument("--norm", default=None, help="linf or l2")
+    p.add_argument("--loss", default=None, help="ce or margin")
+    p.add_argument("--targeted", action="store_true", default=False, help="targeted attack")
+    p.add_argument("--target", default=None, help="targets: random, least-likely, or a class index")
+    p.add_argument(
+        "-p",
+        "--param",
+        type=param_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other attack parameter, e.g. -p c=0.1 -p binary_search_steps=9",
+    )
+    p.add_argument(
+        "--suite",
+        default=None,
+        help="run a named suite of attacks: 'strong' (the worst-case ensemble) or 'fast'",
+    )
+    p.add_argument("--out", default="runs/eval", help="run directory")
+    add_replace_flag(p)
+    add_prepare_flag(p)
+    p.add_argument("--batch-size", dest="batch_size", type=int_arg(1), default=16, help="samples per batch")
+    p.add_argument("--seed", type=int_arg(), default=0, help="seed of targets and random starts")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.set_defaults(run=cmd_eval, attack_tables=None)
+    return p
+
+
+def _add_params(params: dict[str, Any], args: argparse.Namespace, also_flagged: set[str]) -> None:
+    """Add the ``-p KEY=VALUE`` pairs to ``params``; a key a flag already set is refused (no silent winner)."""
+    flagged = set(params) | also_flagged | ({"target"} if getattr(args, "target", None) is not None else set())
+    for key, value in args.param:
+        if key in flagged:
+            raise UsageError(f"{key} is set twice, by --{key.replace('_', '-')} and by -p {key}={value}; give it once")
+        params[key] = value
+
+
+def _flag_attack(args: argparse.Namespace) -> list[Any]:
+    from ..evaluate import make_spec
+
+    params: dict[str, Any] = {}
+    for key in ("alpha", "steps", "restarts", "norm", "loss"):
+        value = getattr(args, key)
+        if value is not None:
+            params[key] = value
+    if args.targeted:
+        params["targeted"] = True
+    _add_params(params, args, also_flagged={"eps"} if args.eps else set())
+    target: str | int | None = args.target
+    if isinstance(target, str) and target.lstrip("-").isdigit():
+        target = int(target)
+    eps_values = args.eps or [None]
+    specs = []
+    for eps in eps_values:
+        p = dict(params)
+        if eps is not None:
+            p["eps"] = eps
+        specs.append(make_spec(args.attack, p, target=target))
+    return specs
+
+
+def _table_attacks(tables: Any, path: str) -> list[Any]:
+    from ..evaluate import make_spec
+
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise UsageError(f"{path}: 'attack' must be a list of tables ([[attack]] sections)")
+    specs = []
+    for k, t in enumerate(tables, start=1):
+        if "name" not in t:
+            raise UsageError(f"{path}: attack #{k} has no 'name' (e.g. name = \"pgd\")")
+        params = {key: v for key, v in t.items() if key not in ATTACK_TABLE_KEYS}
+        specs.append(
+            make_spec(
+                t["name"], params, id=t.get("id"), target=t.get("target"), only_unbroken=t.get("only_unbroken", ())
+            )
+        )
+    return specs
+
+
+def _parse_subset(text: str) -> tuple[int, int]:
+    a, sep, b = text.lower().partition("x")
+    if not sep or not a.isdigit() or not b.isdigit() or int(a) < 1 or int(b) < 1:
+        raise UsageError(f"--subset takes CLASSESxPER_CLASS like 30x5, got {text!r}")
+    return int(a), int(b)
+
+
+def _open_data(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any]]:
+    from ..data import load_dataset, select_subset, transform_for
+
+    data = str(args.data)
+    meta: dict[str, Any] = {"source": data}
+    if data.startswith("fashion-mnist"):
+        dataset: Any = load_dataset(data)
+        meta["provenance"] = f"Fashion-MNIST {dataset.split} split"
+    else:
+        dataset = load_dataset(data, transform=transform_for(model))
+        meta["provenance"] = getattr(dataset, "provenance", "")
+    if args.subset:
+        classes, per_class = _parse_subset(args.subset)
+        dataset = select_subset(model, dataset, classes=classes, per_class=per_class, seed=args.seed)
+        meta["provenance"] = dataset.provenance
+        meta["subset"] = args.subset
+    if args.limit is not None:
+        from ..data import LimitedDataset
+
+        dataset = LimitedDataset(dataset, args.limit)
+        meta["limit"] = args.limit
+    return dataset, meta
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate, summary_line
+
+    if args.attack_tables is not None and args.attack is not None:
+        raise UsageError("give the attacks either with --attack or as [[attack]] tables in --config, not both")
+    if args.suite is not None and args.attack is not None:
+        raise UsageError("give either --attack or --suite (list several attacks with --config)")
+    specs: list[Any] = []
+    if args.attack_tables is not None:
+        specs += _table_attacks(args.attack_tables, args.config)
+    if args.attack is not None:
+        specs += _flag_attack(args)
+    if args.suite is not None:
+        from ..evaluate import with_suites
+
+        specs = with_suites(specs, _suite_specs(args))  # the per-sample worst case of the listed attacks
+    if not specs:
+        raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --suite or --config")
+    if args.attack is None and args.suite is None and (args.eps or args.alpha or args.steps or args.targeted):
+        raise UsageError("--eps/--alpha/--steps/--targeted describe an --attack; none was given")
+
+    from .. import runtime
+    from ..evaluate.sharded import evaluate_sharded
+    from ..models import check_device, load_model
+
+    if args.device is not None:
+        with as_usage_error(ValueError):  # the models package's check of a --device value
+            check_device(args.device)
+    # One process unless torchrun started several: then join them (before the model, so "cuda" is this rank's GPU).
+    info = runtime.setup(args.device)
+    with as_usage_error(ValueError, FileNotFoundError, ModuleNotFoundError):  # its check of --model and --weights
+        model = load_model(args.model, weights=args.weights, device=args.device)
+    dataset, data_meta = _open_data(args, model)
+    model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
+    command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
+    result = (evaluate_sharded if info.distributed else evaluate)(
+        model,
+        dataset,
+        specs,
+        out=args.out,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        model_meta=model_meta,
+        data_meta=data_meta,
+        extra={"command": command},
+        quiet=args.quiet,
+        replace=args.replace,
+        prepare=bool(args.prepare),
+    )
+    if not info.is_main:  # rank 0 reports for the whole distributed run
+        return 0
+    for a in result.summary["attacks"]:
+        print(summary_line(a))
+    if not args.quiet:
+        print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
+    return 0
+
+
+def _suite_specs(args: argparse.Namespace) -> list[Any]:
+    """``--suite strong --eps E...``: the worst-case suite (advlab.evaluate.suite) as one attack per eps."""
+    from ..evaluate import available_suites, suite_specs
+
+    available = available_suites()
+    if args.suite not in available:
+        raise UsageError(f"unknown suite {args.suite!r}; available: {', '.join(available) or 'none installed'}")
+    if not args.eps:
+        raise UsageError("--suite needs --eps (one or more budgets, e.g. --eps 8/255)")
+    # The suite fixes its own steps, losses and targets; a flag that would be dropped is a mistake to report.
+    ignored = [
+        "--" + name
+        for name in ("alpha", "steps", "restarts", "loss", "target")
+        if getattr(args, name, None) is not None
+    ] + (["--targeted"] if args.targeted else [])
+    if ignored:
+        raise UsageError(
+            f"--suite takes only --eps, --norm and -p KEY=VALUE; {', '.join(ignored)} would be ignored "
+            "(the suite sets its own steps and targets)"
+        )
+    params: dict[str, Any] = {}
+    if args.norm is not None:
+        params["norm"] = args.norm
+    _add_params(params, args, also_flagged={"eps"})
+    return suite_specs(args.suite, args.eps, params)

@@ -1,0 +1,234 @@
+"""evaluate(): a dataset attacked batch by batch into a run directory, resumed where it stopped, summarised.
+
+The configuration (:func:`run_config`) is what decides the records, so it is the run's fingerprint
+(:mod:`advlab.evaluate.rundir`); the batches come from :func:`~advlab.evaluate.engine.plan_batches` and each
+is the unit of work :func:`~advlab.evaluate.engine.attack_batch`.
+
+Before attacking, the model is prepared once per run (:func:`advlab.models.prepare`, e.g. batch norm folded
+into the convolutions: the same function up to float rounding, faster to attack) with the run's first batch
+as the example; what was done is part of the configuration, so a run is resumed only on the same preparation.
+``prepare=False`` attacks the model exactly as given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models import preparation_record
+from ..models import prepare as prepare_model
+from .engine import attack_batch, check_fits, load_batch, plan_batches
+from .records import RECORD_SCHEMA_VERSION, atomic_write_text
+from .rundir import RunDirectory
+from .specs import AttackSpec, SpecError, algorithm_versions, validate_specs
+from .summary import build_summary
+
+
+def model_digest(model: nn.Module) -> str:
+    """sha256 of the model's state dict (names, shapes, dtypes and values): which weights were attacked."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`evaluate` returns: the summary (as written to summary.json) and the records."""
+
+    summary: dict[str, Any]
+    records: dict[str, list[dict[str, Any]]]
+    run_dir: Path | None
+    model: nn.Module | None = None  # the model the attacks ran on (the prepared one, see prepare_for_run)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def prepare_for_run(
+    model: nn.Module, dataset: Any, plan: Sequence[range], enabled: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to attack and the record of its preparation for the run's configuration.
+
+    With ``enabled``, :func:`advlab.models.prepare` once, with the first readable batch of the plan as the
+    example (the same on every rank and every resumption), and :func:`advlab.models.preparation_record` of
+    the result; else the model as given and ``{"enabled": False}``.
+    """
+    if not enabled:
+        return model, {"enabled": False}
+    device = device_of(model)
+    for batch in plan:
+        x, _, kept = load_batch(dataset, list(batch), device)
+        if kept:
+            check_fits(model, x)  # name data the model was not made for before preparing on it
+            prepared = prepare_model(model, x)
+            return prepared, dict(preparation_record(prepared))
+    return model, dict(preparation_record(model))  # no readable image: nothing to prepare on, nothing to attack
+
+
+def run_config(
+    model: nn.Module,
+    specs: Sequence[AttackSpec],
+    *,
+    n_samples: int,
+    batch_size: int,
+    seed: int,
+    model_meta: Mapping[str, Any] | None = None,
+    data_meta: Mapping[str, Any] | None = None,
+    preparation: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The configuration that defines a run (and its fingerprint): same configuration, same records.
+
+    Besides the settings it holds the record schema version, the algorithm version of each attack used
+    (bumped by the change that alters their records) and the model's preparation (:func:`prepare_for_run`;
+    default: none), but not which advlab code ran: that is provenance. ``model`` is the model as given (its
+    weights identify the run).
+    """
+    return {
+        "record_schema": RECORD_SCHEMA_VERSION,
+        "algorithms": algorithm_versions(s.name for s in specs),
+        "model": {**dict(model_meta or {}), "state_dict_sha256": model_digest(model)},
+        "data": {**dict(data_meta or {}), "n_samples": n_samples},
+        "attacks": [s.to_dict() for s in specs],
+        "seed": seed,
+        "batch_size": batch_size,
+        "device_type": device_of(model).type,
+        "prepare": dict(preparation) if preparation is not None else {"enabled": False},
+    }
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    attacks: Iterable[AttackSpec],
+    *,
+    out: str | Path | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    batches: Iterable[int] | None = None,
+    model_meta: Mapping[str, Any] | None = None,
+    data_meta: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    quiet: bool = False,
+    progress_desc: str = "evaluate",
+    write_summary: bool = True,
+    replace: bool = False,
+    prepare: bool = True,
+) -> RunResult:
+    """Run ``attacks`` over ``dataset`` and summarise; with ``out``, stream records to a run directory.
+
+    Args:
+        model: maps images in [0, 1] to logits; its device is where the attacks run.
+        dataset: indexable, ``len()``-able, items ``(image (C, H, W) in [0, 1], label, ...)``.
+        attacks: :class:`AttackSpec` objects (see :func:`advlab.evaluate.make_spec`).
+        out: run directory; a run there with the same configuration (:func:`run_config`) is resumed, a
+            different one refused (see ``replace``); resumed by other advlab code with the same record
+            versions, it warns (:class:`~advlab.evaluate.rundir.ProvenanceWarning`).
+        batch_size: samples per batch (part of the run's configuration: it fixes the batch files).
+        seed: seeds targets and random starts per sample index.
+        batches: positions in the batch plan to process (a shard); default all.
+        model_meta, data_meta: descriptions of the model and data (name, path, ...) kept in the run's
+            configuration and summary.
+        extra: more keys for summary.json (e.g. the command line).
+        quiet: no progress bar.
+        write_summary: write ``summary.json`` into ``out`` (a shard of a distributed run leaves that to rank 0,
+            see :func:`advlab.evaluate.sharded.evaluate_sharded`).
+        replace: start ``out`` over when it holds a different run, instead of refusing
+            (:meth:`RunDirectory.open`).
+        prepare: prepare the model once for the attacks (:func:`prepare_for_run`, recorded in ``run.json``);
+            False attacks it exactly as given.
+    """
+    specs = validate_specs(attacks)
+    n = len(dataset)
+    if n == 0:
+        raise SpecError("the dataset is empty; nothing to evaluate")
+    plan = plan_batches(n, batch_size)
+    chosen = sorted(set(range(len(plan)) if batches is None else batches))
+    if chosen and (chosen[0] < 0 or chosen[-1] >= len(plan)):
+        raise ValueError(f"batch numbers must be in 0..{len(plan) - 1}, got {chosen[0]}..{chosen[-1]}")
+    attacked, preparation = prepare_for_run(model, dataset, plan, prepare)
+    config = run_config(
+        model,
+        specs,
+        n_samples=n,
+        batch_size=batch_size,
+        seed=seed,
+        model_meta=model_meta,
+        data_meta=data_meta,
+        preparation=preparation,
+    )
+    run_dir = RunDirectory(out, config) if out is not None else None
+    if run_dir is not None:
+        run_dir.open(replace=replace)
+    device = device_of(model)
+    memory: dict[str, list[dict[str, Any]]] = {s.id: [] for s in specs}
+
+    def pending(b: range) -> list[AttackSpec]:
+        return [s for s in specs if run_dir is None or not run_dir.done(s.id, b)]
+
+    todo = [(k, plan[k]) for k in chosen]
+    units = sum(len(pending(b)) for _, b in todo)
+    bar = tqdm(total=units, desc=progress_desc, unit="attack-batch", disable=quiet or units == 0, file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        for _k, batch in todo:
+            todo_specs = pending(batch)
+            done: dict[str, list[dict[str, Any]]] = {}
+            if run_dir is not None:
+                needed = {d for s in todo_specs for d in s.only_unbroken}
+                done = {aid: run_dir.read_batch(aid, batch) for aid in needed if run_dir.done(aid, batch)}
+            if todo_specs:
+                x, y, kept = load_batch(dataset, list(batch), device)
+
+                def saved(spec: AttackSpec, records: list[dict[str, Any]], batch: range = batch) -> None:
+                    if run_dir is not None:
+                        run_dir.write_batch(spec.id, batch, records)
+                    bar.set_postfix_str(spec.id[:40], refresh=False)
+                    bar.update(1)
+
+                if kept:
+                    done = attack_batch(attacked, x, y, kept, todo_specs, seed=seed, done=done, on_attack=saved)
+                else:  # every image of the batch was unreadable: mark the batch done, with no records
+                    for spec in todo_specs:
+                        saved(spec, [])
+                        done[spec.id] = []
+            if run_dir is None:
+                for s in specs:
+                    memory[s.id].extend(done[s.id])
+    finally:
+        bar.close()
+    wall = time.perf_counter() - start
+    records = run_dir.read_records(s.id for s in specs) if run_dir is not None else memory
+    if run_dir is not None:
+        complete = {s.id: all(run_dir.done(s.id, b) for b in plan) for s in specs}
+    else:
+        complete = {s.id: len(chosen) == len(plan) for s in specs}
+    summary = build_summary(
+        records,
+        specs,
+        config,
+        fingerprint=run_dir.fingerprint if run_dir else None,
+        complete=complete,
+        wall_s=wall,
+        extra=extra,
+    )
+    if run_dir is not None and write_summary:
+        atomic_write_text(run_dir.path / "summary.json", json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    return RunResult(summary, records, run_dir.path if run_dir else None, attacked)

@@ -1,0 +1,59 @@
+"""advlab.report's general builder: any run's summary.json rendered as a report, with nothing of the paper."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from advlab.errors import MissingInputError, UsageError
+from advlab.evaluate import evaluate, make_spec
+from advlab.report import render_markdown, render_run, summary_report
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Items:
+    def __init__(self, x, y) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i])
+
+
+def test_any_run_renders_with_its_attacks_checks_and_provenance(digits_model, tmp_path):
+    model, x, y = digits_model
+    specs = [make_spec("fgsm", {"eps": 0.1}, id="fgsm"), make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd")]
+    run = tmp_path / "run"
+    evaluate(model, Items(x[:24], y[:24]), specs, out=run, batch_size=12, quiet=True, model_meta={"name": "digits"})
+    summary = json.loads((run / "summary.json").read_text())
+    report = render_run(run)
+    html, md = (run / "report.html").read_text(), (run / "tables.md").read_text()
+    assert md == render_markdown(report) and html.startswith("<!DOCTYPE html>")
+    assert report.title == "Evaluation of digits (2 attacks, 24 images)"
+    assert [s.id for s in report.sections] == ["sanity", "settings", "provenance"]
+    for a in summary["attacks"]:  # one row per attack, with its numbers
+        assert f"| {a['id']} | {a['label']} | {100 * a['adv_top1']:.1f} | {100 * a['adv_top5']:.1f} |" in md
+    assert "iterative_vs_single_step" in md  # the summary's sanity checks
+    assert f"**run fingerprint**: {summary['fingerprint']}" in md
+    assert "paper" not in md.lower() and "Table 1" not in md
+
+
+def test_a_caller_adds_its_sections_before_the_common_ones(digits_model, tmp_path):
+    from advlab.report import Section
+
+    model, x, y = digits_model
+    result = evaluate(model, Items(x[:8], y[:8]), [make_spec("fgsm", {"eps": 0.1})], quiet=True)
+    mine = Section("Mine", ["what this run is for"], id="mine")
+    report = summary_report(result.summary, title="T", sections=[mine], settings=[("eps", "0.1")])
+    assert report.title == "T" and [s.id for s in report.sections] == ["mine", "sanity", "settings", "provenance"]
+    assert ("eps", "0.1") in report.sections[2].items
+
+
+def test_rendering_a_folder_without_a_finished_run_is_a_usage_error(tmp_path):
+    with pytest.raises(MissingInputError, match=r"summary\.json does not exist") as err:
+        render_run(tmp_path)
+    assert isinstance(err.value, UsageError)
