@@ -15,9 +15,6 @@ Any other exception (a ``ValueError`` from inside a model's forward, a ``TypeErr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 
 class UsageError(ValueError):
     """A user mistake found by advlab's own validation; ``advlab`` prints it as one line and exits with 2."""
@@ -26,6 +23,16 @@ class UsageError(ValueError):
 class MissingInputError(UsageError, FileNotFoundError):
     """A file or folder the user named (data, config, weights) does not exist: a usage mistake that Python
     callers can also catch as ``FileNotFoundError``."""
+
+
+class UsageTypeError(UsageError, TypeError):
+    """A setting of the wrong type (a string where a number belongs): a usage mistake that Python callers can
+    also catch as ``TypeError``."""
+
+
+class RunExistsError(UsageError, FileExistsError):
+    """The output folder already holds a run that this command would overwrite: a usage mistake that Python
+    callers can also catch as ``FileExistsError``."""
 
 
 class MissingDependencyError(UsageError, ModuleNotFoundError):
@@ -39,21 +46,3 @@ class MissingDependencyError(UsageError, ModuleNotFoundError):
 
 class RunError(RuntimeError):
     """A run stopped for a reason its message explains; ``advlab`` prints it as one line and exits with 1."""
-
-
-@contextmanager
-def as_usage_error(*types: type[BaseException]) -> Iterator[None]:
-    """Re-raise ``types`` raised inside the block as :class:`UsageError` (a missing file as
-    :class:`MissingInputError`), message unchanged.
-
-    Only for the boundary where values the user gave (a model name, a weights file, a device) are handed to a
-    function whose raising of ``types`` *is* its validation of them; anything raised later, once the work has
-    started, must stay what it is.
-    """
-    try:
-        yield
-    except UsageError:
-        raise
-    except types as e:
-        kind = MissingInputError if isinstance(e, FileNotFoundError) else UsageError
-        raise kind(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, as_usage_error
+from ..errors import UsageError
 from .common import DefaultsFormatter, add_prepare_flag, add_replace_flag, int_arg, param_pair
 
 EVAL_CONFIG_KEYS = {
@@ -184,12 +184,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..models import check_device, load_model
 
     if args.device is not None:
-        with as_usage_error(ValueError):  # the models package's check of a --device value
-            check_device(args.device)
+        check_device(args.device)
     # One process unless torchrun started several: then join them (before the model, so "cuda" is this rank's GPU).
     info = runtime.setup(args.device)
-    with as_usage_error(ValueError, FileNotFoundError, ModuleNotFoundError):  # its check of --model and --weights
-        model = load_model(args.model, weights=args.weights, device=args.device)
+    model = load_model(args.model, weights=args.weights, device=args.device)
     dataset, data_meta = _open_data(args, model)
     model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)

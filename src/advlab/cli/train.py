@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
@@ -46,9 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         config = TrainConfig.from_namespace(args)  # validated on construction
         run_training(config, log=(lambda *_: None) if args.quiet else print)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as e:
-        if not isinstance(e, UsageError) and not _raised_by_train_checks(e):
-            raise  # a bug in training, not a mistake on the command line: show the traceback
+    except UsageError as e:  # advlab.train's checks of its settings; anything else is a bug and propagates
         # The checks name TrainConfig's fields (Python API); on the command line, name the flags.
         message = str(e)
         for f in dataclasses.fields(TrainConfig):
@@ -56,35 +53,3 @@ def cmd_train(args: argparse.Namespace) -> int:
                 message = re.sub(rf"\b{f.name}\b", "--" + f.name.replace("_", "-"), message)
         raise UsageError(message) from None
     return 0
-
-
-# Where advlab.train checks its settings and raises plain ValueError/TypeError/FileExistsError for a bad one,
-# as (file, function) of the raise: TrainConfig's checks, the split of the data, fit's refusal to overwrite or
-# to resume with other settings, the device check and a missing checkpoint for --resume.
-# TODO(issue 15): once advlab.train raises advlab.errors.UsageError itself, cmd_train catches only that.
-_TRAIN_CHECKS = frozenset(
-    {
-        ("config.py", "validate"),
-        ("config.py", "from_dict"),
-        ("config.py", "_choice"),
-        ("config.py", "_number"),
-        ("config.py", "_int"),
-        ("run.py", "split_indices"),
-        ("run.py", "load_data"),
-        ("loop.py", "fit"),
-        ("zoo.py", "check_device"),
-        ("checkpoint.py", "load_checkpoint"),
-    }
-)
-
-
-def _raised_by_train_checks(error: BaseException) -> bool:
-    """Whether ``error`` was raised by one of advlab.train's checks of its settings (:data:`_TRAIN_CHECKS`),
-    not by something that went wrong while training."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return False
-    code = tb.tb_frame.f_code
-    return (Path(code.co_filename).name, code.co_name) in _TRAIN_CHECKS

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from advlab.data.transforms import make_transform
+from advlab.errors import UsageError
 
 
 class _ToChannelsLast(torch.autograd.Function):
@@ -65,11 +66,11 @@ class ImageClassifier(nn.Module):
         super().__init__()
         channels = input_size[0]
         if len(mean) != channels or len(std) != channels:
-            raise ValueError(
+            raise UsageError(
                 f"mean and std need {channels} values (one per input channel), got {len(mean)} and {len(std)}"
             )
         if any(s <= 0 for s in std):
-            raise ValueError(f"std must be positive, got {tuple(std)}")
+            raise UsageError(f"std must be positive, got {tuple(std)}")
         self.backbone = backbone
         # Non-persistent: state_dict() stays the backbone's weights (prefixed "backbone."), which
         # load_model(arch, weights=FILE) accepts back.
@@ -96,7 +97,7 @@ class ImageClassifier(nn.Module):
         # unbatched (C, H, W) image into a batch: refuse both.
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
             c, h, w = self.input_size
-            raise ValueError(
+            raise UsageError(
                 f"{self.name or 'this model'} takes images shaped (N, {c}, H, W) (it was trained on {c} x {h} x {w}), "
                 f"got shape {tuple(x.shape)}; is the data meant for another model?"
             )
@@ -149,7 +150,7 @@ class ImageClassifier(nn.Module):
                 ):
                     found = m.weight
         if found is None:
-            raise ValueError(
+            raise UsageError(
                 f"{self.name or 'model'}: no final layer with {n} outputs found to take class vectors from"
             )
         return found.detach().reshape(n, -1).float().cpu()

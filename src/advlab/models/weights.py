@@ -22,10 +22,12 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from advlab.errors import MissingInputError, UsageError
+
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(MissingInputError):
     """Pretrained weights are not in the local cache and cannot be downloaded."""
 
 
@@ -68,7 +70,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise MissingInputError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -77,7 +79,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError / RuntimeError variants depending on version
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
+        raise UsageError(
             f"{path} cannot be loaded with torch.load(weights_only=True) ({reason[:200]}); advlab does not "
             "unpickle arbitrary objects: save a plain state dict (torch.save(model.state_dict(), f)) or safetensors"
         ) from err
@@ -86,7 +88,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             obj = obj[wrapper]
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors (got {type(obj).__name__})")
+        raise UsageError(f"{path} does not hold a state dict of tensors (got {type(obj).__name__})")
     return dict(obj)
 
 
@@ -122,7 +124,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     """``model.load_state_dict(state_dict, strict=True)`` with an error that lists the differing keys."""
     diff = describe_key_diff(model, state_dict)
     if diff:
-        raise ValueError(f"state dict from {source} does not match {type(model).__name__}: {diff}")
+        raise UsageError(f"state dict from {source} does not match {type(model).__name__}: {diff}")
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from advlab.errors import MissingInputError, UsageError
 from advlab.models import efficientnet_lite
 from advlab.models.classifier import ImageClassifier
 from advlab.models.sources import (
@@ -34,14 +35,14 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; expected cpu, cuda, cuda:N (or mps, xpu, ...)") from None
+        raise UsageError(f"unknown device {device!r}; expected cpu, cuda, cuda:N (or mps, xpu, ...)") from None
     if dev.type == "cpu":
         return dev
     available = getattr(getattr(torch, dev.type, None), "is_available", None)
     if available is None or not available():
-        raise ValueError(f"device {device!r} is not available on this machine ({dev.type} unavailable); use cpu")
+        raise UsageError(f"device {device!r} is not available on this machine ({dev.type} unavailable); use cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA devices")
+        raise UsageError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA devices")
     return dev
 
 
@@ -124,10 +125,10 @@ def load_model(
         "interpolation": interpolation,
     }
     if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise UsageError(f"num_classes must be >= 1, got {num_classes}")
     user_file = _as_weights_file(weights)
     if weights is not None and user_file is None and not (name.startswith("timm:") or name in _torchvision_names()):
-        raise ValueError(
+        raise UsageError(
             f"weights={weights!r} is neither a file nor usable with {name!r}: named weights exist only for torchvision "
             "(e.g. IMAGENET1K_V1) and timm (a pretrained tag) models"
         )
@@ -142,7 +143,7 @@ def load_model(
     elif _looks_like_path(name):
         model = load_torchscript(Path(name).expanduser(), num_classes, overrides)
     else:
-        raise ValueError(_unknown_name_message(name))
+        raise UsageError(_unknown_name_message(name))
     if channels_last is None:
         zoo = name.startswith("timm:") or name in efficientnet_lite.WEIGHT_FILES or name in _torchvision_names()
         channels_last = zoo
@@ -163,7 +164,7 @@ def _as_weights_file(weights: PathLike | None) -> Path | None:
     path = Path(weights).expanduser()
     if path.is_file() or path.suffix in STATE_DICT_SUFFIXES or os.sep in str(weights):
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist")
+            raise MissingInputError(f"weights file {path} does not exist")
         return path
     return None
 
@@ -208,10 +209,10 @@ def _apply_overrides(model: ImageClassifier, overrides: dict[str, Any]) -> Image
             cfg["resize_size"] = round(int(given["input_size"][1]) / 0.875)
     cfg.update(given)
     if len(cfg["class_names"]) != model.num_classes:
-        raise ValueError(
+        raise UsageError(
             f"class_names has {len(cfg['class_names'])} entries but the model has {model.num_classes} outputs"
         )
     input_size = tuple(int(v) for v in cfg.pop("input_size"))
     if len(input_size) != 3:
-        raise ValueError(f"input_size must be (C, H, W), got {input_size}")
+        raise UsageError(f"input_size must be (C, H, W), got {input_size}")
     return ImageClassifier(model.backbone, input_size=input_size, name=model.name, source=model.source, **cfg)

@@ -36,7 +36,6 @@ from torch import nn
 
 from .. import __version__
 from ..data import LimitedDataset, load_dataset, select_subset, transform_for
-from ..errors import as_usage_error
 from ..evaluate import AttackSpec, RunResult, SpecError, evaluate, load_batch, summary_line
 from ..evaluate.engine import choose_targets, sample_seeds
 from ..evaluate.records import atomic_write_text
@@ -95,8 +94,7 @@ def prepare_inputs(opts: ReproduceOptions) -> tuple[nn.Module, Any, dict[str, An
     """Model, selected dataset, their descriptions, and the notes the report starts with."""
     notes: list[str] = []
     name = opts.model or DEFAULT_MODEL
-    with as_usage_error(ValueError, FileNotFoundError, ModuleNotFoundError):  # the check of --model and --device
-        model = load_model(name, device=opts.device)
+    model = load_model(name, device=opts.device)
     if opts.model is None:
         notes.append(f"No --model given: using the embedded default model {name} (the paper used VGG11).")
     dataset = load_dataset(opts.data, transform=transform_for(model))

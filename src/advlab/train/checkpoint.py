@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from advlab.errors import MissingInputError, UsageError
+
 FORMAT = "advlab-train-checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -121,14 +123,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (no arbitrary unpickling) and check its format."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; start the run without resume")
+        raise MissingInputError(f"no checkpoint at {path}; start the run without resume")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a foreign or damaged file: unpickling errors, zip errors, EOF
-        raise ValueError(f"{path} is not a readable advlab training checkpoint ({type(e).__name__}: {e})") from e
+        raise UsageError(f"{path} is not a readable advlab training checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not an advlab training checkpoint (format {found!r}, expected {FORMAT!r})")
+        raise UsageError(f"{path} is not an advlab training checkpoint (format {found!r}, expected {FORMAT!r})")
     return payload
 
 

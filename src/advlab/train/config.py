@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from advlab.errors import UsageError, UsageTypeError
+
 METHODS: tuple[str, ...] = ("standard", "pgd", "fgsm-rs", "trades")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "onecycle")
@@ -100,15 +102,15 @@ class TrainConfig:
         _choice(self.schedule, "schedule", SCHEDULES)
         _number(self.eps, "eps")
         if not 0.0 <= self.eps <= 1.0:
-            raise ValueError(f"eps must be in [0, 1] (pixel units, images in [0, 1]), got {self.eps}")
+            raise UsageError(f"eps must be in [0, 1] (pixel units, images in [0, 1]), got {self.eps}")
         if self.method != "standard" and self.eps == 0:
-            raise ValueError(
+            raise UsageError(
                 f"method {self.method!r} needs eps > 0; for eps = 0 use method 'standard' (--method standard)"
             )
         if self.alpha is not None:
             _number(self.alpha, "alpha")
             if not 0 < self.alpha <= 1:
-                raise ValueError(f"alpha must be in (0, 1] (pixel units), got {self.alpha}")
+                raise UsageError(f"alpha must be in (0, 1] (pixel units), got {self.alpha}")
         for name in ("steps", "epochs", "batch_size", "val_pgd_steps"):
             _int(getattr(self, name), name, minimum=1)
         for name in ("eps_ramp_epochs", "val_size", "seed"):
@@ -120,13 +122,13 @@ class TrainConfig:
         for name in ("lr", "beta"):
             _number(getattr(self, name), name)
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("momentum", "weight_decay"):
             _number(getattr(self, name), name)
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.amp and not str(self.device).startswith("cuda"):
-            raise ValueError(f"amp (mixed precision) is supported on CUDA only, but device is {self.device!r}")
+            raise UsageError(f"amp (mixed precision) is supported on CUDA only, but device is {self.device!r}")
 
     @property
     def inner_alpha(self) -> float:
@@ -144,7 +146,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise UsageError(f"unknown config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**data)
 
     @classmethod
@@ -235,18 +237,18 @@ def _pixel_budget(flag: str) -> Callable[[str], float]:
 
 def _choice(value: object, name: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+        raise UsageError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
 
 
 def _number(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise UsageTypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+        raise UsageError(f"{name} must be finite, got {value}")
 
 
 def _int(value: object, name: str, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+        raise UsageTypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise UsageError(f"{name} must be >= {minimum}, got {value}")

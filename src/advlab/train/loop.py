@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from advlab import attacks
-from advlab.errors import RunError
+from advlab.errors import RunError, RunExistsError, UsageError
 from advlab.models import prepare as prepare_model
 
 from .checkpoint import (
@@ -152,7 +152,7 @@ def train_epoch(
     """
     device = _device_of(model)
     if config.amp and device.type != "cuda":
-        raise ValueError(f"amp (mixed precision) is supported on CUDA only, but the model is on {device}")
+        raise UsageError(f"amp (mixed precision) is supported on CUDA only, but the model is on {device}")
     model.train()
     batches = len(loader) if hasattr(loader, "__len__") else None
     alpha_ratio = config.inner_alpha / config.eps if config.eps > 0 else 0.0
@@ -305,7 +305,7 @@ def fit(
         # Settings first: a resume without the original flags differs in them, which says more than shapes do.
         diffs = config.differences(payload["config"])
         if diffs:
-            raise ValueError(
+            raise UsageError(
                 f"cannot resume {ckpt_path} with different settings: {'; '.join(diffs)} (resume with the original "
                 "settings: advlab train keeps them in config.json next to the checkpoint)"
             )
@@ -320,7 +320,7 @@ def fit(
         start, history, best = payload["epoch"], list(payload["history"]), dict(payload["best"])
         log(f"resumed {ckpt_path} after epoch {start}/{config.epochs}")
     elif ckpt_path.exists():
-        raise FileExistsError(
+        raise RunExistsError(
             f"{ckpt_path} already exists; resume it (resume=True, --resume) or choose another out (--out)"
         )
     if main:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from advlab.data.fashion_mnist import load_fashion_mnist, to_float_images
+from advlab.errors import UsageError
 from advlab.models import check_device
 from advlab.models.small import build
 from advlab.train import ddp as distributed
@@ -28,7 +29,7 @@ from .loop import FitResult, TensorLoader, fit
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded permutation of 0..n-1 cut into (train, held-out) index tensors."""
     if val_size >= n:
-        raise ValueError(f"val_size {val_size} leaves no training images out of {n}")
+        raise UsageError(f"val_size {val_size} leaves no training images out of {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:], perm[:val_size]
 
@@ -68,7 +69,7 @@ def load_data(config: TrainConfig) -> tuple[TensorLoader, TensorLoader | None]:
     train_idx, val_idx = split_indices(labels.shape[0], config.val_size, config.seed)
     if config.train_subset is not None:
         if config.train_subset > train_idx.numel():
-            raise ValueError(
+            raise UsageError(
                 f"train_subset {config.train_subset} is more than the {train_idx.numel()} training images left "
                 f"after val_size {config.val_size}; lower one of them"
             )
