@@ -30,9 +30,10 @@ def bim_result(
     *,
     targeted: bool = False,
     loss: str = "ce",
+    eot_samples: int = 1,
 ) -> AttackResult:
     """:func:`bim`, always returning the :class:`AttackResult`."""
-    inp = validate(model, x, y, eps=eps, norm="linf", loss=loss, steps=steps)
+    inp = validate(model, x, y, eps=eps, norm="linf", loss=loss, steps=steps, eot_samples=eot_samples)
     assert inp.eps is not None and inp.norm is not None
     alpha_t = _alpha(alpha, inp.eps, steps, 1.0)
     best = BestPoint.start(inp.x)
@@ -47,6 +48,7 @@ def bim_result(
             y_max=inp.y_max,
             best=best,
             success=lambda logits: is_success(logits, inp.y, targeted),
+            eot_samples=eot_samples,
         )
     return AttackResult(best.x, best.success, best.objective)
 
@@ -61,6 +63,7 @@ def bim(
     *,
     targeted: bool = False,
     loss: str = "ce",
+    eot_samples: int = 1,
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """Basic Iterative Method: FGSM repeated with step alpha, clipped to the eps-ball and to [0, 1] each step.
@@ -71,9 +74,9 @@ def bim(
     iterate met (a successful one first, else the highest loss), which is never weaker than the last one.
 
     ``alpha`` defaults to eps / steps, the smallest step that can reach the corner of the ball.
-    Other arguments as in :func:`advlab.attacks.fgsm`.
+    Other arguments (``eot_samples`` included) as in :func:`advlab.attacks.fgsm`.
     """
-    result = bim_result(model, x, y, eps, alpha, steps, targeted=targeted, loss=loss)
+    result = bim_result(model, x, y, eps, alpha, steps, targeted=targeted, loss=loss, eot_samples=eot_samples)
     return result if return_info else result.x_adv
 
 
@@ -91,9 +94,10 @@ def pgd_result(
     targeted: bool = False,
     loss: str = "ce",
     seed: int | Tensor | None = None,
+    eot_samples: int = 1,
 ) -> AttackResult:
     """:func:`pgd`, always returning the :class:`AttackResult`."""
-    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps)
+    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps, eot_samples=eot_samples)
     assert inp.eps is not None and inp.norm is not None
     restarts = check_steps(restarts, "restarts")
     alpha_t = _alpha(alpha, inp.eps, steps, 2.5)
@@ -111,6 +115,7 @@ def pgd_result(
             y_max=inp.y_max,
             best=best,
             success=lambda logits: is_success(logits, y, targeted),
+            eot_samples=eot_samples,
         )
         return best
 
@@ -139,6 +144,7 @@ def pgd(
     targeted: bool = False,
     loss: str = "ce",
     seed: int | Tensor | None = None,
+    eot_samples: int = 1,
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """Projected Gradient Descent (Madry et al. 2017, "Towards Deep Learning Models Resistant to Adversarial
@@ -152,9 +158,10 @@ def pgd(
     per-sample ``seed`` (an int, used as seed + i for sample i, or an int64 tensor (N,) of per-sample seeds).
 
     ``alpha`` defaults to 2.5 * eps / steps (Madry et al.). Returns the best point met, not the last iterate.
+    ``eot_samples`` as in :func:`advlab.attacks.fgsm` (EOT on a randomized model).
     """
     result = pgd_result(
         model, x, y, eps, alpha, steps, norm=norm, random_start=random_start, restarts=restarts,
-        targeted=targeted, loss=loss, seed=seed,
+        targeted=targeted, loss=loss, seed=seed, eot_samples=eot_samples,
     )
     return result if return_info else result.x_adv
