@@ -102,7 +102,7 @@ class MedianSmoothing(nn.Module):
     """Local median smoothing, feature squeezing (Xu, Evans & Qi 2018, sec. 3.2): each pixel of each channel
     becomes the median of the ``size`` x ``size`` window around it.
 
-    As scipy.ndimage.median_filter (the paper's tool) with its defaults: the window spans offsets -(size // 2)
+    Equal to scipy.ndimage.median_filter with its default mode, "reflect": the window spans offsets -(size // 2)
     to size - 1 - size // 2, the border is mirrored with the edge repeated, and for an even window the upper of
     the two middle values is taken. Deterministic. Differentiable almost everywhere (it selects one input pixel
     per output pixel, a piecewise-linear map): a gradient attack gets a gradient, though a sparse one.
