@@ -1,5 +1,6 @@
 """Expectation over Transformation (Athalye, Engstrom, Ilyas & Kwok 2018, "Synthesizing Robust Adversarial
-Examples", eq. (1)-(2)): attack a randomized model through its expectation, written once for every gradient attack.
+Examples", sec. 2; used against randomized defences in Athalye, Carlini & Wagner 2018, sec. 4.2): attack a
+randomized model through its expectation, written once for every gradient attack.
 
 An attack with ``eot_samples=K`` sees the model through :class:`Expected`:
 
@@ -15,11 +16,13 @@ so ``eot_samples=1`` is today's attack, bit for bit.
 
 Where the randomness comes from: the model's own. advlab draws nothing for the model and never reseeds it; the K
 draws are K successive calls of the model on the same batch, so a model that draws from torch's global generator
-(``torch.randn``, dropout, the transforms of :mod:`advlab.defenses`) gets K fresh draws, and
+(``torch.randn``, the random transforms of :mod:`advlab.defenses`) gets K fresh draws, and
 ``torch.manual_seed(s)`` before the attack makes the whole run repeatable. An attack's own ``seed`` (random
 starts) uses private per-sample generators and does not touch the model's stream. Per-sample independence
 holds as far as the model's randomness is itself per sample: a model that draws one value for the whole batch
-couples the samples of that batch, whatever the attack does.
+couples the samples of that batch, whatever the attack does. The attacks run the model in eval mode
+(:func:`~advlab.attacks.checks.frozen`), so dropout and other train-mode randomness are off: EOT averages the
+randomness that the model keeps in eval mode, as a deployed randomized defence does.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def _check_images(x: Tensor, who: str) -> None:
 
 class BitDepth(nn.Module):
     """Bit-depth reduction, feature squeezing (Xu, Evans & Qi 2018, "Feature Squeezing: Detecting Adversarial
-    Examples in Deep Neural Networks", sec. 3.1): each pixel is rounded to 2^bits levels,
+    Examples in Deep Neural Networks", the colour-depth squeezer): each pixel is rounded to 2^bits levels,
 
         x' = round(x * (2^bits - 1)) / (2^bits - 1).
 
@@ -99,8 +99,8 @@ def _pad_symmetric(x: Tensor, before: int, after: int, dim: int) -> Tensor:
 
 
 class MedianSmoothing(nn.Module):
-    """Local median smoothing, feature squeezing (Xu, Evans & Qi 2018, sec. 3.2): each pixel of each channel
-    becomes the median of the ``size`` x ``size`` window around it.
+    """Local median smoothing, feature squeezing (Xu, Evans & Qi 2018, the spatial-smoothing squeezer): each pixel
+    of each channel becomes the median of the ``size`` x ``size`` window around it.
 
     Equal to scipy.ndimage.median_filter with its default mode, "reflect": the window spans offsets -(size // 2)
     to size - 1 - size // 2, the border is mirrored with the edge repeated, and for an even window the upper of
@@ -174,8 +174,8 @@ class JPEG(nn.Module):
 
 class RandomResizePad(nn.Module):
     """Random resizing and padding (Xie, Wang, Zhang, Ren & Yuille 2018, "Mitigating Adversarial Effects Through
-    Randomization", sec. 3): each image is resized (nearest neighbour) to a random size and zero-padded at a random
-    offset.
+    Randomization", the random resizing and random padding layers): each image is resized (nearest neighbour)
+    to a random size and zero-padded at a random offset.
 
     The paper enlarges a 299 x 299 image to rnd x rnd, rnd uniform in [299, 331), and pads it to 331 x 331 for a
     network that takes that size. A classifier of fixed input size needs its size back, so here the canvas is the
