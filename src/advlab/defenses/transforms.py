@@ -182,7 +182,8 @@ class RandomResizePad(nn.Module):
     input's size and the image shrinks instead: its height becomes rnd uniform in [ceil(min_ratio * H), H]
     (``min_ratio`` 0.9 ~ 299 / 331 by default), its width the same ratio, and it lands at a uniform random
     offset. Random: one size and offset per image per forward (from ``generator``, a CPU generator, or torch's
-    global CPU generator). Differentiable for a given draw (a selection of pixels; zeros in the padding).
+    global CPU generator). Differentiable for a given draw (a selection of pixels; zeros in the padding). One
+    gather for the whole batch, so EOT's many draws stay cheap.
     """
 
     def __init__(self, min_ratio: float = 0.9, generator: torch.Generator | None = None) -> None:
@@ -192,18 +193,23 @@ class RandomResizePad(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_images(x, "RandomResizePad")
-        n, _, h, w = x.shape
+        n, c, h, w = x.shape
         lo = max(1, math.ceil(self.min_ratio * h - 1e-9))
-        sizes = torch.randint(lo, h + 1, (n,), generator=self.generator).tolist()
-        offsets = torch.rand((n, 2), generator=self.generator, dtype=torch.float64).tolist()
-        out = []
-        for i, rh in enumerate(sizes):
-            rw = min(w, max(1, round(rh * w / h)))
-            small = F.interpolate(x[i : i + 1], size=(rh, rw), mode="nearest")
-            top = min(h - rh, int(offsets[i][0] * (h - rh + 1)))
-            left = min(w - rw, int(offsets[i][1] * (w - rw + 1)))
-            out.append(F.pad(small, (left, w - rw - left, top, h - rh - top)))
-        return torch.cat(out)
+        rh = torch.randint(lo, h + 1, (n,), generator=self.generator)
+        offsets = torch.rand((n, 2), generator=self.generator, dtype=torch.float64)
+        rw = (rh * w + h // 2).div(h, rounding_mode="floor").clamp(1, w)  # the same ratio, rounded
+        top = (offsets[:, 0] * (h - rh + 1)).long().clamp(max=h - rh)
+        left = (offsets[:, 1] * (w - rw + 1)).long().clamp(max=w - rw)
+        # Output pixel (i, j) shows resized pixel (i - top, j - left), which nearest-neighbour resizing takes from
+        # source pixel (floor((i - top) h / rh), floor((j - left) w / rw)); outside the resized image: zero.
+        rows = torch.arange(h)[None, :] - top[:, None]  # (N, H)
+        cols = torch.arange(w)[None, :] - left[:, None]  # (N, W)
+        valid = ((rows >= 0) & (rows < rh[:, None]))[:, :, None] & ((cols >= 0) & (cols < rw[:, None]))[:, None, :]
+        src_r = (rows.clamp(min=0) * h).div(rh[:, None], rounding_mode="floor").clamp(max=h - 1)
+        src_c = (cols.clamp(min=0) * w).div(rw[:, None], rounding_mode="floor").clamp(max=w - 1)
+        index = (src_r[:, :, None] * w + src_c[:, None, :]).view(n, 1, h * w).to(x.device)
+        picked = x.reshape(n, c, h * w).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+        return torch.where(valid.to(x.device)[:, None], picked, torch.zeros((), dtype=x.dtype, device=x.device))
 
     def extra_repr(self) -> str:
         return f"min_ratio={self.min_ratio}"
