@@ -1,6 +1,6 @@
 """The package layout's rules, checked on the source: dependencies point down, no private names cross packages.
 
-Layers, bottom up: ``errors``, then ``numbers``; ``attacks``, ``data`` and ``runtime``;
+Layers, bottom up: ``errors``, then ``numbers``; ``attacks``, ``data``, ``runtime`` and ``defenses``;
 ``models``; ``evaluate`` and ``train``; ``report``; ``paper``; ``cli``. A module may import its own package and
 the packages of lower layers, never one of its own layer or above (so there are no cycles between packages).
 """
@@ -19,6 +19,7 @@ LAYER = {
     "attacks": 1,
     "data": 1,
     "runtime": 1,
+    "defenses": 1,  # input transformations and BPDA: torch, Pillow, numpy only
     "models": 2,
     "evaluate": 3,
     "train": 3,

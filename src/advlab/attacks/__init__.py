@@ -8,8 +8,9 @@ nothing else, leaves it as it was (mode, requires_grad, no .grad), and returns a
 The kernel the attacks are built from is public too, for new attacks and for the evaluation layer:
 :mod:`~advlab.attacks.checks` (``validate`` and the model guard ``frozen``), :mod:`~advlab.attacks.objectives`,
 :mod:`~advlab.attacks.norms` (one geometry per norm), :mod:`~advlab.attacks.noise`,
-:mod:`~advlab.attacks.state` (per-sample state and best points) and :mod:`~advlab.attacks.ascent` (the shared
-steepest-ascent loop).
+:mod:`~advlab.attacks.state` (per-sample state and best points), :mod:`~advlab.attacks.ascent` (the shared
+steepest-ascent loop) and :mod:`~advlab.attacks.eot` (the expectation over a randomized model's draws behind
+``eot_samples`` of the gradient attacks).
 """
 
 from .apgd import apgd, apgd_result, apgd_t, apgd_t_result

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import Inputs, check_positive, check_steps, first_logits, frozen, validate
+from .eot import Expected
 from .noise import Noise
 from .norms import Ball, batch_view
 from .objectives import DLR_TINY, dlr_loss, margin, targeted_dlr_loss
@@ -92,6 +93,7 @@ def _apgd_run(
     rho: float,
     y_max: int,
     stop_on_success: bool,
+    eot_samples: int = 1,
 ) -> tuple[BestPoint, Tensor]:
     """One APGD run from ``start`` (Algorithm 1). Returns the per-sample best point and the loss trace.
 
@@ -101,7 +103,9 @@ def _apgd_run(
     not depend on when others leave: its own trajectory is the same whatever the batch holds, and it leaves at
     the same (fixed) checkpoint whatever the batch.
 
-    The trace (steps + 1, N) holds the objective of every iterate; NaN once a sample has left.
+    The trace (steps + 1, N) holds the objective of every iterate; NaN once a sample has left. With
+    ``eot_samples=K`` every gradient is the mean of K draws and every objective, success test and step-size
+    decision reads the expected prediction of those draws (:class:`~advlab.attacks.eot.Expected`).
     """
     x = ball.x
     n = x.shape[0]
@@ -110,16 +114,20 @@ def _apgd_run(
     marks = set(checkpoints(steps))
     labels = PerSample(y=y) if target is None else PerSample(y=y, target=target)
 
-    def evaluate(x_adv: Tensor, lab: PerSample, need_grad: bool, first: bool) -> tuple[Tensor, Tensor, Tensor]:
-        with torch.set_grad_enabled(need_grad):
-            x_in = x_adv.detach().requires_grad_(need_grad)
-            logits = first_logits(model, x_in, y_max) if first else model(x_in)
-            obj = _objective(logits, lab.y, lab.target if target is not None else None, loss, mode)
-        grad = torch.autograd.grad(obj.sum(), x_in)[0] if need_grad else torch.zeros_like(x_adv)
-        return obj.detach(), grad, _success(logits.detach(), lab.y, mode)
+    view = Expected(model, eot_samples, y_max)
+
+    def evaluate(x_adv: Tensor, lab: PerSample, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+        def f(logits: Tensor) -> Tensor:
+            return _objective(logits, lab.y, lab.target if target is not None else None, loss, mode)
+
+        if need_grad:
+            logits, obj, grad = view.value_and_grad(x_adv, f)
+        else:
+            (logits, obj), grad = view.value(x_adv, f), torch.zeros_like(x_adv)
+        return obj, grad, _success(logits, lab.y, mode)
 
     x_cur = start.detach().clone()
-    f_cur, grad, succ = evaluate(x_cur, labels, steps > 0, True)
+    f_cur, grad, succ = evaluate(x_cur, labels, steps > 0)
     trace[0] = f_cur
     best = BestPoint.start(x_cur)
     best.update(x_cur, f_cur, succ)
@@ -150,7 +158,7 @@ def _apgd_run(
             if k > 0:
                 x_new.add_(x_cur - x_prev, alpha=1.0 - a)
             ball.project_(x_new)
-        f_new, grad, succ = evaluate(x_new, labels, k < steps - 1, False)
+        f_new, grad, succ = evaluate(x_new, labels, k < steps - 1)
         with torch.no_grad():
             trace[k + 1, st.idx] = f_new
             st.increases += (f_new > st.f_cur).to(x.dtype)
@@ -191,9 +199,19 @@ def _apgd_run(
 
 
 def _validate(
-    model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, steps: int, norm: str, loss: str, rho: float
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    steps: int,
+    norm: str,
+    loss: str,
+    rho: float,
+    eot_samples: int,
 ) -> Inputs:
-    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, losses=APGD_LOSSES, steps=steps)
+    inp = validate(
+        model, x, y, eps=eps, norm=norm, loss=loss, losses=APGD_LOSSES, steps=steps, eot_samples=eot_samples
+    )
     rho = check_positive(rho, "rho")
     if rho > 1:
         raise ValueError(f"rho must be in (0, 1] (a share of the steps), got {rho}")
@@ -224,9 +242,10 @@ def apgd_result(
     random_start: bool = True,
     stop_on_success: bool = True,
     seed: int | Tensor | None = None,
+    eot_samples: int = 1,
 ) -> AttackResult:
     """:func:`apgd`, always returning the :class:`AttackResult`."""
-    inp = _validate(model, x, y, eps, steps, norm, loss, rho)
+    inp = _validate(model, x, y, eps, steps, norm, loss, rho, eot_samples)
     assert inp.eps is not None and inp.norm is not None
     restarts = check_steps(restarts, "restarts")
     mode = "targeted" if targeted else "untargeted"
@@ -248,7 +267,8 @@ def apgd_result(
             sub = ball.take(index)
             start = sub.random_start(noise.take(index)) if random_start else sub.x
             run, run_trace = _apgd_run(
-                model, sub, inp.y[index], None, start, steps, loss, mode, rho, inp.y_max, stop_on_success
+                model, sub, inp.y[index], None, start, steps, loss, mode, rho, inp.y_max, stop_on_success,
+                eot_samples,
             )
             best.merge(run, index)
             if trace is None:
@@ -272,6 +292,7 @@ def apgd(
     random_start: bool = True,
     stop_on_success: bool = True,
     seed: int | Tensor | None = None,
+    eot_samples: int = 1,
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """Auto-PGD, Algorithm 1 of Croce & Hein 2020, on the cross-entropy ("ce", APGD-CE) or DLR loss ("dlr").
@@ -296,10 +317,14 @@ def apgd(
     Returns x_adv, or with ``return_info=True`` an :class:`AttackResult` whose ``loss`` is the objective at
     x_adv and whose ``extras["loss_trace"]`` (steps + 1, N) holds the objective of every iterate of the first
     run (NaN after a sample left), for checks that the loss rises.
+
+    ``eot_samples=K`` runs APGD on the model's expectation (EOT, Athalye et al. 2018): each gradient is the mean
+    of K draws of the model's randomness, and the losses behind the step-size rule, the success test and the
+    best point read the mean softmax of the same K draws (:mod:`advlab.attacks.eot`). 1 is the plain attack.
     """
     result = apgd_result(
         model, x, y, eps, norm=norm, steps=steps, loss=loss, targeted=targeted, restarts=restarts, rho=rho,
-        random_start=random_start, stop_on_success=stop_on_success, seed=seed,
+        random_start=random_start, stop_on_success=stop_on_success, seed=seed, eot_samples=eot_samples,
     )
     return result if return_info else result.x_adv
 
@@ -318,9 +343,10 @@ def apgd_t_result(
     rho: float = 0.75,
     random_start: bool = True,
     seed: int | Tensor | None = None,
+    eot_samples: int = 1,
 ) -> AttackResult:
     """:func:`apgd_t`, always returning the :class:`AttackResult`."""
-    inp = _validate(model, x, y, eps, steps, norm, loss, rho)
+    inp = _validate(model, x, y, eps, steps, norm, loss, rho, eot_samples)
     assert inp.eps is not None and inp.norm is not None
     restarts = check_steps(restarts, "restarts")
     n_target_classes = check_steps(n_target_classes, "n_target_classes")
@@ -328,8 +354,8 @@ def apgd_t_result(
     noise = Noise(seed, n)
     ball = inp.norm.ball(x, inp.eps)
     with frozen(model):
-        with torch.no_grad():
-            logits = first_logits(model, x, inp.y_max)
+        view = Expected(model, eot_samples, inp.y_max)
+        logits = view.logits(x)  # the clean expected prediction ranks the targets
         classes = logits.shape[1]
         _check_classes(classes, loss, "toward")
         n_target_classes = min(n_target_classes, classes - 1)  # AutoAttack's 9 on a model of fewer classes
@@ -346,12 +372,12 @@ def apgd_t_result(
                 sub = ball.take(index)
                 start = sub.random_start(noise.take(index)) if random_start else sub.x
                 run, _ = _apgd_run(
-                    model, sub, y[index], order[index, rank], start, steps, loss, "toward", rho, inp.y_max, True
+                    model, sub, y[index], order[index, rank], start, steps, loss, "toward", rho, inp.y_max, True,
+                    eot_samples,
                 )
                 best.merge(run, index)
                 target_rank[index] = torch.where(run.success, rank, target_rank[index])
-        with torch.no_grad():
-            final_logits = model(best.x)
+        final_logits = view.logits(best.x)
         final = dlr_loss(final_logits, y) if classes >= 3 else margin(final_logits, y)
     return AttackResult(best.x, best.success, final, {"target_rank": target_rank})
 
@@ -370,6 +396,7 @@ def apgd_t(
     rho: float = 0.75,
     random_start: bool = True,
     seed: int | Tensor | None = None,
+    eot_samples: int = 1,
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """APGD-T, the targeted APGD of AutoAttack (Croce & Hein 2020, sec. 4): an untargeted attack that runs APGD
@@ -384,10 +411,11 @@ def apgd_t(
 
     Returns x_adv, or with ``return_info=True`` an :class:`AttackResult` whose ``loss`` is the untargeted DLR
     at x_adv and whose ``extras["target_rank"]`` (N,) gives the rank of the target class that broke each
-    sample (0 if it was misclassified from the start, -1 if never broken).
+    sample (0 if it was misclassified from the start, -1 if never broken). ``eot_samples`` as in
+    :func:`apgd`; the target classes are then ranked by the clean expected prediction.
     """
     result = apgd_t_result(
         model, x, y, eps, norm=norm, steps=steps, n_target_classes=n_target_classes, loss=loss,
-        restarts=restarts, rho=rho, random_start=random_start, seed=seed,
+        restarts=restarts, rho=rho, random_start=random_start, seed=seed, eot_samples=eot_samples,
     )
     return result if return_info else result.x_adv

@@ -5,7 +5,8 @@
 with s the norm's steepest-ascent step (sign for Linf, g / ||g||_2 for L2) and ``direction`` the identity (BIM,
 PGD; Madry et al. 2018, eq. (2.1)) or a momentum rule (MI-FGSM, :class:`Momentum`). An evaluation attack scores
 every iterate and keeps the best point (:class:`~advlab.attacks.state.BestPoint`); training's inner
-maximisation keeps the last iterate, as Madry et al.'s code does.
+maximisation keeps the last iterate, as Madry et al.'s code does. With ``eot_samples=K`` the gradient and the
+scores are those of the model's expectation over K draws of its randomness (:mod:`~advlab.attacks.eot`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .checks import first_logits
+from .eot import Expected
 from .norms import Ball, batch_view, flat_norm
 from .state import BestPoint
 
@@ -51,6 +52,7 @@ def ascend(
     direction: Direction | None = None,
     best: BestPoint | None = None,
     success: Score | None = None,
+    eot_samples: int = 1,
 ) -> Tensor:
     """``steps`` projected steepest-ascent steps of size ``alpha`` (N,) from ``start``; returns the last iterate.
 
@@ -58,24 +60,24 @@ def ascend(
     computed, and one final forward scores the last iterate, so ``best`` ends holding the best point met.
     The loop body is one forward, one input-gradient backward and an in-place update under no_grad: no host
     syncs. The objective is summed over the batch, never averaged, so each sample's step is its own.
+
+    ``eot_samples=K`` (checked by the caller) makes each step K forwards and backwards: the step follows the mean
+    of the K gradients and the iterate is scored on the expected prediction of the same K draws
+    (:class:`~advlab.attacks.eot.Expected`); K = 1 is the plain loop.
     """
     if (best is None) != (success is None):
         raise ValueError("ascend scores iterates only with both best and success given")
+    view = Expected(model, eot_samples, y_max)
     x_adv = start.detach().clone()
-    for i in range(steps):
-        x_adv.requires_grad_(True)
-        logits = first_logits(model, x_adv, y_max) if i == 0 else model(x_adv)
-        obj = objective(logits)
-        (grad,) = torch.autograd.grad(obj.sum(), x_adv)
+    for _ in range(steps):
+        logits, obj, grad = view.value_and_grad(x_adv, objective)
         with torch.no_grad():
-            x_adv = x_adv.detach()
             if best is not None and success is not None:
-                best.update(x_adv, obj.detach(), success(logits))
+                best.update(x_adv, obj, success(logits))
             step = grad if direction is None else direction(grad)
             x_adv.add_(ball.norm.ascent_step_(step, alpha))
             ball.project_(x_adv)
     if best is not None and success is not None:
-        with torch.no_grad():
-            logits = model(x_adv)
-            best.update(x_adv, objective(logits), success(logits))
+        logits, obj = view.value(x_adv, objective)
+        best.update(x_adv, obj, success(logits))
     return x_adv

@@ -23,9 +23,10 @@ def mifgsm_result(
     norm: str = "linf",
     targeted: bool = False,
     loss: str = "ce",
+    eot_samples: int = 1,
 ) -> AttackResult:
     """:func:`mifgsm`, always returning the :class:`AttackResult`."""
-    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps)
+    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps, eot_samples=eot_samples)
     assert inp.eps is not None and inp.norm is not None
     alpha_t = inp.eps / steps if alpha is None else per_sample(alpha, inp.n, "alpha", inp.x, strictly_positive=True)
     if isinstance(decay, bool) or not isinstance(decay, int | float) or not decay >= 0:
@@ -43,6 +44,7 @@ def mifgsm_result(
             direction=Momentum(float(decay)),
             best=best,
             success=lambda logits: is_success(logits, inp.y, targeted),
+            eot_samples=eot_samples,
         )
     return AttackResult(best.x, best.success, best.objective)
 
@@ -59,6 +61,7 @@ def mifgsm(
     norm: str = "linf",
     targeted: bool = False,
     loss: str = "ce",
+    eot_samples: int = 1,
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """MI-FGSM, Algorithm 1 of Dong et al. 2018: BIM whose step follows an accumulated, L1-normalised gradient.
@@ -69,6 +72,10 @@ def mifgsm(
     with mu = ``decay`` (1.0 in the paper), alpha = eps / steps by default (the paper's choice, so that T steps
     can reach the border of the ball), and the clip onto the eps-ball intersected with [0, 1]. No random start.
     The L1 normalisation is per sample. Returns the best iterate met (successful first, then highest loss).
+    ``eot_samples`` as in :func:`advlab.attacks.fgsm` (the momentum accumulates the EOT gradients).
     """
-    result = mifgsm_result(model, x, y, eps, alpha, steps, decay=decay, norm=norm, targeted=targeted, loss=loss)
+    result = mifgsm_result(
+        model, x, y, eps, alpha, steps, decay=decay, norm=norm, targeted=targeted, loss=loss,
+        eot_samples=eot_samples,
+    )
     return result if return_info else result.x_adv

@@ -30,11 +30,12 @@ def bim_result(
     *,
     targeted: bool = False,
     loss: str = "ce",
+    eot_samples: int = 1,
 ) -> AttackResult:
     """:func:`bim`, always returning the :class:`AttackResult`: PGD-Linf with no random start and no restart."""
     return _projected_ascent(
         model, x, y, eps, alpha, steps, norm="linf", random_start=False, restarts=1, targeted=targeted, loss=loss,
-        seed=None, default_alpha=1.0,
+        seed=None, default_alpha=1.0, eot_samples=eot_samples,
     )
 
 
@@ -48,6 +49,7 @@ def bim(
     *,
     targeted: bool = False,
     loss: str = "ce",
+    eot_samples: int = 1,
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """Basic Iterative Method: FGSM repeated with step alpha, clipped to the eps-ball and to [0, 1] each step.
@@ -58,9 +60,9 @@ def bim(
     iterate met (a successful one first, else the highest loss), which is never weaker than the last one.
 
     ``alpha`` defaults to eps / steps, the smallest step that can reach the corner of the ball.
-    Other arguments as in :func:`advlab.attacks.fgsm`.
+    Other arguments (``eot_samples`` included) as in :func:`advlab.attacks.fgsm`.
     """
-    result = bim_result(model, x, y, eps, alpha, steps, targeted=targeted, loss=loss)
+    result = bim_result(model, x, y, eps, alpha, steps, targeted=targeted, loss=loss, eot_samples=eot_samples)
     return result if return_info else result.x_adv
 
 
@@ -78,11 +80,12 @@ def pgd_result(
     targeted: bool = False,
     loss: str = "ce",
     seed: int | Tensor | None = None,
+    eot_samples: int = 1,
 ) -> AttackResult:
     """:func:`pgd`, always returning the :class:`AttackResult`."""
     return _projected_ascent(
         model, x, y, eps, alpha, steps, norm=norm, random_start=random_start, restarts=restarts,
-        targeted=targeted, loss=loss, seed=seed, default_alpha=2.5,
+        targeted=targeted, loss=loss, seed=seed, default_alpha=2.5, eot_samples=eot_samples,
     )
 
 
@@ -101,9 +104,10 @@ def _projected_ascent(
     loss: str,
     seed: int | Tensor | None,
     default_alpha: float,
+    eot_samples: int,
 ) -> AttackResult:
     """BIM and PGD: restarts of :func:`~advlab.attacks.ascent.ascend`, each on the samples not yet broken."""
-    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps)
+    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps, eot_samples=eot_samples)
     assert inp.eps is not None and inp.norm is not None
     restarts = check_steps(restarts, "restarts")
     alpha_t = _alpha(alpha, inp.eps, steps, default_alpha)
@@ -121,6 +125,7 @@ def _projected_ascent(
             y_max=inp.y_max,
             best=best,
             success=lambda logits: is_success(logits, y, targeted),
+            eot_samples=eot_samples,
         )
         return best
 
@@ -149,6 +154,7 @@ def pgd(
     targeted: bool = False,
     loss: str = "ce",
     seed: int | Tensor | None = None,
+    eot_samples: int = 1,
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """Projected Gradient Descent (Madry et al. 2017, "Towards Deep Learning Models Resistant to Adversarial
@@ -162,9 +168,10 @@ def pgd(
     per-sample ``seed`` (an int, used as seed + i for sample i, or an int64 tensor (N,) of per-sample seeds).
 
     ``alpha`` defaults to 2.5 * eps / steps (Madry et al.). Returns the best point met, not the last iterate.
+    ``eot_samples`` as in :func:`advlab.attacks.fgsm` (EOT on a randomized model).
     """
     result = pgd_result(
         model, x, y, eps, alpha, steps, norm=norm, random_start=random_start, restarts=restarts,
-        targeted=targeted, loss=loss, seed=seed,
+        targeted=targeted, loss=loss, seed=seed, eot_samples=eot_samples,
     )
     return result if return_info else result.x_adv

@@ -1,0 +1,104 @@
+"""Expectation over Transformation (Athalye, Engstrom, Ilyas & Kwok 2018, "Synthesizing Robust Adversarial
+Examples", sec. 2; used against randomized defences in Athalye, Carlini & Wagner 2018, sec. 4.2): attack a
+randomized model through its expectation, written once for every gradient attack.
+
+An attack with ``eot_samples=K`` sees the model through :class:`Expected`:
+
+- its step direction is the Monte-Carlo estimate of the gradient of the expected objective,
+  grad_x E_t[f(t(x))] ~ (1/K) sum_k grad_x f(logits_k(x)), one forward and one backward per draw k;
+- its success test and its choice of best point read the *expected prediction*, the mean of the softmax over
+  the same K draws, presented as logits log((1/K) sum_k softmax(logits_k)) (log-probabilities, whose softmax is
+  that mean and whose argmax is its argmax). A sample counted as broken is then broken on average over the
+  model's randomness, not by one lucky draw.
+
+With K = 1 nothing is averaged: the logits, objective and gradient are exactly those of the single forward pass,
+so ``eot_samples=1`` is today's attack, bit for bit.
+
+Where the randomness comes from: the model's own. advlab draws nothing for the model and never reseeds it; the K
+draws are K successive calls of the model on the same batch, so a model that draws from torch's global generator
+(``torch.randn``, the random transforms of :mod:`advlab.defenses`) gets K fresh draws, and
+``torch.manual_seed(s)`` before the attack makes the whole run repeatable. An attack's own ``seed`` (random
+starts) uses private per-sample generators and does not touch the model's stream. Per-sample independence
+holds as far as the model's randomness is itself per sample: a model that draws one value for the whole batch
+couples the samples of that batch, whatever the attack does. The attacks run the model in eval mode
+(:func:`~advlab.attacks.checks.frozen`), so dropout and other train-mode randomness are off: EOT averages the
+randomness that the model keeps in eval mode, as a deployed randomized defence does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .checks import first_logits
+
+Score = Callable[[Tensor], Tensor]  # logits -> per-sample values
+
+
+def expected_logits(draws: list[Tensor]) -> Tensor:
+    """log of the mean softmax over the draws (K logits tensors (N, C)); the single draw itself when K = 1."""
+    if len(draws) == 1:
+        return draws[0]
+    log_probs = torch.stack([d.log_softmax(dim=1) for d in draws])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(draws))
+
+
+class Expected:
+    """The model seen through ``samples`` draws of its randomness (one instance per attack run).
+
+    The first forward of the instance is checked (:func:`~advlab.attacks.checks.first_logits` against ``y_max``),
+    the others are plain calls, as in the attack loops.
+    """
+
+    def __init__(self, model: nn.Module, samples: int, y_max: int) -> None:
+        self.model = model
+        self.samples = samples
+        self.y_max = y_max
+        self._checked = False
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self._checked:
+            return self.model(x)
+        self._checked = True
+        return first_logits(self.model, x, self.y_max)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The expected logits at ``x`` (no gradient): what success and best points are judged on."""
+        with torch.no_grad():
+            return expected_logits([self._forward(x) for _ in range(self.samples)])
+
+    def value_and_grad(self, x: Tensor, objective: Score) -> tuple[Tensor, Tensor, Tensor]:
+        """(expected logits, objective at them, EOT gradient) at ``x``, all detached.
+
+        The gradient is the mean over the K draws of grad_x objective(logits_k).sum(); the objective is summed
+        over the batch, never averaged, so each sample's gradient is its own. With K = 1 the three values are
+        those of the one forward and backward pass. The gradient is dense: the caller may update it in place.
+        """
+        x_in = x.detach().requires_grad_(True)
+        if self.samples == 1:
+            logits = self._forward(x_in)
+            obj = objective(logits)
+            (grad,) = torch.autograd.grad(obj.sum(), x_in)
+            # Autograd may return a broadcast view (stride 0, e.g. for a model that sums its input), which the
+            # in-place step rules cannot write to; a dense copy changes no value.
+            return logits.detach(), obj.detach(), grad.contiguous()
+        draws: list[Tensor] = []
+        grad = torch.zeros_like(x_in)
+        for _ in range(self.samples):
+            logits = self._forward(x_in)
+            (g,) = torch.autograd.grad(objective(logits).sum(), x_in)
+            grad.add_(g)
+            draws.append(logits.detach())
+        grad.div_(self.samples)
+        mean = expected_logits(draws)
+        with torch.no_grad():
+            return mean, objective(mean), grad
+
+    def value(self, x: Tensor, objective: Score) -> tuple[Tensor, Tensor]:
+        """(expected logits, objective at them) at ``x``, without a gradient."""
+        with torch.no_grad():
+            logits = self.logits(x)
+            return logits, objective(logits)

@@ -1,0 +1,28 @@
+"""Input-transformation defences and the tools to attack them adaptively.
+
+Put transforms in front of any classifier with :func:`defended`; turn a non-differentiable function or module into
+one an attack can differentiate through with :func:`bpda`; build a defence from text with
+:func:`parse_defense`. The defences (:class:`BitDepth`, :class:`MedianSmoothing`, :class:`JPEG`,
+:class:`RandomResizePad`, :class:`GaussianNoise`) keep shape, dtype and the [0, 1] range; the random ones call for
+``eot_samples`` in the gradient attacks, the non-differentiable ones for :func:`bpda`.
+
+This package depends on torch (and Pillow, for :class:`JPEG`) only, not on the rest of advlab.
+"""
+
+from .bpda import BPDA, bpda
+from .parse import DEFENSES, parse_defense
+from .transforms import JPEG, BitDepth, Defended, GaussianNoise, MedianSmoothing, RandomResizePad, defended
+
+__all__ = [
+    "BPDA",
+    "DEFENSES",
+    "JPEG",
+    "BitDepth",
+    "Defended",
+    "GaussianNoise",
+    "MedianSmoothing",
+    "RandomResizePad",
+    "bpda",
+    "defended",
+    "parse_defense",
+]

@@ -1,0 +1,171 @@
+"""EOT (Athalye et al. 2018) in the gradient attacks: the estimate, the optimum it reaches, the expected-prediction
+success test, eot_samples=1 as the plain attack, and bad values.
+
+The randomized model is linear with Gaussian noise on its weights, so the expected gradient is known in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from advlab import attacks
+from advlab.attacks.eot import Expected, expected_logits
+from advlab.attacks.objectives import margin
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
+
+GRADIENT_ATTACKS = {
+    "fgsm": lambda m, x, y, **kw: attacks.fgsm_result(m, x, y, 0.05, **kw),
+    "bim": lambda m, x, y, **kw: attacks.bim_result(m, x, y, 0.05, steps=3, **kw),
+    "pgd": lambda m, x, y, **kw: attacks.pgd_result(m, x, y, 0.05, steps=3, seed=0, restarts=2, **kw),
+    "mifgsm": lambda m, x, y, **kw: attacks.mifgsm_result(m, x, y, 0.05, steps=3, **kw),
+    "apgd": lambda m, x, y, **kw: attacks.apgd_result(m, x, y, 0.05, steps=5, seed=0, **kw),
+    "apgd_t": lambda m, x, y, **kw: attacks.apgd_t_result(m, x, y, 0.05, steps=5, seed=0, n_target_classes=2, **kw),
+}
+
+
+class NoisyLinear(nn.Module):
+    """Two classes, logits (0, z) with z = (w + s n) . (x - x0) + w . x0 + b and n ~ N(0, I) drawn per sample and
+    per call from torch's global generator.
+
+    The margin of class 1 over class 0 has gradient w + s n, whose mean is w, and expected value w . x + b; the
+    noise on the value stays small near x0 (the clean batch), so scores are not dominated by it.
+    """
+
+    def __init__(self, w: torch.Tensor, b: float, s: float, x0: torch.Tensor) -> None:
+        super().__init__()
+        self.w, self.b, self.s, self.x0 = w, b, s, x0.flatten(1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        flat = x.flatten(1)
+        n = torch.randn(flat.shape, dtype=x.dtype)
+        z = flat @ self.w + self.s * (n * (flat - self.x0)).sum(1) + self.b
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+def _setup(d_side: int, n: int, b: float, s: float, seed: int = 0) -> tuple[NoisyLinear, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 + 0.4 * torch.rand(n, 1, d_side, d_side, generator=g, dtype=torch.float64)
+    w = torch.randint(0, 2, (d_side * d_side,), generator=g).to(torch.float64) * 2 - 1
+    return NoisyLinear(w, b, s, x), x, torch.zeros(n, dtype=torch.long)
+
+
+def test_eot_gradient_converges_like_one_over_sqrt_k() -> None:
+    """||g_K - w|| = s ||mean of K normals|| ~ s sqrt(d / K): at K = 4 and 64 within 15% of it (the chi
+    distribution with d = 768 has a relative spread of ~2.5%), so the error falls by sqrt(16) = 4."""
+    model, x, y = _setup(16, 3, b=0.0, s=2.0)
+    d = x[0].numel()
+    torch.manual_seed(0)
+    errors = {}
+    for k in (4, 64):
+        _, _, grad = Expected(model, k, y_max=0).value_and_grad(x, lambda z: margin(z, y))
+        err = (grad.flatten(1) - model.w).norm(dim=1)
+        expected = model.s * math.sqrt(d / k)
+        assert torch.allclose(err, torch.full_like(err, expected), rtol=0.15), (k, err, expected)
+        errors[k] = err
+    ratio = errors[4] / errors[64]
+    assert bool(((ratio > 3.2) & (ratio < 5.0)).all()), ratio
+
+
+def test_expected_logits_is_the_log_of_the_mean_softmax() -> None:
+    draws = [torch.randn(5, 4, dtype=torch.float64) for _ in range(3)]
+    mean = torch.stack([d.softmax(1) for d in draws]).mean(0)
+    assert torch.allclose(expected_logits(draws).exp(), mean, atol=1e-12)
+    assert expected_logits(draws[:1]) is draws[0]  # K = 1: the logits themselves
+
+
+def test_eot_pgd_reaches_the_expected_margin_optimum() -> None:
+    """The expected margin w . x + b is maximised over the Linf ball at x + eps sign(w) (x is far from the box
+    edges); a single draw's gradient has the right sign on only ~63% of the pixels (s = 3, |w_i| = 1)."""
+    model, x, y = _setup(8, 4, b=-1000.0, s=3.0)  # b: never successful, so the best point is the highest score
+    eps = 0.1
+    optimum = eps * model.w.abs().sum()
+    gains = {}
+    for k in (1, 64):
+        torch.manual_seed(1)
+        res = attacks.pgd_result(
+            model, x, y, eps, alpha=eps / 4, steps=10, random_start=False, loss="margin", eot_samples=k
+        )
+        gains[k] = (res.x_adv - x).flatten(1) @ model.w
+    assert bool((gains[64] >= 0.97 * optimum).all()), gains[64] / optimum
+    assert bool((gains[1] <= 0.85 * optimum).all()), gains[1] / optimum
+    corner = (x + eps * model.w.sign().view_as(x[0])).clamp(0, 1)
+    assert (res.x_adv - corner).abs().amax() <= eps / 4 + 1e-12
+
+
+def test_success_is_judged_on_the_expected_prediction() -> None:
+    """z = -1 + 4 n (the input barely matters): one draw in ~40% says class 1, the mean softmax never does."""
+
+    class Coin(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = -1 + 4 * torch.randn(x.shape[0], dtype=x.dtype) + 1e-3 * x.flatten(1).sum(1)
+            return torch.stack([torch.zeros_like(z), z], dim=1)
+
+    x = torch.full((16, 1, 2, 2), 0.5, dtype=torch.float64)
+    y = torch.zeros(16, dtype=torch.long)
+    torch.manual_seed(0)
+    plain = attacks.pgd_result(Coin(), x, y, 1e-3, steps=3, seed=0)
+    eot = attacks.pgd_result(Coin(), x, y, 1e-3, steps=3, seed=0, eot_samples=256)
+    assert int(plain.success.sum()) >= 8  # one lucky draw among 4 scored iterates breaks most samples
+    assert not bool(eot.success.any())
+
+
+def test_each_step_draws_k_forwards_and_seeding_torch_repeats_the_run() -> None:
+    model, x, y = _setup(4, 2, b=0.0, s=1.0)
+    runs = []
+    for _ in range(2):
+        model.calls = 0
+        torch.manual_seed(5)
+        runs.append(attacks.pgd_result(model, x, y, 0.05, steps=3, seed=0, eot_samples=5))
+        assert model.calls == 5 * (3 + 1)  # K per step, K to score the last iterate
+    assert torch.equal(runs[0].x_adv, runs[1].x_adv) and torch.equal(runs[0].success, runs[1].success)
+
+
+@pytest.mark.parametrize("name", ["apgd", "apgd_t"])
+def test_eot_apgd_breaks_what_the_expected_model_loses(name: str) -> None:
+    """Clean expected margin -2, optimal +3.4 (eps 0.1, d = 64 with |w_i| = 1, minus 2 for b's offset)."""
+    model, x, y = _setup(8, 3, b=0.0, s=3.0)
+    model.b = float(-(x.flatten(1) @ model.w).max()) - 2.0
+    fn = attacks.apgd_result if name == "apgd" else attacks.apgd_t_result
+    torch.manual_seed(0)
+    res = fn(model, x, y, 0.1, steps=20, loss="ce", seed=0, eot_samples=16)
+    assert bool(res.success.all())
+    assert bool(((res.x_adv.flatten(1) @ model.w + model.b) > 0).all())  # broken on average, not by a lucky draw
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_ATTACKS))
+def test_eot_samples_one_is_the_plain_attack_bit_for_bit(name: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 5)).double()
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    plain, one = GRADIENT_ATTACKS[name](model, x, y), GRADIENT_ATTACKS[name](model, x, y, eot_samples=1)
+    assert torch.equal(plain.x_adv, one.x_adv) and torch.equal(plain.success, one.success)
+    assert plain.loss is not None and one.loss is not None and torch.equal(plain.loss, one.loss)
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_ATTACKS))
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_eot_samples_is_one_clear_error(name: str, value: object, error: type[Exception]) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5))
+    x, y = torch.rand(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(error, match="eot_samples must be"):
+        GRADIENT_ATTACKS[name](model, x, y, eot_samples=value)
+
+
+def test_public_wrappers_take_eot_samples() -> None:
+    model, x, y = _setup(4, 2, b=0.0, s=0.5)
+    for fn, kw in [
+        (attacks.fgsm, {}), (attacks.bim, {"steps": 2}), (attacks.pgd, {"steps": 2}),
+        (attacks.mifgsm, {"steps": 2}), (attacks.apgd, {"steps": 2, "loss": "ce"}),
+        (attacks.apgd_t, {"steps": 2, "loss": "ce"}),
+    ]:
+        model.calls = 0
+        x_adv = fn(model, x, y, 0.05, eot_samples=3, **kw)
+        assert x_adv.shape == x.shape and model.calls % 3 == 0 and model.calls >= 3
