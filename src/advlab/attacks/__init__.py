@@ -13,7 +13,8 @@ steepest-ascent loop) and :mod:`~advlab.attacks.eot` (the expectation over a ran
 ``eot_samples`` of the gradient attacks).
 """
 
-from .apgd import apgd, apgd_result, apgd_t, apgd_t_result
+from .apgd import apgd, apgd_result
+from .apgd_t import apgd_t, apgd_t_result
 from .cw import cw_l2, cw_l2_result
 from .deepfool import deepfool, deepfool_result
 from .fgsm import fgsm, fgsm_result

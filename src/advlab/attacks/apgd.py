@@ -6,6 +6,8 @@ checkpoints when the optimisation stalls, after which the iterate restarts from 
 The DLR loss (eq. (5) and (6) of the paper) is invariant to shifting and scaling the logits, so it does not
 saturate on over-confident models the way cross-entropy does.
 
+APGD-T, which runs this engine towards one target class after another, is :mod:`advlab.attacks.apgd_t`.
+
 Conventions shared with the attack core (:mod:`advlab.attacks.pgd`): the model runs frozen and is left as it
 was; every sample is attacked independently of its batch (random starts from per-sample seeds, per-sample
 step sizes and checkpoint decisions, no batch-mean losses); the result stays in the [0, 1] box and the eps-ball.
@@ -81,7 +83,7 @@ def checkpoints(steps: int) -> list[int]:
 # ------------------------------------------------------------------------------------------- the engine
 
 
-def _apgd_run(
+def apgd_run(
     model: nn.Module,
     ball: Ball,
     y: Tensor,
@@ -198,7 +200,7 @@ def _apgd_run(
 # ------------------------------------------------------------------------------------------- public API
 
 
-def _validate(
+def validate_apgd(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -209,6 +211,7 @@ def _validate(
     rho: float,
     eot_samples: int,
 ) -> Inputs:
+    """:func:`~advlab.attacks.checks.validate` for APGD's arguments, and ``rho`` in (0, 1]."""
     inp = validate(
         model, x, y, eps=eps, norm=norm, loss=loss, losses=APGD_LOSSES, steps=steps, eot_samples=eot_samples
     )
@@ -218,7 +221,8 @@ def _validate(
     return inp
 
 
-def _check_classes(num_classes: int, loss: str, mode: str) -> None:
+def check_classes(num_classes: int, loss: str, mode: str) -> None:
+    """The DLR loss needs 3 classes, its targeted form 4 (eq. (5) and (6) of Croce & Hein 2020)."""
     need = 4 if loss == "dlr" and mode != "untargeted" else 3 if loss == "dlr" else 2
     if num_classes < need:
         name = "targeted DLR" if need == 4 else "DLR"
@@ -245,7 +249,7 @@ def apgd_result(
     eot_samples: int = 1,
 ) -> AttackResult:
     """:func:`apgd`, always returning the :class:`AttackResult`."""
-    inp = _validate(model, x, y, eps, steps, norm, loss, rho, eot_samples)
+    inp = validate_apgd(model, x, y, eps, steps, norm, loss, rho, eot_samples)
     assert inp.eps is not None and inp.norm is not None
     restarts = check_steps(restarts, "restarts")
     mode = "targeted" if targeted else "untargeted"
@@ -257,7 +261,7 @@ def apgd_result(
         if loss == "dlr":
             with torch.no_grad():
                 probe = first_logits(model, inp.x[:1], inp.y_max)
-            _check_classes(probe.shape[1], loss, mode)
+            check_classes(probe.shape[1], loss, mode)
         index = torch.arange(inp.n, device=inp.x.device)
         for r in range(restarts):
             if r > 0:
@@ -266,7 +270,7 @@ def apgd_result(
                     break
             sub = ball.take(index)
             start = sub.random_start(noise.take(index)) if random_start else sub.x
-            run, run_trace = _apgd_run(
+            run, run_trace = apgd_run(
                 model, sub, inp.y[index], None, start, steps, loss, mode, rho, inp.y_max, stop_on_success,
                 eot_samples,
             )
@@ -325,97 +329,5 @@ def apgd(
     result = apgd_result(
         model, x, y, eps, norm=norm, steps=steps, loss=loss, targeted=targeted, restarts=restarts, rho=rho,
         random_start=random_start, stop_on_success=stop_on_success, seed=seed, eot_samples=eot_samples,
-    )
-    return result if return_info else result.x_adv
-
-
-def apgd_t_result(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float | Tensor,
-    *,
-    norm: str = "linf",
-    steps: int = 100,
-    n_target_classes: int = 9,
-    loss: str = "dlr",
-    restarts: int = 1,
-    rho: float = 0.75,
-    random_start: bool = True,
-    seed: int | Tensor | None = None,
-    eot_samples: int = 1,
-) -> AttackResult:
-    """:func:`apgd_t`, always returning the :class:`AttackResult`."""
-    inp = _validate(model, x, y, eps, steps, norm, loss, rho, eot_samples)
-    assert inp.eps is not None and inp.norm is not None
-    restarts = check_steps(restarts, "restarts")
-    n_target_classes = check_steps(n_target_classes, "n_target_classes")
-    x, y, n = inp.x, inp.y, inp.n
-    noise = Noise(seed, n)
-    ball = inp.norm.ball(x, inp.eps)
-    with frozen(model):
-        view = Expected(model, eot_samples, inp.y_max)
-        logits = view.logits(x)  # the clean expected prediction ranks the targets
-        classes = logits.shape[1]
-        _check_classes(classes, loss, "toward")
-        n_target_classes = min(n_target_classes, classes - 1)  # AutoAttack's 9 on a model of fewer classes
-        order = logits.argsort(dim=1, descending=True)
-        best = BestPoint.start(x)
-        # Samples misclassified from the start are done (x itself); the others keep -inf until a run scores them.
-        best.update(x, torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device), logits.argmax(dim=1) != y)
-        target_rank = torch.where(best.success, 0, -1)
-        for rank in range(1, n_target_classes + 1):
-            for _ in range(restarts):
-                index = (~best.success).nonzero().view(-1)
-                if index.numel() == 0:
-                    break
-                sub = ball.take(index)
-                start = sub.random_start(noise.take(index)) if random_start else sub.x
-                run, _ = _apgd_run(
-                    model, sub, y[index], order[index, rank], start, steps, loss, "toward", rho, inp.y_max, True,
-                    eot_samples,
-                )
-                best.merge(run, index)
-                target_rank[index] = torch.where(run.success, rank, target_rank[index])
-        final_logits = view.logits(best.x)
-        final = dlr_loss(final_logits, y) if classes >= 3 else margin(final_logits, y)
-    return AttackResult(best.x, best.success, final, {"target_rank": target_rank})
-
-
-def apgd_t(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float | Tensor,
-    *,
-    norm: str = "linf",
-    steps: int = 100,
-    n_target_classes: int = 9,
-    loss: str = "dlr",
-    restarts: int = 1,
-    rho: float = 0.75,
-    random_start: bool = True,
-    seed: int | Tensor | None = None,
-    eot_samples: int = 1,
-    return_info: bool = False,
-) -> Tensor | AttackResult:
-    """APGD-T, the targeted APGD of AutoAttack (Croce & Hein 2020, sec. 4): an untargeted attack that runs APGD
-    on the targeted DLR loss (eq. (6)) towards each of the ``n_target_classes`` classes ranked 2nd, 3rd, ...
-    by the model's clean logits, in that order, each run only on the samples not yet misclassified
-    (``n_target_classes`` is capped at classes - 1, so AutoAttack's default of 9 also suits a 5-class model).
-
-    ``y`` holds the true classes; success means any misclassification. Cost: up to
-    ``n_target_classes * restarts * steps`` gradient steps for a sample that never breaks, fewer for the others
-    (a broken sample leaves at the next checkpoint and is not attacked towards further targets). A sample
-    misclassified from the start is returned unchanged. ``loss="ce"`` uses the targeted cross-entropy instead.
-
-    Returns x_adv, or with ``return_info=True`` an :class:`AttackResult` whose ``loss`` is the untargeted DLR
-    at x_adv and whose ``extras["target_rank"]`` (N,) gives the rank of the target class that broke each
-    sample (0 if it was misclassified from the start, -1 if never broken). ``eot_samples`` as in
-    :func:`apgd`; the target classes are then ranked by the clean expected prediction.
-    """
-    result = apgd_t_result(
-        model, x, y, eps, norm=norm, steps=steps, n_target_classes=n_target_classes, loss=loss,
-        restarts=restarts, rho=rho, random_start=random_start, seed=seed, eot_samples=eot_samples,
     )
     return result if return_info else result.x_adv
