@@ -96,7 +96,7 @@ class L2(Norm):
         return grad.mul_(batch_view(alpha, grad) / batch_view(flat_norm(grad, 2.0).clamp_min(1e-12), grad))
 
     def project_(self, x_adv: Tensor, ball: Ball) -> Tensor:
-        """The exact Euclidean projection onto {||z - x||_2 <= eps} ∩ [0, 1]^n.
+        """The Euclidean projection onto {||z - x||_2 <= eps} ∩ [0, 1]^n, by a few fixed-point iterations.
 
         From the KKT conditions of min ||z - p||^2 for p = x + d (one multiplier for the ball, the box separable
         per coordinate), z(t) = clip(x + t d, 0, 1) with t in [0, 1] the largest such that ||z(t) - x||_2 <= eps.
@@ -104,7 +104,9 @@ class L2(Norm):
         leaves the point inside the ball whenever a coordinate is clipped, wasting budget on images with
         saturated pixels. t is found by the fixed point t <- t * eps / ||z(t) - x||_2 from the shortcut's t:
         ||z(t) - x|| / t does not increase with t, so every iterate stays feasible and grows monotonically
-        towards the root (docs/attacks.md; benchmarks/l2_projection.py measures it against a bisection).
+        towards the root; ``L2_PROJECTION_ITERATIONS`` of them get close to it from any start the attacks meet
+        (docs/attacks.md; benchmarks/l2_projection.py measures it against a bisection), and the point is
+        feasible after any number.
         """
         x, eps = ball.x, ball.eps
         d = x_adv.sub_(x)

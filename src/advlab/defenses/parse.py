@@ -7,6 +7,8 @@ import inspect
 
 from torch import nn
 
+from advlab.errors import UsageError
+
 from .transforms import JPEG, BitDepth, GaussianNoise, MedianSmoothing, RandomResizePad
 
 # The defences by the name the command line uses.
@@ -37,19 +39,19 @@ def parse_defense(spec: str) -> nn.Module:
     ValueError that names the culprit and the choices.
     """
     if not isinstance(spec, str):
-        raise ValueError(f"a defence is given as a string such as 'bit_depth(bits=3)', got {type(spec).__name__}")
+        raise UsageError(f"a defence is given as a string such as 'bit_depth(bits=3)', got {type(spec).__name__}")
     usage = f"expected NAME or NAME(param=value, ...) with NAME one of {_choices(list(DEFENSES))}"
     try:
         node = ast.parse(spec.strip(), mode="eval").body
     except SyntaxError:
-        raise ValueError(f"cannot parse defence {spec!r}: {usage}") from None
+        raise UsageError(f"cannot parse defence {spec!r}: {usage}") from None
     call = node if isinstance(node, ast.Call) else None
     name_node = call.func if call is not None else node
     if not isinstance(name_node, ast.Name):
-        raise ValueError(f"cannot parse defence {spec!r}: {usage}")
+        raise UsageError(f"cannot parse defence {spec!r}: {usage}")
     name = name_node.id
     if name not in DEFENSES:
-        raise ValueError(f"unknown defence {name!r} in {spec!r}; expected one of {_choices(list(DEFENSES))}")
+        raise UsageError(f"unknown defence {name!r} in {spec!r}; expected one of {_choices(list(DEFENSES))}")
     cls = DEFENSES[name]
     params = _parameters(cls)
     args: list[object] = []
@@ -59,24 +61,24 @@ def parse_defense(spec: str) -> nn.Module:
             args = [ast.literal_eval(a) for a in call.args]
             kwargs = {str(k.arg): ast.literal_eval(k.value) for k in call.keywords}
         except ValueError:
-            raise ValueError(
+            raise UsageError(
                 f"cannot parse defence {spec!r}: parameter values must be numbers or True/False"
             ) from None
         if any(k.arg is None for k in call.keywords):
-            raise ValueError(f"cannot parse defence {spec!r}: {usage}")
+            raise UsageError(f"cannot parse defence {spec!r}: {usage}")
     if len(args) > len(params):
-        raise ValueError(
+        raise UsageError(
             f"defence {name!r} takes at most {len(params)} parameters ({_choices(params)}), got {len(args)} in {spec!r}"
         )
     for key in kwargs:
         if key not in params:
-            raise ValueError(f"unknown parameter {key!r} of defence {name!r}; expected one of {_choices(params)}")
+            raise UsageError(f"unknown parameter {key!r} of defence {name!r}; expected one of {_choices(params)}")
     values = dict(zip(params, args, strict=False))
     for key in kwargs:
         if key in values:
-            raise ValueError(f"parameter {key!r} of defence {name!r} is given twice in {spec!r}")
+            raise UsageError(f"parameter {key!r} of defence {name!r} is given twice in {spec!r}")
     values.update(kwargs)
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"defence {spec!r}: {e}") from None
+        raise UsageError(f"defence {spec!r}: {e}") from None

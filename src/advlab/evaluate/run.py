@@ -35,8 +35,10 @@ from .summary import build_summary
 
 
 def model_digest(model: nn.Module) -> str:
-    """sha256 of the model's state dict (names, shapes, dtypes and values): which weights were attacked."""
-    h = hashlib.sha256()
+    """sha256 of the model's module tree with its settings (``repr``: a defence's ``bits=3`` or ``sigma=0.1``
+    lives there, not in the state dict) and of its state dict (names, shapes, dtypes and values): which model,
+    with which weights, was attacked."""
+    h = hashlib.sha256(repr(model).encode())
     for name, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
@@ -131,6 +133,7 @@ def evaluate(
     write_summary: bool = True,
     replace: bool = False,
     prepare: bool = True,
+    prepared: tuple[nn.Module, Mapping[str, Any]] | None = None,
 ) -> RunResult:
     """Run ``attacks`` over ``dataset`` and summarise; with ``out``, stream records to a run directory.
 
@@ -154,6 +157,8 @@ def evaluate(
             (:meth:`RunDirectory.open`).
         prepare: prepare the model once for the attacks (:func:`prepare_for_run`, recorded in ``run.json``);
             False attacks it exactly as given.
+        prepared: what :func:`prepare_for_run` already returned for this model, dataset and batch size (a
+            shard of a distributed run prepares once per rank); replaces ``prepare``.
     """
     specs = validate_specs(attacks)
     n = len(dataset)
@@ -163,7 +168,7 @@ def evaluate(
     chosen = sorted(set(range(len(plan)) if batches is None else batches))
     if chosen and (chosen[0] < 0 or chosen[-1] >= len(plan)):
         raise ValueError(f"batch numbers must be in 0..{len(plan) - 1}, got {chosen[0]}..{chosen[-1]}")
-    attacked, preparation = prepare_for_run(model, dataset, plan, prepare)
+    attacked, preparation = prepared if prepared is not None else prepare_for_run(model, dataset, plan, prepare)
     config = run_config(
         model,
         specs,

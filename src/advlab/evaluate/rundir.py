@@ -34,7 +34,7 @@ RUN_SCHEMA = "advlab.run/2"
 
 # The packages whose code computes a run's records (the attacks, the models, the data pipeline, the engine):
 # their digest is the run's provenance. The report, the CLI and training do not change a record.
-RECORD_SOURCES = ("attacks", "models", "data", "evaluate")
+RECORD_SOURCES = ("attacks", "defenses", "models", "data", "evaluate")
 # Keys of a run's configuration that only a new advlab changes: named in the message when they differ.
 VERSION_KEYS = ("record_schema", "algorithms")
 

@@ -100,7 +100,7 @@ def evaluate_sharded(
         raise SpecError("the dataset is empty; nothing to evaluate")
     plan = plan_batches(n, batch_size)
     # Every rank prepares on the same first batch, so the preparation record (in the config) agrees.
-    _, preparation = prepare_for_run(model, dataset, plan, prepare)
+    attacked, preparation = prepare_for_run(model, dataset, plan, prepare)
     config = run_config(
         model,
         specs,
@@ -132,7 +132,7 @@ def evaluate_sharded(
         quiet=quiet or not info.is_main,
         batches=mine,
         write_summary=False,
-        prepare=prepare,
+        prepared=(attacked, preparation),
         **common,
     )
     own = {i for k in mine for i in plan[k]}

@@ -52,6 +52,7 @@ INT_MINIMUM: dict[str, int] = {
     "n_target_classes": 1,
     "candidates": 2,
     "refine_steps": 0,
+    "eot_samples": 1,
 }
 # Real parameters (other than the pixel budgets of FRACTION_PARAMS) and their range (low, high, low included).
 REAL_RANGE: dict[str, tuple[float, float, bool]] = {

@@ -97,7 +97,7 @@ class ImageClassifier(nn.Module):
         # unbatched (C, H, W) image into a batch: refuse both.
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
             c, h, w = self.input_size
-            raise UsageError(
+            raise ValueError(
                 f"{self.name or 'this model'} takes images shaped (N, {c}, H, W) (it was trained on {c} x {h} x {w}), "
                 f"got shape {tuple(x.shape)}; is the data meant for another model?"
             )

@@ -40,9 +40,9 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 class PreparedModel(nn.Module):
     """The result of :func:`prepare`: a frozen, eval-mode inference module.
 
-    ``module`` is either the rewritten copy or, when only the input layout changes, the caller's model itself
-    (nothing copied). ``changes`` names what was done. Training it would train a copy (or a folded network), so
-    ``train(True)`` is refused: prepare the model again after its weights change.
+    ``module`` is the rewritten copy (never the caller's own modules); ``changes`` names what was done. Training
+    it would train a copy (or a folded network), so ``train(True)`` is refused: prepare the model again after
+    its weights change.
     """
 
     def __init__(self, module: nn.Module, changes: tuple[str, ...], input_layout: torch.memory_format | None) -> None:
@@ -50,7 +50,7 @@ class PreparedModel(nn.Module):
         self.module = module
         self.changes = changes
         self.input_layout = input_layout
-        self.training = False  # this wrapper only: the caller's model, when held as is, keeps its own mode
+        self.training = False
 
     def forward(self, x: Tensor) -> Tensor:
         if self.input_layout is not None and x.ndim == 4:
@@ -81,8 +81,9 @@ def prepare(model: nn.Module, example: Tensor) -> nn.Module:
 
     ``example`` is a batch of the inputs the model will see (images in [0, 1], its device and dtype); its first
     sample is traced to find the BN layers that fold, its first two verify the copy. Returns ``model`` itself
-    when no rewrite applies (or the model has hooks, which must see the user's own modules, or the model cannot
-    be copied or the copy disagrees with it), else a :class:`PreparedModel`. ``model`` is not changed.
+    when no rewrite applies (nothing to fold or swap, no one-channel convolutions to relayout; or the model has
+    hooks, which must see the user's own modules, or cannot be copied, or the copy disagrees with it), else a
+    :class:`PreparedModel` holding a copy. ``model`` is not changed.
 
     Evaluation mode is part of the contract: BN folds only in eval mode, and the result is frozen in it.
     """
@@ -121,9 +122,9 @@ def _prepare(model: nn.Module, probe: Tensor) -> nn.Module:
         if layout is not None:
             changes = (*changes, "channels-last input")
         prepared = PreparedModel(module, changes, layout)
-    elif layout is not None:
-        prepared = PreparedModel(model, ("channels-last input",), layout)
     else:
+        # Nothing to rewrite: the model as given (a wrapper around the caller's own modules would share their
+        # mode and parameters, so it could not be the frozen, eval-mode module a prepared model promises).
         return model
     with torch.no_grad():
         want, got = model(probe), _reference_call(prepared, probe)

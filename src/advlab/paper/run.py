@@ -204,14 +204,14 @@ def run_reproduce(
         replace=opts.replace,
         prepare=opts.prepare,
     )
-    model = result.model or model  # the panels re-run attacks on, and read, the model the run attacked
+    attacked = result.model or model  # the panels re-run attacks on the model the run attacked
     summary = result.summary
     attacks = _by_id(summary)
     examples = {}
     specs = {s.id: s for s in exp.specs}
     fgsm_id = exp.table[(1, "pixel", "fgsm")]
     for key, sid in (("fgsm", fgsm_id), ("cw", exp.cw)):
-        examples[key] = _example(model, data, specs[sid], result.records[sid], opts.seed)
+        examples[key] = _example(attacked, data, specs[sid], result.records[sid], opts.seed)
     sanity = summary.get("sanity")
     wall = time.perf_counter() - t0
     info = {

@@ -157,10 +157,12 @@ class TrainConfig:
     def differences(self, other: dict[str, Any]) -> list[str]:
         """Fields (other than runtime ones) whose value differs from ``other`` (a stored config dict)."""
         mine = self.to_dict()
+        # A field the checkpoint does not name did not exist when it was written: it ran with the default.
+        then = {f.name: other.get(f.name, f.default) for f in fields(self)}
         return [
-            f"{k}: checkpoint {other.get(k)!r} vs now {mine[k]!r}"
+            f"{k}: checkpoint {then[k]!r} vs now {mine[k]!r}"
             for k in mine
-            if k not in RUNTIME_FIELDS and other.get(k) != mine[k]
+            if k not in RUNTIME_FIELDS and then[k] != mine[k]
         ]
 
 
