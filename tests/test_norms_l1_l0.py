@@ -12,6 +12,8 @@ from advlab.attacks.noise import Noise
 from advlab.attacks.norms import ALL_NORM_NAMES, NORM_NAMES, get_norm
 from tests.conftest import Linear
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
+
 TOL = 1e-9
 
 
