@@ -33,6 +33,8 @@ ATTACKS: dict[str, Callable[..., object]] = {
         for norm in ("l0", "l1", "l2", "linf")
     },
     "ddn": lambda m, x, y, **k: attacks.ddn(m, x, y, steps=8, **k),
+    "fab_linf": lambda m, x, y, **k: attacks.fab(m, x, y, norm="linf", steps=4, **k),
+    "fab_l1": lambda m, x, y, **k: attacks.fab(m, x, y, norm="l1", steps=4, **k),
 }
 SEEDED = {"pgd_linf", "pgd_l2"}
 

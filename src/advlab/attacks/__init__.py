@@ -16,6 +16,7 @@ from .apgd import apgd, apgd_result, apgd_t, apgd_t_result
 from .cw import cw_l2, cw_l2_result
 from .ddn import ddn, ddn_result
 from .deepfool import deepfool, deepfool_result
+from .fab import fab, fab_result
 from .fgsm import fgsm, fgsm_result
 from .fmn import fmn, fmn_result
 from .mifgsm import mifgsm, mifgsm_result
@@ -25,7 +26,7 @@ from .square import square, square_result
 
 # The attacks by name, as the evaluation layer registers them (each also has an ``<name>_result`` form).
 ATTACKS: tuple[str, ...] = (
-    "apgd", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fgsm", "fmn", "mifgsm", "pgd", "square",
+    "apgd", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fgsm", "fmn", "mifgsm", "pgd", "square",
 )
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "ddn_result",
     "deepfool",
     "deepfool_result",
+    "fab",
+    "fab_result",
     "fgsm",
     "fgsm_result",
     "fmn",
