@@ -128,9 +128,12 @@ def fab_result(
                     w, f = diff[rows, s], fs[rows, s]
             with torch.no_grad():
                 xi = x_i.detach().reshape(n, -1)
-                # Projections onto the linearised boundary (within the box) from the iterate and from x.
-                d_i = hyperplane_box_step(xi, w, -f, norm)
-                d_o = hyperplane_box_step(flat_x, w, -f - (w * (flat_x - xi)).sum(dim=1), norm)
+                # Projections onto the linearised boundary (within the box) from the iterate and from x. The
+                # boundary is moved past f = 0 by the rounding slack that success requires: aimed at f = 0, the
+                # iterates settle inside the slack, short of counting, and the backward step never comes.
+                aim = rounding_slack(z) - f
+                d_i = hyperplane_box_step(xi, w, aim, norm)
+                d_o = hyperplane_box_step(flat_x, w, aim - (w * (flat_x - xi)).sum(dim=1), norm)
                 size_i, size_o = geometry.size(d_i), geometry.size(d_o)
                 alpha = (size_i / (size_i + size_o).clamp_min(1e-30)).clamp(max=alpha_max)[:, None]
                 x_next = ((1 - alpha) * (xi + eta * d_i) + alpha * (flat_x + eta * d_o)).clamp_(0, 1).view_as(x)
@@ -161,7 +164,8 @@ def fab(
     At the iterate x_i, every class j != y gives a linearised decision boundary pi_j = {z: f_j(x_i) +
     <grad f_j(x_i), z - x_i> = 0} with f_j = Z_j - Z_y; FAB picks the nearest, s = argmin_j |f_j| /
     ||grad f_j||_q (q the dual norm), and projects both x_i and the original x onto pi_s intersected with the
-    [0, 1] box (:func:`hyperplane_box_step`, exact in each norm). It then moves to
+    [0, 1] box (:func:`hyperplane_box_step`, exact in each norm; the boundary taken as f_s = ``rounding_slack``
+    rather than 0, see below). It then moves to
 
       x_{i+1} = clip((1 - a)(x_i + eta d_i) + a (x + eta d_x)),   a = min(||d_i|| / (||d_i|| + ||d_x||), alpha_max),
 
