@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from advlab import attacks
 from tests.conftest import Linear
@@ -105,3 +107,37 @@ def test_fmn_bad_parameters_raise_clear_errors(kwargs: dict, error: type, fragme
     with pytest.raises(error) as info:
         attacks.fmn(model, x, y, **kwargs)
     assert fragment in str(info.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["fmn_l0", "fmn_l1", "fmn_l2", "fmn_linf", "ddn", "fab_linf", "fab_l2", "fab_l1"]),
+    st.booleans(),
+)
+def test_minimal_norm_points_stay_in_the_box_and_report_what_the_model_says(
+    seed: int, attack: str, targeted: bool
+) -> None:
+    """Random linear models on images with saturated pixels (where the box binds), float32 or float64."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if seed % 2 else torch.float32
+    n, classes, d = 3, 2 + seed % 4, 12
+    x = torch.rand(n, 1, 3, 4, generator=g, dtype=torch.float64)
+    x = torch.where(torch.rand(x.shape, generator=g) < 0.3, (x > 0.5).double(), x).to(dtype)
+    weight = torch.randn(classes, d, generator=g, dtype=dtype) * 3
+    model = Linear(weight, torch.randn(classes, generator=g, dtype=dtype))
+    y = torch.randint(0, classes, (n,), generator=g)
+    name, _, norm = attack.partition("_")
+    kwargs = {"norm": norm} if norm else {}
+    res = getattr(attacks, name)(model, x, y, steps=10, targeted=targeted, return_info=True, **kwargs)
+    assert res.x_adv.dtype == x.dtype and float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+    with torch.no_grad():
+        pred = model(res.x_adv).argmax(1)
+    assert torch.equal(res.success, pred == y if targeted else pred != y)
+    delta = (res.x_adv - x).flatten(1).double()
+    size = {"l0": (delta != 0).sum(1).double(), "l1": delta.abs().sum(1), "l2": delta.norm(dim=1),
+            "linf": delta.abs().amax(1), "": delta.norm(dim=1)}[norm]
+    distance = res.extras["distance"].double()
+    torch.testing.assert_close(distance[res.success], size[res.success], rtol=1e-5, atol=1e-6)
+    assert bool(torch.isinf(distance[~res.success]).all())
+    assert torch.equal(res.x_adv[~res.success], x[~res.success])
