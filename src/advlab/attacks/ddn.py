@@ -66,12 +66,12 @@ def ddn_result(
             with torch.no_grad():
                 x_adv = x_adv.detach()
                 adversarial = score(logits, x_adv)
-                # The direction: one normalised gradient step of size alpha (Algorithm 1, lines 4-5).
+                # The direction: one normalised gradient step of size alpha.
                 delta.add_(grad.mul_(batch_view(alpha / flat_norm(grad, 2.0).clamp_min(1e-12), grad)))
-                # The norm: down by gamma where x_adv is adversarial, up otherwise (lines 6-10).
+                # The norm: down by gamma where x_adv is adversarial, up otherwise.
                 eps = torch.where(adversarial, eps * (1 - gamma), eps * (1 + gamma))
                 eps = torch.minimum(eps, worst)
-                # Project onto the sphere of radius eps, then into the box (lines 11-12).
+                # Project onto the sphere of radius eps, then into the box.
                 delta.mul_(batch_view(eps / flat_norm(delta, 2.0).clamp_min(1e-12), delta))
                 x_adv = (x + delta).clamp_(0, 1)
                 if levels is not None:

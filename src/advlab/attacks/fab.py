@@ -17,7 +17,7 @@ FAB_NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 def hyperplane_box_step(x: Tensor, w: Tensor, c: Tensor, p: str) -> Tensor:
     """The smallest d in ``p`` ("linf", "l2" or "l1") with <w, d> = c and x + d in [0, 1], per row of the flat
     (N, n) ``x`` and ``w``: the projection of x onto the hyperplane {z: <w, z - x> = c} intersected with the box
-    (FAB's proj_p, sec. 3.2 of Croce & Hein 2020). Where the box makes the hyperplane unreachable, the d that
+    (FAB's projection proj_p of Croce & Hein 2020). Where the box makes the hyperplane unreachable, the d that
     gets closest (every coordinate that helps at its bound).
 
     With s = sign(c) and v = s w (L2) or s sign(w) (Linf), the minimiser is d(t) = clip(t v) to the box for
@@ -115,7 +115,7 @@ def fab_result(
                 w, f = w.reshape(n, -1), f.detach()
             else:
                 # Every class j != y: f_j = z_j - z_y and its gradient (the Jacobian, one backward per class);
-                # the nearest linearised boundary in the dual norm (FAB's eq. (4)).
+                # the nearest linearised boundary in the dual norm.
                 k = z.shape[1]
                 grads = [torch.autograd.grad(z[:, j].sum(), x_i, retain_graph=j < k - 1)[0] for j in range(k)]
                 with torch.no_grad():
@@ -169,9 +169,9 @@ def fab(
 
       x_{i+1} = clip((1 - a)(x_i + eta d_i) + a (x + eta d_x)),   a = min(||d_i|| / (||d_i|| + ||d_x||), alpha_max),
 
-    (eq. (8)-(9): the extrapolation eta pushes past the boundary, the bias a towards x's own projection keeps
+    (the extrapolation eta pushes past the boundary, the bias a towards x's own projection keeps
     the point close to x), and where x_{i+1} is adversarial it is recorded and the next iterate steps back,
-    x_{i+1} <- (1 - beta) x + beta x_{i+1} (sec. 3.3). The smallest adversarial point met is returned. Each
+    x_{i+1} <- (1 - beta) x + beta x_{i+1} (the backward step). The smallest adversarial point met is returned. Each
     step costs one forward with one backward per class (the Jacobian) and one forward to check x_{i+1}.
 
     ``targeted=True`` reads y as targets and linearises the margin of the target against the strongest other

@@ -1,4 +1,4 @@
-"""Fast Minimum-Norm attack (Pintor, Croce, Roli, Brendel & Biggio, "Fast Minimum-norm Adversarial Attacks through
+"""Fast Minimum-Norm attack (Pintor, Roli, Brendel & Biggio, "Fast Minimum-norm Adversarial Attacks through
 Adaptive Norm Constraints", NeurIPS 2021): the smallest perturbation in L0, L1, L2 or Linf."""
 
 from __future__ import annotations
@@ -136,12 +136,12 @@ def fmn(
     (untargeted; max_{j != t} Z_j - Z_t when targeted: L < 0 exactly when adversarial), at step k:
 
       gamma_k, alpha_k: cosine annealing from gamma_init to gamma_final and from alpha_init to alpha_final
-        (alpha_init / 100 by default), eq. (6) of the paper;
+        (alpha_init / 100 by default);
       eps_k = min(eps_{k-1} (1 - gamma_k), ||delta*||_p)     if x + delta_{k-1} is adversarial,
               eps_{k-1} (1 + gamma_k)                        else, if an adversarial point was ever met,
               ||delta_{k-1}||_p + |L| / ||grad L||_q          else (q the dual norm: the linearised distance
-                                                             to the boundary, Algorithm 1 lines 5-10);
-      delta_k = Pi_{eps_k}(delta_{k-1} - alpha_k grad L / ||grad L||_2), then into the [0, 1] box (lines 11-13);
+                                                             to the boundary);
+      delta_k = Pi_{eps_k}(delta_{k-1} - alpha_k grad L / ||grad L||_2), then into the [0, 1] box;
 
     delta* being the smallest adversarial perturbation met, which is what is returned. For L0, eps is an
     integer number of coordinates (counted per coordinate, as the paper does) that moves by at least one:
