@@ -27,6 +27,14 @@ ATTACKS: dict[str, Callable[..., object]] = {
     "cw_l2": lambda m, x, y, **k: attacks.cw_l2(
         m, x, y, c=0.1, steps=20, binary_search_steps=3, lr=0.05, abort_early=False, **k
     ),
+    # The minimal-norm attacks (no randomness: each sample's run is its own by construction).
+    **{
+        f"fmn_{norm}": functools.partial(lambda norm, m, x, y, **k: attacks.fmn(m, x, y, norm=norm, steps=8, **k), norm)
+        for norm in ("l0", "l1", "l2", "linf")
+    },
+    "ddn": lambda m, x, y, **k: attacks.ddn(m, x, y, steps=8, **k),
+    "fab_linf": lambda m, x, y, **k: attacks.fab(m, x, y, norm="linf", steps=4, **k),
+    "fab_l1": lambda m, x, y, **k: attacks.fab(m, x, y, norm="l1", steps=4, **k),
 }
 SEEDED = {"pgd_linf", "pgd_l2"}
 

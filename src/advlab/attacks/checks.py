@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .norms import NORM_NAMES, Norm, get_norm
+from .norms import NORM_NAMES, Norm, check_count, get_norm
 
 LOSSES: tuple[str, ...] = ("ce", "margin")
 
@@ -185,8 +185,10 @@ def caller_stacklevel() -> int:
 
 def check_eps(eps: float | Tensor, n: int, like: Tensor, norm: str) -> Tensor:
     """:func:`per_sample` for the budget; an Linf eps above 1 (the whole [0, 1] box) is almost always a budget
-    meant for pixels in [0, 255] (8 for 8/255), so it is warned about."""
+    meant for pixels in [0, 255] (8 for 8/255), so it is warned about; an L0 eps must be a whole count."""
     eps_t = per_sample(eps, n, "eps", like, strictly_positive=False)
+    if norm == "l0":
+        check_count(eps_t)
     if norm != "linf":
         return eps_t
     largest = float(eps_t.max()) if isinstance(eps, Tensor) else float(eps)

@@ -1,6 +1,10 @@
 """The norm-specific pieces of a first-order attack, written once (the Foolbox 3 split): one class per norm with
 its random start, steepest-ascent step and projection onto the ball intersected with the [0, 1] box.
 
+Linf and L2 serve the fixed-budget attacks (:data:`NORM_NAMES`); L1 and L0 join them in :data:`NORMS` for the
+minimal-norm attacks (FMN). Every projection is the exact Euclidean projection onto ball ∩ box, not the ball's
+projection followed by a clip.
+
 A :class:`Ball` is the feasible set of one batch, B_p(x, eps) ∩ [0, 1]^d with a per-sample eps: attacks project
 onto it and draw random starts from it, and take the rows of the samples still standing (:meth:`Ball.take`).
 """
@@ -14,6 +18,9 @@ import torch
 from torch import Tensor
 
 from .noise import Noise
+
+# The L1 steepest-ascent step moves this fraction of the coordinates (at least one), those of largest |grad|.
+L1_STEP_FRACTION = 0.01
 
 # Fixed-point iterations of the L2 projection onto ball ∩ box (L2.project_); each costs about four elementwise
 # passes over the batch, far below a forward pass.
@@ -119,6 +126,130 @@ class L2(Norm):
         return d.mul_(batch_view(t, d)).add_(x).clamp_(0, 1)
 
 
+class L1(Norm):
+    name, p, dual_p = "l1", 1.0, math.inf
+
+    def __init__(self, step_fraction: float = L1_STEP_FRACTION) -> None:
+        self.step_fraction = step_fraction
+
+    def random_start(self, x: Tensor, eps: Tensor, noise: Noise) -> Tensor:
+        """Uniform in the L1 ball, then put back in the box (which only shrinks |delta|, so stays in the ball).
+
+        With E_1..E_{d+1} i.i.d. Exp(1), (E_1..E_d) / sum_{i<=d+1} E_i is uniform on the solid simplex; random
+        signs make it uniform on the L1 unit ball.
+        """
+        flat = x.flatten(1)
+        e = -torch.log1p(-noise.uniform(torch.empty(flat.shape[0], flat.shape[1] + 1, dtype=x.dtype)))
+        signs = noise.uniform(flat).sub_(0.5).sign_()
+        point = e[:, :-1].to(x.device) / e.sum(dim=1, keepdim=True).to(x.device) * signs
+        return (x + point.view_as(x) * batch_view(eps, x)).clamp_(0, 1)
+
+    def ascent_step_(self, grad: Tensor, alpha: Tensor) -> Tensor:
+        """The sparse L1 step: alpha spread evenly over the k = max(1, ceil(step_fraction * d)) coordinates of
+        largest |grad|, each moved along sign(grad) (||step||_1 = alpha).
+
+        k = 1 is the exact steepest-ascent direction of the L1 norm (argmax_{||s||_1 <= 1} <grad, s> is a vertex);
+        moving a small fraction instead is the sparse step of Tramer & Boneh 2019 (SLIDE) and of Croce & Hein
+        2021 ("Mind the box", sec. 3), which makes progress when one coordinate at a time would not.
+        """
+        flat = grad.view(grad.shape[0], -1)
+        k = max(1, math.ceil(self.step_fraction * flat.shape[1]))
+        top = flat.abs().topk(k, dim=1).indices
+        step = torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top).sign())
+        return grad.copy_(step.view_as(grad)).mul_(batch_view(alpha / k, grad))
+
+    def project_(self, x_adv: Tensor, ball: Ball) -> Tensor:
+        """The exact Euclidean projection onto {||z - x||_1 <= eps} ∩ [0, 1]^n.
+
+        min ||z - p||^2 with p = x + d separates per coordinate once the ball has its multiplier lambda >= 0:
+        u_i = z_i - x_i minimises (u_i - d_i)^2 + 2 lambda |u_i| over [-x_i, 1 - x_i], which is the soft
+        threshold of d_i clipped to the box, u_i = sign(d_i) min(max(|d_i| - lambda, 0), b_i) with b_i the room
+        the box leaves in d_i's direction (Duchi et al. 2008's projection generalised to the box). phi(lambda) =
+        ||u(lambda)||_1 is piecewise linear and non-increasing, with breakpoints |d_i| - b_i (coordinate i
+        leaves its box bound) and |d_i| (it reaches 0); sorting the 2n breakpoints gives phi at each of them by
+        a cumulative sum, and lambda on the piece where phi crosses eps (lambda = 0 when phi(0) <= eps).
+        """
+        x, eps = ball.x, ball.eps
+        d = x_adv.sub_(x).view(x.shape[0], -1)
+        xf = x.reshape(x.shape[0], -1)
+        mag = d.abs()
+        room = torch.where(d > 0, 1 - xf, xf)
+        at_zero = torch.minimum(mag, room).sum(dim=1)  # phi(0)
+        # Breakpoints (clamped at 0, where lambda starts) and the change of phi's slope (-1 starts, +1 ends).
+        points = torch.cat([(mag - room).clamp_min_(0), mag], dim=1)
+        order = points.argsort(dim=1)
+        points = points.gather(1, order)
+        change = torch.cat([torch.ones_like(mag), -torch.ones_like(mag)], dim=1).gather(1, order)
+        active = change.cumsum(dim=1)  # coordinates moving with lambda just after each breakpoint
+        widths = points.diff(dim=1, prepend=torch.zeros_like(points[:, :1]))
+        before = torch.cat([torch.zeros_like(active[:, :1]), active[:, :-1]], dim=1)
+        phi = at_zero[:, None] - (before * widths).cumsum(dim=1)  # phi at each breakpoint
+        # The first breakpoint where phi <= eps; lambda lies on the piece that ends there.
+        j = (phi > eps[:, None]).sum(dim=1).clamp_(max=points.shape[1] - 1)
+        start = points.gather(1, (j - 1).clamp_min(0)[:, None]).squeeze(1)
+        start = torch.where(j > 0, start, torch.zeros_like(start))
+        phi_start = torch.where(j > 0, phi.gather(1, (j - 1).clamp_min(0)[:, None]).squeeze(1), at_zero)
+        slope = before.gather(1, j[:, None]).squeeze(1)
+        lam = start + (phi_start - eps) / slope.clamp_min(1)
+        lam = torch.where(at_zero > eps, lam.clamp_min(0), torch.zeros_like(lam))
+        u = torch.minimum((mag - lam[:, None]).clamp_min_(0), room).mul_(d.sign())
+        # The cumulative sums round: scale the few ulps of excess away (toward x, so the box still holds).
+        size = u.abs().sum(dim=1)
+        u.mul_(torch.where(size > eps, eps / size.clamp_min(1e-30), torch.ones_like(size))[:, None])
+        return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
+
+
+class L0(Norm):
+    """The number of coordinates changed, counted per coordinate (each channel of each pixel), as FMN (Pintor
+    et al. 2021), adv_lib and Foolbox count it; eps is an integer count per sample."""
+
+    name, p, dual_p = "l0", 0.0, math.nan
+
+    def size(self, delta: Tensor) -> Tensor:
+        """The number of nonzero coordinates of delta per sample (in delta's dtype)."""
+        return (delta.flatten(1) != 0).sum(dim=1).to(delta.dtype)
+
+    def dual_size(self, w: Tensor) -> Tensor:
+        raise ValueError("the L0 'norm' is not a norm and has no dual norm")
+
+    def ball(self, x: Tensor, eps: Tensor) -> Ball:
+        check_count(eps)
+        return Ball(self, x, eps, None)
+
+    def random_start(self, x: Tensor, eps: Tensor, noise: Noise) -> Tensor:
+        """eps coordinates drawn uniformly without replacement, each set to a value uniform in [0, 1]."""
+        flat = x.flatten(1)
+        rank = noise.uniform(flat).argsort(dim=1).argsort(dim=1)
+        chosen = rank < eps.round()[:, None]
+        return torch.where(chosen, noise.uniform(flat), flat).view_as(x)
+
+    def ascent_step_(self, grad: Tensor, alpha: Tensor) -> Tensor:
+        """alpha * grad / ||grad||_2, the step FMN takes in every norm (the projection makes it sparse)."""
+        return grad.mul_(batch_view(alpha, grad) / batch_view(flat_norm(grad, 2.0).clamp_min(1e-12), grad))
+
+    def project_(self, x_adv: Tensor, ball: Ball) -> Tensor:
+        """The exact Euclidean projection onto {||z - x||_0 <= k} ∩ [0, 1]^n.
+
+        Keeping coordinate i costs (d_i - u_i)^2 with u_i = d_i clipped to the box, dropping it costs d_i^2;
+        the k kept are those of largest gain d_i^2 - (d_i - u_i)^2 = |u_i| (2 |d_i| - |u_i|), which is |d_i|^2
+        where the box does not bind (keep the k largest |d_i|).
+        """
+        x, k = ball.x, ball.eps.round().long()
+        d = x_adv.sub_(x).view(x.shape[0], -1)
+        u = (x.reshape(x.shape[0], -1) + d).clamp_(0, 1).sub_(x.reshape(x.shape[0], -1))
+        gain = u.abs() * (2 * d.abs() - u.abs())
+        rank = gain.argsort(dim=1, descending=True).argsort(dim=1)
+        u.mul_(rank < k[:, None])
+        return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
+
+
+def check_count(eps: Tensor, name: str = "eps") -> None:
+    """An L0 budget counts coordinates: raise unless every value is a whole number."""
+    if bool((eps != eps.round()).any()):
+        bad = eps[eps != eps.round()][0].item()
+        raise ValueError(f"{name} for norm 'l0' counts changed coordinates and must be a whole number, got {bad:.6g}")
+
+
 @dataclass(frozen=True)
 class Ball:
     """B_p(x, eps) ∩ [0, 1]^d for a batch: x (N, ...), eps (N,), and for Linf the per-pixel bounds."""
@@ -140,12 +271,15 @@ class Ball:
         return Ball(self.norm, self.x[index], self.eps[index], box)
 
 
-NORMS: dict[str, Norm] = {"linf": Linf(), "l2": L2()}
-NORM_NAMES: tuple[str, ...] = tuple(NORMS)
+NORMS: dict[str, Norm] = {"linf": Linf(), "l2": L2(), "l1": L1(), "l0": L0()}
+# The norms of the fixed-budget first-order attacks (PGD, APGD, FGSM, DeepFool, Square) and of the evaluation
+# layer; attacks that also take L1 or L0 (FMN) name their own list.
+NORM_NAMES: tuple[str, ...] = ("linf", "l2")
+ALL_NORM_NAMES: tuple[str, ...] = tuple(NORMS)
 
 
 def get_norm(name: str) -> Norm:
-    """The geometry of norm ``name`` ("linf" or "l2")."""
+    """The geometry of norm ``name`` ("linf", "l2", "l1" or "l0")."""
     if name not in NORMS:
         raise ValueError(f"unknown norm {name!r}; expected one of {', '.join(map(repr, NORMS))}")
     return NORMS[name]

@@ -41,6 +41,8 @@ STRING_CHOICES: dict[str, tuple[str, ...]] = {"norm": ("linf", "l2"), "loss": ("
 ATTACK_STRING_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("apgd", "loss"): ("ce", "dlr"),
     ("apgd_t", "loss"): ("ce", "dlr"),
+    ("fmn", "norm"): ("l0", "l1", "l2", "linf"),
+    ("fab", "norm"): ("l1", "l2", "linf"),
 }
 # Integer parameters and their least allowed value.
 INT_MINIMUM: dict[str, int] = {
@@ -77,6 +79,9 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "apgd": 1,
     "apgd_t": 1,
     "square": 1,
+    "fmn": 1,
+    "ddn": 1,
+    "fab": 1,
     "suite_strong": 1,
     "suite_fast": 1,
 }

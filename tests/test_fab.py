@@ -1,0 +1,81 @@
+"""FAB (Croce & Hein 2020): the hyperplane ∩ box projections, exact distances on linear models, returned points."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advlab import attacks
+from advlab.attacks.fab import hyperplane_box_step
+from tests.test_fmn import linear_problem
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
+
+P = {"l2": 2.0, "linf": float("inf"), "l1": 1.0}
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_hyperplane_box_step_is_feasible_and_no_larger_than_other_feasible_steps(norm: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 12, generator=g, dtype=torch.float64)
+    x[:, :3] = 1.0  # saturated pixels, where the box binds
+    w = torch.randn(6, 12, generator=g, dtype=torch.float64)
+    c = torch.randn(6, generator=g, dtype=torch.float64)
+    c[0], c[1] = 100.0, 0.0  # out of reach (every helpful coordinate at its bound), and already on the plane
+    d = hyperplane_box_step(x, w, c, norm)
+    assert float((x + d).min()) >= 0 and float((x + d).max()) <= 1 + 1e-12
+    torch.testing.assert_close((w * d).sum(1)[1:], c[1:], atol=1e-12, rtol=0)
+    assert torch.equal(d[1], torch.zeros(12, dtype=torch.float64))
+    helps = torch.where(w[0] > 0, 1 - x[0], -x[0])  # row 0: every coordinate at its helpful bound
+    torch.testing.assert_close(d[0], helps)
+    size = d.norm(p=P[norm], dim=1)
+    for _ in range(300):  # random feasible steps on the plane, inside the box: never smaller
+        r = torch.randn(6, 12, generator=g, dtype=torch.float64) * torch.rand(6, 1, generator=g, dtype=torch.float64)
+        r = r + (c - (w * r).sum(1))[:, None] * w / (w * w).sum(1, keepdim=True)
+        ok = ((x + r) >= 0).all(1) & ((x + r) <= 1).all(1)
+        ok[0] = False
+        assert bool((size[ok] <= r.norm(p=P[norm], dim=1)[ok] + 1e-12).all())
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_fab_finds_the_exact_distance_to_a_linear_boundary(norm: str, targeted: bool) -> None:
+    model, x, y, exact = linear_problem(1)
+    labels = 1 - y if targeted else y
+    res = attacks.fab(model, x, labels, norm=norm, steps=30, targeted=targeted, return_info=True)
+    assert bool(res.success.all())
+    distance = res.extras["distance"]
+    torch.testing.assert_close(distance, (res.x_adv - x).flatten(1).norm(p=P[norm], dim=1))
+    assert bool((distance >= exact[norm] * (1 - 1e-9)).all())
+    assert bool((distance <= exact[norm] * 1.01).all()), distance / exact[norm]
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_fab_points_are_in_the_box_and_success_agrees_with_the_model(norm: str, digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:16], y[:16]
+    for targeted, labels in ((False, y), (True, (y + 3) % 10)):
+        res = attacks.fab(model, x, labels, norm=norm, steps=10, targeted=targeted, return_info=True)
+        assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+        with torch.no_grad():
+            pred = model(res.x_adv).argmax(1)
+        assert torch.equal(res.success, pred == labels if targeted else pred != labels)
+        assert int(res.success.sum()) > 8
+        assert torch.equal(res.x_adv[~res.success], x[~res.success])
+        assert bool(torch.isinf(res.extras["distance"][~res.success]).all())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        ({"norm": "l0"}, ValueError, "unknown norm 'l0'"),
+        ({"steps": 0}, ValueError, "steps must be >= 1"),
+        ({"eta": 0.0}, ValueError, "eta"),
+        ({"beta": 1.5}, ValueError, "beta"),
+    ],
+)
+def test_fab_bad_parameters_raise_clear_errors(kwargs: dict, error: type, fragment: str) -> None:
+    model, x, y, _ = linear_problem(0, n=2)
+    with pytest.raises(error) as info:
+        attacks.fab(model, x, y, **kwargs)
+    assert fragment in str(info.value)

@@ -1,0 +1,143 @@
+"""FMN (Pintor et al. 2021): exact minimal distances on linear models in every norm, returned points, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advlab import attacks
+from tests.conftest import Linear
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
+
+
+def linear_problem(seed: int, n: int = 6, d: int = 20) -> tuple[Linear, torch.Tensor, torch.Tensor, dict]:
+    """A two-class linear model (logits 0 and w.x + b) in float64, images in [0.3, 0.7]^d labelled by the model,
+    and the exact smallest distance to its boundary in each norm. b puts the boundary among the images, so the
+    distances are small: the box never binds for L1, L2 and Linf (the test checks it), and for L0 it is taken
+    into account exactly (the greedy count of the largest achievable changes)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=g, dtype=torch.float64)
+    x = 0.3 + 0.4 * torch.rand(n, d, generator=g, dtype=torch.float64)
+    b = -(x @ w).mean()
+    z = x @ w + b
+    model = Linear(torch.stack([torch.zeros_like(w), w]), torch.stack([torch.zeros_like(b), b]))
+    exact = {"l2": z.abs() / w.norm(), "linf": z.abs() / w.abs().sum(), "l1": z.abs() / w.abs().max()}
+    # Each coordinate moving against sign(z) can change z by at most |w_i| times its room in the box.
+    room = torch.where((w[None] > 0) == (z[:, None] < 0), 1 - x, x)
+    reach = (room * w.abs()).sort(dim=1, descending=True).values.cumsum(dim=1)
+    exact["l0"] = ((reach < z.abs()[:, None]).sum(dim=1) + 1).double()
+    assert float(exact["linf"].max()) < 0.3 and float(exact["l1"].max()) < 0.3 and float(exact["l2"].max()) < 0.3
+    return model, x.view(n, 1, 4, d // 4), (z > 0).long(), exact
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1", "l0"])
+def test_fmn_finds_the_exact_distance_to_a_linear_boundary(norm: str, targeted: bool) -> None:
+    model, x, y, exact = linear_problem(0)
+    labels = 1 - y if targeted else y  # two classes: the target is the other one
+    res = attacks.fmn(model, x, labels, norm=norm, steps=60, targeted=targeted, return_info=True)
+    assert bool(res.success.all())
+    distance = res.extras["distance"]
+    delta = (res.x_adv - x).flatten(1)
+    measured = {"l2": delta.norm(dim=1), "linf": delta.abs().amax(1), "l1": delta.abs().sum(1),
+                "l0": (delta != 0).sum(1).double()}[norm]
+    torch.testing.assert_close(distance, measured)
+    if norm == "l0":
+        assert bool((distance >= exact[norm]).all()) and bool((distance <= exact[norm] + 1).all()), distance
+    else:
+        # Never below the optimum (x_adv is adversarial), within 1% above it.
+        assert bool((distance >= exact[norm] * (1 - 1e-9)).all()), (distance, exact[norm])
+        assert bool((distance <= exact[norm] * 1.01).all()), (distance / exact[norm])
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1", "l0"])
+def test_fmn_points_are_in_the_box_and_success_agrees_with_the_model(norm: str, digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:24], y[:24]
+    for targeted, labels in ((False, y), (True, (y + 3) % 10)):
+        res = attacks.fmn(model, x, labels, norm=norm, steps=15, targeted=targeted, return_info=True)
+        assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+        with torch.no_grad():
+            pred = model(res.x_adv).argmax(1)
+        assert torch.equal(res.success, pred == labels if targeted else pred != labels)
+        assert int(res.success.sum()) > 12
+        # Unsuccessful samples come back unchanged, with distance inf; successful ones with their distance.
+        assert torch.equal(res.x_adv[~res.success], x[~res.success])
+        assert bool(torch.isinf(res.extras["distance"][~res.success]).all())
+        assert bool(torch.isfinite(res.extras["distance"][res.success]).all())
+        torch.testing.assert_close(res.loss, -res.extras["distance"])
+
+
+def test_fmn_leaves_misclassified_samples_at_distance_zero(digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:8], y[:8]
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10  # labels the model does not predict
+    res = attacks.fmn(model, x, wrong, norm="l1", steps=3, return_info=True)
+    assert bool(res.success.all()) and torch.equal(res.x_adv, x)
+    assert torch.equal(res.extras["distance"], torch.zeros(8))
+
+
+def test_fmn_more_steps_find_smaller_perturbations(digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:32], y[:32]
+    short = attacks.fmn(model, x, y, norm="l2", steps=10, return_info=True)
+    long = attacks.fmn(model, x, y, norm="l2", steps=40, return_info=True)
+    both = short.success & long.success
+    assert float(long.extras["distance"][both].median()) < float(short.extras["distance"][both].median())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        ({"norm": "l3"}, ValueError, "unknown norm 'l3'"),
+        ({"norm": 2}, ValueError, "unknown norm 2"),
+        ({"steps": 0}, ValueError, "steps must be >= 1"),
+        ({"steps": 2.5}, TypeError, "steps must be an int"),
+        ({"alpha_init": 0.0}, ValueError, "alpha_init"),
+        ({"gamma_init": 1.5}, ValueError, "gamma_init"),
+        ({"gamma_final": -0.1}, ValueError, "gamma_final"),
+    ],
+)
+def test_fmn_bad_parameters_raise_clear_errors(kwargs: dict, error: type, fragment: str) -> None:
+    model, x, y, _ = linear_problem(0, n=2)
+    with pytest.raises(error) as info:
+        attacks.fmn(model, x, y, **kwargs)
+    assert fragment in str(info.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["fmn_l0", "fmn_l1", "fmn_l2", "fmn_linf", "ddn", "fab_linf", "fab_l2", "fab_l1"]),
+    st.booleans(),
+)
+def test_minimal_norm_points_stay_in_the_box_and_report_what_the_model_says(
+    seed: int, attack: str, targeted: bool
+) -> None:
+    """Random linear models on images with saturated pixels (where the box binds), float32 or float64."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if seed % 2 else torch.float32
+    n, classes, d = 3, 2 + seed % 4, 12
+    x = torch.rand(n, 1, 3, 4, generator=g, dtype=torch.float64)
+    x = torch.where(torch.rand(x.shape, generator=g) < 0.3, (x > 0.5).double(), x).to(dtype)
+    weight = torch.randn(classes, d, generator=g, dtype=dtype) * 3
+    model = Linear(weight, torch.randn(classes, generator=g, dtype=dtype))
+    y = torch.randint(0, classes, (n,), generator=g)
+    name, _, norm = attack.partition("_")
+    kwargs = {"norm": norm} if norm else {}
+    res = getattr(attacks, name)(model, x, y, steps=10, targeted=targeted, return_info=True, **kwargs)
+    assert res.x_adv.dtype == x.dtype and float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+    with torch.no_grad():
+        pred = model(res.x_adv).argmax(1)
+    assert torch.equal(res.success, pred == y if targeted else pred != y)
+    delta = (res.x_adv - x).flatten(1).double()
+    size = {"l0": (delta != 0).sum(1).double(), "l1": delta.abs().sum(1), "l2": delta.norm(dim=1),
+            "linf": delta.abs().amax(1), "": delta.norm(dim=1)}[norm]
+    distance = res.extras["distance"].double()
+    torch.testing.assert_close(distance[res.success], size[res.success], rtol=1e-5, atol=1e-6)
+    assert bool(torch.isinf(distance[~res.success]).all())
+    assert torch.equal(res.x_adv[~res.success], x[~res.success])

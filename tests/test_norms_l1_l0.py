@@ -1,0 +1,158 @@
+"""The L1 and L0 geometries: exact projections onto ball ∩ box, random starts, steps, sizes and budget checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advlab.attacks.checks import validate
+from advlab.attacks.noise import Noise
+from advlab.attacks.norms import ALL_NORM_NAMES, NORM_NAMES, get_norm
+from tests.conftest import Linear
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
+
+TOL = 1e-9
+
+
+def reference_l1_projection(x: torch.Tensor, p: torch.Tensor, eps: float) -> torch.Tensor:
+    """min ||z - p||^2 s.t. ||z - x||_1 <= eps, 0 <= z <= 1, for one flat sample: bisection on the multiplier
+    of the soft-thresholded, box-clipped step (200 halvings, float64)."""
+    d = p - x
+    lo_b, hi_b = -x, 1 - x
+
+    def step(lam: float) -> torch.Tensor:
+        soft = d.sign() * (d.abs() - lam).clamp_min(0)
+        return torch.minimum(torch.maximum(soft, lo_b), hi_b)
+
+    if float(step(0.0).abs().sum()) <= eps:
+        return x + step(0.0)
+    lo, hi = 0.0, float(d.abs().max())
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if float(step(mid).abs().sum()) > eps:
+            lo = mid
+        else:
+            hi = mid
+    return x + step(hi)
+
+
+def _sample(seed: int, n: int, d: int, edge: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    at_edge = torch.rand(n, d, generator=g) < edge
+    x = torch.where(at_edge, (x > 0.5).double(), x)
+    p = x + torch.randn(n, d, generator=g, dtype=torch.float64) * torch.rand(n, 1, generator=g, dtype=torch.float64)
+    return x, p
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_l1_projection_matches_a_bisection_reference(seed: int) -> None:
+    x, p = _sample(seed, 6, 40)
+    eps = torch.rand(6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 4
+    eps[0] = 0.0
+    z = get_norm("l1").ball(x, eps).project_(p.clone())
+    for i in range(6):
+        ref = reference_l1_projection(x[i], p[i], float(eps[i]))
+        torch.testing.assert_close(z[i], ref, atol=1e-9, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 30), st.floats(0.0, 5.0))
+def test_l1_projection_is_feasible_idempotent_and_nearest(seed: int, n: int, d: int, eps: float) -> None:
+    x, p = _sample(seed, n, d)
+    ball = get_norm("l1").ball(x, torch.full((n,), eps, dtype=torch.float64))
+    z = ball.project_(p.clone())
+    assert float(z.min()) >= 0 and float(z.max()) <= 1
+    assert bool(((z - x).abs().sum(1) <= eps + TOL).all())
+    torch.testing.assert_close(ball.project_(z.clone()), z, atol=1e-12, rtol=0)
+    # No farther from p than other feasible points: x itself, the clipped rescaled step, and random ones.
+    g = torch.Generator().manual_seed(seed + 1)
+    dist = (z - p).norm(dim=1)
+    rescaled = (p - x) * (eps / (p - x).abs().sum(1, keepdim=True).clamp_min(1e-30)).clamp(max=1)
+    others = [x, (x + rescaled).clamp(0, 1)]
+    for _ in range(5):
+        r = torch.randn(n, d, generator=g, dtype=torch.float64)
+        r = r * (eps * torch.rand(n, 1, generator=g, dtype=torch.float64) / r.abs().sum(1, keepdim=True))
+        others.append((x + r).clamp(0, 1))
+    for other in others:
+        assert bool((dist <= (other - p).norm(dim=1) + 1e-9).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 30), st.integers(0, 30))
+def test_l0_projection_is_feasible_idempotent_and_nearest(seed: int, n: int, d: int, k: int) -> None:
+    x, p = _sample(seed, n, d)
+    ball = get_norm("l0").ball(x, torch.full((n,), float(k), dtype=torch.float64))
+    z = ball.project_(p.clone())
+    assert float(z.min()) >= 0 and float(z.max()) <= 1
+    assert bool(((z != x).sum(1) <= k).all())
+    torch.testing.assert_close(ball.project_(z.clone()), z, atol=0, rtol=0)
+    # Against brute force over which coordinates to keep, for small d: the best keeps the largest gains.
+    clipped = p.clamp(0, 1)
+    dist = (z - p).norm(dim=1)
+    if d <= 8:
+        for i in range(n):
+            best = min(
+                float((torch.where(torch.tensor([(m >> j) & 1 for j in range(d)], dtype=torch.bool),
+                                   clipped[i], x[i]) - p[i]).norm())
+                for m in range(2**d)
+                if bin(m).count("1") <= k
+            )
+            assert float(dist[i]) <= best + 1e-12
+    # Keeping the k largest |p - x| (clipped) is feasible, so never nearer.
+    top = (p - x).abs().argsort(dim=1, descending=True).argsort(dim=1) < k
+    naive = torch.where(top, clipped, x)
+    assert bool((dist <= (naive - p).norm(dim=1) + 1e-12).all())
+
+
+@pytest.mark.parametrize("norm", ["l1", "l0"])
+def test_random_starts_lie_in_box_and_ball_and_follow_their_own_seed(norm: str) -> None:
+    x, _ = _sample(0, 5, 50)
+    x = x.view(5, 2, 5, 5)
+    eps = torch.tensor([0.0, 1.0, 3.0, 7.0, 20.0], dtype=torch.float64)
+    geometry = get_norm(norm)
+    start = geometry.random_start(x, eps, Noise(10, 5))
+    assert float(start.min()) >= 0 and float(start.max()) <= 1
+    assert bool((geometry.size(start - x) <= eps + TOL).all())
+    torch.testing.assert_close(start[0], x[0])
+    # Sample 3 alone with its own seed draws what it drew in the batch.
+    alone = geometry.random_start(x[3:4], eps[3:4], Noise(13, 1))
+    torch.testing.assert_close(alone, start[3:4], atol=0, rtol=0)
+
+
+def test_l1_step_is_sparse_with_size_alpha_along_the_largest_gradients() -> None:
+    grad = torch.randn(3, 1, 20, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    alpha = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    step = get_norm("l1").ascent_step_(grad.clone(), alpha).flatten(1)
+    torch.testing.assert_close(step.abs().sum(1), alpha)
+    assert bool(((step != 0).sum(1) == 2).all())  # 1% of 200 coordinates
+    assert bool(((step * grad.flatten(1)) >= 0).all())
+    top = grad.flatten(1).abs().topk(2, dim=1).indices
+    assert bool((step.gather(1, top) != 0).all())
+
+
+def test_sizes_count_l0_per_coordinate_and_l1_as_the_sum() -> None:
+    delta = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
+    delta[0, :, 0, 0] = 0.5  # one pixel, three channels: three coordinates
+    delta[1, 0, 1, 1] = -0.25
+    torch.testing.assert_close(get_norm("l0").size(delta), torch.tensor([3.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(get_norm("l1").size(delta), torch.tensor([1.5, 0.25], dtype=torch.float64))
+
+
+def test_l0_budget_must_be_a_whole_count_and_fixed_budget_attacks_keep_linf_l2() -> None:
+    x = torch.rand(2, 1, 3, 3)
+    model = Linear(torch.randn(3, 9), torch.zeros(3))
+    y = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"eps for norm 'l0'.*whole number"):
+        validate(model, x, y, eps=2.5, norm="l0", norms=ALL_NORM_NAMES)
+    with pytest.raises(ValueError, match="eps for norm 'l0'"):
+        get_norm("l0").ball(x, torch.tensor([1.0, 0.5]))
+    assert validate(model, x, y, eps=3, norm="l0", norms=ALL_NORM_NAMES).eps.tolist() == [3.0, 3.0]
+    assert NORM_NAMES == ("linf", "l2")
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+        validate(model, x, y, eps=1.0, norm="l1")
+    with pytest.raises(ValueError, match="no dual"):
+        get_norm("l0").dual_size(x)
