@@ -12,6 +12,7 @@ from .fmn import cosine_annealing, worst_size
 from .norms import batch_view, flat_norm, get_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
+from .state import SmallestPoint
 
 
 def ddn_result(
@@ -42,19 +43,14 @@ def ddn_result(
 
     worst = worst_size(l2, x)
     eps = torch.full_like(worst, init_norm)
-    best_x = x.clone()
-    best_size = torch.full_like(worst, float("inf"))
+    best = SmallestPoint.start(x)
     x_adv = x.clone()
     delta = torch.zeros_like(x)
 
     def score(logits: Tensor, point: Tensor) -> Tensor:
         """Keep ``point`` where it is adversarial (past the rounding slack) and nearer than the best so far."""
-        nonlocal best_x, best_size
         adversarial = objective(logits.detach(), y, "margin", targeted) > rounding_slack(logits)
-        size = l2.size(point - x)
-        better = adversarial & (size < best_size)
-        best_size = torch.where(better, size, best_size)
-        best_x = torch.where(batch_view(better, x), point, best_x)
+        best.update(point, adversarial, l2.size(point - x))
         return adversarial
 
     with frozen(model):
@@ -80,9 +76,7 @@ def ddn_result(
         with torch.no_grad():
             score(model(x_adv), x_adv)
 
-    success = torch.isfinite(best_size)
-    distance = torch.where(success, l2.size(best_x - x), torch.full_like(best_size, float("inf")))
-    return AttackResult(best_x, success, -distance, {"distance": distance})
+    return best.result(x, l2)
 
 
 def ddn(

@@ -10,6 +10,7 @@ from .checks import check_positive, first_logits, frozen, validate
 from .norms import ALL_NORM_NAMES, batch_view, get_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
+from .state import SmallestPoint
 
 FAB_NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 
@@ -86,16 +87,11 @@ def fab_result(
     flat_x = x.reshape(n, -1)
     rows = torch.arange(n, device=x.device)
 
-    best_x = x.clone()
-    best_size = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
+    best = SmallestPoint.start(x)
 
     def score(logits: Tensor, point: Tensor) -> Tensor:
-        nonlocal best_x, best_size
         adversarial = objective(logits.detach(), y, "margin", targeted) > rounding_slack(logits)
-        size = geometry.size(point - x)
-        better = adversarial & (size < best_size)
-        best_size = torch.where(better, size, best_size)
-        best_x = torch.where(batch_view(better, x), point, best_x)
+        best.update(point, adversarial, geometry.size(point - x))
         return adversarial
 
     x_i = x.clone()
@@ -141,9 +137,7 @@ def fab_result(
                 # Past the boundary: record it, then step back towards x (FAB's backward step).
                 x_i = torch.where(batch_view(adversarial, x), (1 - beta) * x + beta * x_next, x_next)
 
-    success = torch.isfinite(best_size)
-    distance = torch.where(success, geometry.size(best_x - x), torch.full_like(best_size, float("inf")))
-    return AttackResult(best_x, success, -distance, {"distance": distance})
+    return best.result(x, geometry)
 
 
 def fab(

@@ -12,6 +12,7 @@ from .checks import check_positive, first_logits, frozen, validate
 from .norms import ALL_NORM_NAMES, Ball, Norm, batch_view, flat_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
+from .state import SmallestPoint
 
 FMN_NORMS: tuple[str, ...] = ("l0", "l1", "l2", "linf")
 
@@ -59,21 +60,16 @@ def fmn_result(
 
     worst = worst_size(geometry, x)
     eps = torch.ones_like(worst) if l0 else torch.full_like(worst, float("inf"))
-    best_x = x.clone()
-    best_size = torch.full_like(worst, float("inf"))
+    best = SmallestPoint.start(x)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     x_adv = x.clone()
 
     def score(logits: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
         """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far."""
-        nonlocal best_x, best_size
         obj = objective(logits.detach(), y, "margin", targeted)  # > 0 exactly when adversarial
         slack = rounding_slack(logits)
         adversarial = obj > slack
-        size = geometry.size(point - x)
-        better = adversarial & (size < best_size)
-        best_size = torch.where(better, size, best_size)
-        best_x = torch.where(batch_view(better, x), point, best_x)
+        best.update(point, adversarial, geometry.size(point - x))
         return adversarial, slack - obj
 
     with frozen(model):
@@ -89,7 +85,7 @@ def fmn_result(
                 found |= adversarial
                 if l0:
                     # Integer budgets: move by at least one coordinate (Pintor et al.'s L0 rule).
-                    shrink = torch.minimum(torch.minimum(eps - 1, (eps * (1 - gamma)).floor()), best_size)
+                    shrink = torch.minimum(torch.minimum(eps - 1, (eps * (1 - gamma)).floor()), best.size)
                     grow = torch.maximum(eps + 1, (eps * (1 + gamma)).floor())
                     eps = torch.where(adversarial, shrink, grow).clamp_(min=0)
                 else:
@@ -99,7 +95,7 @@ def fmn_result(
                     to_boundary = short / geometry.dual_size(grad).clamp_min(1e-12)
                     eps = torch.where(
                         adversarial,
-                        torch.minimum(eps * (1 - gamma), best_size),
+                        torch.minimum(eps * (1 - gamma), best.size),
                         torch.where(found, eps * (1 + gamma), size + to_boundary),
                     )
                 eps = torch.minimum(eps, worst)
@@ -110,9 +106,7 @@ def fmn_result(
         with torch.no_grad():
             score(model(x_adv), x_adv)
 
-    success = torch.isfinite(best_size)
-    distance = torch.where(success, geometry.size(best_x - x), torch.full_like(best_size, float("inf")))
-    return AttackResult(best_x, success, -distance, {"distance": distance})
+    return best.result(x, geometry)
 
 
 def fmn(

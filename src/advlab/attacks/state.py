@@ -12,7 +12,8 @@ from typing import Any, Self
 import torch
 from torch import Tensor
 
-from .norms import batch_view
+from .norms import Norm, batch_view
+from .result import AttackResult
 
 
 class PerSample:
@@ -69,3 +70,29 @@ class BestPoint(PerSample):
         sub = self.take(index)
         sub.update(other.x, other.objective, other.success)
         self.put(index, sub)
+
+
+class SmallestPoint(PerSample):
+    """Per-sample smallest adversarial point of a minimal-norm attack (FMN, DDN, FAB): the point of least size
+    among those past the decision boundary; x itself (size inf) until one is found."""
+
+    x: Tensor
+    size: Tensor
+
+    @classmethod
+    def start(cls, x: Tensor) -> SmallestPoint:
+        return cls(x=x.detach().clone(), size=torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device))
+
+    @torch.no_grad()
+    def update(self, point: Tensor, adversarial: Tensor, size: Tensor) -> None:
+        """Keep ``point`` where it is adversarial and smaller than the best so far."""
+        better = adversarial & (size < self.size)
+        self.size = torch.where(better, size, self.size)
+        self.x = torch.where(batch_view(better, point), point, self.x)
+
+    def result(self, x: Tensor, norm: Norm) -> AttackResult:
+        """The attack's result: success where a point was found, ``extras["distance"]`` its size in ``norm``
+        measured on the returned point (inf where none was found), and ``loss = -distance``."""
+        success = torch.isfinite(self.size)
+        distance = torch.where(success, norm.size(self.x - x), torch.full_like(self.size, float("inf")))
+        return AttackResult(self.x, success, -distance, {"distance": distance})
