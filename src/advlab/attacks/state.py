@@ -61,7 +61,8 @@ class BestPoint(PerSample):
     def update(self, x: Tensor, objective: Tensor, success: Tensor) -> None:
         """Keep ``x`` where it is better. NaN objectives compare False, so a point with a NaN loss is never kept."""
         better = (success & ~self.success) | ((success == self.success) & (objective > self.objective))
-        self.x = torch.where(batch_view(better, x), x, self.x)
+        # In place: the best point is this state's own tensor (start, take), so no batch-sized copy per iteration.
+        torch.where(batch_view(better, x), x, self.x, out=self.x)
         self.objective = torch.where(better, objective, self.objective)
         self.success = self.success | (better & success)
 
