@@ -5,10 +5,13 @@ gradient w.r.t. the input, with the parameters frozen (torch.autograd.grad of th
 Target: ratio <= 1.05 for every attack on the model as given (the attacks call the model they are given; run
 ``--prepared`` to time them on ``advlab.models.prepare``'s copy instead, the floor staying on the model as given).
 CW-L2 runs without its final line search, whose extra forward passes are the algorithm's, not the loop's.
-Rounds interleave the floor and the attacks so that a noisy machine slows both alike; the table reports
-per-attack medians over rounds of the per-round ratio.
+Both sides are timed the same way: in each round an attack of n iterations is one timed block and n raw
+forward+backward passes are the other (FGSM: ``--repeat`` calls against as many passes), adjacent, in alternating
+order, so that background load and cache state weigh on both alike; the table reports per attack the median
+over rounds of the per-round ratio, in process CPU seconds (what the attack costs on its thread; with one
+intra-op thread it equals wall time on an idle machine) and in wall seconds.
 
-    .venv/bin/python benchmarks/attack_overhead.py --batch 16 --steps 10 --rounds 5 --threads 2
+    .venv/bin/python benchmarks/attack_overhead.py --batch 16 --steps 10 --rounds 5 --threads 1
 """
 
 from __future__ import annotations
@@ -43,10 +46,12 @@ def _images(model: torch.nn.Module, batch: int) -> tuple[torch.Tensor, torch.Ten
         return torch.rand(batch, c, h, w), torch.randint(0, 1000, (batch,))
 
 
-def _time(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _time(fn: Callable[[], object], calls: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of ``calls`` calls of ``fn`` in one block."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return time.process_time() - c0, time.perf_counter() - w0
 
 
 def main() -> None:
@@ -55,7 +60,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3, help="calls per timed block of the one-step FGSM")
+    ap.add_argument("--attacks", nargs="*", default=None, help="a subset of the rows (default: all)")
     ap.add_argument("--json", default="")
     ap.add_argument("--prepared", action="store_true", help="attack advlab.models.prepare(model, x)")
     args = ap.parse_args()
@@ -94,26 +101,37 @@ def main() -> None:
         "apgd_ce": (steps, lambda: attacks.apgd(model, x, y, eps, steps=steps, seed=0)),
         "apgd_dlr": (steps, lambda: attacks.apgd(model, x, y, eps, steps=steps, loss="dlr", seed=0)),
     }
+    if args.attacks:
+        unknown = set(args.attacks) - set(cases)
+        if unknown:
+            ap.error(f"unknown attacks {sorted(unknown)}; expected some of {sorted(cases)}")
+        cases = {k: v for k, v in cases.items() if k in args.attacks}
     floor()  # warm-up
     for _, fn in cases.values():
         fn()
-    ratios: dict[str, list[float]] = {k: [] for k in cases}
+    ratios: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "wall": []} for k in cases}
     per_iter: dict[str, list[float]] = {k: [] for k in cases}
     floors: list[float] = []
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name, (n_iter, fn) in cases.items():
-            f = statistics.median(_time(floor) for _ in range(3))
-            t = _time(fn) / n_iter
-            floors.append(f)
-            ratios[name].append(t / f)
-            per_iter[name].append(t)
+            calls = args.repeat if n_iter == 1 else 1
+            blocks = [(fn, calls), (floor, calls * n_iter)]
+            if r % 2:
+                blocks.reverse()
+            timed = {id(f): _time(f, c) for f, c in blocks}
+            (a_cpu, a_wall), (f_cpu, f_wall) = timed[id(fn)], timed[id(floor)]
+            ratios[name]["cpu"].append(a_cpu / f_cpu)
+            ratios[name]["wall"].append(a_wall / f_wall)
+            per_iter[name].append(a_cpu / (calls * n_iter))
+            floors.append(f_cpu / (calls * n_iter))
 
     rows = {
         k: {
-            "per_iter_s": statistics.median(per_iter[k]),
-            "ratio": statistics.median(ratios[k]),
-            "ratio_min": min(ratios[k]),
-            "ratio_max": max(ratios[k]),
+            "per_iter_cpu_s": statistics.median(per_iter[k]),
+            "ratio": statistics.median(ratios[k]["cpu"]),
+            "ratio_min": min(ratios[k]["cpu"]),
+            "ratio_max": max(ratios[k]["cpu"]),
+            "ratio_wall": statistics.median(ratios[k]["wall"]),
         }
         for k in cases
     }
@@ -124,16 +142,20 @@ def main() -> None:
         "rounds": args.rounds,
         "threads": args.threads,
         "prepared": args.prepared,
-        "floor_fwd_bwd_s": statistics.median(floors),
+        "repeat": args.repeat,
+        "floor_fwd_bwd_cpu_s": statistics.median(floors),
         "torch": torch.__version__,
         "advlab": __version__,
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
     }
     print(f"# {json.dumps(meta)}")
-    print("| attack | time / iteration (s) | / raw fwd+bwd (median) | min | max |")
-    print("|---|---|---|---|---|")
+    print("| attack | CPU s / iteration | / raw fwd+bwd, CPU (median) | min | max | / raw fwd+bwd, wall (median) |")
+    print("|---|---|---|---|---|---|")
     for k, r in rows.items():
-        print(f"| {k} | {r['per_iter_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} | {r['ratio_max']:.3f} |")
+        print(
+            f"| {k} | {r['per_iter_cpu_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} | {r['ratio_max']:.3f} "
+            f"| {r['ratio_wall']:.3f} |"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=2)

@@ -430,3 +430,16 @@ def test_train_budgets_are_written_as_in_eval():
 
     args = _parse(["train", "--eps", "8/255", "--alpha", "2/255"])
     assert (args.eps, args.alpha) == (8 / 255, 2 / 255)
+
+
+@needs_fashion
+def test_quiet_is_an_argument_not_a_process_setting(capsys, weights, tmp_path, monkeypatch):
+    """--quiet silences this run's progress bar, and only this run's: nothing is left set in the process
+    (a later run without --quiet in the same process shows its bar)."""
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    code, _, err = run_cli(capsys, *small_eval(weights, tmp_path / "quiet", "--attack", "fgsm", "--eps", "0.1"))
+    assert code == 0 and "attack-batch" not in err
+    assert "TQDM_DISABLE" not in os.environ
+    loud = [a for a in small_eval(weights, tmp_path / "loud", "--attack", "fgsm", "--eps", "0.1") if a != "--quiet"]
+    code, _, err = run_cli(capsys, *loud)
+    assert code == 0 and "attack-batch" in err

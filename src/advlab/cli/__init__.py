@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import RunError, UsageError
-from .common import Parser, apply_config, quiet_progress, read_toml, under_torchrun
+from .common import Parser, apply_config, read_toml, under_torchrun
 from .eval import EVAL_CONFIG_KEYS, add_eval_parser
 from .reproduce import add_reproduce_parser
 from .train import add_train_parser
@@ -93,7 +93,6 @@ def _main(argv: list[str]) -> int:
     debug = bool(os.environ.get("ADVLAB_DEBUG"))
     try:
         args = _parse(argv)
-        quiet_progress(bool(getattr(args, "quiet", False)))
         if under_torchrun():  # tell the other ranks how this ends
             from ..runtime import guard
 

@@ -99,11 +99,6 @@ def param_pair(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def quiet_progress(quiet: bool) -> None:
-    if quiet:
-        os.environ.setdefault("TQDM_DISABLE", "1")
-
-
 def under_torchrun() -> bool:
     """Whether several processes were started (``WORLD_SIZE`` other than 1); a malformed value counts, so that
     the distributed setup reports it as the usage mistake it is."""
