@@ -110,7 +110,10 @@ def _holding_lock(fn: F) -> F:
 
     @functools.wraps(fn)  # type: ignore[arg-type]
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with lock_folder(kwargs.get("out"), enabled=kwargs.get("lock", True)):
+        out = kwargs.get("out")
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise SpecError(f"run directory {out} is a file; give a folder path for --out")
+        with lock_folder(out, enabled=kwargs.get("lock", True)):
             return fn(*args, **kwargs)  # type: ignore[operator]
 
     return wrapper  # type: ignore[return-value]
