@@ -3,10 +3,12 @@
 For the model as given (``prepare=False``) and prepared (``prepare=True``, eval's default): run the attacks at
 each batch size, then count the records whose fields differ between the batch sizes: the top-1 outcome
 (``success``), the adversarial top-5 order, l0, and l2/linf beyond 1e-9 (relative), and the largest difference
-of an adversarial probability. Any difference comes from float rounding of batched convolutions (a kernel's
-reduction order depends on the batch size), amplified by the attack's sign steps and projections.
+of an adversarial probability. Differences come from float rounding of batched convolutions (a kernel's
+reduction order depends on the batch size), amplified by the attacks' iterations (PGD's sign steps, CW's Adam
+steps), and for CW with its default ``abort_early`` from the batch-wide end of a binary-search round; the
+``abort_early=False`` row isolates the rounding. Results: docs/benchmarks.md.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/batch_size_records.py --limit 16 --batch 1 8
+    PYTHONPATH=src .venv/bin/python benchmarks/batch_size_records.py --limit 16 --batch 1 8 --prepare no
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from advlab.models import load_model
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-30x5"
 
 
-def compare(a: dict, b: dict) -> dict[str, float]:
+def compare(a: dict, b: dict, ids: list[str]) -> dict[str, float]:
     out = {"records": 0, "success": 0, "adv_top5": 0, "l0": 0, "l2/linf": 0, "max |d prob|": 0.0}
-    for aid in a:
+    for aid in ids:
         ra = sorted(a[aid], key=lambda r: r["index"])
         rb = sorted(b[aid], key=lambda r: r["index"])
         for x, y in zip(ra, rb, strict=True):
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--batch", nargs=2, type=int, default=[1, 8])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prepare", choices=["both", "yes", "no"], default="both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
@@ -56,23 +59,27 @@ def main() -> None:
         make_spec("fgsm", {"eps": "4/255"}),
         make_spec("pgd", {"eps": "4/255", "steps": 10}),
         make_spec("cw_l2", {"steps": 20, "binary_search_steps": 2}),
+        make_spec("cw_l2", {"steps": 20, "binary_search_steps": 2, "abort_early": False}),
     ]
     print(f"{args.model}, first {args.limit} images of {args.data}, batch sizes {args.batch[0]} vs {args.batch[1]}")
-    print("| model | records | success differs | adv top-5 differs | l0 differs | l2/linf differ | max abs prob diff |")
-    print("|---|---|---|---|---|---|---|")
-    for prepare in (False, True):
+    print("| model | attack | records | success | adv top-5 order | l0 | l2 or linf | max abs dprob |")
+    print("|---|---|---|---|---|---|---|---|")
+    for prepare in {"both": (False, True), "yes": (True,), "no": (False,)}[args.prepare]:
         runs = []
         start = time.perf_counter()
         for bs in args.batch:
             with tempfile.TemporaryDirectory() as out:
                 runs.append(evaluate(model, data, specs, out=out, batch_size=bs, quiet=True, prepare=prepare).records)
-        c = compare(*runs)
         label = "prepared" if prepare else "as given"
-        print(
-            f"| {label} | {c['records']} | {c['success']} | {c['adv_top5']} | {c['l0']} | {c['l2/linf']} | "
-            f"{c['max |d prob|']:.2e} |  ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
+        for ids in [[s.id] for s in specs] + [[s.id for s in specs]]:
+            c = compare(*runs, ids)
+            name = ids[0] if len(ids) == 1 else "all"
+            print(
+                f"| {label} | {name} | {c['records']} | {c['success']} | {c['adv_top5']} | {c['l0']} | "
+                f"{c['l2/linf']} | {c['max |d prob|']:.2e} |",
+                flush=True,
+            )
+        print(f"({label}: {time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
