@@ -36,7 +36,7 @@ from advlab.evaluate import (
     summarize,
     validate_specs,
 )
-from advlab.evaluate.records import L0_TOL
+from advlab.evaluate.records import L0_TOL, RECORD_SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -529,7 +529,10 @@ def test_a_run_by_other_advlab_code_resumes_with_a_warning(data, tmp_path):
     ("change", "needle"),
     [
         (lambda c: c["algorithms"].update(pgd=c["algorithms"]["pgd"] + 1), r"pgd algorithm 2 -> 1\): its records"),
-        (lambda c: c.update(record_schema=c["record_schema"] + 1), r"record schema 2 -> 1\): its records"),
+        (
+            lambda c: c.update(record_schema=c["record_schema"] + 1),
+            rf"record schema {RECORD_SCHEMA_VERSION + 1} -> {RECORD_SCHEMA_VERSION}\): its records",
+        ),
         (lambda c: c.update(code_sha256="0" * 64), "written by an advlab from before record versions"),
     ],
 )
@@ -548,7 +551,8 @@ def test_a_run_with_other_record_versions_is_refused_or_replaced(data, tmp_path,
     run_file.write_text(json.dumps(old))
     stale = sorted((out / "records").rglob("*.jsonl"))[0]  # records the other version computed differently
     rows = [json.loads(line) for line in stale.read_text().splitlines()]
-    stale.write_text("".join(json.dumps({**r, "success": not r["success"]}) + "\n" for r in rows))
+    flipped = [{**r, "success": not r["success"]} if "success" in r else r for r in rows]  # not the end line
+    stale.write_text("".join(json.dumps(r) + "\n" for r in flipped))
     (out / "report.html").write_text("<html>the old run's report</html>")
     with pytest.raises(SpecError, match=needle) as err:
         evaluate(model, small, specs, out=out, batch_size=16, quiet=True)

@@ -130,7 +130,7 @@ def test_reproduce_end_to_end_on_two_images(tmp_path):
         run_reproduce(dataclasses.replace(opts, limit=1))
     one = run_reproduce(dataclasses.replace(opts, limit=1, replace=True))
     assert one["complete"] and one["n_samples"] == 1
-    assert all(len(p.read_text().splitlines()) == 1 for p in (out / "records").rglob("*.jsonl"))
+    assert all(len(p.read_text().splitlines()) == 2 for p in (out / "records").rglob("*.jsonl"))
 
 
 def test_full_protocol_data_goes_through_the_30x5_selection():

@@ -18,10 +18,13 @@ share; each only parses, checks what is the command line's own business, and cal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import __version__
@@ -81,10 +84,34 @@ def _show_warning(
 _PYTHON_SHOW_WARNING = warnings.showwarning
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's time limit) raised in the main thread: the run stops the way
+    Ctrl-C stops it (files are only ever replaced whole, the run directory's lock is released), and the
+    command line gives the same resume hint, with exit status 143 (128 + SIGTERM)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` (only where Python's default handling is in
+    place, in the main thread: an embedding program's own handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advlab`` console script and ``python -m advlab``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _sigterm_as_interrupt():
         warnings.showwarning = _show_warning
         return _main(argv)
 
@@ -99,11 +126,14 @@ def _main(argv: list[str]) -> int:
             with guard():
                 return int(args.run(args) or 0)
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if argv[:1] == ["train"]:
             why = "checkpoint.pt in --out holds the last finished epoch; the same command with --resume continues"
         else:
             why = "the run directory holds every finished batch; run again to resume"
+        if isinstance(stop, Terminated):
+            print(f"advlab: terminated (SIGTERM; {why})", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"advlab: interrupted ({why})", file=sys.stderr)
         return 130
     except UsageError as e:

@@ -8,7 +8,8 @@ position in the dataset (stable, so it can seed per-sample randomness):
   subset of it). The label is the index of ``<wnid>`` among the 1000 sorted ImageNet-1k wnids, *not*
   the folder's position in ``root`` (a subset with 30 folders still gets indices in 0..999).
 - :class:`LabelledImages`: a CSV file with at least the columns ``file,class_index`` (extra columns are
-  ignored); ``file`` is relative to the CSV's folder unless ``root`` is given.
+  ignored); ``file`` is relative to the CSV's folder unless ``root`` is given. A UTF-8 byte-order mark (as
+  spreadsheets write) is accepted; a file listed twice (with one label or two) is refused, naming the lines.
 
 Bad input is found before any work starts (missing/empty folder, unknown wnid folder, missing files,
 out-of-range classes). An image that cannot be decoded is only found when it is read: it is skipped with
@@ -246,7 +247,7 @@ class LabelledImages(ImageList):
             class_names = imagenet_class_names() if num_classes == 1000 else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
             raise UsageError(f"class_names has {len(class_names)} entries, expected num_classes={num_classes}")
-        with labels_file.open(newline="", encoding="utf-8") as fh:
+        with labels_file.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's UTF-8 BOM
             reader = csv.DictReader(fh)
             fields = [f.strip() for f in (reader.fieldnames or [])]
             if "file" not in fields or "class_index" not in fields:
@@ -254,6 +255,7 @@ class LabelledImages(ImageList):
             rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
         samples: list[tuple[Path, int]] = []
         missing: list[str] = []
+        first_line: dict[Path, tuple[int, int]] = {}  # each listed file: its first line and label
         for lineno, row in enumerate(rows, start=2):
             try:
                 label = int(row["class_index"])
@@ -264,6 +266,15 @@ class LabelledImages(ImageList):
             if not 0 <= label < num_classes:
                 raise UsageError(f"{labels_file}:{lineno}: class_index {label} is outside 0..{num_classes - 1}")
             path = base / row["file"]
+            key = Path(os.path.normpath(path))
+            if key in first_line:
+                line, other = first_line[key]
+                what = "twice" if other == label else f"with two labels ({other} and {label})"
+                raise UsageError(
+                    f"{labels_file}: lines {line} and {lineno} list {row['file']!r} {what}; list each image once "
+                    "(it would be evaluated twice)"
+                )
+            first_line[key] = (lineno, label)
             if not path.is_file():
                 missing.append(row["file"])
             samples.append((path, label))

@@ -193,6 +193,7 @@ def attack_batch(
                     adv=topk(_logits(model, x_adv)),
                     norms=perturbation_norms(xs, x_adv),
                     seconds=seconds,
+                    attack=spec.id,
                 )
                 for k, rec in enumerate(records):
                     if extras:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import RunError
+from ..runtime.files import atomic_write_bytes
+
 # An element counts towards L0 when it moved by more than float round-off (CW's tanh change of variables
 # moves every pixel by ~1e-7 without meaning to).
 L0_TOL = 1e-5
@@ -30,7 +32,11 @@ TOPK = 5
 # The version of the record format and of what its fields mean, part of every run's fingerprint: BUMP it in
 # the change that adds, removes or redefines a field (or L0_TOL, TOPK), so older run directories are refused
 # instead of mixed with new records.
-RECORD_SCHEMA_VERSION = 1
+RECORD_SCHEMA_VERSION = 2  # 2: batch files end with an end-of-batch line; strict JSON (never NaN)
+
+
+class NonFiniteError(RunError):
+    """A model gave non-finite logits (NaN or infinity) for a sample: no record of it could be true."""
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -62,11 +68,19 @@ def make_records(
     adv: tuple[list[list[int]], list[list[float]]],
     norms: tuple[list[int], list[float], list[float]],
     seconds: float,
+    attack: str = "the attack",
 ) -> list[dict[str, Any]]:
-    """Records for one batch under one attack. ``seconds`` (the attack's wall time) is shared out equally."""
+    """Records for one batch under one attack. ``seconds`` (the attack's wall time) is shared out equally.
+
+    Raises:
+        NonFiniteError: the model's logits for a sample (clean, or on its adversarial image under ``attack``)
+            are NaN or infinite, or the adversarial image is: such a record would claim a result (a wrong
+            top-1 counted as a success) that was never computed, so the sample is named instead.
+    """
     n = len(indices)
     records = []
     for i in range(n):
+        check_finite(int(indices[i]), attack, clean[1][i], adv[1][i], [norms[1][i], norms[2][i]])
         label = int(labels[i])
         target = None if targets is None else int(targets[i])
         adv_top = adv[0][i]
@@ -95,6 +109,23 @@ def make_records(
     return records
 
 
+def check_finite(
+    index: int, attack: str, clean_probs: Sequence[float], adv_probs: Sequence[float], norms: Sequence[float]
+) -> None:
+    """Raise :class:`NonFiniteError` naming the sample and the attack when a number of its record is not
+    finite (softmax of a NaN or +inf logit is NaN)."""
+    for what, values in (
+        ("the model's clean logits are", clean_probs),
+        ("the model's logits on its adversarial image are", adv_probs),
+        ("its adversarial image is", norms),
+    ):
+        if not all(math.isfinite(v) for v in values):
+            raise NonFiniteError(
+                f"sample {index}, attack {attack}: {what} not finite (NaN or infinity); "
+                "check the model and weights (e.g. with advlab.evaluate.sanity), nothing was recorded for it"
+            )
+
+
 def strength(record: Mapping[str, Any]) -> tuple[bool, bool]:
     """Order of records of one sample under several attacks: the larger is the worse case for the model.
 
@@ -115,31 +146,75 @@ def fully_broken(record: Mapping[str, Any]) -> bool:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers (and a restarted run) see the old file or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable (best effort: not every filesystem allows opening a directory)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """Write ``text`` to ``path`` so that readers (and a restarted run) see the old file or the new one, whole;
+    a full disk is a :class:`~advlab.runtime.files.DiskFullError` naming ``path``."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+def dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """JSON with every number finite: a NaN or infinity (not JSON) is a :class:`NonFiniteError` naming it."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError as e:
+        raise NonFiniteError(f"refusing to write a non-finite number as JSON ({e})") from None
+
+
+def batch_trailer(batch: range, n_records: int) -> dict[str, Any]:
+    """The last line of a batch's records file: which batch it holds and how many records, so that a file cut
+    at a line boundary is recognised as incomplete instead of read as a batch with fewer samples."""
+    return {"end_of_batch": {"start": batch.start, "stop": batch.stop, "n_records": n_records}}
+
+
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]], batch: range | None = None) -> None:
+    """Records as JSON Lines (strict JSON), atomically; with ``batch``, closed by :func:`batch_trailer`."""
+    records = list(records)
+    lines = [dumps_strict(r, sort_keys=True) for r in records]
+    if batch is not None:
+        lines.append(dumps_strict(batch_trailer(batch, len(records)), sort_keys=True))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+class RecordsFileError(RunError):
+    """A records file that is not whole: cut mid-line or at a line boundary, or not the batch it names."""
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON Lines file; a line that is not JSON is a :class:`RecordsFileError` naming
+    the file and line."""
+    out = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                why = f"{path}:{lineno} is not a JSON line ({e}): the file is cut or damaged"
+                raise RecordsFileError(why) from None
+    return out
+
+
+def read_batch_file(path: Path, batch: range) -> list[dict[str, Any]]:
+    """The records of one batch file, checked to be whole: its last line is the :func:`batch_trailer` of
+    ``batch`` with the number of records before it, and every record's index lies in ``batch``.
+
+    Raises:
+        RecordsFileError: naming ``path`` and what is wrong.
+    """
+    rows = read_jsonl(path)
+    expected = batch_trailer(batch, len(rows) - 1)
+    if not rows or rows[-1] != expected:
+        got = rows[-1].get("end_of_batch") if rows and isinstance(rows[-1], dict) else None
+        why = "its end-of-batch line is missing (cut short)" if got is None else f"its end-of-batch line says {got}"
+        raise RecordsFileError(
+            f"{path} does not hold the whole batch {batch.start}..{batch.stop - 1}: {why}, "
+            f"{max(len(rows) - (got is not None), 0)} record line(s)"
+        )
+    records = rows[:-1]
+    outside = [r.get("index") for r in records if not (isinstance(r, dict) and r.get("index") in batch)]
+    if outside:
+        raise RecordsFileError(f"{path} holds samples {outside[:5]} outside its batch {batch.start}..{batch.stop - 1}")
+    return records
 
 
 # ---------------------------------------------------------------------------------------------- summary

@@ -12,6 +12,7 @@ as the example; what was done is part of the configuration, so a run is resumed 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -19,14 +20,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..models import preparation_record
 from ..models import prepare as prepare_model
+from ..runtime.lock import lock_folder
 from .engine import attack_batch, check_fits, load_batch, plan_batches
 from .records import RECORD_SCHEMA_VERSION, atomic_write_text
 from .rundir import RunDirectory
@@ -64,6 +67,13 @@ def device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def unreadable_reasons(dataset: Any, limit: int = 3) -> str:
+    """The first ``limit`` images a dataset could not read and why (``dataset.skipped``), for messages."""
+    skipped = list(getattr(dataset, "skipped", None) or getattr(getattr(dataset, "dataset", None), "skipped", []))
+    shown = "; ".join(f"{path}: {why}" for path, why in skipped[:limit])
+    return (shown + (f"; ... ({len(skipped)} in all)" if len(skipped) > limit else "")) or "no reason recorded"
+
+
 def prepare_for_run(
     model: nn.Module, dataset: Any, plan: Sequence[range], enabled: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -72,17 +82,41 @@ def prepare_for_run(
     With ``enabled``, :func:`advlab.models.prepare` once, with the first readable batch of the plan as the
     example (the same on every rank and every resumption), and :func:`advlab.models.preparation_record` of
     the result; else the model as given and ``{"enabled": False}``.
+
+    Raises:
+        UsageError: no image of the dataset can be read (naming the data and the first reasons): a run over
+            zero samples would end "complete" with no number in it.
     """
-    if not enabled:
-        return model, {"enabled": False}
     device = device_of(model)
     for batch in plan:
         x, _, kept = load_batch(dataset, list(batch), device)
         if kept:
+            if not enabled:
+                return model, {"enabled": False}
             check_fits(model, x)  # name data the model was not made for before preparing on it
             prepared = prepare_model(model, x)
             return prepared, dict(preparation_record(prepared))
-    return model, dict(preparation_record(model))  # no readable image: nothing to prepare on, nothing to attack
+    where = getattr(dataset, "provenance", "") or type(dataset).__name__
+    raise UsageError(f"no image of the data could be read ({where}): {unreadable_reasons(dataset)}")
+
+
+F = TypeVar("F")
+
+
+def _holding_lock(fn: F) -> F:
+    """Hold the run directory's lock (:class:`advlab.runtime.lock.RunLock`) for the whole of ``fn``: one
+    writer per run directory; ``lock=False`` is for callers that hold it already (a distributed run's rank 0)
+    or leave it to another rank."""
+
+    @functools.wraps(fn)  # type: ignore[arg-type]
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise SpecError(f"run directory {out} is a file; give a folder path for --out")
+        with lock_folder(out, enabled=kwargs.get("lock", True)):
+            return fn(*args, **kwargs)  # type: ignore[operator]
+
+    return wrapper  # type: ignore[return-value]
 
 
 def run_config(
@@ -116,6 +150,7 @@ def run_config(
     }
 
 
+@_holding_lock
 def evaluate(
     model: nn.Module,
     dataset: Any,
@@ -134,6 +169,7 @@ def evaluate(
     replace: bool = False,
     prepare: bool = True,
     prepared: tuple[nn.Module, Mapping[str, Any]] | None = None,
+    lock: bool = True,
 ) -> RunResult:
     """Run ``attacks`` over ``dataset`` and summarise; with ``out``, stream records to a run directory.
 
@@ -159,6 +195,8 @@ def evaluate(
             False attacks it exactly as given.
         prepared: what :func:`prepare_for_run` already returned for this model, dataset and batch size (a
             shard of a distributed run prepares once per rank); replaces ``prepare``.
+        lock: hold ``out``'s lock for the whole run, refusing a second writer
+            (:class:`~advlab.runtime.lock.RunLockedError`); False when the caller holds it (or another rank).
     """
     specs = validate_specs(attacks)
     n = len(dataset)

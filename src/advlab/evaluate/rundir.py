@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .records import atomic_write_text, read_jsonl, write_jsonl
+from ..runtime.lock import LOCK_NAME
+from .records import RecordsFileError, atomic_write_text, read_batch_file, write_jsonl
 from .specs import SpecError
 
 RUN_SCHEMA = "advlab.run/2"
@@ -41,6 +42,10 @@ VERSION_KEYS = ("record_schema", "algorithms")
 
 class ProvenanceWarning(UserWarning):
     """A run directory resumed by other advlab code than the one that started it (same record versions)."""
+
+
+class RecordsFileWarning(UserWarning):
+    """A records file that does not hold its whole batch (cut by a crash or damaged): it is recomputed."""
 
 
 def source_digest(package_root: str | Path, parts: Sequence[str] = RECORD_SOURCES) -> str:
@@ -102,6 +107,7 @@ class RunDirectory:
         self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
         self.fingerprint = fingerprint_of(self.config)
         self.provenance = dict(origin) if origin is not None else provenance()
+        self._reported: set[Path] = set()  # damaged records files already warned about
 
     def open(self, replace: bool = False) -> bool:
         """Create the run, or check that the folder holds this very run. Returns True when resuming.
@@ -128,7 +134,7 @@ class RunDirectory:
             shutil.rmtree(self.path / "records", ignore_errors=True)
             (self.path / "summary.json").unlink(missing_ok=True)
             run_file.unlink()  # last: a replacement killed half-way is still recognised as an advlab run
-        elif self.path.exists() and any(p.name != ".DS_Store" for p in self.path.iterdir()):
+        elif self.path.exists() and any(not _ignorable(p.name) for p in self.path.iterdir()):
             raise SpecError(
                 f"{self.path} is not empty and holds no advlab run (no run.json); use an empty or new --out"
             )
@@ -170,18 +176,47 @@ class RunDirectory:
         return self.path / "records" / _slug(attack_id) / _batch_name(batch)
 
     def done(self, attack_id: str, batch: range) -> bool:
-        return self.batch_file(attack_id, batch).exists()
+        """Whether the batch's records file is on disk and whole. A file that is not (cut mid-line or at a line
+        boundary, or naming another batch) is reported once by a :class:`RecordsFileWarning` naming its path,
+        and counts as not done, so the run recomputes it (and replaces the file atomically)."""
+        path = self.batch_file(attack_id, batch)
+        if not path.exists():
+            return False
+        try:
+            read_batch_file(path, batch)
+        except (RecordsFileError, UnicodeDecodeError) as e:
+            if path not in self._reported:
+                self._reported.add(path)
+                warnings.warn(f"{e}; recomputing it", RecordsFileWarning, stacklevel=2)
+            return False
+        return True
 
     def read_batch(self, attack_id: str, batch: range) -> list[dict[str, Any]]:
-        return read_jsonl(self.batch_file(attack_id, batch))
+        return read_batch_file(self.batch_file(attack_id, batch), batch)
 
     def write_batch(self, attack_id: str, batch: range, records: list[dict[str, Any]]) -> None:
-        write_jsonl(self.batch_file(attack_id, batch), records)
+        write_jsonl(self.batch_file(attack_id, batch), records, batch=batch)
 
     def read_records(self, attack_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-        """All records on disk, per attack (the files of every batch and every shard written here)."""
+        """All records on disk, per attack (the files of every batch and every shard written here), each file
+        checked to be whole (:func:`~advlab.evaluate.records.read_batch_file`: a damaged one is a
+        :class:`~advlab.evaluate.records.RecordsFileError` naming it, never fewer samples)."""
         out: dict[str, list[dict[str, Any]]] = {}
         for aid in attack_ids:
             folder = self.path / "records" / _slug(aid)
-            out[aid] = [r for f in sorted(folder.glob("*.jsonl")) for r in read_jsonl(f)] if folder.is_dir() else []
+            files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+            out[aid] = [r for f in files for r in read_batch_file(f, _batch_of(f))]
         return out
+
+
+def _ignorable(name: str) -> bool:
+    """Files that do not make a folder "not empty": the lock, a killed writer's temporary file, macOS's index."""
+    return name in (".DS_Store", LOCK_NAME) or re.fullmatch(r"\..+\.tmp-\d+", name) is not None
+
+
+def _batch_of(path: Path) -> range:
+    """The batch a records file names (``000000016-000000032.jsonl``)."""
+    match = re.fullmatch(r"(\d{9})-(\d{9})\.jsonl", path.name)
+    if match is None:
+        raise RecordsFileError(f"{path} is not a records file advlab wrote (expected START-STOP.jsonl); remove it")
+    return range(int(match.group(1)), int(match.group(2)))

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from ..runtime import RankInfo, broadcast, check_same, current, gather, shard_batches, wait_for_all
+from ..runtime.lock import lock_folder
 from .engine import plan_batches
 from .records import atomic_write_text
 from .run import RunResult, evaluate, prepare_for_run, run_config
@@ -93,6 +94,25 @@ def evaluate_sharded(
     }
     if not info.distributed:
         return evaluate(model, dataset, attacks, out=out, quiet=quiet, replace=replace, prepare=prepare, **common)
+    # One writer per run directory: rank 0 holds its lock for the whole run (the ranks' evaluate() do not).
+    with lock_folder(out, enabled=info.is_main):
+        return _evaluate_ranks(model, dataset, attacks, out, quiet, replace, prepare, common, info)
+
+
+def _evaluate_ranks(
+    model: nn.Module,
+    dataset: Any,
+    attacks: Iterable[Any],
+    out: str | Path | None,
+    quiet: bool,
+    replace: bool,
+    prepare: bool,
+    common: dict[str, Any],
+    info: RankInfo,
+) -> RunResult:
+    """:func:`evaluate_sharded`'s distributed part (rank 0 holding the run directory's lock)."""
+    batch_size, seed, extra = common["batch_size"], common["seed"], common["extra"]
+    model_meta, data_meta = common["model_meta"], common["data_meta"]
     start = time.perf_counter()
     specs = validate_specs(attacks)
     n = len(dataset)
@@ -133,6 +153,7 @@ def evaluate_sharded(
         batches=mine,
         write_summary=False,
         prepared=(attacked, preparation),
+        lock=False,
         **common,
     )
     own = {i for k in mine for i in plan[k]}

@@ -66,7 +66,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a state dict, or needs unpickling of arbitrary objects.
+        ValueError: (a :class:`~advlab.errors.UsageError`) the file is not a state dict, is truncated or not
+            of the format its suffix names, or needs unpickling of arbitrary objects.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -74,7 +75,14 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as err:  # SafetensorError (truncated, not safetensors at all), OSError, ...
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(
+                f"weights file {path} is not a readable safetensors file ({reason[:200]}); is it truncated, or "
+                "another format renamed .safetensors? (advlab never unpickles it)"
+            ) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError / RuntimeError variants depending on version

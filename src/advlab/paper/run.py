@@ -41,6 +41,7 @@ from ..evaluate.engine import choose_targets, sample_seeds
 from ..evaluate.records import atomic_write_text
 from ..evaluate.specs import run_attack
 from ..models import DEFAULT_MODEL, load_model
+from ..runtime.lock import lock_folder
 from .protocol import PAPER, Protocol, build_experiment, std_scale
 from .report import build_report, write_report
 
@@ -181,7 +182,19 @@ def run_reproduce(
     *,
     prepared: tuple[nn.Module, Any, dict[str, Any], dict[str, Any], list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole reproduction into ``opts.out``; returns the final summary (also in summary.json)."""
+    """Run the whole reproduction into ``opts.out``; returns the final summary (also in summary.json).
+
+    ``opts.out``'s lock (:class:`advlab.runtime.lock.RunLock`) is held throughout, the report and the final
+    summary included: one writer per run directory."""
+    with lock_folder(opts.out):
+        return _run_reproduce(opts, prepared=prepared)
+
+
+def _run_reproduce(
+    opts: ReproduceOptions,
+    *,
+    prepared: tuple[nn.Module, Any, dict[str, Any], dict[str, Any], list[str]] | None = None,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, data, model_meta, data_meta, notes = prepared or prepare_inputs(opts)
     for note in notes:
@@ -203,6 +216,7 @@ def run_reproduce(
         progress_desc="reproduce",
         replace=opts.replace,
         prepare=opts.prepare,
+        lock=False,  # held by run_reproduce
     )
     attacked = result.model or model  # the panels re-run attacks on the model the run attacked
     summary = result.summary

@@ -12,6 +12,8 @@ previous complete file or the new complete file, never half of one.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import random
 from collections.abc import Callable
@@ -23,13 +25,16 @@ import torch
 from torch import Tensor, nn
 
 from advlab.errors import MissingInputError, UsageError
+from advlab.runtime.files import FULL, atomic_write_bytes, disk_full
 
 FORMAT = "advlab-train-checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and move the finished file to ``path`` atomically (temp file + os.replace)."""
+    """Call ``write(tmp_path)`` and move the finished file to ``path`` atomically (temp file + os.replace).
+
+    A full disk is a :class:`~advlab.runtime.files.DiskFullError` naming ``path`` (the old file intact)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -40,6 +45,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in FULL:
+            raise disk_full(path, e) from e
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -116,7 +125,11 @@ def save_checkpoint(
         "config": config,
         "shapes": shapes(model),
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    # Serialised in memory, then written by plain file I/O: a full disk is then an OSError (ENOSPC) that names
+    # the file, not a torch.save RuntimeError from inside its zip writer.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -167,8 +180,26 @@ def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Op
 
 
 def save_weights(path: str | os.PathLike[str], state: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """Model weights alone, as safetensors (what ships and what ``load_model`` reads), written atomically."""
-    from safetensors.torch import save_file
+    """Model weights alone, as safetensors (what ships and what ``load_model`` reads), written atomically and
+    byte for byte the same for the same tensors and metadata (:func:`canonical_safetensors`)."""
+    from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write_bytes(path, canonical_safetensors(save(tensors, metadata=metadata)))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """A safetensors file with its JSON header written in one fixed order: the ``__metadata__`` keys sorted.
+
+    The safetensors library keeps the metadata in a hash map, whose order changes from process to process,
+    so two saves of identical tensors could differ byte for byte; checksums are how users compare weights.
+    The tensor entries keep their offsets (the data part is not touched); the header is padded with spaces
+    to a multiple of 8 bytes, as the format asks (https://github.com/huggingface/safetensors, "Format").
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | dict(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]

@@ -19,6 +19,7 @@ from advlab.data.fashion_mnist import load_fashion_mnist, to_float_images
 from advlab.errors import UsageError
 from advlab.models import check_device
 from advlab.models.small import build
+from advlab.runtime.lock import lock_folder
 from advlab.train import ddp as distributed
 
 from .checkpoint import atomic_write
@@ -96,20 +97,22 @@ def run_training(config: TrainConfig, *, log: Callable[[str], Any] = print) -> F
     if not info.is_main:
         config = dataclasses.replace(config, progress=False)
         log = _silent
-    train_loader, val_loader = load_data(config)
-    torch.manual_seed(config.seed)
-    model = net = build(config.model).to(device)
-    optimizer = make_optimizer(model, config)
-    if info.distributed:
-        model, train_loader = distributed.distribute_training(model, train_loader, info)
-    scheduler = make_scheduler(optimizer, config, len(train_loader))
-    if not config.resume and info.is_main:
-        config.run_dir.mkdir(parents=True, exist_ok=True)
-        if not (config.run_dir / "checkpoint.pt").exists():
-            blob = json.dumps(config.to_dict(), indent=1)
-            atomic_write(config.run_dir / "config.json", lambda tmp: Path(tmp).write_text(blob + "\n"))
-    result = fit(model, train_loader, val_loader, optimizer, config, scheduler=scheduler, log=log)
-    distributed.wait_for_all("the end of training", info)  # rank 0's files are complete before any rank returns
+    # One writer per run folder: rank 0 holds its lock until every file of the run is written.
+    with lock_folder(config.run_dir, enabled=info.is_main):
+        train_loader, val_loader = load_data(config)
+        torch.manual_seed(config.seed)
+        model = net = build(config.model).to(device)
+        optimizer = make_optimizer(model, config)
+        if info.distributed:
+            model, train_loader = distributed.distribute_training(model, train_loader, info)
+        scheduler = make_scheduler(optimizer, config, len(train_loader))
+        if not config.resume and info.is_main:
+            config.run_dir.mkdir(parents=True, exist_ok=True)
+            if not (config.run_dir / "checkpoint.pt").exists():
+                blob = json.dumps(config.to_dict(), indent=1)
+                atomic_write(config.run_dir / "config.json", lambda tmp: Path(tmp).write_text(blob + "\n"))
+        result = fit(model, train_loader, val_loader, optimizer, config, scheduler=scheduler, log=log)
+        distributed.wait_for_all("the end of training", info)  # rank 0's files are complete before any rank returns
     result.model = net
     result.model.eval()
     return result
