@@ -22,7 +22,7 @@ from advlab.data.imagenet import (
     read_image,
     to_rgb,
 )
-from advlab.data.loading import load_dataset
+from advlab.data.loading import image_shape, load_dataset
 from advlab.data.sample import DefaultSample, default_sample
 from advlab.data.subset import LimitedDataset, SubsetDataset, farthest_point_classes, select_subset
 from advlab.data.transforms import make_transform, transform_for
@@ -42,6 +42,7 @@ __all__ = [
     "collate_skip",
     "default_sample",
     "farthest_point_classes",
+    "image_shape",
     "imagenet_class_names",
     "imagenet_classes",
     "iter_batches",

@@ -45,3 +45,27 @@ def load_dataset(data: str | os.PathLike[str] | None = None, transform: Transfor
             "'fashion-mnist')"
         )
     return ImageNetFolder(path, transform=transform)
+
+
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def image_shape(data: str | os.PathLike[str] | None) -> tuple[int, int, int] | None:
+    """(C, H, W) of ``data``'s first image as stored (C = 1 for grey files), or ``None`` for the default sample.
+
+    A user's model that does not state its input size takes this one (advlab.models.load_model ``data_size``).
+    """
+    if data is None or str(data) == DEFAULT_DATA:
+        return None
+    if str(data).startswith(FASHION_MNIST):
+        return (1, 28, 28)
+    dataset = load_dataset(data)
+    if not dataset.paths:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(dataset.paths[0]) as img:
+            return (1 if img.mode in GREY_MODES else 3, img.height, img.width)
+    except OSError:  # unreadable first image: the dataset skips it later; no size to infer from
+        return None

@@ -74,7 +74,10 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as err:  # safetensors raises SafetensorError (or OSError) for corrupt or truncated files
+            raise UsageError(f"weights file {path} is not a readable safetensors file: {err}") from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError / RuntimeError variants depending on version
@@ -182,3 +185,17 @@ def cached_hf_file(
         f"(offline); fill {folder} (e.g. `huggingface-cli download {repo_id} {filenames[0]}` on a machine with a "
         f"network, then copy the cache), or download {url}/resolve/main/{filenames[0]} and pass weights=FILE"
     )
+
+
+def recorded_architecture(path: str | os.PathLike[str]) -> str | None:
+    """The architecture ``advlab train`` recorded in a ``.safetensors`` checkpoint's metadata, if any."""
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("architecture")
+    except Exception as err:  # corrupt or truncated file
+        raise UsageError(f"weights file {path} is not a readable safetensors file: {err}") from err
