@@ -238,3 +238,16 @@ def test_grey_png_is_read_back_exactly(lenet) -> None:
     stored = np.asarray(Image.open(png), dtype=np.float32) / 255
     got = make_transform(resize_size=28, crop_size=28, channels=1)(read_image(png))
     assert torch.equal(got[0], torch.from_numpy(stored))
+
+
+def test_preprocessing_keys_in_attacks_toml(lenet, tmp_path, capsys) -> None:
+    config = tmp_path / "attacks.toml"
+    config.write_text(
+        f'model = "{lenet.root / "lenet.pt"}"\ndata = "{lenet.csv}"\nsuite = "fast"\n'
+        "input_size = [1, 28, 28]\nmean = [0.5]\nstd = 0.5\nresize = 28\ncrop = 28\nlimit = 4\n"
+    )
+    out = tmp_path / "run"
+    assert main(["eval", "--config", str(config), "--eps", "0.1", "--out", str(out), "--quiet"]) == 0
+    model = json.loads((out / "summary.json").read_text())["model"]
+    assert model["input_size"] == [1, 28, 28] and model["mean"] == [0.5] and model["std"] == [0.5]
+    assert model["resize_size"] == 28 and model["crop_size"] == 28
