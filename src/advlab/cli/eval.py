@@ -14,7 +14,7 @@ from .common import DefaultsFormatter, add_prepare_flag, add_replace_flag, int_a
 EVAL_CONFIG_KEYS = {
     "model": "model name (advlab.models.load_model)",
     "weights": "state-dict file or weights tag for the model",
-    "data": "dataset: a <wnid>/<images> folder, a file,class_index CSV, 'default', or fashion-mnist[:train|:test]",
+    "data": "<wnid>/<images> folder, file,class_index CSV, 'default', fashion-mnist, cifar10, cifar100[:split]",
     "subset": "the paper's selection, 'CLASSESxPER_CLASS' (e.g. '30x5') of correctly classified images",
     "limit": "evaluate only the first N samples",
     "out": "run directory",
@@ -30,6 +30,7 @@ EVAL_CONFIG_KEYS = {
     "std": "per-channel std the model normalises with",
     "resize": "resize the short side of each image to this many pixels",
     "crop": "centre-crop to this many pixels",
+    "data_root": "folder holding cifar-10-batches-py/ (or -bin/), cifar-100-python/ (default ./data)",
 }
 ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken")
 
@@ -50,7 +51,11 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         "efficientnet_lite0, or the architecture advlab train recorded in --weights",
     )
     p.add_argument("--weights", default=None, help="state-dict file or weights tag for --model")
-    p.add_argument("--data", default="default", help="dataset folder, labels CSV, 'default' or fashion-mnist[:split]")
+    p.add_argument(
+        "--data",
+        default="default",
+        help="dataset folder, labels CSV, 'default', fashion-mnist[:split], cifar10[:split], cifar100[:split]",
+    )
     p.add_argument("--subset", default=None, metavar="CxN", help="the paper's selection of C classes x N images")
     p.add_argument("--limit", type=int_arg(1), default=None, help="only the first N samples")
     p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
@@ -89,6 +94,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--std", default=None, help="normalisation std, e.g. 0.5 or 0.229,0.224,0.225")
     p.add_argument("--resize", type=int_arg(1), default=None, help="resize the short side to N pixels")
     p.add_argument("--crop", type=int_arg(1), default=None, help="centre-crop N x N pixels")
+    p.add_argument("--data-root", dest="data_root", default=None, help="where cifar10/cifar100 are (default ./data)")
     p.set_defaults(run=cmd_eval, attack_tables=None)
     return p
 
@@ -160,7 +166,7 @@ def _open_data(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any
         dataset: Any = load_dataset(data)
         meta["provenance"] = f"Fashion-MNIST {dataset.split} split"
     else:
-        dataset = load_dataset(data, transform=transform_for(model))
+        dataset = load_dataset(data, transform=transform_for(model), root=args.data_root)
         meta["provenance"] = getattr(dataset, "provenance", "")
     if args.subset:
         classes, per_class = _parse_subset(args.subset)
@@ -274,4 +280,4 @@ def _preprocessing(args: argparse.Namespace) -> dict[str, Any]:
         "resize_size": None if args.resize is None else int(args.resize),
         "crop_size": None if args.crop is None else int(args.crop),
     }
-    return {**{k: v for k, v in given.items() if v is not None}, "data_size": image_shape(args.data)}
+    return {**{k: v for k, v in given.items() if v is not None}, "data_size": image_shape(args.data, args.data_root)}
