@@ -30,6 +30,7 @@ EVAL_CONFIG_KEYS = {
     "std": "per-channel std the model normalises with",
     "resize": "resize the short side of each image to this many pixels",
     "crop": "centre-crop to this many pixels",
+    "model_dir": "RobustBench model directory (MODEL_DIR/cifar10/Linf/NAME.pt; default ./models)",
     "data_root": "folder holding cifar-10-batches-py/ (or -bin/), cifar-100-python/ (default ./data)",
 }
 ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken")
@@ -94,6 +95,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--std", default=None, help="normalisation std, e.g. 0.5 or 0.229,0.224,0.225")
     p.add_argument("--resize", type=int_arg(1), default=None, help="resize the short side to N pixels")
     p.add_argument("--crop", type=int_arg(1), default=None, help="centre-crop N x N pixels")
+    p.add_argument("--model-dir", dest="model_dir", default=None, help="RobustBench model directory (./models)")
     p.add_argument("--data-root", dest="data_root", default=None, help="where cifar10/cifar100 are (default ./data)")
     p.set_defaults(run=cmd_eval, attack_tables=None)
     return p
@@ -216,6 +218,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     check_fits(model, dataset, str(args.data))
     model_meta = {**getattr(model, "config", {}), "name": args.model or model.name, "weights": args.weights}
+    from ..models import published_result
+
+    published = published_result(args.model or "")  # RobustBench's own number, shown next to advlab's
+    if published is not None:
+        model_meta["published"] = published
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
     result = (evaluate_sharded if info.distributed else evaluate)(
         model,
@@ -235,6 +242,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     for a in result.summary["attacks"]:
         print(summary_line(a))
+    if published is not None:
+        print(
+            f"RobustBench published (AutoAttack, eps {published['eps']}): clean {published['clean_acc']}%, "
+            f"robust {published['autoattack_acc']}% ({published['source']})"
+        )
     if not args.quiet:
         print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
     return 0
@@ -280,4 +292,9 @@ def _preprocessing(args: argparse.Namespace) -> dict[str, Any]:
         "resize_size": None if args.resize is None else int(args.resize),
         "crop_size": None if args.crop is None else int(args.crop),
     }
-    return {**{k: v for k, v in given.items() if v is not None}, "data_size": image_shape(args.data, args.data_root)}
+    extra = {"model_dir": args.model_dir} if args.model_dir is not None else {}
+    return {
+        **{k: v for k, v in given.items() if v is not None},
+        **extra,
+        "data_size": image_shape(args.data, args.data_root),
+    }

@@ -88,6 +88,7 @@ def load_model(
     download: bool | None = None,
     channels_last: bool | None = None,
     data_size: tuple[int, int, int] | None = None,
+    model_dir: PathLike | None = None,
 ) -> ImageClassifier:
     """Load a classifier as an :class:`ImageClassifier` ([0, 1] NCHW input, normalised inside, eval mode).
 
@@ -114,6 +115,8 @@ def load_model(
         data_size: (C, H, W) of the data the model will see; a user's model (file or factory) that states no
             input size takes this one (grey data at one channel or three, whichever the model accepts), checked
             with one forward pass (advlab.models.user).
+        model_dir: RobustBench's model directory (``robustbench:DATASET/THREAT/NAME`` checkpoints are
+            ``MODEL_DIR/DATASET/THREAT/NAME.pt``; default ``./models``), see advlab.models.robustbench.
     Raises:
         ValueError: unknown name (the message lists the known ones), state dict that does not match
             (the message lists the differing keys), bad normalisation values.
@@ -147,6 +150,10 @@ def load_model(
         model = load_timm(name[len("timm:") :], weights, user_file, pretrained, num_classes, download)
     elif name in _torchvision_names():
         model = load_torchvision(name, weights, user_file, pretrained, num_classes, download)
+    elif name.startswith("robustbench:"):
+        from advlab.models.robustbench import load_robustbench
+
+        model = load_robustbench(name, user_file, model_dir, download)
     elif is_factory(name) or _looks_like_path(name):
         model = load_user_model(
             name, user_file=user_file, num_classes=num_classes, overrides=overrides, data_size=data_size
