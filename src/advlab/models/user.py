@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,9 @@ def check_fits(model: Any, dataset: Any, data: str) -> None:
 
 def _load_torchscript(path: Path) -> nn.Module:
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; users still have such files
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # torch raises RuntimeError variants for non-TorchScript archives
         raise UsageError(
             f"{path} is not a TorchScript file ({type(err).__name__}); for a state dict pass the architecture and "
@@ -246,5 +249,9 @@ def _load_torchscript(path: Path) -> nn.Module:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
+    """The message's first line; for TorchScript's interpreter errors (a traceback of the scripted code), the
+    last line, which says what failed."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
