@@ -117,6 +117,7 @@ def load_model(
             with one forward pass (advlab.models.user).
         model_dir: RobustBench's model directory (``robustbench:DATASET/THREAT/NAME`` checkpoints are
             ``MODEL_DIR/DATASET/THREAT/NAME.pt``; default ``./models``), see advlab.models.robustbench.
+            (``hf:ORG/NAME``: a Hugging Face image classifier, advlab.models.huggingface.)
     Raises:
         ValueError: unknown name (the message lists the known ones), state dict that does not match
             (the message lists the differing keys), bad normalisation values.
@@ -150,6 +151,10 @@ def load_model(
         model = load_timm(name[len("timm:") :], weights, user_file, pretrained, num_classes, download)
     elif name in _torchvision_names():
         model = load_torchvision(name, weights, user_file, pretrained, num_classes, download)
+    elif name.startswith("hf:"):
+        from advlab.models.huggingface import load_huggingface
+
+        model = load_huggingface(name, download)
     elif name.startswith("robustbench:"):
         from advlab.models.robustbench import load_robustbench
 
