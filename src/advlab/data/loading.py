@@ -25,7 +25,8 @@ def load_dataset(
 
     - ``None`` or ``"default"``: the 20 labelled ImageNet images of the foolbox wheel (:func:`default_sample`);
     - a ``.csv`` file: :class:`LabelledImages` (``file,class_index`` columns);
-    - a folder: :class:`ImageNetFolder` (``<wnid>/<images>``);
+    - a folder: :class:`ImageNetFolder` (``<wnid>/<images>``), or, for a folder without sub-folders that
+      holds ``labels.csv``, :class:`LabelledImages` of that file;
     - ``"fashion-mnist"`` or ``"fashion-mnist:train"``: :class:`~advlab.data.FashionMNIST` (the test split by
       default; ``transform`` does not apply: its images are already (1, 28, 28) tensors in [0, 1]);
     - ``"cifar10"``, ``"cifar100"`` (``:test`` by default, or ``:train``): :class:`~advlab.data.cifar.CIFAR` from
@@ -58,6 +59,9 @@ def load_dataset(
             f"data {path} does not exist (expected a <wnid>/<images> folder, a labels .csv, 'default' or "
             "'fashion-mnist', 'cifar10', 'cifar100')"
         )
+    labels = path / "labels.csv"
+    if labels.is_file() and not any(p.is_dir() for p in path.iterdir()):
+        return LabelledImages(labels, transform=transform)  # a flat folder of images with its labels file
     return ImageNetFolder(path, transform=transform)
 
 
