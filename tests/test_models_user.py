@@ -212,7 +212,7 @@ def test_data_that_does_not_fit_the_model(lenet, tmp_path, capsys) -> None:
     assert not out.exists()
 
 
-def test_trained_run_checkpoint_opens_by_itself(tmp_path) -> None:
+def test_trained_run_checkpoint_opens_by_itself(tmp_path, capsys) -> None:
     """``--weights best.safetensors`` alone: the architecture advlab train recorded in its metadata."""
     from safetensors.torch import save_file
 
@@ -229,6 +229,28 @@ def test_trained_run_checkpoint_opens_by_itself(tmp_path) -> None:
     x = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(model(x), net(x))
+    out = tmp_path / "run"
+    argv = ["eval", "--weights", str(path), "--data", "fashion-mnist", "--limit", "2", "--attack", "fgsm"]
+    assert main([*argv, "--eps", "0.1", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["model"]["name"] == "mnist_cnn_small"
+
+
+def test_onnx_graph_that_does_not_convert(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx2torch")
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("NoSuchOperator", ["x"], ["y"], domain="advlab.test")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+    )
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(UsageError, match="onnx2torch cannot convert this graph"):
+        load_model(str(path))
 
 
 def test_grey_png_is_read_back_exactly(lenet) -> None:
