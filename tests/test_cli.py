@@ -256,7 +256,7 @@ def test_fashion_mnist_takes_a_class_balanced_subset_and_refuses_the_wrong_model
         capsys, "eval", "--data", "fashion-mnist", "--limit", "2", "--attack", "fgsm", "--eps", "0.1",
         "--out", str(tmp_path / "wrong"), "--quiet",
     )  # fmt: skip
-    assert code == 2 and "takes images shaped (N, 3, H, W)" in err and "got shape (2, 1, 28, 28)" in err
+    assert code == 2 and "takes 3x224x224 images" in err and "fashion-mnist gives 1x28x28" in err, err
 
 
 @needs_fashion

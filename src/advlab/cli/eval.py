@@ -14,7 +14,7 @@ from .common import DefaultsFormatter, add_prepare_flag, add_replace_flag, int_a
 EVAL_CONFIG_KEYS = {
     "model": "model name (advlab.models.load_model)",
     "weights": "state-dict file or weights tag for the model",
-    "data": "dataset: a <wnid>/<images> folder, a file,class_index CSV, 'default', or fashion-mnist[:train|:test]",
+    "data": "<wnid>/<images> folder, file,class_index CSV, 'default', fashion-mnist, cifar10, cifar100[:split]",
     "subset": "the paper's selection, 'CLASSESxPER_CLASS' (e.g. '30x5') of correctly classified images",
     "limit": "evaluate only the first N samples",
     "out": "run directory",
@@ -24,6 +24,14 @@ EVAL_CONFIG_KEYS = {
     "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
     "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
     "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
+    # a user's model at its own size (docs/models_data.md)
+    "input_size": "the model's input, CxHxW (e.g. 1x28x28); default: stated by the model, else the data's",
+    "mean": "per-channel mean the model normalises with (one number or one per channel)",
+    "std": "per-channel std the model normalises with",
+    "resize": "resize the short side of each image to this many pixels",
+    "crop": "centre-crop to this many pixels",
+    "model_dir": "RobustBench model directory (MODEL_DIR/cifar10/Linf/NAME.pt; default ./models)",
+    "data_root": "folder holding cifar-10-batches-py/ (or -bin/), cifar-100-python/ (default ./data)",
 }
 ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken")
 
@@ -37,9 +45,18 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=DefaultsFormatter,
     )
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with the run's settings and [[attack]] tables")
-    p.add_argument("--model", default="efficientnet_lite0", help="model name (see docs/models_data.md)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model name, TorchScript/ONNX file or FILE.py:FACTORY (docs/models_data.md); default "
+        "efficientnet_lite0, or the architecture advlab train recorded in --weights",
+    )
     p.add_argument("--weights", default=None, help="state-dict file or weights tag for --model")
-    p.add_argument("--data", default="default", help="dataset folder, labels CSV, 'default' or fashion-mnist[:split]")
+    p.add_argument(
+        "--data",
+        default="default",
+        help="dataset folder, labels CSV, 'default', fashion-mnist[:split], cifar10[:split], cifar100[:split]",
+    )
     p.add_argument("--subset", default=None, metavar="CxN", help="the paper's selection of C classes x N images")
     p.add_argument("--limit", type=int_arg(1), default=None, help="only the first N samples")
     p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
@@ -72,6 +89,14 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_arg(), default=0, help="seed of targets and random starts")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    # A user's model at its own size (advlab.models.user): each default is the model's own, else the data's.
+    p.add_argument("--input-size", dest="input_size", default=None, metavar="CxHxW", help="model input, e.g. 1x28x28")
+    p.add_argument("--mean", default=None, help="normalisation mean, e.g. 0.5 or 0.485,0.456,0.406")
+    p.add_argument("--std", default=None, help="normalisation std, e.g. 0.5 or 0.229,0.224,0.225")
+    p.add_argument("--resize", type=int_arg(1), default=None, help="resize the short side to N pixels")
+    p.add_argument("--crop", type=int_arg(1), default=None, help="centre-crop N x N pixels")
+    p.add_argument("--model-dir", dest="model_dir", default=None, help="RobustBench model directory (./models)")
+    p.add_argument("--data-root", dest="data_root", default=None, help="where cifar10/cifar100 are (default ./data)")
     p.set_defaults(run=cmd_eval, attack_tables=None)
     return p
 
@@ -143,7 +168,7 @@ def _open_data(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any
         dataset: Any = load_dataset(data)
         meta["provenance"] = f"Fashion-MNIST {dataset.split} split"
     else:
-        dataset = load_dataset(data, transform=transform_for(model))
+        dataset = load_dataset(data, transform=transform_for(model), root=args.data_root)
         meta["provenance"] = getattr(dataset, "provenance", "")
     if args.subset:
         classes, per_class = _parse_subset(args.subset)
@@ -187,9 +212,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_device(args.device)
     # One process unless torchrun started several: then join them (before the model, so "cuda" is this rank's GPU).
     info = runtime.setup(args.device)
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    model = load_model(args.model, weights=args.weights, device=args.device, **_preprocessing(args))
     dataset, data_meta = _open_data(args, model)
-    model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
+    from ..models.user import check_fits
+
+    check_fits(model, dataset, str(args.data))
+    model_meta = {**getattr(model, "config", {}), "name": args.model or model.name, "weights": args.weights}
+    from ..models import published_result
+
+    published = published_result(args.model or "")  # RobustBench's own number, shown next to advlab's
+    if published is not None:
+        model_meta["published"] = published
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
     result = (evaluate_sharded if info.distributed else evaluate)(
         model,
@@ -209,6 +242,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     for a in result.summary["attacks"]:
         print(summary_line(a))
+    if published is not None:
+        print(
+            f"RobustBench published (AutoAttack, eps {published['eps']}): clean {published['clean_acc']}%, "
+            f"robust {published['autoattack_acc']}% ({published['source']})"
+        )
     if not args.quiet:
         print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
     return 0
@@ -239,3 +277,24 @@ def _suite_specs(args: argparse.Namespace) -> list[Any]:
         params["norm"] = args.norm
     _add_params(params, args, also_flagged={"eps"})
     return suite_specs(args.suite, args.eps, params)
+
+
+def _preprocessing(args: argparse.Namespace) -> dict[str, Any]:
+    """--input-size/--mean/--std/--resize/--crop (or their attacks.toml keys) as load_model arguments, and the
+    data's image size for a model that states none."""
+    from ..data import image_shape
+    from ..models.user import parse_floats, parse_input_size
+
+    given = {
+        "input_size": None if args.input_size is None else parse_input_size(args.input_size),
+        "mean": None if args.mean is None else parse_floats(args.mean, "--mean"),
+        "std": None if args.std is None else parse_floats(args.std, "--std"),
+        "resize_size": None if args.resize is None else int(args.resize),
+        "crop_size": None if args.crop is None else int(args.crop),
+    }
+    extra = {"model_dir": args.model_dir} if args.model_dir is not None else {}
+    return {
+        **{k: v for k, v in given.items() if v is not None},
+        **extra,
+        "data_size": image_shape(args.data, args.data_root),
+    }

@@ -35,10 +35,13 @@ class ImageClassifier(nn.Module):
     Attributes:
         backbone: the wrapped network (expects normalised input).
         mean, std: buffers of shape (1, C, 1, 1) (they follow ``.to(device)``); ``config`` has them as tuples.
-        input_size: (C, H, W) the model is meant to see.
+            Default: no normalisation (mean 0, std 1 per channel).
+        input_size: (C, H, W) the model is meant to see. Default: ``(len(mean), 224, 224)`` (3 channels
+            when no mean is given), checked with one forward pass when ``class_names`` is not given.
         resize_size, crop_size, interpolation: preprocessing (short side resize, centre crop) that
             ``preprocess`` / ``advlab.data.transform_for`` applies to PIL images.
-        class_names: one name per output logit.
+        class_names: one name per output logit. Default ``"0", "1", ...``, as many as the backbone's outputs
+            for one zero image of ``input_size`` (one forward pass).
         name, source: the name it was loaded by and where its weights came from (for provenance).
         channels_last: run the backbone in channels-last memory layout. On CPU (oneDNN) this makes
             convolutional nets faster (docs/benchmarks.md, benchmarks/models_channels_last.py); logits change
@@ -52,10 +55,10 @@ class ImageClassifier(nn.Module):
         self,
         backbone: nn.Module,
         *,
-        mean: Sequence[float],
-        std: Sequence[float],
-        input_size: tuple[int, int, int],
-        class_names: Sequence[str],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        input_size: tuple[int, int, int] | None = None,
+        class_names: Sequence[str] | None = None,
         resize_size: int | None = None,
         crop_size: int | None = None,
         interpolation: str = "bilinear",
@@ -64,7 +67,11 @@ class ImageClassifier(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
+        if input_size is None:
+            input_size = (len(mean) if mean is not None else len(std) if std is not None else 3, 224, 224)
         channels = input_size[0]
+        mean = (0.0,) * channels if mean is None else mean
+        std = (1.0,) * channels if std is None else std
         if len(mean) != channels or len(std) != channels:
             raise UsageError(
                 f"mean and std need {channels} values (one per input channel), got {len(mean)} and {len(std)}"
@@ -72,6 +79,8 @@ class ImageClassifier(nn.Module):
         if any(s <= 0 for s in std):
             raise UsageError(f"std must be positive, got {tuple(std)}")
         self.backbone = backbone
+        if class_names is None:
+            class_names = [str(i) for i in range(_count_outputs(backbone, input_size, mean, std))]
         # Non-persistent: state_dict() stays the backbone's weights (prefixed "backbone."), which
         # load_model(arch, weights=FILE) accepts back.
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -157,3 +166,23 @@ class ImageClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input_size={self.input_size}, num_classes={self.num_classes}"
+
+
+def _count_outputs(backbone: nn.Module, input_size: tuple[int, int, int], mean: Any, std: Any) -> int:
+    """Number of logits for one mid-grey image of ``input_size`` (normalised as the classifier will)."""
+    x = (torch.full((1, *input_size), 0.5) - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(x.float())
+    except Exception as err:  # the backbone's own shape error: say which input was tried
+        raise UsageError(
+            f"the backbone does not take input {tuple(input_size)} ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); pass input_size=(C, H, W)"
+        ) from err
+    finally:
+        backbone.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise UsageError(f"the backbone must return logits of shape (N, classes), got {getattr(out, 'shape', out)}")
+    return int(out.shape[1])

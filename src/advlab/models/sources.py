@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from advlab.data.imagenet import imagenet_class_names
-from advlab.errors import MissingInputError, UsageError
+from advlab.errors import UsageError
 from advlab.models import efficientnet_lite
 from advlab.models.classifier import ImageClassifier
 from advlab.models.weights import (
@@ -282,42 +282,3 @@ def timm_filter(model: nn.Module) -> Callable[[dict], dict] | None:
     if fn is None:
         return None
     return lambda sd: fn(sd, model)
-
-
-def load_torchscript(path: Path, num_classes: int | None, overrides: dict[str, Any]) -> ImageClassifier:
-    if not path.is_file():
-        raise MissingInputError(
-            f"model file {path} does not exist (a model name must be one of advlab.models.list_models(), "
-            "timm:NAME, or a TorchScript file)"
-        )
-    try:
-        backbone = torch.jit.load(str(path), map_location="cpu")
-    except Exception as err:  # torch raises RuntimeError variants for non-TorchScript archives
-        raise UsageError(
-            f"{path} is not a TorchScript file ({type(err).__name__}); for a state dict pass the architecture and "
-            "the file: load_model(ARCH, weights=FILE)"
-        ) from err
-    backbone.eval()
-    input_size = tuple(overrides.get("input_size") or (3, 224, 224))
-    if num_classes is None:
-        with torch.no_grad():
-            out = backbone(torch.zeros(1, *input_size))
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
-            raise UsageError(
-                f"{path}: the model must return logits of shape (N, classes), got {getattr(out, 'shape', type(out))}"
-            )
-        num_classes = int(out.shape[1])
-    channels = input_size[0]
-    crop = int(input_size[1])
-    return ImageClassifier(
-        backbone,
-        mean=(0.0,) * channels,
-        std=(1.0,) * channels,
-        input_size=input_size,  # type: ignore[arg-type]
-        class_names=imagenet_names_or_numbers(num_classes),
-        resize_size=round(crop / 0.875),
-        crop_size=crop,
-        interpolation="bilinear",
-        name=path.name,
-        source=f"TorchScript file {path}",
-    )

