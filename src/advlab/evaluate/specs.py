@@ -148,12 +148,14 @@ def _suite_attack(suite: str) -> Callable[..., Any]:
         *,
         norm: str = "linf",
         square_queries: int = 1000,
+        eot_samples: int = 1,
         seed: Any = None,
         return_info: bool = False,
     ) -> Any:
         result = _suite.run_suite(
-            model, x, y, eps, norm, seed=0 if seed is None else seed, suite=suite, square_queries=square_queries
-        )
+            model, x, y, eps, norm, seed=0 if seed is None else seed, suite=suite, square_queries=square_queries,
+            eot_samples=eot_samples,
+        )  # fmt: skip
         return _attacks.AttackResult(result.x_adv, ~result.robust, None, {"broken_by": result.broken_by})
 
     attack.__name__ = f"suite_{suite}"

@@ -1,0 +1,104 @@
+"""Adaptive evaluation of defended models (issue 18): randomized models in the engine and the suites, defences on
+the command line, the full masking checks from the CLI, and the adaptive suite that acts on what they find.
+
+The models are the digits CNN of conftest.py behind the real defences of advlab.defenses.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advlab.defenses import GaussianNoise, defended
+from advlab.evaluate import evaluate, make_spec
+from advlab.evaluate.suite import Stage, apgd_ce_stage, run_suite, suite_stages
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
+
+
+class Items:
+    """(image, label, index) items over tensors."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i]), i
+
+
+def _untimed(records: dict) -> dict:
+    return {k: [{**r, "time_s": 0} for r in v] for k, v in records.items()}
+
+
+# ------------------------------------------------------------------------------ randomized models in the engine
+
+
+def test_records_of_a_random_model_do_not_depend_on_the_global_rng_or_on_resumption(digits_model, tmp_path) -> None:
+    """The model's draws come from a generator seeded per (run seed, batch, attack): the records are the same
+    whatever the global generator held, whether the run went in one go or batch by batch (a resumption), and the
+    caller's global stream is left untouched."""
+    model, x, y = digits_model
+    noisy = defended(model, GaussianNoise(0.3))
+    data = Items(x[:12], y[:12])
+    specs = [make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd"), make_spec("fgsm", {"eps": 0.1}, id="fgsm")]
+    torch.manual_seed(1)
+    one = evaluate(noisy, data, specs, batch_size=4, quiet=True, prepare=False, seed=5)
+    torch.manual_seed(2)
+    state = torch.random.get_rng_state()
+    out = tmp_path / "run"
+    for b in (2, 0, 1):  # batches in another order, each a separate call: a run resumed twice
+        evaluate(noisy, data, specs, out=out, batch_size=4, quiet=True, prepare=False, seed=5, batches=[b])
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = evaluate(noisy, data, specs, out=out, batch_size=4, quiet=True, prepare=False, seed=5)
+    assert _untimed(again.records) == _untimed(one.records)
+    other_seed = evaluate(noisy, data, specs, batch_size=4, quiet=True, prepare=False, seed=6)
+    assert _untimed(other_seed.records) != _untimed(one.records)  # the seed does reach the model's draws
+
+
+def test_records_of_an_eot_attack_hold_the_expected_prediction(digits_model) -> None:
+    """With eot_samples=K the recorded probabilities are the mean softmax over K draws: for heavy noise they sit
+    near the mean over many draws, far closer than one draw's."""
+    model, x, y = digits_model
+    noisy = defended(model, GaussianNoise(0.5))
+    data = Items(x[:8], y[:8])
+    eps0 = {"eps": 1e-6}  # a budget too small to matter: the record shows the prediction at (almost) x itself
+    specs = [make_spec("fgsm", eps0, id="k1"), make_spec("fgsm", {**eps0, "eot_samples": 64}, id="k64")]
+    out = evaluate(noisy, data, specs, batch_size=8, quiet=True, prepare=False)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        mean = torch.stack([torch.softmax(noisy(x[:8]), 1) for _ in range(400)]).mean(0).double()
+
+    def error(aid: str) -> float:
+        return sum(
+            abs(r["adv_probs"][0] - float(mean[i, r["adv_top5"][0]])) for i, r in enumerate(out.records[aid])
+        )
+
+    assert error("k64") < 0.5 * error("k1")
+
+
+def test_suite_with_eot_judges_breaks_on_the_expected_prediction(digits_model) -> None:
+    """run_suite(eot_samples=K): a noisy model broken by a lucky draw is not counted; with K = 1 a model whose
+    single draw is almost a coin toss looks broken far more often than its expectation is."""
+    model, x, y = digits_model
+    noisy = defended(model, GaussianNoise(0.6))
+    xs, ys = x[:24], y[:24]
+    stage = [Stage("apgd-ce", apgd_ce_stage(1), "one step")]  # at eps 1e-6 the judging is what counts
+    torch.manual_seed(0)
+    one = run_suite(noisy, xs, ys, 1e-6, stages=stage, seed=0, eot_samples=1)
+    torch.manual_seed(0)
+    many = run_suite(noisy, xs, ys, 1e-6, stages=stage, seed=0, eot_samples=32)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(noisy(xs), 1) for _ in range(500)]).mean(0).argmax(1) == ys
+    assert int((many.robust != expected).sum()) < int((one.robust != expected).sum())
+    assert "EOT over 32 draws" in suite_stages("fast", eot_samples=32)[0].description
+
+
+def test_bad_eot_samples_in_a_suite_spec_is_one_clear_error() -> None:
+    from advlab.evaluate import SpecError
+
+    for bad in (0, 1.5, "4"):
+        with pytest.raises(SpecError, match="eot_samples"):
+            make_spec("suite_strong", {"eps": 0.1, "eot_samples": bad})
