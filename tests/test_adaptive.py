@@ -6,10 +6,15 @@ The models are the digits CNN of conftest.py behind the real defences of advlab.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
-from advlab.defenses import GaussianNoise, defended
+from advlab.cli import main
+from advlab.defenses import BPDA, BitDepth, GaussianNoise, bpda_at, defended
 from advlab.evaluate import evaluate, make_spec
 from advlab.evaluate.suite import Stage, apgd_ce_stage, run_suite, suite_stages
 
@@ -102,3 +107,92 @@ def test_bad_eot_samples_in_a_suite_spec_is_one_clear_error() -> None:
     for bad in (0, 1.5, "4"):
         with pytest.raises(SpecError, match="eot_samples"):
             make_spec("suite_strong", {"eps": 0.1, "eot_samples": bad})
+
+
+# ------------------------------------------------------------------------------------- defences on the CLI
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not any(FASHION.glob("t10k-images-idx3-ubyte*")) and not os.environ.get("ADVLAB_FASHION_MNIST"),
+    reason="Fashion-MNIST is missing: apt-get install dataset-fashion-mnist",
+)
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fmnist_eval(out: Path, *extra: str, n: int = 16) -> list[str]:
+    return [
+        "eval", "--model", "fmnist_cnn_standard", "--data", "fashion-mnist", "--limit", str(n), "--batch-size", "8",
+        "--out", str(out), "--quiet", *extra,
+    ]  # fmt: skip
+
+
+@needs_fashion
+def test_cli_defense_wraps_the_model_as_a_recorded_step_and_bpda_undoes_the_masking(capsys, tmp_path) -> None:
+    pgd = ("--attack", "pgd", "--eps", "0.1", "--steps", "10")
+    naive, adaptive = tmp_path / "naive", tmp_path / "bpda"
+    code, _, err = cli(capsys, *fmnist_eval(naive, "--defense", "bit_depth(bits=1)", *pgd))
+    assert code == 0, err
+    run = json.loads((naive / "run.json").read_text())
+    assert json.dumps(run).count("bit_depth(bits=1)") >= 1
+    summary = json.loads((naive / "summary.json").read_text())
+    assert summary["model"]["defenses"] == ["bit_depth(bits=1)"] and summary["model"]["bpda"] == []
+    code, _, err = cli(capsys, *fmnist_eval(adaptive, "--defense", "bit_depth(bits=1)", "--bpda", "transforms.0", *pgd))
+    assert code == 0, err
+    with_bpda = json.loads((adaptive / "summary.json").read_text())
+    assert with_bpda["model"]["bpda"] == ["transforms.0"]
+    assert with_bpda["clean"] == summary["clean"]  # BPDA changes the backward pass only
+    # bits=1 rounds every pixel: PGD's gradient is zero and it stalls; through BPDA it breaks samples.
+    assert with_bpda["attacks"][0]["adv_top1"] < summary["attacks"][0]["adv_top1"]
+
+
+@needs_fashion
+def test_defenses_in_attacks_toml(capsys, tmp_path) -> None:
+    config = tmp_path / "attacks.toml"
+    config.write_text(
+        'model = "fmnist_cnn_standard"\ndata = "fashion-mnist"\nlimit = 8\n'
+        'defense = ["bit_depth(bits=3)", "median(size=3)"]\n[[attack]]\nname = "fgsm"\neps = 0.1\n'
+    )
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "eval", "--config", str(config), "--out", str(out), "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["defenses"] == ["bit_depth(bits=3)", "median(size=3)"]
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (("--defense", "bit_depth(bits=3"), "cannot parse defence"),
+        (("--defense", "blur(size=3)"), "unknown defence 'blur'"),
+        (("--defense", "median(radius=3)"), "unknown parameter 'radius' of defence 'median'"),
+        (("--defense", "bit_depth(bits=0)"), "bits must be an int in [1, 16]"),
+        (("--defense", "median(size=3)", "--bpda", "transforms.7"), "no submodule 'transforms.7'"),
+        (("-p", "eot_samples=0"), "eot_samples must be >= 1"),
+        (("-p", "eot_samples=2.5"), "eot_samples must be an integer"),
+    ],
+)
+@needs_fashion
+def test_bad_defence_or_eot_input_is_one_line_and_writes_nothing(capsys, tmp_path, extra, needle) -> None:
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, *fmnist_eval(out, "--attack", "pgd", "--eps", "0.1", *extra))
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_bpda_at_leaves_the_model_as_it_was_and_refuses_a_shape_change(digits_model) -> None:
+    model, x, _ = digits_model
+    guarded = defended(model, BitDepth(2))
+    wrapped = bpda_at(guarded, ["transforms.0"])
+    assert isinstance(wrapped.transforms[0], BPDA) and isinstance(guarded.transforms[0], BitDepth)
+    assert wrapped.model is guarded.model  # shared, not copied
+    xs = x[:4].clone().requires_grad_(True)
+    (g_plain,) = torch.autograd.grad(guarded(xs).sum(), xs)
+    (g_bpda,) = torch.autograd.grad(wrapped(xs).sum(), xs)
+    assert torch.equal(g_plain, torch.zeros_like(g_plain)) and g_bpda.abs().sum() > 0
+    with pytest.raises(ValueError, match="must keep the input's shape"):
+        bpda_at(defended(model, torch.nn.Upsample(scale_factor=2)), ["transforms.0"])(x[:2])

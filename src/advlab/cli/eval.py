@@ -23,6 +23,9 @@ EVAL_CONFIG_KEYS = {
     "device": "cpu, cuda, cuda:1, ...",
     "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
     "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
+    "defense": "list of defences put in front of the model, e.g. [\"bit_depth(bits=3)\"] (advlab.defenses)",
+    "bpda": "list of dotted submodule paths of the (defended) model to wrap in BPDA, e.g. [\"transforms.0\"]",
+    "sanity": "run every gradient-masking check on the first batch and record the verdicts in summary.json",
     "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
 }
 ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken")
@@ -64,6 +67,28 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         "--suite",
         default=None,
         help="run a named suite of attacks: 'strong' (the worst-case ensemble) or 'fast'",
+    )
+    p.add_argument(
+        "--defense",
+        action="append",
+        default=None,
+        metavar="DEFENCE",
+        help="put a defence in front of the model, e.g. 'bit_depth(bits=3)', 'median(size=3)', "
+        "'gaussian_noise(sigma=0.1)' (advlab.defenses; repeat to chain them, applied in order); recorded in run.json",
+    )
+    p.add_argument(
+        "--bpda",
+        action="append",
+        default=None,
+        metavar="MODULE_PATH",
+        help="wrap the submodule at this dotted path of the (defended) model in BPDA (identity backward), e.g. "
+        "transforms.0 for the first --defense",
+    )
+    p.add_argument(
+        "--sanity",
+        action="store_true",
+        default=False,
+        help="run every gradient-masking check (advlab.evaluate.sanity) on the first batch; verdicts in summary.json",
     )
     p.add_argument("--out", default="runs/eval", help="run directory")
     add_replace_flag(p)
@@ -179,6 +204,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.attack is None and args.suite is None and (args.eps or args.alpha or args.steps or args.targeted):
         raise UsageError("--eps/--alpha/--steps/--targeted describe an --attack; none was given")
 
+    from ..defenses import parse_defense
+
+    for text in _strings(args.defense, "defense"):  # a bad --defense is named before the model loads
+        parse_defense(text)
+    _strings(args.bpda, "bpda")
+
     from .. import runtime
     from ..evaluate.sharded import evaluate_sharded
     from ..models import check_device, load_model
@@ -190,6 +221,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = load_model(args.model, weights=args.weights, device=args.device)
     dataset, data_meta = _open_data(args, model)
     model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
+    model, model_meta = _defend(model, model_meta, args)
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
     result = (evaluate_sharded if info.distributed else evaluate)(
         model,
@@ -212,6 +244,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
     return 0
+
+
+def _strings(value: Any, key: str) -> list[str]:
+    """A flag repeated or a config key given as one string or a list of strings."""
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise UsageError(f"{key} takes a string or a list of strings, got {value!r}")
+    return values
+
+
+def _defend(model: Any, meta: dict[str, Any], args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """``--defense``/``--bpda``: the model behind its defences, recorded under the model's description."""
+    from ..defenses import defend
+
+    defenses, bpda = _strings(args.defense, "defense"), _strings(args.bpda, "bpda")
+    if not defenses and not bpda:
+        return model, meta
+    defended_model, record = defend(model, defenses, bpda)
+    return defended_model, {**meta, **record}
 
 
 def _suite_specs(args: argparse.Namespace) -> list[Any]:

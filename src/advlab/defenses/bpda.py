@@ -9,10 +9,13 @@ f(x) ~ x, g is the identity (the paper's "straight-through" special case).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from advlab.errors import UsageError
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -88,3 +91,32 @@ def bpda(forward_fn: Fn, backward_fn: Fn | None = None) -> BPDA:
     on the first call.
     """
     return BPDA(forward_fn, backward_fn)
+
+
+def bpda_at(model: nn.Module, paths: list[str] | tuple[str, ...], backward_fn: Fn | None = None) -> nn.Module:
+    """``model`` with the submodule at each of ``paths`` (dotted names as ``model.named_modules()`` gives them,
+    e.g. ``"transforms.0"``) wrapped in :func:`bpda`: same forward, identity backward there (Athalye et al. 2018,
+    sec. 4.1). The user's model is left as it was: the modules on the way to each path are shallow copies, every
+    other module and every parameter is shared. A path that names no submodule is a UsageError naming those that
+    exist.
+    """
+    if isinstance(paths, str):
+        paths = (paths,)
+    names = [name for name, _ in model.named_modules() if name]
+    out = model
+    for path in paths:
+        if not isinstance(path, str) or path not in names:
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise UsageError(f"bpda: the model has no submodule {path!r}; its submodules are: {shown or 'none'}")
+        out = _replaced(out, path.split("."), lambda m: m if isinstance(m, BPDA) else BPDA(m, backward_fn))
+    return out
+
+
+def _replaced(module: nn.Module, parts: list[str], wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """A shallow copy of ``module`` whose submodule at ``parts`` is ``wrap(submodule)``."""
+    child = module._modules[parts[0]]
+    assert child is not None
+    new = copy.copy(module)
+    new._modules = dict(module._modules)
+    new._modules[parts[0]] = wrap(child) if len(parts) == 1 else _replaced(child, parts[1:], wrap)
+    return new
