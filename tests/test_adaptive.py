@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from advlab.cli import main
-from advlab.defenses import BPDA, BitDepth, GaussianNoise, bpda_at, defended
-from advlab.evaluate import evaluate, make_spec
+from advlab.defenses import BPDA, JPEG, BitDepth, GaussianNoise, MedianSmoothing, bpda_at, defended
+from advlab.evaluate import evaluate, evaluate_adaptive, make_spec, probe_modules
+from advlab.evaluate.adaptive import choose_eot_samples, gradient_variance
 from advlab.evaluate.suite import Stage, apgd_ce_stage, run_suite, suite_stages
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
@@ -77,9 +78,7 @@ def test_records_of_an_eot_attack_hold_the_expected_prediction(digits_model) -> 
         mean = torch.stack([torch.softmax(noisy(x[:8]), 1) for _ in range(400)]).mean(0).double()
 
     def error(aid: str) -> float:
-        return sum(
-            abs(r["adv_probs"][0] - float(mean[i, r["adv_top5"][0]])) for i, r in enumerate(out.records[aid])
-        )
+        return sum(abs(r["adv_probs"][0] - float(mean[i, r["adv_top5"][0]])) for i, r in enumerate(out.records[aid]))
 
     assert error("k64") < 0.5 * error("k1")
 
@@ -196,3 +195,58 @@ def test_bpda_at_leaves_the_model_as_it_was_and_refuses_a_shape_change(digits_mo
     assert torch.equal(g_plain, torch.zeros_like(g_plain)) and g_bpda.abs().sum() > 0
     with pytest.raises(ValueError, match="must keep the input's shape"):
         bpda_at(defended(model, torch.nn.Upsample(scale_factor=2)), ["transforms.0"])(x[:2])
+
+
+# ------------------------------------------------------------------------------------- the adaptive suite
+
+
+class NoGraph(torch.nn.Module):
+    """A preprocessing step computed outside autograd (as a numpy or Pillow round-trip is): no gradient at all."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return x.clamp(0.1, 0.9)
+
+
+def test_module_probe_finds_the_modules_with_zero_or_undefined_local_jacobian(digits_model) -> None:
+    model, x, _ = digits_model
+    guarded = defended(model, MedianSmoothing(2), BitDepth(3), NoGraph(), JPEG(75))
+    found = {p["path"]: p["reason"] for p in probe_modules(guarded, x[:8])}
+    assert found == {"transforms.1": "zero", "transforms.2": "undefined", "transforms.3": "zero"}
+    assert probe_modules(model, x[:8]) == []  # a plain CNN: nothing to flag
+
+
+def test_eot_samples_follow_the_gradient_variance(digits_model) -> None:
+    """K = ceil(r / tol^2), capped: more noise, more variance, more draws; none for a deterministic model."""
+    model, x, y = digits_model
+    r_small = gradient_variance(defended(model, GaussianNoise(0.02)), x[:8], y[:8])
+    r_large = gradient_variance(defended(model, GaussianNoise(0.5)), x[:8], y[:8])
+    assert gradient_variance(model, x[:8], y[:8]) == 0.0 and 0 < r_small < r_large
+    assert choose_eot_samples(0.0, random=False) == 1 and choose_eot_samples(0.01, random=True) == 2
+    assert choose_eot_samples(1.0, random=True) == 4 and choose_eot_samples(1e6, random=True, cap=16) == 16
+
+
+@pytest.mark.parametrize(
+    "transform, check, fix",
+    [
+        (BitDepth(1), "module_probe (zero local Jacobian)", "BPDA around transforms.0"),
+        (GaussianNoise(0.3), "deterministic_logits", "EOT over"),
+    ],
+)
+def test_adaptive_suite_records_the_trigger_and_fix_and_is_never_above_naive(
+    digits_model, tmp_path, transform, check, fix
+) -> None:
+    model, x, y = digits_model
+    guarded = defended(model, transform)
+    result = evaluate_adaptive(
+        guarded, Items(x[:8], y[:8]), [0.15], batch_size=8, square_queries=100, out=tmp_path / "run", quiet=True
+    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    plan = summary["adaptive"]["plan"]
+    assert any(t["check"] == check and t["fix"].startswith(fix) for t in plan["triggers"]), plan["triggers"]
+    assert [c["name"] for c in summary["sanity"]["checks"]][:2] == ["deterministic_logits", "zero_gradients"]
+    (row,) = summary["adaptive"]["rows"]
+    assert row["adaptive"] <= row["naive"] and check in row["triggered_by"]
+    naive_id, adaptive_id = (a["id"] for a in summary["attacks"])
+    for n, a in zip(result.records[naive_id], result.records[adaptive_id], strict=True):
+        assert not (n["adv_top5"][0] != n["label"] and a["adv_top5"][0] == a["label"])  # no sample comes back

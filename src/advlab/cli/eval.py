@@ -195,11 +195,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         specs += _table_attacks(args.attack_tables, args.config)
     if args.attack is not None:
         specs += _flag_attack(args)
-    if args.suite is not None:
+    adaptive = args.suite == "adaptive"
+    if adaptive:
+        specs = _adaptive_check(args, specs)
+    elif args.suite is not None:
         from ..evaluate import with_suites
 
         specs = with_suites(specs, _suite_specs(args))  # the per-sample worst case of the listed attacks
-    if not specs:
+    if not specs and not adaptive:
         raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --suite or --config")
     if args.attack is None and args.suite is None and (args.eps or args.alpha or args.steps or args.targeted):
         raise UsageError("--eps/--alpha/--steps/--targeted describe an --attack; none was given")
@@ -221,29 +224,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = load_model(args.model, weights=args.weights, device=args.device)
     dataset, data_meta = _open_data(args, model)
     model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
-    model, model_meta = _defend(model, model_meta, args)
+    model, model_meta = _defend(model, model_meta, args, bpda=not adaptive)  # adaptive: BPDA is its own step
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
-    result = (evaluate_sharded if info.distributed else evaluate)(
-        model,
-        dataset,
-        specs,
-        out=args.out,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        model_meta=model_meta,
-        data_meta=data_meta,
-        extra={"command": command},
-        quiet=args.quiet,
-        replace=args.replace,
-        prepare=bool(args.prepare),
-    )
+    extra: dict[str, Any] = {"command": command}
+    common = dict(out=args.out, batch_size=args.batch_size, seed=args.seed, model_meta=model_meta, data_meta=data_meta)
+    common.update(quiet=args.quiet, replace=args.replace, prepare=bool(args.prepare))
+    if adaptive:
+        from ..evaluate.adaptive import adaptive_line, evaluate_adaptive
+
+        if info.distributed:
+            raise UsageError("--suite adaptive runs in one process; start it without torchrun")
+        result = evaluate_adaptive(
+            model, dataset, args.eps, norm=args.norm or "linf", bpda=_strings(args.bpda, "bpda"), extra=extra, **common
+        )
+    else:
+        if args.sanity:
+            extra["sanity"] = _sanity(model, dataset, specs, args)
+        result = (evaluate_sharded if info.distributed else evaluate)(model, dataset, specs, extra=extra, **common)
     if not info.is_main:  # rank 0 reports for the whole distributed run
         return 0
     for a in result.summary["attacks"]:
         print(summary_line(a))
+    for row in (result.summary.get("adaptive") or {}).get("rows", []):
+        print(adaptive_line(row))
     if not args.quiet:
         print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
     return 0
+
+
+def _adaptive_check(args: argparse.Namespace, listed: list[Any]) -> list[Any]:
+    """``--suite adaptive``: alone, with --eps; its specs come from the checks, once the model is loaded."""
+    if listed:
+        raise UsageError("--suite adaptive runs alone (its naive and adaptive suites); drop the listed attacks")
+    if not args.eps:
+        raise UsageError("--suite needs --eps (one or more budgets, e.g. --eps 8/255)")
+    ignored = [f"--{n}" for n in ("alpha", "steps", "restarts", "loss", "target") if getattr(args, n) is not None]
+    if ignored or args.targeted or args.param:
+        raise UsageError("--suite adaptive takes only --eps, --norm, --defense and --bpda (it sets its own attacks)")
+    return []
+
+
+def _sanity(model: Any, dataset: Any, specs: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``--sanity``: every masking check on the first batch, at the eps and norm of the first attack with an eps."""
+    from ..evaluate import run_sanity
+
+    with_eps = [s for s in specs if isinstance(s.params.get("eps"), float)]
+    if not with_eps:
+        raise UsageError("--sanity needs an attack with an eps (the checks run at that budget)")
+    eps, norm = with_eps[0].params["eps"], with_eps[0].params.get("norm", "linf")
+    return run_sanity(model, dataset, eps, norm, batch_size=args.batch_size, seed=args.seed)
 
 
 def _strings(value: Any, key: str) -> list[str]:
@@ -256,14 +285,15 @@ def _strings(value: Any, key: str) -> list[str]:
     return values
 
 
-def _defend(model: Any, meta: dict[str, Any], args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """``--defense``/``--bpda``: the model behind its defences, recorded under the model's description."""
+def _defend(model: Any, meta: dict[str, Any], args: argparse.Namespace, bpda: bool) -> tuple[Any, dict[str, Any]]:
+    """``--defense``/``--bpda``: the model behind its defences, recorded under the model's description (``--bpda``
+    only where ``bpda``: the adaptive suite applies it in its own attacks, not to the naive one)."""
     from ..defenses import defend
 
-    defenses, bpda = _strings(args.defense, "defense"), _strings(args.bpda, "bpda")
-    if not defenses and not bpda:
+    defenses, paths = _strings(args.defense, "defense"), _strings(args.bpda, "bpda") if bpda else []
+    if not defenses and not paths:
         return model, meta
-    defended_model, record = defend(model, defenses, bpda)
+    defended_model, record = defend(model, defenses, paths)
     return defended_model, {**meta, **record}
 
 
