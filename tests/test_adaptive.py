@@ -250,3 +250,37 @@ def test_adaptive_suite_records_the_trigger_and_fix_and_is_never_above_naive(
     naive_id, adaptive_id = (a["id"] for a in summary["attacks"])
     for n, a in zip(result.records[naive_id], result.records[adaptive_id], strict=True):
         assert not (n["adv_top5"][0] != n["label"] and a["adv_top5"][0] == a["label"])  # no sample comes back
+
+
+@needs_fashion
+def test_cli_sanity_records_every_masking_check(capsys, tmp_path) -> None:
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, *fmnist_eval(out, "--attack", "fgsm", "--eps", "0.1", "--sanity", n=8))
+    assert code == 0, err
+    sanity = json.loads((out / "summary.json").read_text())["sanity"]
+    names = [c["name"] for c in sanity["checks"]]
+    assert names[:8] == [
+        "deterministic_logits", "zero_gradients", "iterative_vs_single_step", "accuracy_monotone_in_eps",
+        "large_eps", "unbounded_attack", "square_vs_whitebox", "loss_rises",
+    ]  # fmt: skip
+    assert sanity["on"] == 8 and all(c["status"] in ("pass", "warn") for c in sanity["checks"])
+    code, _, err = cli(capsys, *fmnist_eval(tmp_path / "cw", "--attack", "cw_l2", "--sanity", n=8))
+    assert code == 2 and "--sanity needs an attack with an eps" in err
+
+
+@needs_fashion
+def test_cli_suite_adaptive_prints_naive_and_adaptive_and_the_report_shows_them(capsys, tmp_path) -> None:
+    from advlab.report.summary import render_run
+
+    out = tmp_path / "run"
+    argv = fmnist_eval(out, "--defense", "bit_depth(bits=1)", "--suite", "adaptive", "--eps", "0.1", n=4)
+    code, stdout, err = cli(capsys, *argv)
+    assert code == 0, err
+    line = stdout.strip().splitlines()[-1]
+    assert line.startswith("adaptive eps=0.1: robust ") and "naive ->" in line and "BPDA around transforms.0" in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adaptive"]["plan"]["bpda"] == ["transforms.0"] and summary["model"]["defenses"]
+    render_run(out, tmp_path / "report")
+    assert "naive against adaptive" in (tmp_path / "report" / "tables.md").read_text()
+    code, _, err = cli(capsys, *fmnist_eval(tmp_path / "x", "--suite", "adaptive", "--eps", "0.1", "--steps", "3"))
+    assert code == 2 and "--suite adaptive takes only" in err
