@@ -171,6 +171,7 @@ def test_defenses_in_attacks_toml(capsys, tmp_path) -> None:
         (("--defense", "median(radius=3)"), "unknown parameter 'radius' of defence 'median'"),
         (("--defense", "bit_depth(bits=0)"), "bits must be an int in [1, 16]"),
         (("--defense", "median(size=3)", "--bpda", "transforms.7"), "no submodule 'transforms.7'"),
+        (("--defense", "median(size=3)", "--bpda", "model"), "bpda: forward_fn must keep the input's shape"),
         (("-p", "eot_samples=0"), "eot_samples must be >= 1"),
         (("-p", "eot_samples=2.5"), "eot_samples must be an integer"),
     ],

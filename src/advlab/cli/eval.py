@@ -225,6 +225,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset, data_meta = _open_data(args, model)
     model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
     model, model_meta = _defend(model, model_meta, args, bpda=not adaptive)  # adaptive: BPDA is its own step
+    if "defenses" in model_meta:
+        _check_forward(model, dataset)
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
     extra: dict[str, Any] = {"command": command}
     common = dict(out=args.out, batch_size=args.batch_size, seed=args.seed, model_meta=model_meta, data_meta=data_meta)
@@ -295,6 +297,20 @@ def _defend(model: Any, meta: dict[str, Any], args: argparse.Namespace, bpda: bo
         return model, meta
     defended_model, record = defend(model, defenses, paths)
     return defended_model, {**meta, **record}
+
+
+def _check_forward(model: Any, dataset: Any) -> None:
+    """One forward of the defended model on the first image, before the run directory is touched: a BPDA around a
+    module that changes the shape is then one line (UsageError), not a run directory holding a failed run."""
+    import torch
+
+    for i in range(min(len(dataset), 8)):
+        item = dataset[i]
+        if item is not None:
+            with torch.no_grad():
+                model.eval()
+                model(item[0][None].to(next(iter(model.parameters()), torch.empty(0)).device))
+            return
 
 
 def _suite_specs(args: argparse.Namespace) -> list[Any]:

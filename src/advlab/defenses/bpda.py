@@ -40,7 +40,7 @@ class _Bpda(torch.autograd.Function):
             g = ctx.backward_fn(x_in)
             if not isinstance(g, Tensor) or g.shape != x.shape:
                 got = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
-                raise ValueError(f"bpda: backward_fn must keep the input's shape {tuple(x.shape)}, got {got}")
+                raise UsageError(f"bpda: backward_fn must keep the input's shape {tuple(x.shape)}, got {got}")
             (grad_x,) = torch.autograd.grad(g, x_in, grad_y)
         return grad_x, None, None
 
@@ -49,7 +49,8 @@ class BPDA(nn.Module):
     """The module made by :func:`bpda`: forward ``forward_fn``, backward that of ``backward_fn`` (identity if None).
 
     A ``forward_fn`` or ``backward_fn`` that is an ``nn.Module`` is a submodule (moves with ``.to()``, follows
-    ``.eval()``). Both must keep the input's shape; the output of ``forward_fn`` takes the input's dtype.
+    ``.eval()``). Both must keep the input's shape (else a UsageError, a ValueError); the output of
+    ``forward_fn`` takes the input's dtype.
     """
 
     def __init__(self, forward_fn: Fn, backward_fn: Fn | None = None) -> None:
@@ -65,7 +66,7 @@ class BPDA(nn.Module):
             y = self.forward_fn(x.detach())
         if not isinstance(y, Tensor) or y.shape != x.shape:
             got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-            raise ValueError(
+            raise UsageError(
                 f"bpda: forward_fn must keep the input's shape {tuple(x.shape)}, got {got}; BPDA replaces its "
                 "gradient by that of a function of the same shape (the identity by default)"
             )

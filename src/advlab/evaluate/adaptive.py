@@ -185,6 +185,9 @@ def plan_adaptive(
         plan.probed = probe_modules(model, x, seed=seed)
         paths = list(dict.fromkeys([*bpda, *(p["path"] for p in plan.probed if p["keeps_shape"])]))
         attacked = bpda_at(model, paths) if paths else model
+        if paths:  # a BPDA around a module that changes the shape is refused here, before any run directory
+            with torch.no_grad(), frozen(attacked):
+                attacked(x[:1])
         if status.get("deterministic_logits") == "warn":
             plan.gradient_variance = gradient_variance(attacked, x, y)
             plan.eot_samples = choose_eot_samples(plan.gradient_variance, random=True, cap=eot_cap)
