@@ -7,6 +7,13 @@ robustness against an adaptive attacker, so the adaptive number should come near
 PGD overstates robustness where the defence masks gradients.
 
     .venv/bin/python benchmarks/adaptive.py --subset 20 --threads 2        # 500 test images
+    .venv/bin/python benchmarks/adaptive.py --suite --subset 100 --models fmnist_cnn_standard   # the suites
+
+With ``--suite`` the columns are suites instead of PGD: the naive ``strong`` suite on the defended model, the
+adaptive suite (:mod:`advlab.evaluate.adaptive`: the checks on the first 16 images, then EOT with K from the
+gradient variance (capped at ``--eot-cap``) and BPDA around the modules the probe flags, plus Square; a sample is
+robust only if both suites left it) and the ``strong`` suite on the undefended model. Breaks of a random defence
+are judged on the expected prediction over K draws (the suite's own test).
 
 PGD: Linf eps 0.1, ``--steps`` steps of ``--alpha``, one random start seeded by the test-set index. A sample counts
 as robust under the adaptive attack only if neither the naive nor the adaptive attack broke it (the defender faces
@@ -49,6 +56,55 @@ def robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
     return correct(model, x_adv, y)
 
 
+def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+    from advlab.evaluate.adaptive import adaptive_suite, plan_adaptive
+    from advlab.evaluate.suite import run_suite
+
+    print(f"{'model':22} {'defence':34} {'clean':>6} {'naive':>6} {'adapt':>6} {'undef':>6}  fix")
+    for name in args.models:
+        model = load_model(name)
+        t0 = time.perf_counter()
+        base = run_suite(model, x, y, args.eps, seed=idx, suite="strong")
+        base_s = time.perf_counter() - t0
+        for spec in args.defences:
+            net = defended(model, parse_defense(spec))
+            t0 = time.perf_counter()
+            plan = plan_adaptive(net, x[:16], y[:16], args.eps, seed=0, eot_cap=args.eot_cap)
+            t_plan = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            naive = run_suite(net, x, y, args.eps, seed=idx, suite="strong")
+            t_naive = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            adaptive = adaptive_suite(
+                net, x, y, args.eps, eot_samples=plan.eot_samples, bpda=",".join(plan.bpda), seed=idx
+            )
+            t_adaptive = time.perf_counter() - t0
+            row = {
+                "model": name,
+                "defence": spec,
+                "images": len(y),
+                "clean_acc": round(naive.clean_accuracy, 4),
+                "naive_suite_acc": round(naive.robust_accuracy, 4),
+                "adaptive_suite_acc": round((naive.robust & ~adaptive.success).double().mean().item(), 4),
+                "undefended_strong_acc": round(base.robust_accuracy, 4),
+                "eot_samples": plan.eot_samples,
+                "gradient_variance": round(plan.gradient_variance, 4),
+                "bpda": plan.bpda,
+                "triggers": [t["check"] for t in plan.triggers],
+                "seconds": {"checks": round(t_plan, 1), "naive": round(t_naive, 1), "adaptive": round(t_adaptive, 1),
+                            "undefended": round(base_s, 1)},
+                "threads": torch.get_num_threads(),
+            }  # fmt: skip
+            print(json.dumps(row), flush=True)
+            fix = f"EOT K={plan.eot_samples}" if plan.eot_samples > 1 else ""
+            fix += (" + " if fix else "") + (f"BPDA {','.join(plan.bpda)}" if plan.bpda else "")
+            print(
+                f"{name:22} {spec:34} {row['clean_acc']:6.3f} {row['naive_suite_acc']:6.3f} "
+                f"{row['adaptive_suite_acc']:6.3f} {row['undefended_strong_acc']:6.3f}  {fix or 'none'}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=["fmnist_cnn_standard", "fmnist_cnn_pgd"])
@@ -59,6 +115,8 @@ def main() -> None:
     parser.add_argument("--eot", type=int, default=10, help="EOT draws per step for the random defences")
     parser.add_argument("--subset", type=int, default=20, help="take every N-th test image (20: 500 images)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--suite", action="store_true", help="naive strong suite vs the adaptive suite")
+    parser.add_argument("--eot-cap", type=int, default=10, help="--suite: the most EOT draws the suite may choose")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,6 +125,9 @@ def main() -> None:
     images, labels = load_fashion_mnist("test")
     idx = torch.arange(0, len(labels), args.subset)
     x, y = to_float_images(images)[idx], labels[idx]
+    if args.suite:
+        suite_rows(args, x, y, idx)
+        return
     rows = []
     for name in args.models:
         model = load_model(name)

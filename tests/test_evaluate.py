@@ -309,7 +309,7 @@ def test_a_suite_chained_onto_listed_attacks_is_their_per_sample_worst_case(data
     (suite,) = suite_specs("fast", [0.1])
     specs = with_suites(listed, [suite])
     assert specs[:-1] == listed and specs[-1].only_unbroken == ("fgsm", "pgd") and specs[-1].name == "suite_fast"
-    with pytest.raises(SpecError, match="unknown suite 'nope'; available: fast, strong"):
+    with pytest.raises(SpecError, match="unknown suite 'nope'; available: adaptive, fast, strong"):
         suite_specs("nope", [0.1])
     result = evaluate(model, small, specs, batch_size=16, quiet=True)
     a = {x["id"]: x for x in result.summary["attacks"]}

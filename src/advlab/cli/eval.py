@@ -23,6 +23,9 @@ EVAL_CONFIG_KEYS = {
     "device": "cpu, cuda, cuda:1, ...",
     "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
     "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
+    "defense": "list of defences put in front of the model, e.g. [\"bit_depth(bits=3)\"] (advlab.defenses)",
+    "bpda": "list of dotted submodule paths of the (defended) model to wrap in BPDA, e.g. [\"transforms.0\"]",
+    "sanity": "run every gradient-masking check on the first batch and record the verdicts in summary.json",
     "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
     # a user's model at its own size (docs/models_data.md)
     "input_size": "the model's input, CxHxW (e.g. 1x28x28); default: stated by the model, else the data's",
@@ -81,6 +84,28 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         "--suite",
         default=None,
         help="run a named suite of attacks: 'strong' (the worst-case ensemble) or 'fast'",
+    )
+    p.add_argument(
+        "--defense",
+        action="append",
+        default=None,
+        metavar="DEFENCE",
+        help="put a defence in front of the model, e.g. 'bit_depth(bits=3)', 'median(size=3)', "
+        "'gaussian_noise(sigma=0.1)' (advlab.defenses; repeat to chain them, applied in order); recorded in run.json",
+    )
+    p.add_argument(
+        "--bpda",
+        action="append",
+        default=None,
+        metavar="MODULE_PATH",
+        help="wrap the submodule at this dotted path of the (defended) model in BPDA (identity backward), e.g. "
+        "transforms.0 for the first --defense",
+    )
+    p.add_argument(
+        "--sanity",
+        action="store_true",
+        default=False,
+        help="run every gradient-masking check (advlab.evaluate.sanity) on the first batch; verdicts in summary.json",
     )
     p.add_argument("--out", default="runs/eval", help="run directory")
     add_replace_flag(p)
@@ -195,14 +220,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         specs += _table_attacks(args.attack_tables, args.config)
     if args.attack is not None:
         specs += _flag_attack(args)
-    if args.suite is not None:
+    adaptive = args.suite == "adaptive"
+    if adaptive:
+        specs = _adaptive_check(args, specs)
+    elif args.suite is not None:
         from ..evaluate import with_suites
 
         specs = with_suites(specs, _suite_specs(args))  # the per-sample worst case of the listed attacks
-    if not specs:
+    if not specs and not adaptive:
         raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --suite or --config")
     if args.attack is None and args.suite is None and (args.eps or args.alpha or args.steps or args.targeted):
         raise UsageError("--eps/--alpha/--steps/--targeted describe an --attack; none was given")
+
+    from ..defenses import parse_defense
+
+    for text in _strings(args.defense, "defense"):  # a bad --defense is named before the model loads
+        parse_defense(text)
+    _strings(args.bpda, "bpda")
 
     from .. import runtime
     from ..evaluate.sharded import evaluate_sharded
@@ -223,21 +257,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     published = published_result(args.model or "")  # RobustBench's own number, shown next to advlab's
     if published is not None:
         model_meta["published"] = published
+    model, model_meta = _defend(model, model_meta, args, bpda=not adaptive)  # adaptive: BPDA is its own step
+    if "defenses" in model_meta:
+        _check_forward(model, dataset)
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
-    result = (evaluate_sharded if info.distributed else evaluate)(
-        model,
-        dataset,
-        specs,
-        out=args.out,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        model_meta=model_meta,
-        data_meta=data_meta,
-        extra={"command": command},
-        quiet=args.quiet,
-        replace=args.replace,
-        prepare=bool(args.prepare),
-    )
+    extra: dict[str, Any] = {"command": command}
+    common = dict(out=args.out, batch_size=args.batch_size, seed=args.seed, model_meta=model_meta, data_meta=data_meta)
+    common.update(quiet=args.quiet, replace=args.replace, prepare=bool(args.prepare))
+    if adaptive:
+        from ..evaluate.adaptive import adaptive_line, evaluate_adaptive
+
+        if info.distributed:
+            raise UsageError("--suite adaptive runs in one process; start it without torchrun")
+        result = evaluate_adaptive(
+            model, dataset, args.eps, norm=args.norm or "linf", bpda=_strings(args.bpda, "bpda"), extra=extra, **common
+        )
+    else:
+        if args.sanity:
+            extra["sanity"] = _sanity(model, dataset, specs, args)
+        result = (evaluate_sharded if info.distributed else evaluate)(model, dataset, specs, extra=extra, **common)
     if not info.is_main:  # rank 0 reports for the whole distributed run
         return 0
     for a in result.summary["attacks"]:
@@ -247,9 +285,70 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"RobustBench published (AutoAttack, eps {published['eps']}): clean {published['clean_acc']}%, "
             f"robust {published['autoattack_acc']}% ({published['source']})"
         )
+    for row in (result.summary.get("adaptive") or {}).get("rows", []):
+        print(adaptive_line(row))
     if not args.quiet:
         print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
     return 0
+
+
+def _adaptive_check(args: argparse.Namespace, listed: list[Any]) -> list[Any]:
+    """``--suite adaptive``: alone, with --eps; its specs come from the checks, once the model is loaded."""
+    if listed:
+        raise UsageError("--suite adaptive runs alone (its naive and adaptive suites); drop the listed attacks")
+    if not args.eps:
+        raise UsageError("--suite needs --eps (one or more budgets, e.g. --eps 8/255)")
+    ignored = [f"--{n}" for n in ("alpha", "steps", "restarts", "loss", "target") if getattr(args, n) is not None]
+    if ignored or args.targeted or args.param:
+        raise UsageError("--suite adaptive takes only --eps, --norm, --defense and --bpda (it sets its own attacks)")
+    return []
+
+
+def _sanity(model: Any, dataset: Any, specs: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``--sanity``: every masking check on the first batch, at the eps and norm of the first attack with an eps."""
+    from ..evaluate import run_sanity
+
+    with_eps = [s for s in specs if isinstance(s.params.get("eps"), float)]
+    if not with_eps:
+        raise UsageError("--sanity needs an attack with an eps (the checks run at that budget)")
+    eps, norm = with_eps[0].params["eps"], with_eps[0].params.get("norm", "linf")
+    return run_sanity(model, dataset, eps, norm, batch_size=args.batch_size, seed=args.seed)
+
+
+def _strings(value: Any, key: str) -> list[str]:
+    """A flag repeated or a config key given as one string or a list of strings."""
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise UsageError(f"{key} takes a string or a list of strings, got {value!r}")
+    return values
+
+
+def _defend(model: Any, meta: dict[str, Any], args: argparse.Namespace, bpda: bool) -> tuple[Any, dict[str, Any]]:
+    """``--defense``/``--bpda``: the model behind its defences, recorded under the model's description (``--bpda``
+    only where ``bpda``: the adaptive suite applies it in its own attacks, not to the naive one)."""
+    from ..defenses import defend
+
+    defenses, paths = _strings(args.defense, "defense"), _strings(args.bpda, "bpda") if bpda else []
+    if not defenses and not paths:
+        return model, meta
+    defended_model, record = defend(model, defenses, paths)
+    return defended_model, {**meta, **record}
+
+
+def _check_forward(model: Any, dataset: Any) -> None:
+    """One forward of the defended model on the first image, before the run directory is touched: a BPDA around a
+    module that changes the shape is then one line (UsageError), not a run directory holding a failed run."""
+    import torch
+
+    for i in range(min(len(dataset), 8)):
+        item = dataset[i]
+        if item is not None:
+            with torch.no_grad():
+                model.eval()
+                model(item[0][None].to(next(iter(model.parameters()), torch.empty(0)).device))
+            return
 
 
 def _suite_specs(args: argparse.Namespace) -> list[Any]:

@@ -9,8 +9,8 @@ one an attack can differentiate through with :func:`bpda`; build a defence from 
 This package depends on torch (and Pillow, for :class:`JPEG`) only, not on the rest of advlab.
 """
 
-from .bpda import BPDA, bpda
-from .parse import DEFENSES, parse_defense
+from .bpda import BPDA, bpda, bpda_at
+from .parse import DEFENSES, defend, parse_defense
 from .transforms import JPEG, BitDepth, Defended, GaussianNoise, MedianSmoothing, RandomResizePad, defended
 
 __all__ = [
@@ -23,6 +23,8 @@ __all__ = [
     "MedianSmoothing",
     "RandomResizePad",
     "bpda",
+    "bpda_at",
+    "defend",
     "defended",
     "parse_defense",
 ]

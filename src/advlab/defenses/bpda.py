@@ -9,10 +9,13 @@ f(x) ~ x, g is the identity (the paper's "straight-through" special case).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from advlab.errors import UsageError
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -37,7 +40,7 @@ class _Bpda(torch.autograd.Function):
             g = ctx.backward_fn(x_in)
             if not isinstance(g, Tensor) or g.shape != x.shape:
                 got = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
-                raise ValueError(f"bpda: backward_fn must keep the input's shape {tuple(x.shape)}, got {got}")
+                raise UsageError(f"bpda: backward_fn must keep the input's shape {tuple(x.shape)}, got {got}")
             (grad_x,) = torch.autograd.grad(g, x_in, grad_y)
         return grad_x, None, None
 
@@ -46,7 +49,8 @@ class BPDA(nn.Module):
     """The module made by :func:`bpda`: forward ``forward_fn``, backward that of ``backward_fn`` (identity if None).
 
     A ``forward_fn`` or ``backward_fn`` that is an ``nn.Module`` is a submodule (moves with ``.to()``, follows
-    ``.eval()``). Both must keep the input's shape; the output of ``forward_fn`` takes the input's dtype.
+    ``.eval()``). Both must keep the input's shape (else a UsageError, a ValueError); the output of
+    ``forward_fn`` takes the input's dtype.
     """
 
     def __init__(self, forward_fn: Fn, backward_fn: Fn | None = None) -> None:
@@ -62,7 +66,7 @@ class BPDA(nn.Module):
             y = self.forward_fn(x.detach())
         if not isinstance(y, Tensor) or y.shape != x.shape:
             got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-            raise ValueError(
+            raise UsageError(
                 f"bpda: forward_fn must keep the input's shape {tuple(x.shape)}, got {got}; BPDA replaces its "
                 "gradient by that of a function of the same shape (the identity by default)"
             )
@@ -88,3 +92,32 @@ def bpda(forward_fn: Fn, backward_fn: Fn | None = None) -> BPDA:
     on the first call.
     """
     return BPDA(forward_fn, backward_fn)
+
+
+def bpda_at(model: nn.Module, paths: list[str] | tuple[str, ...], backward_fn: Fn | None = None) -> nn.Module:
+    """``model`` with the submodule at each of ``paths`` (dotted names as ``model.named_modules()`` gives them,
+    e.g. ``"transforms.0"``) wrapped in :func:`bpda`: same forward, identity backward there (Athalye et al. 2018,
+    sec. 4.1). The user's model is left as it was: the modules on the way to each path are shallow copies, every
+    other module and every parameter is shared. A path that names no submodule is a UsageError naming those that
+    exist.
+    """
+    if isinstance(paths, str):
+        paths = (paths,)
+    names = [name for name, _ in model.named_modules() if name]
+    out = model
+    for path in paths:
+        if not isinstance(path, str) or path not in names:
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise UsageError(f"bpda: the model has no submodule {path!r}; its submodules are: {shown or 'none'}")
+        out = _replaced(out, path.split("."), lambda m: m if isinstance(m, BPDA) else BPDA(m, backward_fn))
+    return out
+
+
+def _replaced(module: nn.Module, parts: list[str], wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """A shallow copy of ``module`` whose submodule at ``parts`` is ``wrap(submodule)``."""
+    child = module._modules[parts[0]]
+    assert child is not None
+    new = copy.copy(module)
+    new._modules = dict(module._modules)
+    new._modules[parts[0]] = wrap(child) if len(parts) == 1 else _replaced(child, parts[1:], wrap)
+    return new

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import inspect
+from collections.abc import Sequence
 
 from torch import nn
 
 from advlab.errors import UsageError
 
-from .transforms import JPEG, BitDepth, GaussianNoise, MedianSmoothing, RandomResizePad
+from .bpda import bpda_at
+from .transforms import JPEG, BitDepth, GaussianNoise, MedianSmoothing, RandomResizePad, defended
 
 # The defences by the name the command line uses.
 DEFENSES: dict[str, type[nn.Module]] = {
@@ -82,3 +84,19 @@ def parse_defense(spec: str) -> nn.Module:
         return cls(**values)
     except (TypeError, ValueError) as e:
         raise UsageError(f"defence {spec!r}: {e}") from None
+
+
+def defend(model: nn.Module, defenses: Sequence[str] = (), bpda: Sequence[str] = ()) -> tuple[nn.Module, dict]:
+    """``model`` behind the defences named in ``defenses`` (strings for :func:`parse_defense`, applied in order),
+    with BPDA (:func:`~advlab.defenses.bpda_at`) around the submodules at the dotted paths ``bpda`` (of the
+    defended model, e.g. ``"transforms.0"``); and the record of that step, ``{"defenses": [...], "bpda": [...]}``,
+    for a run's configuration. Nothing to do: the model itself. Every string is checked before anything is built.
+    """
+    for name, values in (("defenses", defenses), ("bpda", bpda)):
+        if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+            raise UsageError(f"{name} must be a list of strings, got {values!r}")
+    modules = [parse_defense(s) for s in defenses]
+    out = defended(model, *modules) if modules else model
+    if bpda:
+        out = bpda_at(out, tuple(bpda))
+    return out, {"defenses": [str(s) for s in defenses], "bpda": [str(p) for p in bpda]}

@@ -7,10 +7,11 @@ versions), :mod:`.records` (a sample's record, its files, the statistics), :mod:
 (the worst-case suite and the gradient-masking checks), :mod:`.plans` (suites chained onto listed attacks),
 :mod:`.engine` (batches, targets, one batch's records), :mod:`.rundir` (run.json, fingerprint, provenance,
 record files), :mod:`.summary` (summary.json), :mod:`.run` (:func:`evaluate`), :mod:`.sharded` (the same
-over the ranks of a torchrun run).
+over the ranks of a torchrun run), :mod:`.adaptive` (the adaptive suite: checks, then EOT/BPDA where they warn).
 """
 
 from ..numbers import parse_number
+from .adaptive import AdaptivePlan, evaluate_adaptive, plan_adaptive, probe_modules, run_sanity
 from .engine import attack_batch, choose_targets, load_batch, plan_batches, random_targets
 from .plans import available_suites, chain_suite, suite_specs, with_suites
 from .records import RECORD_SCHEMA_VERSION, summarize, summarize_attack
@@ -31,6 +32,7 @@ from .summary import build_summary, summary_line
 __all__ = [
     "ALGORITHM_VERSIONS",
     "RECORD_SCHEMA_VERSION",
+    "AdaptivePlan",
     "AttackSpec",
     "ProvenanceWarning",
     "RunDirectory",
@@ -43,14 +45,18 @@ __all__ = [
     "chain_suite",
     "choose_targets",
     "evaluate",
+    "evaluate_adaptive",
     "load_batch",
     "make_spec",
     "parse_number",
+    "plan_adaptive",
     "plan_batches",
+    "probe_modules",
     "random_targets",
     "register_attack",
     "registry",
     "run_config",
+    "run_sanity",
     "suite_specs",
     "summarize",
     "summarize_attack",

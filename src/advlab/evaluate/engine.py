@@ -6,6 +6,15 @@ one list of records (a JSON Lines file in the run directory, :mod:`advlab.evalua
 random is a function of (seed, sample index): a per-sample seed tensor for random starts and a per-sample
 target draw, so a sample's record does not depend on which batch, shard or process it was computed in.
 
+A randomized model (a defence of :mod:`advlab.defenses` that draws noise, say) draws from torch's global
+generator, which advlab never reads for its own numbers. So that its records do not depend on what ran before
+(earlier batches, other attacks, a resumption that skips them), every (batch, attack) runs inside
+``torch.random.fork_rng`` seeded by a hash of (run seed, the batch's sample indices, attack id), and the clean
+pass by one of (run seed, indices): the user's global stream is left as it was. An attack with
+``eot_samples=K`` is scored, like it is run, on the expected prediction: its records hold the mean softmax over
+K draws of the model at the adversarial point (:func:`advlab.attacks.eot.expected_logits`), and the clean
+prediction shared by the batch's attacks is the mean over the largest K among them.
+
 :func:`attack_batch` is the unit of work and takes any subset of indices (a shard of a distributed run);
 :func:`advlab.evaluate.evaluate` (:mod:`advlab.evaluate.run`) drives it over a dataset.
 """
@@ -21,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..attacks.eot import expected_logits
 from .records import fully_broken, make_records, perturbation_norms, strength, topk
 from .specs import AttackSpec, SpecError, run_attack
 
@@ -128,8 +138,37 @@ def check_fits(model: nn.Module, x: Tensor) -> None:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: Tensor) -> Tensor:
-    return model(x).float()
+def _logits(model: nn.Module, x: Tensor, samples: int = 1) -> Tensor:
+    """The logits at x; with ``samples`` K > 1, the expected prediction over K draws (log of the mean softmax)."""
+    return expected_logits([model(x).float() for _ in range(samples)])
+
+
+def eot_samples_of(spec: AttackSpec) -> int:
+    """The K draws a spec's attack averages over (its ``eot_samples`` parameter; 1 when it has none)."""
+    k = spec.params.get("eot_samples", 1)
+    return k if isinstance(k, int) and not isinstance(k, bool) and k > 1 else 1
+
+
+def model_rng_seed(seed: int, indices: Sequence[int], *part: Any) -> int:
+    """The seed of the model's own (global-generator) randomness for one batch and step of a run: a function of
+    the run seed and the batch's sample indices only, so the same in every shard, process and resumption."""
+    return stable_hash("model-rng", seed, [int(i) for i in indices], *part, bits=63)
+
+
+class _Forked:
+    """``torch.random.fork_rng`` on x's device, seeded with ``seed``: the model's draws inside are a function of
+    the seed alone, and the caller's global generators are restored on exit."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self.fork.__enter__()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fork.__exit__(*exc)
 
 
 def attack_batch(
@@ -159,7 +198,8 @@ def attack_batch(
     was_training = model.training
     model.eval()
     try:
-        clean_logits = _logits(model, x)
+        with _Forked(model_rng_seed(seed, indices, "clean"), x.device):
+            clean_logits = _logits(model, x, max(eot_samples_of(s) for s in specs))
         clean = topk(clean_logits)
         target_cache: dict[str | int, Tensor] = {}
         for spec in specs:
@@ -179,18 +219,20 @@ def attack_batch(
                 xs = x[sel]
                 goal = (targets if targets is not None else y)[sel]
                 sub_indices = [indices[i] for i in run]
-                start = time.perf_counter()
-                x_adv = run_attack(spec, model, xs, goal, sample_seeds(spec, seed, sub_indices))
-                seconds = time.perf_counter() - start
-                extras = _extras(x_adv, len(run))
-                x_adv = getattr(x_adv, "x_adv", x_adv)
-                model.eval()  # an attack must restore the mode; be robust to one that does not
+                with _Forked(model_rng_seed(seed, indices, spec.id), x.device):
+                    start = time.perf_counter()
+                    x_adv = run_attack(spec, model, xs, goal, sample_seeds(spec, seed, sub_indices))
+                    seconds = time.perf_counter() - start
+                    extras = _extras(x_adv, len(run))
+                    x_adv = getattr(x_adv, "x_adv", x_adv)
+                    model.eval()  # an attack must restore the mode; be robust to one that does not
+                    adv_logits = _logits(model, x_adv, eot_samples_of(spec))
                 records = make_records(
                     indices=sub_indices,
                     labels=y[sel].tolist(),
                     targets=None if targets is None else targets[sel].tolist(),
                     clean=([clean[0][i] for i in run], [clean[1][i] for i in run]),
-                    adv=topk(_logits(model, x_adv)),
+                    adv=topk(adv_logits),
                     norms=perturbation_norms(xs, x_adv),
                     seconds=seconds,
                     attack=spec.id,

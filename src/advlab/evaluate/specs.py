@@ -107,7 +107,13 @@ def register_attack(name: str, fn: Callable[..., Any], *, version: int = 1) -> N
 
 
 # Attacks whose records also depend on other attacks' algorithms: a suite runs its stages' attacks.
-USES: dict[str, tuple[str, ...]] = {"suite_strong": ("apgd", "apgd_t", "square"), "suite_fast": ("apgd", "apgd_t")}
+USES: dict[str, tuple[str, ...]] = {
+    "suite_strong": ("apgd", "apgd_t", "square"),
+    "suite_fast": ("apgd", "apgd_t"),
+    "suite_adaptive": ("apgd", "apgd_t", "square"),
+}
+# The stages of suites registered outside this module (advlab.evaluate.adaptive), for their ``broken_by``.
+OTHER_SUITE_STAGES: dict[str, tuple[str, ...]] = {"suite_adaptive": ("apgd-ce", "apgd-t", "square")}
 
 
 def algorithm_version(name: str) -> int:
@@ -148,12 +154,14 @@ def _suite_attack(suite: str) -> Callable[..., Any]:
         *,
         norm: str = "linf",
         square_queries: int = 1000,
+        eot_samples: int = 1,
         seed: Any = None,
         return_info: bool = False,
     ) -> Any:
         result = _suite.run_suite(
-            model, x, y, eps, norm, seed=0 if seed is None else seed, suite=suite, square_queries=square_queries
-        )
+            model, x, y, eps, norm, seed=0 if seed is None else seed, suite=suite, square_queries=square_queries,
+            eot_samples=eot_samples,
+        )  # fmt: skip
         return _attacks.AttackResult(result.x_adv, ~result.robust, None, {"broken_by": result.broken_by})
 
     attack.__name__ = f"suite_{suite}"
@@ -163,7 +171,9 @@ def _suite_attack(suite: str) -> Callable[..., Any]:
 
 def suite_stage_names(name: str) -> tuple[str, ...] | None:
     """("clean", stage names...) of a suite attack (``suite_strong``), indexed by ``broken_by``; else None."""
-    if not name.startswith("suite_"):
+    if name in OTHER_SUITE_STAGES:
+        return ("clean", *OTHER_SUITE_STAGES[name])
+    if not name.startswith("suite_") or name[len("suite_") :] not in _suite.SUITES:
         return None
     return ("clean", *(st.name for st in _suite.suite_stages(name[len("suite_") :])))
 

@@ -34,7 +34,17 @@ import torch
 from torch import Tensor, nn
 
 from advlab.attacks import AttackResult, apgd, apgd_t, square
-from advlab.attacks.checks import check_choice, check_eps, check_images, check_labels, check_logits, check_model, frozen
+from advlab.attacks.checks import (
+    check_choice,
+    check_eps,
+    check_images,
+    check_labels,
+    check_logits,
+    check_model,
+    check_steps,
+    frozen,
+)
+from advlab.attacks.eot import expected_logits
 from advlab.attacks.norms import NORM_NAMES as NORMS
 from advlab.attacks.norms import flat_norm
 
@@ -50,20 +60,24 @@ class Stage:
     description: str
 
 
-def apgd_ce_stage(steps: int) -> StageFn:
-    """A stage running APGD with the cross-entropy loss for ``steps`` steps (Croce & Hein 2020)."""
+def apgd_ce_stage(steps: int, eot_samples: int = 1) -> StageFn:
+    """A stage running APGD with the cross-entropy loss for ``steps`` steps (Croce & Hein 2020), with EOT over
+    ``eot_samples`` draws of a randomized model (:mod:`advlab.attacks.eot`)."""
 
     def run(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str, seeds: Tensor) -> AttackResult:
-        out = apgd(model, x, y, eps, norm=norm, steps=steps, loss="ce", seed=seeds, return_info=True)
+        out = apgd(
+            model, x, y, eps, norm=norm, steps=steps, loss="ce", seed=seeds, eot_samples=eot_samples,
+            return_info=True,
+        )  # fmt: skip
         assert isinstance(out, AttackResult)
         return out
 
     return run
 
 
-def apgd_t_stage(steps: int, targets: int) -> StageFn:
+def apgd_t_stage(steps: int, targets: int, eot_samples: int = 1) -> StageFn:
     """A stage running targeted APGD (DLR loss, cross-entropy below 4 classes) towards the top-``targets``
-    other classes, ``steps`` steps each (Croce & Hein 2020)."""
+    other classes, ``steps`` steps each (Croce & Hein 2020), with EOT over ``eot_samples`` draws."""
 
     def run(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, norm: str, seeds: Tensor) -> AttackResult:
         with torch.no_grad(), frozen(model):
@@ -73,7 +87,7 @@ def apgd_t_stage(steps: int, targets: int) -> StageFn:
         loss = "dlr" if classes >= 4 else "ce"
         out = apgd_t(
             model, x, y, eps, norm=norm, steps=steps, n_target_classes=n_targets, loss=loss, seed=seeds,
-            return_info=True,
+            eot_samples=eot_samples, return_info=True,
         )  # fmt: skip
         assert isinstance(out, AttackResult)
         return out
@@ -121,13 +135,22 @@ FOCUS_QUERIES = 4000
 FOCUS_SHARE = 0.2
 
 
-def suite_stages(suite: str = "strong", *, square_queries: int = DEFAULT_SQUARE_QUERIES) -> list[Stage]:
-    """The stages of a named suite, in the order they run."""
+def suite_stages(
+    suite: str = "strong", *, square_queries: int = DEFAULT_SQUARE_QUERIES, eot_samples: int = 1
+) -> list[Stage]:
+    """The stages of a named suite, in the order they run; the gradient stages with EOT over ``eot_samples``
+    draws (Square, gradient-free, queries one draw per query)."""
     check_choice(suite, "suite", tuple(SUITES))
+    k = eot_samples
+    eot = f", EOT over {k} draws" if k > 1 else ""
     if suite == "strong":
         return [
-            Stage("apgd-ce", apgd_ce_stage(100), "APGD, cross-entropy, 100 steps"),
-            Stage("apgd-t", apgd_t_stage(100, 9), "APGD, targeted DLR towards the top-9 other classes, 100 steps each"),
+            Stage("apgd-ce", apgd_ce_stage(100, k), f"APGD, cross-entropy, 100 steps{eot}"),
+            Stage(
+                "apgd-t",
+                apgd_t_stage(100, 9, k),
+                f"APGD, targeted DLR towards the top-9 other classes, 100 steps each{eot}",
+            ),
             Stage(
                 "square",
                 square_stage(square_queries, FOCUS_QUERIES, FOCUS_SHARE),
@@ -136,8 +159,10 @@ def suite_stages(suite: str = "strong", *, square_queries: int = DEFAULT_SQUARE_
             ),
         ]
     return [
-        Stage("apgd-ce", apgd_ce_stage(50), "APGD, cross-entropy, 50 steps"),
-        Stage("apgd-t", apgd_t_stage(50, 3), "APGD, targeted DLR towards the top-3 other classes, 50 steps each"),
+        Stage("apgd-ce", apgd_ce_stage(50, k), f"APGD, cross-entropy, 50 steps{eot}"),
+        Stage(
+            "apgd-t", apgd_t_stage(50, 3, k), f"APGD, targeted DLR towards the top-3 other classes, 50 steps each{eot}"
+        ),
     ]
 
 
@@ -286,6 +311,7 @@ def run_suite(
     suite: str = "strong",
     square_queries: int = DEFAULT_SQUARE_QUERIES,
     stages: Sequence[Stage] | None = None,
+    eot_samples: int = 1,
 ) -> SuiteResult:
     """Run a suite of attacks on one batch and return the per-sample worst case.
 
@@ -302,6 +328,10 @@ def run_suite(
             each sample's outcome independent of the batching.
         suite: a name in ``SUITES``; ``stages`` overrides it with custom stages.
         square_queries: the Square attack's query budget in the "strong" suite.
+        eot_samples: K >= 1 draws of a randomized model: the gradient stages run with EOT over K draws, and the
+            clean prediction and each stage's break are judged on the expected prediction (the mean softmax
+            over K fresh draws, :mod:`advlab.attacks.eot`), so a sample counts as broken on average, not by one
+            lucky draw. 1 (default): one forward, as before.
     """
     check_model(model)
     x = check_images(x)
@@ -310,10 +340,18 @@ def run_suite(
     eps_t = check_eps(eps, n, x, norm)
     norm = check_choice(norm, "norm", NORMS)
     seeds = _per_sample_seeds(seed, n, x.device)
-    stage_list = list(stages) if stages is not None else suite_stages(suite, square_queries=square_queries)
+    eot_samples = check_steps(eot_samples, "eot_samples")
+    stage_list = (
+        list(stages)
+        if stages is not None
+        else suite_stages(suite, square_queries=square_queries, eot_samples=eot_samples)
+    )
 
-    with torch.no_grad(), frozen(model):
-        logits = model(x)
+    def predict(points: Tensor) -> Tensor:
+        with torch.no_grad(), frozen(model):
+            return expected_logits([model(points) for _ in range(eot_samples)])
+
+    logits = predict(x)
     check_logits(logits, n, y_max)
     clean_correct = logits.argmax(dim=1) == y
     robust = clean_correct.clone()
@@ -329,8 +367,7 @@ def run_suite(
         _sync(x)
         start = time.perf_counter()
         result = stage.run(model, xs, ys, es, norm, seeds[index] * 8 + k)
-        with torch.no_grad(), frozen(model):
-            broke = model(result.x_adv).argmax(dim=1) != ys
+        broke = predict(result.x_adv).argmax(dim=1) != ys
         _sync(x)
         seconds = time.perf_counter() - start
         _check_budget(result.x_adv, xs, es, norm, stage.name)

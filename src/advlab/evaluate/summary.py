@@ -14,7 +14,7 @@ from typing import Any
 from .. import __version__
 from .records import summarize
 from .specs import AttackSpec, suite_stage_names
-from .suite import DEFAULT_SQUARE_QUERIES, suite_stages
+from .suite import DEFAULT_SQUARE_QUERIES, SUITES, suite_stages
 from .summary_checks import check_summary
 
 SUMMARY_SCHEMA = "advlab.summary/1"
@@ -24,9 +24,9 @@ def suite_progress(spec: AttackSpec, stats: Mapping[str, Any], names: Sequence[s
     """Per stage of a suite, in order: its budget, the samples it broke, and the top-1 accuracy left after it
     (AutoAttack's running robust accuracy); the last ``robust_after`` is the suite's ``adv_top1``."""
     queries = int(spec.params.get("square_queries", DEFAULT_SQUARE_QUERIES))
-    described = {"clean": "misclassified without attack"} | {
-        st.name: st.description for st in suite_stages(spec.name[len("suite_") :], square_queries=queries)
-    }
+    suite = spec.name[len("suite_") :]
+    stages = suite_stages(suite, square_queries=queries) if suite in SUITES else []  # adaptive: see its records
+    described = {"clean": "misclassified without attack"} | {st.name: st.description for st in stages}
     counts = {int(k): int(v) for k, v in stats["broken_by_counts"].items()}
     n = int(stats["n"])
     standing = n - int(stats.get("n_from_other_attacks") or 0)  # broken by the attacks it was chained on
@@ -97,8 +97,17 @@ def build_summary(
         "sanity": None,
         **dict(extra or {}),
     }
-    summary["sanity"] = sanity_of(summary, records)
+    summary["sanity"] = with_model_checks((extra or {}).get("sanity"), sanity_of(summary, records))
     return summary
+
+
+def with_model_checks(model_checks: Mapping[str, Any] | None, from_summary: Mapping[str, Any] | None) -> Any:
+    """The checks run on the model (``advlab eval --sanity``, the adaptive suite: ``{"checks", "warnings", "on"}``)
+    followed by those the summary answers; either alone when the other is None."""
+    if model_checks is None or from_summary is None:
+        return model_checks if from_summary is None else from_summary
+    checks = [*model_checks["checks"], *from_summary["checks"]]
+    return {**model_checks, "checks": checks, "warnings": sum(c["status"] == "warn" for c in checks)}
 
 
 def sanity_of(

@@ -132,6 +132,38 @@ def sanity_section(sanity: Mapping[str, Any] | None) -> Section:
     return section
 
 
+def adaptive_section(adaptive: Mapping[str, Any] | None) -> list[Section]:
+    """The adaptive suite's naive against adaptive robust accuracy per eps, with the check that triggered each fix
+    (:mod:`advlab.evaluate.adaptive`); no section for a run without it."""
+    if not adaptive or not adaptive.get("rows"):
+        return []
+
+    def pct(v: Any) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    plan = adaptive.get("plan", {})
+    rows = [
+        [
+            f"{r['eps']:.4g}",
+            pct(r["naive"]),
+            pct(r["adaptive"]),
+            "; ".join(f"{c} → {f}" for c, f in zip(r["triggered_by"], r["fixes"], strict=True)) or "none",
+        ]
+        for r in adaptive["rows"]
+    ]
+    section = Section("Adaptive attack (naive against adaptive)", id="adaptive")
+    around = ", ".join(plan.get("bpda") or []) or "no module"
+    section.paragraphs.append(
+        f"The masking checks ran on {plan.get('checked_on', '?')} images first; the adaptive suite then attacked with "
+        f"EOT over {plan.get('eot_samples', 1)} draws and BPDA around {around}, then Square, each sample's record "
+        "the worst case over the naive and the adaptive suite."
+    )
+    section.tables.append(
+        Table("Robust accuracy", ["eps", "naive", "adaptive", "triggered by → fix"], rows, id="adaptive-table")
+    )
+    return [section]
+
+
 def summary_report(
     summary: Mapping[str, Any],
     *,
@@ -150,6 +182,7 @@ def summary_report(
         subtitle or f"advlab {summary.get('advlab_version')} — {n} images",
         [
             *sections,
+            *adaptive_section(summary.get("adaptive")),
             sanity_section(summary.get("sanity")),
             Section("Settings", items=list(settings), tables=[attacks_table(summary)], id="settings"),
             Section("Model, data and provenance", items=provenance_items(summary, info), id="provenance"),

@@ -1,0 +1,287 @@
+"""Adaptive evaluation of defended models (issue 18): randomized models in the engine and the suites, defences on
+the command line, the full masking checks from the CLI, and the adaptive suite that acts on what they find.
+
+The models are the digits CNN of conftest.py behind the real defences of advlab.defenses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from advlab.cli import main
+from advlab.defenses import BPDA, JPEG, BitDepth, GaussianNoise, MedianSmoothing, bpda_at, defended
+from advlab.evaluate import evaluate, evaluate_adaptive, make_spec, probe_modules
+from advlab.evaluate.adaptive import choose_eot_samples, gradient_variance
+from advlab.evaluate.suite import Stage, apgd_ce_stage, run_suite, suite_stages
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
+
+
+class Items:
+    """(image, label, index) items over tensors."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i]), i
+
+
+def _untimed(records: dict) -> dict:
+    return {k: [{**r, "time_s": 0} for r in v] for k, v in records.items()}
+
+
+# ------------------------------------------------------------------------------ randomized models in the engine
+
+
+def test_records_of_a_random_model_do_not_depend_on_the_global_rng_or_on_resumption(digits_model, tmp_path) -> None:
+    """The model's draws come from a generator seeded per (run seed, batch, attack): the records are the same
+    whatever the global generator held, whether the run went in one go or batch by batch (a resumption), and the
+    caller's global stream is left untouched."""
+    model, x, y = digits_model
+    noisy = defended(model, GaussianNoise(0.3))
+    data = Items(x[:12], y[:12])
+    specs = [make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd"), make_spec("fgsm", {"eps": 0.1}, id="fgsm")]
+    torch.manual_seed(1)
+    one = evaluate(noisy, data, specs, batch_size=4, quiet=True, prepare=False, seed=5)
+    torch.manual_seed(2)
+    state = torch.random.get_rng_state()
+    out = tmp_path / "run"
+    for b in (2, 0, 1):  # batches in another order, each a separate call: a run resumed twice
+        evaluate(noisy, data, specs, out=out, batch_size=4, quiet=True, prepare=False, seed=5, batches=[b])
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = evaluate(noisy, data, specs, out=out, batch_size=4, quiet=True, prepare=False, seed=5)
+    assert _untimed(again.records) == _untimed(one.records)
+    other_seed = evaluate(noisy, data, specs, batch_size=4, quiet=True, prepare=False, seed=6)
+    assert _untimed(other_seed.records) != _untimed(one.records)  # the seed does reach the model's draws
+
+
+def test_records_of_an_eot_attack_hold_the_expected_prediction(digits_model) -> None:
+    """With eot_samples=K the recorded probabilities are the mean softmax over K draws: for heavy noise they sit
+    near the mean over many draws, far closer than one draw's."""
+    model, x, y = digits_model
+    noisy = defended(model, GaussianNoise(0.5))
+    data = Items(x[:8], y[:8])
+    eps0 = {"eps": 1e-6}  # a budget too small to matter: the record shows the prediction at (almost) x itself
+    specs = [make_spec("fgsm", eps0, id="k1"), make_spec("fgsm", {**eps0, "eot_samples": 64}, id="k64")]
+    out = evaluate(noisy, data, specs, batch_size=8, quiet=True, prepare=False)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        mean = torch.stack([torch.softmax(noisy(x[:8]), 1) for _ in range(400)]).mean(0).double()
+
+    def error(aid: str) -> float:
+        return sum(abs(r["adv_probs"][0] - float(mean[i, r["adv_top5"][0]])) for i, r in enumerate(out.records[aid]))
+
+    assert error("k64") < 0.5 * error("k1")
+
+
+def test_suite_with_eot_judges_breaks_on_the_expected_prediction(digits_model) -> None:
+    """run_suite(eot_samples=K): a noisy model broken by a lucky draw is not counted; with K = 1 a model whose
+    single draw is almost a coin toss looks broken far more often than its expectation is."""
+    model, x, y = digits_model
+    noisy = defended(model, GaussianNoise(0.6))
+    xs, ys = x[:24], y[:24]
+    stage = [Stage("apgd-ce", apgd_ce_stage(1), "one step")]  # at eps 1e-6 the judging is what counts
+    torch.manual_seed(0)
+    one = run_suite(noisy, xs, ys, 1e-6, stages=stage, seed=0, eot_samples=1)
+    torch.manual_seed(0)
+    many = run_suite(noisy, xs, ys, 1e-6, stages=stage, seed=0, eot_samples=32)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(noisy(xs), 1) for _ in range(500)]).mean(0).argmax(1) == ys
+    assert int((many.robust != expected).sum()) < int((one.robust != expected).sum())
+    assert "EOT over 32 draws" in suite_stages("fast", eot_samples=32)[0].description
+
+
+def test_bad_eot_samples_in_a_suite_spec_is_one_clear_error() -> None:
+    from advlab.evaluate import SpecError
+
+    for bad in (0, 1.5, "4"):
+        with pytest.raises(SpecError, match="eot_samples"):
+            make_spec("suite_strong", {"eps": 0.1, "eot_samples": bad})
+
+
+# ------------------------------------------------------------------------------------- defences on the CLI
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not any(FASHION.glob("t10k-images-idx3-ubyte*")) and not os.environ.get("ADVLAB_FASHION_MNIST"),
+    reason="Fashion-MNIST is missing: apt-get install dataset-fashion-mnist",
+)
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fmnist_eval(out: Path, *extra: str, n: int = 16) -> list[str]:
+    return [
+        "eval", "--model", "fmnist_cnn_standard", "--data", "fashion-mnist", "--limit", str(n), "--batch-size", "8",
+        "--out", str(out), "--quiet", *extra,
+    ]  # fmt: skip
+
+
+@needs_fashion
+def test_cli_defense_wraps_the_model_as_a_recorded_step_and_bpda_undoes_the_masking(capsys, tmp_path) -> None:
+    pgd = ("--attack", "pgd", "--eps", "0.1", "--steps", "10")
+    naive, adaptive = tmp_path / "naive", tmp_path / "bpda"
+    code, _, err = cli(capsys, *fmnist_eval(naive, "--defense", "bit_depth(bits=1)", *pgd))
+    assert code == 0, err
+    run = json.loads((naive / "run.json").read_text())
+    assert json.dumps(run).count("bit_depth(bits=1)") >= 1
+    summary = json.loads((naive / "summary.json").read_text())
+    assert summary["model"]["defenses"] == ["bit_depth(bits=1)"] and summary["model"]["bpda"] == []
+    code, _, err = cli(capsys, *fmnist_eval(adaptive, "--defense", "bit_depth(bits=1)", "--bpda", "transforms.0", *pgd))
+    assert code == 0, err
+    with_bpda = json.loads((adaptive / "summary.json").read_text())
+    assert with_bpda["model"]["bpda"] == ["transforms.0"]
+    assert with_bpda["clean"] == summary["clean"]  # BPDA changes the backward pass only
+    # bits=1 rounds every pixel: PGD's gradient is zero and it stalls; through BPDA it breaks samples.
+    assert with_bpda["attacks"][0]["adv_top1"] < summary["attacks"][0]["adv_top1"]
+
+
+@needs_fashion
+def test_defenses_in_attacks_toml(capsys, tmp_path) -> None:
+    config = tmp_path / "attacks.toml"
+    config.write_text(
+        'model = "fmnist_cnn_standard"\ndata = "fashion-mnist"\nlimit = 8\n'
+        'defense = ["bit_depth(bits=3)", "median(size=3)"]\n[[attack]]\nname = "fgsm"\neps = 0.1\n'
+    )
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "eval", "--config", str(config), "--out", str(out), "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["defenses"] == ["bit_depth(bits=3)", "median(size=3)"]
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (("--defense", "bit_depth(bits=3"), "cannot parse defence"),
+        (("--defense", "blur(size=3)"), "unknown defence 'blur'"),
+        (("--defense", "median(radius=3)"), "unknown parameter 'radius' of defence 'median'"),
+        (("--defense", "bit_depth(bits=0)"), "bits must be an int in [1, 16]"),
+        (("--defense", "median(size=3)", "--bpda", "transforms.7"), "no submodule 'transforms.7'"),
+        (("--defense", "median(size=3)", "--bpda", "model"), "bpda: forward_fn must keep the input's shape"),
+        (("-p", "eot_samples=0"), "eot_samples must be >= 1"),
+        (("-p", "eot_samples=2.5"), "eot_samples must be an integer"),
+    ],
+)
+@needs_fashion
+def test_bad_defence_or_eot_input_is_one_line_and_writes_nothing(capsys, tmp_path, extra, needle) -> None:
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, *fmnist_eval(out, "--attack", "pgd", "--eps", "0.1", *extra))
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_bpda_at_leaves_the_model_as_it_was_and_refuses_a_shape_change(digits_model) -> None:
+    model, x, _ = digits_model
+    guarded = defended(model, BitDepth(2))
+    wrapped = bpda_at(guarded, ["transforms.0"])
+    assert isinstance(wrapped.transforms[0], BPDA) and isinstance(guarded.transforms[0], BitDepth)
+    assert wrapped.model is guarded.model  # shared, not copied
+    xs = x[:4].clone().requires_grad_(True)
+    (g_plain,) = torch.autograd.grad(guarded(xs).sum(), xs)
+    (g_bpda,) = torch.autograd.grad(wrapped(xs).sum(), xs)
+    assert torch.equal(g_plain, torch.zeros_like(g_plain)) and g_bpda.abs().sum() > 0
+    with pytest.raises(ValueError, match="must keep the input's shape"):
+        bpda_at(defended(model, torch.nn.Upsample(scale_factor=2)), ["transforms.0"])(x[:2])
+
+
+# ------------------------------------------------------------------------------------- the adaptive suite
+
+
+class NoGraph(torch.nn.Module):
+    """A preprocessing step computed outside autograd (as a numpy or Pillow round-trip is): no gradient at all."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return x.clamp(0.1, 0.9)
+
+
+def test_module_probe_finds_the_modules_with_zero_or_undefined_local_jacobian(digits_model) -> None:
+    model, x, _ = digits_model
+    guarded = defended(model, MedianSmoothing(2), BitDepth(3), NoGraph(), JPEG(75))
+    found = {p["path"]: p["reason"] for p in probe_modules(guarded, x[:8])}
+    assert found == {"transforms.1": "zero", "transforms.2": "undefined", "transforms.3": "zero"}
+    assert probe_modules(model, x[:8]) == []  # a plain CNN: nothing to flag
+
+
+def test_eot_samples_follow_the_gradient_variance(digits_model) -> None:
+    """K = ceil(r / tol^2), capped: more noise, more variance, more draws; none for a deterministic model."""
+    model, x, y = digits_model
+    r_small = gradient_variance(defended(model, GaussianNoise(0.02)), x[:8], y[:8])
+    r_large = gradient_variance(defended(model, GaussianNoise(0.5)), x[:8], y[:8])
+    assert gradient_variance(model, x[:8], y[:8]) == 0.0 and 0 < r_small < r_large
+    assert choose_eot_samples(0.0, random=False) == 1 and choose_eot_samples(0.01, random=True) == 2
+    assert choose_eot_samples(1.0, random=True) == 4 and choose_eot_samples(1e6, random=True, cap=16) == 16
+
+
+@pytest.mark.parametrize(
+    "transform, check, fix",
+    [
+        (BitDepth(1), "module_probe (zero local Jacobian)", "BPDA around transforms.0"),
+        (GaussianNoise(0.3), "deterministic_logits", "EOT over"),
+    ],
+)
+def test_adaptive_suite_records_the_trigger_and_fix_and_is_never_above_naive(
+    digits_model, tmp_path, transform, check, fix
+) -> None:
+    model, x, y = digits_model
+    guarded = defended(model, transform)
+    result = evaluate_adaptive(
+        guarded, Items(x[:8], y[:8]), [0.15], batch_size=8, square_queries=100, out=tmp_path / "run", quiet=True
+    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    plan = summary["adaptive"]["plan"]
+    assert any(t["check"] == check and t["fix"].startswith(fix) for t in plan["triggers"]), plan["triggers"]
+    assert [c["name"] for c in summary["sanity"]["checks"]][:2] == ["deterministic_logits", "zero_gradients"]
+    (row,) = summary["adaptive"]["rows"]
+    assert row["adaptive"] <= row["naive"] and check in row["triggered_by"]
+    naive_id, adaptive_id = (a["id"] for a in summary["attacks"])
+    for n, a in zip(result.records[naive_id], result.records[adaptive_id], strict=True):
+        assert not (n["adv_top5"][0] != n["label"] and a["adv_top5"][0] == a["label"])  # no sample comes back
+
+
+@needs_fashion
+def test_cli_sanity_records_every_masking_check(capsys, tmp_path) -> None:
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, *fmnist_eval(out, "--attack", "fgsm", "--eps", "0.1", "--sanity", n=8))
+    assert code == 0, err
+    sanity = json.loads((out / "summary.json").read_text())["sanity"]
+    names = [c["name"] for c in sanity["checks"]]
+    assert names[:8] == [
+        "deterministic_logits", "zero_gradients", "iterative_vs_single_step", "accuracy_monotone_in_eps",
+        "large_eps", "unbounded_attack", "square_vs_whitebox", "loss_rises",
+    ]  # fmt: skip
+    assert sanity["on"] == 8 and all(c["status"] in ("pass", "warn") for c in sanity["checks"])
+    code, _, err = cli(capsys, *fmnist_eval(tmp_path / "cw", "--attack", "cw_l2", "--sanity", n=8))
+    assert code == 2 and "--sanity needs an attack with an eps" in err
+
+
+@needs_fashion
+def test_cli_suite_adaptive_prints_naive_and_adaptive_and_the_report_shows_them(capsys, tmp_path) -> None:
+    from advlab.report.summary import render_run
+
+    out = tmp_path / "run"
+    argv = fmnist_eval(out, "--defense", "bit_depth(bits=1)", "--suite", "adaptive", "--eps", "0.1", n=4)
+    code, stdout, err = cli(capsys, *argv)
+    assert code == 0, err
+    line = stdout.strip().splitlines()[-1]
+    assert line.startswith("adaptive eps=0.1: robust ") and "naive ->" in line and "BPDA around transforms.0" in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adaptive"]["plan"]["bpda"] == ["transforms.0"] and summary["model"]["defenses"]
+    render_run(out, tmp_path / "report")
+    assert "naive against adaptive" in (tmp_path / "report" / "tables.md").read_text()
+    code, _, err = cli(capsys, *fmnist_eval(tmp_path / "x", "--suite", "adaptive", "--eps", "0.1", "--steps", "3"))
+    assert code == 2 and "--suite adaptive takes only" in err
