@@ -36,7 +36,7 @@ from advlab.evaluate import (
     summarize,
     validate_specs,
 )
-from advlab.evaluate.records import L0_TOL
+from advlab.evaluate.records import L0_TOL, RECORD_SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -529,7 +529,10 @@ def test_a_run_by_other_advlab_code_resumes_with_a_warning(data, tmp_path):
     ("change", "needle"),
     [
         (lambda c: c["algorithms"].update(pgd=c["algorithms"]["pgd"] + 1), r"pgd algorithm 2 -> 1\): its records"),
-        (lambda c: c.update(record_schema=c["record_schema"] + 1), r"record schema 2 -> 1\): its records"),
+        (
+            lambda c: c.update(record_schema=c["record_schema"] + 1),
+            rf"record schema {RECORD_SCHEMA_VERSION + 1} -> {RECORD_SCHEMA_VERSION}\): its records",
+        ),
         (lambda c: c.update(code_sha256="0" * 64), "written by an advlab from before record versions"),
     ],
 )

@@ -22,17 +22,20 @@ from .fab import fab, fab_result
 from .fgsm import fgsm, fgsm_result
 from .fmn import fmn, fmn_result
 from .mifgsm import mifgsm, mifgsm_result
+from .minimal import MINIMAL_MEMBERS, minimal, minimal_result
 from .pgd import bim, bim_result, pgd, pgd_result
 from .result import AttackResult
 from .square import square, square_result
 
 # The attacks by name, as the evaluation layer registers them (each also has an ``<name>_result`` form).
 ATTACKS: tuple[str, ...] = (
-    "apgd", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fgsm", "fmn", "mifgsm", "pgd", "square",
+    "apgd", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fgsm", "fmn", "mifgsm", "minimal", "pgd",
+    "square",
 )
 
 __all__ = [
     "ATTACKS",
+    "MINIMAL_MEMBERS",
     "AttackResult",
     "apgd",
     "apgd_result",
@@ -54,6 +57,8 @@ __all__ = [
     "fmn_result",
     "mifgsm",
     "mifgsm_result",
+    "minimal",
+    "minimal_result",
     "pgd",
     "pgd_result",
     "square",

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .records import fully_broken, make_records, perturbation_norms, strength, topk
+from .robustness import add_distances, is_minimal
 from .specs import AttackSpec, SpecError, run_attack
 
 # --------------------------------------------------------------------------------------------- hashing
@@ -194,6 +195,8 @@ def attack_batch(
                     norms=perturbation_norms(xs, x_adv),
                     seconds=seconds,
                 )
+                if is_minimal(spec):
+                    add_distances(spec, records, xs, x_adv)
                 for k, rec in enumerate(records):
                     if extras:
                         rec["extras"] = {key: values[k] for key, values in extras.items()}

@@ -43,6 +43,7 @@ ATTACK_STRING_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("apgd_t", "loss"): ("ce", "dlr"),
     ("fmn", "norm"): ("l0", "l1", "l2", "linf"),
     ("fab", "norm"): ("l1", "l2", "linf"),
+    ("minimal", "norm"): ("l0", "l1", "l2", "linf"),
 }
 # Integer parameters and their least allowed value.
 INT_MINIMUM: dict[str, int] = {
@@ -82,6 +83,7 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "fmn": 1,
     "ddn": 1,
     "fab": 1,
+    "minimal": 1,
     "suite_strong": 1,
     "suite_fast": 1,
 }
