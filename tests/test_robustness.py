@@ -16,6 +16,7 @@ from advlab import attacks
 from advlab.cli import main
 from advlab.evaluate import SpecError, evaluate, make_spec
 from advlab.evaluate.robustness import distance_curve
+from advlab.report import render_run
 from tests.test_evaluate import Items
 from tests.test_fmn import linear_problem
 
@@ -98,14 +99,14 @@ def test_curve_from_distances_equals_fixed_eps_accuracy_on_a_linear_model(norm: 
     assert section["cross_check"]["corrected"] == section["ensemble"]
 
 
-def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed(digits_model) -> None:
+def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed(digits_model, tmp_path) -> None:
     model, x, y = digits_model
     data = Items(x[:24], y[:24])
     specs = [
         make_spec("fmn", {"norm": "linf", "steps": 1}, id="weak"),  # one step: far from minimal
         make_spec("pgd", {"eps": 0.1, "norm": "linf", "steps": 10}, id="pgd"),
     ]
-    result = evaluate(model, data, specs, batch_size=12, quiet=True, prepare=False)
+    result = evaluate(model, data, specs, out=tmp_path / "run", batch_size=12, quiet=True, prepare=False)
     section = result.summary["robustness"]["linf"]
     dist = {r["index"]: r["distance"] for r in result.records["weak"]}
     broken = {r["index"]: r["linf"] for r in result.records["pgd"] if r["adv_top5"][0] != r["label"]}
@@ -120,6 +121,15 @@ def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed
     k = max(i for i, v in enumerate(check["corrected"]["eps"]) if v <= 0.1)
     assert check["corrected"]["robust_accuracy"][k] <= pgd_acc
     json.dumps(result.summary, allow_nan=False)  # strict JSON: no inf in summary.json
+    # The report shows the curves (PNG next to report.html) and the cross-check's violations.
+    report = render_run(tmp_path / "run")
+    assert report.sections[0].id == "robustness"
+    assert (tmp_path / "run" / "robustness_linf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "run" / "tables.md").read_text()
+    weak = result.summary["robustness"]["linf"]["attacks"]["weak"]
+    median = "n/a" if weak["median_eps"] is None else f"{weak['median_eps']:.4g}"
+    assert f"| weak | linf | 24 | {median} | {weak['auc']:.4g} | {weak['n_unbroken']} |" in md
+    assert f"{check['n_violations']} violations in {check['n_checked']} broken samples checked" in md
 
 
 def test_records_of_minimal_attacks_carry_distance_zero_for_misclassified_and_inf_for_unbroken(digits_model):
