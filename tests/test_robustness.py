@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,10 @@ from tests.test_evaluate import Items
 from tests.test_fmn import linear_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+FASHION_PRESENT = any(Path("/usr/share/datasets/fashion-mnist").glob("t10k-images-idx3-ubyte*")) or bool(
+    os.environ.get("ADVLAB_FASHION_MNIST")
+)
 
 
 @pytest.mark.parametrize("norm", ["l0", "l1", "l2", "linf"])
@@ -171,3 +177,29 @@ def test_attack_table_with_minimal_true_must_name_a_minimal_norm_attack(capsys, 
     code = main(["eval", "--config", str(config)])
     err = capsys.readouterr().err
     assert code == 2 and "attack #1 (minimal = true): 'pgd' is not a minimal-norm attack" in err, err
+
+
+@pytest.mark.skipif(not FASHION_PRESENT, reason="Fashion-MNIST is missing")
+def test_eval_minimal_with_a_suite_writes_distances_curves_and_the_cross_check(capsys, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from advlab.models import load_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in load_model("mnist_cnn_small", pretrained=False).state_dict().items()},
+              str(weights))  # fmt: skip
+    out = tmp_path / "run"
+    argv = ["eval", "--model", "mnist_cnn_small", "--weights", str(weights), "--data", "fashion-mnist", "--limit", "8",
+            "--minimal", "--norm", "linf", "--steps", "3", "--suite", "fast", "--eps", "0.05", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [a["name"] for a in summary["attacks"]] == ["suite_fast", "minimal"]
+    assert summary["attacks"][1]["params"] == {"norm": "linf", "steps": 3}
+    section = summary["robustness"]["linf"]
+    assert section["cross_check"]["attacks"] == [summary["attacks"][0]["id"]]
+    assert section["attacks"][summary["attacks"][1]["id"]]["n"] == 8
+    files = sorted((out / "records").rglob("*.jsonl"))
+    records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert sum("distance" in r for r in records) == 8

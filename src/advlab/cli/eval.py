@@ -276,7 +276,7 @@ def _suite_specs(args: argparse.Namespace) -> list[Any]:
     ignored = [
         "--" + name
         for name in ("alpha", "steps", "restarts", "loss", "target")
-        if getattr(args, name, None) is not None
+        if getattr(args, name, None) is not None and not (name == "steps" and args.minimal)  # --minimal's steps
     ] + (["--targeted"] if args.targeted else [])
     if ignored:
         raise UsageError(
