@@ -14,6 +14,7 @@ steepest-ascent loop) and :mod:`~advlab.attacks.eot` (the expectation over a ran
 """
 
 from .apgd import apgd, apgd_result
+from .apgd_l1 import apgd_l1, apgd_l1_result
 from .apgd_t import apgd_t, apgd_t_result
 from .cw import cw_l2, cw_l2_result
 from .ddn import ddn, ddn_result
@@ -29,8 +30,8 @@ from .square import square, square_result
 
 # The attacks by name, as the evaluation layer registers them (each also has an ``<name>_result`` form).
 ATTACKS: tuple[str, ...] = (
-    "apgd", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fgsm", "fmn", "mifgsm", "minimal", "pgd",
-    "square",
+    "apgd", "apgd_l1", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fgsm", "fmn", "mifgsm", "minimal",
+    "pgd", "square",
 )
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "MINIMAL_MEMBERS",
     "AttackResult",
     "apgd",
+    "apgd_l1",
+    "apgd_l1_result",
     "apgd_result",
     "apgd_t",
     "apgd_t_result",

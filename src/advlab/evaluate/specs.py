@@ -41,9 +41,11 @@ STRING_CHOICES: dict[str, tuple[str, ...]] = {"norm": ("linf", "l2"), "loss": ("
 ATTACK_STRING_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("apgd", "loss"): ("ce", "dlr"),
     ("apgd_t", "loss"): ("ce", "dlr"),
+    ("apgd_l1", "loss"): ("ce", "dlr"),
     ("fmn", "norm"): ("l0", "l1", "l2", "linf"),
     ("fab", "norm"): ("l1", "l2", "linf"),
     ("minimal", "norm"): ("l0", "l1", "l2", "linf"),
+    ("pgd", "norm"): ("linf", "l2", "l1"),
 }
 # Integer parameters and their least allowed value.
 INT_MINIMUM: dict[str, int] = {
@@ -79,6 +81,7 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "cw_l2": 1,
     "apgd": 1,
     "apgd_t": 1,
+    "apgd_l1": 1,
     "square": 1,
     "fmn": 1,
     "ddn": 1,
