@@ -120,7 +120,7 @@ def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed
     check = section["cross_check"]
     assert expected and check["n_violations"] == len(expected) == check["n_samples_violating"]
     assert [v["index"] for v in check["violations"]] == expected
-    assert check["n_checked"] == len(broken)
+    assert broken and check["n_checked"] == len(broken)
     corrected = {i: min(dist[i], min(0.1, broken[i])) if i in expected else dist[i] for i in dist}
     assert check["corrected"] == distance_curve(list(corrected.values()), section["eps_max"])
     pgd_acc = next(a["adv_top1"] for a in result.summary["attacks"] if a["id"] == "pgd")
@@ -203,3 +203,20 @@ def test_eval_minimal_with_a_suite_writes_distances_curves_and_the_cross_check(c
     files = sorted((out / "records").rglob("*.jsonl"))
     records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     assert sum("distance" in r for r in records) == 8
+
+
+def test_l1_fixed_eps_attacks_cross_check_the_l1_ensemble(digits_model) -> None:
+    model, x, y = digits_model
+    specs = [
+        make_spec("minimal", {"norm": "l1", "steps": 2}, id="min"),
+        make_spec("apgd_l1", {"eps": 3.0, "steps": 10}, id="apgd_l1"),
+        make_spec("pgd", {"eps": 3.0, "norm": "l1", "steps": 10}, id="pgd_l1"),
+    ]
+    result = evaluate(model, Items(x[:12], y[:12]), specs, batch_size=12, quiet=True, prepare=False)
+    check = result.summary["robustness"]["l1"]["cross_check"]
+    assert check["attacks"] == ["apgd_l1", "pgd_l1"]
+    dist = {r["index"]: r["distance"] for r in result.records["min"]}
+    rows = [r for a in ("apgd_l1", "pgd_l1") for r in result.records[a]]
+    broken = [(r["index"], r) for r in rows if r["adv_top5"][0] != r["label"]]
+    assert broken and check["n_checked"] == len(broken)
+    assert check["n_violations"] == sum(dist[i] > 3.0 * (1 + 1e-5) + 1e-12 for i, _ in broken)

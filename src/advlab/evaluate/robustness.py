@@ -36,6 +36,8 @@ from .specs import AttackSpec, attack_function
 
 # The minimal-norm attacks: their records carry ``distance`` in the spec's norm.
 MINIMAL_ATTACKS: frozenset[str] = frozenset({"fmn", "ddn", "fab", "minimal"})
+# Attacks of one norm, without a ``norm`` parameter.
+ONE_NORM: dict[str, str] = {"ddn": "l2", "apgd_l1": "l1"}
 # Relative slack of the cross-check (float32 round-off of a perturbation measured in float64).
 CROSS_CHECK_RTOL = 1e-5
 # At most this many violations are listed in summary.json (all are counted).
@@ -48,11 +50,12 @@ def is_minimal(spec: AttackSpec) -> bool:
 
 
 def spec_norm(spec: AttackSpec) -> str | None:
-    """The norm a spec attacks in: its ``norm`` parameter, else the attack function's default (DDN: l2)."""
+    """The norm a spec attacks in: its ``norm`` parameter, else :data:`ONE_NORM`, else the attack function's
+    default."""
     if "norm" in spec.params:
         return str(spec.params["norm"])
-    if spec.name == "ddn":
-        return "l2"
+    if spec.name in ONE_NORM:
+        return ONE_NORM[spec.name]
     default = inspect.signature(attack_function(spec.name)).parameters.get("norm")
     return None if default is None or not isinstance(default.default, str) else default.default
 
