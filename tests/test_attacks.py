@@ -35,6 +35,7 @@ ATTACKS: dict[str, Callable[..., object]] = {
     "ddn": lambda m, x, y, **k: attacks.ddn(m, x, y, steps=8, **k),
     "fab_linf": lambda m, x, y, **k: attacks.fab(m, x, y, norm="linf", steps=4, **k),
     "fab_l1": lambda m, x, y, **k: attacks.fab(m, x, y, norm="l1", steps=4, **k),
+    "fab_t_l2": lambda m, x, y, **k: attacks.fab_t(m, x, y, norm="l2", steps=3, n_target_classes=2, **k),
     "minimal_l1": lambda m, x, y, **k: attacks.minimal(m, x, y, norm="l1", steps=4, **k),
     "pgd_l1": lambda m, x, y, **k: attacks.pgd(m, x, y, 2.0, 0.5, 8, norm="l1", restarts=2, seed=k.pop("seed", 0), **k),
     "apgd_l1": lambda m, x, y, **k: attacks.apgd_l1(m, x, y, 2.0, steps=8, restarts=2, seed=k.pop("seed", 0), **k),

@@ -20,6 +20,7 @@ from .cw import cw_l2, cw_l2_result
 from .ddn import ddn, ddn_result
 from .deepfool import deepfool, deepfool_result
 from .fab import fab, fab_result
+from .fab_t import fab_t, fab_t_result
 from .fgsm import fgsm, fgsm_result
 from .fmn import fmn, fmn_result
 from .mifgsm import mifgsm, mifgsm_result
@@ -30,7 +31,7 @@ from .square import square, square_result
 
 # The attacks by name, as the evaluation layer registers them (each also has an ``<name>_result`` form).
 ATTACKS: tuple[str, ...] = (
-    "apgd", "apgd_l1", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fgsm", "fmn", "mifgsm", "minimal",
+    "apgd", "apgd_l1", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fab_t", "fgsm", "fmn", "mifgsm", "minimal",
     "pgd", "square",
 )
 
@@ -54,6 +55,8 @@ __all__ = [
     "deepfool_result",
     "fab",
     "fab_result",
+    "fab_t",
+    "fab_t_result",
     "fgsm",
     "fgsm_result",
     "fmn",

@@ -35,7 +35,7 @@ from ..attacks.norms import get_norm
 from .specs import AttackSpec, attack_function
 
 # The minimal-norm attacks: their records carry ``distance`` in the spec's norm.
-MINIMAL_ATTACKS: frozenset[str] = frozenset({"fmn", "ddn", "fab", "minimal"})
+MINIMAL_ATTACKS: frozenset[str] = frozenset({"fmn", "ddn", "fab", "fab_t", "minimal"})
 # Attacks of one norm, without a ``norm`` parameter.
 ONE_NORM: dict[str, str] = {"ddn": "l2", "apgd_l1": "l1"}
 # Relative slack of the cross-check (float32 round-off of a perturbation measured in float64).

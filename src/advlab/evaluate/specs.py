@@ -44,6 +44,7 @@ ATTACK_STRING_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("apgd_l1", "loss"): ("ce", "dlr"),
     ("fmn", "norm"): ("l0", "l1", "l2", "linf"),
     ("fab", "norm"): ("l1", "l2", "linf"),
+    ("fab_t", "norm"): ("l1", "l2", "linf"),
     ("minimal", "norm"): ("l0", "l1", "l2", "linf"),
     ("pgd", "norm"): ("linf", "l2", "l1"),
 }
@@ -86,6 +87,7 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "fmn": 1,
     "ddn": 1,
     "fab": 1,
+    "fab_t": 1,
     "minimal": 1,
     "suite_strong": 1,
     "suite_fast": 1,
