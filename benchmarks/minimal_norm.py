@@ -1,4 +1,4 @@
-"""Minimal-norm attacks, advlab against adv_lib's implementations of the same algorithms (FMN, FAB, DDN).
+"""Minimal-norm attacks, advlab against adv_lib's, Foolbox's and torchattacks' implementations (FMN, FAB, DDN).
 
 On a shipped Fashion-MNIST model and the correctly classified of the first ``--images`` test images, each attack
 runs with the same number of steps (FMN and DDN: one forward and one backward each; FAB: a Jacobian, one backward
@@ -7,6 +7,11 @@ fresh forward pass of the model and its distance re-measured in the norm (a poin
 as a failure, distance inf). Scored as AttackBench does (Cina et al. 2025): per sample, the distance relative to
 the smallest distance any entry of the same norm found (optimality: the mean of best / distance over samples,
 1 = always the best, 0 for a failure), the median distance, the success rate and the process CPU time (seconds).
+Also advlab's FAB-T (targeted FAB towards the 9 likeliest classes) and its ``minimal`` ensemble (the per-sample
+best of its FMN, DDN and FAB of the norm, at their summed cost), and the peers' entries where installed: Foolbox's
+``L*FMNAttack``/``DDNAttack``/``EADAttack`` (EAD: L1, 9 binary-search steps of ``--steps``), torchattacks'
+``FAB`` in L2 and Linf (with a budget no attack needs, so that it is minimal-norm; its L1 fails in 3.5.1).
+``--entries`` keeps the entries whose name contains one of the given words (e.g. ``--entries fmn,minimal``).
 
     .venv/bin/python benchmarks/minimal_norm.py --model fmnist_cnn_standard --images 200 --steps 100
 """
@@ -41,6 +46,38 @@ def measured(model: torch.nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: 
     return torch.where(adversarial, size, torch.full_like(size, math.inf))
 
 
+def peer_entries(model: torch.nn.Module, x: Tensor, y: Tensor, norm: str, steps: int) -> list[tuple[str, Callable]]:
+    """Foolbox's and torchattacks' minimal-norm attacks of ``norm``, where installed."""
+    out: list[tuple[str, Callable[[], Tensor]]] = []
+    try:
+        import foolbox as fb
+    except ImportError:
+        fb = None
+    if fb is not None:
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+        fmn = {"l0": fb.attacks.L0FMNAttack, "l1": fb.attacks.L1FMNAttack, "l2": fb.attacks.L2FMNAttack,
+               "linf": fb.attacks.LInfFMNAttack}[norm]  # fmt: skip
+
+        def run_fb(attack: object) -> Tensor:
+            return attack(fmodel, x, y, epsilons=None)[1]  # type: ignore[operator]
+
+        out.append(("foolbox fmn", lambda: run_fb(fmn(steps=steps))))
+        if norm == "l2":
+            out.append(("foolbox ddn", lambda: run_fb(fb.attacks.DDNAttack(steps=steps))))
+        if norm == "l1":
+            out.append(("foolbox ead", lambda: run_fb(fb.attacks.EADAttack(steps=steps, binary_search_steps=9))))
+    try:
+        import torchattacks
+    except ImportError:
+        torchattacks = None
+    if torchattacks is not None and norm in ("l2", "linf"):  # its FAB's perturb() fails on "L1" (3.5.1)
+        ta_norm = {"l2": "L2", "linf": "Linf"}[norm]
+        big = {"l2": 1e3, "linf": 1.0}[norm]  # a budget no attack needs: minimal-norm FAB
+        fab = torchattacks.FAB(model, norm=ta_norm, eps=big, steps=steps, n_restarts=1, n_classes=10)
+        out.append(("torchattacks fab", lambda: fab(x, y)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fmnist_cnn_standard")
@@ -48,6 +85,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--norms", default="l0,l1,l2,linf")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--entries", default="", help="comma-separated words; keep entries whose name has one")
     args = parser.parse_args()
     stub_visdom()
     from adv_lib.attacks import ddn as adv_lib_ddn
@@ -75,9 +113,16 @@ def main() -> None:
                 ("advlab ddn", lambda: attacks.ddn(model, x, y, steps=steps)),
                 ("adv_lib ddn", lambda: adv_lib_ddn(model, x, y, steps=steps, levels=None)),
             ]
+        if norm != "l0":
+            entries[norm].append(("advlab fab_t", lambda norm=norm: attacks.fab_t(model, x, y, norm=norm, steps=steps)))
+        entries[norm].append(("advlab minimal", lambda norm=norm: attacks.minimal(model, x, y, norm=norm, steps=steps)))
+        entries[norm] += peer_entries(model, x, y, norm, steps)
+    words = [w for w in args.entries.split(",") if w]
+    if words:
+        entries = {k: [e for e in v if any(w in e[0] for w in words)] for k, v in entries.items()}
 
     print(f"{wl.name}: {len(x)} correctly classified images, {steps} steps, {args.threads} thread(s)")
-    print(f"{'norm':5} {'attack':12} {'success':>8} {'median':>9} {'optimality':>10} {'cpu s':>7}")
+    print(f"{'norm':5} {'attack':16} {'success':>8} {'median':>9} {'optimality':>10} {'cpu s':>7}")
     for norm, runs in entries.items():
         distances, times = {}, {}
         for name, run in runs:
@@ -92,7 +137,7 @@ def main() -> None:
             ratio = torch.where(ok & (d == 0), torch.ones_like(d), ratio)
             median = float(d.median())
             print(
-                f"{norm:5} {name:12} {float(ok.float().mean()):8.3f} {median:9.4g} {float(ratio.mean()):10.4f} "
+                f"{norm:5} {name:16} {float(ok.float().mean()):8.3f} {median:9.4g} {float(ratio.mean()):10.4f} "
                 f"{times[name]:7.2f}"
             )
 

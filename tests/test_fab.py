@@ -79,3 +79,29 @@ def test_fab_bad_parameters_raise_clear_errors(kwargs: dict, error: type, fragme
     with pytest.raises(error) as info:
         attacks.fab(model, x, y, **kwargs)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_fab_t_finds_the_exact_distance_to_a_linear_boundary(norm: str) -> None:
+    model, x, y, exact = linear_problem(1)
+    res = attacks.fab_t(model, x, y, norm=norm, steps=30, return_info=True)
+    assert bool(res.success.all())
+    distance = res.extras["distance"]
+    assert bool((distance >= exact[norm] * (1 - 1e-9)).all()) and bool((distance <= exact[norm] * 1.01).all())
+
+
+def test_fab_t_keeps_the_smallest_of_its_targeted_runs(digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:10], y[:10].clone()
+    with torch.no_grad():
+        logits = model(x)
+    y[0] = (logits[0].argmax() + 1) % 10  # misclassified from the start: distance 0, x itself
+    ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+    res = attacks.fab_t(model, x, y, norm="l2", steps=6, n_target_classes=2, return_info=True)
+    runs = [attacks.fab(model, x, ranked[:, r], norm="l2", steps=6, targeted=True, return_info=True) for r in (0, 1)]
+    expected = torch.minimum(runs[0].extras["distance"], runs[1].extras["distance"])
+    assert float(res.extras["distance"][0]) == 0 and torch.equal(res.x_adv[0], x[0])
+    torch.testing.assert_close(res.extras["distance"][1:], expected[1:])
+    with torch.no_grad():
+        pred = model(res.x_adv).argmax(1)
+    assert bool((pred[res.success] != y[res.success]).all())

@@ -14,27 +14,34 @@ steepest-ascent loop) and :mod:`~advlab.attacks.eot` (the expectation over a ran
 """
 
 from .apgd import apgd, apgd_result
+from .apgd_l1 import apgd_l1, apgd_l1_result
 from .apgd_t import apgd_t, apgd_t_result
 from .cw import cw_l2, cw_l2_result
 from .ddn import ddn, ddn_result
 from .deepfool import deepfool, deepfool_result
 from .fab import fab, fab_result
+from .fab_t import fab_t, fab_t_result
 from .fgsm import fgsm, fgsm_result
 from .fmn import fmn, fmn_result
 from .mifgsm import mifgsm, mifgsm_result
+from .minimal import MINIMAL_MEMBERS, minimal, minimal_result
 from .pgd import bim, bim_result, pgd, pgd_result
 from .result import AttackResult
 from .square import square, square_result
 
 # The attacks by name, as the evaluation layer registers them (each also has an ``<name>_result`` form).
 ATTACKS: tuple[str, ...] = (
-    "apgd", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fgsm", "fmn", "mifgsm", "pgd", "square",
+    "apgd", "apgd_l1", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fab_t", "fgsm", "fmn", "mifgsm", "minimal",
+    "pgd", "square",
 )
 
 __all__ = [
     "ATTACKS",
+    "MINIMAL_MEMBERS",
     "AttackResult",
     "apgd",
+    "apgd_l1",
+    "apgd_l1_result",
     "apgd_result",
     "apgd_t",
     "apgd_t_result",
@@ -48,12 +55,16 @@ __all__ = [
     "deepfool_result",
     "fab",
     "fab_result",
+    "fab_t",
+    "fab_t_result",
     "fgsm",
     "fgsm_result",
     "fmn",
     "fmn_result",
     "mifgsm",
     "mifgsm_result",
+    "minimal",
+    "minimal_result",
     "pgd",
     "pgd_result",
     "square",

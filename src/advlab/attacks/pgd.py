@@ -12,6 +12,9 @@ from .objectives import is_success, objective
 from .result import AttackResult
 from .state import BestPoint
 
+# The norms of BIM and PGD: L1 takes the sparse step of its geometry (Croce & Hein 2021, sec. 3).
+PGD_NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+
 
 def _alpha(alpha: float | Tensor | None, eps: Tensor, steps: int, default: float) -> Tensor:
     """``alpha`` per sample, or ``default * eps / steps``."""
@@ -107,7 +110,7 @@ def _projected_ascent(
     eot_samples: int,
 ) -> AttackResult:
     """BIM and PGD: restarts of :func:`~advlab.attacks.ascent.ascend`, each on the samples not yet broken."""
-    inp = validate(model, x, y, eps=eps, norm=norm, loss=loss, steps=steps, eot_samples=eot_samples)
+    inp = validate(model, x, y, eps=eps, norm=norm, norms=PGD_NORMS, loss=loss, steps=steps, eot_samples=eot_samples)
     assert inp.eps is not None and inp.norm is not None
     restarts = check_steps(restarts, "restarts")
     alpha_t = _alpha(alpha, inp.eps, steps, default_alpha)
@@ -159,7 +162,10 @@ def pgd(
 ) -> Tensor | AttackResult:
     """Projected Gradient Descent (Madry et al. 2017, "Towards Deep Learning Models Resistant to Adversarial
     Attacks", eq. (2.1) inner maximisation): x_{t+1} = Pi_{B(x,eps) ∩ [0,1]^d}(x_t + alpha * s(grad_x L)), with
-    s = sign for Linf and g/||g||_2 for L2, from a uniform random start in the ball.
+    s = sign for Linf, g/||g||_2 for L2 and, for L1, the sparse step of Croce & Hein 2021 ("Mind the box",
+    sec. 3; :meth:`advlab.attacks.norms.L1.ascent_step_`: alpha spread over the 1% of coordinates of largest
+    |g|, each along sign(g)) followed by the exact projection onto the L1 ball ∩ box, from a uniform random
+    start in the ball.
 
     With ``restarts > 1`` the attack restarts from new random points, only for the samples not yet broken
     (as AutoAttack does), and keeps per sample the best point over all restarts: a successful one, else the

@@ -36,7 +36,7 @@ EVAL_CONFIG_KEYS = {
     "model_dir": "RobustBench model directory (MODEL_DIR/cifar10/Linf/NAME.pt; default ./models)",
     "data_root": "folder holding cifar-10-batches-py/ (or -bin/), cifar-100-python/ (default ./data)",
 }
-ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken")
+ATTACK_TABLE_KEYS = ("name", "id", "target", "only_unbroken", "minimal")
 
 
 def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
@@ -107,6 +107,12 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         default=False,
         help="run every gradient-masking check (advlab.evaluate.sanity) on the first batch; verdicts in summary.json",
     )
+    p.add_argument(
+        "--minimal",
+        action="store_true",
+        help="per-sample smallest perturbation in --norm (l0, l1, l2, linf): the ensemble of that norm's "
+        "minimal-norm attacks, or the one --attack (fmn, ddn, fab); summary.json gets robustness curves",
+    )
     p.add_argument("--out", default="runs/eval", help="run directory")
     add_replace_flag(p)
     add_prepare_flag(p)
@@ -133,6 +139,39 @@ def _add_params(params: dict[str, Any], args: argparse.Namespace, also_flagged: 
         if key in flagged:
             raise UsageError(f"{key} is set twice, by --{key.replace('_', '-')} and by -p {key}={value}; give it once")
         params[key] = value
+
+
+def _check_minimal(name: str, where: str) -> None:
+    from ..evaluate.robustness import MINIMAL_ATTACKS
+
+    if name not in MINIMAL_ATTACKS:
+        raise UsageError(
+            f"{where}: {name!r} is not a minimal-norm attack; minimal-norm attacks are "
+            f"{', '.join(sorted(MINIMAL_ATTACKS))} ('minimal' = the ensemble of the norm's attacks)"
+        )
+
+
+def _minimal_attack(args: argparse.Namespace) -> list[Any]:
+    """``--minimal [--attack fmn|ddn|fab] [--norm N] [--steps S]``: one minimal-norm attack spec."""
+    from ..evaluate import make_spec
+
+    name = args.attack or "minimal"
+    _check_minimal(name, "--minimal")
+    if args.eps and args.suite is None:
+        raise UsageError("--minimal finds each sample's smallest perturbation and takes no --eps (add --suite NAME "
+                         "--eps E to cross-check it against a fixed-eps suite)")
+    params: dict[str, Any] = {}
+    for key in ("steps", "norm"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    if args.targeted:
+        params["targeted"] = True
+    if args.suite is None:
+        _add_params(params, args, also_flagged=set())
+    target: str | int | None = args.target
+    if isinstance(target, str) and target.lstrip("-").isdigit():
+        target = int(target)
+    return [make_spec(name, params, target=target)]
 
 
 def _flag_attack(args: argparse.Namespace) -> list[Any]:
@@ -166,12 +205,18 @@ def _table_attacks(tables: Any, path: str) -> list[Any]:
         raise UsageError(f"{path}: 'attack' must be a list of tables ([[attack]] sections)")
     specs = []
     for k, t in enumerate(tables, start=1):
-        if "name" not in t:
-            raise UsageError(f"{path}: attack #{k} has no 'name' (e.g. name = \"pgd\")")
         params = {key: v for key, v in t.items() if key not in ATTACK_TABLE_KEYS}
+        name = t.get("name")
+        if t.get("minimal", False) is not False:
+            if t["minimal"] is not True:
+                raise UsageError(f"{path}: attack #{k}: minimal must be true or false, got {t['minimal']!r}")
+            name = name or "minimal"
+            _check_minimal(name, f"{path}: attack #{k} (minimal = true)")
+        elif name is None:
+            raise UsageError(f"{path}: attack #{k} has no 'name' (e.g. name = \"pgd\")")
         specs.append(
             make_spec(
-                t["name"], params, id=t.get("id"), target=t.get("target"), only_unbroken=t.get("only_unbroken", ())
+                name, params, id=t.get("id"), target=t.get("target"), only_unbroken=t.get("only_unbroken", ())
             )
         )
     return specs
@@ -213,23 +258,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.attack_tables is not None and args.attack is not None:
         raise UsageError("give the attacks either with --attack or as [[attack]] tables in --config, not both")
-    if args.suite is not None and args.attack is not None:
+    if args.suite is not None and args.attack is not None and not args.minimal:
         raise UsageError("give either --attack or --suite (list several attacks with --config)")
     specs: list[Any] = []
     if args.attack_tables is not None:
         specs += _table_attacks(args.attack_tables, args.config)
-    if args.attack is not None:
+    if args.attack is not None and not args.minimal:
         specs += _flag_attack(args)
     adaptive = args.suite == "adaptive"
     if adaptive:
+        if args.minimal:
+            raise UsageError("--minimal does not combine with --suite adaptive; run them as two evaluations")
         specs = _adaptive_check(args, specs)
+    elif args.minimal:
+        minimal = _minimal_attack(args)
+        specs += _suite_specs(args) + minimal if args.suite is not None else minimal
     elif args.suite is not None:
         from ..evaluate import with_suites
 
         specs = with_suites(specs, _suite_specs(args))  # the per-sample worst case of the listed attacks
     if not specs and not adaptive:
         raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --suite or --config")
-    if args.attack is None and args.suite is None and (args.eps or args.alpha or args.steps or args.targeted):
+    flags = args.eps or args.alpha or args.steps or args.targeted
+    if args.attack is None and args.suite is None and not args.minimal and flags:
         raise UsageError("--eps/--alpha/--steps/--targeted describe an --attack; none was given")
 
     from ..defenses import parse_defense
@@ -364,7 +415,7 @@ def _suite_specs(args: argparse.Namespace) -> list[Any]:
     ignored = [
         "--" + name
         for name in ("alpha", "steps", "restarts", "loss", "target")
-        if getattr(args, name, None) is not None
+        if getattr(args, name, None) is not None and not (name == "steps" and args.minimal)  # --minimal's steps
     ] + (["--targeted"] if args.targeted else [])
     if ignored:
         raise UsageError(

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..attacks.eot import expected_logits
 from .records import fully_broken, make_records, perturbation_norms, strength, topk
+from .robustness import add_distances, is_minimal
 from .specs import AttackSpec, SpecError, run_attack
 
 # --------------------------------------------------------------------------------------------- hashing
@@ -237,6 +238,8 @@ def attack_batch(
                     seconds=seconds,
                     attack=spec.id,
                 )
+                if is_minimal(spec):
+                    add_distances(spec, records, xs, x_adv)
                 for k, rec in enumerate(records):
                     if extras:
                         rec["extras"] = {key: values[k] for key, values in extras.items()}

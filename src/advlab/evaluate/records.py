@@ -32,7 +32,8 @@ TOPK = 5
 # The version of the record format and of what its fields mean, part of every run's fingerprint: BUMP it in
 # the change that adds, removes or redefines a field (or L0_TOL, TOPK), so older run directories are refused
 # instead of mixed with new records.
-RECORD_SCHEMA_VERSION = 2  # 2: batch files end with an end-of-batch line; strict JSON (never NaN)
+RECORD_SCHEMA_VERSION = 2  # 2: batch files end with an end-of-batch line; strict JSON
+# (never NaN); minimal-norm attacks' records carry ``distance`` (evaluate/robustness.py)
 
 
 class NonFiniteError(RunError):

@@ -41,8 +41,12 @@ STRING_CHOICES: dict[str, tuple[str, ...]] = {"norm": ("linf", "l2"), "loss": ("
 ATTACK_STRING_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("apgd", "loss"): ("ce", "dlr"),
     ("apgd_t", "loss"): ("ce", "dlr"),
+    ("apgd_l1", "loss"): ("ce", "dlr"),
     ("fmn", "norm"): ("l0", "l1", "l2", "linf"),
     ("fab", "norm"): ("l1", "l2", "linf"),
+    ("fab_t", "norm"): ("l1", "l2", "linf"),
+    ("minimal", "norm"): ("l0", "l1", "l2", "linf"),
+    ("pgd", "norm"): ("linf", "l2", "l1"),
 }
 # Integer parameters and their least allowed value.
 INT_MINIMUM: dict[str, int] = {
@@ -78,10 +82,13 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "cw_l2": 1,
     "apgd": 1,
     "apgd_t": 1,
+    "apgd_l1": 1,
     "square": 1,
     "fmn": 1,
     "ddn": 1,
     "fab": 1,
+    "fab_t": 1,
+    "minimal": 1,
     "suite_strong": 1,
     "suite_fast": 1,
 }

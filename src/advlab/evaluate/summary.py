@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import __version__
 from .records import summarize
+from .robustness import attach_robustness
 from .specs import AttackSpec, suite_stage_names
 from .suite import DEFAULT_SQUARE_QUERIES, SUITES, suite_stages
 from .summary_checks import check_summary
@@ -97,6 +98,7 @@ def build_summary(
         "sanity": None,
         **dict(extra or {}),
     }
+    attach_robustness(summary, records, specs)
     summary["sanity"] = with_model_checks((extra or {}).get("sanity"), sanity_of(summary, records))
     return summary
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluate.records import atomic_write_text
+from .curves import robustness_section
 from .document import Report, Section, Table, render_html, render_markdown
 
 
@@ -183,6 +184,7 @@ def summary_report(
         [
             *sections,
             *adaptive_section(summary.get("adaptive")),
+            *([curves] if (curves := robustness_section(summary)) is not None else []),
             sanity_section(summary.get("sanity")),
             Section("Settings", items=list(settings), tables=[attacks_table(summary)], id="settings"),
             Section("Model, data and provenance", items=provenance_items(summary, info), id="provenance"),

@@ -1,0 +1,222 @@
+"""Minimal-norm ensembles and robustness curves: exact distances on a linear model in every norm, the curve
+against fixed-eps accuracies, the cross-check against fixed-eps attacks, and the command line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advlab import attacks
+from advlab.cli import main
+from advlab.evaluate import SpecError, evaluate, make_spec
+from advlab.evaluate.robustness import distance_curve
+from advlab.report import render_run
+from tests.test_evaluate import Items
+from tests.test_fmn import linear_problem
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FASHION_PRESENT = any(Path("/usr/share/datasets/fashion-mnist").glob("t10k-images-idx3-ubyte*")) or bool(
+    os.environ.get("ADVLAB_FASHION_MNIST")
+)
+
+
+@pytest.mark.parametrize("norm", ["l0", "l1", "l2", "linf"])
+def test_minimal_ensemble_finds_the_exact_distance_to_a_linear_boundary(norm: str) -> None:
+    model, x, y, exact = linear_problem(0)
+    res = attacks.minimal(model, x, y, norm=norm, steps=40, return_info=True)
+    d = res.extras["distance"]
+    assert bool(res.success.all())
+    with torch.no_grad():
+        assert bool((model(res.x_adv).argmax(1) != y).all())
+    delta = (res.x_adv - x).flatten(1)
+    measured = {"l0": (delta != 0).sum(1).double(), "l1": delta.abs().sum(1), "l2": delta.norm(dim=1),
+                "linf": delta.abs().amax(1)}[norm]  # fmt: skip
+    torch.testing.assert_close(d, measured)
+    if norm == "l0":
+        assert bool((d >= exact[norm]).all()) and bool((d <= exact[norm] + 1).all()), d
+    else:
+        assert bool((d >= exact[norm] * (1 - 1e-9)).all()) and bool((d <= exact[norm] * 1.01).all()), d / exact[norm]
+    members = attacks.MINIMAL_MEMBERS[norm]
+    assert bool(((res.extras["found_by"] >= 1) & (res.extras["found_by"] <= len(members))).all())
+
+
+def test_minimal_ensemble_is_no_worse_than_each_member_and_keeps_misclassified_at_zero(digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:12], y[:12].clone()
+    with torch.no_grad():
+        y[0] = (model(x[:1]).argmax(1) + 1) % 10  # sample 0 is misclassified from the start
+    res = attacks.minimal(model, x, y, norm="l2", steps=8, return_info=True)
+    assert float(res.extras["distance"][0]) == 0 and int(res.extras["found_by"][0]) == 0
+    assert torch.equal(res.x_adv[0], x[0])
+    for name in ("fmn", "ddn", "fab"):
+        fn = getattr(attacks, name)
+        kwargs = {} if name == "ddn" else {"norm": "l2"}
+        own = fn(model, x, y, steps=8, return_info=True, **kwargs).extras["distance"]
+        assert bool((res.extras["distance"][1:] <= own[1:].to(res.extras["distance"].dtype) * (1 + 1e-6)).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.one_of(st.just(0.0), st.just(math.inf), st.floats(0.001, 5.0)), min_size=1, max_size=30),
+    st.lists(st.floats(0.0, 6.0), min_size=1, max_size=10),
+)
+def test_distance_curve_is_the_fraction_of_samples_beyond_each_eps(distances, probes) -> None:
+    curve = distance_curve(distances, eps_max=5.0)
+    n = len(distances)
+    assert curve["eps"][0] == 0 and curve["eps"] == sorted(set(curve["eps"]))
+    for e, acc in zip(curve["eps"], curve["robust_accuracy"], strict=True):
+        assert acc == sum(d > e for d in distances) / n
+    for e in probes:  # the step function through the points, evaluated anywhere
+        k = max(i for i, v in enumerate(curve["eps"]) if v <= e)
+        assert curve["robust_accuracy"][k] == sum(d > e for d in distances) / n
+    assert curve["auc"] == pytest.approx(sum(min(d, 5.0) for d in distances) / (5.0 * n))
+    assert 0 <= curve["auc"] <= 1 and curve["n_unbroken"] == sum(math.isinf(d) for d in distances)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_curve_from_distances_equals_fixed_eps_accuracy_on_a_linear_model(norm: str) -> None:
+    """On a linear two-class model both are exact: PGD reaches the boundary iff its distance is <= eps."""
+    model, x, y, exact = linear_problem(0, n=12)
+    d = sorted(exact[norm].tolist())
+    # Between two samples' distances, 5% or more apart (PGD's last steps land within a few % of the boundary).
+    eps_values = [(a + b) / 2 for a, b in itertools.pairwise(d) if b > 1.05 * a]
+    specs = [make_spec("minimal", {"norm": norm, "steps": 40}, id="min")]
+    specs += [make_spec("pgd", {"eps": e, "norm": norm, "steps": 20}, id=f"pgd{k}") for k, e in enumerate(eps_values)]
+    summary = evaluate(model, Items(x, y), specs, batch_size=12, quiet=True, prepare=False).summary
+    section = summary["robustness"][norm]
+    curve = section["attacks"]["min"]
+    assert [a["curve"] for a in summary["attacks"] if a["id"] == "min"] == [curve]
+    assert len(eps_values) >= 4
+    sweep = section["sweeps"][0]
+    assert sweep["eps"] == sorted(eps_values) and len(sweep["robust_accuracy"]) == len(eps_values)
+    for e, acc in zip(sweep["eps"], sweep["robust_accuracy"], strict=True):
+        k = max(i for i, v in enumerate(curve["eps"]) if v <= e)
+        assert curve["robust_accuracy"][k] == acc == sum(v > e for v in d) / len(d)
+    assert section["cross_check"]["n_violations"] == 0
+    assert section["cross_check"]["corrected"] == section["ensemble"]
+
+
+def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed(digits_model, tmp_path) -> None:
+    model, x, y = digits_model
+    data = Items(x[:24], y[:24])
+    specs = [
+        make_spec("fmn", {"norm": "linf", "steps": 1}, id="weak"),  # one step: far from minimal
+        make_spec("pgd", {"eps": 0.1, "norm": "linf", "steps": 10}, id="pgd"),
+    ]
+    result = evaluate(model, data, specs, out=tmp_path / "run", batch_size=12, quiet=True, prepare=False)
+    section = result.summary["robustness"]["linf"]
+    dist = {r["index"]: r["distance"] for r in result.records["weak"]}
+    broken = {r["index"]: r["linf"] for r in result.records["pgd"] if r["adv_top5"][0] != r["label"]}
+    expected = sorted(i for i, b in broken.items() if dist[i] > min(0.1, b) * (1 + 1e-5) + 1e-12)
+    check = section["cross_check"]
+    assert expected and check["n_violations"] == len(expected) == check["n_samples_violating"]
+    assert [v["index"] for v in check["violations"]] == expected
+    assert broken and check["n_checked"] == len(broken)
+    corrected = {i: min(dist[i], min(0.1, broken[i])) if i in expected else dist[i] for i in dist}
+    assert check["corrected"] == distance_curve(list(corrected.values()), section["eps_max"])
+    pgd_acc = next(a["adv_top1"] for a in result.summary["attacks"] if a["id"] == "pgd")
+    k = max(i for i, v in enumerate(check["corrected"]["eps"]) if v <= 0.1)
+    assert check["corrected"]["robust_accuracy"][k] <= pgd_acc
+    json.dumps(result.summary, allow_nan=False)  # strict JSON: no inf in summary.json
+    # The report shows the curves (PNG next to report.html) and the cross-check's violations.
+    report = render_run(tmp_path / "run")
+    assert report.sections[0].id == "robustness"
+    assert (tmp_path / "run" / "robustness_linf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "run" / "tables.md").read_text()
+    weak = result.summary["robustness"]["linf"]["attacks"]["weak"]
+    median = "n/a" if weak["median_eps"] is None else f"{weak['median_eps']:.4g}"
+    assert f"| weak | linf | 24 | {median} | {weak['auc']:.4g} | {weak['n_unbroken']} |" in md
+    assert f"{check['n_violations']} violations in {check['n_checked']} broken samples checked" in md
+
+
+def test_records_of_minimal_attacks_carry_distance_zero_for_misclassified_and_inf_for_unbroken(digits_model):
+    model, x, y = digits_model
+    x, y = x[:8], y[:8].clone()
+    with torch.no_grad():
+        y[0] = (model(x[:1]).argmax(1) + 1) % 10
+    specs = [make_spec("fmn", {"norm": "l2", "steps": 1, "alpha_init": 1e-6}, id="tiny")]  # cannot reach anything
+    records = evaluate(model, Items(x, y), specs, batch_size=8, quiet=True, prepare=False).records["tiny"]
+    by_index = {r["index"]: r for r in records}
+    assert by_index[0]["distance"] == 0
+    for r in records[1:]:
+        assert r["distance"] == (r["l2"] if r["success"] else math.inf)
+
+
+def test_minimal_with_an_unknown_norm_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match="minimal: unknown norm 'l3'; expected one of 'l0', 'l1', 'l2', 'linf'"):
+        make_spec("minimal", {"norm": "l3"})
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--minimal", "--attack", "pgd"], "--minimal: 'pgd' is not a minimal-norm attack; minimal-norm attacks"),
+        (["--minimal", "--eps", "0.1"], "--minimal finds each sample's smallest perturbation and takes no --eps"),
+        (["--minimal", "--norm", "l3"], "minimal: unknown norm 'l3'"),
+        (["--minimal", "--attack", "fab", "--norm", "l0"], "fab: unknown norm 'l0'"),
+    ],
+)
+def test_minimal_mistakes_are_one_line_and_exit_2(capsys, argv, needle) -> None:
+    code = main(["eval", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_attack_table_with_minimal_true_must_name_a_minimal_norm_attack(capsys, tmp_path) -> None:
+    config = tmp_path / "attacks.toml"
+    config.write_text('[[attack]]\nname = "pgd"\neps = 0.1\nminimal = true\n')
+    code = main(["eval", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "attack #1 (minimal = true): 'pgd' is not a minimal-norm attack" in err, err
+
+
+@pytest.mark.skipif(not FASHION_PRESENT, reason="Fashion-MNIST is missing")
+def test_eval_minimal_with_a_suite_writes_distances_curves_and_the_cross_check(capsys, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from advlab.models import load_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in load_model("mnist_cnn_small", pretrained=False).state_dict().items()},
+              str(weights))  # fmt: skip
+    out = tmp_path / "run"
+    argv = ["eval", "--model", "mnist_cnn_small", "--weights", str(weights), "--data", "fashion-mnist", "--limit", "8",
+            "--minimal", "--norm", "linf", "--steps", "3", "--suite", "fast", "--eps", "0.05", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [a["name"] for a in summary["attacks"]] == ["suite_fast", "minimal"]
+    assert summary["attacks"][1]["params"] == {"norm": "linf", "steps": 3}
+    section = summary["robustness"]["linf"]
+    assert section["cross_check"]["attacks"] == [summary["attacks"][0]["id"]]
+    assert section["attacks"][summary["attacks"][1]["id"]]["n"] == 8
+    files = sorted((out / "records").rglob("*.jsonl"))
+    records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert sum("distance" in r for r in records) == 8
+
+
+def test_l1_fixed_eps_attacks_cross_check_the_l1_ensemble(digits_model) -> None:
+    model, x, y = digits_model
+    specs = [
+        make_spec("minimal", {"norm": "l1", "steps": 2}, id="min"),
+        make_spec("apgd_l1", {"eps": 3.0, "steps": 10}, id="apgd_l1"),
+        make_spec("pgd", {"eps": 3.0, "norm": "l1", "steps": 10}, id="pgd_l1"),
+    ]
+    result = evaluate(model, Items(x[:12], y[:12]), specs, batch_size=12, quiet=True, prepare=False)
+    check = result.summary["robustness"]["l1"]["cross_check"]
+    assert check["attacks"] == ["apgd_l1", "pgd_l1"]
+    dist = {r["index"]: r["distance"] for r in result.records["min"]}
+    rows = [r for a in ("apgd_l1", "pgd_l1") for r in result.records[a]]
+    broken = [(r["index"], r) for r in rows if r["adv_top5"][0] != r["label"]]
+    assert broken and check["n_checked"] == len(broken)
+    assert check["n_violations"] == sum(dist[i] > 3.0 * (1 + 1e-5) + 1e-12 for i, _ in broken)
