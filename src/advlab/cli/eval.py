@@ -159,7 +159,7 @@ def _open_data(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, summary_line
+    from ..evaluate import evaluate, sanity_lines, stage_lines, summary_line
 
     if args.attack_tables is not None and args.attack is not None:
         raise UsageError("give the attacks either with --attack or as [[attack]] tables in --config, not both")
@@ -209,6 +209,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     for a in result.summary["attacks"]:
         print(summary_line(a))
+        for line in stage_lines(a):  # a suite: the robust accuracy after each stage, like AutoAttack's printout
+            print(line)
+    if any(a.get("stages") for a in result.summary["attacks"]):
+        for line in sanity_lines(result.summary):  # the gradient-masking checks' verdicts, where they ran
+            print(line)
     if not args.quiet:
         print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
     return 0

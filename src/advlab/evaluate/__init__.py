@@ -26,7 +26,7 @@ from .specs import (
     registry,
     validate_specs,
 )
-from .summary import build_summary, summary_line
+from .summary import build_summary, sanity_lines, stage_lines, summary_line
 
 __all__ = [
     "ALGORITHM_VERSIONS",
@@ -51,6 +51,8 @@ __all__ = [
     "register_attack",
     "registry",
     "run_config",
+    "sanity_lines",
+    "stage_lines",
     "suite_specs",
     "summarize",
     "summarize_attack",
