@@ -57,3 +57,34 @@ def test_rendering_a_folder_without_a_finished_run_is_a_usage_error(tmp_path):
     with pytest.raises(MissingInputError, match=r"summary\.json does not exist") as err:
         render_run(tmp_path)
     assert isinstance(err.value, UsageError)
+
+
+def test_run_report_states_intervals_sampling_stages_and_classes_and_renders_in_chromium(
+    digits_model, tmp_path, capsys
+):
+    from advlab.cli import main
+    from advlab.evaluate.intervals import fmt_interval
+    from tests.test_report import assert_renders_cleanly
+
+    model, x, y = digits_model
+    specs = [make_spec("fgsm", {"eps": 0.1}, id="fgsm"), make_spec("suite_fast", {"eps": 0.1}, id="fast")]
+    run = tmp_path / "run"
+    data_meta = {"source": "digits", "provenance": "sklearn digits", "limit": 24}
+    evaluate(model, Items(x[:24], y[:24]), specs, out=run, batch_size=12, quiet=True, data_meta=data_meta)
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
+    md = (run / "tables.md").read_text()
+    for a in summary["attacks"]:
+        assert f"| {a['id']} | {fmt_interval(a['ci95']['clean_top1'])} | {fmt_interval(a['ci95']['adv_top1'])} |" in md
+    assert "the first 24 in the data's order (not a random sample)" in md
+    assert f"{summary['time_s']:.1f} s: the attacks' time from the records" in md
+    assert "fast: robust accuracy after each stage" in md and "| apgd-ce |" in md
+    classes = sorted({int(v) for v in y[:24]})
+    assert all(f"\n| {c} | " in md for c in classes)
+    assert "iterative_vs_single_step" in md
+    # The rendered page: every table, no request leaves the machine, no console error.
+    tables = md.count("\n|---|")
+    page = assert_renders_cleanly(run / "report.html", tables=tables, images=0)
+    assert "How the samples were chosen" in page.text or "how the samples were chosen" in page.text
+    code = main(["report", str(tmp_path / "nothing")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err

@@ -16,12 +16,14 @@ EVAL_CONFIG_KEYS = {
     "weights": "state-dict file or weights tag for the model",
     "data": "dataset: a <wnid>/<images> folder, a file,class_index CSV, 'default', or fashion-mnist[:train|:test]",
     "subset": "the paper's selection, 'CLASSESxPER_CLASS' (e.g. '30x5') of correctly classified images",
-    "limit": "evaluate only the first N samples",
+    "limit": "evaluate only the first N samples, in the data's order",
+    "sample": "evaluate a seeded random sample of N samples, stratified by class",
     "out": "run directory",
     "batch_size": "samples per batch",
     "seed": "seed of targets and random starts",
     "device": "cpu, cuda, cuda:1, ...",
     "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
+    "report": "also write RUN_DIR/report.html",
     "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
     "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
 }
@@ -41,7 +43,19 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="state-dict file or weights tag for --model")
     p.add_argument("--data", default="default", help="dataset folder, labels CSV, 'default' or fashion-mnist[:split]")
     p.add_argument("--subset", default=None, metavar="CxN", help="the paper's selection of C classes x N images")
-    p.add_argument("--limit", type=int_arg(1), default=None, help="only the first N samples")
+    p.add_argument(
+        "--limit",
+        type=int_arg(1),
+        default=None,
+        help="only the first N samples in the data's order (an ImageNet folder: class-folder order, so the lowest "
+        "class indices); --sample N for a representative sample",
+    )
+    p.add_argument(
+        "--sample",
+        type=int_arg(1),
+        default=None,
+        help="a random sample of N samples, seeded by --seed and stratified by class (classes in proportion)",
+    )
     p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
     p.add_argument("--eps", nargs="+", default=None, help="budget(s) in pixel units: 0.03, 8/255; several = a sweep")
     p.add_argument("--alpha", default=None, help="step size (pixel units)")
@@ -72,6 +86,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_arg(), default=0, help="seed of targets and random starts")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.add_argument("--report", action="store_true", help="also write RUN_DIR/report.html (as advlab report does)")
     p.set_defaults(run=cmd_eval, attack_tables=None)
     return p
 
@@ -150,10 +165,20 @@ def _open_data(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any
         dataset = select_subset(model, dataset, classes=classes, per_class=per_class, seed=args.seed)
         meta["provenance"] = dataset.provenance
         meta["subset"] = args.subset
+    if args.limit is not None and getattr(args, "sample", None) is not None:
+        raise UsageError("give either --limit N (the first N samples) or --sample N (a random sample), not both")
+    if getattr(args, "sample", None) is not None:
+        from ..data import sample_dataset
+
+        dataset = sample_dataset(dataset, args.sample, args.seed)
+        meta["provenance"] = f"{meta['provenance']}; {dataset.how}"
+        meta["sample"] = args.sample
+        meta["sample_indices"] = list(dataset.indices)  # positions in the source (after --subset): the sample ids
     if args.limit is not None:
         from ..data import LimitedDataset
 
         dataset = LimitedDataset(dataset, args.limit)
+        meta["provenance"] = f"{meta['provenance']}; the first {len(dataset)} in the data's order (--limit)"
         meta["limit"] = args.limit
     return dataset, meta
 
@@ -216,6 +241,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(line)
     if not args.quiet:
         print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
+    if getattr(args, "report", False):
+        from ..report import write_run_report
+
+        path = write_run_report(args.out)
+        if not args.quiet:
+            print(f"report: {path}", file=sys.stderr)
     return 0
 
 

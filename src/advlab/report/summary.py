@@ -87,15 +87,17 @@ def provenance_items(summary: Mapping[str, Any], info: Mapping[str, Any] | None 
         items.append(("software", f"Python {info['python']}, torch {info['torch']}, {platform.system()}"))
     if "machine" in info:
         items.append(("machine", str(info["machine"])))
+    # Compute time comes from the records, so a report rebuilt later states the run's time, not its own.
+    items.append(
+        (
+            "compute time",
+            f"{summary['time_s']:.0f} s, the attacks' time from the records (summed over all invocations of a "
+            "resumed run)",
+        )
+    )
     wall = info.get("wall_s", summary.get("wall_s"))
     if wall is not None:
-        items.append(
-            (
-                "run time",
-                f"{wall:.0f} s wall for this invocation; attacks' compute time {summary['time_s']:.0f} s "
-                "(summed over all invocations of a resumed run)",
-            )
-        )
+        items.append(("wall time", f"{wall:.0f} s for the invocation that wrote this report's summary"))
     items += [
         ("date", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("command", str(info.get("command") or summary.get("command") or "")),

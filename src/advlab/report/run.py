@@ -1,0 +1,159 @@
+"""The report of any finished run directory (``advlab report RUN_DIR``, ``advlab eval --report``).
+
+Built from the run's files only (run.json, summary.json, the per-sample records): what was run and how the
+samples were chosen, one row per attack with 95% Wilson intervals and sample counts
+(:mod:`advlab.evaluate.intervals`), each suite's stages, the gradient-masking checks, per-class accuracy, and
+then :func:`~advlab.report.summary.summary_report`'s common sections (settings, provenance). Times come from
+the records, so re-rendering a report never changes the run time it states.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..evaluate.compare import FinishedRun, load_run
+from ..evaluate.intervals import fmt_interval, proportion
+from .document import Report, Section, Table
+from .summary import summary_report, write_report
+
+
+def sampling_sentence(data: Mapping[str, Any], n: int) -> str:
+    """Exactly how the attacked samples were chosen, from the run's data description."""
+    parts = []
+    if data.get("subset"):
+        parts.append(f"--subset {data['subset']}: correctly classified images of classes chosen by the model")
+    if data.get("sample") is not None:
+        parts.append(f"--sample {data['sample']}: a seeded random sample, stratified by class (see the data line)")
+    if data.get("limit") is not None:
+        parts.append(f"--limit {data['limit']}: the first {data['limit']} in the data's order (not a random sample)")
+    if not parts:
+        parts.append("every sample of the data, in its order")
+    return f"{n} samples attacked; " + "; then ".join(parts)
+
+
+def about_section(run: FinishedRun) -> Section:
+    """What was run, on what, and how the samples were chosen."""
+    s, cfg = run.summary, run.config
+    m, d = s["model"], s["data"]
+    n = s["clean"]["n"]
+    written = (run.path / "summary.json").stat().st_mtime
+    items = [
+        ("model", f"{m.get('name')} (weights sha256 {m.get('state_dict_sha256')})"),
+        ("data", f"{d.get('source')} — {d.get('provenance', '')}"),
+        ("how the samples were chosen", sampling_sentence(d, n)),
+        ("unreadable images", str(s.get("n_unreadable"))),
+        ("seed", f"{s.get('seed')} (targets and random starts, per sample index)"),
+        ("device", str(cfg.get("device_type"))),
+        ("model preparation", "yes" if (cfg.get("prepare") or {}).get("enabled") else "no (attacked as given)"),
+        (
+            "compute time",
+            f"{s['time_s']:.1f} s: the attacks' time from the records, summed over every invocation of the run "
+            "(re-rendering the report does not change it)",
+        ),
+        ("summary written", _dt.datetime.fromtimestamp(written, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("intervals", "95% Wilson score intervals with the sample count n (advlab.evaluate.intervals says why)"),
+    ]
+    return Section("About this run", items=items, id="about")
+
+
+def results_table(summary: Mapping[str, Any]) -> Table:
+    """One row per attack: clean and robust top-1/top-5 and success with 95% intervals, n, distances."""
+    rows = []
+    for a in summary["attacks"]:
+        ci = a.get("ci95") or {}
+        succ = a.get("norms_successful") or {}
+        l2, linf = (succ.get("l2") or {}).get("median"), (succ.get("linf") or {}).get("median")
+        rows.append(
+            [
+                a["id"],
+                fmt_interval(ci.get("clean_top1")),
+                fmt_interval(ci.get("adv_top1")),
+                fmt_interval(ci.get("adv_top5")),
+                fmt_interval(ci.get("success_rate")),
+                str(a["n"]),
+                "n/a" if l2 is None else f"{l2:.4f}",
+                "n/a" if linf is None else f"{linf:.4f}",
+            ]
+        )
+    return Table(
+        "Every attack, with 95% intervals",
+        ["attack", "clean top-1", "robust top-1", "robust top-5", "success", "n", "median L2", "median Linf"],
+        rows,
+        "Percentages with their 95% Wilson score interval over n samples (success over the eligible samples). "
+        "Median L2 and Linf (pixel units) over the successful examples.",
+        id="results-table",
+    )
+
+
+def stage_tables(summary: Mapping[str, Any]) -> list[Table]:
+    """Per suite: the robust top-1 accuracy left after each stage (AutoAttack's running accuracy)."""
+    tables = []
+    for a in summary["attacks"]:
+        if not a.get("stages"):
+            continue
+        rows = [
+            [st["name"], st.get("description", ""), str(st["broken"]), fmt_interval(st.get("robust_after_ci95"))]
+            for st in a["stages"]
+        ]
+        tables.append(
+            Table(
+                f"{a['id']}: robust accuracy after each stage",
+                ["stage", "what it does", "broken", "robust top-1 after"],
+                rows,
+                id=f"stages-{len(tables)}",
+            )
+        )
+    return tables
+
+
+def per_class_table(records: Mapping[str, Sequence[Mapping[str, Any]]], attack_ids: Sequence[str]) -> Table:
+    """Clean and worst-case robust top-1 accuracy per true class, over the untargeted attacks of the run."""
+    clean: dict[int, dict[int, bool]] = {}
+    robust: dict[int, dict[int, bool]] = {}
+    for aid in attack_ids:
+        for r in records.get(aid, []):
+            c, i = int(r["label"]), int(r["index"])
+            clean.setdefault(c, {})[i] = r["clean_top5"][0] == c
+            if r["target"] is None:
+                robust.setdefault(c, {})
+                robust[c][i] = robust[c].get(i, True) and r["adv_top5"][0] == c
+    rows = []
+    for c in sorted(clean):
+        n = len(clean[c])
+        k_clean = sum(clean[c].values())
+        k_rob = sum((robust.get(c) or {}).values())
+        rows.append(
+            [
+                str(c),
+                str(n),
+                fmt_interval(proportion(k_clean, n)),
+                fmt_interval(proportion(k_rob, n)) if c in robust else "n/a",
+            ]
+        )
+    return Table(
+        "Accuracy per class",
+        ["class", "n", "clean top-1", "robust top-1 (worst case over the untargeted attacks)"],
+        rows,
+        "95% Wilson intervals; a sample counts as robust only if no untargeted attack of the run changed its top-1.",
+        id="per-class",
+    )
+
+
+def run_report(run_dir: str | Path, extra_sections: Sequence[Section] = ()) -> Report:
+    """The report of a finished run directory (see the module docstring)."""
+    run = load_run(run_dir)
+    s = run.summary
+    results = Section("Results", tables=[results_table(s), *stage_tables(s)], id="results")
+    per_class = Section("Per class", tables=[per_class_table(run.records, run.attack_ids)], id="per-class-section")
+    return summary_report(s, sections=[about_section(run), results, *extra_sections, per_class])
+
+
+def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.html`` (self-contained) and ``tables.md`` for a run directory; returns the HTML path."""
+    report = run_report(run_dir)
+    target = Path(out) if out is not None else Path(run_dir)
+    write_report(target, report)
+    return target / "report.html"
