@@ -24,6 +24,7 @@ EVAL_CONFIG_KEYS = {
     "device": "cpu, cuda, cuda:1, ...",
     "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
     "report": "also write RUN_DIR/report.html",
+    "save_adversarial": "save every adversarial example (float32 and uint8) with its uint8 re-check",
     "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
     "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
 }
@@ -86,6 +87,13 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_arg(), default=0, help="seed of targets and random starts")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.add_argument(
+        "--save-adversarial",
+        dest="save_adversarial",
+        action="store_true",
+        help="save every adversarial example (float32 and uint8, safetensors per batch) under RUN_DIR/adversarial, "
+        "and record whether the uint8 image still fools the model and stays in the eps-ball",
+    )
     p.add_argument("--report", action="store_true", help="also write RUN_DIR/report.html (as advlab report does)")
     p.set_defaults(run=cmd_eval, attack_tables=None)
     return p
@@ -216,6 +224,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset, data_meta = _open_data(args, model)
     model_meta = {**getattr(model, "config", {}), "name": args.model, "weights": args.weights}
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
+    save = bool(getattr(args, "save_adversarial", False))
+    if save and info.distributed:
+        raise UsageError("--save-adversarial is not available under torchrun yet; run it in one process")
     result = (evaluate_sharded if info.distributed else evaluate)(
         model,
         dataset,
@@ -229,6 +240,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         replace=args.replace,
         prepare=bool(args.prepare),
+        **({"save_adversarial": True} if save else {}),
     )
     if not info.is_main:  # rank 0 reports for the whole distributed run
         return 0
