@@ -6,6 +6,7 @@
     advlab train --dataset fashion-mnist --model mnist_cnn --method pgd --eps 0.1 --out runs/train
     advlab compare RUN_A RUN_B          (or RUN --attack-a ID --attack-b ID)
     advlab report RUN_DIR               (RUN_DIR/report.html)
+    advlab verify RUN_DIR               (a --save-adversarial run, forward passes only)
 
 A user mistake (unknown attack or parameter, eps written wrongly, a run directory holding another run, a
 config file with unknown keys, a missing data folder, ...) is an :class:`advlab.errors.UsageError` raised by
@@ -34,6 +35,7 @@ from .eval import EVAL_CONFIG_KEYS, add_eval_parser
 from .report import add_report_parser
 from .reproduce import add_reproduce_parser
 from .train import add_train_parser
+from .verify import add_verify_parser
 
 EXIT_USAGE = 2
 
@@ -44,13 +46,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Attack, evaluate and harden image classifiers against adversarial examples.",
     )
     parser.add_argument("--version", action="version", version=f"advlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{eval,reproduce,train,compare,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{eval,reproduce,train,compare,report,verify}")
     sub.required = True
     add_eval_parser(sub)
     add_reproduce_parser(sub)
     add_train_parser(sub, full=argv is None or "train" in argv)
     add_compare_parser(sub)
     add_report_parser(sub)
+    add_verify_parser(sub)
     return parser
 
 
