@@ -204,7 +204,14 @@ def test_cli_suite_prints_its_stages_and_verify_exits_by_what_it_found(tmp_path,
     summary = json.loads((run / "summary.json").read_text())
     for st in summary["attacks"][0]["stages"]:  # AutoAttack-style: robust accuracy after each stage
         assert f"  after {st['name']}: robust top-1 {100 * st['robust_after']:.1f}% [" in out
-    assert (run / "report.html").is_file()
+    from tests.test_report import assert_renders_cleanly
+
+    md = (run / "tables.md").read_text()
+    assert "Saved adversarial examples as 8-bit images" in md
+    panels = sorted(run.glob("example-*.png"))
+    assert 1 <= len(panels) <= 4  # the least and most perturbed successful examples
+    page = assert_renders_cleanly(run / "report.html", tables=md.count("\n|---|"), images=len(panels))
+    assert "most perturbed" in page.text and "how the samples were chosen" in page.text.lower()
     assert main(["verify", str(run)]) == 0
     out, err = capsys.readouterr()
     assert "verify: OK; 16 records checked" in out, err

@@ -256,7 +256,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if getattr(args, "report", False):
         from ..report import write_run_report
 
-        path = write_run_report(args.out)
+        names = list(getattr(dataset, "class_names", []) or getattr(model, "class_names", []))
+        path = write_run_report(args.out, dataset=dataset, class_names=names)
         if not args.quiet:
             print(f"report: {path}", file=sys.stderr)
     return 0

@@ -23,7 +23,15 @@ def add_report_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ..evaluate.compare import load_run
     from ..report import write_run_report
+    from .verify import reopen_run
 
-    print(write_run_report(args.run_dir, args.out))
+    run = load_run(args.run_dir)
+    dataset, names = None, []
+    if run.config.get("save_adversarial") and run.config["model"].get("name"):
+        # The panel of examples needs the clean images: reopen the data as the run opened it.
+        model, dataset = reopen_run(run)
+        names = list(getattr(dataset, "class_names", []) or getattr(model, "class_names", []))
+    print(write_run_report(args.run_dir, args.out, dataset=dataset, class_names=names))
     return 0

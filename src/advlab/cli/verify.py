@@ -31,28 +31,36 @@ def add_verify_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from ..evaluate.compare import load_run
-    from ..evaluate.verify import check_run_is_verifiable, verification_lines, verify_run
+def reopen_run(run: Any, *, device: str | None = None, data: str | None = None, weights: str | None = None) -> Any:
+    """The model and dataset of a run made by ``advlab eval``, reopened from its configuration (the data at
+    ``data``, the weights at ``weights`` where they moved): ``(model, dataset)``."""
     from ..models import check_device, load_model
     from .eval import _open_data
 
-    run = load_run(args.run_dir)
-    check_run_is_verifiable(run)
     m, d = run.config["model"], run.config["data"]
     if not m.get("name") or not d.get("source"):
         raise UsageError(f"{run.path} was not made by advlab eval (no model name or data source); use the Python API")
-    if args.device is not None:
-        check_device(args.device)
-    model = load_model(m["name"], weights=args.weights or m.get("weights"), device=args.device)
-    data = argparse.Namespace(
-        data=args.data or d["source"],
+    if device is not None:
+        check_device(device)
+    model = load_model(m["name"], weights=weights or m.get("weights"), device=device)
+    how = argparse.Namespace(
+        data=data or d["source"],
         subset=d.get("subset"),
         sample=d.get("sample"),
         limit=d.get("limit"),
         seed=run.config["seed"],
     )
-    dataset, _ = _open_data(data, model)
+    dataset, _ = _open_data(how, model)
+    return model, dataset
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..evaluate.compare import load_run
+    from ..evaluate.verify import check_run_is_verifiable, verification_lines, verify_run
+
+    run = load_run(args.run_dir)
+    check_run_is_verifiable(run)
+    model, dataset = reopen_run(run, device=args.device, data=args.data, weights=args.weights)
     result = verify_run(run.path, model, dataset, tol=args.tol, run=run)
     for line in verification_lines(result):
         print(line)

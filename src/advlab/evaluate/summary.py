@@ -62,6 +62,22 @@ def intervals_of(stats: Mapping[str, Any], records: Sequence[Mapping[str, Any]] 
     return out
 
 
+def uint8_of(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """How the successful examples fare as 8-bit images (``--save-adversarial``, :mod:`advlab.evaluate.saved`):
+    of the successful records, how many still succeed after rounding, how many the rounding pushed out of the
+    eps-ball, and how many the nearest uint8 point inside the ball still succeeds on; None without saved examples."""
+    saved = {int(r["index"]): r for r in records if r.get("adversarial")}
+    if not saved:
+        return None
+    hits = [r for r in saved.values() if r["success"]]
+    return {
+        "successful": len(hits),
+        "uint8_success": sum(r["adversarial"]["uint8_success"] for r in hits),
+        "uint8_out_of_ball": sum(not r["adversarial"]["uint8_in_ball"] for r in hits),
+        "uint8_in_ball_success": sum(r["adversarial"]["uint8_in_ball_success"] for r in hits),
+    }
+
+
 def build_summary(
     records: Mapping[str, list[dict[str, Any]]],
     specs: Sequence[AttackSpec],
@@ -89,6 +105,9 @@ def build_summary(
             }
             stats["stages"] = suite_progress(spec, stats, names)
         stats["ci95"] = intervals_of(stats, records.get(spec.id, []))
+        u8 = uint8_of(records.get(spec.id, []))
+        if u8 is not None:
+            stats["uint8"] = u8
         attacks.append(
             {
                 **spec.to_dict(),

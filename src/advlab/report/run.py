@@ -16,7 +16,9 @@ from typing import Any
 
 from ..evaluate.compare import FinishedRun, load_run
 from ..evaluate.intervals import fmt_interval, proportion
-from .document import Report, Section, Table
+from ..evaluate.saved import load_examples
+from .document import Figure, Report, Section, Table
+from .plots import panel_png
 from .summary import summary_report, write_report
 
 
@@ -142,18 +144,111 @@ def per_class_table(records: Mapping[str, Sequence[Mapping[str, Any]]], attack_i
     )
 
 
-def run_report(run_dir: str | Path, extra_sections: Sequence[Section] = ()) -> Report:
-    """The report of a finished run directory (see the module docstring)."""
+def uint8_table(summary: Mapping[str, Any]) -> Table | None:
+    """Per attack with saved examples: how its successful examples fare once rounded to 8-bit images."""
+    rows = []
+    for a in summary["attacks"]:
+        u = a.get("uint8")
+        if not u:
+            continue
+        k = u["successful"]
+        rows.append(
+            [
+                a["id"],
+                str(k),
+                fmt_interval(proportion(u["uint8_success"], k)) if k else "n/a",
+                f"{u['uint8_out_of_ball']} of {k}",
+                fmt_interval(proportion(u["uint8_in_ball_success"], k)) if k else "n/a",
+            ]
+        )
+    if not rows:
+        return None
+    return Table(
+        "Saved adversarial examples as 8-bit images",
+        [
+            "attack",
+            "successful",
+            "uint8 still succeeds",
+            "uint8 outside the eps-ball",
+            "nearest uint8 in ball succeeds",
+        ],
+        rows,
+        "uint8 = round(255 x_adv), the image a user would save; rounding moves each pixel by up to 1/510 and can "
+        "cross the decision boundary or leave the eps-ball. The nearest uint8 point inside the ball is saved too "
+        "(adversarial/*.safetensors). advlab verify RUN_DIR re-checks every saved example with forward passes.",
+        id="uint8",
+    )
+
+
+def examples_section(run: FinishedRun, dataset: Any, class_names: Sequence[str], per_side: int = 2) -> Section:
+    """Panels of the least and most perturbed successful examples (by L2) of the attack with the most saved
+    successful examples: original, amplified perturbation and adversarial, with top-5 before and after."""
+    section = Section("Examples", id="examples")
+    best: tuple[int, str] | None = None
+    for aid in run.attack_ids:
+        k = sum(bool(r["success"] and r.get("adversarial")) for r in run.records.get(aid, []))
+        if k and (best is None or k >= best[0]):
+            best = (k, aid)
+    if best is None or dataset is None:
+        section.paragraphs.append(
+            "No panel: the run saved no successful adversarial example (advlab eval --save-adversarial) or its "
+            "data could not be reopened."
+        )
+        return section
+    aid = best[1]
+    hits = sorted((r for r in run.records[aid] if r["success"] and r.get("adversarial")), key=lambda r: r["l2"])
+    chosen = hits[:per_side] + [r for r in hits[-per_side:] if r not in hits[:per_side]]
+    for r in chosen:
+        saved = r["adversarial"]
+        x_adv = load_examples(run.path / saved["file"])["x_adv"][int(saved["row"])]
+        item = dataset[int(r["index"])]
+        x = item[0].to(x_adv.dtype)
+        which = "least" if r in hits[:per_side] else "most"
+        png = panel_png(
+            x,
+            x_adv,
+            (r["clean_top5"], r["clean_probs"]),
+            (r["adv_top5"], r["adv_probs"]),
+            class_names,
+            title=f"{aid}, sample {r['index']}: one of the {which} perturbed successful examples",
+            label=int(r["label"]),
+            target=r["target"],
+        )
+        section.figures.append(
+            Figure(
+                f"example-{r['index']}.png",
+                png,
+                f"{aid}, sample {r['index']} ({which} perturbed): L2 {r['l2']:.4f}, Linf {r['linf']:.4f}",
+                alt=f"sample {r['index']}: original, perturbation, adversarial",
+            )
+        )
+    return section
+
+
+def run_report(
+    run_dir: str | Path,
+    extra_sections: Sequence[Section] = (),
+    *,
+    dataset: Any = None,
+    class_names: Sequence[str] = (),
+) -> Report:
+    """The report of a finished run directory (see the module docstring); with the run's ``dataset`` (reopened
+    as the run opened it), also the panel of saved examples."""
     run = load_run(run_dir)
     s = run.summary
-    results = Section("Results", tables=[results_table(s), *stage_tables(s)], id="results")
+    u8 = uint8_table(s)
+    results = Section("Results", tables=[results_table(s), *stage_tables(s), *([u8] if u8 else [])], id="results")
     per_class = Section("Per class", tables=[per_class_table(run.records, run.attack_ids)], id="per-class-section")
-    return summary_report(s, sections=[about_section(run), results, *extra_sections, per_class])
+    examples = examples_section(run, dataset, class_names)
+    return summary_report(s, sections=[about_section(run), results, *extra_sections, per_class, examples])
 
 
-def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.html`` (self-contained) and ``tables.md`` for a run directory; returns the HTML path."""
-    report = run_report(run_dir)
+def write_run_report(
+    run_dir: str | Path, out: str | Path | None = None, *, dataset: Any = None, class_names: Sequence[str] = ()
+) -> Path:
+    """Write ``report.html`` (self-contained), ``tables.md`` and the figures for a run directory; returns the
+    HTML path."""
+    report = run_report(run_dir, dataset=dataset, class_names=class_names)
     target = Path(out) if out is not None else Path(run_dir)
     write_report(target, report)
     return target / "report.html"
