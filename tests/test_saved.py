@@ -199,7 +199,8 @@ def test_cli_suite_prints_its_stages_and_verify_exits_by_what_it_found(tmp_path,
     run = tmp_path / "run"
     argv = ["eval", "--model", "mnist_cnn_small", "--weights", str(weights), "--data", "fashion-mnist"]
     argv += ["--sample", "16", "--batch-size", "8", "--suite", "fast", "--eps", "0.1", "--quiet"]
-    assert main([*argv, "--out", str(run), "--save-adversarial", "--report"]) == 0
+    claim = tmp_path / "claim.json"
+    assert main([*argv, "--out", str(run), "--save-adversarial", "--report", "--claim", str(claim)]) == 0
     out, err = capsys.readouterr()
     summary = json.loads((run / "summary.json").read_text())
     for st in summary["attacks"][0]["stages"]:  # AutoAttack-style: robust accuracy after each stage
@@ -212,9 +213,18 @@ def test_cli_suite_prints_its_stages_and_verify_exits_by_what_it_found(tmp_path,
     assert 1 <= len(panels) <= 4  # the least and most perturbed successful examples
     page = assert_renders_cleanly(run / "report.html", tables=md.count("\n|---|"), images=len(panels))
     assert "most perturbed" in page.text and "how the samples were chosen" in page.text.lower()
-    assert main(["verify", str(run)]) == 0
+    assert main(["verify", str(run), "--claim", str(claim)]) == 0
     out, err = capsys.readouterr()
-    assert "verify: OK; 16 records checked" in out, err
+    assert "verify: OK; 16 records checked" in out and "claim: OK" in out, err
+    stated = json.loads(claim.read_text())
+    assert (
+        stated["data"]["sample_indices"] == summary["data"]["sample_indices"] and stated["model"]["state_dict_sha256"]
+    )
+    stated["threat_models"][0]["robust_top1"]["k"] += 1  # a claim of one more robust sample than the run shows
+    claim.write_text(json.dumps(stated))
+    assert main(["verify", str(run), "--claim", str(claim)]) == 1
+    out, _ = capsys.readouterr()
+    assert "claim mismatch: threat_models[0].robust_top1.k: the claim says" in out
     f = sorted((run / "adversarial").rglob("*.safetensors"))[0]
     f.write_bytes(f.read_bytes()[:64])
     assert main(["verify", str(run)]) == 1
@@ -226,3 +236,20 @@ def test_cli_suite_prints_its_stages_and_verify_exits_by_what_it_found(tmp_path,
     assert main(["verify", str(plain)]) == 2
     _, err = capsys.readouterr()
     assert "holds no saved adversarial examples" in err and err.count("\n") == 1
+
+
+def test_claim_robust_accuracy_is_the_per_sample_worst_case(saved_run):
+    from advlab.evaluate.claim import check_claim, make_claim
+    from advlab.evaluate.compare import load_run
+
+    _, _, _, out, result = saved_run
+    run = load_run(out)
+    claim = make_claim(run)
+    (tm,) = claim["threat_models"]
+    assert (tm["norm"], tm["eps"]) == ("linf", 0.1) and [a["id"] for a in tm["attacks"]] == ["fgsm", "pgd"]
+    robust = {r["index"] for r in result.records["fgsm"] if r["adv_top5"][0] == r["label"]}
+    robust &= {r["index"] for r in result.records["pgd"] if r["adv_top5"][0] == r["label"]}
+    assert tm["robust_top1"]["k"] == len(robust) and tm["robust_top1"]["n"] == 40
+    assert tm["robust_top1"]["rate"] <= min(a["adv_top1"] for a in result.summary["attacks"])
+    assert check_claim(claim, run) == []
+    assert check_claim({**claim, "seed": 7}, run) == ["seed: the claim says 7, the run gives 0"]

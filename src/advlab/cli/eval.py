@@ -24,6 +24,7 @@ EVAL_CONFIG_KEYS = {
     "device": "cpu, cuda, cuda:1, ...",
     "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
     "report": "also write RUN_DIR/report.html",
+    "claim": "also write a shareable claim JSON to this path",
     "save_adversarial": "save every adversarial example (float32 and uint8) with its uint8 re-check",
     "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
     "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
@@ -93,6 +94,13 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="save every adversarial example (float32 and uint8, safetensors per batch) under RUN_DIR/adversarial, "
         "and record whether the uint8 image still fools the model and stays in the eps-ball",
+    )
+    p.add_argument(
+        "--claim",
+        default=None,
+        metavar="CLAIM.json",
+        help="also write a shareable claim (model and weights hash, sample ids, threat models, accuracies with "
+        "95%% intervals, attacks, advlab version); advlab verify RUN_DIR --claim CLAIM.json checks it",
     )
     p.add_argument("--report", action="store_true", help="also write RUN_DIR/report.html (as advlab report does)")
     p.set_defaults(run=cmd_eval, attack_tables=None)
@@ -253,6 +261,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(line)
     if not args.quiet:
         print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
+    if getattr(args, "claim", None):
+        from ..evaluate.claim import write_claim
+
+        write_claim(args.out, args.claim)
     if getattr(args, "report", False):
         from ..report import write_run_report
 

@@ -27,6 +27,9 @@ def add_verify_parser(sub: Any) -> argparse.ArgumentParser:
         "--tol", type=float, default=1e-3, help="a top-1 disagreement counts only where the record's top-2 "
         "probabilities are further apart than this (float differences between machines)"
     )  # fmt: skip
+    p.add_argument(
+        "--claim", default=None, metavar="CLAIM.json", help="also check a claim (advlab eval --claim) against the run"
+    )
     p.set_defaults(run=cmd_verify)
     return p
 
@@ -59,9 +62,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..evaluate.verify import check_run_is_verifiable, verification_lines, verify_run
 
     run = load_run(args.run_dir)
+    claimed: list[str] = []
+    if args.claim is not None:
+        from ..evaluate.claim import check_claim, read_claim
+
+        claimed = list(check_claim(read_claim(args.claim), run))
     check_run_is_verifiable(run)
     model, dataset = reopen_run(run, device=args.device, data=args.data, weights=args.weights)
     result = verify_run(run.path, model, dataset, tol=args.tol, run=run)
+    for line in claimed:
+        print(f"claim mismatch: {line}")
     for line in verification_lines(result):
         print(line)
-    return 0 if result.ok else 1
+    if args.claim is not None:
+        print(f"claim: {'OK' if not claimed else f'{len(claimed)} mismatches'} ({args.claim})")
+    return 0 if result.ok and not claimed else 1
