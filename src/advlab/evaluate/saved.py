@@ -13,11 +13,13 @@ attack computed itself:
   of the rounding to ``[ceil(255 (x - eps)), floor(255 (x + eps))]``; other norms: the rounding of the largest
   shrunk perturbation ``x + t (x_adv - x)`` that lands inside, t found by bisection).
 
-Each such record gains ``adversarial``: the file, the row, and whether the uint8 image still succeeds and is
-in the ball (and the same for the in-ball version). The safetensors file is written (atomically) before the
-records file of its batch, so a run killed in between recomputes that batch and overwrites the file: no
-duplicate, no missing example. The field exists only in runs whose configuration has ``save_adversarial``
-(no older advlab wrote those), so records without it are never mixed with records that have it.
+Each such record gains ``adversarial``: the file, the row, and whether the uint8 image is in the ball and, for
+a successful example, still succeeds (``null`` where the float example did not succeed: not checked); the same
+for the in-ball version. The re-check is one forward pass per (attack, batch), over the successful rows.
+The safetensors file is written (atomically) before the records file of its batch, so a run killed in
+between recomputes that batch and overwrites the file: no duplicate, no missing example. The field exists
+only in runs whose configuration has ``save_adversarial`` (no older advlab wrote those), so records without
+it are never mixed with records that have it.
 """
 
 from __future__ import annotations
@@ -133,10 +135,21 @@ def save_examples(
 
     ball = ball_of(spec.params)
     u8, u8_ball = to_uint8(x_adv), nearest_uint8_in_ball(x, x_adv, ball)
-    with torch.no_grad():
-        fools = _succeeds(model(u8.to(x.dtype) / 255), records)
-        changed = (u8 != u8_ball).flatten(1).any(dim=1).tolist()
-        fools_ball = fools if not any(changed) else _succeeds(model(u8_ball.to(x.dtype) / 255), records)
+    changed = (u8 != u8_ball).flatten(1).any(dim=1).tolist()
+    # One forward pass, over the successful rows only (an example that does not succeed as floats has nothing
+    # to keep), with the in-ball version appended where it differs from the plain rounding.
+    hits = [k for k, r in enumerate(records) if r["success"]]
+    moved = [k for k in hits if changed[k]]
+    fools: list[bool | None] = [None] * len(records)
+    fools_ball: list[bool | None] = [None] * len(records)
+    if hits:
+        batch = torch.cat([u8[hits], u8_ball[moved]]).to(x.dtype) / 255
+        with torch.no_grad():
+            ok = _succeeds(model(batch), [records[k] for k in hits + moved])
+        for j, k in enumerate(hits):
+            fools[k] = fools_ball[k] = ok[j]
+        for j, k in enumerate(moved):
+            fools_ball[k] = ok[len(hits) + j]
     inside = in_ball(x, u8.double() / 255, ball).tolist()
     inside_ball = in_ball(x, u8_ball.double() / 255, ball).tolist()
     tensors = {
@@ -154,10 +167,10 @@ def save_examples(
         r["adversarial"] = {
             "file": rel,
             "row": k,
-            "uint8_success": bool(fools[k]),
+            "uint8_success": fools[k],
             "uint8_in_ball": bool(inside[k]),
             "uint8_in_ball_changed": bool(changed[k]),
-            "uint8_in_ball_success": bool(fools_ball[k]),
+            "uint8_in_ball_success": fools_ball[k],
             "uint8_in_ball_inside": bool(inside_ball[k]),
         }
 
