@@ -88,3 +88,20 @@ def test_run_report_states_intervals_sampling_stages_and_classes_and_renders_in_
     assert "How the samples were chosen" in page.text or "how the samples were chosen" in page.text
     code = main(["report", str(tmp_path / "nothing")])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_run_report_draws_accuracy_against_eps_for_sweeps_and_minimal_norm_attacks(digits_model, tmp_path):
+    from advlab.report import run_report, write_run_report
+    from tests.test_report import assert_renders_cleanly
+
+    model, x, y = digits_model
+    specs = [make_spec("fgsm", {"eps": e}, id=f"fgsm-{e}") for e in (0.05, 0.1, 0.2)]
+    specs.append(make_spec("deepfool", {"steps": 10}, id="deepfool"))
+    run = tmp_path / "run"
+    evaluate(model, Items(x[:16], y[:16]), specs, out=run, batch_size=16, quiet=True)
+    report = run_report(run)
+    (curves,) = [s for s in report.sections if s.id == "curves"]
+    assert [f.name for f in curves.figures] == ["accuracy-vs-eps.png"]
+    write_run_report(run)
+    md = (run / "tables.md").read_text()
+    assert_renders_cleanly(run / "report.html", tables=md.count("\n|---|"), images=1)
