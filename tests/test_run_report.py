@@ -36,7 +36,8 @@ def test_any_run_renders_with_its_attacks_checks_and_provenance(digits_model, tm
     assert report.title == "Evaluation of digits (2 attacks, 24 images)"
     assert [s.id for s in report.sections] == ["sanity", "settings", "provenance"]
     for a in summary["attacks"]:  # one row per attack, with its numbers
-        assert f"| {a['id']} | {a['label']} | {100 * a['adv_top1']:.1f} | {100 * a['adv_top5']:.1f} |" in md
+        ci = a["ci95"]["adv_top1"]
+        assert f"| {a['id']} | {a['label']} | {100 * a['adv_top1']:.1f} [{100 * ci['low']:.1f}, " in md
     assert "iterative_vs_single_step" in md  # the summary's sanity checks
     assert f"**run fingerprint**: {summary['fingerprint']}" in md
     assert "paper" not in md.lower() and "Table 1" not in md

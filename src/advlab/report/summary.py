@@ -25,6 +25,14 @@ def pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
+def pct_ci(attack: Mapping[str, Any], key: str) -> str:
+    """A rate of an attack as a percentage with its 95% interval where the summary has one (``ci95``)."""
+    ci = (attack.get("ci95") or {}).get(key)
+    if ci is None:
+        return pct(attack.get(key))
+    return f"{100 * ci['rate']:.1f} [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
+
+
 def attacks_table(summary: Mapping[str, Any]) -> Table:
     rows = []
     for a in summary["attacks"]:
@@ -34,9 +42,9 @@ def attacks_table(summary: Mapping[str, Any]) -> Table:
             [
                 a["id"],
                 a["label"],
-                pct(a["adv_top1"]),
-                pct(a["adv_top5"]),
-                pct(a["success_rate"]),
+                pct_ci(a, "adv_top1"),
+                pct_ci(a, "adv_top5"),
+                pct_ci(a, "success_rate"),
                 "n/a" if l2 is None else f"{l2:.3f}",
                 "n/a" if linf is None else f"{linf:.4f}",
                 f"{a['time_s']:.1f}",
@@ -46,6 +54,7 @@ def attacks_table(summary: Mapping[str, Any]) -> Table:
         "Every attack of the run",
         ["id", "attack and parameters", "top-1", "top-5", "success", "mean L2 of successes", "max Linf", "time (s)"],
         rows,
+        "Percentages with their 95% Wilson interval where the run recorded one. "
         "success: untargeted, the top-1 is not the true class; targeted, the top-1 is the target. Norms in pixel "
         "units: mean L2 over the successful examples (a suite keeps the clean image where it fails, a PGD its last "
         "try, so a mean over all samples would not compare), max Linf over all samples. Time: compute time of the "
