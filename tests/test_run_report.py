@@ -36,7 +36,8 @@ def test_any_run_renders_with_its_attacks_checks_and_provenance(digits_model, tm
     assert report.title == "Evaluation of digits (2 attacks, 24 images)"
     assert [s.id for s in report.sections] == ["sanity", "settings", "provenance"]
     for a in summary["attacks"]:  # one row per attack, with its numbers
-        assert f"| {a['id']} | {a['label']} | {100 * a['adv_top1']:.1f} | {100 * a['adv_top5']:.1f} |" in md
+        ci = a["ci95"]["adv_top1"]
+        assert f"| {a['id']} | {a['label']} | {100 * a['adv_top1']:.1f} [{100 * ci['low']:.1f}, " in md
     assert "iterative_vs_single_step" in md  # the summary's sanity checks
     assert f"**run fingerprint**: {summary['fingerprint']}" in md
     assert "paper" not in md.lower() and "Table 1" not in md
@@ -57,3 +58,51 @@ def test_rendering_a_folder_without_a_finished_run_is_a_usage_error(tmp_path):
     with pytest.raises(MissingInputError, match=r"summary\.json does not exist") as err:
         render_run(tmp_path)
     assert isinstance(err.value, UsageError)
+
+
+def test_run_report_states_intervals_sampling_stages_and_classes_and_renders_in_chromium(
+    digits_model, tmp_path, capsys
+):
+    from advlab.cli import main
+    from advlab.evaluate.intervals import fmt_interval
+    from tests.test_report import assert_renders_cleanly
+
+    model, x, y = digits_model
+    specs = [make_spec("fgsm", {"eps": 0.1}, id="fgsm"), make_spec("suite_fast", {"eps": 0.1}, id="fast")]
+    run = tmp_path / "run"
+    data_meta = {"source": "digits", "provenance": "sklearn digits", "limit": 24}
+    evaluate(model, Items(x[:24], y[:24]), specs, out=run, batch_size=12, quiet=True, data_meta=data_meta)
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
+    md = (run / "tables.md").read_text()
+    for a in summary["attacks"]:
+        assert f"| {a['id']} | {fmt_interval(a['ci95']['clean_top1'])} | {fmt_interval(a['ci95']['adv_top1'])} |" in md
+    assert "the first 24 in the data's order (not a random sample)" in md
+    assert f"{summary['time_s']:.1f} s: the attacks' time from the records" in md
+    assert "fast: robust accuracy after each stage" in md and "| apgd-ce |" in md
+    classes = sorted({int(v) for v in y[:24]})
+    assert all(f"\n| {c} | " in md for c in classes)
+    assert "iterative_vs_single_step" in md
+    # The rendered page: every table, no request leaves the machine, no console error.
+    tables = md.count("\n|---|")
+    page = assert_renders_cleanly(run / "report.html", tables=tables, images=0)
+    assert "How the samples were chosen" in page.text or "how the samples were chosen" in page.text
+    code = main(["report", str(tmp_path / "nothing")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_run_report_draws_accuracy_against_eps_for_sweeps_and_minimal_norm_attacks(digits_model, tmp_path):
+    from advlab.report import run_report, write_run_report
+    from tests.test_report import assert_renders_cleanly
+
+    model, x, y = digits_model
+    specs = [make_spec("fgsm", {"eps": e}, id=f"fgsm-{e}") for e in (0.05, 0.1, 0.2)]
+    specs.append(make_spec("deepfool", {"steps": 10}, id="deepfool"))
+    run = tmp_path / "run"
+    evaluate(model, Items(x[:16], y[:16]), specs, out=run, batch_size=16, quiet=True)
+    report = run_report(run)
+    (curves,) = [s for s in report.sections if s.id == "curves"]
+    assert [f.name for f in curves.figures] == ["accuracy-vs-eps.png"]
+    write_run_report(run)
+    md = (run / "tables.md").read_text()
+    assert_renders_cleanly(run / "report.html", tables=md.count("\n|---|"), images=1)

@@ -4,6 +4,9 @@
     advlab eval --config attacks.toml
     advlab reproduce [--model NAME] [--data DIR] [--out RUN_DIR]
     advlab train --dataset fashion-mnist --model mnist_cnn --method pgd --eps 0.1 --out runs/train
+    advlab compare RUN_A RUN_B          (or RUN --attack-a ID --attack-b ID)
+    advlab report RUN_DIR               (RUN_DIR/report.html)
+    advlab verify RUN_DIR               (a --save-adversarial run, forward passes only)
 
 A user mistake (unknown attack or parameter, eps written wrongly, a run directory holding another run, a
 config file with unknown keys, a missing data folder, ...) is an :class:`advlab.errors.UsageError` raised by
@@ -30,9 +33,12 @@ from typing import Any
 from .. import __version__
 from ..errors import RunError, UsageError
 from .common import Parser, apply_config, read_toml, under_torchrun
+from .compare import add_compare_parser
 from .eval import EVAL_CONFIG_KEYS, add_eval_parser
+from .report import add_report_parser
 from .reproduce import add_reproduce_parser
 from .train import add_train_parser
+from .verify import add_verify_parser
 
 EXIT_USAGE = 2
 
@@ -43,11 +49,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Attack, evaluate and harden image classifiers against adversarial examples.",
     )
     parser.add_argument("--version", action="version", version=f"advlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{eval,reproduce,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{eval,reproduce,train,compare,report,verify}")
     sub.required = True
     add_eval_parser(sub)
     add_reproduce_parser(sub)
     add_train_parser(sub, full=argv is None or "train" in argv)
+    add_compare_parser(sub)
+    add_report_parser(sub)
+    add_verify_parser(sub)
     return parser
 
 

@@ -16,12 +16,16 @@ EVAL_CONFIG_KEYS = {
     "weights": "state-dict file or weights tag for the model",
     "data": "<wnid>/<images> folder, file,class_index CSV, 'default', fashion-mnist, cifar10, cifar100[:split]",
     "subset": "the paper's selection, 'CLASSESxPER_CLASS' (e.g. '30x5') of correctly classified images",
-    "limit": "evaluate only the first N samples",
+    "limit": "evaluate only the first N samples, in the data's order",
+    "sample": "evaluate a seeded random sample of N samples, stratified by class",
     "out": "run directory",
     "batch_size": "samples per batch",
     "seed": "seed of targets and random starts",
     "device": "cpu, cuda, cuda:1, ...",
     "suite": "run a named attack suite ('strong') instead of / after the listed attacks",
+    "report": "also write RUN_DIR/report.html",
+    "claim": "also write a shareable claim JSON to this path",
+    "save_adversarial": "save every adversarial example (float32 and uint8) with its uint8 re-check",
     "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
     "defense": "list of defences put in front of the model, e.g. [\"bit_depth(bits=3)\"] (advlab.defenses)",
     "bpda": "list of dotted submodule paths of the (defended) model to wrap in BPDA, e.g. [\"transforms.0\"]",
@@ -61,7 +65,19 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         help="dataset folder, labels CSV, 'default', fashion-mnist[:split], cifar10[:split], cifar100[:split]",
     )
     p.add_argument("--subset", default=None, metavar="CxN", help="the paper's selection of C classes x N images")
-    p.add_argument("--limit", type=int_arg(1), default=None, help="only the first N samples")
+    p.add_argument(
+        "--limit",
+        type=int_arg(1),
+        default=None,
+        help="only the first N samples in the data's order (an ImageNet folder: class-folder order, so the lowest "
+        "class indices); --sample N for a representative sample",
+    )
+    p.add_argument(
+        "--sample",
+        type=int_arg(1),
+        default=None,
+        help="a random sample of N samples, seeded by --seed and stratified by class (classes in proportion)",
+    )
     p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
     p.add_argument("--eps", nargs="+", default=None, help="budget(s) in pixel units: 0.03, 8/255; several = a sweep")
     p.add_argument("--alpha", default=None, help="step size (pixel units)")
@@ -128,6 +144,21 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int_arg(1), default=None, help="centre-crop N x N pixels")
     p.add_argument("--model-dir", dest="model_dir", default=None, help="RobustBench model directory (./models)")
     p.add_argument("--data-root", dest="data_root", default=None, help="where cifar10/cifar100 are (default ./data)")
+    p.add_argument(
+        "--save-adversarial",
+        dest="save_adversarial",
+        action="store_true",
+        help="save every adversarial example (float32 and uint8, safetensors per batch) under RUN_DIR/adversarial, "
+        "and record whether the uint8 image still fools the model and stays in the eps-ball",
+    )
+    p.add_argument(
+        "--claim",
+        default=None,
+        metavar="CLAIM.json",
+        help="also write a shareable claim (model and weights hash, sample ids, threat models, accuracies with "
+        "95%% intervals, attacks, advlab version); advlab verify RUN_DIR --claim CLAIM.json checks it",
+    )
+    p.add_argument("--report", action="store_true", help="also write RUN_DIR/report.html (as advlab report does)")
     p.set_defaults(run=cmd_eval, attack_tables=None)
     return p
 
@@ -245,16 +276,26 @@ def _open_data(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any
         dataset = select_subset(model, dataset, classes=classes, per_class=per_class, seed=args.seed)
         meta["provenance"] = dataset.provenance
         meta["subset"] = args.subset
+    if args.limit is not None and getattr(args, "sample", None) is not None:
+        raise UsageError("give either --limit N (the first N samples) or --sample N (a random sample), not both")
+    if getattr(args, "sample", None) is not None:
+        from ..data import sample_dataset
+
+        dataset = sample_dataset(dataset, args.sample, args.seed)
+        meta["provenance"] = f"{meta['provenance']}; {dataset.how}"
+        meta["sample"] = args.sample
+        meta["sample_indices"] = list(dataset.indices)  # positions in the source (after --subset): the sample ids
     if args.limit is not None:
         from ..data import LimitedDataset
 
         dataset = LimitedDataset(dataset, args.limit)
+        meta["provenance"] = f"{meta['provenance']}; the first {len(dataset)} in the data's order (--limit)"
         meta["limit"] = args.limit
     return dataset, meta
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, summary_line
+    from ..evaluate import evaluate, sanity_lines, stage_lines, summary_line
 
     if args.attack_tables is not None and args.attack is not None:
         raise UsageError("give the attacks either with --attack or as [[attack]] tables in --config, not both")
@@ -312,6 +353,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "defenses" in model_meta:
         _check_forward(model, dataset)
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
+    save = bool(getattr(args, "save_adversarial", False))
+    if save and info.distributed:
+        raise UsageError("--save-adversarial is not available under torchrun yet; run it in one process")
     extra: dict[str, Any] = {"command": command}
     common = dict(out=args.out, batch_size=args.batch_size, seed=args.seed, model_meta=model_meta, data_meta=data_meta)
     common.update(quiet=args.quiet, replace=args.replace, prepare=bool(args.prepare))
@@ -320,17 +364,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         if info.distributed:
             raise UsageError("--suite adaptive runs in one process; start it without torchrun")
+        if save:
+            raise UsageError("--save-adversarial does not combine with --suite adaptive yet")
         result = evaluate_adaptive(
             model, dataset, args.eps, norm=args.norm or "linf", bpda=_strings(args.bpda, "bpda"), extra=extra, **common
         )
     else:
         if args.sanity:
             extra["sanity"] = _sanity(model, dataset, specs, args)
+        if save:
+            common["save_adversarial"] = True
         result = (evaluate_sharded if info.distributed else evaluate)(model, dataset, specs, extra=extra, **common)
     if not info.is_main:  # rank 0 reports for the whole distributed run
         return 0
     for a in result.summary["attacks"]:
         print(summary_line(a))
+        for line in stage_lines(a):  # a suite: the robust accuracy after each stage, like AutoAttack's printout
+            print(line)
+    if args.sanity or any(a.get("stages") for a in result.summary["attacks"]):
+        for line in sanity_lines(result.summary):  # the gradient-masking checks' verdicts, where they ran
+            print(line)
     if published is not None:
         print(
             f"RobustBench published (AutoAttack, eps {published['eps']}): clean {published['clean_acc']}%, "
@@ -340,6 +393,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(adaptive_line(row))
     if not args.quiet:
         print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
+    if getattr(args, "claim", None):
+        from ..evaluate.claim import write_claim
+
+        write_claim(args.out, args.claim)
+    if getattr(args, "report", False):
+        from ..report import write_run_report
+
+        names = list(getattr(dataset, "class_names", []) or getattr(model, "class_names", []))
+        path = write_run_report(args.out, dataset=dataset, class_names=names)
+        if not args.quiet:
+            print(f"report: {path}", file=sys.stderr)
     return 0
 
 

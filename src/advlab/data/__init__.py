@@ -25,6 +25,7 @@ from advlab.data.imagenet import (
 )
 from advlab.data.loading import image_shape, load_dataset
 from advlab.data.sample import DefaultSample, default_sample
+from advlab.data.sampling import sample_dataset, stratified_indices
 from advlab.data.subset import LimitedDataset, SubsetDataset, farthest_point_classes, select_subset
 from advlab.data.transforms import make_transform, transform_for
 
@@ -54,7 +55,9 @@ __all__ = [
     "make_loader",
     "make_transform",
     "read_image",
+    "sample_dataset",
     "select_subset",
+    "stratified_indices",
     "to_rgb",
     "transform_for",
 ]

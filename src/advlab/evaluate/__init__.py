@@ -27,7 +27,7 @@ from .specs import (
     registry,
     validate_specs,
 )
-from .summary import build_summary, summary_line
+from .summary import build_summary, sanity_lines, stage_lines, summary_line
 
 __all__ = [
     "ALGORITHM_VERSIONS",
@@ -57,6 +57,8 @@ __all__ = [
     "registry",
     "run_config",
     "run_sanity",
+    "sanity_lines",
+    "stage_lines",
     "suite_specs",
     "summarize",
     "summarize_attack",

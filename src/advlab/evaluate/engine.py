@@ -182,13 +182,16 @@ def attack_batch(
     seed: int = 0,
     done: Mapping[str, list[dict[str, Any]]] | None = None,
     on_attack: Callable[[AttackSpec, list[dict[str, Any]]], None] | None = None,
+    on_adversarial: Callable[[AttackSpec, list[dict[str, Any]], Tensor, Tensor], None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Records of every attack in ``specs`` on one batch (any subset of the dataset's indices).
 
     The clean logits are computed once and shared by all attacks. Attacks whose records are in ``done``
     (read back from a run directory) are not run again, but their records still feed later attacks that
     name them in ``only_unbroken``. ``on_attack`` is called with each newly computed attack's records
-    (the engine writes them to disk there, so work is saved attack by attack).
+    (the engine writes them to disk there, so work is saved attack by attack). ``on_adversarial`` (before
+    ``on_attack``) gets the records the attack computed itself, their clean images and adversarial examples
+    (``--save-adversarial``: it may add fields to those records before they are written).
     """
     if x.shape[0] != len(indices) or y.shape[0] != len(indices):
         raise ValueError(f"x, y and indices must have the same length, got {x.shape[0]}, {y.shape[0]}, {len(indices)}")
@@ -243,6 +246,8 @@ def attack_batch(
                 for k, rec in enumerate(records):
                     if extras:
                         rec["extras"] = {key: values[k] for key, values in extras.items()}
+                if on_adversarial is not None:
+                    on_adversarial(spec, records, xs, x_adv)
                 own = dict(zip(run, records, strict=True))
             merged = []
             for i in range(len(indices)):

@@ -33,6 +33,7 @@ from ..runtime.lock import lock_folder
 from .engine import attack_batch, check_fits, load_batch, plan_batches
 from .records import RECORD_SCHEMA_VERSION, atomic_write_text
 from .rundir import RunDirectory
+from .saved import save_examples, saved_path
 from .specs import AttackSpec, SpecError, algorithm_versions, validate_specs
 from .summary import build_summary
 
@@ -170,6 +171,7 @@ def evaluate(
     prepare: bool = True,
     prepared: tuple[nn.Module, Mapping[str, Any]] | None = None,
     lock: bool = True,
+    save_adversarial: bool = False,
 ) -> RunResult:
     """Run ``attacks`` over ``dataset`` and summarise; with ``out``, stream records to a run directory.
 
@@ -197,6 +199,9 @@ def evaluate(
             shard of a distributed run prepares once per rank); replaces ``prepare``.
         lock: hold ``out``'s lock for the whole run, refusing a second writer
             (:class:`~advlab.runtime.lock.RunLockedError`); False when the caller holds it (or another rank).
+        save_adversarial: also save every adversarial example (exact floats and uint8) under
+            ``out/adversarial`` with its uint8 re-check in the records (:mod:`advlab.evaluate.saved`); part of
+            the run's configuration.
     """
     specs = validate_specs(attacks)
     n = len(dataset)
@@ -217,6 +222,10 @@ def evaluate(
         data_meta=data_meta,
         preparation=preparation,
     )
+    if save_adversarial:
+        if out is None:
+            raise SpecError("save_adversarial needs a run directory (out=...) to save the examples in")
+        config["save_adversarial"] = True  # only when set: runs without it keep their fingerprint
     run_dir = RunDirectory(out, config) if out is not None else None
     if run_dir is not None:
         run_dir.open(replace=replace)
@@ -246,8 +255,25 @@ def evaluate(
                     bar.set_postfix_str(spec.id[:40], refresh=False)
                     bar.update(1)
 
+                def examples(
+                    spec: AttackSpec, recs: list[dict[str, Any]], xs: Any, x_adv: Any, b: range = batch
+                ) -> None:
+                    assert run_dir is not None
+                    path = saved_path(run_dir.batch_file(spec.id, b))
+                    save_examples(attacked, spec, recs, xs, x_adv, path, run_dir.path)
+
                 if kept:
-                    done = attack_batch(attacked, x, y, kept, todo_specs, seed=seed, done=done, on_attack=saved)
+                    done = attack_batch(
+                        attacked,
+                        x,
+                        y,
+                        kept,
+                        todo_specs,
+                        seed=seed,
+                        done=done,
+                        on_attack=saved,
+                        on_adversarial=examples if save_adversarial else None,
+                    )
                 else:  # every image of the batch was unreadable: mark the batch done, with no records
                     for spec in todo_specs:
                         saved(spec, [])

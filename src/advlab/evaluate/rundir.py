@@ -132,6 +132,7 @@ class RunDirectory:
             if not replace:
                 raise SpecError(self._refusal(old.get("config") or {}))
             shutil.rmtree(self.path / "records", ignore_errors=True)
+            shutil.rmtree(self.path / "adversarial", ignore_errors=True)  # --save-adversarial's examples
             (self.path / "summary.json").unlink(missing_ok=True)
             run_file.unlink()  # last: a replacement killed half-way is still recognised as an advlab run
         elif self.path.exists() and any(not _ignorable(p.name) for p in self.path.iterdir()):

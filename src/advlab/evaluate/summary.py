@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import __version__
+from .intervals import CONFIDENCE, METHOD, fmt_interval, proportion, with_interval
 from .records import summarize
 from .robustness import attach_robustness
 from .specs import AttackSpec, suite_stage_names
@@ -40,9 +41,42 @@ def suite_progress(spec: AttackSpec, stats: Mapping[str, Any], names: Sequence[s
                 "description": described.get(name, ""),
                 "broken": counts.get(k, 0),
                 "robust_after": standing / n,
+                "robust_after_ci95": proportion(standing, n),
             }
         )
     return out
+
+
+def intervals_of(stats: Mapping[str, Any], records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """95% Wilson intervals (:mod:`advlab.evaluate.intervals`) with their counts for every accuracy and
+    success rate of one attack's statistics: accuracies over ``n`` samples, success rates over the
+    ``n_eligible`` ones, and (from ``records``) the success rate on the clean-correct ones."""
+    n, eligible = int(stats["n"]), int(stats.get("n_eligible") or 0)
+    out = {key: with_interval(stats.get(key), n) for key in ("clean_top1", "clean_top5", "adv_top1", "adv_top5")}
+    out |= {key: with_interval(stats.get(key), eligible) for key in ("success_rate", "success_rate_top5")}
+    correct = {
+        int(r["index"])
+        for r in records
+        if (r["target"] is None or r["target"] != r["label"]) and r["clean_top5"][0] == r["label"]
+    }
+    out["success_rate_on_clean_correct"] = with_interval(stats.get("success_rate_on_clean_correct"), len(correct))
+    return out
+
+
+def uint8_of(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """How the successful examples fare as 8-bit images (``--save-adversarial``, :mod:`advlab.evaluate.saved`):
+    of the successful records, how many still succeed after rounding, how many the rounding pushed out of the
+    eps-ball, and how many the nearest uint8 point inside the ball still succeeds on; None without saved examples."""
+    saved = {int(r["index"]): r for r in records if r.get("adversarial")}
+    if not saved:
+        return None
+    hits = [r for r in saved.values() if r["success"]]
+    return {
+        "successful": len(hits),
+        "uint8_success": sum(r["adversarial"]["uint8_success"] for r in hits),
+        "uint8_out_of_ball": sum(not r["adversarial"]["uint8_in_ball"] for r in hits),
+        "uint8_in_ball_success": sum(r["adversarial"]["uint8_in_ball_success"] for r in hits),
+    }
 
 
 def build_summary(
@@ -71,6 +105,10 @@ def build_summary(
                 ("robust" if int(k) < 0 else names[int(k)]): v for k, v in stats["broken_by_counts"].items()
             }
             stats["stages"] = suite_progress(spec, stats, names)
+        stats["ci95"] = intervals_of(stats, records.get(spec.id, []))
+        u8 = uint8_of(records.get(spec.id, []))
+        if u8 is not None:
+            stats["uint8"] = u8
         attacks.append(
             {
                 **spec.to_dict(),
@@ -91,7 +129,11 @@ def build_summary(
         "seed": config["seed"],
         "batch_size": config["batch_size"],
         "n_unreadable": n - core["clean"]["n"] if all(a["complete"] for a in attacks) else None,
-        "clean": core["clean"],
+        "clean": {
+            **core["clean"],
+            "ci95": {k: with_interval(core["clean"][k], core["clean"]["n"]) for k in ("top1", "top5")},
+        },
+        "intervals": {"confidence": CONFIDENCE, "method": METHOD},
         "attacks": attacks,
         "time_s": math.fsum(a["time_s"] for a in attacks),
         "wall_s": wall_s,
@@ -122,17 +164,38 @@ def sanity_of(
 
 
 def summary_line(attack: Mapping[str, Any]) -> str:
-    """One line per attack for the end of a run."""
+    """One line per attack for the end of a run; every rate with its 95% Wilson interval, and the sample count."""
 
-    def pct(v: float | None) -> str:
-        return "  n/a" if v is None else f"{100 * v:5.1f}%"
+    def pct(key: str) -> str:
+        ci = (attack.get("ci95") or {}).get(key)
+        if ci is not None:
+            return fmt_interval(ci)
+        v = attack[key]
+        return "n/a" if v is None else f"{100 * v:.1f}%"
 
     name = attack["id"] if attack["id"] == attack["label"] else f"{attack['id']} = {attack['label']}"
-    line = f"{name}: top-1 {pct(attack['adv_top1'])} top-5 {pct(attack['adv_top5'])}"
-    line += f" (clean {pct(attack['clean_top1'])}), success {pct(attack['success_rate'])}"
+    line = f"{name}: top-1 {pct('adv_top1')} top-5 {pct('adv_top5')}"
+    line += f" (clean {pct('clean_top1')}), success {pct('success_rate')}"
     # Mean L2 over the successful examples: comparable across attacks (a suite returns the clean image, L2 0,
     # where it failed; a PGD its last try); the max Linf over all samples shows the budget held.
     linf, l2 = attack["norms"]["linf"]["max"], (attack.get("norms_successful") or {}).get("l2", {}).get("mean")
     if linf is not None:
         line += f", max Linf {linf:.4g}, mean L2 of successes {'n/a' if l2 is None else f'{l2:.4g}'}"
-    return line + f", {attack['time_s']:.1f} s over {attack['n']} samples"
+    return line + f", {attack['time_s']:.1f} s over n={attack['n']} samples (95% Wilson intervals)"
+
+
+def stage_lines(attack: Mapping[str, Any]) -> list[str]:
+    """A suite's robust accuracy after each stage (AutoAttack's printout), one indented line per stage;
+    empty for an attack without ``stages``."""
+    lines = []
+    for st in attack.get("stages") or []:
+        ci = st.get("robust_after_ci95")
+        acc = fmt_interval(ci) if ci is not None else f"{100 * st['robust_after']:.1f}%"
+        lines.append(f"  after {st['name']}: robust top-1 {acc} ({st['broken']} broken by this stage)")
+    return lines
+
+
+def sanity_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The gradient-masking checks' verdicts, one line each (empty where none ran)."""
+    sanity = summary.get("sanity") or {}
+    return [f"check {c['name']}: {c['status']} - {c.get('message', '')}" for c in sanity.get("checks", [])]

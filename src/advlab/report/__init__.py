@@ -7,6 +7,7 @@ own sections on top (:mod:`advlab.paper.report`); this package knows nothing of 
 """
 
 from .document import Figure, Report, Section, Table, render_html, render_markdown, table_markdown
+from .run import run_report, write_run_report
 from .summary import attacks_table, provenance_items, render_run, sanity_section, summary_report, write_report
 
 __all__ = [
@@ -19,8 +20,10 @@ __all__ = [
     "render_html",
     "render_markdown",
     "render_run",
+    "run_report",
     "sanity_section",
     "summary_report",
     "table_markdown",
     "write_report",
+    "write_run_report",
 ]

@@ -26,6 +26,14 @@ def pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
+def pct_ci(attack: Mapping[str, Any], key: str) -> str:
+    """A rate of an attack as a percentage with its 95% interval where the summary has one (``ci95``)."""
+    ci = (attack.get("ci95") or {}).get(key)
+    if ci is None:
+        return pct(attack.get(key))
+    return f"{100 * ci['rate']:.1f} [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
+
+
 def attacks_table(summary: Mapping[str, Any]) -> Table:
     rows = []
     for a in summary["attacks"]:
@@ -35,9 +43,9 @@ def attacks_table(summary: Mapping[str, Any]) -> Table:
             [
                 a["id"],
                 a["label"],
-                pct(a["adv_top1"]),
-                pct(a["adv_top5"]),
-                pct(a["success_rate"]),
+                pct_ci(a, "adv_top1"),
+                pct_ci(a, "adv_top5"),
+                pct_ci(a, "success_rate"),
                 "n/a" if l2 is None else f"{l2:.3f}",
                 "n/a" if linf is None else f"{linf:.4f}",
                 f"{a['time_s']:.1f}",
@@ -47,6 +55,7 @@ def attacks_table(summary: Mapping[str, Any]) -> Table:
         "Every attack of the run",
         ["id", "attack and parameters", "top-1", "top-5", "success", "mean L2 of successes", "max Linf", "time (s)"],
         rows,
+        "Percentages with their 95% Wilson interval where the run recorded one. "
         "success: untargeted, the top-1 is not the true class; targeted, the top-1 is the target. Norms in pixel "
         "units: mean L2 over the successful examples (a suite keeps the clean image where it fails, a PGD its last "
         "try, so a mean over all samples would not compare), max Linf over all samples. Time: compute time of the "
@@ -88,15 +97,17 @@ def provenance_items(summary: Mapping[str, Any], info: Mapping[str, Any] | None 
         items.append(("software", f"Python {info['python']}, torch {info['torch']}, {platform.system()}"))
     if "machine" in info:
         items.append(("machine", str(info["machine"])))
+    # Compute time comes from the records, so a report rebuilt later states the run's time, not its own.
+    items.append(
+        (
+            "compute time",
+            f"{summary['time_s']:.0f} s, the attacks' time from the records (summed over all invocations of a "
+            "resumed run)",
+        )
+    )
     wall = info.get("wall_s", summary.get("wall_s"))
     if wall is not None:
-        items.append(
-            (
-                "run time",
-                f"{wall:.0f} s wall for this invocation; attacks' compute time {summary['time_s']:.0f} s "
-                "(summed over all invocations of a resumed run)",
-            )
-        )
+        items.append(("wall time", f"{wall:.0f} s for the invocation that wrote this report's summary"))
     items += [
         ("date", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("command", str(info.get("command") or summary.get("command") or "")),

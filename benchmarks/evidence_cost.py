@@ -1,0 +1,97 @@
+"""What the evidence costs: ``--save-adversarial`` against a plain run, and ``advlab verify`` against a clean
+evaluation (issue 20's "Where it must stand").
+
+EfficientNet-Lite0 (prepared, as the CLI runs it) and the strong suite on a seeded stratified sample of the
+shared 30 x 5 ImageNet images. Per round, in alternating order, the same run without and with
+``save_adversarial`` in fresh run directories (CPU seconds of ``evaluate``); then ``verify_run`` on the saved
+run against a clean evaluation (data loading and one forward pass per image, the same batches). Targets: saving
+costs <= 5% more time; verify <= the clean evaluation. Disk use per image is measured on the saved files.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evidence_cost.py --n 32 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from advlab.data import load_dataset, sample_dataset, transform_for
+from advlab.evaluate import evaluate, load_batch, plan_batches, suite_specs
+from advlab.evaluate.verify import verify_run
+from advlab.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "imagenet-30x5"
+
+
+def cpu(fn):  # type: ignore[no-untyped-def]
+    start = time.process_time()
+    out = fn()
+    return out, time.process_time() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=SHARED)
+    ap.add_argument("--n", type=int, default=32, help="images (a stratified sample of the data, seed 0)")
+    ap.add_argument("--eps", default="1/255")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model = load_model("efficientnet_lite0")
+    data = sample_dataset(load_dataset(str(args.data), transform=transform_for(model)), args.n, seed=0)
+    specs = suite_specs("strong", [args.eps], {})
+    plain_s, saved_s, verify_s, clean_s = [], [], [], []
+    disk = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.rounds):
+            order = [False, True] if k % 2 == 0 else [True, False]
+            for save in order:
+                out = Path(tmp) / f"r{k}-{int(save)}"
+                _, s = cpu(lambda out=out, save=save: evaluate(
+                    model, data, specs, out=out, batch_size=args.batch_size, quiet=True, save_adversarial=save
+                ))  # fmt: skip
+                (saved_s if save else plain_s).append(s)
+            run = Path(tmp) / f"r{k}-1"
+            disk = sum(f.stat().st_size for f in (run / "adversarial").rglob("*.safetensors"))
+            v, s = cpu(lambda run=run: verify_run(run, model, data))
+            assert v.ok, v.mismatches
+            verify_s.append(s)
+
+            def clean() -> None:
+                with torch.no_grad():
+                    for b in plan_batches(len(data), args.batch_size):
+                        x, _, _ = load_batch(data, list(b), torch.device("cpu"))
+                        model(x)
+
+            _, s = cpu(clean)
+            clean_s.append(s)
+    ratios = [b / a for a, b in zip(plain_s, saved_s, strict=True)]
+    row = {
+        "n": args.n,
+        "eps": args.eps,
+        "plain_cpu_s": statistics.median(plain_s),
+        "saved_cpu_s": statistics.median(saved_s),
+        "saved_over_plain": statistics.median(ratios),
+        "verify_cpu_s": statistics.median(verify_s),
+        "clean_eval_cpu_s": statistics.median(clean_s),
+        "verify_over_clean": statistics.median(v / c for v, c in zip(verify_s, clean_s, strict=True)),
+        "disk_bytes_per_image": disk / args.n,
+        "verify_forward_passes": v.forward_passes,
+        "verify_images_forwarded": v.images_forwarded,
+    }
+    print(json.dumps(row, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(row, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

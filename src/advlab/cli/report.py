@@ -1,0 +1,37 @@
+"""``advlab report RUN_DIR``: the self-contained report.html of a finished run (advlab.report.write_run_report)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import DefaultsFormatter
+
+
+def add_report_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "report",
+        help="write RUN_DIR/report.html (self-contained) from a finished run's records",
+        description="Render a run directory written by advlab eval as report.html and tables.md: settings and "
+        "provenance, every attack with 95% intervals, suite stages, masking checks, per-class accuracy.",
+        formatter_class=DefaultsFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by advlab eval")
+    p.add_argument("--out", default=None, help="folder for report.html (default: RUN_DIR)")
+    p.set_defaults(run=cmd_report)
+    return p
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..evaluate.compare import load_run
+    from ..report import write_run_report
+    from .verify import reopen_run
+
+    run = load_run(args.run_dir)
+    dataset, names = None, []
+    if run.config.get("save_adversarial") and run.config["model"].get("name"):
+        # The panel of examples needs the clean images: reopen the data as the run opened it.
+        model, dataset = reopen_run(run)
+        names = list(getattr(dataset, "class_names", []) or getattr(model, "class_names", []))
+    print(write_run_report(args.run_dir, args.out, dataset=dataset, class_names=names))
+    return 0

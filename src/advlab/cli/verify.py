@@ -1,0 +1,79 @@
+"""``advlab verify RUN_DIR``: reload the run's model and data and check every saved adversarial example with
+forward passes only (advlab.evaluate.verify); mismatches are printed and the exit status is 1."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import UsageError
+from .common import DefaultsFormatter
+
+
+def add_verify_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "verify",
+        help="check a --save-adversarial run's examples with forward passes only (box, ball, misclassified)",
+        description="Reload the model and data a run names, check every saved adversarial example (inside [0, 1] "
+        "and its eps-ball, misclassified where the record says broken) and recompute the summary. Prints the "
+        "mismatches; exit status 1 if there are any, 2 for a run that cannot be verified.",
+        formatter_class=DefaultsFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by advlab eval --save-adversarial")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--data", default=None, help="the run's data at another path (default: the path the run used)")
+    p.add_argument("--weights", default=None, help="the run's weights at another path (default: the run's)")
+    p.add_argument(
+        "--tol", type=float, default=1e-3, help="a top-1 disagreement counts only where the record's top-2 "
+        "probabilities are further apart than this (float differences between machines)"
+    )  # fmt: skip
+    p.add_argument(
+        "--claim", default=None, metavar="CLAIM.json", help="also check a claim (advlab eval --claim) against the run"
+    )
+    p.set_defaults(run=cmd_verify)
+    return p
+
+
+def reopen_run(run: Any, *, device: str | None = None, data: str | None = None, weights: str | None = None) -> Any:
+    """The model and dataset of a run made by ``advlab eval``, reopened from its configuration (the data at
+    ``data``, the weights at ``weights`` where they moved): ``(model, dataset)``."""
+    from ..models import check_device, load_model
+    from .eval import _open_data
+
+    m, d = run.config["model"], run.config["data"]
+    if not m.get("name") or not d.get("source"):
+        raise UsageError(f"{run.path} was not made by advlab eval (no model name or data source); use the Python API")
+    if device is not None:
+        check_device(device)
+    model = load_model(m["name"], weights=weights or m.get("weights"), device=device)
+    how = argparse.Namespace(
+        data=data or d["source"],
+        subset=d.get("subset"),
+        sample=d.get("sample"),
+        limit=d.get("limit"),
+        seed=run.config["seed"],
+    )
+    dataset, _ = _open_data(how, model)
+    return model, dataset
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..evaluate.compare import load_run
+    from ..evaluate.verify import check_run_is_verifiable, verification_lines, verify_run
+
+    run = load_run(args.run_dir)
+    claimed: list[str] = []
+    if args.claim is not None:
+        from ..evaluate.claim import check_claim, read_claim
+
+        claimed = list(check_claim(read_claim(args.claim), run))
+    check_run_is_verifiable(run)
+    model, dataset = reopen_run(run, device=args.device, data=args.data, weights=args.weights)
+    result = verify_run(run.path, model, dataset, tol=args.tol, run=run)
+    for line in claimed:
+        print(f"claim mismatch: {line}")
+    for line in verification_lines(result):
+        print(line)
+    if args.claim is not None:
+        print(f"claim: {'OK' if not claimed else f'{len(claimed)} mismatches'} ({args.claim})")
+    return 0 if result.ok and not claimed else 1

@@ -1,0 +1,121 @@
+"""A shareable claim (``advlab eval --claim claim.json``), checked by ``advlab verify RUN_DIR --claim``.
+
+In the spirit of a leaderboard entry (RobustBench's model cards), but with the evidence named: the model and
+its weights hash, the data and the sample ids, per threat model (norm, eps) the clean and robust accuracy
+with 95% Wilson intervals and sample counts, the attacks and their budgets, the advlab version, the run's
+fingerprint and date. The robust accuracy of a threat model is the per-sample worst case over every
+untargeted attack of the run at that budget (a sample counts as robust only if none of them changed its
+top-1), which is at most the lowest single attack's accuracy.
+
+:func:`make_claim` is a function of the run's configuration, summary and records, so :func:`check_claim`
+recomputes it from a run directory and names every field that differs (the date excepted).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .compare import FinishedRun, load_run
+from .intervals import proportion
+from .records import atomic_write_text
+from .saved import ball_of
+from .specs import SpecError
+
+CLAIM_SCHEMA = "advlab.claim/1"
+
+
+def threat_models(run: FinishedRun) -> list[dict[str, Any]]:
+    """Per (norm, eps) of the untargeted attacks: the per-sample worst-case robust accuracy and the attacks."""
+    groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
+    for a in run.config.get("attacks", []):
+        ball = ball_of(a.get("params") or {})
+        if ball is not None and not a.get("targeted"):
+            groups.setdefault(ball, []).append(a)
+    out = []
+    for (norm, eps), attacks in sorted(groups.items()):
+        robust: dict[int, bool] = {}
+        for a in attacks:
+            for r in run.records.get(str(a["id"]), []):
+                i = int(r["index"])
+                robust[i] = robust.get(i, True) and r["adv_top5"][0] == r["label"]
+        out.append(
+            {
+                "norm": norm,
+                "eps": eps,
+                "robust_top1": proportion(sum(robust.values()), len(robust)),
+                "attacks": [{"id": a["id"], "name": a["name"], "params": a.get("params") or {}} for a in attacks],
+            }
+        )
+    return out
+
+
+def make_claim(run: FinishedRun, *, date: str | None = None) -> dict[str, Any]:
+    """The claim of a finished run (see the module docstring); ``date`` defaults to now (UTC)."""
+    s, cfg = run.summary, run.config
+    m, d = cfg["model"], cfg["data"]
+    clean = (s.get("clean") or {}).get("ci95", {}).get("top1")
+    return {
+        "schema": CLAIM_SCHEMA,
+        "model": {"name": m.get("name"), "weights": m.get("weights"), "state_dict_sha256": m.get("state_dict_sha256")},
+        "data": {
+            key: d[key]
+            for key in ("source", "provenance", "n_samples", "subset", "sample", "limit", "sample_indices")
+            if key in d
+        },
+        "seed": cfg.get("seed"),
+        "clean_top1": clean,
+        "threat_models": threat_models(run),
+        "complete": bool(s.get("complete")),
+        "advlab_version": s.get("advlab_version"),
+        "run_fingerprint": s.get("fingerprint"),
+        "date": date or _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _diff(a: Any, b: Any, where: str, out: list[str]) -> None:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in sorted(set(a) | set(b)):
+            _diff(a.get(key), b.get(key), f"{where}.{key}" if where else str(key), out)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            _diff(x, y, f"{where}[{k}]", out)
+    elif isinstance(a, float) and isinstance(b, float):
+        if abs(a - b) > 1e-12:
+            out.append(f"{where}: the claim says {a!r}, the run gives {b!r}")
+    elif a != b:
+        out.append(f"{where}: the claim says {a!r}, the run gives {b!r}")
+
+
+def check_claim(claim: Mapping[str, Any], run: FinishedRun) -> Sequence[str]:
+    """Every field of ``claim`` that the run does not reproduce (one line each; empty when it holds)."""
+    out: list[str] = []
+    if claim.get("schema") != CLAIM_SCHEMA:
+        return [f"schema: the claim says {claim.get('schema')!r}, expected {CLAIM_SCHEMA!r}"]
+    mine = make_claim(run, date=str(claim.get("date")))
+    _diff(dict(claim), mine, "", out)
+    return out
+
+
+def write_claim(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
+    """Write the claim of a finished run directory to ``path`` (JSON); returns it."""
+    claim = make_claim(load_run(run_dir))
+    atomic_write_text(Path(path), json.dumps(claim, indent=2) + "\n")
+    return claim
+
+
+def read_claim(path: str | Path) -> dict[str, Any]:
+    """A claim file, refused in one line when missing or not a claim."""
+    p = Path(path)
+    try:
+        claim = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SpecError(f"claim file {p} cannot be read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(f"claim file {p} is not JSON ({e})") from None
+    if not isinstance(claim, dict) or claim.get("schema") != CLAIM_SCHEMA:
+        raise SpecError(f"{p} is not an advlab claim (schema {CLAIM_SCHEMA}); write one with advlab eval --claim")
+    return claim

@@ -1,0 +1,291 @@
+"""The report of any finished run directory (``advlab report RUN_DIR``, ``advlab eval --report``).
+
+Built from the run's files only (run.json, summary.json, the per-sample records): what was run and how the
+samples were chosen, one row per attack with 95% Wilson intervals and sample counts
+(:mod:`advlab.evaluate.intervals`), each suite's stages, the gradient-masking checks, per-class accuracy, and
+then :func:`~advlab.report.summary.summary_report`'s common sections (settings, provenance). Times come from
+the records, so re-rendering a report never changes the run time it states.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..evaluate.compare import FinishedRun, load_run
+from ..evaluate.intervals import fmt_interval, proportion
+from ..evaluate.saved import load_examples
+from .document import Figure, Report, Section, Table
+from .plots import Series, curve_png, panel_png
+from .summary import summary_report, write_report
+
+
+def sampling_sentence(data: Mapping[str, Any], n: int) -> str:
+    """Exactly how the attacked samples were chosen, from the run's data description."""
+    parts = []
+    if data.get("subset"):
+        parts.append(f"--subset {data['subset']}: correctly classified images of classes chosen by the model")
+    if data.get("sample") is not None:
+        parts.append(f"--sample {data['sample']}: a seeded random sample, stratified by class (see the data line)")
+    if data.get("limit") is not None:
+        parts.append(f"--limit {data['limit']}: the first {data['limit']} in the data's order (not a random sample)")
+    if not parts:
+        parts.append("every sample of the data, in its order")
+    return f"{n} samples attacked; " + "; then ".join(parts)
+
+
+def about_section(run: FinishedRun) -> Section:
+    """What was run, on what, and how the samples were chosen."""
+    s, cfg = run.summary, run.config
+    m, d = s["model"], s["data"]
+    n = s["clean"]["n"]
+    written = (run.path / "summary.json").stat().st_mtime
+    items = [
+        ("model", f"{m.get('name')} (weights sha256 {m.get('state_dict_sha256')})"),
+        ("data", f"{d.get('source')} — {d.get('provenance', '')}"),
+        ("how the samples were chosen", sampling_sentence(d, n)),
+        ("unreadable images", str(s.get("n_unreadable"))),
+        ("seed", f"{s.get('seed')} (targets and random starts, per sample index)"),
+        ("device", str(cfg.get("device_type"))),
+        ("model preparation", "yes" if (cfg.get("prepare") or {}).get("enabled") else "no (attacked as given)"),
+        (
+            "compute time",
+            f"{s['time_s']:.1f} s: the attacks' time from the records, summed over every invocation of the run "
+            "(re-rendering the report does not change it)",
+        ),
+        ("summary written", _dt.datetime.fromtimestamp(written, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("intervals", "95% Wilson score intervals with the sample count n (advlab.evaluate.intervals says why)"),
+    ]
+    return Section("About this run", items=items, id="about")
+
+
+def results_table(summary: Mapping[str, Any]) -> Table:
+    """One row per attack: clean and robust top-1/top-5 and success with 95% intervals, n, distances."""
+    rows = []
+    for a in summary["attacks"]:
+        ci = a.get("ci95") or {}
+        succ = a.get("norms_successful") or {}
+        l2, linf = (succ.get("l2") or {}).get("median"), (succ.get("linf") or {}).get("median")
+        rows.append(
+            [
+                a["id"],
+                fmt_interval(ci.get("clean_top1")),
+                fmt_interval(ci.get("adv_top1")),
+                fmt_interval(ci.get("adv_top5")),
+                fmt_interval(ci.get("success_rate")),
+                str(a["n"]),
+                "n/a" if l2 is None else f"{l2:.4f}",
+                "n/a" if linf is None else f"{linf:.4f}",
+            ]
+        )
+    return Table(
+        "Every attack, with 95% intervals",
+        ["attack", "clean top-1", "robust top-1", "robust top-5", "success", "n", "median L2", "median Linf"],
+        rows,
+        "Percentages with their 95% Wilson score interval over n samples (success over the eligible samples). "
+        "Median L2 and Linf (pixel units) over the successful examples.",
+        id="results-table",
+    )
+
+
+def stage_tables(summary: Mapping[str, Any]) -> list[Table]:
+    """Per suite: the robust top-1 accuracy left after each stage (AutoAttack's running accuracy)."""
+    tables = []
+    for a in summary["attacks"]:
+        if not a.get("stages"):
+            continue
+        rows = [
+            [st["name"], st.get("description", ""), str(st["broken"]), fmt_interval(st.get("robust_after_ci95"))]
+            for st in a["stages"]
+        ]
+        tables.append(
+            Table(
+                f"{a['id']}: robust accuracy after each stage",
+                ["stage", "what it does", "broken", "robust top-1 after"],
+                rows,
+                id=f"stages-{len(tables)}",
+            )
+        )
+    return tables
+
+
+def per_class_table(records: Mapping[str, Sequence[Mapping[str, Any]]], attack_ids: Sequence[str]) -> Table:
+    """Clean and worst-case robust top-1 accuracy per true class, over the untargeted attacks of the run."""
+    clean: dict[int, dict[int, bool]] = {}
+    robust: dict[int, dict[int, bool]] = {}
+    for aid in attack_ids:
+        for r in records.get(aid, []):
+            c, i = int(r["label"]), int(r["index"])
+            clean.setdefault(c, {})[i] = r["clean_top5"][0] == c
+            if r["target"] is None:
+                robust.setdefault(c, {})
+                robust[c][i] = robust[c].get(i, True) and r["adv_top5"][0] == c
+    rows = []
+    for c in sorted(clean):
+        n = len(clean[c])
+        k_clean = sum(clean[c].values())
+        k_rob = sum((robust.get(c) or {}).values())
+        rows.append(
+            [
+                str(c),
+                str(n),
+                fmt_interval(proportion(k_clean, n)),
+                fmt_interval(proportion(k_rob, n)) if c in robust else "n/a",
+            ]
+        )
+    return Table(
+        "Accuracy per class",
+        ["class", "n", "clean top-1", "robust top-1 (worst case over the untargeted attacks)"],
+        rows,
+        "95% Wilson intervals; a sample counts as robust only if no untargeted attack of the run changed its top-1.",
+        id="per-class",
+    )
+
+
+def uint8_table(summary: Mapping[str, Any]) -> Table | None:
+    """Per attack with saved examples: how its successful examples fare once rounded to 8-bit images."""
+    rows = []
+    for a in summary["attacks"]:
+        u = a.get("uint8")
+        if not u:
+            continue
+        k = u["successful"]
+        rows.append(
+            [
+                a["id"],
+                str(k),
+                fmt_interval(proportion(u["uint8_success"], k)) if k else "n/a",
+                f"{u['uint8_out_of_ball']} of {k}",
+                fmt_interval(proportion(u["uint8_in_ball_success"], k)) if k else "n/a",
+            ]
+        )
+    if not rows:
+        return None
+    return Table(
+        "Saved adversarial examples as 8-bit images",
+        [
+            "attack",
+            "successful",
+            "uint8 still succeeds",
+            "uint8 outside the eps-ball",
+            "nearest uint8 in ball succeeds",
+        ],
+        rows,
+        "uint8 = round(255 x_adv), the image a user would save; rounding moves each pixel by up to 1/510 and can "
+        "cross the decision boundary or leave the eps-ball. The nearest uint8 point inside the ball is saved too "
+        "(adversarial/*.safetensors). advlab verify RUN_DIR re-checks every saved example with forward passes.",
+        id="uint8",
+    )
+
+
+def examples_section(run: FinishedRun, dataset: Any, class_names: Sequence[str], per_side: int = 2) -> Section:
+    """Panels of the least and most perturbed successful examples (by L2) of the attack with the most saved
+    successful examples: original, amplified perturbation and adversarial, with top-5 before and after."""
+    section = Section("Examples", id="examples")
+    best: tuple[int, str] | None = None
+    for aid in run.attack_ids:
+        k = sum(bool(r["success"] and r.get("adversarial")) for r in run.records.get(aid, []))
+        if k and (best is None or k >= best[0]):
+            best = (k, aid)
+    if best is None or dataset is None:
+        section.paragraphs.append(
+            "No panel: the run saved no successful adversarial example (advlab eval --save-adversarial) or its "
+            "data could not be reopened."
+        )
+        return section
+    aid = best[1]
+    hits = sorted((r for r in run.records[aid] if r["success"] and r.get("adversarial")), key=lambda r: r["l2"])
+    chosen = hits[:per_side] + [r for r in hits[-per_side:] if r not in hits[:per_side]]
+    for r in chosen:
+        saved = r["adversarial"]
+        x_adv = load_examples(run.path / saved["file"])["x_adv"][int(saved["row"])]
+        item = dataset[int(r["index"])]
+        x = item[0].to(x_adv.dtype)
+        which = "least" if r in hits[:per_side] else "most"
+        png = panel_png(
+            x,
+            x_adv,
+            (r["clean_top5"], r["clean_probs"]),
+            (r["adv_top5"], r["adv_probs"]),
+            class_names,
+            title=f"{aid}, sample {r['index']}: one of the {which} perturbed successful examples",
+            label=int(r["label"]),
+            target=r["target"],
+        )
+        section.figures.append(
+            Figure(
+                f"example-{r['index']}.png",
+                png,
+                f"{aid}, sample {r['index']} ({which} perturbed): L2 {r['l2']:.4f}, Linf {r['linf']:.4f}",
+                alt=f"sample {r['index']}: original, perturbation, adversarial",
+            )
+        )
+    return section
+
+
+def curves_section(run: FinishedRun) -> Section | None:
+    """Robust top-1 accuracy against eps: one line per attack swept over several eps, and per minimal-norm
+    attack (no eps) the share of samples whose smallest adversarial perturbation found is larger than eps
+    (or that it did not break), on a grid up to its largest distance. None when the run has neither."""
+    sweeps: dict[str, list[tuple[float, float]]] = {}
+    minimal: dict[str, tuple[str, list[Mapping[str, Any]]]] = {}
+    for a in run.summary["attacks"]:
+        params = a.get("params") or {}
+        if a.get("targeted") or a.get("adv_top1") is None:
+            continue
+        if isinstance(params.get("eps"), int | float):
+            key = f"{a['name']} " + ", ".join(
+                f"{k}={v}" for k, v in sorted(params.items()) if k not in ("eps", "alpha")
+            )
+            sweeps.setdefault(key.strip(), []).append((float(params["eps"]), float(a["adv_top1"])))
+        elif "eps" not in params and run.records.get(a["id"]):
+            norm = "l2" if str(params.get("norm", "l2")) == "l2" else "linf"
+            minimal[a["id"]] = (norm, run.records[a["id"]])
+    series = [Series(k, *zip(*sorted(v), strict=True)) for k, v in sweeps.items() if len(v) > 1]
+    for aid, (norm, recs) in minimal.items():
+        dist = sorted(float(r[norm]) for r in recs if r["success"] and r["adv_top5"][0] != r["label"])
+        if not dist or dist[-1] <= 0:
+            continue
+        grid = [dist[-1] * (k / 20) for k in range(1, 21)]
+        ys = [sum(r["adv_top5"][0] == r["label"] or float(r[norm]) > e for r in recs) / len(recs) for e in grid]
+        series.append(Series(f"{aid} ({norm} distance)", grid, ys, style="-"))
+    if not series:
+        return None
+    png = curve_png(series, title="Robust top-1 accuracy against eps", xlabel="eps (pixel units)", ylabel="top-1 %")
+    fig = Figure(
+        "accuracy-vs-eps.png", png, "Robust top-1 accuracy against eps (sweeps; minimal-norm attacks' distances)"
+    )
+    return Section("Accuracy against eps", figures=[fig], id="curves")
+
+
+def run_report(
+    run_dir: str | Path,
+    extra_sections: Sequence[Section] = (),
+    *,
+    dataset: Any = None,
+    class_names: Sequence[str] = (),
+) -> Report:
+    """The report of a finished run directory (see the module docstring); with the run's ``dataset`` (reopened
+    as the run opened it), also the panel of saved examples."""
+    run = load_run(run_dir)
+    s = run.summary
+    u8 = uint8_table(s)
+    results = Section("Results", tables=[results_table(s), *stage_tables(s), *([u8] if u8 else [])], id="results")
+    per_class = Section("Per class", tables=[per_class_table(run.records, run.attack_ids)], id="per-class-section")
+    examples = examples_section(run, dataset, class_names)
+    curves = curves_section(run)
+    sections = [about_section(run), results, *([curves] if curves else []), *extra_sections, per_class, examples]
+    return summary_report(s, sections=sections)
+
+
+def write_run_report(
+    run_dir: str | Path, out: str | Path | None = None, *, dataset: Any = None, class_names: Sequence[str] = ()
+) -> Path:
+    """Write ``report.html`` (self-contained), ``tables.md`` and the figures for a run directory; returns the
+    HTML path."""
+    report = run_report(run_dir, dataset=dataset, class_names=class_names)
+    target = Path(out) if out is not None else Path(run_dir)
+    write_report(target, report)
+    return target / "report.html"

@@ -1,0 +1,255 @@
+"""Saved adversarial examples (--save-adversarial) and ``advlab verify``: the uint8 re-check on an analytic model,
+resuming a run killed while saving, and tampered runs caught with forward passes only."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from advlab.evaluate import evaluate, make_spec
+from advlab.evaluate.saved import load_examples, nearest_uint8_in_ball, to_uint8
+from advlab.evaluate.specs import SpecError
+from advlab.evaluate.verify import verify_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Threshold(nn.Module):
+    """Two classes on one pixel: class 1 iff the pixel exceeds ``t`` (logits [0, 100 (x - t)])."""
+
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.register_buffer("t", torch.tensor(t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = 100 * (x.flatten(1)[:, :1] - self.t)
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+class Items:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i]), i
+
+
+def test_uint8_recheck_where_rounding_provably_crosses_the_boundary(tmp_path):
+    # x = 100/255, boundary at 101.3/255. FGSM moves the pixel by exactly eps towards class 1:
+    # eps 1.4/255 -> 101.4/255 fools; its uint8 image 101 does not (rounding crosses back), and is in the ball.
+    # eps 1.6/255 -> 101.6/255 fools; uint8 102 fools but is 2/255 away, outside the ball; the nearest uint8
+    # point inside the ball is 101, which no longer fools.
+    model = Threshold(101.3 / 255)
+    data = Items(torch.full((1, 1, 1, 1), 100 / 255), torch.zeros(1, dtype=torch.long))
+    specs = [make_spec("fgsm", {"eps": 1.4 / 255}, id="small"), make_spec("fgsm", {"eps": 1.6 / 255}, id="large")]
+    result = evaluate(model, data, specs, out=tmp_path / "run", quiet=True, prepare=False, save_adversarial=True)
+    small, large = result.records["small"][0], result.records["large"][0]
+    assert small["success"] and large["success"]
+    assert small["adversarial"] | {"file": None} == {
+        "file": None, "row": 0, "uint8_success": False, "uint8_in_ball": True, "uint8_in_ball_changed": False,
+        "uint8_in_ball_success": False, "uint8_in_ball_inside": True,
+    }  # fmt: skip
+    assert large["adversarial"] | {"file": None} == {
+        "file": None, "row": 0, "uint8_success": True, "uint8_in_ball": False, "uint8_in_ball_changed": True,
+        "uint8_in_ball_success": False, "uint8_in_ball_inside": True,
+    }  # fmt: skip
+    saved = load_examples(tmp_path / "run" / large["adversarial"]["file"])
+    assert saved["x_adv"].item() == pytest.approx(101.6 / 255, abs=1e-7)
+    assert saved["uint8"].item() == 102 and saved["uint8_in_ball"].item() == 101
+    assert verify_run(tmp_path / "run", model, data).ok
+
+
+def test_nearest_uint8_point_is_inside_every_ball():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 4, 4)).float() / 255
+    from advlab.evaluate.saved import in_ball
+
+    for norm, eps in [("linf", 3.3 / 255), ("l2", 0.05), ("l1", 0.2)]:
+        d = torch.randn_like(x)
+        scale = {"linf": d.abs().flatten(1).amax(1), "l2": d.flatten(1).norm(dim=1), "l1": d.abs().flatten(1).sum(1)}
+        x_adv = (x + eps * d / scale[norm].view(-1, 1, 1, 1)).clamp(0, 1)
+        u = nearest_uint8_in_ball(x, x_adv, (norm, eps))
+        assert in_ball(x, u.double() / 255, (norm, eps)).all()
+        if norm == "linf":  # exact: no uint8 point of the ball is nearer, pixel by pixel
+            assert (
+                (u.double() - x_adv.double() * 255).abs() <= (to_uint8(x_adv).double() - x_adv * 255).abs() + 1
+            ).all()
+
+
+@pytest.fixture(scope="module")
+def saved_run(digits_model, tmp_path_factory):
+    model, x, y = digits_model
+    data = Items(x[:40], y[:40])
+    specs = [
+        make_spec("fgsm", {"eps": 0.1}, id="fgsm"),
+        make_spec("pgd", {"eps": 0.1, "steps": 3}, id="pgd", only_unbroken=("fgsm",)),
+    ]
+    out = tmp_path_factory.mktemp("saved") / "run"
+    result = evaluate(model, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True)
+    return model, data, specs, out, result
+
+
+def test_every_record_points_at_its_own_saved_example_and_verify_passes(saved_run):
+    model, data, _, out, result = saved_run
+    for aid, recs in result.records.items():
+        for r in recs:
+            tensors = load_examples(out / r["adversarial"]["file"])
+            assert int(tensors["index"][r["adversarial"]["row"]]) == r["index"]
+            assert (r.get("from") or aid) in r["adversarial"]["file"]
+    v = verify_run(out, model, data)
+    assert v.ok, v.mismatches
+    assert v.checked == 80 and v.images_forwarded <= 80  # one forward per saved example, nothing else
+
+
+def test_a_run_killed_while_saving_resumes_without_duplicate_or_missing_examples(saved_run, tmp_path):
+    model, data, specs, out, result = saved_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    # Killed after the examples of (pgd, batch 16-32) were written and before its records: a stale temp file too.
+    lost = next((copy / "records").glob("pgd-*/000000016-000000032.jsonl"))
+    lost.unlink()
+    (copy / "adversarial" / lost.parent.name / ".000000016-000000032.safetensors.tmp-1").write_bytes(b"half")
+    again = evaluate(model, data, specs, out=copy, batch_size=16, quiet=True, save_adversarial=True)
+    untimed = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
+    assert untimed(again.records["pgd"]) == untimed(result.records["pgd"])
+    saved_rows = sum(len(load_file(str(f))["index"]) for f in (copy / "adversarial").rglob("*.safetensors"))
+    own = sum(r.get("from") is None for rs in again.records.values() for r in rs)
+    assert saved_rows == own  # one saved row per record an attack computed itself
+    assert verify_run(copy, model, data).ok
+
+
+def tamper(out, tmp_path, how: str):
+    copy = tmp_path / how
+    shutil.copytree(out, copy)
+    if how == "pixel":
+        f = sorted((copy / "adversarial").glob("fgsm-*/*.safetensors"))[0]
+        t = load_file(str(f))
+        t["x_adv"][0, 0, 0, 0] = 1.0 if t["x_adv"][0, 0, 0, 0] < 0.5 else 0.0  # 1 away: far outside eps 0.1
+        save_file(t, str(f))
+    elif how == "label":
+        f = sorted((copy / "records").glob("fgsm-*/*.jsonl"))[0]
+        rows = [json.loads(line) for line in f.read_text().splitlines()]
+        rows[2]["label"] = (rows[2]["label"] + 1) % 10
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif how == "summary":
+        summary = json.loads((copy / "summary.json").read_text())
+        summary["attacks"][1]["ci95"]["adv_top1"]["k"] -= 1  # a robust accuracy made to look lower
+        (copy / "summary.json").write_text(json.dumps(summary))
+    else:
+        f = sorted((copy / "adversarial").glob("pgd-*/*.safetensors"))[0]
+        f.write_bytes(f.read_bytes()[:100])
+    return copy
+
+
+@pytest.mark.parametrize(
+    "how, needle",
+    [
+        ("pixel", "fgsm, sample 0: the example leaves the linf ball: 1 > eps 0.1"),
+        ("label", "fgsm, sample 2: the record's label"),
+        ("truncated", "unreadable"),
+        ("summary", "summary.json: pgd adv_top1 counts"),
+    ],
+)
+def test_verify_catches_a_tampered_run(saved_run, tmp_path, capsys, how, needle):
+    model, data, _, out, _ = saved_run
+    v = verify_run(tamper(out, tmp_path, how), model, data)
+    assert not v.ok and any(needle in m for m in v.mismatches), v.mismatches
+
+
+def test_verify_refuses_runs_it_cannot_check(saved_run, digits_model, tmp_path):
+    model, data, _, out, _ = saved_run
+    plain = tmp_path / "plain"
+    evaluate(model, data, [make_spec("fgsm", {"eps": 0.1})], out=plain, batch_size=16, quiet=True)
+    with pytest.raises(SpecError, match=r"holds no saved adversarial examples; rerun .* with --save-adversarial"):
+        verify_run(plain, model, data)
+    other = Threshold(0.5)
+    with pytest.raises(SpecError, match=r"the model's weights \(sha256 \w+\) are not the run's"):
+        verify_run(out, other, data)
+    with pytest.raises(SpecError, match="the data has 39 samples, the run attacked 40"):
+        verify_run(out, model, Items(data.x[:39], data.y[:39]))
+    half = tmp_path / "half"
+    shutil.copytree(out, half)
+    (half / "summary.json").unlink()
+    with pytest.raises(SpecError, match="is not a finished advlab run"):
+        verify_run(half, model, data)
+
+
+FASHION = Path(os.environ.get("ADVLAB_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+
+
+@pytest.mark.skipif(not any(FASHION.glob("t10k-images-idx3-ubyte*")), reason="Fashion-MNIST missing")
+def test_cli_suite_prints_its_stages_and_verify_exits_by_what_it_found(tmp_path, capsys):
+    from advlab.cli import main
+    from advlab.models import load_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "w.safetensors"
+    model = load_model("mnist_cnn_small", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    run = tmp_path / "run"
+    argv = ["eval", "--model", "mnist_cnn_small", "--weights", str(weights), "--data", "fashion-mnist"]
+    argv += ["--sample", "16", "--batch-size", "8", "--suite", "fast", "--eps", "0.1", "--quiet"]
+    claim = tmp_path / "claim.json"
+    assert main([*argv, "--out", str(run), "--save-adversarial", "--report", "--claim", str(claim)]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads((run / "summary.json").read_text())
+    for st in summary["attacks"][0]["stages"]:  # AutoAttack-style: robust accuracy after each stage
+        assert f"  after {st['name']}: robust top-1 {100 * st['robust_after']:.1f}% [" in out
+    from tests.test_report import assert_renders_cleanly
+
+    md = (run / "tables.md").read_text()
+    assert "Saved adversarial examples as 8-bit images" in md
+    panels = sorted(run.glob("example-*.png"))
+    assert 1 <= len(panels) <= 4  # the least and most perturbed successful examples
+    page = assert_renders_cleanly(run / "report.html", tables=md.count("\n|---|"), images=len(panels))
+    assert "most perturbed" in page.text and "how the samples were chosen" in page.text.lower()
+    assert main(["verify", str(run), "--claim", str(claim)]) == 0
+    out, err = capsys.readouterr()
+    assert "verify: OK; 16 records checked" in out and "claim: OK" in out, err
+    stated = json.loads(claim.read_text())
+    assert (
+        stated["data"]["sample_indices"] == summary["data"]["sample_indices"] and stated["model"]["state_dict_sha256"]
+    )
+    stated["threat_models"][0]["robust_top1"]["k"] += 1  # a claim of one more robust sample than the run shows
+    claim.write_text(json.dumps(stated))
+    assert main(["verify", str(run), "--claim", str(claim)]) == 1
+    out, _ = capsys.readouterr()
+    assert "claim mismatch: threat_models[0].robust_top1.k: the claim says" in out
+    f = sorted((run / "adversarial").rglob("*.safetensors"))[0]
+    f.write_bytes(f.read_bytes()[:64])
+    assert main(["verify", str(run)]) == 1
+    out, _ = capsys.readouterr()
+    assert "mismatch: " in out and "unreadable" in out and "verify: 1 mismatches" in out
+    plain = tmp_path / "plain"
+    assert main([*argv, "--out", str(plain)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(plain)]) == 2
+    _, err = capsys.readouterr()
+    assert "holds no saved adversarial examples" in err and err.count("\n") == 1
+
+
+def test_claim_robust_accuracy_is_the_per_sample_worst_case(saved_run):
+    from advlab.evaluate.claim import check_claim, make_claim
+    from advlab.evaluate.compare import load_run
+
+    _, _, _, out, result = saved_run
+    run = load_run(out)
+    claim = make_claim(run)
+    (tm,) = claim["threat_models"]
+    assert (tm["norm"], tm["eps"]) == ("linf", 0.1) and [a["id"] for a in tm["attacks"]] == ["fgsm", "pgd"]
+    robust = {r["index"] for r in result.records["fgsm"] if r["adv_top5"][0] == r["label"]}
+    robust &= {r["index"] for r in result.records["pgd"] if r["adv_top5"][0] == r["label"]}
+    assert tm["robust_top1"]["k"] == len(robust) and tm["robust_top1"]["n"] == 40
+    assert tm["robust_top1"]["rate"] <= min(a["adv_top1"] for a in result.summary["attacks"])
+    assert check_claim(claim, run) == []
+    assert check_claim({**claim, "seed": 7}, run) == ["seed: the claim says 7, the run gives 0"]
