@@ -106,6 +106,8 @@ def _records(run_dir: Path) -> dict[tuple[str, int], tuple]:
     for f in sorted((run_dir / "records").rglob("*.jsonl")):
         for line in f.read_text().splitlines():
             r = json.loads(line)
+            if "index" not in r:  # the file's end-of-batch line
+                continue
             norms = (round(r["l2"], 4), round(r["linf"], 4))
             out[(f.parent.name, int(r["index"]))] = (r["clean_top5"], r["adv_top5"], r["success"], norms)
     return out
