@@ -117,6 +117,7 @@ def test_reproduce_end_to_end_on_two_images(tmp_path):
     md = (out / "tables.md").read_text()
     assert "| FGSM | 2.6 | 19.3 |" in md and "Table 3: targeted Carlini-Wagner L2" in md and "default sample" in md
     figures = 3 if (out / "figure4_cw.png").exists() else 2  # CW with 4 steps may fool no image
+    figures += len(summary.get("robustness") or {})  # one robustness curve per norm swept (the eps sweeps)
     page = assert_renders_cleanly(out / "report.html", tables=5 + (summary["sanity"] is not None), images=figures)
     for text in ("Table 1", "Table 2", "Table 3", "Figure 6", "Reading", "paper top-1", "advlab", "run time"):
         assert text in page.text, text

@@ -114,7 +114,7 @@ def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed
     ]
     result = evaluate(model, data, specs, out=tmp_path / "run", batch_size=12, quiet=True, prepare=False)
     section = result.summary["robustness"]["linf"]
-    dist = {r["index"]: r["distance"] for r in result.records["weak"]}
+    dist = {r["index"]: math.inf if r["distance"] is None else r["distance"] for r in result.records["weak"]}
     broken = {r["index"]: r["linf"] for r in result.records["pgd"] if r["adv_top5"][0] != r["label"]}
     expected = sorted(i for i, b in broken.items() if dist[i] > min(0.1, b) * (1 + 1e-5) + 1e-12)
     check = section["cross_check"]
@@ -138,7 +138,7 @@ def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed
     assert f"{check['n_violations']} violations in {check['n_checked']} broken samples checked" in md
 
 
-def test_records_of_minimal_attacks_carry_distance_zero_for_misclassified_and_inf_for_unbroken(digits_model):
+def test_records_of_minimal_attacks_carry_distance_zero_for_misclassified_and_null_for_unbroken(digits_model):
     model, x, y = digits_model
     x, y = x[:8], y[:8].clone()
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_records_of_minimal_attacks_carry_distance_zero_for_misclassified_and_in
     by_index = {r["index"]: r for r in records}
     assert by_index[0]["distance"] == 0
     for r in records[1:]:
-        assert r["distance"] == (r["l2"] if r["success"] else math.inf)
+        assert r["distance"] == (r["l2"] if r["success"] else None)  # null: none found (strict JSON, no inf)
 
 
 def test_minimal_with_an_unknown_norm_is_a_spec_error() -> None:
@@ -215,7 +215,7 @@ def test_l1_fixed_eps_attacks_cross_check_the_l1_ensemble(digits_model) -> None:
     result = evaluate(model, Items(x[:12], y[:12]), specs, batch_size=12, quiet=True, prepare=False)
     check = result.summary["robustness"]["l1"]["cross_check"]
     assert check["attacks"] == ["apgd_l1", "pgd_l1"]
-    dist = {r["index"]: r["distance"] for r in result.records["min"]}
+    dist = {r["index"]: math.inf if r["distance"] is None else r["distance"] for r in result.records["min"]}
     rows = [r for a in ("apgd_l1", "pgd_l1") for r in result.records[a]]
     broken = [(r["index"], r) for r in rows if r["adv_top5"][0] != r["label"]]
     assert broken and check["n_checked"] == len(broken)

@@ -97,12 +97,12 @@ def test_run_report_draws_accuracy_against_eps_for_sweeps_and_minimal_norm_attac
 
     model, x, y = digits_model
     specs = [make_spec("fgsm", {"eps": e}, id=f"fgsm-{e}") for e in (0.05, 0.1, 0.2)]
-    specs.append(make_spec("deepfool", {"steps": 10}, id="deepfool"))
+    specs.append(make_spec("fmn", {"norm": "linf", "steps": 10}, id="fmn"))
     run = tmp_path / "run"
     evaluate(model, Items(x[:16], y[:16]), specs, out=run, batch_size=16, quiet=True)
     report = run_report(run)
-    (curves,) = [s for s in report.sections if s.id == "curves"]
-    assert [f.name for f in curves.figures] == ["accuracy-vs-eps.png"]
+    (curves,) = [s for s in report.sections if s.id == "robustness"]
+    assert [f.name for f in curves.figures] == ["robustness_linf.png"]  # the sweep and FMN's curve, one figure
     write_run_report(run)
     md = (run / "tables.md").read_text()
     assert_renders_cleanly(run / "report.html", tables=md.count("\n|---|"), images=1)

@@ -32,7 +32,7 @@ def threat_models(run: FinishedRun) -> list[dict[str, Any]]:
     """Per (norm, eps) of the untargeted attacks: the per-sample worst-case robust accuracy and the attacks."""
     groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
     for a in run.config.get("attacks", []):
-        ball = ball_of(a.get("params") or {})
+        ball = ball_of(str(a["name"]), a.get("params") or {})
         if ball is not None and not a.get("targeted"):
             groups.setdefault(ball, []).append(a)
     out = []

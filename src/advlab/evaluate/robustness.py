@@ -22,7 +22,6 @@ run gives the same numbers.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import statistics
@@ -32,12 +31,10 @@ from typing import Any
 from torch import Tensor
 
 from ..attacks.norms import get_norm
-from .specs import AttackSpec, attack_function
+from .specs import AttackSpec, attack_norm
 
 # The minimal-norm attacks: their records carry ``distance`` in the spec's norm.
 MINIMAL_ATTACKS: frozenset[str] = frozenset({"fmn", "ddn", "fab", "fab_t", "minimal"})
-# Attacks of one norm, without a ``norm`` parameter.
-ONE_NORM: dict[str, str] = {"ddn": "l2", "apgd_l1": "l1"}
 # Relative slack of the cross-check (float32 round-off of a perturbation measured in float64).
 CROSS_CHECK_RTOL = 1e-5
 # At most this many violations are listed in summary.json (all are counted).
@@ -50,35 +47,30 @@ def is_minimal(spec: AttackSpec) -> bool:
 
 
 def spec_norm(spec: AttackSpec) -> str | None:
-    """The norm a spec attacks in: its ``norm`` parameter, else :data:`ONE_NORM`, else the attack function's
-    default."""
-    if "norm" in spec.params:
-        return str(spec.params["norm"])
-    if spec.name in ONE_NORM:
-        return ONE_NORM[spec.name]
-    default = inspect.signature(attack_function(spec.name)).parameters.get("norm")
-    return None if default is None or not isinstance(default.default, str) else default.default
+    """The norm a spec attacks in (:func:`~advlab.evaluate.specs.attack_norm`)."""
+    return attack_norm(spec.name, spec.params)
 
 
 def add_distances(spec: AttackSpec, records: Sequence[dict[str, Any]], x: Tensor, x_adv: Tensor) -> None:
     """Set ``distance`` in each record of a minimal-norm attack: 0 where the clean input already fails
     (untargeted: top-1 != label; targeted: top-1 == target), ||x_adv - x|| in the spec's norm (float64) where
-    the record's fresh forward pass says success, else inf."""
+    the record's fresh forward pass says success, else None (none found within the budget: inf, written as
+    JSON null since records are strict JSON)."""
     norm = spec_norm(spec)
     assert norm is not None, spec
     sizes = get_norm(norm).size(x_adv.detach().double() - x.detach().double()).tolist()
     for rec, size in zip(records, sizes, strict=True):
         goal = rec["label"] if rec["target"] is None else rec["target"]
         clean_fails = (rec["clean_top5"][0] != goal) if rec["target"] is None else (rec["clean_top5"][0] == goal)
-        rec["distance"] = 0.0 if clean_fails else (float(size) if rec["success"] else math.inf)
+        rec["distance"] = 0.0 if clean_fails else (float(size) if rec["success"] else None)
 
 
 def record_distance(record: Mapping[str, Any], norm: str) -> float:
-    """A minimal-norm attack's record's distance; a record taken over from an attack it was chained on
-    (``only_unbroken``, no ``distance``) gives 0 if the clean input failed, its measured size where it broke
-    the sample and the record measures ``norm`` (l2, linf), else inf."""
+    """A minimal-norm attack's record's distance (null: none found, inf); a record taken over from an attack it
+    was chained on (``only_unbroken``, no ``distance``) gives 0 if the clean input failed, its measured size where
+    it broke the sample and the record measures ``norm`` (l2, linf), else inf."""
     if "distance" in record:
-        return float(record["distance"])
+        return math.inf if record["distance"] is None else float(record["distance"])
     if record["target"] is None and record["clean_top5"][0] != record["label"]:
         return 0.0
     if record["success"] and norm in ("l2", "linf"):

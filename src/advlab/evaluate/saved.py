@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .records import L0_TOL
-from .specs import AttackSpec
+from .specs import AttackSpec, attack_norm
 
 SAVED_DIR = "adversarial"
 # Slack of "inside the eps-ball" and "inside [0, 1]" in pixel units: float32 round-off of x + delta, far
@@ -42,12 +42,14 @@ SAVED_DIR = "adversarial"
 BALL_TOL = 1e-6
 
 
-def ball_of(params: Mapping[str, Any]) -> tuple[str, float] | None:
-    """The (norm, eps) ball of an attack's parameters; None for a minimal-norm attack (no eps)."""
+def ball_of(name: str, params: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The (norm, eps) ball of attack ``name`` with ``params``; None for an attack without an eps (the
+    minimal-norm attacks, cw_l2)."""
     eps = params.get("eps")
-    if eps is None or isinstance(eps, list | tuple):
+    norm = attack_norm(name, params)
+    if eps is None or isinstance(eps, list | tuple) or norm is None:
         return None
-    return str(params.get("norm", "linf")), float(eps)
+    return norm, float(eps)
 
 
 def distance(x: Tensor, x_adv: Tensor, norm: str) -> Tensor:
@@ -133,7 +135,7 @@ def save_examples(
     """Write one batch's examples to ``path`` (atomically) and add the ``adversarial`` field to ``records``."""
     from safetensors.torch import save_file
 
-    ball = ball_of(spec.params)
+    ball = ball_of(spec.name, spec.params)
     u8, u8_ball = to_uint8(x_adv), nearest_uint8_in_ball(x, x_adv, ball)
     changed = (u8 != u8_ball).flatten(1).any(dim=1).tolist()
     # One forward pass, over the successful rows only (an example that does not succeed as floats has nothing

@@ -297,12 +297,27 @@ def _check_value(attack: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _check_linf_budget(name: str, params: Mapping[str, Any], allowed: Mapping[str, inspect.Parameter]) -> None:
+# Attacks that work in one norm and take no ``norm`` parameter.
+ONE_NORM: dict[str, str] = {"ddn": "l2", "apgd_l1": "l1"}
+
+
+def attack_norm(name: str, params: Mapping[str, Any]) -> str | None:
+    """The norm attack ``name`` works in with ``params``: its ``norm`` parameter, else the attack's one norm
+    (:data:`ONE_NORM`), else its function's default ``norm``; None for an attack without one (cw_l2, square's
+    linf default included: square takes ``norm``)."""
+    if "norm" in params:
+        return str(params["norm"]).lower()
+    if name in ONE_NORM:
+        return ONE_NORM[name]
+    default = inspect.signature(attack_function(name)).parameters.get("norm")
+    return None if default is None or not isinstance(default.default, str) else default.default
+
+
+def _check_linf_budget(name: str, params: Mapping[str, Any]) -> None:
     """An Linf eps above 1 allows every image in [0, 1]: a budget meant for [0, 255] pixels (8 for 8/255),
-    refused as ``advlab train --eps`` refuses it (L2 radii above 1 are meaningful and stay allowed)."""
+    refused as ``advlab train --eps`` refuses it (L2 and L1 radii above 1 are meaningful and stay allowed)."""
     eps = params.get("eps")
-    norm = params.get("norm", allowed["norm"].default if "norm" in allowed else "linf")
-    if isinstance(eps, int | float) and not isinstance(eps, bool) and eps > 1 and str(norm).lower() == "linf":
+    if isinstance(eps, int | float) and not isinstance(eps, bool) and eps > 1 and attack_norm(name, params) == "linf":
         raise SpecError(
             f"{name}: Linf eps must be in [0, 1] (pixel units, images in [0, 1]), got {eps:g}; "
             f"8/255 = 0.0314 is written 8/255, not 8"
@@ -336,7 +351,7 @@ def make_spec(
         )
     for key in list(params):
         params[key] = _check_value(name, key, params[key], allowed[key].default)
-    _check_linf_budget(name, params, allowed)
+    _check_linf_budget(name, params)
     missing = [k for k, p in allowed.items() if p.default is inspect.Parameter.empty and k not in params]
     if missing:
         raise SpecError(f"attack {name!r} needs {', '.join(missing)} (e.g. eps=8/255)")

@@ -93,6 +93,7 @@ def verify_run(
     device = device_of(model)
     rundir = RunDirectory(run.path, cfg, origin={})
     params = {str(a["id"]): a.get("params") or {} for a in cfg["attacks"]}
+    names = {str(a["id"]): str(a["name"]) for a in cfg["attacks"]}
     out = Verification()
     robust = {aid: 0 for aid in params}
     success = {aid: 0 for aid in params}
@@ -140,7 +141,8 @@ def verify_run(
                 xa = tensors["x_adv"][row : row + 1].to(device)
                 x0 = x[pos[i] : pos[i] + 1]
                 owner = str(r.get("from") or aid)
-                ball = ball_of(params.get(owner, params[aid]))
+                owner = owner if owner in params else aid
+                ball = ball_of(names[owner], params[owner])
                 if not bool(in_ball(x0, xa, None)[0]):
                     out.mismatches.append(f"{where}: the example leaves [0, 1]")
                 elif not bool(in_ball(x0, xa, ball)[0]):

@@ -71,18 +71,18 @@ def _add_norm(section: Section, norm: str, sec: Mapping[str, Any]) -> None:
             Figure(f"robustness_{norm}.png", png, f"Robust accuracy against eps in {norm}.", f"curves in {norm}")
         )
     rows = [
-        [label, norm, str(c["n"]), _num(c["median_eps"]), _num(c["auc"]), str(c["n_unbroken"])]
-        for label, c in curves
+        [label, norm, str(c["n"]), _num(c["median_eps"]), _num(c["auc"]), str(c["n_unbroken"])] for label, c in curves
     ]
-    section.tables.append(
-        Table(
-            f"Minimal distances ({norm})",
-            ["curve", "norm", "samples", "median eps*", "AUC", "unbroken"],
-            rows,
-            note=f"eps max = {_num(sec.get('eps_max'))}",
-            id=f"robustness-{norm}",
+    if rows:  # a run with sweeps only has points, not distances
+        section.tables.append(
+            Table(
+                f"Minimal distances ({norm})",
+                ["curve", "norm", "samples", "median eps*", "AUC", "unbroken"],
+                rows,
+                note=f"eps max = {_num(sec.get('eps_max'))}",
+                id=f"robustness-{norm}",
+            )
         )
-    )
     if check:
         shown = check["violations"][:20]
         section.tables.append(

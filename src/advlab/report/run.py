@@ -18,7 +18,7 @@ from ..evaluate.compare import FinishedRun, load_run
 from ..evaluate.intervals import fmt_interval, proportion
 from ..evaluate.saved import load_examples
 from .document import Figure, Report, Section, Table
-from .plots import Series, curve_png, panel_png
+from .plots import panel_png
 from .summary import summary_report, write_report
 
 
@@ -225,41 +225,6 @@ def examples_section(run: FinishedRun, dataset: Any, class_names: Sequence[str],
     return section
 
 
-def curves_section(run: FinishedRun) -> Section | None:
-    """Robust top-1 accuracy against eps: one line per attack swept over several eps, and per minimal-norm
-    attack (no eps) the share of samples whose smallest adversarial perturbation found is larger than eps
-    (or that it did not break), on a grid up to its largest distance. None when the run has neither."""
-    sweeps: dict[str, list[tuple[float, float]]] = {}
-    minimal: dict[str, tuple[str, list[Mapping[str, Any]]]] = {}
-    for a in run.summary["attacks"]:
-        params = a.get("params") or {}
-        if a.get("targeted") or a.get("adv_top1") is None:
-            continue
-        if isinstance(params.get("eps"), int | float):
-            key = f"{a['name']} " + ", ".join(
-                f"{k}={v}" for k, v in sorted(params.items()) if k not in ("eps", "alpha")
-            )
-            sweeps.setdefault(key.strip(), []).append((float(params["eps"]), float(a["adv_top1"])))
-        elif "eps" not in params and run.records.get(a["id"]):
-            norm = "l2" if str(params.get("norm", "l2")) == "l2" else "linf"
-            minimal[a["id"]] = (norm, run.records[a["id"]])
-    series = [Series(k, *zip(*sorted(v), strict=True)) for k, v in sweeps.items() if len(v) > 1]
-    for aid, (norm, recs) in minimal.items():
-        dist = sorted(float(r[norm]) for r in recs if r["success"] and r["adv_top5"][0] != r["label"])
-        if not dist or dist[-1] <= 0:
-            continue
-        grid = [dist[-1] * (k / 20) for k in range(1, 21)]
-        ys = [sum(r["adv_top5"][0] == r["label"] or float(r[norm]) > e for r in recs) / len(recs) for e in grid]
-        series.append(Series(f"{aid} ({norm} distance)", grid, ys, style="-"))
-    if not series:
-        return None
-    png = curve_png(series, title="Robust top-1 accuracy against eps", xlabel="eps (pixel units)", ylabel="top-1 %")
-    fig = Figure(
-        "accuracy-vs-eps.png", png, "Robust top-1 accuracy against eps (sweeps; minimal-norm attacks' distances)"
-    )
-    return Section("Accuracy against eps", figures=[fig], id="curves")
-
-
 def run_report(
     run_dir: str | Path,
     extra_sections: Sequence[Section] = (),
@@ -275,8 +240,8 @@ def run_report(
     results = Section("Results", tables=[results_table(s), *stage_tables(s), *([u8] if u8 else [])], id="results")
     per_class = Section("Per class", tables=[per_class_table(run.records, run.attack_ids)], id="per-class-section")
     examples = examples_section(run, dataset, class_names)
-    curves = curves_section(run)
-    sections = [about_section(run), results, *([curves] if curves else []), *extra_sections, per_class, examples]
+    # The robustness curves (sweeps, minimal-norm distances) come from the summary: report.curves.
+    sections = [about_section(run), results, *extra_sections, per_class, examples]
     return summary_report(s, sections=sections)
 
 
