@@ -106,8 +106,10 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """While the command runs, SIGTERM raises :class:`Terminated` (only where Python's default handling is in
-    place, in the main thread: an embedding program's own handler is left alone)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    place, in the main thread: an embedding program's own handler is left alone; and not under torchrun, whose
+    agent stops its workers with SIGTERM and expects them to end at once)."""
+    mine = threading.current_thread() is threading.main_thread() and not under_torchrun()
+    if not mine or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
     signal.signal(signal.SIGTERM, _raise_terminated)

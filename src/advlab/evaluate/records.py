@@ -182,16 +182,18 @@ class RecordsFileError(RunError):
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSON Lines file; a line that is not JSON is a :class:`RecordsFileError` naming
     the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordsFileError(f"{path} is not UTF-8 text ({e}): the file is damaged") from None
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                why = f"{path}:{lineno} is not a JSON line ({e}): the file is cut or damaged"
-                raise RecordsFileError(why) from None
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise RecordsFileError(f"{path}:{lineno} is not a JSON line ({e}): the file is cut or damaged") from None
     return out
 
 

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UsageError
 from ..models import preparation_record
 from ..models import prepare as prepare_model
 from ..runtime.lock import lock_folder
@@ -85,7 +84,7 @@ def prepare_for_run(
     the result; else the model as given and ``{"enabled": False}``.
 
     Raises:
-        UsageError: no image of the dataset can be read (naming the data and the first reasons): a run over
+        SpecError: no image of the dataset can be read (naming the data and the first reasons): a run over
             zero samples would end "complete" with no number in it.
     """
     device = device_of(model)
@@ -98,7 +97,7 @@ def prepare_for_run(
             prepared = prepare_model(model, x)
             return prepared, dict(preparation_record(prepared))
     where = getattr(dataset, "provenance", "") or type(dataset).__name__
-    raise UsageError(f"no image of the data could be read ({where}): {unreadable_reasons(dataset)}")
+    raise SpecError(f"no image of the data could be read ({where}): {unreadable_reasons(dataset)}")
 
 
 F = TypeVar("F")

@@ -185,7 +185,7 @@ class RunDirectory:
             return False
         try:
             read_batch_file(path, batch)
-        except (RecordsFileError, UnicodeDecodeError) as e:
+        except RecordsFileError as e:
             if path not in self._reported:
                 self._reported.add(path)
                 warnings.warn(f"{e}; recomputing it", RecordsFileWarning, stacklevel=2)

@@ -8,7 +8,9 @@ build their distributed runs on it.
 - :mod:`.heartbeat`: a thread per rank that beats and watches the next ranks through the rendezvous store;
 - :mod:`.state`: this process's session and what another rank said when it failed;
 - :mod:`.collectives`: barriers, gathers and same-value checks that end every rank with one clear line;
-- :mod:`.group`: :func:`setup`, :func:`teardown`, :func:`guard` and :func:`session`.
+- :mod:`.group`: :func:`setup`, :func:`teardown`, :func:`guard` and :func:`session`;
+- :mod:`.lock` and :mod:`.files`: one writer per output folder, and atomic writes that name a full disk's file
+  (what eval, reproduce and train share; docs/reliability.md).
 
 Faults. A rank that dies stops sending heartbeats; the ranks that watch it notice within
 ``ADVLAB_DIST_HEARTBEAT_TIMEOUT`` seconds (default 60), mark the run failed in the store, and every rank stops

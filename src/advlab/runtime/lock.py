@@ -8,7 +8,8 @@ second is refused at once with :class:`RunLockedError`, a :class:`~advlab.errors
 Staleness needs no heuristics: the kernel releases a ``flock`` when its process ends, however it ends
 (SIGKILL included), so a lock file left by a killed process is simply taken over by the next run; the
 holder it still names is reported as the previous, stale holder only in :attr:`RunLock.stale`. On a network
-file system without working ``flock`` the lock is as good as that file system's implementation.
+file system the lock is as good as that file system's ``flock``; where it has none, the run goes ahead with a
+:class:`LockWarning`.
 
 In a distributed run rank 0 holds the lock of the shared folder; ranks on other machines hold it for their
 own disk (the same rule as who opens the run directory, see :mod:`advlab.evaluate.sharded`).
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
 import socket
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,6 +32,11 @@ from typing import Any
 from ..errors import UsageError
 
 LOCK_NAME = ".advlab.lock"
+UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # file systems without flock
+
+
+class LockWarning(UserWarning):
+    """The folder's file system cannot lock: the run goes ahead unguarded."""
 
 
 class RunLockedError(UsageError):
@@ -61,6 +69,16 @@ class RunLock:
                 f"{self.folder} is being written by another advlab process ({_describe(holder)}); wait for it "
                 "to finish, stop it, or use another --out"
             ) from None
+        except OSError as e:
+            if e.errno not in UNSUPPORTED:
+                os.close(fd)
+                raise
+            warnings.warn(  # some network file systems have no flock: run, but say that nothing guards it
+                f"{self.folder} cannot be locked on this file system ({os.strerror(e.errno)}); nothing stops a "
+                "second advlab process from writing it at the same time",
+                LockWarning,
+                stacklevel=2,
+            )
         except BaseException:
             os.close(fd)
             raise
@@ -81,7 +99,8 @@ class RunLock:
             return
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
 
