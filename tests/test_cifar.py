@@ -8,6 +8,7 @@ import io
 import json
 import pickle
 import re
+import struct
 import tarfile
 import textwrap
 from pathlib import Path
@@ -36,8 +37,25 @@ def _rows(images: np.ndarray) -> np.ndarray:
     return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
 
 
+class Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote it (the official files): bytes as (SHORT_)BINSTRING opcodes, which the
+    reader turns back into bytes with encoding='bytes' (Python 3's protocol 2 would call _codecs.encode)."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
+        self.write(head + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
 def _pickle(path: Path, obj: dict) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=2))  # the official files are protocol-2 pickles of bytes-keyed dicts
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)  # bytes-keyed dicts of numpy arrays and lists, as the official files
+    path.write_bytes(buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))  # numpy 1 name
 
 
 def write_cifar(root: Path, name: str, version: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
@@ -89,6 +107,17 @@ def test_official_formats_read_back_exactly(name, version, tmp_path) -> None:
             assert index == i and y == labels[i]
             assert torch.equal(x, torch.from_numpy(images[i]).permute(2, 0, 1).float() / 255)
     assert len(load_dataset(name, root=tmp_path)) == N  # the test split by default
+
+
+def test_python3_pickled_copies_read_too(tmp_path) -> None:
+    """A batch re-pickled by Python 3 (protocol 2 stores bytes through _codecs.encode, admitted for latin-1)."""
+    folder = write_cifar(tmp_path, "cifar10", "python", {"train": _fake(1), "test": _fake(2)})
+    images, labels = _fake(3)
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({b"data": _rows(images), b"labels": labels.tolist(), b"batch_label": b"x"}, protocol=2)
+    )
+    data = CIFAR("cifar10", "test", root=tmp_path)
+    assert torch.equal(data[3][0], torch.from_numpy(images[3]).permute(2, 0, 1).float() / 255)
 
 
 class _Payload:

@@ -276,3 +276,31 @@ def test_preprocessing_keys_in_attacks_toml(lenet, tmp_path, capsys) -> None:
     model = json.loads((out / "summary.json").read_text())["model"]
     assert model["input_size"] == [1, 28, 28] and model["mean"] == [0.5] and model["std"] == [0.5]
     assert model["resize_size"] == 28 and model["crop_size"] == 28
+
+
+def test_fine_tuned_zoo_architecture_at_cifar_size(tmp_path, capsys) -> None:
+    """A torchvision resnet18 fine-tuned to 10 classes: the class count from the state dict's head, and data
+    already at the stated --input-size passes unresized."""
+    import numpy as np
+    import torchvision
+
+    from tests.test_cifar import write_cifar
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    path = tmp_path / "ft.pt"
+    torch.save(net.state_dict(), path)
+    model = load_model("resnet18", weights=path, input_size=(3, 32, 32), data_size=(3, 32, 32))
+    assert model.num_classes == 10 and model.resize_size == 32 and model.crop_size == 32
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        mean, std = model.mean, model.std
+        assert torch.allclose(model(x), net((x - mean) / std), atol=1e-5)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    write_cifar(tmp_path, "cifar10", "python", {"train": (images, np.arange(2)), "test": (images, np.arange(2))})
+    out = tmp_path / "run"
+    argv = ["eval", "--model", "resnet18", "--weights", str(path), "--input-size", "3x32x32", "--data", "cifar10"]
+    argv += ["--data-root", str(tmp_path), "--attack", "fgsm", "--eps", "8/255", "--out", str(out), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())["model"]
+    assert summary["num_classes"] == 10 and summary["resize_size"] == 32 and summary["input_size"] == [3, 32, 32]

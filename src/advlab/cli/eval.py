@@ -332,7 +332,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .. import runtime
     from ..evaluate.sharded import evaluate_sharded
-    from ..models import check_device, load_model
+    from ..models import check_device, check_fits, load_model, published_result
 
     if args.device is not None:
         check_device(args.device)
@@ -340,12 +340,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     info = runtime.setup(args.device)
     model = load_model(args.model, weights=args.weights, device=args.device, **_preprocessing(args))
     dataset, data_meta = _open_data(args, model)
-    from ..models.user import check_fits
-
-    check_fits(model, dataset, str(args.data))
+    check_fits(model, dataset, str(args.data))  # one line naming both shapes, before anything is written
     model_meta = {**getattr(model, "config", {}), "name": args.model or model.name, "weights": args.weights}
-    from ..models import published_result
-
     published = published_result(args.model or "")  # RobustBench's own number, shown next to advlab's
     if published is not None:
         model_meta["published"] = published
@@ -497,7 +493,7 @@ def _preprocessing(args: argparse.Namespace) -> dict[str, Any]:
     """--input-size/--mean/--std/--resize/--crop (or their attacks.toml keys) as load_model arguments, and the
     data's image size for a model that states none."""
     from ..data import image_shape
-    from ..models.user import parse_floats, parse_input_size
+    from ..models import is_factory, parse_floats, parse_input_size
 
     given = {
         "input_size": None if args.input_size is None else parse_input_size(args.input_size),
@@ -507,8 +503,12 @@ def _preprocessing(args: argparse.Namespace) -> dict[str, Any]:
         "crop_size": None if args.crop is None else int(args.crop),
     }
     extra = {"model_dir": args.model_dir} if args.model_dir is not None else {}
-    return {
-        **{k: v for k, v in given.items() if v is not None},
-        **extra,
-        "data_size": image_shape(args.data, args.data_root),
-    }
+    # The data's size matters to a user's model file or factory (its input size) and to a stated --input-size
+    # (resize or not); opening the data twice is skipped for the zoo's named models.
+    name = str(args.model or "")
+    user_model = not name.startswith(("hf:", "robustbench:", "timm:")) and (
+        is_factory(name) or "/" in name or Path(name).suffix != "" or Path(name).is_file()
+    )
+    if user_model or args.input_size is not None:
+        extra["data_size"] = image_shape(args.data, args.data_root)
+    return {**{k: v for k, v in given.items() if v is not None}, **extra}

@@ -27,6 +27,7 @@ from advlab.models.weights import (
     cached_hf_file,
     cached_url_file,
     describe_key_diff,
+    head_classes,
     load_state_dict_file,
     load_state_dict_strict,
     strip_prefix,
@@ -184,6 +185,11 @@ def load_torchvision(
         n = num_classes or 1000
         backbone = torchvision.models.get_model(name, weights=None, num_classes=n)
         source = "random initialisation"
+        if user_file is not None and num_classes is None:  # a fine-tuned head: its class count from the file
+            k = head_classes(backbone, strip_prefix(load_state_dict_file(user_file), ("backbone.", "module.")))
+            if k is not None and k != n:
+                n = k
+                backbone = torchvision.models.get_model(name, weights=None, num_classes=n)
         if user_file is not None:
             load_user_state_dict(backbone, user_file, name)
             source = str(user_file)
@@ -237,6 +243,11 @@ def load_timm(
         raise UsageError(f"unknown timm model {full!r}{hint}; see timm.list_models()")
     n = num_classes or 1000
     backbone = timm.create_model(full, pretrained=False, num_classes=n)
+    if user_file is not None and num_classes is None:  # a fine-tuned head: its class count from the file
+        k = head_classes(backbone, strip_prefix(load_state_dict_file(user_file), ("backbone.", "module.")))
+        if k is not None and k != n:
+            n = k
+            backbone = timm.create_model(full, pretrained=False, num_classes=n)
     cfg = backbone.pretrained_cfg
     source = "random initialisation"
     if user_file is not None:

@@ -204,3 +204,21 @@ def recorded_architecture(path: str | os.PathLike[str]) -> str | None:
             return (fh.metadata() or {}).get("architecture")
     except Exception as err:  # corrupt or truncated file
         raise UsageError(f"weights file {path} is not a readable safetensors file: {err}") from err
+
+
+def head_classes(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """The class count of a state dict whose only difference from ``model`` is the classifier head: the same
+    keys, and every key of another shape differs in its first dimension alone, all agreeing on it (a
+    fine-tuned model with ``num_classes`` outputs). ``None`` when the shapes agree or differ otherwise."""
+    own = model.state_dict()
+    if set(own) != set(state_dict):  # other differences: leave the full key diff to load_state_dict_strict
+        return None
+    found = {
+        int(v.shape[0])
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape and v.dim() == own[k].dim() and v.shape[1:] == own[k].shape[1:]
+    }
+    other = [
+        k for k, v in state_dict.items() if k in own and v.shape != own[k].shape and v.shape[1:] != own[k].shape[1:]
+    ]
+    return found.pop() if len(found) == 1 and not other else None

@@ -170,7 +170,7 @@ def load_model(
         zoo = name.startswith("timm:") or name in efficientnet_lite.WEIGHT_FILES or name in _torchvision_names()
         channels_last = zoo
     overrides["channels_last"] = channels_last
-    model = _apply_overrides(model, overrides)
+    model = _apply_overrides(model, overrides, data_size)
     if device is not None:
         model = model.to(check_device(device))
     return model.eval()
@@ -211,7 +211,9 @@ def _unknown_name_message(name: str) -> str:
     )
 
 
-def _apply_overrides(model: ImageClassifier, overrides: dict[str, Any]) -> ImageClassifier:
+def _apply_overrides(
+    model: ImageClassifier, overrides: dict[str, Any], data_size: tuple[int, int, int] | None = None
+) -> ImageClassifier:
     given = {k: v for k, v in overrides.items() if v is not None}
     if not given or given == {"channels_last": model.channels_last}:
         return model
@@ -228,7 +230,10 @@ def _apply_overrides(model: ImageClassifier, overrides: dict[str, Any]) -> Image
     if "input_size" in given and "crop_size" not in given:
         cfg["crop_size"] = int(given["input_size"][1])
         if "resize_size" not in given and cfg["resize_size"] is not None:
-            cfg["resize_size"] = round(int(given["input_size"][1]) / 0.875)
+            # Data already at the stated size (CIFAR for a CIFAR-trained resnet18) passes unchanged; other
+            # data gets the ImageNet margin (short side to crop / 0.875, centre crop).
+            same = data_size is not None and tuple(data_size[1:]) == tuple(given["input_size"][1:])
+            cfg["resize_size"] = int(given["input_size"][1]) if same else round(int(given["input_size"][1]) / 0.875)
     cfg.update(given)
     if len(cfg["class_names"]) != model.num_classes:
         raise UsageError(
