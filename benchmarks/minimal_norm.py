@@ -130,6 +130,7 @@ def main() -> None:
             x_adv = run()
             times[name] = time.process_time() - start
             distances[name] = measured(model, x, y, x_adv.detach(), norm)
+            print(f"  ({norm} {name}: {times[name]:.1f} cpu s)", file=sys.stderr, flush=True)
         best = torch.stack(list(distances.values())).amin(0)
         for name, d in distances.items():
             ok = torch.isfinite(d)

@@ -105,3 +105,17 @@ def test_fab_t_keeps_the_smallest_of_its_targeted_runs(digits_model) -> None:
     with torch.no_grad():
         pred = model(res.x_adv).argmax(1)
     assert bool((pred[res.success] != y[res.success]).all())
+
+
+def test_fab_restarts_never_lose_the_first_run_and_are_seeded_per_sample(digits_model) -> None:
+    model, x, y = digits_model
+    x, y = x[:8], y[:8]
+    one = attacks.fab(model, x, y, norm="linf", steps=5, return_info=True)
+    seeds = torch.arange(40, 48)
+    three = attacks.fab(model, x, y, norm="linf", steps=5, restarts=3, seed=seeds, return_info=True)
+    assert bool((three.extras["distance"] <= one.extras["distance"]).all())
+    assert bool((three.success >= one.success).all())
+    with torch.no_grad():
+        assert bool((model(three.x_adv).argmax(1)[three.success] != y[three.success]).all())
+    alone = attacks.fab(model, x[2:3], y[2:3], norm="linf", steps=5, restarts=3, seed=seeds[2:3], return_info=True)
+    torch.testing.assert_close(alone.x_adv, three.x_adv[2:3], rtol=0, atol=1e-6)

@@ -220,3 +220,25 @@ def test_l1_fixed_eps_attacks_cross_check_the_l1_ensemble(digits_model) -> None:
     broken = [(r["index"], r) for r in rows if r["adv_top5"][0] != r["label"]]
     assert broken and check["n_checked"] == len(broken)
     assert check["n_violations"] == sum(dist[i] > 3.0 * (1 + 1e-5) + 1e-12 for i, _ in broken)
+
+
+def test_robustness_summary_does_not_depend_on_record_order(digits_model) -> None:
+    import random
+
+    from advlab.evaluate.robustness import robustness_summary
+    from advlab.evaluate.summary import summary_line
+
+    model, x, y = digits_model
+    specs = [
+        make_spec("fmn", {"norm": "l2", "steps": 3}, id="fmn"),
+        make_spec("pgd", {"eps": 0.5, "norm": "l2", "steps": 3}, id="a"),
+        make_spec("pgd", {"eps": 1.0, "norm": "l2", "steps": 3}, id="b"),
+    ]
+    result = evaluate(model, Items(x[:16], y[:16]), specs, batch_size=8, quiet=True, prepare=False)
+    rnd = random.Random(0)
+    shuffled = {k: rnd.sample(v, len(v)) for k, v in result.records.items()}
+    assert robustness_summary(shuffled, specs) == result.summary["robustness"]
+    assert result.summary["robustness"]["l2"]["sweeps"][0]["ids"] == ["a", "b"]
+    line = summary_line(next(a for a in result.summary["attacks"] if a["id"] == "fmn"))
+    median = result.summary["robustness"]["l2"]["attacks"]["fmn"]["median_eps"]
+    assert f"median distance {'inf' if median is None else f'{median:.4g}'}" in line

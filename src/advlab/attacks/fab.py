@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import check_positive, first_logits, frozen, validate
+from .checks import check_positive, check_steps, first_logits, frozen, validate
+from .noise import Noise
 from .norms import ALL_NORM_NAMES, batch_view, get_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
@@ -71,6 +72,8 @@ def fab_result(
     beta: float = 0.9,
     alpha_max: float = 0.1,
     targeted: bool = False,
+    restarts: int = 1,
+    seed: int | Tensor | None = None,
 ) -> AttackResult:
     """:func:`fab`, always returning the :class:`AttackResult`."""
     if norm not in FAB_NORMS:
@@ -83,6 +86,49 @@ def fab_result(
     alpha_max = check_positive(alpha_max, "alpha_max")
     if beta > 1 or alpha_max > 1:
         raise ValueError(f"beta and alpha_max must be in (0, 1], got {beta}, {alpha_max}")
+    restarts = check_steps(restarts, "restarts")
+    noise = Noise(seed, x.shape[0])
+    with frozen(model):
+        best = _run(model, x, y, y_max, x, norm, steps, eta, beta, alpha_max, targeted)
+        for _ in range(restarts - 1):
+            # The paper's restarts: from a random point at half the best distance found (samples with none: no
+            # restart, their run from x would repeat itself).
+            index = torch.isfinite(best.size).nonzero().view(-1)
+            if index.numel() == 0:
+                break
+            sub_x = x[index]
+            start = restart_point(sub_x, best.size[index] / 2, norm, noise.take(index))
+            run = _run(model, sub_x, y[index], y_max, start, norm, steps, eta, beta, alpha_max, targeted)
+            merged = best.take(index)
+            merged.update(run.x, torch.isfinite(run.size), run.size)
+            best.put(index, merged)
+    return best.result(x, geometry)
+
+
+def restart_point(x: Tensor, radius: Tensor, norm: str, noise: Noise) -> Tensor:
+    """x plus a random perturbation of size ``radius`` (per sample) in ``norm``, clipped to the box: uniform
+    in [-1, 1] scaled to Linf size radius (Linf), a Gaussian scaled to L2 / L1 size radius (L2, L1), as in
+    Croce & Hein 2020's restarts."""
+    t = noise.uniform(x).mul_(2).sub_(1) if norm == "linf" else noise.normal(x)
+    size = get_norm(norm).size(t).clamp_min(1e-12)
+    return (x + t * batch_view(radius / size, x)).clamp_(0, 1)
+
+
+def _run(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    y_max: int,
+    start: Tensor,
+    norm: str,
+    steps: int,
+    eta: float,
+    beta: float,
+    alpha_max: float,
+    targeted: bool,
+) -> SmallestPoint:
+    """One FAB run of ``steps`` steps from ``start``: the smallest adversarial point met per sample."""
+    geometry = get_norm(norm)
     n = x.shape[0]
     flat_x = x.reshape(n, -1)
     rows = torch.arange(n, device=x.device)
@@ -94,50 +140,50 @@ def fab_result(
         best.update(point, adversarial, geometry.size(point - x))
         return adversarial
 
-    x_i = x.clone()
-    with frozen(model):
-        for i in range(steps):
-            x_i.requires_grad_(True)
-            z = first_logits(model, x_i, y_max) if i == 0 else model(x_i)
+    x_i = start.clone()
+    # The caller holds the model frozen.
+    for i in range(steps):
+        x_i.requires_grad_(True)
+        z = first_logits(model, x_i, y_max) if i == 0 else model(x_i)
+        with torch.no_grad():
+            if i == 0:
+                score(z, x_i.detach())
+            others = z.detach().scatter(1, y[:, None], float("-inf"))
+        if targeted:
+            # The target against the strongest other class: one linearised boundary, one gradient.
+            rival = others.argmax(dim=1)
+            f = z.gather(1, y[:, None]).squeeze(1) - z.gather(1, rival[:, None]).squeeze(1)
+            (w,) = torch.autograd.grad(f.sum(), x_i)
+            w, f = w.reshape(n, -1), f.detach()
+        else:
+            # Every class j != y: f_j = z_j - z_y and its gradient (the Jacobian, one backward per class);
+            # the nearest linearised boundary in the dual norm.
+            k = z.shape[1]
+            grads = [torch.autograd.grad(z[:, j].sum(), x_i, retain_graph=j < k - 1)[0] for j in range(k)]
             with torch.no_grad():
-                if i == 0:
-                    score(z, x_i.detach())
-                others = z.detach().scatter(1, y[:, None], float("-inf"))
-            if targeted:
-                # The target against the strongest other class: one linearised boundary, one gradient.
-                rival = others.argmax(dim=1)
-                f = z.gather(1, y[:, None]).squeeze(1) - z.gather(1, rival[:, None]).squeeze(1)
-                (w,) = torch.autograd.grad(f.sum(), x_i)
-                w, f = w.reshape(n, -1), f.detach()
-            else:
-                # Every class j != y: f_j = z_j - z_y and its gradient (the Jacobian, one backward per class);
-                # the nearest linearised boundary in the dual norm.
-                k = z.shape[1]
-                grads = [torch.autograd.grad(z[:, j].sum(), x_i, retain_graph=j < k - 1)[0] for j in range(k)]
-                with torch.no_grad():
-                    jac = torch.stack(grads, dim=1).reshape(n, k, -1)
-                    diff = jac - jac[rows, y][:, None]
-                    fs = z.detach() - z.detach().gather(1, y[:, None])
-                    dual = geometry.dual_size(diff.flatten(0, 1)).view(n, k)
-                    dist = (fs.abs() / dual.clamp_min(1e-12)).scatter(1, y[:, None], float("inf"))
-                    s = dist.argmin(dim=1)
-                    w, f = diff[rows, s], fs[rows, s]
-            with torch.no_grad():
-                xi = x_i.detach().reshape(n, -1)
-                # Projections onto the linearised boundary (within the box) from the iterate and from x. The
-                # boundary is moved past f = 0 by the rounding slack that success requires: aimed at f = 0, the
-                # iterates settle inside the slack, short of counting, and the backward step never comes.
-                aim = rounding_slack(z) - f
-                d_i = hyperplane_box_step(xi, w, aim, norm)
-                d_o = hyperplane_box_step(flat_x, w, aim - (w * (flat_x - xi)).sum(dim=1), norm)
-                size_i, size_o = geometry.size(d_i), geometry.size(d_o)
-                alpha = (size_i / (size_i + size_o).clamp_min(1e-30)).clamp(max=alpha_max)[:, None]
-                x_next = ((1 - alpha) * (xi + eta * d_i) + alpha * (flat_x + eta * d_o)).clamp_(0, 1).view_as(x)
-                adversarial = score(model(x_next), x_next)
-                # Past the boundary: record it, then step back towards x (FAB's backward step).
-                x_i = torch.where(batch_view(adversarial, x), (1 - beta) * x + beta * x_next, x_next)
+                jac = torch.stack(grads, dim=1).reshape(n, k, -1)
+                diff = jac - jac[rows, y][:, None]
+                fs = z.detach() - z.detach().gather(1, y[:, None])
+                dual = geometry.dual_size(diff.flatten(0, 1)).view(n, k)
+                dist = (fs.abs() / dual.clamp_min(1e-12)).scatter(1, y[:, None], float("inf"))
+                s = dist.argmin(dim=1)
+                w, f = diff[rows, s], fs[rows, s]
+        with torch.no_grad():
+            xi = x_i.detach().reshape(n, -1)
+            # Projections onto the linearised boundary (within the box) from the iterate and from x. The
+            # boundary is moved past f = 0 by the rounding slack that success requires: aimed at f = 0, the
+            # iterates settle inside the slack, short of counting, and the backward step never comes.
+            aim = rounding_slack(z) - f
+            d_i = hyperplane_box_step(xi, w, aim, norm)
+            d_o = hyperplane_box_step(flat_x, w, aim - (w * (flat_x - xi)).sum(dim=1), norm)
+            size_i, size_o = geometry.size(d_i), geometry.size(d_o)
+            alpha = (size_i / (size_i + size_o).clamp_min(1e-30)).clamp(max=alpha_max)[:, None]
+            x_next = ((1 - alpha) * (xi + eta * d_i) + alpha * (flat_x + eta * d_o)).clamp_(0, 1).view_as(x)
+            adversarial = score(model(x_next), x_next)
+            # Past the boundary: record it, then step back towards x (FAB's backward step).
+            x_i = torch.where(batch_view(adversarial, x), (1 - beta) * x + beta * x_next, x_next)
 
-    return best.result(x, geometry)
+    return best
 
 
 def fab(
@@ -151,6 +197,8 @@ def fab(
     beta: float = 0.9,
     alpha_max: float = 0.1,
     targeted: bool = False,
+    restarts: int = 1,
+    seed: int | Tensor | None = None,
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """Fast Adaptive Boundary attack, Algorithm 1 of Croce & Hein 2020, in ``norm`` "linf", "l2" or "l1".
@@ -169,15 +217,19 @@ def fab(
     step costs one forward with one backward per class (the Jacobian) and one forward to check x_{i+1}.
 
     ``targeted=True`` reads y as targets and linearises the margin of the target against the strongest other
-    class at x_i (one backward per step), the boundary FAB-T crosses. advlab runs FAB without random restarts
-    (the paper's restarts start from random points of the ball of the best distance found), so each sample's run
-    is deterministic and its own. A point counts as adversarial once it is past the boundary by 1e-4 of its
-    largest |logit|, so that re-evaluating it gives the same label.
+    class at x_i (one backward per step), the boundary FAB-T crosses. ``restarts > 1`` adds the paper's random
+    restarts: each further run starts from a random point at half the best distance found so far (uniform
+    direction in the Linf cube, Gaussian in L2 and L1), for the samples where one was found, and the smallest
+    point over all runs is kept; ``seed`` (an int, seed + i for sample i, or an int64 tensor (N,)) fixes them
+    per sample. With the default ``restarts=1`` each sample's run is deterministic and its own.
+    A point counts as adversarial once it is past the boundary by 1e-4 of its largest |logit|, so that
+    re-evaluating it gives the same label.
 
     Returns the smallest adversarial point found (x where none was), or with ``return_info=True`` an
     :class:`AttackResult` with ``extras["distance"]`` (inf where no adversarial point was found).
     """
     result = fab_result(
         model, x, y, norm=norm, steps=steps, eta=eta, beta=beta, alpha_max=alpha_max, targeted=targeted,
+        restarts=restarts, seed=seed,
     )
     return result if return_info else result.x_adv

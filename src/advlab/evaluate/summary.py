@@ -181,6 +181,10 @@ def summary_line(attack: Mapping[str, Any]) -> str:
     linf, l2 = attack["norms"]["linf"]["max"], (attack.get("norms_successful") or {}).get("l2", {}).get("mean")
     if linf is not None:
         line += f", max Linf {linf:.4g}, mean L2 of successes {'n/a' if l2 is None else f'{l2:.4g}'}"
+    curve = attack.get("curve")  # minimal-norm attacks: the median smallest distance (advlab.evaluate.robustness)
+    if curve is not None:
+        median = curve["median_eps"]
+        line += f", median distance {'inf' if median is None else f'{median:.4g}'}"
     return line + f", {attack['time_s']:.1f} s over n={attack['n']} samples (95% Wilson intervals)"
 
 
