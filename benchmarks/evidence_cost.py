@@ -74,6 +74,8 @@ def main() -> None:
 
             _, s = cpu(clean)
             clean_s.append(s)
+            print(f"round {k}: plain {plain_s[-1]:.1f} s, saved {saved_s[-1]:.1f} s, verify {verify_s[-1]:.2f} s, "
+                  f"clean {clean_s[-1]:.2f} s (CPU)", flush=True)  # fmt: skip
     ratios = [b / a for a, b in zip(plain_s, saved_s, strict=True)]
     row = {
         "n": args.n,
