@@ -28,9 +28,10 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
 from .engine import load_batch, plan_batches
-from .run import device_of, model_digest, prepare_for_run
+from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import ball_of, distance, in_ball, load_examples
 from .specs import SpecError
@@ -88,8 +89,7 @@ def verify_run(
         raise SpecError(f"the data has {len(dataset)} samples, the run attacked {n}; verify with the run's data")
     plan = plan_batches(n, int(cfg["batch_size"]))
     enabled = bool((cfg.get("prepare") or {}).get("enabled"))
-    attacked, _ = prepare_for_run(model, dataset, plan, enabled)
-    attacked.eval()
+    attacked: nn.Module | None = None  # prepared as the run did, on the first readable batch (loaded once)
     device = device_of(model)
     rundir = RunDirectory(run.path, cfg, origin={})
     params = {str(a["id"]): a.get("params") or {} for a in cfg["attacks"]}
@@ -98,6 +98,9 @@ def verify_run(
     success = {aid: 0 for aid in params}
     for batch in plan:
         x, y, kept = load_batch(dataset, list(batch), device)
+        if attacked is None and kept:
+            attacked = prepare_model(model, x) if enabled else model
+            attacked.eval()
         pos = {i: k for k, i in enumerate(kept)}
         files: dict[str, dict[str, torch.Tensor] | None] = {}
         top1: dict[str, list[int]] = {}
@@ -125,6 +128,7 @@ def verify_run(
                         out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
                     else:
                         xa = files[name]["x_adv"].to(device)  # type: ignore[index]
+                        assert attacked is not None  # r's sample was readable, so this batch prepared it
                         with torch.no_grad():
                             top1[name] = attacked(xa).argmax(dim=1).tolist()
                         out.forward_passes += 1
