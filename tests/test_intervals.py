@@ -61,6 +61,15 @@ def test_mcnemar_exact_is_the_binomial_test_of_the_discordant_samples(b, c):
     assert p == mcnemar_exact(c, b)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 80), st.integers(0, 80))
+def test_mcnemar_is_symmetric_and_falls_as_the_split_gets_more_lopsided(b, c):
+    p = mcnemar_exact(b, c)
+    assert 0 < p <= 1 and p == mcnemar_exact(c, b)
+    if b > c:
+        assert mcnemar_exact(b + 1, c) <= p  # one more discordant sample on the winning side: stronger evidence
+
+
 @pytest.fixture(scope="module")
 def runs(digits_model, tmp_path_factory):
     """Two runs on the same 48 digits (FGSM and PGD at one eps, a second PGD run), one on other digits."""

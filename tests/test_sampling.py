@@ -78,6 +78,9 @@ def test_cli_sample_is_stratified_recorded_and_exclusive_with_limit(tmp_path, ca
     data = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
     assert data["sample"] == 20 and len(data["sample_indices"]) == 20
     assert "stratified by class: 2-2 per class from 10 of 10 classes" in data["provenance"]
+    assert main([*base, "--limit", "10", "--out", str(tmp_path / "first")]) == 0
+    first = json.loads((tmp_path / "first" / "summary.json").read_text())["data"]
+    assert first["provenance"].endswith("; the first 10 in the data's order (--limit)") and "sample" not in first
     code = main([*base, "--sample", "20", "--limit", "5", "--out", str(tmp_path / "both")])
     _, err = capsys.readouterr()
     assert code == 2 and "either --limit N (the first N samples) or --sample N" in err

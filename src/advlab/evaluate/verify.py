@@ -28,9 +28,10 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
 from .engine import load_batch, plan_batches
-from .run import device_of, model_digest, prepare_for_run
+from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import ball_of, distance, in_ball, load_examples
 from .specs import SpecError
@@ -88,8 +89,7 @@ def verify_run(
         raise SpecError(f"the data has {len(dataset)} samples, the run attacked {n}; verify with the run's data")
     plan = plan_batches(n, int(cfg["batch_size"]))
     enabled = bool((cfg.get("prepare") or {}).get("enabled"))
-    attacked, _ = prepare_for_run(model, dataset, plan, enabled)
-    attacked.eval()
+    attacked: nn.Module | None = None  # prepared as the run did, on the first readable batch (loaded once)
     device = device_of(model)
     rundir = RunDirectory(run.path, cfg, origin={})
     params = {str(a["id"]): a.get("params") or {} for a in cfg["attacks"]}
@@ -99,8 +99,12 @@ def verify_run(
     success = {aid: 0 for aid in params}
     for batch in plan:
         x, y, kept = load_batch(dataset, list(batch), device)
+        if attacked is None and kept:
+            attacked = prepare_model(model, x) if enabled else model
+            attacked.eval()
         pos = {i: k for k, i in enumerate(kept)}
         files: dict[str, dict[str, torch.Tensor] | None] = {}
+        geometry: dict[str, Any] = {}
         top1: dict[str, list[int]] = {}
         for aid in params:
             for r in rundir.read_batch(aid, batch):
@@ -126,10 +130,31 @@ def verify_run(
                         out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
                     else:
                         xa = files[name]["x_adv"].to(device)  # type: ignore[index]
+                        assert attacked is not None  # r's sample was readable, so this batch prepared it
                         with torch.no_grad():
                             top1[name] = attacked(xa).argmax(dim=1).tolist()
                         out.forward_passes += 1
                         out.images_forwarded += xa.shape[0]
+                        # Box and ball of every row at once; the file holds one attack's examples.
+                        owner = str(r.get("from") or aid)
+                        owner = owner if owner in params else aid
+                        ball = ball_of(names[owner], params[owner])
+                        at = [pos.get(int(j)) for j in files[name]["index"].tolist()]  # type: ignore[index]
+                        rows = [k for k, p in enumerate(at) if p is not None]
+                        box_ok: list[bool | None] = [None] * len(at)
+                        ball_ok: list[bool | None] = [None] * len(at)
+                        dist: list[float | None] = [None] * len(at)
+                        if rows:
+                            x0, x1 = x[[at[k] for k in rows]], xa[rows]
+                            for k, b, o, d in zip(
+                                rows,
+                                in_ball(x0, x1, None).tolist(),
+                                in_ball(x0, x1, ball).tolist(),
+                                (distance(x0, x1, ball[0]) if ball else torch.zeros(len(rows))).tolist(),
+                                strict=True,
+                            ):
+                                box_ok[k], ball_ok[k], dist[k] = b, o, d
+                        geometry[name] = (ball, box_ok, ball_ok, dist)
                 tensors = files[name]
                 if tensors is None:
                     continue
@@ -138,18 +163,13 @@ def verify_run(
                     out.mismatches.append(f"{where}: row {row} of {name} holds another sample")
                     continue
                 out.checked += 1
-                xa = tensors["x_adv"][row : row + 1].to(device)
-                x0 = x[pos[i] : pos[i] + 1]
-                owner = str(r.get("from") or aid)
-                owner = owner if owner in params else aid
-                ball = ball_of(names[owner], params[owner])
-                if not bool(in_ball(x0, xa, None)[0]):
+                ball, box_ok, ball_ok, dist = geometry[name]
+                if not box_ok[row]:
                     out.mismatches.append(f"{where}: the example leaves [0, 1]")
-                elif not bool(in_ball(x0, xa, ball)[0]):
+                elif not ball_ok[row]:
                     assert ball is not None
-                    d = float(distance(x0, xa, ball[0])[0])
                     out.mismatches.append(
-                        f"{where}: the example leaves the {ball[0]} ball: {d:.6g} > eps {ball[1]:.6g}"
+                        f"{where}: the example leaves the {ball[0]} ball: {dist[row]:.6g} > eps {ball[1]:.6g}"
                     )
                 t = top1[name][row]
                 broken = t != r["label"] if r["target"] is None else t == r["target"]
