@@ -8,6 +8,8 @@ PGD overstates robustness where the defence masks gradients.
 
     .venv/bin/python benchmarks/adaptive.py --subset 20 --threads 2        # 500 test images
     .venv/bin/python benchmarks/adaptive.py --suite --subset 100 --models fmnist_cnn_standard   # the suites
+    .venv/bin/python benchmarks/adaptive.py --imagenet ../shared/data/imagenet-30x5 --images 20 --eps 0.0157 \
+        --alpha 0.004 --steps 10 --eot 4 --defences "bit_depth(bits=3)"            # EfficientNet-Lite0
 
 With ``--suite`` the columns are suites instead of PGD: the naive ``strong`` suite on the defended model, the
 adaptive suite (:mod:`advlab.evaluate.adaptive`: the checks on the first 16 images, then EOT with K from the
@@ -115,6 +117,11 @@ def main() -> None:
     parser.add_argument("--eot", type=int, default=10, help="EOT draws per step for the random defences")
     parser.add_argument("--subset", type=int, default=20, help="take every N-th test image (20: 500 images)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--imagenet", default=None, metavar="DIR",
+        help="ImageNet folder (<wnid>/<images>): attack efficientnet_lite0 there instead of Fashion-MNIST",
+    )  # fmt: skip
+    parser.add_argument("--images", type=int, default=30, help="--imagenet: evenly spaced images of the folder")
     parser.add_argument("--suite", action="store_true", help="naive strong suite vs the adaptive suite")
     parser.add_argument("--eot-cap", type=int, default=10, help="--suite: the most EOT draws the suite may choose")
     args = parser.parse_args()
@@ -122,9 +129,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the random defences draw from torch's global generator
 
-    images, labels = load_fashion_mnist("test")
-    idx = torch.arange(0, len(labels), args.subset)
-    x, y = to_float_images(images)[idx], labels[idx]
+    if args.imagenet:
+        from advlab.data import load_dataset, transform_for
+
+        if args.models == parser.get_default("models"):
+            args.models = ["efficientnet_lite0"]
+        dataset = load_dataset(args.imagenet, transform=transform_for(load_model(args.models[0])))
+        idx = torch.linspace(0, len(dataset) - 1, args.images).long()
+        items = [dataset[int(i)] for i in idx]
+        x, y = torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
+    else:
+        images, labels = load_fashion_mnist("test")
+        idx = torch.arange(0, len(labels), args.subset)
+        x, y = to_float_images(images)[idx], labels[idx]
     if args.suite:
         suite_rows(args, x, y, idx)
         return

@@ -363,8 +363,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if save:
             raise UsageError("--save-adversarial does not combine with --suite adaptive yet")
         result = evaluate_adaptive(
-            model, dataset, args.eps, norm=args.norm or "linf", bpda=_strings(args.bpda, "bpda"), extra=extra, **common
-        )
+            model, dataset, args.eps, norm=args.norm or "linf", bpda=_strings(args.bpda, "bpda"),
+            adaptive_params=_adaptive_params(args), extra=extra, **common,
+        )  # fmt: skip
     else:
         if args.sanity:
             extra["sanity"] = _sanity(model, dataset, specs, args)
@@ -410,9 +411,23 @@ def _adaptive_check(args: argparse.Namespace, listed: list[Any]) -> list[Any]:
     if not args.eps:
         raise UsageError("--suite needs --eps (one or more budgets, e.g. --eps 8/255)")
     ignored = [f"--{n}" for n in ("alpha", "steps", "restarts", "loss", "target") if getattr(args, n) is not None]
-    if ignored or args.targeted or args.param:
-        raise UsageError("--suite adaptive takes only --eps, --norm, --defense and --bpda (it sets its own attacks)")
+    if ignored or args.targeted:
+        raise UsageError(
+            "--suite adaptive takes only --eps, --norm, --defense, --bpda and -p steps=, n_target_classes=, "
+            "square_queries= (it sets its own attacks)"
+        )
     return []
+
+
+def _adaptive_params(args: argparse.Namespace) -> dict[str, Any]:
+    """``-p KEY=VALUE`` of ``--suite adaptive``: the adaptive suite's steps, n_target_classes, square_queries."""
+    allowed = ("steps", "n_target_classes", "square_queries")
+    params: dict[str, Any] = {}
+    for key, value in args.param:
+        if key not in allowed:
+            raise UsageError(f"--suite adaptive takes -p {', '.join(allowed)}; got -p {key}={value}")
+        params[key] = value
+    return params
 
 
 def _sanity(model: Any, dataset: Any, specs: list[Any], args: argparse.Namespace) -> dict[str, Any]:

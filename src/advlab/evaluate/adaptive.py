@@ -218,13 +218,16 @@ def adaptive_suite(
     norm: str = "linf",
     eot_samples: int = 1,
     bpda: str = "",
+    steps: int = 100,
+    n_target_classes: int = 9,
     square_queries: int = 1000,
     seed: Any = None,
     return_info: bool = False,
 ) -> AttackResult:
-    """The adaptive suite on one batch: APGD-CE (100 steps) and APGD-T (top-9 targets, 100 steps each) with EOT
-    over ``eot_samples`` draws through the model with BPDA around the modules at ``bpda`` (comma-separated paths),
-    then Square (``square_queries``) on the model as given; breaks judged on the model's expected prediction."""
+    """The adaptive suite on one batch: APGD-CE (``steps``) and APGD-T (top-``n_target_classes`` targets,
+    ``steps`` each) with EOT over ``eot_samples`` draws through the model with BPDA around the modules at ``bpda``
+    (comma-separated paths), then Square (``square_queries``) on the model as given; breaks judged on the model's
+    expected prediction."""
     paths = [_resolve(model, p) for p in bpda.split(",") if p]
     through = bpda_at(model, paths) if paths else model
     k = eot_samples
@@ -232,9 +235,10 @@ def adaptive_suite(
     def on(stage_fn: Any) -> Any:
         return lambda _m, *a: stage_fn(through, *a)
 
+    fix = f"EOT {k}, BPDA {paths or 'none'}"
     stages = [
-        Stage("apgd-ce", on(apgd_ce_stage(100, k)), f"APGD-CE, 100 steps, EOT {k}, BPDA {paths or 'none'}"),
-        Stage("apgd-t", on(apgd_t_stage(100, 9, k)), f"APGD-T, top-9 targets, EOT {k}, BPDA {paths or 'none'}"),
+        Stage("apgd-ce", on(apgd_ce_stage(steps, k)), f"APGD-CE, {steps} steps, {fix}"),
+        Stage("apgd-t", on(apgd_t_stage(steps, n_target_classes, k)), f"APGD-T, top-{n_target_classes}, {fix}"),
         Stage("square", square_stage(square_queries), f"Square, {square_queries} queries"),
     ]
     result = run_suite(model, x, y, eps, norm, seed=0 if seed is None else seed, stages=stages, eot_samples=k)
@@ -267,14 +271,18 @@ def first_batch(dataset: Any, batch_size: int, device: torch.device) -> tuple[Te
     raise SpecError("the dataset holds no readable image; nothing to check or attack")
 
 
-def adaptive_specs(eps: Iterable[Any], plan: AdaptivePlan, params: Mapping[str, Any] | None = None) -> list[Any]:
-    """Per eps: the naive strong suite, then the adaptive suite chained onto it (``only_unbroken``)."""
+def adaptive_specs(
+    eps: Iterable[Any], plan: AdaptivePlan, params: Mapping[str, Any] | None = None, naive: str = "strong"
+) -> list[Any]:
+    """Per eps: the naive suite (``suite_<naive>``, norm from ``params``), then the adaptive suite with ``params``
+    (norm, steps, n_target_classes, square_queries) chained onto it (``only_unbroken``)."""
+    params = dict(params or {})
     specs = []
     for e in eps:
-        naive = make_spec("suite_strong", {**dict(params or {}), "eps": e})
+        naive_spec = make_spec(f"suite_{naive}", {"norm": params.get("norm", "linf"), "eps": e})
         fix = {"eot_samples": plan.eot_samples, "bpda": ",".join(plan.bpda)}
-        adaptive = make_spec("suite_adaptive", {**dict(params or {}), "eps": e, **fix}, only_unbroken=(naive.id,))
-        specs += [naive, adaptive]
+        adaptive = make_spec("suite_adaptive", {**params, "eps": e, **fix}, only_unbroken=(naive_spec.id,))
+        specs += [naive_spec, adaptive]
     return specs
 
 
@@ -316,27 +324,33 @@ def evaluate_adaptive(
     norm: str = "linf",
     bpda: Sequence[str] = (),
     eot_cap: int = EOT_CAP,
-    square_queries: int | None = None,
+    naive: str = "strong",
+    adaptive_params: Mapping[str, Any] | None = None,
     batch_size: int = 16,
     seed: int = 0,
     extra: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> RunResult:
     """``evaluate`` with the adaptive suite: the checks on the first batch (:func:`plan_adaptive`, all of them),
-    then per eps the naive and the adaptive suite (:func:`adaptive_specs`). summary.json gets ``adaptive`` (the
-    plan and one row per eps, :func:`compare`) and the checks' verdicts under ``sanity``. Other keyword arguments
-    go to :func:`advlab.evaluate.evaluate` (out, replace, quiet, model_meta, ...)."""
+    then per eps the naive suite (``naive``: "strong", or "fast" for a quick look) and the adaptive suite
+    (:func:`adaptive_specs`; ``adaptive_params``: steps, n_target_classes, square_queries of
+    :func:`adaptive_suite`). summary.json gets ``adaptive`` (the plan and one row per eps, :func:`compare`) and the
+    checks' verdicts under ``sanity``. Other keyword arguments go to :func:`advlab.evaluate.evaluate` (out,
+    replace, quiet, model_meta, ...)."""
     budgets = list(eps)
     if not budgets:
         raise SpecError("the adaptive suite needs at least one eps (e.g. --eps 0.1)")
-    params: dict[str, Any] = {"norm": norm}
-    if square_queries is not None:
-        params["square_queries"] = square_queries
+    params: dict[str, Any] = {**dict(adaptive_params or {}), "norm": norm}
+    for key in ("eps", "eot_samples", "bpda", "seed"):
+        if key in params:
+            raise SpecError(f"the adaptive suite sets {key} itself (eps: the eps argument; the fixes: the checks)")
     make_spec("suite_adaptive", {**params, "eps": budgets[0]})  # bad settings are named before any work
+    if naive not in ("strong", "fast"):
+        raise SpecError(f"naive must be 'strong' or 'fast', got {naive!r}")
     x, y = first_batch(dataset, batch_size, device_of(model))
     first_eps = float(make_spec("suite_strong", {"eps": budgets[0]}).params["eps"])
     plan = plan_adaptive(model, x, y, first_eps, norm, seed=seed, bpda=bpda, eot_cap=eot_cap)
-    specs = adaptive_specs(budgets, plan, params)
+    specs = adaptive_specs(budgets, plan, params, naive)
     sanity = {"checks": plan.checks, "warnings": sum(c["status"] == "warn" for c in plan.checks), "on": plan.checked_on}
     info = {**dict(extra or {}), "adaptive": {"plan": plan.to_dict()}, "sanity": sanity}
     result = evaluate(model, dataset, specs, batch_size=batch_size, seed=seed, extra=info, **kwargs)
