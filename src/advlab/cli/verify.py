@@ -38,7 +38,7 @@ def reopen_run(run: Any, *, device: str | None = None, data: str | None = None, 
     """The model and dataset of a run made by ``advlab eval``, reopened from its configuration (the data at
     ``data``, the weights at ``weights`` where they moved): ``(model, dataset)``."""
     from ..models import check_device, load_model
-    from .eval import _open_data
+    from .eval_inputs import open_data
 
     m, d = run.config["model"], run.config["data"]
     if not m.get("name") or not d.get("source"):
@@ -53,7 +53,7 @@ def reopen_run(run: Any, *, device: str | None = None, data: str | None = None, 
         limit=d.get("limit"),
         seed=run.config["seed"],
     )
-    dataset, _ = _open_data(how, model)
+    dataset, _ = open_data(how, model)
     return model, dataset
 
 
