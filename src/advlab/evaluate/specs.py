@@ -298,13 +298,12 @@ def _check_value(attack: str, key: str, value: Any, default: Any) -> Any:
 
 
 # Attacks that work in one norm and take no ``norm`` parameter.
-ONE_NORM: dict[str, str] = {"ddn": "l2", "apgd_l1": "l1"}
+ONE_NORM: dict[str, str] = {"bim": "linf", "apgd_l1": "l1", "ddn": "l2", "cw_l2": "l2"}
 
 
 def attack_norm(name: str, params: Mapping[str, Any]) -> str | None:
     """The norm attack ``name`` works in with ``params``: its ``norm`` parameter, else the attack's one norm
-    (:data:`ONE_NORM`), else its function's default ``norm``; None for an attack without one (cw_l2, square's
-    linf default included: square takes ``norm``)."""
+    (:data:`ONE_NORM`), else its function's default ``norm``; None for an attack registered without either."""
     if "norm" in params:
         return str(params["norm"]).lower()
     if name in ONE_NORM:
