@@ -98,8 +98,9 @@ def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: 
                 "threads": torch.get_num_threads(),
             }  # fmt: skip
             print(json.dumps(row), flush=True)
-            fix = f"EOT K={plan.eot_samples}" if plan.eot_samples > 1 else ""
-            fix += (" + " if fix else "") + (f"BPDA {','.join(plan.bpda)}" if plan.bpda else "")
+            fixes = [f"EOT K={plan.eot_samples}"] if plan.eot_samples > 1 else []
+            fixes += [f"BPDA {','.join(plan.bpda)}"] if plan.bpda else []
+            fix = " + ".join(fixes)
             print(
                 f"{name:22} {spec:34} {row['clean_acc']:6.3f} {row['naive_suite_acc']:6.3f} "
                 f"{row['adaptive_suite_acc']:6.3f} {row['undefended_strong_acc']:6.3f}  {fix or 'none'}",
@@ -153,7 +154,7 @@ def main() -> None:
         base_robust = robust(model, x, y, idx, args) & base_clean
         base_s = time.perf_counter() - t0
         for spec in args.defences:
-            how = DEFENCES.get(spec, "bpda")
+            how = DEFENCES.get(spec) or ("eot" if spec.startswith(("gaussian_noise", "random_resize_pad")) else "bpda")
             transform = parse_defense(spec)
             net = defended(model, transform)
             t0 = time.perf_counter()
