@@ -29,7 +29,11 @@ PREFIX = "robustbench:"
 DATASETS = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "imagenet": (3, 224, 224)}
 THREATS = ("Linf", "L2", "corruptions")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-INSTALL = "pip install 'advlab[robustbench]' (robustbench --no-deps if its pins conflict; it imports pkg_resources)"
+INSTALL = (
+    "pip install 'advlab[robustbench]' (robustbench --no-deps if its pins conflict; it imports pkg_resources); "
+    "robustbench 1.1 from PyPI also imports `autoattack`, which is not on PyPI: "
+    "pip install git+https://github.com/fra31/auto-attack"
+)
 
 
 def parse(spec: str) -> tuple[str, str, str]:
