@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch from the local wheel cache (uv/poetry would download gigabytes)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test,report,samples,onnx,hf,robustbench]'
+	$(PY) -m pip install -q -e '.[test,report,samples,onnx,hf]'
 	touch $(STAMP)
 
 setup: $(STAMP)
