@@ -16,7 +16,6 @@ import io
 import json
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from advlab.errors import MissingInputError, UsageError
-from advlab.runtime.files import FULL, atomic_write_bytes, disk_full
+from advlab.runtime.files import atomic_write_bytes
 
 FORMAT = "advlab-train-checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and move the finished file to ``path`` atomically (temp file + os.replace).
-
-    A full disk is a :class:`~advlab.runtime.files.DiskFullError` naming ``path`` (the old file intact)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        # Some writers (safetensors) create owner-only files; results are meant to be shared like any output.
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno in FULL:
-            raise disk_full(path, e) from e
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    # Make the rename itself durable.
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> None:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write
+from ..runtime.files import atomic_write_bytes
 
 COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -31,9 +31,9 @@ def write_history(folder: str | os.PathLike[str], history: list[dict[str, Any]])
     writer.writeheader()
     writer.writerows(history)
     text = buf.getvalue()
-    atomic_write(folder / "history.csv", lambda tmp: Path(tmp).write_text(text))
+    atomic_write_bytes(folder / "history.csv", text.encode("utf-8"))
     blob = json.dumps(history, indent=1)
-    atomic_write(folder / "history.json", lambda tmp: Path(tmp).write_text(blob + "\n"))
+    atomic_write_bytes(folder / "history.json", (blob + "\n").encode("utf-8"))
 
 
 def plot_history(folder: str | os.PathLike[str], history: list[dict[str, Any]], title: str = "") -> Path:
@@ -68,6 +68,8 @@ def plot_history(folder: str | os.PathLike[str], history: list[dict[str, Any]], 
         fig.suptitle(title)
     fig.tight_layout()
     path = folder / "curves.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    atomic_write_bytes(path, png.getvalue())
     plt.close(fig)
     return path

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from advlab.models.small import build
 from advlab.runtime.lock import lock_folder
 from advlab.train import ddp as distributed
 
-from .checkpoint import atomic_write
+from ..runtime.files import atomic_write_bytes
 from .config import TrainConfig
 from .loop import FitResult, TensorLoader, fit
 
@@ -110,7 +109,7 @@ def run_training(config: TrainConfig, *, log: Callable[[str], Any] = print) -> F
             config.run_dir.mkdir(parents=True, exist_ok=True)
             if not (config.run_dir / "checkpoint.pt").exists():
                 blob = json.dumps(config.to_dict(), indent=1)
-                atomic_write(config.run_dir / "config.json", lambda tmp: Path(tmp).write_text(blob + "\n"))
+                atomic_write_bytes(config.run_dir / "config.json", (blob + "\n").encode("utf-8"))
         result = fit(model, train_loader, val_loader, optimizer, config, scheduler=scheduler, log=log)
         distributed.wait_for_all("the end of training", info)  # rank 0's files are complete before any rank returns
     result.model = net
