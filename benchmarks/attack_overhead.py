@@ -17,6 +17,7 @@ intra-op thread it equals wall time on an idle machine) and in wall seconds.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -65,6 +66,12 @@ def main() -> None:
     ap.add_argument("--attacks", nargs="*", default=None, help="a subset of the rows (default: all)")
     ap.add_argument("--json", default="")
     ap.add_argument("--prepared", action="store_true", help="attack advlab.models.prepare(model, x)")
+    ap.add_argument(
+        "--marginal",
+        action="store_true",
+        help="also time each iterative attack at 2 x steps: (T(2n) - T(n)) / n is the cost of one more iteration, "
+        "free of the per-call costs (input checks, random start, the final scoring forward)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -86,20 +93,21 @@ def main() -> None:
         xi = x.clone().requires_grad_(True)
         torch.autograd.grad(F.cross_entropy(floor_model(xi), y, reduction="sum"), xi)
 
-    cases: dict[str, tuple[int, Callable[[], object]]] = {
-        "fgsm": (1, lambda: attacks.fgsm(model, x, y, eps)),
-        "bim": (steps, lambda: attacks.bim(model, x, y, eps, eps / steps, steps)),
-        "pgd_linf": (steps, lambda: attacks.pgd(model, x, y, eps, 2.5 * eps / steps, steps, seed=0)),
-        "pgd_l2": (steps, lambda: attacks.pgd(model, x, y, 0.5, 0.1, steps, norm="l2", seed=0)),
-        "pgd_linf_margin": (steps, lambda: attacks.pgd(model, x, y, eps, eps / 4, steps, loss="margin", seed=0)),
+    # name -> (iterations, attack of n iterations); FGSM has one step whatever n is.
+    cases: dict[str, tuple[int, Callable[[int], object]]] = {
+        "fgsm": (1, lambda n: attacks.fgsm(model, x, y, eps)),
+        "bim": (steps, lambda n: attacks.bim(model, x, y, eps, eps / n, n)),
+        "pgd_linf": (steps, lambda n: attacks.pgd(model, x, y, eps, 2.5 * eps / n, n, seed=0)),
+        "pgd_l2": (steps, lambda n: attacks.pgd(model, x, y, 0.5, 0.1, n, norm="l2", seed=0)),
+        "pgd_linf_margin": (steps, lambda n: attacks.pgd(model, x, y, eps, eps / 4, n, loss="margin", seed=0)),
         # The loop alone: without CW's final line search (refine_steps forward passes more, by design).
         "cw_l2": (
             steps,
-            lambda: attacks.cw_l2(model, x, y, steps=steps, binary_search_steps=1, abort_early=False, refine_steps=0),
+            lambda n: attacks.cw_l2(model, x, y, steps=n, binary_search_steps=1, abort_early=False, refine_steps=0),
         ),
-        "mifgsm": (steps, lambda: attacks.mifgsm(model, x, y, eps, steps=steps)),
-        "apgd_ce": (steps, lambda: attacks.apgd(model, x, y, eps, steps=steps, seed=0)),
-        "apgd_dlr": (steps, lambda: attacks.apgd(model, x, y, eps, steps=steps, loss="dlr", seed=0)),
+        "mifgsm": (steps, lambda n: attacks.mifgsm(model, x, y, eps, steps=n)),
+        "apgd_ce": (steps, lambda n: attacks.apgd(model, x, y, eps, steps=n, seed=0)),
+        "apgd_dlr": (steps, lambda n: attacks.apgd(model, x, y, eps, steps=n, loss="dlr", seed=0)),
     }
     if args.attacks:
         unknown = set(args.attacks) - set(cases)
@@ -108,20 +116,27 @@ def main() -> None:
         cases = {k: v for k, v in cases.items() if k in args.attacks}
     floor()  # warm-up
     for _, fn in cases.values():
-        fn()
-    ratios: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "wall": []} for k in cases}
+        fn(steps)
+    ratios: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "wall": [], "marginal": []} for k in cases}
     per_iter: dict[str, list[float]] = {k: [] for k in cases}
     floors: list[float] = []
     for r in range(args.rounds):
         for name, (n_iter, fn) in cases.items():
             calls = args.repeat if n_iter == 1 else 1
-            blocks = [(fn, calls), (floor, calls * n_iter)]
+            blocks: list[tuple[str, Callable[[], object], int]] = [
+                ("attack", functools.partial(fn, n_iter), calls),
+                ("floor", floor, calls * n_iter),
+            ]
+            if args.marginal and n_iter > 1:  # the same attack with twice the iterations
+                blocks.append(("double", functools.partial(fn, 2 * n_iter), 1))
             if r % 2:
                 blocks.reverse()
-            timed = {id(f): _time(f, c) for f, c in blocks}
-            (a_cpu, a_wall), (f_cpu, f_wall) = timed[id(fn)], timed[id(floor)]
+            timed = {label: _time(f, c) for label, f, c in blocks}
+            (a_cpu, a_wall), (f_cpu, f_wall) = timed["attack"], timed["floor"]
             ratios[name]["cpu"].append(a_cpu / f_cpu)
             ratios[name]["wall"].append(a_wall / f_wall)
+            if "double" in timed:  # (T(2n) - T(n)) / n per floor pass: the cost of one more iteration
+                ratios[name]["marginal"].append((timed["double"][0] - a_cpu) / f_cpu)
             per_iter[name].append(a_cpu / (calls * n_iter))
             floors.append(f_cpu / (calls * n_iter))
 
@@ -132,6 +147,7 @@ def main() -> None:
             "ratio_min": min(ratios[k]["cpu"]),
             "ratio_max": max(ratios[k]["cpu"]),
             "ratio_wall": statistics.median(ratios[k]["wall"]),
+            "marginal": statistics.median(ratios[k]["marginal"]) if ratios[k]["marginal"] else None,
         }
         for k in cases
     }
@@ -149,12 +165,16 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
     }
     print(f"# {json.dumps(meta)}")
-    print("| attack | CPU s / iteration | / raw fwd+bwd, CPU (median) | min | max | / raw fwd+bwd, wall (median) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| attack | CPU s / iteration | / raw fwd+bwd, CPU (median) | min | max | / raw fwd+bwd, wall (median) "
+        "| one more iteration / raw fwd+bwd, CPU (median) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for k, r in rows.items():
+        marginal = "" if r["marginal"] is None else f"{r['marginal']:.3f}"
         print(
             f"| {k} | {r['per_iter_cpu_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} | {r['ratio_max']:.3f} "
-            f"| {r['ratio_wall']:.3f} |"
+            f"| {r['ratio_wall']:.3f} | {marginal} |"
         )
     if args.json:
         with open(args.json, "w") as fh:

@@ -118,8 +118,9 @@ class L2(Norm):
         x, eps = ball.x, ball.eps
         d = x_adv.sub_(x)
         t = (eps / flat_norm(d, 2.0).clamp_min(1e-30)).clamp_(max=1.0)
-        for _ in range(L2_PROJECTION_ITERATIONS):
-            reached = flat_norm(torch.addcmul(x, batch_view(t, d), d).clamp_(0, 1).sub_(x), 2.0)
+        z = torch.empty_like(d)  # one buffer for every iterate: a fresh batch-sized tensor each time costs more
+        for _ in range(L2_PROJECTION_ITERATIONS):  # than the arithmetic (page faults of a large allocation)
+            reached = flat_norm(torch.addcmul(x, batch_view(t, d), d, out=z).clamp_(0, 1).sub_(x), 2.0)
             # reached == 0: x + t d rounds to x (a step far below a float's spacing next to a saturated pixel);
             # the ratio then says nothing, and t stays where it is feasible.
             t = torch.where(reached > 0, t * eps / reached.clamp_min(1e-30), t).clamp_(max=1.0)
