@@ -11,7 +11,14 @@ order, so that background load and cache state weigh on both alike; the table re
 over rounds of the per-round ratio, in process CPU seconds (what the attack costs on its thread; with one
 intra-op thread it equals wall time on an idle machine) and in wall seconds.
 
-    .venv/bin/python benchmarks/attack_overhead.py --batch 16 --steps 10 --rounds 5 --threads 1
+Two columns separate the loop from what an attack pays once per call (input checks, the random start, the forward
+pass that scores the last iterate, which makes the returned point the best one met): ``--marginal`` times each
+attack again at 2n iterations and reports (T(2n) - T(n)) / n per raw pass, the cost of one more iteration; and
+``--breakdown`` profiles one call per attack and splits its CPU time into the model's forward passes, the backward
+passes and the attack's own work (everything else), a split that background load does not move the way it moves
+a timed ratio on this noisy machine.
+
+    .venv/bin/python benchmarks/attack_overhead.py --batch 8 --steps 10 --rounds 5 --threads 1 --marginal --breakdown
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from advlab import __version__, attacks
 
@@ -55,6 +64,63 @@ def _time(fn: Callable[[], object], calls: int) -> tuple[float, float]:
     return time.process_time() - c0, time.perf_counter() - w0
 
 
+class _Labelled(nn.Module):
+    """The model, its forward passes labelled for the profiler (the breakdown only; timing uses the bare model)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with record_function(_FORWARD):
+            return self.inner(x)
+
+
+_FORWARD = "bench::model_forward"
+
+
+def _breakdown(fn: Callable[[], object]) -> dict[str, float]:
+    """CPU milliseconds of one profiled call, split into the model's forward passes, the backward passes
+    (autograd's engine) and everything else: the attack's own work (input checks, objective, step, projection,
+    bookkeeping, random start). Only the top-level events of the calling thread are summed, so nothing counts
+    twice; unlike a timed ratio, this split does not move with background load."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    split = {"forward_ms": 0.0, "backward_ms": 0.0, "attack_ms": 0.0, "forwards": 0.0}
+    for e in prof.events():
+        if e.cpu_parent is not None:
+            continue
+        if e.name == _FORWARD:
+            split["forward_ms"] += e.cpu_time_total / 1e3
+            split["forwards"] += 1
+        elif e.name.startswith("autograd::engine"):
+            split["backward_ms"] += e.cpu_time_total / 1e3
+        else:
+            split["attack_ms"] += e.cpu_time_total / 1e3
+    return split
+
+
+def _cases(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int
+) -> dict[str, tuple[int, Callable[[int], object]]]:
+    """name -> (iterations, the attack of n iterations on ``model``); FGSM has one step whatever n is."""
+    return {
+        "fgsm": (1, lambda n: attacks.fgsm(model, x, y, eps)),
+        "bim": (steps, lambda n: attacks.bim(model, x, y, eps, eps / n, n)),
+        "pgd_linf": (steps, lambda n: attacks.pgd(model, x, y, eps, 2.5 * eps / n, n, seed=0)),
+        "pgd_l2": (steps, lambda n: attacks.pgd(model, x, y, 0.5, 0.1, n, norm="l2", seed=0)),
+        "pgd_linf_margin": (steps, lambda n: attacks.pgd(model, x, y, eps, eps / 4, n, loss="margin", seed=0)),
+        # The loop alone: without CW's final line search (refine_steps forward passes more, by design).
+        "cw_l2": (
+            steps,
+            lambda n: attacks.cw_l2(model, x, y, steps=n, binary_search_steps=1, abort_early=False, refine_steps=0),
+        ),
+        "mifgsm": (steps, lambda n: attacks.mifgsm(model, x, y, eps, steps=n)),
+        "apgd_ce": (steps, lambda n: attacks.apgd(model, x, y, eps, steps=n, seed=0)),
+        "apgd_dlr": (steps, lambda n: attacks.apgd(model, x, y, eps, steps=n, loss="dlr", seed=0)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="efficientnet_lite0")
@@ -71,6 +137,12 @@ def main() -> None:
         action="store_true",
         help="also time each iterative attack at 2 x steps: (T(2n) - T(n)) / n is the cost of one more iteration, "
         "free of the per-call costs (input checks, random start, the final scoring forward)",
+    )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also profile one call per attack: CPU time in the model's forwards, in backwards, and in the attack's "
+        "own work, which background load does not move the way it moves a timed ratio",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -93,22 +165,7 @@ def main() -> None:
         xi = x.clone().requires_grad_(True)
         torch.autograd.grad(F.cross_entropy(floor_model(xi), y, reduction="sum"), xi)
 
-    # name -> (iterations, attack of n iterations); FGSM has one step whatever n is.
-    cases: dict[str, tuple[int, Callable[[int], object]]] = {
-        "fgsm": (1, lambda n: attacks.fgsm(model, x, y, eps)),
-        "bim": (steps, lambda n: attacks.bim(model, x, y, eps, eps / n, n)),
-        "pgd_linf": (steps, lambda n: attacks.pgd(model, x, y, eps, 2.5 * eps / n, n, seed=0)),
-        "pgd_l2": (steps, lambda n: attacks.pgd(model, x, y, 0.5, 0.1, n, norm="l2", seed=0)),
-        "pgd_linf_margin": (steps, lambda n: attacks.pgd(model, x, y, eps, eps / 4, n, loss="margin", seed=0)),
-        # The loop alone: without CW's final line search (refine_steps forward passes more, by design).
-        "cw_l2": (
-            steps,
-            lambda n: attacks.cw_l2(model, x, y, steps=n, binary_search_steps=1, abort_early=False, refine_steps=0),
-        ),
-        "mifgsm": (steps, lambda n: attacks.mifgsm(model, x, y, eps, steps=n)),
-        "apgd_ce": (steps, lambda n: attacks.apgd(model, x, y, eps, steps=n, seed=0)),
-        "apgd_dlr": (steps, lambda n: attacks.apgd(model, x, y, eps, steps=n, loss="dlr", seed=0)),
-    }
+    cases = _cases(model, x, y, eps, steps)
     if args.attacks:
         unknown = set(args.attacks) - set(cases)
         if unknown:
@@ -151,6 +208,14 @@ def main() -> None:
         }
         for k in cases
     }
+    if args.breakdown:
+        floor_ms = 1e3 * statistics.median(floors)
+        for name, (n_iter, fn) in _cases(_Labelled(model).eval(), x, y, eps, steps).items():
+            if name not in rows:
+                continue
+            split = _breakdown(functools.partial(fn, n_iter))
+            rows[name].update(split)
+            rows[name]["own_per_iter_over_floor"] = split["attack_ms"] / n_iter / floor_ms
     meta = {
         "model": args.model,
         "batch": args.batch,
@@ -176,6 +241,18 @@ def main() -> None:
             f"| {k} | {r['per_iter_cpu_s']:.3f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} | {r['ratio_max']:.3f} "
             f"| {r['ratio_wall']:.3f} | {marginal} |"
         )
+    if args.breakdown:
+        print()
+        print(
+            "| attack | forwards | forward CPU ms | backward CPU ms | attack's own CPU ms | own work per iteration "
+            "/ raw fwd+bwd |"
+        )
+        print("|---|---|---|---|---|---|")
+        for k, r in rows.items():
+            print(
+                f"| {k} | {r['forwards']:.0f} | {r['forward_ms']:.0f} | {r['backward_ms']:.0f} | {r['attack_ms']:.0f} "
+                f"| {r['own_per_iter_over_floor']:.4f} |"
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=2)

@@ -196,6 +196,52 @@ def test_a_lock_names_its_holder_and_dies_with_it(capsys, weights, tmp_path):
     assert code == 0 and json.loads((run / "summary.json").read_text())["complete"], err
 
 
+def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_left_alone(tmp_path):
+    """A run directory received from someone else may hold ``.advlab.lock -> ~/.bashrc``: taking the lock would
+    write the holder record through the link and truncate the target."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).symlink_to(target)
+    with pytest.raises(UsageError, match="is a symbolic link; advlab writes its lock only to a plain file"):
+        RunLock(run).acquire()
+    assert target.read_text() == "keep me\n"
+    (run / LOCK_NAME).unlink()
+    (run / LOCK_NAME).mkdir()
+    with pytest.raises(UsageError, match="is a folder; advlab writes its lock only to a plain file"):
+        RunLock(run).acquire()
+
+
+def test_the_adaptive_rows_are_written_under_the_run_lock(digits_model, tmp_path, monkeypatch):
+    """evaluate_adaptive rewrites summary.json with its naive-vs-adaptive rows after the evaluation: a second
+    writer must still be refused then, or it could replace the folder and get a stale summary written into it."""
+    from advlab.evaluate import adaptive as adaptive_module
+    from advlab.evaluate import evaluate_adaptive
+    from advlab.runtime.lock import RunLockedError
+
+    from .test_evaluate import Items
+
+    model, x, y = digits_model
+    out = tmp_path / "run"
+    refused: list[str] = []
+    compare = adaptive_module.compare
+
+    def compare_while_a_second_writer_tries(summary, plan):
+        with pytest.raises(RunLockedError) as e:
+            RunLock(out).acquire()
+        refused.append(str(e.value))
+        return compare(summary, plan)
+
+    monkeypatch.setattr(adaptive_module, "compare", compare_while_a_second_writer_tries)
+    quick = {"steps": 5, "n_target_classes": 1, "square_queries": 20}
+    evaluate_adaptive(model, Items(x[:4], y[:4]), [0.1], batch_size=4, naive="fast", adaptive_params=quick,
+                      out=out, quiet=True)  # fmt: skip
+    assert len(refused) == 1 and "another advlab process" in refused[0]
+    assert json.loads((out / "summary.json").read_text())["adaptive"]["rows"]
+    RunLock(out).acquire().release()  # and released at the end
+
+
 def full_disk_when(path: Path, ready=lambda: True) -> threading.Thread:
     """Make ``path``'s next atomic write (by this process) fail with ENOSPC, once ``ready()``: its temporary
     file becomes a link to /dev/full."""

@@ -163,12 +163,43 @@ def test_minimal_with_an_unknown_norm_is_a_spec_error() -> None:
         (["--minimal", "--eps", "0.1"], "--minimal finds each sample's smallest perturbation and takes no --eps"),
         (["--minimal", "--norm", "l3"], "minimal: unknown norm 'l3'"),
         (["--minimal", "--attack", "fab", "--norm", "l0"], "fab: unknown norm 'l0'"),
+        # Flags --minimal has no use for are refused, not dropped (the run would record a command it did not run).
+        (["--minimal", "--alpha", "0.5"], "--minimal takes --norm, --steps, --targeted/--target and -p KEY=VALUE; "
+         "--alpha would be ignored"),
+        (["--minimal", "--restarts", "3", "--loss", "margin"], "--restarts, --loss would be ignored"),
     ],
 )
 def test_minimal_mistakes_are_one_line_and_exit_2(capsys, argv, needle) -> None:
     code = main(["eval", *argv])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_sanity_with_only_l1_attacks_is_one_line_before_the_model_loads(capsys) -> None:
+    # The masking checks are defined in Linf and L2; an L1 run asks for them in a norm they do not have.
+    code = main(["eval", "--model", "/no/such/model.pt", "--attack", "apgd_l1", "--eps", "10", "--sanity"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--sanity's masking checks run at an Linf or L2 budget; this run's attacks with an eps are l1" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--norm", "l2"], "--norm"),
+        (["-p", "steps=1000"], "-p"),
+        (["--restarts", "5", "--loss", "margin"], "--restarts, --loss"),
+        (["--target", "3"], "--target"),
+        (["--eps", "0.1"], "--eps"),
+    ],
+)
+def test_attack_flags_beside_attack_tables_are_refused_not_dropped(capsys, tmp_path, flags, named) -> None:
+    config = tmp_path / "attacks.toml"
+    config.write_text('[[attack]]\nname = "pgd"\neps = 0.1\n')
+    code = main(["eval", "--config", str(config), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{named} describe an --attack or --suite; none was given (put them in the [[attack]] tables" in err, err
 
 
 def test_attack_table_with_minimal_true_must_name_a_minimal_norm_attack(capsys, tmp_path) -> None:

@@ -17,6 +17,7 @@ from .eval_inputs import (
     defend_model,
     open_data,
     preprocessing,
+    sanity_budget,
     sanity_verdicts,
     string_list,
 )
@@ -37,8 +38,8 @@ EVAL_CONFIG_KEYS = {
     "claim": "also write a shareable claim JSON to this path",
     "save_adversarial": "save every adversarial example (float32 and uint8) with its uint8 re-check",
     "prepare": "prepare the model for the attacks (advlab.models.prepare; false = attack it as given)",
-    "defense": "list of defences put in front of the model, e.g. [\"bit_depth(bits=3)\"] (advlab.defenses)",
-    "bpda": "list of dotted submodule paths of the (defended) model to wrap in BPDA, e.g. [\"transforms.0\"]",
+    "defense": 'list of defences put in front of the model, e.g. ["bit_depth(bits=3)"] (advlab.defenses)',
+    "bpda": 'list of dotted submodule paths of the (defended) model to wrap in BPDA, e.g. ["transforms.0"]',
     "sanity": "run every gradient-masking check on the first batch and record the verdicts in summary.json",
     "attack": "list of attacks ([[attack]] tables: name, id, target, and the attack's parameters)",
     # a user's model at its own size (docs/models_data.md)
@@ -176,6 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate, sanity_lines, stage_lines, summary_line
 
     specs, adaptive = attack_specs(args)
+    budget = sanity_budget(specs) if args.sanity and not adaptive else None  # named before the model loads
 
     from ..defenses import parse_defense
 
@@ -208,25 +210,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"command": command}
     common = dict(out=args.out, batch_size=args.batch_size, seed=args.seed, model_meta=model_meta, data_meta=data_meta)
     common.update(quiet=args.quiet, replace=args.replace, prepare=bool(args.prepare))
-    if adaptive:
-        from ..evaluate.adaptive import adaptive_line, evaluate_adaptive
+    from ..runtime.lock import lock_folder
 
-        if info.distributed:
-            raise UsageError("--suite adaptive runs in one process; start it without torchrun")
-        if save:
-            raise UsageError("--save-adversarial does not combine with --suite adaptive yet")
-        result = evaluate_adaptive(
-            model, dataset, args.eps, norm=args.norm or "linf", bpda=string_list(args.bpda, "bpda"),
-            adaptive_params=adaptive_params(args), extra=extra, **common,
-        )  # fmt: skip
-    else:
-        if args.sanity:
-            extra["sanity"] = sanity_verdicts(model, dataset, specs, args)
-        if save:
-            common["save_adversarial"] = True
-        result = (evaluate_sharded if info.distributed else evaluate)(model, dataset, specs, extra=extra, **common)
-    if not info.is_main:  # rank 0 reports for the whole distributed run
-        return 0
+    # One lock over the run and what follows it (the adaptive rows, the claim, the report), so a second writer
+    # cannot replace the folder between the summary and them; a distributed run's rank 0 locks in evaluate_sharded.
+    with lock_folder(args.out, enabled=not info.distributed):
+        if not info.distributed:
+            common["lock"] = False
+        if adaptive:
+            from ..evaluate.adaptive import adaptive_line, evaluate_adaptive
+
+            if info.distributed:
+                raise UsageError("--suite adaptive runs in one process; start it without torchrun")
+            if save:
+                raise UsageError("--save-adversarial does not combine with --suite adaptive yet")
+            result = evaluate_adaptive(
+                model, dataset, args.eps, norm=args.norm or "linf", bpda=string_list(args.bpda, "bpda"),
+                adaptive_params=adaptive_params(args), extra=extra, **common,
+            )  # fmt: skip
+        else:
+            if budget is not None:
+                extra["sanity"] = sanity_verdicts(model, dataset, budget, args)
+            if save:
+                common["save_adversarial"] = True
+            result = (evaluate_sharded if info.distributed else evaluate)(model, dataset, specs, extra=extra, **common)
+        if not info.is_main:  # rank 0 reports for the whole distributed run
+            return 0
     for a in result.summary["attacks"]:
         print(summary_line(a))
         for line in stage_lines(a):  # a suite: the robust accuracy after each stage, like AutoAttack's printout
@@ -255,5 +264,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"report: {path}", file=sys.stderr)
     return 0
-
-

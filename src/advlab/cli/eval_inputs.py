@@ -41,9 +41,20 @@ def attack_specs(args: argparse.Namespace) -> tuple[list[Any], bool]:
         specs = with_suites(specs, suite_specs_of(args))  # the per-sample worst case of the listed attacks
     if not specs and not adaptive:
         raise UsageError("no attack given: use --attack NAME (e.g. --attack pgd --eps 8/255), --suite or --config")
-    flags = args.eps or args.alpha or args.steps or args.targeted
-    if args.attack is None and args.suite is None and not args.minimal and flags:
-        raise UsageError("--eps/--alpha/--steps/--targeted describe an --attack; none was given")
+    if args.attack is None and args.suite is None and not args.minimal:
+        # Every flag that describes an attack would be dropped here ([[attack]] tables carry their own).
+        given = (
+            [
+                "--" + name.replace("_", "-")
+                for name in ("eps", "alpha", "steps", "restarts", "norm", "loss", "target")
+                if getattr(args, name, None) not in (None, [])
+            ]
+            + (["--targeted"] if args.targeted else [])
+            + (["-p"] if args.param else [])
+        )
+        if given:
+            where = " (put them in the [[attack]] tables of --config)" if args.attack_tables is not None else ""
+            raise UsageError(f"{', '.join(given)} describe an --attack or --suite; none was given{where}")
     return specs, adaptive
 
 
@@ -73,8 +84,16 @@ def minimal_attack(args: argparse.Namespace) -> list[Any]:
     name = args.attack or "minimal"
     check_minimal(name, "--minimal")
     if args.eps and args.suite is None:
-        raise UsageError("--minimal finds each sample's smallest perturbation and takes no --eps (add --suite NAME "
-                         "--eps E to cross-check it against a fixed-eps suite)")
+        raise UsageError(
+            "--minimal finds each sample's smallest perturbation and takes no --eps (add --suite NAME "
+            "--eps E to cross-check it against a fixed-eps suite)"
+        )
+    dropped = ["--" + key for key in ("alpha", "restarts", "loss") if getattr(args, key, None) is not None]
+    if dropped:
+        raise UsageError(
+            f"--minimal takes --norm, --steps, --targeted/--target and -p KEY=VALUE; {', '.join(dropped)} would be "
+            "ignored (give an attack's own step parameters with -p, e.g. -p gamma_init=0.1 for fmn)"
+        )
     params: dict[str, Any] = {}
     for key in ("steps", "norm"):
         if getattr(args, key) is not None:
@@ -130,9 +149,7 @@ def table_attacks(tables: Any, path: str) -> list[Any]:
         elif name is None:
             raise UsageError(f"{path}: attack #{k} has no 'name' (e.g. name = \"pgd\")")
         specs.append(
-            make_spec(
-                name, params, id=t.get("id"), target=t.get("target"), only_unbroken=t.get("only_unbroken", ())
-            )
+            make_spec(name, params, id=t.get("id"), target=t.get("target"), only_unbroken=t.get("only_unbroken", ()))
         )
     return specs
 
@@ -204,14 +221,29 @@ def adaptive_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def sanity_verdicts(model: Any, dataset: Any, specs: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    """``--sanity``: every masking check on the first batch, at the eps and norm of the first attack with an eps."""
-    from ..evaluate import attack_norm, run_sanity
+def sanity_budget(specs: list[Any]) -> tuple[float, str]:
+    """``--sanity``'s eps and norm: those of the first attack with an eps in Linf or L2, where the masking checks
+    are defined (refused before the model loads when there is none)."""
+    from ..evaluate import attack_norm
 
     with_eps = [s for s in specs if isinstance(s.params.get("eps"), float)]
     if not with_eps:
         raise UsageError("--sanity needs an attack with an eps (the checks run at that budget)")
-    eps, norm = with_eps[0].params["eps"], attack_norm(with_eps[0].name, with_eps[0].params) or "linf"
+    budgets = [(s.params["eps"], attack_norm(s.name, s.params) or "linf") for s in with_eps]
+    usable = [b for b in budgets if b[1] in ("linf", "l2")]
+    if not usable:
+        raise UsageError(
+            f"--sanity's masking checks run at an Linf or L2 budget; this run's attacks with an eps are "
+            f"{', '.join(sorted({n for _, n in budgets}))} (add an Linf or L2 attack, or leave out --sanity)"
+        )
+    return usable[0]
+
+
+def sanity_verdicts(model: Any, dataset: Any, budget: tuple[float, str], args: argparse.Namespace) -> dict[str, Any]:
+    """``--sanity``: every masking check on the first batch, at ``budget`` (:func:`sanity_budget`)."""
+    from ..evaluate import run_sanity
+
+    eps, norm = budget
     return run_sanity(model, dataset, eps, norm, batch_size=args.batch_size, seed=args.seed)
 
 

@@ -36,6 +36,7 @@ from ..attacks import AttackResult
 from ..attacks.checks import check_steps, frozen
 from ..attacks.objectives import margin
 from ..defenses import bpda_at
+from ..runtime.lock import lock_folder
 from .engine import load_batch, model_rng_seed, plan_batches
 from .records import atomic_write_text
 from .run import RunResult, device_of, evaluate
@@ -353,11 +354,13 @@ def evaluate_adaptive(
     specs = adaptive_specs(budgets, plan, params, naive)
     sanity = {"checks": plan.checks, "warnings": sum(c["status"] == "warn" for c in plan.checks), "on": plan.checked_on}
     info = {**dict(extra or {}), "adaptive": {"plan": plan.to_dict()}, "sanity": sanity}
-    result = evaluate(model, dataset, specs, batch_size=batch_size, seed=seed, extra=info, **kwargs)
-    result.summary["adaptive"]["rows"] = compare(result.summary, plan)
-    if result.run_dir is not None and kwargs.get("write_summary", True):
-        text = json.dumps(result.summary, indent=2, sort_keys=False) + "\n"
-        atomic_write_text(result.run_dir / "summary.json", text)
+    # The run and the rewrite of its summary with the adaptive rows under one lock: no second writer in between.
+    with lock_folder(kwargs.get("out"), enabled=kwargs.pop("lock", True)):
+        result = evaluate(model, dataset, specs, batch_size=batch_size, seed=seed, extra=info, lock=False, **kwargs)
+        result.summary["adaptive"]["rows"] = compare(result.summary, plan)
+        if result.run_dir is not None and kwargs.get("write_summary", True):
+            text = json.dumps(result.summary, indent=2, sort_keys=False) + "\n"
+            atomic_write_text(result.run_dir / "summary.json", text)
     return result
 
 

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import warnings
 from pathlib import Path
 from types import TracebackType
@@ -59,7 +60,18 @@ class RunLock:
         if self.folder.exists() and not self.folder.is_dir():
             raise UsageError(f"{self.folder} is a file; give a folder path for --out")
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a planted .advlab.lock -> ~/.bashrc would be truncated by the holder record
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.EISDIR):
+                raise
+            what = "a symbolic link" if e.errno == errno.ELOOP else "a folder"
+            raise UsageError(
+                f"{self.path} is {what}; advlab writes its lock only to a plain file there (remove it)"
+            ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"{self.path} is not a plain file; remove it (advlab keeps its lock there)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -111,9 +123,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(
-        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
 
 
