@@ -143,6 +143,19 @@ def test_restricted_unpickler_refuses_other_classes(tmp_path) -> None:
     assert target.exists()
 
 
+class _Huge:
+    """Pickles as a direct call of numpy.ndarray(shape): 80 TB requested by a few dozen bytes of file."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((10**13,),))  # float64
+
+
+def test_restricted_unpickler_refuses_an_array_larger_than_its_file(tmp_path) -> None:
+    blob = pickle.dumps(_Huge(), protocol=2)
+    with pytest.raises(UsageError, match=r"refused an array of 80000000000000 bytes from a \d+-byte file"):
+        restricted_load(_write(tmp_path / "huge", blob))
+
+
 def _write(path: Path, blob: bytes) -> Path:
     path.write_bytes(blob)
     return path

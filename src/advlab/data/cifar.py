@@ -84,7 +84,6 @@ def _codecs_encode(text: str, encoding: str = "latin1") -> bytes:
 
 
 ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _codecs_encode,
 }
@@ -98,6 +97,21 @@ def _reconstruct() -> Callable[..., Any]:
     return fn
 
 
+def _bounded_ndarray(max_bytes: int) -> type[np.ndarray]:
+    """numpy's array type, refusing to allocate more bytes than the file holds: a pickle that calls
+    ``ndarray(shape)`` directly (no CIFAR file does; their arrays carry their bytes) cannot ask for memory the
+    file does not contain. Arrays rebuilt from their bytes are bounded by the file already."""
+
+    class BoundedArray(np.ndarray):
+        def __new__(cls, shape: Any, dtype: Any = float, *args: Any, **kwargs: Any) -> BoundedArray:
+            size = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+            if size > max_bytes:
+                raise pickle.UnpicklingError(f"refused an array of {size} bytes from a {max_bytes}-byte file")
+            return super().__new__(cls, shape, dtype, *args, **kwargs)
+
+    return BoundedArray
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickle only plain containers, numbers, strings/bytes and numpy arrays; refuse every other global.
 
@@ -107,9 +121,15 @@ class RestrictedUnpickler(pickle.Unpickler):
     ``builtins.eval``, a user class) raises ``pickle.UnpicklingError`` before it is called.
     """
 
+    def __init__(self, file: Any, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.ndarray = _bounded_ndarray(max_bytes)
+
     def find_class(self, module: str, name: str) -> Any:
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             return _reconstruct()
+        if (module, name) == ("numpy", "ndarray"):
+            return self.ndarray
         found = ALLOWED.get((module, name))
         if found is None:
             raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays and plain containers")
@@ -120,8 +140,11 @@ def restricted_load(path: Path) -> Any:
     """Read a pickle with :class:`RestrictedUnpickler` (``encoding='bytes'``, as the Python 2 files need)."""
     try:
         with path.open("rb") as fh:
-            return RestrictedUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+            return RestrictedUnpickler(fh, path.stat().st_size, encoding="bytes").load()
+    except (
+        pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError,
+        RecursionError, OverflowError,
+    ) as err:  # fmt: skip
         raise UsageError(f"{path} is not a CIFAR python batch advlab can read safely: {err}") from err
 
 
