@@ -215,7 +215,8 @@ def main() -> None:
             split = _breakdown(functools.partial(fn, n_iter))
             rows[name].update(split)
             # Shares within the one call, so the load on the machine weighs on both parts alike.
-            rows[name]["own_share"] = split["attack_ms"] / (split["forward_ms"] + split["backward_ms"] + split["attack_ms"])
+            total_ms = split["forward_ms"] + split["backward_ms"] + split["attack_ms"]
+            rows[name]["own_share"] = split["attack_ms"] / total_ms
     meta = {
         "model": args.model,
         "batch": args.batch,
