@@ -178,6 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     specs, adaptive = attack_specs(args)
     budget = sanity_budget(specs) if args.sanity and not adaptive else None  # named before the model loads
+    suite_params = adaptive_params(args) if adaptive else {}
 
     from ..defenses import parse_defense
 
@@ -226,7 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 raise UsageError("--save-adversarial does not combine with --suite adaptive yet")
             result = evaluate_adaptive(
                 model, dataset, args.eps, norm=args.norm or "linf", bpda=string_list(args.bpda, "bpda"),
-                adaptive_params=adaptive_params(args), extra=extra, **common,
+                adaptive_params=suite_params, extra=extra, **common,
             )  # fmt: skip
         else:
             if budget is not None:
