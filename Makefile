@@ -6,7 +6,7 @@ ROBUSTBENCH ?= robustbench==1.1.1
 
 .PHONY: demo test setup system-deps lint bench-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch from the local wheel cache (uv/poetry would download gigabytes)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
