@@ -2,14 +2,17 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.advlab-installed
+ROBUSTBENCH ?= robustbench==1.1.1
 
 .PHONY: demo test setup system-deps lint bench-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch from the local wheel cache (uv/poetry would download gigabytes)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test,report,samples,onnx,hf]'
+	$(PY) -m pip install -q -e '.[test,report,samples,onnx,hf,robustbench]'
+	# RobustBench's model zoo without its pins (timm==1.0.9 would change timm's preprocessing): docs/models_data.md
+	$(PY) -m pip install -q --no-deps $(ROBUSTBENCH)
 	touch $(STAMP)
 
 setup: $(STAMP)

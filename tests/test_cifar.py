@@ -202,6 +202,41 @@ def test_download_checks_the_checksum(tmp_path) -> None:
     assert folder.is_dir() and len(CIFAR("cifar10", root=tmp_path / "dl")) == N
 
 
+def test_download_over_http_from_a_local_server(tmp_path) -> None:
+    """The HTTP path against a server on 127.0.0.1 serving an archive the test writes: the download is
+    checked and extracted; a file the server does not have is one clear error naming the URL, nothing extracted."""
+    import functools
+    import http.server
+    import threading
+
+    write_cifar(tmp_path / "src", "cifar10", "python", {"train": _fake(3), "test": _fake(4)})
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / "cifar-10-python.tar.gz", mode="w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    md5 = hashlib.md5((served / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        folder = download_cifar("cifar10", tmp_path / "dl", url=f"{base}/cifar-10-python.tar.gz", md5=md5)
+        assert torch.equal(CIFAR("cifar10", root=tmp_path / "dl")[0][0], CIFAR("cifar10", root=tmp_path / "src")[0][0])
+        assert folder == tmp_path / "dl" / "cifar-10-batches-py"
+        with pytest.raises(MissingInputError, match=r"could not download cifar100 from http://127\.0\.0\.1:.*404"):
+            download_cifar("cifar100", tmp_path / "dl2", url=f"{base}/cifar-100-python.tar.gz")
+        assert not (tmp_path / "dl2" / "cifar-100-python").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 FOOLBOX_CIFAR = Path(__import__("importlib.util").util.find_spec("foolbox").origin).parent / "data"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,3 +80,87 @@ def test_loaded_by_name_from_the_cache_in_the_cli(hf_cache, tmp_path, monkeypatc
         err.startswith("advlab: error: hf:advlab-test/absent: cannot load it from the local") and err.count("\n") == 1
     )
     assert not (tmp_path / "bad").exists()
+
+
+def _hub_server(folder: Path) -> tuple[Any, str]:
+    """A Hugging Face Hub stand-in on 127.0.0.1 serving ``folder`` as every repo's ``resolve/<rev>/<file>``
+    (with the X-Repo-Commit and ETag headers the hub client reads); anything else is 404."""
+    import hashlib
+    import http.server
+    import threading
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self, body: bool) -> None:
+            parts = self.path.split("?")[0].strip("/").split("/")
+            file = folder.joinpath(*parts[4:]) if len(parts) >= 5 and parts[:2] == REPO.split("/") else None
+            data = file.read_bytes() if file is not None and parts[2] == "resolve" and file.is_file() else None
+            self.send_response(200 if data is not None else 404)
+            self.send_header("X-Repo-Commit", REVISION)
+            if data is not None:
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            else:
+                self.send_header("X-Error-Code", "RepoNotFound" if file is None else "EntryNotFound")
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            if body and data:
+                self.wfile.write(data)
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_downloaded_from_a_local_hub(hf_cache, tmp_path) -> None:
+    """The download path, offline: ``HF_ENDPOINT`` (read when huggingface_hub is imported, hence a fresh
+    process) points at a server on 127.0.0.1 holding the saved model; ``download=True`` fetches it into an
+    empty cache and gives the saved model's logits; a repo the hub lacks is one clear error."""
+    import os
+    import subprocess
+    import sys
+
+    import advlab
+
+    _, snapshot, net = hf_cache
+    server, url = _hub_server(snapshot)
+    script = (
+        "import sys, torch\n"
+        "from advlab.models import load_model\n"
+        f"m = load_model('hf:{REPO}', download=True)\n"
+        "x = torch.linspace(0, 1, 2 * 3 * 32 * 32).view(2, 3, 32, 32)\n"
+        "with torch.no_grad():\n"
+        "    torch.save({'logits': m(x), 'classes': m.class_names}, sys.argv[1])\n"
+        "try:\n"
+        "    load_model('hf:advlab-test/absent', download=True)\n"
+        "except Exception as err:\n"
+        "    print(type(err).__name__, err)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "ADVLAB_OFFLINE", "HF_HOME")}
+    env |= {"HF_ENDPOINT": url, "HF_HUB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(advlab.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "out.pt")], env=env, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    x = torch.linspace(0, 1, 2 * 3 * 32 * 32).view(2, 3, 32, 32)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(got["logits"], net(pixel_values=(x - mean) / std).logits, atol=1e-5)
+    assert got["classes"] == ["cat", "dog", "eel"]
+    assert (tmp_path / "cache" / f"models--{REPO.replace('/', '--')}" / "snapshots" / REVISION).is_dir()
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1].startswith("WeightsNotFoundError hf:advlab-test/absent: cannot load it from the Hugging Face Hub")

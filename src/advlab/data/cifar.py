@@ -224,13 +224,20 @@ def download_cifar(name: str, root: str | os.PathLike[str], url: str | None = No
     """Download the python version into ``root``, check its MD5, extract it (data files only); its folder.
 
     ``url`` and ``md5`` default to the official archive and its published checksum (a mirror may be given).
+    A URL that cannot be fetched is a :class:`~advlab.errors.MissingInputError` naming it and the folder.
     """
     layout = PYTHON[name]
     url, md5 = url or layout.url, md5 or layout.md5
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=60) as response:
-        blob = response.read()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            blob = response.read()
+    except OSError as err:  # URLError, HTTPError (404, 503), timeouts, refused connections
+        raise MissingInputError(
+            f"could not download {name} from {url} ({err}); extract the official archive into {root} yourself "
+            "or pass --data-root FOLDER"
+        ) from err
     digest = hashlib.md5(blob).hexdigest()  # the published checksum is MD5
     if digest != md5:
         raise UsageError(f"{name} archive from {url} has MD5 {digest}, expected {md5}; nothing was extracted")

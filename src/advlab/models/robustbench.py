@@ -11,14 +11,27 @@ a ``model.`` prefix for their normalisation wrapper).
 
 RobustBench's published clean and AutoAttack accuracies are kept as data in ``robustbench_results.json``
 (each row with the file it was copied from); :func:`published_result` returns a model's row for the report.
+
+Installing: ``pip install 'advlab[robustbench]'`` (the model zoo's and the downloader's own dependencies) and
+``pip install --no-deps robustbench``. Without ``--no-deps`` robustbench 1.1 pins ``timm==1.0.9`` (a downgrade
+that changes timm models' preprocessing) and ``gdown==5.1.0``. Its ``robustbench/__init__.py`` imports the
+evaluation code, which imports ``autoattack`` (a module no PyPI distribution provides: PyPI's ``pyautoattack``
+installs ``pyautoattack``) and ``pkg_resources`` (gone from setuptools 81); the model zoo and the downloader need
+neither, so :func:`robustbench_module` imports them without running that file when it fails (see there).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import json
+import os
+import sys
+import warnings
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from advlab.errors import UsageError
@@ -29,11 +42,39 @@ PREFIX = "robustbench:"
 DATASETS = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "imagenet": (3, 224, 224)}
 THREATS = ("Linf", "L2", "corruptions")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-INSTALL = (
-    "pip install 'advlab[robustbench]' (robustbench --no-deps if its pins conflict; it imports pkg_resources); "
-    "robustbench 1.1 from PyPI also imports `autoattack`, which is not on PyPI: "
-    "pip install git+https://github.com/fra31/auto-attack"
-)
+INSTALL = "pip install 'advlab[robustbench]' && pip install --no-deps robustbench"
+
+
+def robustbench_module(name: str, package: str = "robustbench") -> ModuleType:
+    """``robustbench.<name>`` (``model_zoo.models``, ``utils``), imported even where ``import robustbench`` fails.
+
+    The plain import comes first. When it fails on a missing module that is not the package's own (robustbench
+    1.1's ``__init__.py`` imports ``autoattack`` and ``pkg_resources``, which the model zoo never uses), the
+    package is entered once more as a bare package object built from its import spec (its ``__path__``, its
+    ``__init__.py`` not executed) just while ``robustbench.<name>`` is imported, then taken out of
+    ``sys.modules`` again: ``import robustbench`` elsewhere fails as it did before, and the submodules stay
+    imported, as Python leaves them after any failed package import. A module the submodule itself needs
+    (``geotorch``, ``gdown``) still raises ``ModuleNotFoundError`` naming it; so does the package not installed.
+    ``package`` is the package's name (another only in tests).
+    """
+    full = f"{package}.{name}"
+    with warnings.catch_warnings():  # robustbench's architectures import timm's deprecated module paths
+        warnings.filterwarnings("ignore", message="Importing from timm.models", category=FutureWarning)
+        try:
+            return importlib.import_module(full)
+        except ModuleNotFoundError as err:
+            if err.name is None or err.name == package or err.name.startswith(f"{package}."):
+                raise
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.submodule_search_locations is None:
+            raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+        bare = importlib.util.module_from_spec(spec)
+        sys.modules[package] = bare
+        try:
+            return importlib.import_module(full)
+        finally:
+            if sys.modules.get(package) is bare:
+                del sys.modules[package]
 
 
 def parse(spec: str) -> tuple[str, str, str]:
@@ -50,11 +91,10 @@ def parse(spec: str) -> tuple[str, str, str]:
 def zoo_entry(dataset: str, threat: str, name: str) -> dict[str, Any]:
     """The robustbench package's model-zoo entry (``model`` builder, ``gdrive_id``)."""
     try:
-        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-        from robustbench.model_zoo.models import model_dicts
+        zoo = robustbench_module("model_zoo.models")
     except ImportError as err:
         raise UsageError(f"robustbench models need the robustbench package ({err}); install it: {INSTALL}") from err
-    table = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)]
+    table = zoo.model_dicts[zoo.BenchmarkDataset(dataset)][zoo.ThreatModel(threat)]
     if name not in table:
         close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -80,10 +120,7 @@ def load_robustbench(
                 f"RobustBench checkpoint {path} not found; put {name}.pt there (RobustBench's model directory "
                 "layout), pass --weights FILE, or allow downloads"
             )
-        from robustbench.utils import download_gdrive
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        download_gdrive(entry["gdrive_id"], path)
+        download_checkpoint(entry["gdrive_id"], path)
     backbone = entry["model"]()
     state = load_state_dict_file(path)
     state = {k.replace("module.", "", 1) if k.startswith("module.") else k: v for k, v in state.items()}
@@ -111,6 +148,25 @@ def load_robustbench(
         name=f"{PREFIX}{dataset}/{threat}/{name}",
         source=f"robustbench {dataset}/{threat}/{name} ({path})",
     )
+
+
+def download_checkpoint(gdrive_id: str, path: Path) -> None:
+    """Fetch a checkpoint with robustbench's own downloader (``robustbench.utils.download_gdrive_new``, gdown, as
+    ``robustbench.utils.load_model`` does) into ``path.part``, renamed to ``path`` only when complete, so an
+    interrupted download never leaves a truncated checkpoint where the next run would read it."""
+    try:
+        utils = robustbench_module("utils")
+    except ImportError as err:
+        raise UsageError(f"downloading RobustBench checkpoints needs {err.name} ({err}); install: {INSTALL}") from err
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    try:
+        utils.download_gdrive_new(gdrive_id, part)
+        if not part.is_file():
+            raise WeightsNotFoundError(f"robustbench's downloader wrote no {path.name} (gdrive id {gdrive_id})")
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def published_result(model: str) -> dict[str, Any] | None:
