@@ -17,7 +17,7 @@ samples with fewer coordinates).
 
 Budget, in forward (F) and backward (B) passes per sample for ``steps`` = s on a model with C classes, each
 member run once (the verification: one more F per member): FMN and DDN s + 1 F, s B; FAB (untargeted) 2s F,
-(C - 1) s B; targeted FAB 2s F, s B; FAB-T min(9, C - 1) targeted FAB runs. So L0: 2s B; L1 and Linf:
+C s B; targeted FAB 2s F, s B; FAB-T min(9, C - 1) targeted FAB runs. So L0: 2s B; L1 and Linf:
 FMN + FAB-T = s + 9s = 10s B and 19s F for C = 10; L2: 11s B, 20s F (C = 10).
 """
 
@@ -35,10 +35,10 @@ from .norms import ALL_NORM_NAMES, get_norm
 from .result import AttackResult
 
 # The attacks of the ensemble per norm, in the order they run (ties keep the earlier one). "fmn" runs with its
-# defaults for the norm (fmn.FMN_DEFAULTS), "fmn_small_step" with alpha_init 10 and gamma_init 0.2 (L0's
+# defaults for the norm (fmn.FMN_DEFAULTS), "fmn_large_step" with alpha_init 1000 and gamma_init 0.7 (L0's
 # second run), "fab_t" is FAB-T untargeted and targeted FAB when the ensemble is targeted.
 MINIMAL_MEMBERS: dict[str, tuple[str, ...]] = {
-    "l0": ("fmn", "fmn_small_step"),
+    "l0": ("fmn", "fmn_large_step"),
     "l1": ("fmn", "fab_t"),
     "l2": ("fmn", "ddn", "fab_t"),
     "linf": ("fmn", "fab_t"),
@@ -48,9 +48,9 @@ MINIMAL_MEMBERS: dict[str, tuple[str, ...]] = {
 def _member(name: str, model: nn.Module, x: Tensor, y: Tensor, norm: str, steps: int, targeted: bool) -> Tensor:
     if name == "fmn":
         return fmn_result(model, x, y, norm=norm, steps=steps, targeted=targeted).x_adv
-    if name == "fmn_small_step":
+    if name == "fmn_large_step":
         return fmn_result(
-            model, x, y, norm=norm, steps=steps, alpha_init=10.0, gamma_init=0.2, targeted=targeted
+            model, x, y, norm=norm, steps=steps, alpha_init=1000.0, gamma_init=0.7, targeted=targeted
         ).x_adv
     if name == "ddn":
         return ddn_result(model, x, y, steps=steps, targeted=targeted).x_adv
