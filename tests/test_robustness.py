@@ -57,11 +57,37 @@ def test_minimal_ensemble_is_no_worse_than_each_member_and_keeps_misclassified_a
     res = attacks.minimal(model, x, y, norm="l2", steps=8, return_info=True)
     assert float(res.extras["distance"][0]) == 0 and int(res.extras["found_by"][0]) == 0
     assert torch.equal(res.x_adv[0], x[0])
-    for name in ("fmn", "ddn", "fab"):
+    for name in ("fmn", "ddn", "fab", "fab_t"):
         fn = getattr(attacks, name)
         kwargs = {} if name == "ddn" else {"norm": "l2"}
         own = fn(model, x, y, steps=8, return_info=True, **kwargs).extras["distance"]
         assert bool((res.extras["distance"][1:] <= own[1:].to(res.extras["distance"].dtype) * (1 + 1e-6)).all())
+
+
+def run_member(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, steps: int):
+    """One member of the ensemble as a user would call it (attacks/minimal.py's MINIMAL_MEMBERS)."""
+    if name == "fmn_large_step":
+        return attacks.fmn(model, x, y, norm=norm, steps=steps, alpha_init=1000.0, gamma_init=0.7, return_info=True)
+    kwargs = {} if name == "ddn" else {"norm": norm}
+    return getattr(attacks, name)(model, x, y, steps=steps, return_info=True, **kwargs)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l0"])
+def test_minimal_ensemble_keeps_per_sample_the_smallest_verified_member_distance(norm: str, digits_model) -> None:
+    """FAB-T (more optimal than FAB on the robust Fashion-MNIST model in Linf) is a member in Linf, and two FMN
+    runs in L0; per sample the ensemble's distance is the smallest any member reached, and it is that of the
+    member ``found_by`` names."""
+    model, x, y = digits_model
+    x, y = x[:10], y[:10]
+    members = attacks.MINIMAL_MEMBERS[norm]
+    assert members == (("fmn", "fab_t") if norm == "linf" else ("fmn", "fmn_large_step"))
+    res = attacks.minimal(model, x, y, norm=norm, steps=10, return_info=True)
+    d = res.extras["distance"].double()
+    own = torch.stack([run_member(m, model, x, y, norm, 10).extras["distance"].double() for m in members])
+    assert bool(res.success.all())
+    torch.testing.assert_close(d, own.amin(0), rtol=1e-5, atol=1e-7)
+    found = own[res.extras["found_by"] - 1, torch.arange(len(x))]
+    torch.testing.assert_close(d, found, rtol=1e-5, atol=1e-7)
 
 
 @settings(max_examples=60, deadline=None)
