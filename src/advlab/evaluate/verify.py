@@ -12,8 +12,13 @@ model and data it names, :func:`verify_run` checks:
   two probabilities are further apart than ``tol`` (default 1e-3), i.e. where float error cannot explain it;
 - the summary recomputed from those forward passes equals summary.json (robust top-1 and success counts).
 
-Each distinct saved example costs one forward pass (an example shared by a suite and the attack it was
-chained on is checked once per record that points at it, but the forward pass is shared per batch file).
+Cost: the data is read once, every saved file once, and each batch of the run costs ONE forward pass (under
+``torch.inference_mode``) over every example saved for that batch, all attacks' files together: one image per
+distinct saved example. An example shared by a suite and the attack it was chained on is forwarded once
+however many records point at it; a suite stage that attacked a sample left unbroken by the stage before
+saved its own example, so a sample robust after k stages has k examples (on a model that falls at the
+first stage, about one per sample, i.e. the clean evaluation's forward passes). The box and ball checks take
+the difference in float32 and accumulate in float64 (:func:`~advlab.evaluate.saved.distance`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from .compare import FinishedRun, load_run
 from .engine import load_batch, plan_batches
 from .run import device_of, model_digest
 from .rundir import RunDirectory
-from .saved import ball_of, distance, in_ball, load_examples
+from .saved import BALL_TOL, ball_of, distance, load_examples
 from .specs import SpecError
 
 PROB_TOL = 1e-3
@@ -67,6 +72,22 @@ def check_run_is_verifiable(run: FinishedRun) -> None:
 def _borderline(record: Mapping[str, Any], tol: float) -> bool:
     probs = record.get("adv_probs") or []
     return len(probs) > 1 and probs[0] - probs[1] <= tol
+
+
+def _geometry(
+    x: torch.Tensor, xa: torch.Tensor, pos: Mapping[int, int], index: torch.Tensor, ball: tuple[str, float] | None
+) -> tuple[tuple[str, float] | None, list[bool], list[float]]:
+    """Per row of one saved file: inside [0, 1], and the distance to its clean image (0 without a ball or clean
+    image; a row whose sample the data lacks is reported by the caller and never read here)."""
+    at = [pos.get(int(j)) for j in index.tolist()]
+    rows = [k for k, p in enumerate(at) if p is not None]
+    flat = xa.flatten(1)
+    box = ((flat.amin(dim=1) >= -BALL_TOL) & (flat.amax(dim=1) <= 1 + BALL_TOL)).tolist()
+    dist = [0.0] * len(at)
+    if rows and ball is not None:
+        for k, d in zip(rows, distance(x[[at[k] for k in rows]], xa[rows], ball[0]).tolist(), strict=True):
+            dist[k] = d
+    return ball, box, dist
 
 
 def verify_run(
@@ -103,81 +124,72 @@ def verify_run(
             attacked = prepare_model(model, x) if enabled else model
             attacked.eval()
         pos = {i: k for k, i in enumerate(kept)}
-        files: dict[str, dict[str, torch.Tensor] | None] = {}
-        geometry: dict[str, Any] = {}
-        top1: dict[str, list[int]] = {}
+        # First every record of the batch (all attacks), then every file it names read once, then ONE forward
+        # pass over all those files' rows together, then the checks: a suite's later stages hold few rows each,
+        # and one forward per file would pay the model's per-call cost once per stage.
+        todo: list[tuple[str, dict[str, Any], str]] = []
+        owners: dict[str, str] = {}
         for aid in params:
             for r in rundir.read_batch(aid, batch):
                 i, where = int(r["index"]), f"{aid}, sample {r['index']}"
                 if i not in pos:
                     out.mismatches.append(f"{where}: the data has no readable image at this index")
-                    continue
-                if int(r["label"]) != int(y[pos[i]]):
+                elif int(r["label"]) != int(y[pos[i]]):
                     out.mismatches.append(
                         f"{where}: the record's label {r['label']} is not the data's {int(y[pos[i]])}"
                     )
-                    continue
-                saved = r.get("adversarial")
-                if not saved:
+                elif not r.get("adversarial"):
                     out.mismatches.append(f"{where}: no saved example")
-                    continue
-                name = str(saved["file"])
-                if name not in files:
-                    try:
-                        files[name] = load_examples(run.path / name)
-                    except (OSError, SafetensorError) as e:
-                        files[name] = None
-                        out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
-                    else:
-                        xa = files[name]["x_adv"].to(device)  # type: ignore[index]
-                        assert attacked is not None  # r's sample was readable, so this batch prepared it
-                        with torch.no_grad():
-                            top1[name] = attacked(xa).argmax(dim=1).tolist()
-                        out.forward_passes += 1
-                        out.images_forwarded += xa.shape[0]
-                        # Box and ball of every row at once; the file holds one attack's examples.
-                        owner = str(r.get("from") or aid)
-                        owner = owner if owner in params else aid
-                        ball = ball_of(names[owner], params[owner])
-                        at = [pos.get(int(j)) for j in files[name]["index"].tolist()]  # type: ignore[index]
-                        rows = [k for k, p in enumerate(at) if p is not None]
-                        box_ok: list[bool | None] = [None] * len(at)
-                        ball_ok: list[bool | None] = [None] * len(at)
-                        dist: list[float | None] = [None] * len(at)
-                        if rows:
-                            x0, x1 = x[[at[k] for k in rows]], xa[rows]
-                            for k, b, o, d in zip(
-                                rows,
-                                in_ball(x0, x1, None).tolist(),
-                                in_ball(x0, x1, ball).tolist(),
-                                (distance(x0, x1, ball[0]) if ball else torch.zeros(len(rows))).tolist(),
-                                strict=True,
-                            ):
-                                box_ok[k], ball_ok[k], dist[k] = b, o, d
-                        geometry[name] = (ball, box_ok, ball_ok, dist)
-                tensors = files[name]
-                if tensors is None:
-                    continue
-                row = int(saved["row"])
-                if row >= len(tensors["index"]) or int(tensors["index"][row]) != i:
-                    out.mismatches.append(f"{where}: row {row} of {name} holds another sample")
-                    continue
-                out.checked += 1
-                ball, box_ok, ball_ok, dist = geometry[name]
-                if not box_ok[row]:
-                    out.mismatches.append(f"{where}: the example leaves [0, 1]")
-                elif not ball_ok[row]:
-                    assert ball is not None
-                    out.mismatches.append(
-                        f"{where}: the example leaves the {ball[0]} ball: {dist[row]:.6g} > eps {ball[1]:.6g}"
-                    )
-                t = top1[name][row]
-                broken = t != r["label"] if r["target"] is None else t == r["target"]
-                if broken != bool(r["success"]) and not _borderline(r, tol):
-                    said = "broken" if r["success"] else "not broken"
-                    out.mismatches.append(f"{where}: the record says {said}, the model's top-1 on the example is {t}")
-                robust[aid] += t == r["label"]
-                success[aid] += bool(broken) and (r["target"] is None or r["target"] != r["label"])
+                else:
+                    todo.append((aid, r, where))
+                    owner = str(r.get("from") or aid)  # a file holds the examples of the attack that made them
+                    owners.setdefault(str(r["adversarial"]["file"]), owner if owner in params else aid)
+        files: dict[str, dict[str, torch.Tensor] | None] = {}
+        for name in owners:
+            try:
+                files[name] = load_examples(run.path / name)
+            except (OSError, SafetensorError) as e:
+                files[name] = None
+                out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
+        readable = [name for name in owners if files[name] is not None]
+        top1: dict[str, list[int]] = {}
+        geometry: dict[str, Any] = {}
+        if readable:
+            assert attacked is not None  # a record's sample was readable, so this batch prepared the model
+            xa_all = [files[name]["x_adv"] for name in readable]  # type: ignore[index]
+            with torch.inference_mode():
+                t_all = attacked(torch.cat(xa_all).to(device)).argmax(dim=1).tolist()
+            out.forward_passes += 1
+            out.images_forwarded += len(t_all)
+            for name, xa in zip(readable, xa_all, strict=True):
+                top1[name], t_all = t_all[: xa.shape[0]], t_all[xa.shape[0] :]
+                ball = ball_of(names[owners[name]], params[owners[name]])
+                geometry[name] = _geometry(x, xa.to(device), pos, files[name]["index"], ball)  # type: ignore[index]
+        for aid, r, where in todo:
+            i, saved = int(r["index"]), r["adversarial"]
+            name = str(saved["file"])
+            tensors = files[name]
+            if tensors is None:
+                continue
+            row = int(saved["row"])
+            if row >= len(tensors["index"]) or int(tensors["index"][row]) != i:
+                out.mismatches.append(f"{where}: row {row} of {name} holds another sample")
+                continue
+            out.checked += 1
+            ball, box_ok, dist = geometry[name]
+            if not box_ok[row]:
+                out.mismatches.append(f"{where}: the example leaves [0, 1]")
+            elif ball is not None and not dist[row] <= ball[1] + (0.5 if ball[0] == "l0" else BALL_TOL):
+                out.mismatches.append(
+                    f"{where}: the example leaves the {ball[0]} ball: {dist[row]:.6g} > eps {ball[1]:.6g}"
+                )
+            t = top1[name][row]
+            broken = t != r["label"] if r["target"] is None else t == r["target"]
+            if broken != bool(r["success"]) and not _borderline(r, tol):
+                said = "broken" if r["success"] else "not broken"
+                out.mismatches.append(f"{where}: the record says {said}, the model's top-1 on the example is {t}")
+            robust[aid] += t == r["label"]
+            success[aid] += bool(broken) and (r["target"] is None or r["target"] != r["label"])
     records_total = sum(int(a.get("n") or 0) for a in run.summary.get("attacks", []))
     # The summary is recomputed only from a complete check: a record that could not be checked is already a
     # mismatch, and the counts would then differ for that reason alone.
