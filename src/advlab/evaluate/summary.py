@@ -65,17 +65,19 @@ def intervals_of(stats: Mapping[str, Any], records: Sequence[Mapping[str, Any]] 
 
 def uint8_of(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """How the successful examples fare as 8-bit images (``--save-adversarial``, :mod:`advlab.evaluate.saved`):
-    of the successful records, how many still succeed after rounding, how many the rounding pushed out of the
-    eps-ball, and how many the nearest uint8 point inside the ball still succeeds on; None without saved examples."""
+    of the successful records, how many still succeed after rounding while staying in the eps-ball (the
+    rounding outside the ball is not re-checked, see :mod:`advlab.evaluate.saved`), how many the rounding pushed
+    out of the ball, and how many the nearest uint8 point inside the ball (the rounding itself where it stays
+    inside) still succeeds on; None without saved examples."""
     saved = {int(r["index"]): r for r in records if r.get("adversarial")}
     if not saved:
         return None
     hits = [r for r in saved.values() if r["success"]]
     return {
         "successful": len(hits),
-        "uint8_success": sum(r["adversarial"]["uint8_success"] for r in hits),
+        "uint8_success": sum(r["adversarial"]["uint8_success"] is True for r in hits),
         "uint8_out_of_ball": sum(not r["adversarial"]["uint8_in_ball"] for r in hits),
-        "uint8_in_ball_success": sum(r["adversarial"]["uint8_in_ball_success"] for r in hits),
+        "uint8_in_ball_success": sum(r["adversarial"]["uint8_in_ball_success"] is True for r in hits),
     }
 
 
