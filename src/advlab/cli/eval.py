@@ -228,7 +228,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not info.is_main:  # rank 0 reports for the whole distributed run
         return 0
     for a in result.summary["attacks"]:
-        print(summary_line(a))
+        print(summary_line(a, result.summary["model"]))
         for line in stage_lines(a):  # a suite: the robust accuracy after each stage, like AutoAttack's printout
             print(line)
     if args.sanity or any(a.get("stages") for a in result.summary["attacks"]):

@@ -17,6 +17,7 @@ from typing import Any
 from ..evaluate.compare import FinishedRun, load_run
 from ..evaluate.intervals import fmt_interval, proportion
 from ..evaluate.saved import load_examples
+from ..evaluate.summary import published_for, published_text
 from .document import Figure, Report, Section, Table
 from .plots import panel_png
 from .summary import summary_report, write_report
@@ -58,21 +59,32 @@ def about_section(run: FinishedRun) -> Section:
         ("summary written", _dt.datetime.fromtimestamp(written, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("intervals", "95% Wilson score intervals with the sample count n (advlab.evaluate.intervals says why)"),
     ]
+    pub = m.get("published")
+    if pub:  # issue 17: RobustBench's own number for this model, with where it was copied from
+        items.append(
+            (
+                "RobustBench published",
+                f"AutoAttack robust accuracy {pub['autoattack_acc']}%, clean {pub['clean_acc']}% at eps {pub['eps']} "
+                f"({pub.get('architecture', '')}, RobustBench's full test set); source: {pub['source']}",
+            )
+        )
     return Section("About this run", items=items, id="about")
 
 
 def results_table(summary: Mapping[str, Any]) -> Table:
     """One row per attack: clean and robust top-1/top-5 and success with 95% intervals, n, distances."""
     rows = []
+    published = bool((summary.get("model") or {}).get("published"))
     for a in summary["attacks"]:
         ci = a.get("ci95") or {}
         succ = a.get("norms_successful") or {}
+        pub = published_for(summary.get("model"), a)
         l2, linf = (succ.get("l2") or {}).get("median"), (succ.get("linf") or {}).get("median")
         rows.append(
             [
                 a["id"],
                 fmt_interval(ci.get("clean_top1")),
-                fmt_interval(ci.get("adv_top1")),
+                fmt_interval(ci.get("adv_top1")) + (f" ({published_text(pub)})" if pub else ""),
                 fmt_interval(ci.get("adv_top5")),
                 fmt_interval(ci.get("success_rate")),
                 str(a["n"]),
@@ -85,7 +97,13 @@ def results_table(summary: Mapping[str, Any]) -> Table:
         ["attack", "clean top-1", "robust top-1", "robust top-5", "success", "n", "median L2", "median Linf"],
         rows,
         "Percentages with their 95% Wilson score interval over n samples (success over the eligible samples). "
-        "Median L2 and Linf (pixel units) over the successful examples.",
+        "Median L2 and Linf (pixel units) over the successful examples."
+        + (
+            " In brackets after robust top-1, for attacks in the threat model RobustBench evaluated: its published "
+            "AutoAttack accuracy on the full test set (source under About this run)."
+            if published
+            else ""
+        ),
         id="results-table",
     )
 
