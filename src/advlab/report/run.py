@@ -252,18 +252,31 @@ def run_report(
     *,
     dataset: Any = None,
     class_names: Sequence[str] = (),
+    title: str | None = None,
+    subtitle: str | None = None,
+    about: Sequence[str] = (),
+    settings: Sequence[tuple[str, str]] = (),
+    info: Mapping[str, Any] | None = None,
+    examples: bool = True,
 ) -> Report:
     """The report of a finished run directory (see the module docstring); with the run's ``dataset`` (reopened
-    as the run opened it), also the panel of saved examples."""
+    as the run opened it), also the panel of saved examples.
+
+    A caller with more to say (the paper's reproduction, :mod:`advlab.paper.report`: "this report plus its
+    paper-specific tables", issue 20) passes ``extra_sections`` (after the results), its own ``title`` and
+    ``subtitle``, ``about`` paragraphs for "About this run", ``settings`` and ``info`` for the settings and
+    provenance sections, and ``examples=False`` when it draws its own example panels."""
     run = load_run(run_dir)
     s = run.summary
     u8 = uint8_table(s)
     results = Section("Results", tables=[results_table(s), *stage_tables(s), *([u8] if u8 else [])], id="results")
     per_class = Section("Per class", tables=[per_class_table(run.records, run.attack_ids)], id="per-class-section")
-    examples = examples_section(run, dataset, class_names)
+    intro = about_section(run)
+    intro.paragraphs += list(about)
+    panels = [examples_section(run, dataset, class_names)] if examples else []
     # The robustness curves (sweeps, minimal-norm distances) come from the summary: report.curves.
-    sections = [about_section(run), results, *extra_sections, per_class, examples]
-    return summary_report(s, sections=sections)
+    sections = [intro, results, *extra_sections, per_class, *panels]
+    return summary_report(s, title=title, subtitle=subtitle, sections=sections, settings=settings, info=info)
 
 
 def write_run_report(
