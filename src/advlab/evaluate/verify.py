@@ -81,8 +81,8 @@ def _geometry(
     image; a row whose sample the data lacks is reported by the caller and never read here)."""
     at = [pos.get(int(j)) for j in index.tolist()]
     rows = [k for k, p in enumerate(at) if p is not None]
-    flat = xa.flatten(1)
-    box = ((flat.amin(dim=1) >= -BALL_TOL) & (flat.amax(dim=1) <= 1 + BALL_TOL)).tolist()
+    lo, hi = torch.aminmax(xa.flatten(1), dim=1)
+    box = ((lo >= -BALL_TOL) & (hi <= 1 + BALL_TOL)).tolist()
     dist = [0.0] * len(at)
     if rows and ball is not None:
         for k, d in zip(rows, distance(x[[at[k] for k in rows]], xa[rows], ball[0]).tolist(), strict=True):
@@ -147,7 +147,7 @@ def verify_run(
         files: dict[str, dict[str, torch.Tensor] | None] = {}
         for name in owners:
             try:
-                files[name] = load_examples(run.path / name)
+                files[name] = load_examples(run.path / name, ("index", "x_adv"))
             except (OSError, SafetensorError) as e:
                 files[name] = None
                 out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
