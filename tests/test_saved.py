@@ -148,6 +148,27 @@ def tamper(out, tmp_path, how: str):
         summary = json.loads((copy / "summary.json").read_text())
         summary["attacks"][1]["ci95"]["adv_top1"]["k"] -= 1  # a robust accuracy made to look lower
         (copy / "summary.json").write_text(json.dumps(summary))
+    elif how in ("top1", "probs", "drop"):  # edits that keep each record consistent with itself
+        summary = json.loads((copy / "summary.json").read_text())
+        for f in sorted((copy / "records").glob("fgsm-*/*.jsonl")):
+            lines = [json.loads(line) for line in f.read_text().splitlines()]
+            rows, end = lines[:-1], lines[-1]
+            for r in rows:
+                if how == "top1":  # the claim's robust top-1 counts adv_top5[0] == label: make every sample robust
+                    r["adv_top5"][0] = r["label"]
+                elif how == "probs" and r["success"]:  # "borderline" by the record's own numbers, then unbroken
+                    r["adv_probs"] = [0.5, 0.5, *r["adv_probs"][2:]]
+                    r["success"] = False
+            if how == "drop":  # the broken samples' records removed, the trailer and summary made to agree
+                rows = [r for r in rows if not r["success"]]
+                end["end_of_batch"]["n_records"] = len(rows)
+            f.write_text("".join(json.dumps(r) + "\n" for r in [*rows, end]))
+        if how == "drop":
+            a = summary["attacks"][0]
+            a["n"] = a["n_eligible"] = sum(1 for f in (copy / "records").glob("fgsm-*/*.jsonl") for _ in
+                                           f.read_text().splitlines()[:-1])  # fmt: skip
+            a["adv_top1"], a["ci95"]["adv_top1"]["k"] = 1.0, a["n"]
+            (copy / "summary.json").write_text(json.dumps(summary))
     else:
         f = sorted((copy / "adversarial").glob("pgd-*/*.safetensors"))[0]
         f.write_bytes(f.read_bytes()[:100])
@@ -161,6 +182,10 @@ def tamper(out, tmp_path, how: str):
         ("label", "fgsm, sample 2: the record's label"),
         ("truncated", "unreadable"),
         ("summary", "summary.json: pgd adv_top1 counts"),
+        # Found by review (F3): each edit below passed verify before.
+        ("top1", "fgsm, sample 0: the record's top-1"),
+        ("probs", "the record says not broken, the model's top-1 on the example is"),
+        ("drop", "fgsm, batch 0-15: records for samples"),
     ],
 )
 def test_verify_catches_a_tampered_run(saved_run, tmp_path, capsys, how, needle):

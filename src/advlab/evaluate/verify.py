@@ -7,10 +7,14 @@ model and data it names, :func:`verify_run` checks:
   has the run's size and, per sample, the label the records hold;
 - every record points at a saved example of its own sample index, and the file is readable;
 - the example lies in [0, 1] and in the eps-ball of its attack (slack :data:`~advlab.evaluate.saved.BALL_TOL`);
-- the model's top-1 on it agrees with the record (broken where the record says broken). Another machine or
-  device (CPU vs CUDA) computes slightly different logits: a disagreement counts only where the record's top
-  two probabilities are further apart than ``tol`` (default 1e-3), i.e. where float error cannot explain it;
-- the summary recomputed from those forward passes equals summary.json (robust top-1 and success counts).
+- every readable sample of each batch has exactly one record per attack (none dropped, none repeated);
+- the model's top-1 on it agrees with the record (broken where the record says broken, and the record's
+  ``adv_top5[0]``, which claims and reports count from). Another machine or device (CPU vs CUDA) computes
+  slightly different logits: a disagreement counts only where the top two probabilities of verify's OWN
+  forward pass are further apart than ``tol`` (default 1e-3), i.e. where float error cannot explain it (never
+  from the record's probabilities, which a tampered record could set);
+- the summary recomputed from those forward passes equals summary.json (per attack: n, robust top-1 and
+  success counts and rates), always compared.
 
 Cost: the data is read once, every saved file once, and each batch of the run costs ONE forward pass (under
 ``torch.inference_mode``) over every example saved for that batch, all attacks' files together: one image per
@@ -69,9 +73,13 @@ def check_run_is_verifiable(run: FinishedRun) -> None:
         raise SpecError(f"{run.path} is half-written (not every batch finished); rerun its advlab eval command first")
 
 
-def _borderline(record: Mapping[str, Any], tol: float) -> bool:
-    probs = record.get("adv_probs") or []
-    return len(probs) > 1 and probs[0] - probs[1] <= tol
+def _gaps(logits: torch.Tensor) -> list[float]:
+    """Per row: the gap between the top two softmax probabilities of the verifier's OWN forward pass (the
+    tolerance never rests on numbers of the record being checked, which a tamperer could set)."""
+    if logits.shape[1] < 2:
+        return [1.0] * logits.shape[0]
+    top2 = torch.softmax(logits.double(), dim=1).topk(2, dim=1).values
+    return (top2[:, 0] - top2[:, 1]).tolist()
 
 
 def _geometry(
@@ -117,6 +125,9 @@ def verify_run(
     names = {str(a["id"]): str(a["name"]) for a in cfg["attacks"]}
     out = Verification()
     robust = {aid: 0 for aid in params}
+    checked = {aid: 0 for aid in params}
+    incomplete: set[str] = set()  # attacks with a record that failed before its check (already a mismatch)
+    read_n = {aid: 0 for aid in params}
     success = {aid: 0 for aid in params}
     for batch in plan:
         x, y, kept = load_batch(dataset, list(batch), device)
@@ -130,7 +141,17 @@ def verify_run(
         todo: list[tuple[str, dict[str, Any], str]] = []
         owners: dict[str, str] = {}
         for aid in params:
-            for r in rundir.read_batch(aid, batch):
+            recs = rundir.read_batch(aid, batch)
+            seen = [int(r["index"]) for r in recs]
+            if sorted(seen) != sorted(kept):  # every readable sample of the batch exactly once, nothing else
+                lost, twice = sorted(set(kept) - set(seen)), sorted({i for i in seen if seen.count(i) > 1})
+                out.mismatches.append(
+                    f"{aid}, batch {batch.start}-{batch.stop - 1}: records for samples {sorted(seen)[:10]}, the data "
+                    f"has readable samples {sorted(kept)[:10]} (missing {lost[:10]}, repeated {twice[:10]})"
+                )
+                incomplete.add(aid)
+            read_n[aid] += len(recs)
+            for r in recs:
                 i, where = int(r["index"]), f"{aid}, sample {r['index']}"
                 if i not in pos:
                     out.mismatches.append(f"{where}: the data has no readable image at this index")
@@ -153,16 +174,19 @@ def verify_run(
                 out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
         readable = [name for name in owners if files[name] is not None]
         top1: dict[str, list[int]] = {}
+        gaps: dict[str, list[float]] = {}
         geometry: dict[str, Any] = {}
         if readable:
             assert attacked is not None  # a record's sample was readable, so this batch prepared the model
             xa_all = [files[name]["x_adv"] for name in readable]  # type: ignore[index]
             with torch.inference_mode():
-                t_all = attacked(torch.cat(xa_all).to(device)).argmax(dim=1).tolist()
+                logits = attacked(torch.cat(xa_all).to(device))
+            t_all, g_all = logits.argmax(dim=1).tolist(), _gaps(logits)
             out.forward_passes += 1
             out.images_forwarded += len(t_all)
             for name, xa in zip(readable, xa_all, strict=True):
                 top1[name], t_all = t_all[: xa.shape[0]], t_all[xa.shape[0] :]
+                gaps[name], g_all = g_all[: xa.shape[0]], g_all[xa.shape[0] :]
                 ball = ball_of(names[owners[name]], params[owners[name]])
                 geometry[name] = _geometry(x, xa.to(device), pos, files[name]["index"], ball)  # type: ignore[index]
         for aid, r, where in todo:
@@ -176,6 +200,7 @@ def verify_run(
                 out.mismatches.append(f"{where}: row {row} of {name} holds another sample")
                 continue
             out.checked += 1
+            checked[aid] += 1
             ball, box_ok, dist = geometry[name]
             if not box_ok[row]:
                 out.mismatches.append(f"{where}: the example leaves [0, 1]")
@@ -185,16 +210,28 @@ def verify_run(
                 )
             t = top1[name][row]
             broken = t != r["label"] if r["target"] is None else t == r["target"]
-            if broken != bool(r["success"]) and not _borderline(r, tol):
+            borderline = gaps[name][row] <= tol  # float error (another device) can flip this example's top-1
+            if broken != bool(r["success"]) and not borderline:
                 said = "broken" if r["success"] else "not broken"
                 out.mismatches.append(f"{where}: the record says {said}, the model's top-1 on the example is {t}")
+            elif (r.get("adv_top5") or [t])[0] != t and not borderline:  # what claims and reports count from
+                out.mismatches.append(f"{where}: the record's top-1 {r['adv_top5'][0]} is not the model's {t}")
             robust[aid] += t == r["label"]
             success[aid] += bool(broken) and (r["target"] is None or r["target"] != r["label"])
-    records_total = sum(int(a.get("n") or 0) for a in run.summary.get("attacks", []))
-    # The summary is recomputed only from a complete check: a record that could not be checked is already a
-    # mismatch, and the counts would then differ for that reason alone.
-    for a in run.summary.get("attacks", []) if out.checked == records_total else []:
+    # The summary is compared with the counts recomputed from the forward passes (never gated on a number
+    # summary.json supplies): its n with the records checked, its robust and success counts with ours.
+    # An attack with a record that could not be checked (a mismatch above already) is not compared: its counts
+    # would differ for that reason alone. What decides this is verify's own count, not summary.json's.
+    incomplete |= {aid for aid in params if read_n[aid] != checked[aid]}
+    for a in run.summary.get("attacks", []):
         aid = a["id"]
+        if aid not in robust:
+            out.mismatches.append(f"summary.json: attack {aid} is not in the run's configuration")
+            continue
+        if aid in incomplete:
+            continue
+        if int(a.get("n") or 0) != checked[aid]:
+            out.mismatches.append(f"summary.json: {aid} counts n={a.get('n')} samples, {checked[aid]} were checked")
         ci = a.get("ci95") or {}
         for key, got_k in (("adv_top1", robust[aid]), ("success_rate", success[aid])):
             want_k = (ci.get(key) or {}).get("k")
@@ -202,6 +239,10 @@ def verify_run(
                 want_k = round(a[key] * (a["n"] if key == "adv_top1" else a["n_eligible"]))
             if want_k is not None and want_k != got_k:
                 out.mismatches.append(f"summary.json: {aid} {key} counts {want_k} samples, recomputed {got_k}")
+            value = a.get(key)
+            den = a.get("n") if key == "adv_top1" else a.get("n_eligible")
+            if value is not None and den and abs(float(value) - got_k / float(den)) > 1e-9:
+                out.mismatches.append(f"summary.json: {aid} {key} is {value}, recomputed {got_k}/{den}")
     out.seconds = time.perf_counter() - start
     return out
 
