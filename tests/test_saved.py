@@ -144,9 +144,13 @@ def tamper(out, tmp_path, how: str):
         rows = [json.loads(line) for line in f.read_text().splitlines()]
         rows[2]["label"] = (rows[2]["label"] + 1) % 10
         f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif how == "summary":
+    elif how in ("summary", "n"):
         summary = json.loads((copy / "summary.json").read_text())
-        summary["attacks"][1]["ci95"]["adv_top1"]["k"] -= 1  # a robust accuracy made to look lower
+        if how == "summary":
+            summary["attacks"][1]["ci95"]["adv_top1"]["k"] -= 1  # a robust accuracy made to look lower
+        else:  # review F3 (b): one more sample than the records hold, which once switched the comparison off
+            summary["attacks"][1]["n"] += 1
+            summary["attacks"][1]["adv_top1"] = 1.0
         (copy / "summary.json").write_text(json.dumps(summary))
     elif how in ("top1", "probs", "drop"):  # edits that keep each record consistent with itself
         summary = json.loads((copy / "summary.json").read_text())
@@ -186,6 +190,7 @@ def tamper(out, tmp_path, how: str):
         ("top1", "fgsm, sample 0: the record's top-1"),
         ("probs", "the record says not broken, the model's top-1 on the example is"),
         ("drop", "fgsm, batch 0-15: records for samples"),
+        ("n", "summary.json: pgd counts n=41 samples, 40 were checked"),
     ],
 )
 def test_verify_catches_a_tampered_run(saved_run, tmp_path, capsys, how, needle):
@@ -281,3 +286,16 @@ def test_claim_robust_accuracy_is_the_per_sample_worst_case(saved_run):
     assert tm["robust_top1"]["rate"] <= min(a["adv_top1"] for a in result.summary["attacks"])
     assert check_claim(claim, run) == []
     assert check_claim({**claim, "seed": 7}, run) == ["seed: the claim says 7, the run gives 0"]
+
+
+def test_cli_verify_reopens_data_other_than_fashion_mnist(tmp_path, capsys):
+    # Review F8 (a): verify reopened every dataset but Fashion-MNIST without the --data-root that the data
+    # loader reads, an AttributeError traceback; here the default ImageNet sample images.
+    from advlab.cli import main
+
+    run = tmp_path / "run"
+    argv = ["eval", "--data", "default", "--attack", "fgsm", "--eps", "1/255", "--limit", "2", "--quiet"]
+    assert main([*argv, "--save-adversarial", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(run)]) == 0
+    assert "verify: OK; 2 records checked" in capsys.readouterr().out
