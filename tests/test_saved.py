@@ -293,9 +293,12 @@ def test_cli_verify_reopens_data_other_than_fashion_mnist(tmp_path, capsys):
     # loader reads, an AttributeError traceback; here the default ImageNet sample images.
     from advlab.cli import main
 
-    run = tmp_path / "run"
     argv = ["eval", "--data", "default", "--attack", "fgsm", "--eps", "1/255", "--limit", "2", "--quiet"]
-    assert main([*argv, "--save-adversarial", "--out", str(run)]) == 0
-    capsys.readouterr()
-    assert main(["verify", str(run)]) == 0
-    assert "verify: OK; 2 records checked" in capsys.readouterr().out
+    # F8 (b): a defended run and one with its own normalisation are verified against the function they attacked.
+    for name, more in (("plain", []), ("defended", ["--defense", "bit_depth(bits=3)"]), ("normalised", [
+        "--mean", "0.9,0.9,0.9", "--std", "0.05,0.05,0.05"])):  # fmt: skip
+        run = tmp_path / name
+        assert main([*argv, *more, "--save-adversarial", "--out", str(run)]) == 0
+        capsys.readouterr()
+        assert main(["verify", str(run)]) == 0, capsys.readouterr()
+        assert "verify: OK; 2 records checked" in capsys.readouterr().out, name

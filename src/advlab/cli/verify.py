@@ -58,7 +58,14 @@ def reopen_run(
         raise UsageError(f"{run.path} was not made by advlab eval (no model name or data source); use the Python API")
     if device is not None:
         check_device(device)
-    extra = {"model_dir": model_dir} if model_dir is not None else {}
+    extra: dict[str, Any] = {"model_dir": model_dir} if model_dir is not None else {}
+    # The preprocessing the run's model had (its --input-size/--mean/--std/--resize/--crop, recorded in run.json),
+    # then its defences: the function the run attacked, not the name's defaults (review F8 b).
+    for key in ("mean", "std", "resize_size", "crop_size", "interpolation"):
+        if m.get(key) is not None:
+            extra[key] = m[key]
+    if m.get("input_size") is not None:
+        extra["input_size"] = tuple(int(v) for v in m["input_size"])
     model = load_model(m["name"], weights=weights or m.get("weights"), device=device, **extra)
     how = argparse.Namespace(
         data=data or d["source"],
@@ -68,7 +75,11 @@ def reopen_run(
         limit=d.get("limit"),
         seed=run.config["seed"],
     )
-    dataset, _ = open_data(how, model)
+    dataset, _ = open_data(how, model)  # the data as the undefended classifier's preprocessing reads it
+    if m.get("defenses") or m.get("bpda"):
+        from ..defenses import defend
+
+        model, _ = defend(model, m.get("defenses") or [], m.get("bpda") or [])
     return model, dataset
 
 
