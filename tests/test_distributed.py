@@ -320,6 +320,23 @@ def test_two_process_eval_equals_single_process(eval_dirs: dict[str, Path]) -> N
 
 
 @needs_data
+def test_two_process_eval_saves_every_ranks_examples_and_verify_reads_them_all(
+    eval_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    # Issue 20: --save-adversarial under torchrun, each rank saving its own batches; verify checks them all.
+    cwd = tmp_path
+    (cwd / "attacks.toml").write_text((eval_dirs["two"] / "attacks.toml").read_text())
+    ok(torchrun([*EVAL_ARGS, "--save-adversarial"], cwd))
+    run = cwd / "run"
+    saved_dir, records_dir = run / "adversarial", run / "records"
+    saved = sorted(p.relative_to(saved_dir).with_suffix("") for p in saved_dir.rglob("*.safetensors"))
+    records = sorted(p.relative_to(records_dir).with_suffix("") for p in records_dir.rglob("*.jsonl"))
+    assert saved == records and len(saved) == 2 * 12  # 2 attacks x 12 batches of 8, written by both ranks
+    result = ok(advlab(["verify", "run"], cwd))
+    assert "verify: OK; 192 records checked" in result.stdout
+
+
+@needs_data
 def test_killed_rank_stops_the_other_within_the_timeout_and_the_run_resumes(eval_dirs: dict[str, Path]) -> None:
     cwd = eval_dirs["killed"]
     run = cwd / "run"

@@ -104,6 +104,7 @@ def test_cli_shows_the_published_number(model_dir, tmp_path, capsys) -> None:
     code = main([*argv, str(tmp_path), "--attack", "fgsm", "--eps", "8/255", "--out", str(out), "--quiet"])
     text = capsys.readouterr().out
     assert code == 0 and "RobustBench published (AutoAttack, eps 8/255): clean 83.34%, robust 43.21%" in text
+    assert "(RobustBench published AutoAttack 43.21%) top-5 " in text  # next to advlab's robust top-1
     published = json.loads((out / "summary.json").read_text())["model"]["published"]
     assert published == published_result(NAME) and published["source"].endswith("/cifar10/Linf/Wong2020Fast.json")
 

@@ -118,7 +118,11 @@ def test_reproduce_end_to_end_on_two_images(tmp_path):
     assert "| FGSM | 2.6 | 19.3 |" in md and "Table 3: targeted Carlini-Wagner L2" in md and "default sample" in md
     figures = 3 if (out / "figure4_cw.png").exists() else 2  # CW with 4 steps may fool no image
     figures += len(summary.get("robustness") or {})  # one robustness curve per norm swept (the eps sweeps)
-    page = assert_renders_cleanly(out / "report.html", tables=5 + (summary["sanity"] is not None), images=figures)
+    # Issue 20: the general report of the run (every attack with intervals, per class, how the samples were
+    # chosen, compute time from the records) plus the paper's tables and figures.
+    for text in ("Every attack, with 95% intervals", "| class | n | clean top-1 |", "how the samples were chosen"):
+        assert text in md, text
+    page = assert_renders_cleanly(out / "report.html", tables=md.count("\n|---|"), images=figures)
     for text in ("Table 1", "Table 2", "Table 3", "Figure 6", "Reading", "paper top-1", "advlab", "run time"):
         assert text in page.text, text
     # The same command again finds every batch on disk and only rebuilds the report.

@@ -106,3 +106,33 @@ def test_run_report_draws_accuracy_against_eps_for_sweeps_and_minimal_norm_attac
     write_run_report(run)
     md = (run / "tables.md").read_text()
     assert_renders_cleanly(run / "report.html", tables=md.count("\n|---|"), images=1)
+
+
+def test_a_robustbench_models_published_autoattack_number_stands_next_to_advlabs(digits_model, tmp_path):
+    # Issue 17: a run whose model carries RobustBench's published row shows that AutoAttack accuracy next to
+    # advlab's robust top-1, for the attack in RobustBench's threat model (Linf 8/255) and not the other one.
+    from advlab.evaluate import summary_line
+    from advlab.evaluate.intervals import fmt_interval
+    from advlab.models import published_result
+    from advlab.report import render_markdown, run_report
+
+    name = "robustbench:cifar10/Linf/Wong2020Fast"
+    published = published_result(name)
+    assert published is not None and published["eps"] == "8/255"
+    model, x, y = digits_model
+    specs = [make_spec("fgsm", {"eps": "8/255"}, id="at-8"), make_spec("fgsm", {"eps": 0.1}, id="at-0.1")]
+    run = tmp_path / "run"
+    meta = {"name": name, "published": published}
+    evaluate(model, Items(x[:12], y[:12]), specs, out=run, batch_size=12, quiet=True, model_meta=meta)
+    summary = json.loads((run / "summary.json").read_text())
+    at8, at01 = summary["attacks"]
+    said = f"(RobustBench published AutoAttack {published['autoattack_acc']}%)"
+    line = summary_line(at8, summary["model"])
+    assert line.startswith(f"at-8 = fgsm(eps=8/255): top-1 {fmt_interval(at8['ci95']['adv_top1'])} {said} top-5 ")
+    assert "RobustBench" not in summary_line(at01, summary["model"]) and "RobustBench" not in summary_line(at8)
+    md = render_markdown(run_report(run))
+    ci8, ci01 = at8["ci95"], at01["ci95"]
+    assert f"| at-8 | {fmt_interval(ci8['clean_top1'])} | {fmt_interval(ci8['adv_top1'])} {said} |" in md
+    assert f"| at-0.1 | {fmt_interval(ci01['clean_top1'])} | {fmt_interval(ci01['adv_top1'])} |" in md
+    assert f"AutoAttack robust accuracy {published['autoattack_acc']}%, clean {published['clean_acc']}%" in md
+    assert published["source"] in md

@@ -47,8 +47,8 @@ class Items:
 def test_uint8_recheck_where_rounding_provably_crosses_the_boundary(tmp_path):
     # x = 100/255, boundary at 101.3/255. FGSM moves the pixel by exactly eps towards class 1:
     # eps 1.4/255 -> 101.4/255 fools; its uint8 image 101 does not (rounding crosses back), and is in the ball.
-    # eps 1.6/255 -> 101.6/255 fools; uint8 102 fools but is 2/255 away, outside the ball; the nearest uint8
-    # point inside the ball is 101, which no longer fools.
+    # eps 1.6/255 -> 101.6/255 fools; uint8 102 is 2/255 away, outside the ball (so not re-checked: no example
+    # of the threat model); the nearest uint8 point inside the ball is 101, which no longer fools.
     model = Threshold(101.3 / 255)
     data = Items(torch.full((1, 1, 1, 1), 100 / 255), torch.zeros(1, dtype=torch.long))
     specs = [make_spec("fgsm", {"eps": 1.4 / 255}, id="small"), make_spec("fgsm", {"eps": 1.6 / 255}, id="large")]
@@ -60,7 +60,7 @@ def test_uint8_recheck_where_rounding_provably_crosses_the_boundary(tmp_path):
         "uint8_in_ball_success": False, "uint8_in_ball_inside": True,
     }  # fmt: skip
     assert large["adversarial"] | {"file": None} == {
-        "file": None, "row": 0, "uint8_success": True, "uint8_in_ball": False, "uint8_in_ball_changed": True,
+        "file": None, "row": 0, "uint8_success": None, "uint8_in_ball": False, "uint8_in_ball_changed": True,
         "uint8_in_ball_success": False, "uint8_in_ball_inside": True,
     }  # fmt: skip
     saved = load_examples(tmp_path / "run" / large["adversarial"]["file"])
@@ -108,7 +108,10 @@ def test_every_record_points_at_its_own_saved_example_and_verify_passes(saved_ru
             assert (r.get("from") or aid) in r["adversarial"]["file"]
     v = verify_run(out, model, data)
     assert v.ok, v.mismatches
-    assert v.checked == 80 and v.images_forwarded <= 80  # one forward per saved example, nothing else
+    # One image forwarded per distinct saved example (fgsm's 40, pgd's own for those fgsm left), nothing else,
+    # and one forward call per batch of the run (both attacks' files together): 40 samples in batches of 16.
+    distinct = sum(len(load_examples(f)["index"]) for f in (out / "adversarial").rglob("*.safetensors"))
+    assert v.checked == 80 and v.images_forwarded == distinct <= 80 and v.forward_passes == 3
 
 
 def test_a_run_killed_while_saving_resumes_without_duplicate_or_missing_examples(saved_run, tmp_path):
@@ -141,10 +144,35 @@ def tamper(out, tmp_path, how: str):
         rows = [json.loads(line) for line in f.read_text().splitlines()]
         rows[2]["label"] = (rows[2]["label"] + 1) % 10
         f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif how == "summary":
+    elif how in ("summary", "n"):
         summary = json.loads((copy / "summary.json").read_text())
-        summary["attacks"][1]["ci95"]["adv_top1"]["k"] -= 1  # a robust accuracy made to look lower
+        if how == "summary":
+            summary["attacks"][1]["ci95"]["adv_top1"]["k"] -= 1  # a robust accuracy made to look lower
+        else:  # review F3 (b): one more sample than the records hold, which once switched the comparison off
+            summary["attacks"][1]["n"] += 1
+            summary["attacks"][1]["adv_top1"] = 1.0
         (copy / "summary.json").write_text(json.dumps(summary))
+    elif how in ("top1", "probs", "drop"):  # edits that keep each record consistent with itself
+        summary = json.loads((copy / "summary.json").read_text())
+        for f in sorted((copy / "records").glob("fgsm-*/*.jsonl")):
+            lines = [json.loads(line) for line in f.read_text().splitlines()]
+            rows, end = lines[:-1], lines[-1]
+            for r in rows:
+                if how == "top1":  # the claim's robust top-1 counts adv_top5[0] == label: make every sample robust
+                    r["adv_top5"][0] = r["label"]
+                elif how == "probs" and r["success"]:  # "borderline" by the record's own numbers, then unbroken
+                    r["adv_probs"] = [0.5, 0.5, *r["adv_probs"][2:]]
+                    r["success"] = False
+            if how == "drop":  # the broken samples' records removed, the trailer and summary made to agree
+                rows = [r for r in rows if not r["success"]]
+                end["end_of_batch"]["n_records"] = len(rows)
+            f.write_text("".join(json.dumps(r) + "\n" for r in [*rows, end]))
+        if how == "drop":
+            a = summary["attacks"][0]
+            a["n"] = a["n_eligible"] = sum(1 for f in (copy / "records").glob("fgsm-*/*.jsonl") for _ in
+                                           f.read_text().splitlines()[:-1])  # fmt: skip
+            a["adv_top1"], a["ci95"]["adv_top1"]["k"] = 1.0, a["n"]
+            (copy / "summary.json").write_text(json.dumps(summary))
     else:
         f = sorted((copy / "adversarial").glob("pgd-*/*.safetensors"))[0]
         f.write_bytes(f.read_bytes()[:100])
@@ -158,6 +186,11 @@ def tamper(out, tmp_path, how: str):
         ("label", "fgsm, sample 2: the record's label"),
         ("truncated", "unreadable"),
         ("summary", "summary.json: pgd adv_top1 counts"),
+        # Found by review (F3): each edit below passed verify before.
+        ("top1", "fgsm, sample 0: the record's top-1"),
+        ("probs", "the record says not broken, the model's top-1 on the example is"),
+        ("drop", "fgsm, batch 0-15: records for samples"),
+        ("n", "summary.json: pgd counts n=41 samples, 40 were checked"),
     ],
 )
 def test_verify_catches_a_tampered_run(saved_run, tmp_path, capsys, how, needle):
@@ -253,3 +286,19 @@ def test_claim_robust_accuracy_is_the_per_sample_worst_case(saved_run):
     assert tm["robust_top1"]["rate"] <= min(a["adv_top1"] for a in result.summary["attacks"])
     assert check_claim(claim, run) == []
     assert check_claim({**claim, "seed": 7}, run) == ["seed: the claim says 7, the run gives 0"]
+
+
+def test_cli_verify_reopens_data_other_than_fashion_mnist(tmp_path, capsys):
+    # Review F8 (a): verify reopened every dataset but Fashion-MNIST without the --data-root that the data
+    # loader reads, an AttributeError traceback; here the default ImageNet sample images.
+    from advlab.cli import main
+
+    argv = ["eval", "--data", "default", "--attack", "fgsm", "--eps", "1/255", "--limit", "2", "--quiet"]
+    # F8 (b): a defended run and one with its own normalisation are verified against the function they attacked.
+    for name, more in (("plain", []), ("defended", ["--defense", "bit_depth(bits=3)"]), ("normalised", [
+        "--mean", "0.9,0.9,0.9", "--std", "0.05,0.05,0.05"])):  # fmt: skip
+        run = tmp_path / name
+        assert main([*argv, *more, "--save-adversarial", "--out", str(run)]) == 0
+        capsys.readouterr()
+        assert main(["verify", str(run)]) == 0, capsys.readouterr()
+        assert "verify: OK; 2 records checked" in capsys.readouterr().out, name

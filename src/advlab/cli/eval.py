@@ -206,8 +206,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_forward(model, dataset)
     command = "advlab " + " ".join(shlex.quote(a) for a in args.argv)
     save = bool(getattr(args, "save_adversarial", False))
-    if save and info.distributed:
-        raise UsageError("--save-adversarial is not available under torchrun yet; run it in one process")
     extra: dict[str, Any] = {"command": command}
     common = dict(out=args.out, batch_size=args.batch_size, seed=args.seed, model_meta=model_meta, data_meta=data_meta)
     common.update(quiet=args.quiet, replace=args.replace, prepare=bool(args.prepare))
@@ -238,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not info.is_main:  # rank 0 reports for the whole distributed run
             return 0
     for a in result.summary["attacks"]:
-        print(summary_line(a))
+        print(summary_line(a, result.summary["model"]))
         for line in stage_lines(a):  # a suite: the robust accuracy after each stage, like AutoAttack's printout
             print(line)
     if args.sanity or any(a.get("stages") for a in result.summary["attacks"]):

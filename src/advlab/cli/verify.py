@@ -23,9 +23,13 @@ def add_verify_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--data", default=None, help="the run's data at another path (default: the path the run used)")
     p.add_argument("--weights", default=None, help="the run's weights at another path (default: the run's)")
+    p.add_argument("--data-root", dest="data_root", default=None, help="where cifar10/cifar100 are, as the run's "
+                   "--data-root (default ./data)")  # fmt: skip
+    p.add_argument("--model-dir", dest="model_dir", default=None, help="RobustBench model directory, as the run's "
+                   "--model-dir (default ./models)")  # fmt: skip
     p.add_argument(
-        "--tol", type=float, default=1e-3, help="a top-1 disagreement counts only where the record's top-2 "
-        "probabilities are further apart than this (float differences between machines)"
+        "--tol", type=float, default=1e-3, help="a top-1 disagreement counts only where the top-2 probabilities "
+        "of verify's own forward pass are further apart than this (float differences between machines)"
     )  # fmt: skip
     p.add_argument(
         "--claim", default=None, metavar="CLAIM.json", help="also check a claim (advlab eval --claim) against the run"
@@ -34,9 +38,18 @@ def add_verify_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def reopen_run(run: Any, *, device: str | None = None, data: str | None = None, weights: str | None = None) -> Any:
+def reopen_run(
+    run: Any,
+    *,
+    device: str | None = None,
+    data: str | None = None,
+    weights: str | None = None,
+    data_root: str | None = None,
+    model_dir: str | None = None,
+) -> Any:
     """The model and dataset of a run made by ``advlab eval``, reopened from its configuration (the data at
-    ``data``, the weights at ``weights`` where they moved): ``(model, dataset)``."""
+    ``data``, the weights at ``weights`` where they moved; CIFAR under ``data_root`` and RobustBench models
+    under ``model_dir`` as the run's ``--data-root`` and ``--model-dir``): ``(model, dataset)``."""
     from ..models import check_device, load_model
     from .eval_inputs import open_data
 
@@ -45,15 +58,28 @@ def reopen_run(run: Any, *, device: str | None = None, data: str | None = None, 
         raise UsageError(f"{run.path} was not made by advlab eval (no model name or data source); use the Python API")
     if device is not None:
         check_device(device)
-    model = load_model(m["name"], weights=weights or m.get("weights"), device=device)
+    extra: dict[str, Any] = {"model_dir": model_dir} if model_dir is not None else {}
+    # The preprocessing the run's model had (its --input-size/--mean/--std/--resize/--crop, recorded in run.json),
+    # then its defences: the function the run attacked, not the name's defaults (review F8 b).
+    for key in ("mean", "std", "resize_size", "crop_size", "interpolation"):
+        if m.get(key) is not None:
+            extra[key] = m[key]
+    if m.get("input_size") is not None:
+        extra["input_size"] = tuple(int(v) for v in m["input_size"])
+    model = load_model(m["name"], weights=weights or m.get("weights"), device=device, **extra)
     how = argparse.Namespace(
         data=data or d["source"],
+        data_root=data_root,  # open_data reads it for every source but Fashion-MNIST (review F8 a)
         subset=d.get("subset"),
         sample=d.get("sample"),
         limit=d.get("limit"),
         seed=run.config["seed"],
     )
-    dataset, _ = open_data(how, model)
+    dataset, _ = open_data(how, model)  # the data as the undefended classifier's preprocessing reads it
+    if m.get("defenses") or m.get("bpda"):
+        from ..defenses import defend
+
+        model, _ = defend(model, m.get("defenses") or [], m.get("bpda") or [])
     return model, dataset
 
 
@@ -68,7 +94,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
         claimed = list(check_claim(read_claim(args.claim), run))
     check_run_is_verifiable(run)
-    model, dataset = reopen_run(run, device=args.device, data=args.data, weights=args.weights)
+    where = {"data_root": args.data_root, "model_dir": args.model_dir}
+    model, dataset = reopen_run(run, device=args.device, data=args.data, weights=args.weights, **where)
     result = verify_run(run.path, model, dataset, tol=args.tol, run=run)
     for line in claimed:
         print(f"claim mismatch: {line}")

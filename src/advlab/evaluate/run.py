@@ -32,7 +32,7 @@ from ..runtime.lock import lock_folder
 from .engine import attack_batch, check_fits, load_batch, plan_batches
 from .records import RECORD_SCHEMA_VERSION, atomic_write_text
 from .rundir import RunDirectory
-from .saved import save_examples, saved_path
+from .saved import SAVED_VERSION, save_examples, saved_path
 from .specs import AttackSpec, SpecError, algorithm_versions, validate_specs
 from .summary import build_summary
 
@@ -224,7 +224,7 @@ def evaluate(
     if save_adversarial:
         if out is None:
             raise SpecError("save_adversarial needs a run directory (out=...) to save the examples in")
-        config["save_adversarial"] = True  # only when set: runs without it keep their fingerprint
+        config["save_adversarial"] = SAVED_VERSION  # only when set: runs without it keep their fingerprint
     run_dir = RunDirectory(out, config) if out is not None else None
     if run_dir is not None:
         run_dir.open(replace=replace)

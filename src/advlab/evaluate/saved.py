@@ -13,13 +13,20 @@ attack computed itself:
   of the rounding to ``[ceil(255 (x - eps)), floor(255 (x + eps))]``; other norms: the rounding of the largest
   shrunk perturbation ``x + t (x_adv - x)`` that lands inside, t found by bisection).
 
-Each such record gains ``adversarial``: the file, the row, and whether the uint8 image is in the ball and, for
-a successful example, still succeeds (``null`` where the float example did not succeed: not checked); the same
-for the in-ball version. The re-check is one forward pass per (attack, batch), over the successful rows.
-The safetensors file is written (atomically) before the records file of its batch, so a run killed in
-between recomputes that batch and overwrites the file: no duplicate, no missing example. The field exists
-only in runs whose configuration has ``save_adversarial`` (no older advlab wrote those), so records without
-it are never mixed with records that have it.
+Each such record gains ``adversarial``: the file, the row, whether the uint8 image is in the ball, and
+whether the uint8 image a user should keep still succeeds. The re-check is ONE forward pass per (attack,
+batch), over the successful rows only, ONE image per row: the plain rounding where it stays inside the ball
+(then it is also the nearest in-ball point: ``uint8_success`` and ``uint8_in_ball_success`` are the same
+check), else the nearest uint8 point inside the ball (``uint8_in_ball_success``), while ``uint8_success`` is
+``null``: a rounding outside the ball is no example of the threat model, whether it fools the model says
+nothing about the claim, and checking it too would double the re-check (images off the uint8 grid, as
+resized photos are, round out of an Linf ball of exactly eps almost always). ``null`` also where the float
+example did not succeed (nothing to keep). :data:`SAVED_VERSION` (in the run's configuration, so in its
+fingerprint) is 2 since this single re-check (1 forwarded both versions).
+The safetensors file is written (atomically, without fsync: a crash before its batch's records are
+written recomputes the batch) before the records file of its batch, so a run killed in between recomputes
+that batch and overwrites the file: no duplicate, no missing example. The field exists only in runs whose
+configuration has ``save_adversarial``, so records without it are never mixed with records that have it.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from .records import L0_TOL
 from .specs import AttackSpec, attack_norm
 
 SAVED_DIR = "adversarial"
+# What ``save_adversarial`` holds in a run's configuration: the version of the ``adversarial`` record field
+# (module docstring). Runs of another version have another fingerprint, so they are never resumed into.
+SAVED_VERSION = 2
 # Slack of "inside the eps-ball" and "inside [0, 1]" in pixel units: float32 round-off of x + delta, far
 # below one uint8 step (1/255).
 BALL_TOL = 1e-6
@@ -53,21 +63,25 @@ def ball_of(name: str, params: Mapping[str, Any]) -> tuple[str, float] | None:
 
 
 def distance(x: Tensor, x_adv: Tensor, norm: str) -> Tensor:
-    """Per-sample ``||x_adv - x||`` in float64 (pixel units) for linf, l2, l1 or l0."""
-    d = (x_adv.double() - x.double()).flatten(1)
+    """Per-sample ``||x_adv - x||`` (pixel units, returned as float64) for linf, l2, l1 or l0.
+
+    The difference is taken in the inputs' own dtype (float32 subtraction is correctly rounded: a relative error
+    below 6e-8, far under :data:`BALL_TOL`) and only the sums accumulate in float64, so no float64 copy of the
+    images is made (verify and the uint8 re-check call this on every saved example)."""
+    d = (x_adv - x).flatten(1)
     if norm == "linf":
-        return d.abs().amax(dim=1)
+        return d.abs().amax(dim=1).double()
     if norm == "l2":
-        return d.norm(dim=1)
+        return torch.linalg.vector_norm(d, dim=1, dtype=torch.float64)
     if norm == "l1":
-        return d.abs().sum(dim=1)
+        return d.abs().sum(dim=1, dtype=torch.float64)
     return (d.abs() > L0_TOL).sum(dim=1).double()
 
 
 def in_ball(x: Tensor, x_adv: Tensor, ball: tuple[str, float] | None, tol: float = BALL_TOL) -> Tensor:
     """Per sample: inside [0, 1] and, where the attack has one, inside its eps-ball (``tol`` slack)."""
-    flat = x_adv.double().flatten(1)
-    ok = (flat.amin(dim=1) >= -tol) & (flat.amax(dim=1) <= 1 + tol)
+    lo, hi = torch.aminmax(x_adv.flatten(1), dim=1)
+    ok = (lo.double() >= -tol) & (hi.double() <= 1 + tol)
     if ball is not None:
         ok &= distance(x, x_adv, ball[0]) <= ball[1] + (0.5 if ball[0] == "l0" else tol)
     return ok
@@ -98,16 +112,18 @@ def nearest_uint8_in_ball(x: Tensor, x_adv: Tensor, ball: tuple[str, float] | No
     def inside(t: Tensor) -> Tensor:
         return in_ball(x, rounded(t).double() / 255, ball)
 
-    n = x.shape[0]
-    lo, hi = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
-    done = inside(hi)
-    lo[done] = 1.0
-    for _ in range(30):  # 2**-30 of the perturbation: finer than any uint8 step
-        mid = (lo + hi) / 2
-        ok = inside(mid)
-        lo = torch.where(ok & ~done, mid, lo)
-        hi = torch.where(ok | done, hi, mid)
-    return rounded(lo)
+    out = to_uint8(x_adv)
+    rows = (~in_ball(x, out.double() / 255, ball)).nonzero().flatten()  # only these need the bisection
+    if len(rows):
+        x, delta = x[rows], delta[rows]
+        lo = torch.zeros(len(rows), dtype=torch.float64, device=x.device)
+        hi = torch.ones_like(lo)
+        for _ in range(30):  # 2**-30 of the perturbation: finer than any uint8 step
+            mid = (lo + hi) / 2
+            ok = inside(mid)
+            lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+        out[rows] = rounded(lo)
+    return out
 
 
 def _succeeds(logits: Tensor, records: Sequence[Mapping[str, Any]]) -> list[bool]:
@@ -138,22 +154,26 @@ def save_examples(
     ball = ball_of(spec.name, spec.params)
     u8, u8_ball = to_uint8(x_adv), nearest_uint8_in_ball(x, x_adv, ball)
     changed = (u8 != u8_ball).flatten(1).any(dim=1).tolist()
-    # One forward pass, over the successful rows only (an example that does not succeed as floats has nothing
-    # to keep), with the in-ball version appended where it differs from the plain rounding.
+    # float32 pixels (k / 255 is within 6e-8 of exact, far below BALL_TOL); the in-ball version only where it
+    # differs from the plain rounding
+    inside = in_ball(x, u8.float() / 255, ball).tolist()
+    inside_ball = list(inside)
+    moved = [k for k, c in enumerate(changed) if c]
+    if moved:
+        for k, v in zip(moved, in_ball(x[moved], u8_ball[moved].float() / 255, ball).tolist(), strict=True):
+            inside_ball[k] = v
+    # One forward pass over the successful rows only, one image each: the uint8 point a user should keep
+    # (the plain rounding where it stays in the ball, else the nearest one inside; module docstring).
     hits = [k for k, r in enumerate(records) if r["success"]]
-    moved = [k for k in hits if changed[k]]
     fools: list[bool | None] = [None] * len(records)
     fools_ball: list[bool | None] = [None] * len(records)
     if hits:
-        batch = torch.cat([u8[hits], u8_ball[moved]]).to(x.dtype) / 255
-        with torch.no_grad():
-            ok = _succeeds(model(batch), [records[k] for k in hits + moved])
+        keep = torch.where(torch.tensor(changed, device=u8.device).view(-1, *[1] * (u8.dim() - 1)), u8_ball, u8)
+        with torch.inference_mode():
+            ok = _succeeds(model(keep[hits].to(x.dtype) / 255), [records[k] for k in hits])
         for j, k in enumerate(hits):
-            fools[k] = fools_ball[k] = ok[j]
-        for j, k in enumerate(moved):
-            fools_ball[k] = ok[len(hits) + j]
-    inside = in_ball(x, u8.double() / 255, ball).tolist()
-    inside_ball = in_ball(x, u8_ball.double() / 255, ball).tolist()
+            fools_ball[k] = ok[j]
+            fools[k] = None if changed[k] else ok[j]
     tensors = {
         "index": torch.tensor([int(r["index"]) for r in records], dtype=torch.int64),
         "x_adv": x_adv.detach().float().cpu().contiguous(),
@@ -177,11 +197,13 @@ def save_examples(
         }
 
 
-def load_examples(path: Path) -> dict[str, Tensor]:
-    """The tensors of one saved batch (safetensors: no code is unpickled)."""
-    from safetensors.torch import load_file
+def load_examples(path: Path, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """The tensors of one saved batch (safetensors: no code is unpickled); only ``names`` when given (verify
+    reads ``index`` and ``x_adv``, not the two uint8 copies: a third less to read)."""
+    from safetensors import safe_open
 
-    return load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in (names if names is not None else f.keys())}
 
 
 def bytes_per_image(shape: Sequence[int]) -> int:

@@ -23,6 +23,7 @@ from .engine import plan_batches
 from .records import atomic_write_text
 from .run import RunResult, evaluate, prepare_for_run, run_config
 from .rundir import RunDirectory, provenance
+from .saved import SAVED_VERSION
 from .specs import SpecError, validate_specs
 from .summary import build_summary
 
@@ -71,8 +72,14 @@ def evaluate_sharded(
     info: RankInfo | None = None,
     replace: bool = False,
     prepare: bool = True,
+    save_adversarial: bool = False,
 ) -> RunResult:
     """:func:`advlab.evaluate.evaluate` over the ranks of a distributed run; the same call in one process.
+
+    With ``save_adversarial`` each rank saves the examples of its own batches (:mod:`advlab.evaluate.saved`:
+    one file per attack and batch, so no two ranks write the same file) into ``out``; ``advlab verify`` then
+    reads them all, which needs ``out`` on a filesystem every rank writes to (on separate disks each machine
+    holds its own ranks' files).
 
     Each rank attacks its share (:func:`shard_batches`) of the run's batches, writing records into ``out``
     as it goes (a resumed run skips batches on disk, whichever rank wrote them, so it may even resume with
@@ -91,6 +98,7 @@ def evaluate_sharded(
         "progress_desc": progress_desc,
         "batch_size": batch_size,
         "seed": seed,
+        "save_adversarial": save_adversarial,
     }
     if not info.distributed:
         return evaluate(model, dataset, attacks, out=out, quiet=quiet, replace=replace, prepare=prepare, **common)
@@ -131,6 +139,8 @@ def _evaluate_ranks(
         data_meta=data_meta,
         preparation=preparation,
     )
+    if common["save_adversarial"]:  # as evaluate() records it, so every rank's run directory has the same fingerprint
+        config["save_adversarial"] = SAVED_VERSION
     # Same weights, data size, attacks and seed everywhere, or the merged records would mix two runs.
     origin = provenance()
     what = "the run configuration (model weights, data, attacks, seed, advlab code)"

@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import __version__
+from ..numbers import parse_number
 from .intervals import CONFIDENCE, METHOD, fmt_interval, proportion, with_interval
 from .records import summarize
 from .robustness import attach_robustness
-from .specs import AttackSpec, suite_stage_names
+from .specs import AttackSpec, SpecError, attack_norm, suite_stage_names
 from .suite import DEFAULT_SQUARE_QUERIES, SUITES, suite_stages
 from .summary_checks import check_summary
 
@@ -65,17 +66,19 @@ def intervals_of(stats: Mapping[str, Any], records: Sequence[Mapping[str, Any]] 
 
 def uint8_of(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """How the successful examples fare as 8-bit images (``--save-adversarial``, :mod:`advlab.evaluate.saved`):
-    of the successful records, how many still succeed after rounding, how many the rounding pushed out of the
-    eps-ball, and how many the nearest uint8 point inside the ball still succeeds on; None without saved examples."""
+    of the successful records, how many still succeed after rounding while staying in the eps-ball (the
+    rounding outside the ball is not re-checked, see :mod:`advlab.evaluate.saved`), how many the rounding pushed
+    out of the ball, and how many the nearest uint8 point inside the ball (the rounding itself where it stays
+    inside) still succeeds on; None without saved examples."""
     saved = {int(r["index"]): r for r in records if r.get("adversarial")}
     if not saved:
         return None
     hits = [r for r in saved.values() if r["success"]]
     return {
         "successful": len(hits),
-        "uint8_success": sum(r["adversarial"]["uint8_success"] for r in hits),
+        "uint8_success": sum(r["adversarial"]["uint8_success"] is True for r in hits),
         "uint8_out_of_ball": sum(not r["adversarial"]["uint8_in_ball"] for r in hits),
-        "uint8_in_ball_success": sum(r["adversarial"]["uint8_in_ball_success"] for r in hits),
+        "uint8_in_ball_success": sum(r["adversarial"]["uint8_in_ball_success"] is True for r in hits),
     }
 
 
@@ -163,8 +166,36 @@ def sanity_of(
     return check_summary(summary, records)
 
 
-def summary_line(attack: Mapping[str, Any]) -> str:
-    """One line per attack for the end of a run; every rate with its 95% Wilson interval, and the sample count."""
+def published_for(model: Mapping[str, Any] | None, attack: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """RobustBench's published row (``model.published``, :func:`advlab.models.published_result`) when ``attack``
+    ran in its threat model: the same eps and, where both are known, the same norm (the threat is the middle
+    part of ``robustbench:DATASET/THREAT/NAME``); None otherwise, so no number is set beside another budget's."""
+    row = (model or {}).get("published")
+    params = attack.get("params") or {}
+    eps = params.get("eps")
+    if not row or not isinstance(eps, int | float) or isinstance(eps, bool):
+        return None
+    if abs(float(eps) - parse_number(row["eps"])) > 1e-9:
+        return None
+    parts = str((model or {}).get("name") or "").split("/")
+    threat = parts[1].lower() if len(parts) == 3 else None
+    try:
+        norm = attack_norm(str(attack.get("name")), params)
+    except SpecError:  # a name no longer registered (an older run): compare eps only
+        norm = None
+    return None if threat and norm and threat != norm else row
+
+
+def published_text(row: Mapping[str, Any]) -> str:
+    """``RobustBench published AutoAttack 43.21%``: the words set next to advlab's robust accuracy."""
+    return f"RobustBench published AutoAttack {row['autoattack_acc']}%"
+
+
+def summary_line(attack: Mapping[str, Any], model: Mapping[str, Any] | None = None) -> str:
+    """One line per attack for the end of a run; every rate with its 95% Wilson interval, and the sample count.
+    With the run's ``model`` (summary.json's) carrying RobustBench's published row for this threat model, that
+    published AutoAttack accuracy follows advlab's robust top-1 (:func:`published_for`; its source is printed
+    on the CLI's RobustBench line and in the report)."""
 
     def pct(key: str) -> str:
         ci = (attack.get("ci95") or {}).get(key)
@@ -174,7 +205,11 @@ def summary_line(attack: Mapping[str, Any]) -> str:
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
     name = attack["id"] if attack["id"] == attack["label"] else f"{attack['id']} = {attack['label']}"
-    line = f"{name}: top-1 {pct('adv_top1')} top-5 {pct('adv_top5')}"
+    line = f"{name}: top-1 {pct('adv_top1')}"
+    row = published_for(model, attack)
+    if row is not None:
+        line += f" ({published_text(row)})"
+    line += f" top-5 {pct('adv_top5')}"
     line += f" (clean {pct('clean_top1')}), success {pct('success_rate')}"
     # Mean L2 over the successful examples: comparable across attacks (a suite returns the clean image, L2 0,
     # where it failed; a PGD its last try); the max Linf over all samples shows the budget held.

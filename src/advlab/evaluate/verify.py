@@ -7,13 +7,22 @@ model and data it names, :func:`verify_run` checks:
   has the run's size and, per sample, the label the records hold;
 - every record points at a saved example of its own sample index, and the file is readable;
 - the example lies in [0, 1] and in the eps-ball of its attack (slack :data:`~advlab.evaluate.saved.BALL_TOL`);
-- the model's top-1 on it agrees with the record (broken where the record says broken). Another machine or
-  device (CPU vs CUDA) computes slightly different logits: a disagreement counts only where the record's top
-  two probabilities are further apart than ``tol`` (default 1e-3), i.e. where float error cannot explain it;
-- the summary recomputed from those forward passes equals summary.json (robust top-1 and success counts).
+- every readable sample of each batch has exactly one record per attack (none dropped, none repeated);
+- the model's top-1 on it agrees with the record (broken where the record says broken, and the record's
+  ``adv_top5[0]``, which claims and reports count from). Another machine or device (CPU vs CUDA) computes
+  slightly different logits: a disagreement counts only where the top two probabilities of verify's OWN
+  forward pass are further apart than ``tol`` (default 1e-3), i.e. where float error cannot explain it (never
+  from the record's probabilities, which a tampered record could set);
+- the summary recomputed from those forward passes equals summary.json (per attack: n, robust top-1 and
+  success counts and rates), always compared.
 
-Each distinct saved example costs one forward pass (an example shared by a suite and the attack it was
-chained on is checked once per record that points at it, but the forward pass is shared per batch file).
+Cost: the data is read once, every saved file once, and each batch of the run costs ONE forward pass (under
+``torch.inference_mode``) over every example saved for that batch, all attacks' files together: one image per
+distinct saved example. An example shared by a suite and the attack it was chained on is forwarded once
+however many records point at it; a suite stage that attacked a sample left unbroken by the stage before
+saved its own example, so a sample robust after k stages has k examples (on a model that falls at the
+first stage, about one per sample, i.e. the clean evaluation's forward passes). The box and ball checks take
+the difference in float32 and accumulate in float64 (:func:`~advlab.evaluate.saved.distance`).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from .compare import FinishedRun, load_run
 from .engine import load_batch, plan_batches
 from .run import device_of, model_digest
 from .rundir import RunDirectory
-from .saved import ball_of, distance, in_ball, load_examples
+from .saved import BALL_TOL, ball_of, distance, load_examples
 from .specs import SpecError
 
 PROB_TOL = 1e-3
@@ -64,9 +73,29 @@ def check_run_is_verifiable(run: FinishedRun) -> None:
         raise SpecError(f"{run.path} is half-written (not every batch finished); rerun its advlab eval command first")
 
 
-def _borderline(record: Mapping[str, Any], tol: float) -> bool:
-    probs = record.get("adv_probs") or []
-    return len(probs) > 1 and probs[0] - probs[1] <= tol
+def _gaps(logits: torch.Tensor) -> list[float]:
+    """Per row: the gap between the top two softmax probabilities of the verifier's OWN forward pass (the
+    tolerance never rests on numbers of the record being checked, which a tamperer could set)."""
+    if logits.shape[1] < 2:
+        return [1.0] * logits.shape[0]
+    top2 = torch.softmax(logits.double(), dim=1).topk(2, dim=1).values
+    return (top2[:, 0] - top2[:, 1]).tolist()
+
+
+def _geometry(
+    x: torch.Tensor, xa: torch.Tensor, pos: Mapping[int, int], index: torch.Tensor, ball: tuple[str, float] | None
+) -> tuple[tuple[str, float] | None, list[bool], list[float]]:
+    """Per row of one saved file: inside [0, 1], and the distance to its clean image (0 without a ball or clean
+    image; a row whose sample the data lacks is reported by the caller and never read here)."""
+    at = [pos.get(int(j)) for j in index.tolist()]
+    rows = [k for k, p in enumerate(at) if p is not None]
+    lo, hi = torch.aminmax(xa.flatten(1), dim=1)
+    box = ((lo >= -BALL_TOL) & (hi <= 1 + BALL_TOL)).tolist()
+    dist = [0.0] * len(at)
+    if rows and ball is not None:
+        for k, d in zip(rows, distance(x[[at[k] for k in rows]], xa[rows], ball[0]).tolist(), strict=True):
+            dist[k] = d
+    return ball, box, dist
 
 
 def verify_run(
@@ -96,6 +125,9 @@ def verify_run(
     names = {str(a["id"]): str(a["name"]) for a in cfg["attacks"]}
     out = Verification()
     robust = {aid: 0 for aid in params}
+    checked = {aid: 0 for aid in params}
+    incomplete: set[str] = set()  # attacks with a record that failed before its check (already a mismatch)
+    read_n = {aid: 0 for aid in params}
     success = {aid: 0 for aid in params}
     for batch in plan:
         x, y, kept = load_batch(dataset, list(batch), device)
@@ -103,86 +135,103 @@ def verify_run(
             attacked = prepare_model(model, x) if enabled else model
             attacked.eval()
         pos = {i: k for k, i in enumerate(kept)}
-        files: dict[str, dict[str, torch.Tensor] | None] = {}
-        geometry: dict[str, Any] = {}
-        top1: dict[str, list[int]] = {}
+        # First every record of the batch (all attacks), then every file it names read once, then ONE forward
+        # pass over all those files' rows together, then the checks: a suite's later stages hold few rows each,
+        # and one forward per file would pay the model's per-call cost once per stage.
+        todo: list[tuple[str, dict[str, Any], str]] = []
+        owners: dict[str, str] = {}
         for aid in params:
-            for r in rundir.read_batch(aid, batch):
+            recs = rundir.read_batch(aid, batch)
+            seen = [int(r["index"]) for r in recs]
+            if sorted(seen) != sorted(kept):  # every readable sample of the batch exactly once, nothing else
+                lost, twice = sorted(set(kept) - set(seen)), sorted({i for i in seen if seen.count(i) > 1})
+                out.mismatches.append(
+                    f"{aid}, batch {batch.start}-{batch.stop - 1}: records for samples {sorted(seen)[:10]}, the data "
+                    f"has readable samples {sorted(kept)[:10]} (missing {lost[:10]}, repeated {twice[:10]})"
+                )
+                incomplete.add(aid)
+            read_n[aid] += len(recs)
+            for r in recs:
                 i, where = int(r["index"]), f"{aid}, sample {r['index']}"
                 if i not in pos:
                     out.mismatches.append(f"{where}: the data has no readable image at this index")
-                    continue
-                if int(r["label"]) != int(y[pos[i]]):
+                elif int(r["label"]) != int(y[pos[i]]):
                     out.mismatches.append(
                         f"{where}: the record's label {r['label']} is not the data's {int(y[pos[i]])}"
                     )
-                    continue
-                saved = r.get("adversarial")
-                if not saved:
+                elif not r.get("adversarial"):
                     out.mismatches.append(f"{where}: no saved example")
-                    continue
-                name = str(saved["file"])
-                if name not in files:
-                    try:
-                        files[name] = load_examples(run.path / name)
-                    except (OSError, SafetensorError) as e:
-                        files[name] = None
-                        out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
-                    else:
-                        xa = files[name]["x_adv"].to(device)  # type: ignore[index]
-                        assert attacked is not None  # r's sample was readable, so this batch prepared it
-                        with torch.no_grad():
-                            top1[name] = attacked(xa).argmax(dim=1).tolist()
-                        out.forward_passes += 1
-                        out.images_forwarded += xa.shape[0]
-                        # Box and ball of every row at once; the file holds one attack's examples.
-                        owner = str(r.get("from") or aid)
-                        owner = owner if owner in params else aid
-                        ball = ball_of(names[owner], params[owner])
-                        at = [pos.get(int(j)) for j in files[name]["index"].tolist()]  # type: ignore[index]
-                        rows = [k for k, p in enumerate(at) if p is not None]
-                        box_ok: list[bool | None] = [None] * len(at)
-                        ball_ok: list[bool | None] = [None] * len(at)
-                        dist: list[float | None] = [None] * len(at)
-                        if rows:
-                            x0, x1 = x[[at[k] for k in rows]], xa[rows]
-                            for k, b, o, d in zip(
-                                rows,
-                                in_ball(x0, x1, None).tolist(),
-                                in_ball(x0, x1, ball).tolist(),
-                                (distance(x0, x1, ball[0]) if ball else torch.zeros(len(rows))).tolist(),
-                                strict=True,
-                            ):
-                                box_ok[k], ball_ok[k], dist[k] = b, o, d
-                        geometry[name] = (ball, box_ok, ball_ok, dist)
-                tensors = files[name]
-                if tensors is None:
-                    continue
-                row = int(saved["row"])
-                if row >= len(tensors["index"]) or int(tensors["index"][row]) != i:
-                    out.mismatches.append(f"{where}: row {row} of {name} holds another sample")
-                    continue
-                out.checked += 1
-                ball, box_ok, ball_ok, dist = geometry[name]
-                if not box_ok[row]:
-                    out.mismatches.append(f"{where}: the example leaves [0, 1]")
-                elif not ball_ok[row]:
-                    assert ball is not None
-                    out.mismatches.append(
-                        f"{where}: the example leaves the {ball[0]} ball: {dist[row]:.6g} > eps {ball[1]:.6g}"
-                    )
-                t = top1[name][row]
-                broken = t != r["label"] if r["target"] is None else t == r["target"]
-                if broken != bool(r["success"]) and not _borderline(r, tol):
-                    said = "broken" if r["success"] else "not broken"
-                    out.mismatches.append(f"{where}: the record says {said}, the model's top-1 on the example is {t}")
-                robust[aid] += t == r["label"]
-                success[aid] += bool(broken) and (r["target"] is None or r["target"] != r["label"])
-    records_total = sum(int(a.get("n") or 0) for a in run.summary.get("attacks", []))
-    # The summary is recomputed only from a complete check: a record that could not be checked is already a
-    # mismatch, and the counts would then differ for that reason alone.
-    for a in run.summary.get("attacks", []) if out.checked == records_total else []:
+                else:
+                    todo.append((aid, r, where))
+                    owner = str(r.get("from") or aid)  # a file holds the examples of the attack that made them
+                    owners.setdefault(str(r["adversarial"]["file"]), owner if owner in params else aid)
+        files: dict[str, dict[str, torch.Tensor] | None] = {}
+        for name in owners:
+            try:
+                files[name] = load_examples(run.path / name, ("index", "x_adv"))
+            except (OSError, SafetensorError) as e:
+                files[name] = None
+                out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
+        readable = [name for name in owners if files[name] is not None]
+        top1: dict[str, list[int]] = {}
+        gaps: dict[str, list[float]] = {}
+        geometry: dict[str, Any] = {}
+        if readable:
+            assert attacked is not None  # a record's sample was readable, so this batch prepared the model
+            xa_all = [files[name]["x_adv"] for name in readable]  # type: ignore[index]
+            with torch.inference_mode():
+                logits = attacked(torch.cat(xa_all).to(device))
+            t_all, g_all = logits.argmax(dim=1).tolist(), _gaps(logits)
+            out.forward_passes += 1
+            out.images_forwarded += len(t_all)
+            for name, xa in zip(readable, xa_all, strict=True):
+                top1[name], t_all = t_all[: xa.shape[0]], t_all[xa.shape[0] :]
+                gaps[name], g_all = g_all[: xa.shape[0]], g_all[xa.shape[0] :]
+                ball = ball_of(names[owners[name]], params[owners[name]])
+                geometry[name] = _geometry(x, xa.to(device), pos, files[name]["index"], ball)  # type: ignore[index]
+        for aid, r, where in todo:
+            i, saved = int(r["index"]), r["adversarial"]
+            name = str(saved["file"])
+            tensors = files[name]
+            if tensors is None:
+                continue
+            row = int(saved["row"])
+            if row >= len(tensors["index"]) or int(tensors["index"][row]) != i:
+                out.mismatches.append(f"{where}: row {row} of {name} holds another sample")
+                continue
+            out.checked += 1
+            checked[aid] += 1
+            ball, box_ok, dist = geometry[name]
+            if not box_ok[row]:
+                out.mismatches.append(f"{where}: the example leaves [0, 1]")
+            elif ball is not None and not dist[row] <= ball[1] + (0.5 if ball[0] == "l0" else BALL_TOL):
+                out.mismatches.append(
+                    f"{where}: the example leaves the {ball[0]} ball: {dist[row]:.6g} > eps {ball[1]:.6g}"
+                )
+            t = top1[name][row]
+            broken = t != r["label"] if r["target"] is None else t == r["target"]
+            borderline = gaps[name][row] <= tol  # float error (another device) can flip this example's top-1
+            if broken != bool(r["success"]) and not borderline:
+                said = "broken" if r["success"] else "not broken"
+                out.mismatches.append(f"{where}: the record says {said}, the model's top-1 on the example is {t}")
+            elif (r.get("adv_top5") or [t])[0] != t and not borderline:  # what claims and reports count from
+                out.mismatches.append(f"{where}: the record's top-1 {r['adv_top5'][0]} is not the model's {t}")
+            robust[aid] += t == r["label"]
+            success[aid] += bool(broken) and (r["target"] is None or r["target"] != r["label"])
+    # The summary is compared with the counts recomputed from the forward passes (never gated on a number
+    # summary.json supplies): its n with the records checked, its robust and success counts with ours.
+    # An attack with a record that could not be checked (a mismatch above already) is not compared: its counts
+    # would differ for that reason alone. What decides this is verify's own count, not summary.json's.
+    incomplete |= {aid for aid in params if read_n[aid] != checked[aid]}
+    for a in run.summary.get("attacks", []):
         aid = a["id"]
+        if aid not in robust:
+            out.mismatches.append(f"summary.json: attack {aid} is not in the run's configuration")
+            continue
+        if aid in incomplete:
+            continue
+        if int(a.get("n") or 0) != checked[aid]:
+            out.mismatches.append(f"summary.json: {aid} counts n={a.get('n')} samples, {checked[aid]} were checked")
         ci = a.get("ci95") or {}
         for key, got_k in (("adv_top1", robust[aid]), ("success_rate", success[aid])):
             want_k = (ci.get(key) or {}).get("k")
@@ -190,6 +239,10 @@ def verify_run(
                 want_k = round(a[key] * (a["n"] if key == "adv_top1" else a["n_eligible"]))
             if want_k is not None and want_k != got_k:
                 out.mismatches.append(f"summary.json: {aid} {key} counts {want_k} samples, recomputed {got_k}")
+            value = a.get(key)
+            den = a.get("n") if key == "adv_top1" else a.get("n_eligible")
+            if value is not None and den and abs(float(value) - got_k / float(den)) > 1e-9:
+                out.mismatches.append(f"summary.json: {aid} {key} is {value}, recomputed {got_k}/{den}")
     out.seconds = time.perf_counter() - start
     return out
 

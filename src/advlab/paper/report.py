@@ -7,6 +7,7 @@ settings with the table of every attack, provenance).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from ..evaluate.records import topk
 from ..numbers import format_number
-from ..report import Figure, Section, Table, summary_report
+from ..report import Figure, Section, Table, run_report
 from ..report.plots import Series, curve_png, panel_png
 from ..report.summary import pct, write_report
 from .protocol import PAPER, Experiment, Protocol
@@ -294,17 +295,18 @@ def build_report(
     model: nn.Module,
     info: Mapping[str, Any],
     sanity: Mapping[str, Any] | None,
+    run_dir: str | Path,
 ) -> dict[str, Any]:
-    """The report (``{"report": Report, "data": numbers}``) from a finished reproduction."""
+    """The report (``{"report": Report, "data": numbers}``) from a finished reproduction in ``run_dir``: the
+    general report of that run (:func:`advlab.report.run_report`) with the paper's sections added."""
     numbers = table_numbers(exp, attacks, summary["clean"], PAPER)
     names = list(getattr(model, "class_names", []))
     std = float(info["std_scale"])
     n = summary["clean"]["n"]
     model_name = summary["model"].get("name", "model")
 
-    intro = Section("About this run", id="about")
-    intro.paragraphs += list(info.get("notes", []))
-    intro.paragraphs.append(
+    intro = list(info.get("notes", []))
+    intro.append(
         f'Protocol of Madan & Anand, "Robust Deep Learning": {n} correctly classified images of visually distinct '
         "ImageNet classes, attacked with FGSM, BIM, PGD (Tables 1-2), targeted FGSM/BIM (Figure 6) and targeted "
         "CW-L2 (Table 3). The paper does not say whether eps is on [0, 1] pixels or on normalised inputs, nor its "
@@ -384,13 +386,17 @@ def build_report(
         reading(numbers, protocol, model_name, n, std),
         id="reading",
     )
-    report = summary_report(
-        summary,
+    # Issue 20: the reproduction's report is the general report of its run directory (About this run, every
+    # attack with intervals, stages, per class, checks, provenance) plus the paper's tables, figures and reading.
+    report = run_report(
+        run_dir,
+        [results, t3, f6, panels, read],
         title=f'Reproduction of "Robust Deep Learning" (Tables 1-3, Figures 2, 4, 6) on {model_name}',
         subtitle=f"advlab {info['advlab_version']} — {n} images — run time {info['wall_s']:.0f} s",
-        sections=[intro, results, t3, f6, panels, read],
+        about=intro,
         settings=protocol.describe(std),
         info=info,
+        examples=False,  # Figures 2 and 4 are the paper's panels
     )
     return {"report": report, "data": {"tables": numbers, "reading": read.paragraphs}}
 

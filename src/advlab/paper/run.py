@@ -238,7 +238,7 @@ def _run_reproduce(
         "notes": notes,
         "std_scale": std,
     }
-    report = build_report(exp, summary, attacks, examples, opts.protocol, model, info, sanity)
+    report = build_report(exp, summary, attacks, examples, opts.protocol, model, info, sanity, opts.out)
     reproduce = report.pop("data")
     summary = {**summary, "sanity": sanity, "reproduce": {**reproduce, "paper": PAPER, "run": info}}
     write_report(Path(opts.out), report["report"])

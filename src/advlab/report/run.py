@@ -17,6 +17,7 @@ from typing import Any
 from ..evaluate.compare import FinishedRun, load_run
 from ..evaluate.intervals import fmt_interval, proportion
 from ..evaluate.saved import load_examples
+from ..evaluate.summary import published_for, published_text
 from .document import Figure, Report, Section, Table
 from .plots import panel_png
 from .summary import summary_report, write_report
@@ -58,21 +59,32 @@ def about_section(run: FinishedRun) -> Section:
         ("summary written", _dt.datetime.fromtimestamp(written, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("intervals", "95% Wilson score intervals with the sample count n (advlab.evaluate.intervals says why)"),
     ]
+    pub = m.get("published")
+    if pub:  # issue 17: RobustBench's own number for this model, with where it was copied from
+        items.append(
+            (
+                "RobustBench published",
+                f"AutoAttack robust accuracy {pub['autoattack_acc']}%, clean {pub['clean_acc']}% at eps {pub['eps']} "
+                f"({pub.get('architecture', '')}, RobustBench's full test set); source: {pub['source']}",
+            )
+        )
     return Section("About this run", items=items, id="about")
 
 
 def results_table(summary: Mapping[str, Any]) -> Table:
     """One row per attack: clean and robust top-1/top-5 and success with 95% intervals, n, distances."""
     rows = []
+    published = bool((summary.get("model") or {}).get("published"))
     for a in summary["attacks"]:
         ci = a.get("ci95") or {}
         succ = a.get("norms_successful") or {}
+        pub = published_for(summary.get("model"), a)
         l2, linf = (succ.get("l2") or {}).get("median"), (succ.get("linf") or {}).get("median")
         rows.append(
             [
                 a["id"],
                 fmt_interval(ci.get("clean_top1")),
-                fmt_interval(ci.get("adv_top1")),
+                fmt_interval(ci.get("adv_top1")) + (f" ({published_text(pub)})" if pub else ""),
                 fmt_interval(ci.get("adv_top5")),
                 fmt_interval(ci.get("success_rate")),
                 str(a["n"]),
@@ -85,7 +97,13 @@ def results_table(summary: Mapping[str, Any]) -> Table:
         ["attack", "clean top-1", "robust top-1", "robust top-5", "success", "n", "median L2", "median Linf"],
         rows,
         "Percentages with their 95% Wilson score interval over n samples (success over the eligible samples). "
-        "Median L2 and Linf (pixel units) over the successful examples.",
+        "Median L2 and Linf (pixel units) over the successful examples."
+        + (
+            " In brackets after robust top-1, for attacks in the threat model RobustBench evaluated: its published "
+            "AutoAttack accuracy on the full test set (source under About this run)."
+            if published
+            else ""
+        ),
         id="results-table",
     )
 
@@ -152,12 +170,13 @@ def uint8_table(summary: Mapping[str, Any]) -> Table | None:
         if not u:
             continue
         k = u["successful"]
+        kept = k - u["uint8_out_of_ball"]  # the roundings inside the ball: the only ones re-checked
         rows.append(
             [
                 a["id"],
                 str(k),
-                fmt_interval(proportion(u["uint8_success"], k)) if k else "n/a",
                 f"{u['uint8_out_of_ball']} of {k}",
+                fmt_interval(proportion(u["uint8_success"], kept)) if kept else "n/a",
                 fmt_interval(proportion(u["uint8_in_ball_success"], k)) if k else "n/a",
             ]
         )
@@ -168,14 +187,16 @@ def uint8_table(summary: Mapping[str, Any]) -> Table | None:
         [
             "attack",
             "successful",
-            "uint8 still succeeds",
             "uint8 outside the eps-ball",
+            "uint8 inside the ball still succeeds",
             "nearest uint8 in ball succeeds",
         ],
         rows,
         "uint8 = round(255 x_adv), the image a user would save; rounding moves each pixel by up to 1/510 and can "
-        "cross the decision boundary or leave the eps-ball. The nearest uint8 point inside the ball is saved too "
-        "(adversarial/*.safetensors). advlab verify RUN_DIR re-checks every saved example with forward passes.",
+        "cross the decision boundary or leave the eps-ball. The nearest uint8 point inside the ball (the rounding "
+        "itself where it stays inside) is saved too (adversarial/*.safetensors) and re-checked; a rounding outside "
+        "the ball is no example of the threat model and is not. advlab verify RUN_DIR re-checks every saved example "
+        "with forward passes.",
         id="uint8",
     )
 
@@ -231,18 +252,31 @@ def run_report(
     *,
     dataset: Any = None,
     class_names: Sequence[str] = (),
+    title: str | None = None,
+    subtitle: str | None = None,
+    about: Sequence[str] = (),
+    settings: Sequence[tuple[str, str]] = (),
+    info: Mapping[str, Any] | None = None,
+    examples: bool = True,
 ) -> Report:
     """The report of a finished run directory (see the module docstring); with the run's ``dataset`` (reopened
-    as the run opened it), also the panel of saved examples."""
+    as the run opened it), also the panel of saved examples.
+
+    A caller with more to say (the paper's reproduction, :mod:`advlab.paper.report`: "this report plus its
+    paper-specific tables", issue 20) passes ``extra_sections`` (after the results), its own ``title`` and
+    ``subtitle``, ``about`` paragraphs for "About this run", ``settings`` and ``info`` for the settings and
+    provenance sections, and ``examples=False`` when it draws its own example panels."""
     run = load_run(run_dir)
     s = run.summary
     u8 = uint8_table(s)
     results = Section("Results", tables=[results_table(s), *stage_tables(s), *([u8] if u8 else [])], id="results")
     per_class = Section("Per class", tables=[per_class_table(run.records, run.attack_ids)], id="per-class-section")
-    examples = examples_section(run, dataset, class_names)
+    intro = about_section(run)
+    intro.paragraphs += list(about)
+    panels = [examples_section(run, dataset, class_names)] if examples else []
     # The robustness curves (sweeps, minimal-norm distances) come from the summary: report.curves.
-    sections = [about_section(run), results, *extra_sections, per_class, examples]
-    return summary_report(s, sections=sections)
+    sections = [intro, results, *extra_sections, per_class, *panels]
+    return summary_report(s, title=title, subtitle=subtitle, sections=sections, settings=settings, info=info)
 
 
 def write_run_report(
