@@ -119,3 +119,25 @@ def test_fab_restarts_never_lose_the_first_run_and_are_seeded_per_sample(digits_
         assert bool((model(three.x_adv).argmax(1)[three.success] != y[three.success]).all())
     alone = attacks.fab(model, x[2:3], y[2:3], norm="linf", steps=5, restarts=3, seed=seeds[2:3], return_info=True)
     torch.testing.assert_close(alone.x_adv, three.x_adv[2:3], rtol=0, atol=1e-6)
+
+
+class _ThirdClassFirst(torch.nn.Module):
+    """Three classes on one pixel p: z = (0, 10 (p - 0.35), 20 (p - 0.3)). From p = 0.2 (label 0) the class the
+    clean logits rank first, 1, is never the top-1 anywhere: moving towards its boundary with the label (p = 0.35)
+    crosses into class 2 at p = 0.3 first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = x.flatten(1)[:, :1]
+        return torch.cat([torch.zeros_like(p), 10 * (p - 0.35), 20 * (p - 0.3)], dim=1)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_fab_t_counts_a_misclassification_on_the_way_to_its_target_as_autoattack_does(norm: str) -> None:
+    # AutoAttack's FAB-T linearises target against the true label and counts any misclassification; a run that
+    # counted only points classified as the target would find nothing here (distance inf).
+    model = _ThirdClassFirst().eval()
+    x, y = torch.full((1, 1, 1, 2), 0.2, dtype=torch.float64), torch.tensor([0])
+    res = attacks.fab_t(model.double(), x, y, norm=norm, steps=50, n_target_classes=1, return_info=True)
+    assert bool(res.success[0]) and int(model(res.x_adv).argmax(dim=1)[0]) != 0
+    # At most the distance to the linearised target boundary (p = 0.35) it was aimed at, plus FAB's overshoot.
+    assert 0.1 - 1e-9 <= float(res.extras["distance"][0]) <= 0.15 * 1.06

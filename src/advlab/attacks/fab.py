@@ -76,6 +76,28 @@ def fab_result(
     seed: int | Tensor | None = None,
 ) -> AttackResult:
     """:func:`fab`, always returning the :class:`AttackResult`."""
+    return fab_run(
+        model, x, y, norm=norm, steps=steps, eta=eta, beta=beta, alpha_max=alpha_max, targeted=targeted,
+        restarts=restarts, seed=seed,
+    )  # fmt: skip
+
+
+def fab_run(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str,
+    steps: int,
+    eta: float,
+    beta: float,
+    alpha_max: float,
+    targeted: bool,
+    restarts: int = 1,
+    seed: int | Tensor | None = None,
+    label: Tensor | None = None,
+) -> AttackResult:
+    """:func:`fab_result` with FAB-T's ``label`` (see :func:`_run`): the true labels, ``y`` then the targets."""
     if norm not in FAB_NORMS:
         raise ValueError(f"fab: unknown norm {norm!r}; expected one of {', '.join(map(repr, FAB_NORMS))}")
     inp = validate(model, x, y, norm=norm, norms=ALL_NORM_NAMES, steps=steps)
@@ -89,7 +111,7 @@ def fab_result(
     restarts = check_steps(restarts, "restarts")
     noise = Noise(seed, x.shape[0])
     with frozen(model):
-        best = _run(model, x, y, y_max, x, norm, steps, eta, beta, alpha_max, targeted)
+        best = _run(model, x, y, y_max, x, norm, steps, eta, beta, alpha_max, targeted, label)
         for _ in range(restarts - 1):
             # The paper's restarts: from a random point at half the best distance found (samples with none: no
             # restart, their run from x would repeat itself).
@@ -98,7 +120,8 @@ def fab_result(
                 break
             sub_x = x[index]
             start = restart_point(sub_x, best.size[index] / 2, norm, noise.take(index))
-            run = _run(model, sub_x, y[index], y_max, start, norm, steps, eta, beta, alpha_max, targeted)
+            sub_label = None if label is None else label[index]
+            run = _run(model, sub_x, y[index], y_max, start, norm, steps, eta, beta, alpha_max, targeted, sub_label)
             merged = best.take(index)
             merged.update(run.x, torch.isfinite(run.size), run.size)
             best.put(index, merged)
@@ -126,8 +149,14 @@ def _run(
     beta: float,
     alpha_max: float,
     targeted: bool,
+    label: Tensor | None = None,
 ) -> SmallestPoint:
-    """One FAB run of ``steps`` steps from ``start``: the smallest adversarial point met per sample."""
+    """One FAB run of ``steps`` steps from ``start``: the smallest adversarial point met per sample.
+
+    ``label`` (targeted runs only) makes the run FAB-T's (Croce & Hein 2020, AutoAttack): ``y`` holds the
+    targets, the boundary linearised is target against the true label (f = z_t - z_label), and any point the
+    model misclassifies counts, not only one classified as the target.
+    """
     geometry = get_norm(norm)
     n = x.shape[0]
     flat_x = x.reshape(n, -1)
@@ -136,7 +165,10 @@ def _run(
     best = SmallestPoint.start(x)
 
     def score(logits: Tensor, point: Tensor) -> Tensor:
-        adversarial = objective(logits.detach(), y, "margin", targeted) > rounding_slack(logits)
+        if label is not None:  # FAB-T: a misclassification, whichever class it lands in
+            adversarial = objective(logits.detach(), label, "margin", False) > rounding_slack(logits)
+        else:
+            adversarial = objective(logits.detach(), y, "margin", targeted) > rounding_slack(logits)
         best.update(point, adversarial, geometry.size(point - x))
         return adversarial
 
@@ -150,8 +182,9 @@ def _run(
                 score(z, x_i.detach())
             others = z.detach().scatter(1, y[:, None], float("-inf"))
         if targeted:
-            # The target against the strongest other class: one linearised boundary, one gradient.
-            rival = others.argmax(dim=1)
+            # The target against the true label (FAB-T) or else the strongest other class: one linearised
+            # boundary, one gradient.
+            rival = label if label is not None else others.argmax(dim=1)
             f = z.gather(1, y[:, None]).squeeze(1) - z.gather(1, rival[:, None]).squeeze(1)
             (w,) = torch.autograd.grad(f.sum(), x_i)
             w, f = w.reshape(n, -1), f.detach()

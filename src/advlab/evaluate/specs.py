@@ -87,8 +87,8 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "fmn": 2,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05)
     "ddn": 1,
     "fab": 1,
-    "fab_t": 1,
-    "minimal": 2,  # 2: FAB-T in place of FAB; a second FMN run in L0
+    "fab_t": 2,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
+    "minimal": 3,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2)
     "suite_strong": 1,
     "suite_fast": 1,
 }
