@@ -721,3 +721,20 @@ def test_random_start_depends_on_the_sample_not_its_batch(data):
     for x, y in zip(next(iter(ra.values())), next(iter(rb.values())), strict=True):
         assert x["adv_top5"] == y["adv_top5"] and x["success"] == y["success"]
         assert x["linf"] == pytest.approx(y["linf"], abs=1e-6) and x["l2"] == pytest.approx(y["l2"], rel=1e-5)
+
+
+def test_model_digest_tells_apart_models_that_differ_only_in_normalisation() -> None:
+    # ImageClassifier keeps mean and std as non-persistent buffers (absent from the state dict); two such models
+    # compute different functions and a run of one must not verify as a run of the other.
+    from advlab.evaluate.run import model_digest
+    from advlab.models import ImageClassifier
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    a = ImageClassifier(backbone, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], input_size=(3, 4, 4))
+    b = ImageClassifier(backbone, mean=[0.9, 0.9, 0.9], std=[0.05, 0.05, 0.05], input_size=(3, 4, 4))
+    x = torch.rand(2, 3, 4, 4)
+    assert not torch.allclose(a(x), b(x)) and a.state_dict().keys() == b.state_dict().keys()
+    assert model_digest(a) != model_digest(b)
+    again = ImageClassifier(backbone, mean=[0.0] * 3, std=[1.0] * 3, input_size=(3, 4, 4))
+    assert model_digest(a) == model_digest(again)

@@ -39,10 +39,13 @@ from .summary import build_summary
 
 def model_digest(model: nn.Module) -> str:
     """sha256 of the model's module tree with its settings (``repr``: a defence's ``bits=3`` or ``sigma=0.1``
-    lives there, not in the state dict) and of its state dict (names, shapes, dtypes and values): which model,
-    with which weights, was attacked."""
+    lives there, not in the state dict), of its state dict (names, shapes, dtypes and values) and of its buffers
+    outside the state dict (``persistent=False``, e.g. :class:`~advlab.models.ImageClassifier`'s mean and std,
+    which change the function as much as a weight does): which model, with which weights, was attacked."""
     h = hashlib.sha256(repr(model).encode())
-    for name, tensor in model.state_dict().items():
+    state = model.state_dict()
+    extra = {f"buffer:{n}": b for n, b in model.named_buffers() if n not in state}
+    for name, tensor in {**state, **extra}.items():
         t = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
