@@ -302,3 +302,33 @@ def test_cli_verify_reopens_data_other_than_fashion_mnist(tmp_path, capsys):
         capsys.readouterr()
         assert main(["verify", str(run)]) == 0, capsys.readouterr()
         assert "verify: OK; 2 records checked" in capsys.readouterr().out, name
+
+
+def test_a_run_json_naming_model_code_is_not_run_by_verify_or_report_unless_named(tmp_path, capsys):
+    # Review F13: run.json comes with a run directory someone else made; reopening a FILE.py:FACTORY model runs that
+    # file. verify asks for --model before running it; report goes without its panel of examples.
+    from advlab.cli import main
+
+    factory = tmp_path / "net.py"
+    marker = tmp_path / "factory_ran"
+    factory.write_text(
+        "import pathlib\nimport torch\nfrom torch import nn\n\n"
+        "def make():\n"
+        f"    pathlib.Path({str(marker)!r}).touch()\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 1000))\n"
+    )
+    run = tmp_path / "run"
+    argv = ["eval", "--model", f"{factory}:make", "--data", "default", "--attack", "fgsm", "--eps", "1/255"]
+    assert main([*argv, "--limit", "2", "--save-adversarial", "--out", str(run), "--quiet"]) == 0
+    marker.unlink()
+    capsys.readouterr()
+    assert main(["verify", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"names the model '{factory}:make', Python code" in err and f"--model {factory}:make" in err, err
+    assert not marker.exists()
+    assert main(["report", str(run)]) == 0
+    assert "no panel of examples" in capsys.readouterr().err and not marker.exists()
+    assert (run / "report.html").exists()
+    assert main(["verify", str(run), "--model", f"{factory}:make"]) == 0, capsys.readouterr()
+    assert marker.exists() and "verify: OK" in capsys.readouterr().out

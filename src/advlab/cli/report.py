@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+from ..errors import UsageError
 from .common import DefaultsFormatter
 
 
@@ -30,8 +32,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     dataset, names = None, []
     if run.config.get("save_adversarial") and run.config["model"].get("name"):
-        # The panel of examples needs the clean images: reopen the data as the run opened it.
-        model, dataset = reopen_run(run)
-        names = list(getattr(dataset, "class_names", []) or getattr(model, "class_names", []))
+        # The panel of examples needs the clean images: reopen the data as the run opened it, or go without the
+        # panel (the report says so) where it cannot be reopened here: moved data, a model factory's code, ...
+        try:
+            model, dataset = reopen_run(run)
+            names = list(getattr(dataset, "class_names", []) or getattr(model, "class_names", []))
+        except UsageError as e:
+            print(f"advlab: no panel of examples: {e}", file=sys.stderr)
     print(write_run_report(args.run_dir, args.out, dataset=dataset, class_names=names))
     return 0

@@ -23,6 +23,12 @@ def add_verify_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--data", default=None, help="the run's data at another path (default: the path the run used)")
     p.add_argument("--weights", default=None, help="the run's weights at another path (default: the run's)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the run's model, required where run.json names a FILE.py:FACTORY or module:callable (reopening it "
+        "runs that code, so advlab runs it only when you name it)",
+    )
     p.add_argument("--data-root", dest="data_root", default=None, help="where cifar10/cifar100 are, as the run's "
                    "--data-root (default ./data)")  # fmt: skip
     p.add_argument("--model-dir", dest="model_dir", default=None, help="RobustBench model directory, as the run's "
@@ -46,16 +52,23 @@ def reopen_run(
     weights: str | None = None,
     data_root: str | None = None,
     model_dir: str | None = None,
+    model: str | None = None,
 ) -> Any:
     """The model and dataset of a run made by ``advlab eval``, reopened from its configuration (the data at
     ``data``, the weights at ``weights`` where they moved; CIFAR under ``data_root`` and RobustBench models
     under ``model_dir`` as the run's ``--data-root`` and ``--model-dir``): ``(model, dataset)``."""
-    from ..models import check_device, load_model
+    from ..models import check_device, is_factory, load_model
     from .eval_inputs import open_data
 
     m, d = run.config["model"], run.config["data"]
     if not m.get("name") or not d.get("source"):
         raise UsageError(f"{run.path} was not made by advlab eval (no model name or data source); use the Python API")
+    name = model or m["name"]
+    if model is None and is_factory(name):  # a received run.json must not choose code for advlab to run
+        raise UsageError(
+            f"{run.path}/run.json names the model {name!r}, Python code that reopening the model would run; "
+            f"pass --model {name} to run it (for a run you trust)"
+        )
     if device is not None:
         check_device(device)
     extra: dict[str, Any] = {"model_dir": model_dir} if model_dir is not None else {}
@@ -66,7 +79,7 @@ def reopen_run(
             extra[key] = m[key]
     if m.get("input_size") is not None:
         extra["input_size"] = tuple(int(v) for v in m["input_size"])
-    model = load_model(m["name"], weights=weights or m.get("weights"), device=device, **extra)
+    net = load_model(name, weights=weights or m.get("weights"), device=device, **extra)
     how = argparse.Namespace(
         data=data or d["source"],
         data_root=data_root,  # open_data reads it for every source but Fashion-MNIST (review F8 a)
@@ -75,12 +88,12 @@ def reopen_run(
         limit=d.get("limit"),
         seed=run.config["seed"],
     )
-    dataset, _ = open_data(how, model)  # the data as the undefended classifier's preprocessing reads it
+    dataset, _ = open_data(how, net)  # the data as the undefended classifier's preprocessing reads it
     if m.get("defenses") or m.get("bpda"):
         from ..defenses import defend
 
-        model, _ = defend(model, m.get("defenses") or [], m.get("bpda") or [])
-    return model, dataset
+        net, _ = defend(net, m.get("defenses") or [], m.get("bpda") or [])
+    return net, dataset
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -94,7 +107,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
         claimed = list(check_claim(read_claim(args.claim), run))
     check_run_is_verifiable(run)
-    where = {"data_root": args.data_root, "model_dir": args.model_dir}
+    where = {"data_root": args.data_root, "model_dir": args.model_dir, "model": args.model}
     model, dataset = reopen_run(run, device=args.device, data=args.data, weights=args.weights, **where)
     result = verify_run(run.path, model, dataset, tol=args.tol, run=run)
     for line in claimed:
