@@ -32,7 +32,6 @@ configuration has ``save_adversarial``, so records without it are never mixed wi
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..runtime.files import atomic_write_bytes
 from .records import L0_TOL
 from .specs import AttackSpec, attack_norm
 
@@ -149,7 +149,7 @@ def save_examples(
     run_root: Path,
 ) -> None:
     """Write one batch's examples to ``path`` (atomically) and add the ``adversarial`` field to ``records``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     ball = ball_of(spec.name, spec.params)
     u8, u8_ball = to_uint8(x_adv), nearest_uint8_in_ball(x, x_adv, ball)
@@ -180,10 +180,9 @@ def save_examples(
         "uint8": u8.cpu().contiguous(),
         "uint8_in_ball": u8_ball.cpu().contiguous(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    # Durable before the records that point at it are written (temp file, fsync, rename: a full disk is one line
+    # naming the file, and a crash never leaves a records file pointing at a half-written example file).
+    atomic_write_bytes(path, save(tensors))
     rel = path.relative_to(run_root).as_posix()
     for k, r in enumerate(records):
         r["adversarial"] = {
