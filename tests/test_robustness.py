@@ -299,3 +299,14 @@ def test_robustness_summary_does_not_depend_on_record_order(digits_model) -> Non
     line = summary_line(next(a for a in result.summary["attacks"] if a["id"] == "fmn"))
     median = result.summary["robustness"]["l2"]["attacks"]["fmn"]["median_eps"]
     assert f"median distance {'inf' if median is None else f'{median:.4g}'}" in line
+
+
+def test_a_minimal_norm_attack_is_never_chained_on_another() -> None:
+    # Chained, it would skip the samples the first attack broke and give them that attack's size (or none, in L1
+    # and L0, whose sizes records do not carry): a curve of someone else's distances (review F16).
+    from advlab.evaluate import validate_specs
+
+    first = make_spec("apgd_l1", {"eps": 10.0}, id="a")
+    with pytest.raises(SpecError, match="'m': a minimal-norm attack measures every sample's own smallest"):
+        validate_specs([first, make_spec("fmn", {"norm": "l1"}, id="m", only_unbroken=("a",))])
+    assert len(validate_specs([first, make_spec("fmn", {"norm": "l1"}, id="m")])) == 2

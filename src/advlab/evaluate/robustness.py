@@ -31,10 +31,8 @@ from typing import Any
 from torch import Tensor
 
 from ..attacks.norms import get_norm
-from .specs import AttackSpec, attack_norm
+from .specs import MINIMAL_ATTACKS, AttackSpec, attack_norm
 
-# The minimal-norm attacks: their records carry ``distance`` in the spec's norm.
-MINIMAL_ATTACKS: frozenset[str] = frozenset({"fmn", "ddn", "fab", "fab_t", "minimal"})
 # Relative slack of the cross-check (float32 round-off of a perturbation measured in float64).
 CROSS_CHECK_RTOL = 1e-5
 # At most this many violations are listed in summary.json (all are counted).
@@ -65,17 +63,10 @@ def add_distances(spec: AttackSpec, records: Sequence[dict[str, Any]], x: Tensor
         rec["distance"] = 0.0 if clean_fails else (float(size) if rec["success"] else None)
 
 
-def record_distance(record: Mapping[str, Any], norm: str) -> float:
-    """A minimal-norm attack's record's distance (null: none found, inf); a record taken over from an attack it
-    was chained on (``only_unbroken``, no ``distance``) gives 0 if the clean input failed, its measured size where
-    it broke the sample and the record measures ``norm`` (l2, linf), else inf."""
-    if "distance" in record:
-        return math.inf if record["distance"] is None else float(record["distance"])
-    if record["target"] is None and record["clean_top5"][0] != record["label"]:
-        return 0.0
-    if record["success"] and norm in ("l2", "linf"):
-        return float(record[norm])
-    return math.inf
+def record_distance(record: Mapping[str, Any]) -> float:
+    """A minimal-norm attack's record's distance (null: none found within the budget, inf). Minimal-norm attacks
+    are never chained (:func:`~advlab.evaluate.specs.validate_specs`), so every record of one carries it."""
+    return math.inf if record["distance"] is None else float(record["distance"])
 
 
 # ------------------------------------------------------------------------------------------------ curves
@@ -177,7 +168,7 @@ def _norm_section(
         )
     if not minimal and not sweep_curves:
         return None
-    dists = {s.id: {i: record_distance(r, norm) for i, r in _by_index(records[s.id]).items()} for s in minimal}
+    dists = {s.id: {i: record_distance(r) for i, r in _by_index(records[s.id]).items()} for s in minimal}
     finite = [d for ds in dists.values() for d in ds.values() if math.isfinite(d)]
     eps_max = max([*finite, *(float(s.params["eps"]) for s in fixed)], default=0.0) or None
     section: dict[str, Any] = {"eps_max": eps_max, "attacks": {}, "sweeps": sweep_curves}

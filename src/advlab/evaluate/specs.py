@@ -369,6 +369,10 @@ def make_spec(
     return AttackSpec(name, params, spec_id, target, tuple(only_unbroken))
 
 
+# The minimal-norm attacks: per sample the smallest perturbation, recorded as ``distance`` (evaluate.robustness).
+MINIMAL_ATTACKS: frozenset[str] = frozenset({"fmn", "ddn", "fab", "fab_t", "minimal"})
+
+
 def validate_specs(specs: Iterable[AttackSpec]) -> list[AttackSpec]:
     """Check a run's specs together: unique ids, and ``only_unbroken`` naming earlier attacks only."""
     specs = list(specs)
@@ -382,6 +386,12 @@ def validate_specs(specs: Iterable[AttackSpec]) -> list[AttackSpec]:
             raise SpecError(
                 f"two attacks share the id {spec.id!r} (the same attack and settings twice, e.g. --eps 0.1 0.1?); "
                 "drop one, or give each a distinct id (id = in a config file)"
+            )
+        if spec.only_unbroken and spec.name in MINIMAL_ATTACKS:
+            raise SpecError(
+                f"attack {spec.id!r}: a minimal-norm attack measures every sample's own smallest perturbation and "
+                "takes no only_unbroken (a sample another attack broke would get that attack's size, not its "
+                "own); list both attacks, and the run cross-checks them"
             )
         for dep in spec.only_unbroken:
             if dep not in seen:
