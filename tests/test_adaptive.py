@@ -293,3 +293,31 @@ def test_cli_suite_adaptive_prints_naive_and_adaptive_and_the_report_shows_them(
     assert code == 2 and "--suite adaptive takes only" in err
     code, _, err = cli(capsys, *fmnist_eval(tmp_path / "x", "--suite", "adaptive", "--eps", "0.1", "-p", "c=3"))
     assert code == 2 and "--suite adaptive takes -p steps" in err and not (tmp_path / "x").exists()
+
+
+@needs_fashion
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--attack", "fgsm", "--eps", "0.1", "--sanity"),
+        ("--defense", "median(size=3)", "--suite", "adaptive", "--eps", "0.1", "-p", "steps=3", "-p",
+         "n_target_classes=1", "-p", "square_queries=10"),
+    ],
+    ids=["sanity", "suite_adaptive"],
+)  # fmt: skip
+def test_sanity_and_the_adaptive_suite_under_torchrun_give_the_one_process_summary(tmp_path, extra) -> None:
+    """Under torchrun rank 0 runs the checks and shares them (and the adaptive plan); the two ranks attack one
+    batch each, and the summary equals the single-process run's, checks, plan and rows included."""
+    from tests.test_distributed import advlab, ok, torchrun, without_timings
+
+    argv = [*fmnist_eval(Path("run"), *extra, n=8), "--batch-size", "4"]  # one batch per rank
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    ok(advlab(argv, one, timeout=300))
+    result = ok(torchrun(argv, two, timeout=300))
+    summaries = [json.loads((d / "run" / "summary.json").read_text()) for d in (one, two)]
+    assert summaries[1]["complete"] and summaries[1]["n_samples"] == 8
+    assert summaries[1]["sanity"]["on"] == 4 and len(summaries[1]["sanity"]["checks"]) >= 8
+    assert without_timings(summaries[1]) == without_timings(summaries[0])
+    if "adaptive" in extra:
+        assert summaries[1]["adaptive"]["rows"] and result.stdout.count("adaptive eps=0.1") == 1  # rank 0 prints

@@ -211,8 +211,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if adaptive:
         from ..evaluate.adaptive import adaptive_line, evaluate_adaptive
 
-        if info.distributed:
-            raise UsageError("--suite adaptive runs in one process; start it without torchrun")
         if save:
             raise UsageError("--save-adversarial does not combine with --suite adaptive yet")
         result = evaluate_adaptive(
