@@ -11,11 +11,12 @@ PGD overstates robustness where the defence masks gradients.
     .venv/bin/python benchmarks/adaptive.py --imagenet ../shared/data/imagenet-30x5 --images 20 --eps 0.0157 \
         --alpha 0.004 --steps 10 --eot 4 --defences "bit_depth(bits=3)"            # EfficientNet-Lite0
 
-With ``--suite`` the columns are suites instead of PGD: the naive ``strong`` suite on the defended model, the
-adaptive suite (:mod:`advlab.evaluate.adaptive`: the checks on the first 16 images, then EOT with K from the
-gradient variance (capped at ``--eot-cap``) and BPDA around the modules the probe flags, plus Square; a sample is
-robust only if both suites left it) and the ``strong`` suite on the undefended model. Breaks of a random defence
-are judged on the expected prediction over K draws (the suite's own test).
+With ``--suite`` the columns are: clean, naive PGD, the adaptive suite (:mod:`advlab.evaluate.adaptive`: the
+checks on the first 16 images, then EOT with K from the gradient variance (capped at ``--eot-cap``) and BPDA
+around the modules the probe flags, plus Square) and the ``strong`` suite on the undefended model; with
+``--naive-suite`` the naive ``strong`` suite on the defended model as well (a sample then counts robust only if
+both suites left it). A random defence is judged on its expected prediction (mean softmax over
+``--judge-draws``), a deterministic one on one forward.
 
 PGD: Linf eps 0.1, ``--steps`` steps of ``--alpha``, one random start seeded by the test-set index. A sample counts
 as robust under the adaptive attack only if neither the naive nor the adaptive attack broke it (the defender faces
