@@ -46,7 +46,8 @@ from .specs import SpecError, make_spec, register_attack
 from .suite import Stage, apgd_ce_stage, apgd_t_stage, run_suite, square_stage
 
 EOT_CAP = 32  # most draws per step the suite chooses by itself
-EOT_TOL = 0.5  # relative error of the K-draw gradient the choice aims at
+EOT_TOL = 0.3  # relative error of the K-draw gradient the choice aims at (0.5 chose K = 3 for random resize-pad
+# on fmnist_cnn_standard, which left 7% robust against 4.5% at K = 10: docs/benchmarks.md, adaptive.py)
 VARIANCE_DRAWS = 8  # draws of the input gradient that measure its variance
 MASKING_CHECKS = (
     "zero_gradients", "iterative_vs_single_step", "accuracy_monotone_in_eps", "large_eps", "unbounded_attack",
