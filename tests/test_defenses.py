@@ -278,3 +278,15 @@ def test_defenses_import_nothing_from_the_rest_of_advlab_but_its_errors() -> Non
                 )
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("advlab") for a in node.names), path.name
+
+
+def test_gaussian_noise_without_clip_is_cohen_et_al_noise_and_parses() -> None:
+    x = torch.zeros(2, 1, 16, 16, dtype=torch.float64)  # a black image: the clip would keep only the half-normal
+    clipped, free = (GaussianNoise(0.1, clip=c, generator=torch.Generator().manual_seed(3)) for c in (True, False))
+    a, b = clipped(x), free(x)
+    assert float(b.min()) < 0 and torch.equal(a, b.clamp(0, 1))  # the same draw, clipped or not
+    assert abs(b.mean().item()) < 0.02 and abs(a.mean().item() - 0.1 * 0.3989) < 0.01  # E[max(n, 0)] = 1/sqrt(2pi)
+    parsed = parse_defense("gaussian_noise(sigma=0.1, clip=False)")
+    assert isinstance(parsed, GaussianNoise) and parsed.clip is False and "clip=False" in repr(parsed)
+    with pytest.raises(TypeError, match="clip must be True or False"):
+        GaussianNoise(0.1, clip=1)  # type: ignore[arg-type]

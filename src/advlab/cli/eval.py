@@ -219,8 +219,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if adaptive:
             from ..evaluate.adaptive import adaptive_line, evaluate_adaptive
 
-            if info.distributed:
-                raise UsageError("--suite adaptive runs in one process; start it without torchrun")
             if save:
                 raise UsageError("--save-adversarial does not combine with --suite adaptive yet")
             result = evaluate_adaptive(
@@ -235,31 +233,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
             result = (evaluate_sharded if info.distributed else evaluate)(model, dataset, specs, extra=extra, **common)
         if not info.is_main:  # rank 0 reports for the whole distributed run
             return 0
-    for a in result.summary["attacks"]:
-        print(summary_line(a, result.summary["model"]))
-        for line in stage_lines(a):  # a suite: the robust accuracy after each stage, like AutoAttack's printout
-            print(line)
-    if args.sanity or any(a.get("stages") for a in result.summary["attacks"]):
-        for line in sanity_lines(result.summary):  # the gradient-masking checks' verdicts, where they ran
-            print(line)
-    if published is not None:
-        print(
-            f"RobustBench published (AutoAttack, eps {published['eps']}): clean {published['clean_acc']}%, "
-            f"robust {published['autoattack_acc']}% ({published['source']})"
-        )
-    for row in (result.summary.get("adaptive") or {}).get("rows", []):
-        print(adaptive_line(row))
-    if not args.quiet:
-        print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
-    if getattr(args, "claim", None):
-        from ..evaluate.claim import write_claim
-
-        write_claim(args.out, args.claim)
-    if getattr(args, "report", False):
-        from ..report import write_run_report
-
-        names = list(getattr(dataset, "class_names", []) or getattr(model, "class_names", []))
-        path = write_run_report(args.out, dataset=dataset, class_names=names)
+        for a in result.summary["attacks"]:
+            print(summary_line(a, result.summary["model"]))
+            for line in stage_lines(a):  # a suite: the robust accuracy after each stage, like AutoAttack's printout
+                print(line)
+        if args.sanity or any(a.get("stages") for a in result.summary["attacks"]):
+            for line in sanity_lines(result.summary):  # the gradient-masking checks' verdicts, where they ran
+                print(line)
+        if published is not None:
+            print(
+                f"RobustBench published (AutoAttack, eps {published['eps']}): clean {published['clean_acc']}%, "
+                f"robust {published['autoattack_acc']}% ({published['source']})"
+            )
+        for row in (result.summary.get("adaptive") or {}).get("rows", []):
+            print(adaptive_line(row))
         if not args.quiet:
-            print(f"report: {path}", file=sys.stderr)
-    return 0
+            print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
+        if getattr(args, "claim", None):
+            from ..evaluate.claim import write_claim
+
+            write_claim(args.out, args.claim)
+        if getattr(args, "report", False):
+            from ..report import write_run_report
+
+            names = list(getattr(dataset, "class_names", []) or getattr(model, "class_names", []))
+            path = write_run_report(args.out, dataset=dataset, class_names=names)
+            if not args.quiet:
+                print(f"report: {path}", file=sys.stderr)
+        return 0

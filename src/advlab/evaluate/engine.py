@@ -202,8 +202,12 @@ def attack_batch(
     was_training = model.training
     model.eval()
     try:
+        # One prediction rule for the whole run: the clean and every adversarial prediction are the expected
+        # prediction over the run's largest K, so a naive (K = 1) spec beside an EOT one is not scored on one
+        # lucky draw of a random model, nor are the samples it passes on through only_unbroken.
+        judge_k = max(eot_samples_of(s) for s in specs)
         with _Forked(model_rng_seed(seed, indices, "clean"), x.device):
-            clean_logits = _logits(model, x, max(eot_samples_of(s) for s in specs))
+            clean_logits = _logits(model, x, judge_k)
         clean = topk(clean_logits)
         target_cache: dict[str | int, Tensor] = {}
         for spec in specs:
@@ -230,7 +234,7 @@ def attack_batch(
                     extras = _extras(x_adv, len(run))
                     x_adv = getattr(x_adv, "x_adv", x_adv)
                     model.eval()  # an attack must restore the mode; be robust to one that does not
-                    adv_logits = _logits(model, x_adv, eot_samples_of(spec))
+                    adv_logits = _logits(model, x_adv, judge_k)
                 records = make_records(
                     indices=sub_indices,
                     labels=y[sel].tolist(),

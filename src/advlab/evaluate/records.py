@@ -32,8 +32,9 @@ TOPK = 5
 # The version of the record format and of what its fields mean, part of every run's fingerprint: BUMP it in
 # the change that adds, removes or redefines a field (or L0_TOL, TOPK), so older run directories are refused
 # instead of mixed with new records.
-RECORD_SCHEMA_VERSION = 2  # 2: batch files end with an end-of-batch line; strict JSON
-# (never NaN); minimal-norm attacks' records carry ``distance`` (evaluate/robustness.py)
+RECORD_SCHEMA_VERSION = 3  # 2: batch files end with an end-of-batch line; strict JSON
+# (never NaN); minimal-norm attacks' records carry ``distance`` (evaluate/robustness.py); 3: every adversarial
+# prediction is the expected one over the run's largest eot_samples, as the clean one (evaluate/engine.py)
 
 
 class NonFiniteError(RunError):
