@@ -173,6 +173,14 @@ def tamper(out, tmp_path, how: str):
                                            f.read_text().splitlines()[:-1])  # fmt: skip
             a["adv_top1"], a["ci95"]["adv_top1"]["k"] = 1.0, a["n"]
             (copy / "summary.json").write_text(json.dumps(summary))
+    elif how in ("file", "from"):  # review F3 (f, g): a record points outside the run, or claims another owner
+        f = sorted((copy / "records").glob("fgsm-*/*.jsonl"))[0]
+        lines = [json.loads(line) for line in f.read_text().splitlines()]
+        if how == "file":
+            lines[0]["adversarial"]["file"] = str(tmp_path / "elsewhere.safetensors")
+        else:
+            lines[0]["from"] = "pgd"  # pgd's file would set the ball (and pgd is not what fgsm was chained on)
+        f.write_text("".join(json.dumps(r) + "\n" for r in lines))
     else:
         f = sorted((copy / "adversarial").glob("pgd-*/*.safetensors"))[0]
         f.write_bytes(f.read_bytes()[:100])
@@ -191,6 +199,8 @@ def tamper(out, tmp_path, how: str):
         ("probs", "the record says not broken, the model's top-1 on the example is"),
         ("drop", "fgsm, batch 0-15: records for samples"),
         ("n", "summary.json: pgd counts n=41 samples, 40 were checked"),
+        ("file", "fgsm, sample 0: points at"),
+        ("from", "fgsm, sample 0: says its example comes from 'pgd', which 'fgsm' was not chained on"),
     ],
 )
 def test_verify_catches_a_tampered_run(saved_run, tmp_path, capsys, how, needle):

@@ -42,7 +42,7 @@ from .compare import FinishedRun, load_run
 from .engine import load_batch, plan_batches
 from .run import device_of, model_digest
 from .rundir import RunDirectory
-from .saved import BALL_TOL, ball_of, distance, load_examples
+from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
 from .specs import SpecError
 
 PROB_TOL = 1e-3
@@ -123,6 +123,7 @@ def verify_run(
     rundir = RunDirectory(run.path, cfg, origin={})
     params = {str(a["id"]): a.get("params") or {} for a in cfg["attacks"]}
     names = {str(a["id"]): str(a["name"]) for a in cfg["attacks"]}
+    chained = {str(a["id"]): {str(a["id"]), *map(str, a.get("only_unbroken") or ())} for a in cfg["attacks"]}
     out = Verification()
     robust = {aid: 0 for aid in params}
     checked = {aid: 0 for aid in params}
@@ -162,9 +163,22 @@ def verify_run(
                 elif not r.get("adversarial"):
                     out.mismatches.append(f"{where}: no saved example")
                 else:
+                    # A file holds the examples of the attack that made them: this one, or one it was chained on
+                    # (only_unbroken); the record's file must be that attack's file of this batch, inside the run.
+                    owner = str(r.get("from") or aid)
+                    owner = owner if owner in params else aid
+                    file = str(r["adversarial"]["file"])
+                    if owner not in chained[aid]:
+                        out.mismatches.append(
+                            f"{where}: says its example comes from {owner!r}, which {aid!r} was not chained on"
+                        )
+                        continue
+                    expected = saved_path(rundir.batch_file(owner, batch)).relative_to(run.path).as_posix()
+                    if file != expected:
+                        out.mismatches.append(f"{where}: points at {file!r}, not its attack's file {expected!r}")
+                        continue
                     todo.append((aid, r, where))
-                    owner = str(r.get("from") or aid)  # a file holds the examples of the attack that made them
-                    owners.setdefault(str(r["adversarial"]["file"]), owner if owner in params else aid)
+                    owners.setdefault(file, owner)
         files: dict[str, dict[str, torch.Tensor] | None] = {}
         for name in owners:
             try:
