@@ -342,3 +342,23 @@ def test_a_run_json_naming_model_code_is_not_run_by_verify_or_report_unless_name
     assert (run / "report.html").exists()
     assert main(["verify", str(run), "--model", f"{factory}:make"]) == 0, capsys.readouterr()
     assert marker.exists() and "verify: OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("norm", ["l2", "l0"])
+def test_verify_recomputes_a_minimal_norm_records_distance(digits_model, tmp_path, norm):
+    # Review F3 (e): the robustness curve, median eps* and AUC of a --minimal run are computed from the records'
+    # distance; an edited distance must not pass.
+    model, x, y = digits_model
+    data = Items(x[:12], y[:12])
+    out = tmp_path / "run"
+    spec = make_spec("fmn", {"norm": norm, "steps": 10}, id="fmn")
+    result = evaluate(model, data, [spec], out=out, batch_size=12, quiet=True, save_adversarial=True)
+    assert verify_run(out, model, data).ok
+    f = next((out / "records").glob("fmn*/*.jsonl"))
+    lines = [json.loads(line) for line in f.read_text().splitlines()]
+    k = next(i for i, r in enumerate(lines[:-1]) if r["distance"])  # a sample broken at a positive distance
+    lines[k]["distance"] /= 4  # a robust-looking curve made to look less robust, or the reverse: both caught
+    f.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    v = verify_run(out, model, data)
+    assert not v.ok and any("the record's distance" in m for m in v.mismatches), v.mismatches
+    assert result.records["fmn"][k]["distance"] == 4 * lines[k]["distance"]

@@ -43,9 +43,11 @@ from .engine import load_batch, plan_batches
 from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
-from .specs import SpecError
+from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
 
 PROB_TOL = 1e-3
+# A minimal-norm record's distance against the saved example's: float64 sums of the same float32 difference.
+DISTANCE_RTOL = 1e-5
 
 
 @dataclass
@@ -83,17 +85,24 @@ def _gaps(logits: torch.Tensor) -> list[float]:
 
 
 def _geometry(
-    x: torch.Tensor, xa: torch.Tensor, pos: Mapping[int, int], index: torch.Tensor, ball: tuple[str, float] | None
+    x: torch.Tensor,
+    xa: torch.Tensor,
+    pos: Mapping[int, int],
+    index: torch.Tensor,
+    ball: tuple[str, float] | None,
+    norm: str | None = None,
 ) -> tuple[tuple[str, float] | None, list[bool], list[float]]:
-    """Per row of one saved file: inside [0, 1], and the distance to its clean image (0 without a ball or clean
-    image; a row whose sample the data lacks is reported by the caller and never read here)."""
+    """Per row of one saved file: inside [0, 1], and the distance to its clean image in the ball's norm, else in
+    ``norm`` (a minimal-norm attack's; 0 without either or without a clean image; a row whose sample the data
+    lacks is reported by the caller and never read here)."""
     at = [pos.get(int(j)) for j in index.tolist()]
     rows = [k for k, p in enumerate(at) if p is not None]
     lo, hi = torch.aminmax(xa.flatten(1), dim=1)
     box = ((lo >= -BALL_TOL) & (hi <= 1 + BALL_TOL)).tolist()
     dist = [0.0] * len(at)
-    if rows and ball is not None:
-        for k, d in zip(rows, distance(x[[at[k] for k in rows]], xa[rows], ball[0]).tolist(), strict=True):
+    norm = ball[0] if ball is not None else norm
+    if rows and norm is not None:
+        for k, d in zip(rows, distance(x[[at[k] for k in rows]], xa[rows], norm).tolist(), strict=True):
             dist[k] = d
     return ball, box, dist
 
@@ -201,8 +210,11 @@ def verify_run(
             for name, xa in zip(readable, xa_all, strict=True):
                 top1[name], t_all = t_all[: xa.shape[0]], t_all[xa.shape[0] :]
                 gaps[name], g_all = g_all[: xa.shape[0]], g_all[xa.shape[0] :]
-                ball = ball_of(names[owners[name]], params[owners[name]])
-                geometry[name] = _geometry(x, xa.to(device), pos, files[name]["index"], ball)  # type: ignore[index]
+                owner = owners[name]
+                ball = ball_of(names[owner], params[owner])
+                norm = attack_norm(names[owner], params[owner]) if names[owner] in MINIMAL_ATTACKS else None
+                index = files[name]["index"]  # type: ignore[index]
+                geometry[name] = _geometry(x, xa.to(device), pos, index, ball, norm)
         for aid, r, where in todo:
             i, saved = int(r["index"]), r["adversarial"]
             name = str(saved["file"])
@@ -222,6 +234,14 @@ def verify_run(
                 out.mismatches.append(
                     f"{where}: the example leaves the {ball[0]} ball: {dist[row]:.6g} > eps {ball[1]:.6g}"
                 )
+            if ball is None and r.get("distance") is not None and owners[name] == aid:  # a minimal-norm record
+                want = float(r["distance"])  # the curve, median eps* and AUC are computed from it
+                # L0 here counts changes above L0_TOL, the attack counts every nonzero change: never more.
+                l0 = attack_norm(names[aid], params[aid]) == "l0"
+                if (dist[row] > want + 0.5) if l0 else abs(dist[row] - want) > DISTANCE_RTOL * want + 1e-7:
+                    out.mismatches.append(
+                        f"{where}: the record's distance {want:.6g} is not the example's {dist[row]:.6g}"
+                    )
             t = top1[name][row]
             broken = t != r["label"] if r["target"] is None else t == r["target"]
             borderline = gaps[name][row] <= tol  # float error (another device) can flip this example's top-1
