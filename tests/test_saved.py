@@ -362,3 +362,17 @@ def test_verify_recomputes_a_minimal_norm_records_distance(digits_model, tmp_pat
     v = verify_run(out, model, data)
     assert not v.ok and any("the record's distance" in m for m in v.mismatches), v.mismatches
     assert result.records["fmn"][k]["distance"] == 4 * lines[k]["distance"]
+
+
+def test_linf_examples_on_the_uint8_grid_keep_their_plain_rounding(digits_model, tmp_path):
+    # Review 2, F5: PGD-Linf puts pixels exactly at x +- eps; on uint8 images the plain rounding of such an example
+    # is inside the ball, and it is the point to keep and re-check (the clamp moved it a level inwards, so every
+    # example counted as "changed" and its uint8_success was null: a 0 % row in the report).
+    model, x, y = digits_model
+    x = (x[:16] * 255).round() / 255
+    spec = make_spec("pgd", {"eps": 8 / 255, "steps": 5}, id="pgd")
+    result = evaluate(model, Items(x, y[:16]), [spec], out=tmp_path / "run", batch_size=16, quiet=True,
+                      save_adversarial=True)  # fmt: skip
+    saved = [r["adversarial"] for r in result.records["pgd"] if r["success"]]
+    assert saved and all(a["uint8_in_ball"] and not a["uint8_in_ball_changed"] for a in saved)
+    assert all(a["uint8_success"] is not None for a in saved)

@@ -134,6 +134,11 @@ def _succeeds(logits: Tensor, records: Sequence[Mapping[str, Any]]) -> list[bool
     return out
 
 
+def batch_rows(flags: Tensor, like: Tensor) -> Tensor:
+    """A per-sample (N,) tensor shaped to broadcast against a batch like ``like``."""
+    return flags.view(-1, *[1] * (like.dim() - 1))
+
+
 def saved_path(records_file: Path) -> Path:
     """``adversarial/<attack>/<batch>.safetensors`` beside ``records/<attack>/<batch>.jsonl``."""
     return records_file.parent.parent.parent / SAVED_DIR / records_file.parent.name / f"{records_file.stem}.safetensors"
@@ -152,11 +157,14 @@ def save_examples(
     from safetensors.torch import save
 
     ball = ball_of(spec.name, spec.params)
-    u8, u8_ball = to_uint8(x_adv), nearest_uint8_in_ball(x, x_adv, ball)
+    u8 = to_uint8(x_adv)
+    # float32 pixels (k / 255 is within 6e-8 of exact, far below BALL_TOL). Where the plain rounding is inside the
+    # ball it is the point to keep; the nearest in-ball point only where it is not (the Linf clamp's bounds, in
+    # 255-units, can move a pixel sitting exactly at x +- eps one level inwards although it is inside).
+    inside_t = in_ball(x, u8.float() / 255, ball)
+    u8_ball = torch.where(batch_rows(inside_t, u8), u8, nearest_uint8_in_ball(x, x_adv, ball))
     changed = (u8 != u8_ball).flatten(1).any(dim=1).tolist()
-    # float32 pixels (k / 255 is within 6e-8 of exact, far below BALL_TOL); the in-ball version only where it
-    # differs from the plain rounding
-    inside = in_ball(x, u8.float() / 255, ball).tolist()
+    inside = inside_t.tolist()
     inside_ball = list(inside)
     moved = [k for k, c in enumerate(changed) if c]
     if moved:
