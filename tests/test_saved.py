@@ -144,9 +144,15 @@ def tamper(out, tmp_path, how: str):
         rows = [json.loads(line) for line in f.read_text().splitlines()]
         rows[2]["label"] = (rows[2]["label"] + 1) % 10
         f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif how in ("summary", "n"):
+    elif how in ("summary", "n", "eligible", "dropped"):
         summary = json.loads((copy / "summary.json").read_text())
-        if how == "summary":
+        if how == "eligible":  # review 2, F3 (b): a success rate with a forged denominator, consistent with it
+            a = summary["attacks"][0]
+            a["n_eligible"] *= 10
+            a["success_rate"] = a["ci95"]["success_rate"]["k"] / a["n_eligible"]
+        elif how == "dropped":  # review 2, F3 (a): an inconvenient attack left out of the summary (and its report)
+            summary["attacks"] = summary["attacks"][:1]
+        elif how == "summary":
             summary["attacks"][1]["ci95"]["adv_top1"]["k"] -= 1  # a robust accuracy made to look lower
         else:  # review F3 (b): one more sample than the records hold, which once switched the comparison off
             summary["attacks"][1]["n"] += 1
@@ -199,6 +205,8 @@ def tamper(out, tmp_path, how: str):
         ("probs", "the record says not broken, the model's top-1 on the example is"),
         ("drop", "fgsm, batch 0-15: records for samples"),
         ("n", "summary.json: pgd counts n=41 samples, 40 were checked"),
+        ("eligible", "summary.json: fgsm counts 400 eligible samples, the records 40"),
+        ("dropped", "summary.json: lists attack pgd 0 times, the run ran it once"),
         ("file", "fgsm, sample 0: points at"),
         ("from", "fgsm, sample 0: says its example comes from 'pgd', which 'fgsm' was not chained on"),
     ],

@@ -141,6 +141,7 @@ def verify_run(
     checked = {aid: 0 for aid in params}
     incomplete: set[str] = set()  # attacks with a record that failed before its check (already a mismatch)
     read_n = {aid: 0 for aid in params}
+    eligible = {aid: 0 for aid in params}  # success rates count samples whose target is not their label
     success = {aid: 0 for aid in params}
     for batch in plan:
         x, y, kept = load_batch(dataset, list(batch), device)
@@ -164,6 +165,7 @@ def verify_run(
                 )
                 incomplete.add(aid)
             read_n[aid] += len(recs)
+            eligible[aid] += sum(r["target"] is None or r["target"] != r["label"] for r in recs)
             for r in recs:
                 i, where = int(r["index"]), f"{aid}, sample {r['index']}"
                 if i not in pos:
@@ -263,6 +265,10 @@ def verify_run(
     # An attack with a record that could not be checked (a mismatch above already) is not compared: its counts
     # would differ for that reason alone. What decides this is verify's own count, not summary.json's.
     incomplete |= {aid for aid in params if read_n[aid] != checked[aid]}
+    listed = [str(a["id"]) for a in run.summary.get("attacks", [])]
+    for aid in params:  # every attack of the run once: one dropped from the summary would vanish from its report
+        if listed.count(aid) != 1:
+            out.mismatches.append(f"summary.json: lists attack {aid} {listed.count(aid)} times, the run ran it once")
     for a in run.summary.get("attacks", []):
         aid = a["id"]
         if aid not in robust:
@@ -272,6 +278,9 @@ def verify_run(
             continue
         if int(a.get("n") or 0) != checked[aid]:
             out.mismatches.append(f"summary.json: {aid} counts n={a.get('n')} samples, {checked[aid]} were checked")
+        if a.get("n_eligible") is not None and int(a["n_eligible"]) != eligible[aid]:
+            out.mismatches.append(f"summary.json: {aid} counts {a['n_eligible']} eligible samples, the records "
+                                  f"{eligible[aid]}")  # fmt: skip
         ci = a.get("ci95") or {}
         for key, got_k in (("adv_top1", robust[aid]), ("success_rate", success[aid])):
             want_k = (ci.get(key) or {}).get("k")
