@@ -278,3 +278,21 @@ def test_foolbox_cifar10_samples_smoke(tmp_path, capsys) -> None:
         pred = net(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(1)
     assert [r["label"] for r in records] == labels.tolist()
     assert [r["clean_top5"][0] for r in records] == pred.tolist()
+
+
+class _HugeReconstruct:
+    """Pickles as numpy's own array reconstruction asked for 10**7 objects: 80 MB from a file of a few bytes."""
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (10**7,), b"O"))
+
+
+def test_restricted_unpickler_refuses_a_reconstruction_larger_than_its_file_or_of_objects(tmp_path) -> None:
+    blob = pickle.dumps(_HugeReconstruct(), protocol=2)
+    with pytest.raises(UsageError, match=r"refused an array of \d+ bytes \(object\)"):
+        restricted_load(_write(tmp_path / "objects", blob))
+    objects = pickle.dumps(np.array([1, "a"], dtype=object), protocol=2)
+    with pytest.raises(UsageError, match=r"refused (an array|dtype object)"):
+        restricted_load(_write(tmp_path / "small_objects", objects))

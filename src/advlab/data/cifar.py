@@ -83,10 +83,34 @@ def _codecs_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _plain_dtype(*args: Any) -> np.dtype:
+    """numpy.dtype for the dtypes of numbers and bytes only: an object dtype would let the pickle build arbitrary
+    Python objects inside an array (CIFAR batches hold uint8 pixels and integer labels)."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError(f"refused dtype {dtype}: only arrays of numbers")
+    return dtype
+
+
 ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _plain_dtype,
     ("_codecs", "encode"): _codecs_encode,
 }
+
+
+def _bounded_reconstruct(max_bytes: int) -> Callable[..., Any]:
+    """numpy's array reconstruction, refusing a shape larger than the file could hold (it allocates the shape it
+    is given before the file's bytes are read into it) and object arrays."""
+    fn = _reconstruct()
+
+    def rebuild(subtype: Any, shape: Any, dtype: Any, *args: Any) -> Any:
+        dt = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.float64)) * max(dt.itemsize, 1)
+        if dt.hasobject or size > max_bytes:
+            raise pickle.UnpicklingError(f"refused an array of {size} bytes ({dt}) from a {max_bytes}-byte file")
+        return fn(subtype, shape, dtype, *args)
+
+    return rebuild
 
 
 def _reconstruct() -> Callable[..., Any]:
@@ -124,10 +148,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: Any, max_bytes: int, **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
         self.ndarray = _bounded_ndarray(max_bytes)
+        self.reconstruct = _bounded_reconstruct(max_bytes)
 
     def find_class(self, module: str, name: str) -> Any:
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return _reconstruct()
+            return self.reconstruct
         if (module, name) == ("numpy", "ndarray"):
             return self.ndarray
         found = ALLOWED.get((module, name))
