@@ -354,3 +354,27 @@ def test_naive_suite_beside_eot_is_judged_on_the_expected_prediction_not_one_dra
     naive = next(a for a in result.summary["attacks"] if a["name"] == "suite_fast")
     assert result.summary["adaptive"]["plan"]["eot_samples"] > 1
     assert naive["adv_top1"] >= naive["clean_top1"] - 0.1, naive  # one-draw judging gave 0.625 against 0.828
+
+
+def test_a_resumed_batch_of_a_random_model_is_judged_by_the_whole_runs_rule(tmp_path) -> None:
+    """Review 2, F8: the prediction rule's K is the run's largest eot_samples. A batch resumed with only its K = 1
+    attack left to run must still be judged over that K, or its records differ from the uninterrupted run's."""
+    from tests.test_evaluate import Items
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3)).eval()
+    x = torch.rand(16, 3, 4, 4)
+    with torch.no_grad():
+        y = base(x).argmax(1)
+    model = defended(base, GaussianNoise(0.3))
+    specs = [
+        make_spec("fgsm", {"eps": 0.05}, id="fgsm"),
+        make_spec("pgd", {"eps": 0.05, "steps": 2, "eot_samples": 8}, id="pgd"),
+    ]
+    out = tmp_path / "run"
+    first = evaluate(model, Items(x, y), specs, out=out, batch_size=16, quiet=True, prepare=False)
+    for f in (out / "records").glob("fgsm*/*.jsonl"):  # killed after pgd's records, before fgsm's were kept
+        f.unlink()
+    again = evaluate(model, Items(x, y), specs, out=out, batch_size=16, quiet=True, prepare=False)
+    untimed = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
+    assert untimed(again.records["fgsm"]) == untimed(first.records["fgsm"])

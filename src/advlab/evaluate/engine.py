@@ -183,8 +183,13 @@ def attack_batch(
     done: Mapping[str, list[dict[str, Any]]] | None = None,
     on_attack: Callable[[AttackSpec, list[dict[str, Any]]], None] | None = None,
     on_adversarial: Callable[[AttackSpec, list[dict[str, Any]], Tensor, Tensor], None] | None = None,
+    judge_samples: int | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Records of every attack in ``specs`` on one batch (any subset of the dataset's indices).
+
+    ``judge_samples``: the K of the run's prediction rule (the largest ``eot_samples`` of all the run's attacks,
+    not only of those still to run on this batch, so a resumed batch is judged as the uninterrupted run judged
+    it); default: the largest of ``specs``.
 
     The clean logits are computed once and shared by all attacks. Attacks whose records are in ``done``
     (read back from a run directory) are not run again, but their records still feed later attacks that
@@ -205,7 +210,7 @@ def attack_batch(
         # One prediction rule for the whole run: the clean and every adversarial prediction are the expected
         # prediction over the run's largest K, so a naive (K = 1) spec beside an EOT one is not scored on one
         # lucky draw of a random model, nor are the samples it passes on through only_unbroken.
-        judge_k = max(eot_samples_of(s) for s in specs)
+        judge_k = judge_samples if judge_samples is not None else max(eot_samples_of(s) for s in specs)
         with _Forked(model_rng_seed(seed, indices, "clean"), x.device):
             clean_logits = _logits(model, x, judge_k)
         clean = topk(clean_logits)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..models import preparation_record
 from ..models import prepare as prepare_model
 from ..runtime.lock import lock_folder
-from .engine import attack_batch, check_fits, load_batch, plan_batches
+from .engine import attack_batch, check_fits, eot_samples_of, load_batch, plan_batches
 from .records import RECORD_SCHEMA_VERSION, atomic_write_text
 from .rundir import RunDirectory
 from .saved import SAVED_VERSION, save_examples, saved_path
@@ -275,6 +275,7 @@ def evaluate(
                         done=done,
                         on_attack=saved,
                         on_adversarial=examples if save_adversarial else None,
+                        judge_samples=max(eot_samples_of(s) for s in specs),  # the whole run's rule, resumed or not
                     )
                 else:  # every image of the batch was unreadable: mark the batch done, with no records
                     for spec in todo_specs:
