@@ -265,7 +265,7 @@ def apgd_result(
         index = torch.arange(inp.n, device=inp.x.device)
         for r in range(restarts):
             if r > 0:
-                index = (~best.success).nonzero().view(-1)
+                index = best.standing()
                 if index.numel() == 0:
                     break
             sub = ball.take(index)

@@ -138,14 +138,14 @@ def apgd_l1_result(
     best = BestPoint.start(inp.x)
     stages = _stages(steps, large_eps)
     with frozen(model):
-        with torch.no_grad():  # the model's output and the labels checked once, before any work
-            classes = first_logits(model, inp.x, inp.y_max).shape[1]
+        with torch.no_grad():  # the model's output and the labels checked once, on one sample, before any work
+            classes = first_logits(model, inp.x[:1], inp.y_max).shape[1]
         if loss == "dlr":
             check_classes(classes, loss, mode)
         index = torch.arange(inp.n, device=inp.x.device)
         for r in range(restarts):
             if r > 0:
-                index = (~best.success).nonzero().view(-1)
+                index = best.standing()
                 if index.numel() == 0:
                     break
             x_sub, eps_sub, y_sub = inp.x[index], inp.eps[index], inp.y[index]

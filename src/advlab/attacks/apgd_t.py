@@ -54,7 +54,7 @@ def apgd_t_result(
         target_rank = torch.where(best.success, 0, -1)
         for rank in range(1, n_target_classes + 1):
             for _ in range(restarts):
-                index = (~best.success).nonzero().view(-1)
+                index = best.standing()
                 if index.numel() == 0:
                     break
                 sub = ball.take(index)

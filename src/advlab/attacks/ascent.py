@@ -35,9 +35,14 @@ class Momentum:
         self.g: Tensor | None = None
 
     def __call__(self, grad: Tensor) -> Tensor:
-        step = grad / batch_view(flat_norm(grad, 1.0).clamp_min(1e-30), grad)
-        self.g = step if self.g is None else self.g.mul_(self.decay).add_(step)
-        return self.g.clone()
+        # In the gradient's own storage (the loop's to reuse, see Direction): no batch-sized allocation per step;
+        # the returned direction is that storage, which the step rule then overwrites, never g itself.
+        step = grad.div_(batch_view(flat_norm(grad, 1.0).clamp_min(1e-30), grad))
+        if self.g is None:
+            self.g = step.clone()
+            return step
+        self.g.mul_(self.decay).add_(step)
+        return step.copy_(self.g)
 
 
 def ascend(

@@ -136,7 +136,7 @@ def _projected_ascent(
         ball = inp.norm.ball(inp.x, inp.eps)
         best = run(ball, inp.y, alpha_t, noise)
         for _ in range(restarts - 1):  # each restart only on the samples not yet broken
-            index = (~best.success).nonzero().view(-1)
+            index = best.standing()
             if index.numel() == 0:
                 break
             best.merge(run(ball.take(index), inp.y[index], alpha_t[index], noise.take(index)), index)

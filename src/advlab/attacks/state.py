@@ -66,6 +66,10 @@ class BestPoint(PerSample):
         self.objective = torch.where(better, objective, self.objective)
         self.success = self.success | (better & success)
 
+    def standing(self) -> Tensor:
+        """The indices of the samples not yet broken: what a restart attacks (AutoAttack's rule)."""
+        return (~self.success).nonzero().view(-1)
+
     def merge(self, other: BestPoint, index: Tensor) -> None:
         """Fold in ``other``, which holds the samples at ``index`` of this batch."""
         sub = self.take(index)

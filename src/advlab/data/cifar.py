@@ -98,16 +98,23 @@ ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
+def _check_array(shape: Any, dtype: Any, max_bytes: int) -> None:
+    """Refuse an array the unpickler would allocate before reading any of the file's bytes into it: one of
+    objects, or one larger than the whole file could fill."""
+    dt = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.float64)) * max(dt.itemsize, 1)
+    if dt.hasobject:
+        raise pickle.UnpicklingError(f"refused an array of {size} bytes (object): only arrays of numbers")
+    if size > max_bytes:
+        raise pickle.UnpicklingError(f"refused an array of {size} bytes from a {max_bytes}-byte file")
+
+
 def _bounded_reconstruct(max_bytes: int) -> Callable[..., Any]:
-    """numpy's array reconstruction, refusing a shape larger than the file could hold (it allocates the shape it
-    is given before the file's bytes are read into it) and object arrays."""
+    """numpy's array reconstruction (how pickled arrays are rebuilt), through :func:`_check_array`."""
     fn = _reconstruct()
 
     def rebuild(subtype: Any, shape: Any, dtype: Any, *args: Any) -> Any:
-        dt = np.dtype(dtype)
-        size = int(np.prod(shape, dtype=np.float64)) * max(dt.itemsize, 1)
-        if dt.hasobject or size > max_bytes:
-            raise pickle.UnpicklingError(f"refused an array of {size} bytes ({dt}) from a {max_bytes}-byte file")
+        _check_array(shape, dtype, max_bytes)
         return fn(subtype, shape, dtype, *args)
 
     return rebuild
@@ -122,15 +129,12 @@ def _reconstruct() -> Callable[..., Any]:
 
 
 def _bounded_ndarray(max_bytes: int) -> type[np.ndarray]:
-    """numpy's array type, refusing to allocate more bytes than the file holds: a pickle that calls
-    ``ndarray(shape)`` directly (no CIFAR file does; their arrays carry their bytes) cannot ask for memory the
-    file does not contain. Arrays rebuilt from their bytes are bounded by the file already."""
+    """numpy's array type, through :func:`_check_array` when a pickle calls ``ndarray(shape)`` directly (no CIFAR
+    file does; their arrays come through the reconstruction, :func:`_bounded_reconstruct`)."""
 
     class BoundedArray(np.ndarray):
         def __new__(cls, shape: Any, dtype: Any = float, *args: Any, **kwargs: Any) -> BoundedArray:
-            size = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
-            if size > max_bytes:
-                raise pickle.UnpicklingError(f"refused an array of {size} bytes from a {max_bytes}-byte file")
+            _check_array(shape, dtype, max_bytes)
             return super().__new__(cls, shape, dtype, *args, **kwargs)
 
     return BoundedArray

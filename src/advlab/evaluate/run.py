@@ -233,6 +233,7 @@ def evaluate(
         run_dir.open(replace=replace)
     device = device_of(model)
     memory: dict[str, list[dict[str, Any]]] = {s.id: [] for s in specs}
+    judge_k = max(eot_samples_of(s) for s in specs)  # the whole run's prediction rule, resumed batches included
 
     def pending(b: range) -> list[AttackSpec]:
         return [s for s in specs if run_dir is None or not run_dir.done(s.id, b)]
@@ -275,7 +276,7 @@ def evaluate(
                         done=done,
                         on_attack=saved,
                         on_adversarial=examples if save_adversarial else None,
-                        judge_samples=max(eot_samples_of(s) for s in specs),  # the whole run's rule, resumed or not
+                        judge_samples=judge_k,
                     )
                 else:  # every image of the batch was unreadable: mark the batch done, with no records
                     for spec in todo_specs:

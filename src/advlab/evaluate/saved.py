@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..attacks.norms import batch_view
 from ..runtime.files import atomic_write_bytes
 from .records import L0_TOL
 from .specs import AttackSpec, attack_norm
@@ -134,11 +135,6 @@ def _succeeds(logits: Tensor, records: Sequence[Mapping[str, Any]]) -> list[bool
     return out
 
 
-def batch_rows(flags: Tensor, like: Tensor) -> Tensor:
-    """A per-sample (N,) tensor shaped to broadcast against a batch like ``like``."""
-    return flags.view(-1, *[1] * (like.dim() - 1))
-
-
 def saved_path(records_file: Path) -> Path:
     """``adversarial/<attack>/<batch>.safetensors`` beside ``records/<attack>/<batch>.jsonl``."""
     return records_file.parent.parent.parent / SAVED_DIR / records_file.parent.name / f"{records_file.stem}.safetensors"
@@ -162,7 +158,7 @@ def save_examples(
     # ball it is the point to keep; the nearest in-ball point only where it is not (the Linf clamp's bounds, in
     # 255-units, can move a pixel sitting exactly at x +- eps one level inwards although it is inside).
     inside_t = in_ball(x, u8.float() / 255, ball)
-    u8_ball = torch.where(batch_rows(inside_t, u8), u8, nearest_uint8_in_ball(x, x_adv, ball))
+    u8_ball = torch.where(batch_view(inside_t, u8), u8, nearest_uint8_in_ball(x, x_adv, ball))
     changed = (u8 != u8_ball).flatten(1).any(dim=1).tolist()
     inside = inside_t.tolist()
     inside_ball = list(inside)
@@ -176,7 +172,7 @@ def save_examples(
     fools: list[bool | None] = [None] * len(records)
     fools_ball: list[bool | None] = [None] * len(records)
     if hits:
-        keep = torch.where(torch.tensor(changed, device=u8.device).view(-1, *[1] * (u8.dim() - 1)), u8_ball, u8)
+        keep = torch.where(batch_view(torch.tensor(changed, device=u8.device), u8), u8_ball, u8)
         with torch.inference_mode():
             ok = _succeeds(model(keep[hits].to(x.dtype) / 255), [records[k] for k in hits])
         for j, k in enumerate(hits):
