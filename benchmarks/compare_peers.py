@@ -7,7 +7,8 @@ parameters. Per library the benchmark records
   attack with at most two iterations on the same batch, which fills the allocator and oneDNN caches);
   libraries run in a rotating order within each repeat so that a change of machine load hits all of them;
 - time per iteration divided by the raw forward+backward floor of the same batch (``torch.autograd.grad`` of
-  the summed cross-entropy w.r.t. the input with the parameters frozen), measured in the same repeat;
+  the summed cross-entropy w.r.t. the input with the parameters frozen), timed as one block of as many floor
+  steps as the attack has iterations, in the same rotation as the libraries (median over the repeats);
 - model evaluations (forward calls with and without autograd), counted by a pass-through wrapper;
 - top-1 / top-5 accuracy under attack, success rate, and for CW the median and mean L2 of the successful
   examples, over the timing batch plus the further ``--strength-images`` (run once, not timed); for the
@@ -66,7 +67,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `_peers` when ru
 
 from _peers.libraries import LIBRARIES, Library, Spec, version  # noqa: E402
 from _peers.measure import (  # noqa: E402
+    Timing,
     check,
+    floor_block,
     measure_floor,
     model_state,
     seed_everything,
@@ -216,10 +219,17 @@ def run_spec(
             if args.verbose:
                 traceback.print_exc()
     floor_cl = measure_floor(model, x0, true_all[:batch], 2, channels_last=True)
+    # The floor runs in the rotation like one more library, as one block of as many floor steps as the attack has
+    # iterations: the same position effects (allocator, caches, a load change) hit it as hit the attacks.
+    floor_steps = max(spec.iterations, 1)
+    floors: list[Timing] = []
+    entries: list[Library | None] = [*active, None] if active else []
     for r in range(repeats):
-        floor = measure_floor(model, x0, true_all[:batch], args.floor_calls)
-        order = active[r % len(active) :] + active[: r % len(active)] if active else []
+        order = entries[r % len(entries) :] + entries[: r % len(entries)] if entries else []
         for lib in order:
+            if lib is None:
+                floors.append(floor_block(model, x0, true_all[:batch], floor_steps))
+                continue
             row = rows[lib.name]
             if row["error"]:
                 continue
@@ -231,8 +241,6 @@ def run_spec(
                 continue
             row["walls"].append(t.wall)
             row["cpus"].append(t.cpu)
-            row["floor_walls"].append(floor.wall)
-            row["floor_cpus"].append(floor.cpu)
             if r == 0:
                 row["calls"], row["grad_calls"], row["images_forwarded"] = model.calls, model.grad_calls, model.images
                 outputs[lib.name] = [x_adv.detach()]
@@ -297,6 +305,8 @@ def run_spec(
                 row["top1_mean"] = float(np.mean(top1))
         row["wall"] = float(np.median(row["walls"]))
         row["cpu"] = float(np.median(row["cpus"]))
+        row["floor_walls"] = [f.wall for f in floors]
+        row["floor_cpus"] = [f.cpu for f in floors]
         row["floor_wall"] = float(np.median(row["floor_walls"]))
         row["floor_cpu"] = float(np.median(row["floor_cpus"]))
         iters = row["grad_calls"] if spec.attack == "cw_l2" else spec.iterations
@@ -530,7 +540,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="rows not to run, e.g. ART:cw_l2:imagenet (default in --quick: ART's CW on ImageNet, which "
         "costs ~40x the others)",
     )
-    p.add_argument("--floor-calls", type=int, default=2, help="floor measurements per repeat (median)")
     p.add_argument("--out", type=Path, help="output stem (default docs/bench/compare_peers)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)

@@ -75,6 +75,14 @@ class FrozenParams:
             p.requires_grad_(r)
 
 
+def floor_block(model: nn.Module, x: Tensor, y: Tensor, steps: int) -> Timing:
+    """One timed block of ``steps`` floor steps, per step: what an attack's iterations cost with nothing of the
+    attack around them, timed the way the attacks are (one block of the same length, in the same rotation)."""
+    with FrozenParams(model):
+        t, _ = timed(lambda: [floor_step(model, x, y) for _ in range(steps)], x.device)
+    return Timing(t.wall / steps, t.cpu / steps)
+
+
 def measure_floor(model: nn.Module, x: Tensor, y: Tensor, calls: int, channels_last: bool = False) -> Timing:
     """Median over ``calls`` of the floor step (wall and CPU taken separately)."""
     walls, cpus = [], []
