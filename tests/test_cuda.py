@@ -95,7 +95,10 @@ def check_eval_verifies_on_both_devices(tmp_path: Path, device: str) -> None:
     argv += ["--suite", "fast", "--eps", "0.1", "--device", device, "--quiet", "--save-adversarial", "--out", str(run)]
     assert main(argv) == 0
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["attacks"] and json.loads((run / "run.json").read_text())["config"]["device_type"] == torch.device(device).type
+    assert (
+        summary["attacks"]
+        and json.loads((run / "run.json").read_text())["config"]["device_type"] == torch.device(device).type
+    )
     for verifier in dict.fromkeys(["cpu", device]):
         assert main(["verify", str(run), "--device", verifier]) == 0, verifier
 
