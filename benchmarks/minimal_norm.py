@@ -13,6 +13,13 @@ entries where installed: Foolbox's
 ``FAB`` in L2 and Linf (with a budget no attack needs, so that it is minimal-norm; its L1 fails in 3.5.1).
 ``--entries`` keeps the entries whose name contains one of the given words (e.g. ``--entries fmn,minimal``).
 
+``--model efficientnet_lite0`` attacks EfficientNet-Lite0 on the correctly classified of the shared ImageNet
+images (../shared/data/imagenet-30x5, or ``--imagenet DIR``; at most ``--n`` of them). With its 1,000 classes
+the untargeted FABs (advlab's, adv_lib's, torchattacks') are left out: their Jacobian is one backward per class,
+999 a step; FAB-T (9 targets) stays. ``--device cuda`` puts the model, the images and every library's attack
+on the GPU; the time column is then wall seconds between ``torch.cuda.synchronize()`` calls (after one warm-up
+forward and backward), on the CPU it is process time.
+
 The ensemble's row is, by default, not a separate run: ``attacks.minimal`` is deterministic and returns per
 sample the smallest verified distance of its members (attacks.MINIMAL_MEMBERS, each run with the same
 arguments as its own row here; tests/test_robustness.py checks the equality), so the row is the per-sample
@@ -22,6 +29,7 @@ gamma_init 0.7) has its own row, and FMN with the paper's L0 step and eps factor
 Foolbox's defaults) one more, so that advlab and adv_lib are also compared at the same settings.
 
     .venv/bin/python benchmarks/minimal_norm.py --model fmnist_cnn_standard --images 200 --steps 100
+    .venv/bin/python benchmarks/minimal_norm.py --model efficientnet_lite0 --n 150 --steps 100 --device cuda
 """
 
 from __future__ import annotations
@@ -40,9 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advlab import attacks
 from benchmarks._peers.libraries import stub_visdom
-from benchmarks._peers.workload import fmnist_workload
+from benchmarks._peers.workload import IMAGENET_30X5, Workload, fmnist_workload, imagenet_workload
 
 P = {"l0": 0.0, "l1": 1.0, "l2": 2.0, "linf": math.inf}
+# The untargeted FABs: one backward per class a step, left out for a model of more than MAX_JACOBIAN_CLASSES.
+JACOBIAN_FABS = ("advlab fab", "adv_lib fab", "torchattacks fab")
+MAX_JACOBIAN_CLASSES = 100
 # The row of each member of attacks.MINIMAL_MEMBERS (the same call as the ensemble makes).
 ENSEMBLE_ROWS = {
     "fmn": "advlab fmn", "fmn_large_step": "advlab fmn a1000", "ddn": "advlab ddn", "fab_t": "advlab fab_t",
@@ -58,15 +69,17 @@ def measured(model: torch.nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: 
     return torch.where(adversarial, size, torch.full_like(size, math.inf))
 
 
-def peer_entries(model: torch.nn.Module, x: Tensor, y: Tensor, norm: str, steps: int) -> list[tuple[str, Callable]]:
-    """Foolbox's and torchattacks' minimal-norm attacks of ``norm``, where installed."""
+def peer_entries(
+    model: torch.nn.Module, x: Tensor, y: Tensor, norm: str, steps: int, num_classes: int
+) -> list[tuple[str, Callable]]:
+    """Foolbox's and torchattacks' minimal-norm attacks of ``norm``, where installed (on ``x``'s device)."""
     out: list[tuple[str, Callable[[], Tensor]]] = []
     try:
         import foolbox as fb
     except ImportError:
         fb = None
     if fb is not None:
-        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
         fmn = {"l0": fb.attacks.L0FMNAttack, "l1": fb.attacks.L1FMNAttack, "l2": fb.attacks.L2FMNAttack,
                "linf": fb.attacks.LInfFMNAttack}[norm]  # fmt: skip
 
@@ -85,15 +98,40 @@ def peer_entries(model: torch.nn.Module, x: Tensor, y: Tensor, norm: str, steps:
     if torchattacks is not None and norm in ("l2", "linf"):  # its FAB's perturb() fails on "L1" (3.5.1)
         ta_norm = {"l2": "L2", "linf": "Linf"}[norm]
         big = {"l2": 1e3, "linf": 1.0}[norm]  # a budget no attack needs: minimal-norm FAB
-        fab = torchattacks.FAB(model, norm=ta_norm, eps=big, steps=steps, n_restarts=1, n_classes=10)
+        fab = torchattacks.FAB(model, norm=ta_norm, eps=big, steps=steps, n_restarts=1, n_classes=num_classes)
         out.append(("torchattacks fab", lambda: fab(x, y)))
     return out
+
+
+def workload(args: argparse.Namespace) -> Workload:
+    """The model and images of ``--model``: a shipped Fashion-MNIST model on the first ``--n`` test images, or
+    EfficientNet-Lite0 on (at most ``--n`` of) the shared ImageNet images; the correctly classified ones."""
+    if args.model != "efficientnet_lite0":
+        return fmnist_workload(args.model, args.images)
+    wl = imagenet_workload(Path(args.imagenet))
+    wl.x, wl.y, wl.targets = wl.x[: args.images], wl.y[: args.images], wl.targets[: args.images]
+    return wl
+
+
+def timed(run: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float]:
+    """``run()`` and its time: process seconds on the CPU, wall seconds between synchronisations on a GPU."""
+    if device.type != "cuda":
+        start = time.process_time()
+        out = run()
+        return out, time.process_time() - start
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = run()
+    torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fmnist_cnn_standard")
-    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--images", "--n", type=int, default=200, help="test images (before keeping the correct)")
+    parser.add_argument("--imagenet", default=str(IMAGENET_30X5), help="the ImageNet folder of efficientnet_lite0")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--norms", default="l0,l1,l2,linf")
     parser.add_argument("--threads", type=int, default=1)
@@ -106,9 +144,12 @@ def main() -> None:
     from adv_lib.attacks import fmn as adv_lib_fmn
 
     torch.set_num_threads(args.threads)
-    wl = fmnist_workload(args.model, args.images)
-    model, x, y = wl.model, wl.x, wl.y
+    device = torch.device(args.device)
+    wl = workload(args)
+    model, x, y = wl.model.to(device), wl.x.to(device), wl.y.to(device)
     steps = args.steps
+    model(x[:8].clone().requires_grad_(True)).sum().backward()  # warm-up (CUDA context, cuDNN) outside timings
+    model.zero_grad(set_to_none=True)
 
     entries: dict[str, list[tuple[str, Callable[[], Tensor]]]] = {}
     for norm in args.norms.split(","):
@@ -139,21 +180,23 @@ def main() -> None:
             entries[norm].append(
                 ("advlab minimal", lambda norm=norm: attacks.minimal(model, x, y, norm=norm, steps=steps))
             )
-        entries[norm] += peer_entries(model, x, y, norm, steps)
+        entries[norm] += peer_entries(model, x, y, norm, steps, wl.num_classes)
+    if wl.num_classes > MAX_JACOBIAN_CLASSES:
+        print(f"({wl.num_classes} classes: {', '.join(JACOBIAN_FABS)} left out)", file=sys.stderr)
+        entries = {k: [e for e in v if e[0] not in JACOBIAN_FABS] for k, v in entries.items()}
     words = [w for w in args.entries.split(",") if w]
     if words:
         entries = {k: [e for e in v if any(w in e[0] for w in words)] for k, v in entries.items()}
 
-    print(f"{wl.name}: {len(x)} correctly classified images, {steps} steps, {args.threads} thread(s)")
-    print(f"{'norm':5} {'attack':16} {'success':>8} {'median':>9} {'optimality':>10} {'cpu s':>7}")
+    clock = "wall s" if device.type == "cuda" else "cpu s"
+    print(f"{wl.name}: {len(x)} correctly classified images, {steps} steps, {args.threads} thread(s), {device}")
+    print(f"{'norm':5} {'attack':16} {'success':>8} {'median':>9} {'optimality':>10} {clock:>7}")
     for norm, runs in entries.items():
         distances, times = {}, {}
         for name, run in runs:
-            start = time.process_time()
-            x_adv = run()
-            times[name] = time.process_time() - start
-            distances[name] = measured(model, x, y, x_adv.detach(), norm)
-            print(f"  ({norm} {name}: {times[name]:.1f} cpu s)", file=sys.stderr, flush=True)
+            x_adv, times[name] = timed(run, device)
+            distances[name] = measured(model, x, y, x_adv.detach().to(device), norm)
+            print(f"  ({norm} {name}: {times[name]:.1f} {clock})", file=sys.stderr, flush=True)
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
         if not args.run_ensemble and all(m in distances for m in members):
             distances["advlab minimal"] = torch.stack([distances[m] for m in members]).amin(0)

@@ -159,14 +159,15 @@ def _keep_correct(model: nn.Module, x: Tensor, y: Tensor, batch: int = 50) -> Te
     return pred == y
 
 
-def imagenet_workload() -> Workload:
-    if not (IMAGENET_30X5 / "labels.csv").is_file():
+def imagenet_workload(root: Path = IMAGENET_30X5) -> Workload:
+    """EfficientNet-Lite0 on the correctly classified of the images of ``root`` (imagenet-30x5's layout)."""
+    if not (root / "labels.csv").is_file():
         raise FileNotFoundError(
-            f"{IMAGENET_30X5}/labels.csv not found: the imagenet-30x5 set lives in ../shared/data next to the "
+            f"{root}/labels.csv not found: the imagenet-30x5 set lives in ../shared/data next to the "
             "repository (see ../shared/data/README.md); ImageNet images are never copied into the repo"
         )
     model, source = efficientnet_lite0()
-    x, y = _imagenet_30x5_images(IMAGENET_30X5)
+    x, y = _imagenet_30x5_images(root)
     correct = _keep_correct(model, x, y)
     xs, ys = x[correct].contiguous(), y[correct]
     return Workload(
