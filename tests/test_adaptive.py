@@ -220,6 +220,18 @@ def test_module_probe_finds_the_modules_with_zero_or_undefined_local_jacobian(di
     assert probe_modules(model, x[:8]) == []  # a plain CNN: nothing to flag
 
 
+def test_module_probe_runs_through_in_place_modules(digits_model) -> None:
+    """EfficientNet-Lite's ReLU6(inplace=True) and the like: the probe re-runs each module on a copy of the input it
+    received (an in-place module overwrote the original), and not on a leaf tensor (in place on a leaf that
+    requires grad is an error)."""
+    model, x, _ = digits_model
+    x = x[:8].clone()  # the in-place module writes to the batch it is given
+    net = defended(torch.nn.Sequential(torch.nn.Hardtanh(0.2, 0.8, inplace=True), model), BitDepth(3))
+    assert {p["path"]: p["reason"] for p in probe_modules(net, x)} == {"transforms.0": "zero"}
+    clamp_all = defended(torch.nn.Sequential(torch.nn.Hardtanh(2.0, 3.0, inplace=True), model))  # x in [0, 1]
+    assert {p["path"]: p["reason"] for p in probe_modules(clamp_all, x.clone())} == {"model.0": "zero"}
+
+
 def test_eot_samples_follow_the_gradient_variance(digits_model) -> None:
     """K = ceil(r / tol^2), capped: more noise, more variance, more draws; none for a deterministic model."""
     model, x, y = digits_model

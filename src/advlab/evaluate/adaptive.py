@@ -69,14 +69,24 @@ def probe_modules(model: nn.Module, x: Tensor, *, seed: int = 0) -> list[dict[st
     first-level findings only (a container is not listed when a module inside it is).
     """
     seen: dict[str, tuple[Any, Any]] = {}
+    inputs: dict[str, Any] = {}
 
-    def keeper(name: str) -> Any:
-        def hook(_m: nn.Module, inp: Any, out: Any) -> None:  # returns None: the output stays as it is
-            seen.setdefault(name, (inp, out))
+    def before(name: str) -> Any:
+        def hook(_m: nn.Module, inp: Any) -> None:  # a copy: an in-place module (ReLU6(inplace=True)) overwrites it
+            if name not in inputs:
+                inputs[name] = tuple(t.detach().clone() if isinstance(t, Tensor) else t for t in inp)
 
         return hook
 
-    hooks = [m.register_forward_hook(keeper(name)) for name, m in model.named_modules() if name]
+    def keeper(name: str) -> Any:
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:  # returns None: the output stays as it is
+            seen.setdefault(name, (inputs[name], out))
+
+        return hook
+
+    named = [(name, m) for name, m in model.named_modules() if name]
+    hooks = [m.register_forward_pre_hook(before(name)) for name, m in named]
+    hooks += [m.register_forward_hook(keeper(name)) for name, m in named]
     try:
         with torch.no_grad(), frozen(model):
             model(x)
@@ -94,7 +104,7 @@ def probe_modules(model: nn.Module, x: Tensor, *, seed: int = 0) -> list[dict[st
                 continue
             x_in = inp[0].detach().clone().requires_grad_(True)
             with torch.enable_grad():
-                y = modules[name](x_in)
+                y = modules[name](x_in.clone())  # not the leaf itself: an in-place module may write to its input
             reason = None
             if not isinstance(y, Tensor) or not y.requires_grad:
                 reason = "undefined"
