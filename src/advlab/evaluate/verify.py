@@ -8,6 +8,10 @@ model and data it names, :func:`verify_run` checks:
 - every record points at a saved example of its own sample index, and the file is readable;
 - the example lies in [0, 1] and in the eps-ball of its attack (slack :data:`~advlab.evaluate.saved.BALL_TOL`);
 - every readable sample of each batch has exactly one record per attack (none dropped, none repeated);
+- a chained attack's (``only_unbroken``: suite stages chained on other attacks, a chain of chains) records are
+  what the engine could have kept: a copied record is its predecessor's, a record is broken where a predecessor's
+  or the attack's own saved example is, and a sample without an own example was broken fully before
+  (:func:`_chain_mismatches`; its own file is read and forwarded even where no record points at it);
 - the model's top-1 on it agrees with the record (broken where the record says broken, and the record's
   ``adv_top5[0]``, which claims and reports count from). Another machine or device (CPU vs CUDA) computes
   slightly different logits: a disagreement counts only where the top two probabilities of verify's OWN
@@ -40,6 +44,7 @@ from torch import nn
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
 from .engine import load_batch, plan_batches
+from .records import fully_broken
 from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
@@ -84,6 +89,11 @@ def _gaps(logits: torch.Tensor) -> list[float]:
     return (top2[:, 0] - top2[:, 1]).tolist()
 
 
+def _broken(top1: int, record: Mapping[str, Any]) -> bool:
+    """Whether a verified top-1 breaks the record's sample (untargeted: not the label; targeted: the target)."""
+    return top1 != record["label"] if record["target"] is None else top1 == record["target"]
+
+
 def _geometry(
     x: torch.Tensor,
     xa: torch.Tensor,
@@ -108,6 +118,75 @@ def _geometry(
         for k, d in zip(rows, sizes.double().tolist(), strict=True):
             dist[k] = d
     return ball, box, dist
+
+
+def _chained_on(aid: str, deps: Mapping[str, Sequence[str]]) -> set[str]:
+    """``aid`` and every attack it was chained on (``only_unbroken``), directly or through another: a chained
+    record copied from an earlier attack keeps that attack's example and names it in ``from``."""
+    out, stack = {aid}, list(deps.get(aid, ()))
+    while stack:
+        d = stack.pop()
+        if d not in out:
+            out.add(d)
+            stack.extend(deps.get(d, ()))
+    return out
+
+
+def _chain_mismatches(
+    deps: Mapping[str, Sequence[str]],
+    recs_by: Mapping[str, Mapping[int, Mapping[str, Any]]],
+    verdict: Mapping[tuple[str, int], tuple[bool, bool]],
+    own: Mapping[str, Mapping[int, tuple[bool, bool]]],
+    own_file: Mapping[str, str | None],
+) -> list[str]:
+    """One batch's chained records (``only_unbroken``) against what the engine could have written (review 2, F7).
+
+    :func:`~advlab.evaluate.engine.attack_batch` runs a chained attack on every sample none of its predecessors
+    broke fully (saving its example in its own file) and keeps, per sample, the strongest of its own record and
+    theirs (:func:`~advlab.evaluate.records.strength`). So, with the verified top-1 outcomes (``verdict``, ``own``:
+    ``(broken, borderline)``; a borderline outcome decides nothing): a record copied from a predecessor (``from``)
+    is that predecessor's record of the sample; a record is broken where a predecessor's is, and where the
+    attack's own example is; and a sample without an own example was broken fully by some predecessor.
+    Otherwise a broken record swapped for an earlier stage's unbroken one would raise the robust accuracy.
+    """
+    out = []
+    for aid, ds in deps.items():
+        if not ds or (own_file.get(aid) is not None and aid not in own):  # own file unreadable: reported already
+            continue
+        mine = own.get(aid, {})
+        for i, r in recs_by[aid].items():
+            v = verdict.get((aid, i))
+            if v is None:  # its own check failed: reported already
+                continue
+            where, frm = f"{aid}, sample {i}", r.get("from")
+            if frm is not None and not any(
+                (d_rec := recs_by[d].get(i)) is not None
+                and (d_rec.get("from") or d) == frm
+                and {k: w for k, w in d_rec.items() if k not in ("time_s", "from")}
+                == {k: w for k, w in r.items() if k not in ("time_s", "from")}
+                for d in ds
+            ):
+                out.append(f"{where}: says it is {frm!r}'s record, which no attack it was chained on holds for it")
+            unbroken = not v[0] and not v[1]
+            by = [d for d in ds if verdict.get((d, i), (False, True)) == (True, False)]
+            if unbroken and by:
+                out.append(
+                    f"{where}: the record is not broken, but {by[0]!r}, which it was chained on (only_unbroken), "
+                    "broke the sample: a chained record is the worst case of its own and theirs"
+                )
+            elif unbroken and mine.get(i) == (True, False):
+                out.append(f"{where}: the record is not broken, but its own example ({own_file[aid]}) breaks the model")
+            if i not in mine and not any(
+                (d_rec := recs_by[d].get(i)) is not None
+                and fully_broken(d_rec)
+                and verdict.get((d, i), (True, False)) != (False, False)
+                for d in ds
+            ):
+                out.append(
+                    f"{where}: {aid!r} saved no example of its own for the sample, yet no attack it was chained on "
+                    "broke it fully (it attacks every such sample)"
+                )
+    return out
 
 
 def verify_run(
@@ -135,7 +214,8 @@ def verify_run(
     rundir = RunDirectory(run.path, cfg, origin={})
     params = {str(a["id"]): a.get("params") or {} for a in cfg["attacks"]}
     names = {str(a["id"]): str(a["name"]) for a in cfg["attacks"]}
-    chained = {str(a["id"]): {str(a["id"]), *map(str, a.get("only_unbroken") or ())} for a in cfg["attacks"]}
+    deps = {str(a["id"]): [str(d) for d in a.get("only_unbroken") or ()] for a in cfg["attacks"]}
+    chained = {aid: _chained_on(aid, deps) for aid in deps}
     out = Verification()
     robust = {aid: 0 for aid in params}
     checked = {aid: 0 for aid in params}
@@ -154,8 +234,11 @@ def verify_run(
         # and one forward per file would pay the model's per-call cost once per stage.
         todo: list[tuple[str, dict[str, Any], str]] = []
         owners: dict[str, str] = {}
+        recs_by: dict[str, dict[int, dict[str, Any]]] = {}
+        own_file: dict[str, str | None] = {}  # a chained attack's own file of this batch, where it has one
         for aid in params:
             recs = rundir.read_batch(aid, batch)
+            recs_by[aid] = {int(r["index"]): r for r in recs}
             seen = [int(r["index"]) for r in recs]
             if sorted(seen) != sorted(kept):  # every readable sample of the batch exactly once, nothing else
                 lost, twice = sorted(set(kept) - set(seen)), sorted({i for i in seen if seen.count(i) > 1})
@@ -166,6 +249,11 @@ def verify_run(
                 incomplete.add(aid)
             read_n[aid] += len(recs)
             eligible[aid] += sum(r["target"] is None or r["target"] != r["label"] for r in recs)
+            if deps[aid]:  # read (and forwarded) even where no record points at it: review 2, F7
+                mine = saved_path(rundir.batch_file(aid, batch)).relative_to(run.path).as_posix()
+                own_file[aid] = mine if (run.path / mine).exists() else None
+                if own_file[aid] is not None:
+                    owners.setdefault(mine, aid)
             for r in recs:
                 i, where = int(r["index"]), f"{aid}, sample {r['index']}"
                 if i not in pos:
@@ -178,7 +266,8 @@ def verify_run(
                     out.mismatches.append(f"{where}: no saved example")
                 else:
                     # A file holds the examples of the attack that made them: this one, or one it was chained on
-                    # (only_unbroken); the record's file must be that attack's file of this batch, inside the run.
+                    # (only_unbroken, directly or through another); the record's file must be that attack's file
+                    # of this batch, inside the run.
                     owner = str(r.get("from") or aid)
                     owner = owner if owner in params else aid
                     file = str(r["adversarial"]["file"])
@@ -220,6 +309,7 @@ def verify_run(
                 norm = attack_norm(names[owner], params[owner]) if names[owner] in MINIMAL_ATTACKS else None
                 index = files[name]["index"]  # type: ignore[index]
                 geometry[name] = _geometry(x, xa.to(device), pos, index, ball, norm)
+        verdict: dict[tuple[str, int], tuple[bool, bool]] = {}  # (attack, sample): (broken, borderline)
         for aid, r, where in todo:
             i, saved = int(r["index"]), r["adversarial"]
             name = str(saved["file"])
@@ -251,8 +341,9 @@ def verify_run(
                             f"{where}: the record's distance {want:.6g} is not the example's {dist[row]:.6g}"
                         )
             t = top1[name][row]
-            broken = t != r["label"] if r["target"] is None else t == r["target"]
+            broken = _broken(t, r)
             borderline = gaps[name][row] <= tol  # float error (another device) can flip this example's top-1
+            verdict[(aid, i)] = (broken, borderline)
             if broken != bool(r["success"]) and not borderline:
                 said = "broken" if r["success"] else "not broken"
                 out.mismatches.append(f"{where}: the record says {said}, the model's top-1 on the example is {t}")
@@ -260,6 +351,16 @@ def verify_run(
                 out.mismatches.append(f"{where}: the record's top-1 {r['adv_top5'][0]} is not the model's {t}")
             robust[aid] += t == r["label"]
             success[aid] += bool(broken) and (r["target"] is None or r["target"] != r["label"])
+        own: dict[str, dict[int, tuple[bool, bool]]] = {}  # a chained attack's own rows: sample -> verdict
+        for aid, name in own_file.items():
+            if name is None or files.get(name) is None:
+                continue
+            own[aid] = {}
+            for row, j in enumerate(files[name]["index"].tolist()):  # type: ignore[index]
+                r = recs_by[aid].get(int(j))
+                if r is not None:
+                    own[aid][int(j)] = (_broken(top1[name][row], r), gaps[name][row] <= tol)
+        out.mismatches += _chain_mismatches(deps, recs_by, verdict, own, own_file)
     # The summary is compared with the counts recomputed from the forward passes (never gated on a number
     # summary.json supplies): its n with the records checked, its robust and success counts with ours.
     # An attack with a record that could not be checked (a mismatch above already) is not compared: its counts

@@ -1,0 +1,130 @@
+"""``advlab verify`` against an attacker who edits a run directory (review 2: F7, F9, F10, F12) and against honest
+runs it must pass (chains of chains, randomized defences: F4)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from advlab.evaluate import evaluate, make_spec
+from advlab.evaluate.compare import load_run
+from advlab.evaluate.rundir import RunDirectory
+from advlab.evaluate.summary import build_summary
+from advlab.evaluate.verify import verify_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Items:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i]), i
+
+
+def specs_of(config: dict[str, Any]) -> list[Any]:
+    return [
+        make_spec(a["name"], a["params"], id=a["id"], target=a["target"], only_unbroken=a["only_unbroken"])
+        for a in config["attacks"]
+    ]
+
+
+def resummarize(out: Path) -> None:
+    """What an attacker does after editing records: summary.json rebuilt by advlab's own code from them."""
+    run = load_run(out)
+    old = run.summary
+    summary = build_summary(run.records, specs_of(run.config), run.config,
+                            fingerprint=RunDirectory(out, run.config).fingerprint, wall_s=old["wall_s"])  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+def records_file(out: Path, aid: str, batch: str = "000000000-000000016") -> Path:
+    return next((out / "records").glob(f"{aid}-*/{batch}.jsonl"))
+
+
+def read_lines(f: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in f.read_text().splitlines()]
+
+
+def write_lines(f: Path, lines: list[dict[str, Any]]) -> None:
+    f.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+@pytest.fixture(scope="module")
+def chained_run(digits_model, tmp_path_factory):
+    model, x, y = digits_model
+    data = Items(x[:32], y[:32])
+    specs = [
+        make_spec("fgsm", {"eps": 0.2}, id="fgsm"),
+        make_spec("pgd", {"eps": 0.2, "steps": 3}, id="pgd", only_unbroken=("fgsm",)),
+        make_spec("pgd", {"eps": 0.2, "steps": 6}, id="pgd6", only_unbroken=("pgd",)),  # a chain of a chain
+    ]
+    out = tmp_path_factory.mktemp("verify") / "run"
+    result = evaluate(model, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True)
+    return model, data, out, result
+
+
+def test_an_honest_chain_of_chains_verifies(chained_run):
+    model, data, out, result = chained_run
+    # pgd6's records copied from fgsm (through pgd) name fgsm and point at fgsm's file: not a mismatch.
+    assert any(r["from"] == "fgsm" for r in result.records["pgd6"])
+    v = verify_run(out, model, data)
+    assert v.ok, v.mismatches
+
+
+@pytest.mark.parametrize("evidence", ["kept", "row_removed"])
+def test_a_chained_record_swapped_for_the_earlier_attacks_unbroken_one_is_caught(chained_run, tmp_path, evidence):
+    # Review 2, F7: pgd broke a sample that fgsm left standing; its record replaced by fgsm's (from=fgsm) and the
+    # summary rebuilt from the edited records raised pgd's robust accuracy, and verify passed.
+    model, data, out, _ = chained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for batch in ("000000000-000000016", "000000016-000000032"):
+        first, last = read_lines(records_file(copy, "fgsm", batch)), read_lines(records_file(copy, "pgd", batch))
+        k = next((k for k, (a, b) in enumerate(zip(first[:-1], last[:-1], strict=True))
+                  if not a["success"] and b["success"] and b["from"] is None), None)  # fmt: skip
+        if k is not None:
+            break
+    i = last[k]["index"]
+    last[k] = {**first[k], "time_s": 0.0, "from": "fgsm"}
+    write_lines(records_file(copy, "pgd", batch), last)
+    if evidence == "row_removed":  # and pgd's own example of the sample taken out of its file
+        f = next((copy / "adversarial").glob(f"pgd-*/{batch}.safetensors"))
+        t = load_file(str(f))
+        keep = t["index"] != i
+        save_file({key: v[keep].contiguous() for key, v in t.items()}, str(f))
+        rows = {int(j): row for row, j in enumerate(t["index"][keep].tolist())}
+        for r in last[:-1]:
+            if r["from"] is None:
+                r["adversarial"]["row"] = rows[r["index"]]
+        write_lines(records_file(copy, "pgd", batch), last)
+    resummarize(copy)
+    assert json.loads((copy / "summary.json").read_text())["attacks"][1]["adv_top1"] > json.loads(
+        (out / "summary.json").read_text())["attacks"][1]["adv_top1"]  # fmt: skip
+    v = verify_run(copy, model, data)
+    needle = {"kept": "the record is not broken, but its own example",
+              "row_removed": "'pgd' saved no example of its own for the sample"}[evidence]  # fmt: skip
+    needle = f"pgd, sample {i}: {needle}"
+    assert not v.ok and any(needle in m for m in v.mismatches), v.mismatches
+
+
+def test_a_from_record_that_is_not_the_predecessors_is_caught(chained_run, tmp_path):
+    model, data, out, _ = chained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    lines = read_lines(records_file(copy, "pgd"))
+    k = next(k for k, r in enumerate(lines[:-1]) if r["from"] == "fgsm")
+    lines[k]["adv_probs"] = [0.9, *lines[k]["adv_probs"][1:]]  # not what fgsm recorded for the sample
+    write_lines(records_file(copy, "pgd"), lines)
+    v = verify_run(copy, model, data)
+    assert any(f"pgd, sample {lines[k]['index']}: says it is 'fgsm''s record" in m for m in v.mismatches), v.mismatches
