@@ -128,3 +128,36 @@ def test_a_from_record_that_is_not_the_predecessors_is_caught(chained_run, tmp_p
     write_lines(records_file(copy, "pgd"), lines)
     v = verify_run(copy, model, data)
     assert any(f"pgd, sample {lines[k]['index']}: says it is 'fgsm''s record" in m for m in v.mismatches), v.mismatches
+
+
+def edit_summary(out: Path, tmp_path: Path, edit) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    edit(summary)
+    (copy / "summary.json").write_text(json.dumps(summary))
+    return copy
+
+
+def _eps(s: dict[str, Any]) -> None:  # the report and claim would read "robust at 8/255"
+    a = s["attacks"][2]
+    a["params"]["eps"] = 8 / 255
+    a["label"] = a["label"].replace("eps=1/5", "eps=8/255")
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (_eps, "summary.json: attack pgd6's params is"),
+        (lambda s: s["attacks"][1].update(label="pgd(eps=8/255, steps=3)"), "summary.json: attack pgd's label is"),
+        (lambda s: s["attacks"][0].update(only_unbroken=["pgd"]), "summary.json: attack fgsm's only_unbroken is"),
+        (lambda s: s["model"].update(name="robustbench:cifar10/Linf/Wang2023"), "summary.json: its model"),
+        (lambda s: s.update(fingerprint="0" * 64), "summary.json: fingerprint 000000000000 is not the run's"),
+        (lambda s: s.update(seed=7), "summary.json: its seed 7 is not run.json's 0"),
+    ],
+)
+def test_a_summary_describing_other_attacks_or_another_model_is_caught(chained_run, tmp_path, edit, needle):
+    # Review 2, F12: summary.json's spec fields, label, model and fingerprint were never compared with run.json.
+    model, data, out, _ = chained_run
+    v = verify_run(edit_summary(out, tmp_path, edit), model, data)
+    assert not v.ok and any(needle in m for m in v.mismatches), v.mismatches

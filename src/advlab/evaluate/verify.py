@@ -17,8 +17,10 @@ model and data it names, :func:`verify_run` checks:
   slightly different logits: a disagreement counts only where the top two probabilities of verify's OWN
   forward pass are further apart than ``tol`` (default 1e-3), i.e. where float error cannot explain it (never
   from the record's probabilities, which a tampered record could set);
-- the summary recomputed from those forward passes equals summary.json (per attack: n, robust top-1 and
-  success counts and rates), always compared.
+- summary.json describes this run (:func:`~advlab.evaluate.verify_summary.identity_mismatches`: its fingerprint,
+  model, data, seed and batch size are run.json's, every attack is listed once with run.json's spec fields and
+  label), and the counts recomputed from those forward passes equal its own (per attack: n, eligible samples,
+  robust top-1 and success counts and rates), always compared.
 
 Cost: the data is read once, every saved file once, and each batch of the run costs ONE forward pass (under
 ``torch.inference_mode``) over every example saved for that batch, all attacks' files together: one image per
@@ -49,6 +51,7 @@ from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
 from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
+from .verify_summary import count_mismatches, identity_mismatches, specs_of
 
 PROB_TOL = 1e-3
 # A minimal-norm record's distance against the saved example's: float64 sums of the same float32 difference.
@@ -212,6 +215,7 @@ def verify_run(
     attacked: nn.Module | None = None  # prepared as the run did, on the first readable batch (loaded once)
     device = device_of(model)
     rundir = RunDirectory(run.path, cfg, origin={})
+    specs = specs_of(cfg)  # run.json's attacks, checked as make_spec checks them
     params = {str(a["id"]): a.get("params") or {} for a in cfg["attacks"]}
     names = {str(a["id"]): str(a["name"]) for a in cfg["attacks"]}
     deps = {str(a["id"]): [str(d) for d in a.get("only_unbroken") or ()] for a in cfg["attacks"]}
@@ -361,38 +365,11 @@ def verify_run(
                 if r is not None:
                     own[aid][int(j)] = (_broken(top1[name][row], r), gaps[name][row] <= tol)
         out.mismatches += _chain_mismatches(deps, recs_by, verdict, own, own_file)
-    # The summary is compared with the counts recomputed from the forward passes (never gated on a number
-    # summary.json supplies): its n with the records checked, its robust and success counts with ours.
-    # An attack with a record that could not be checked (a mismatch above already) is not compared: its counts
-    # would differ for that reason alone. What decides this is verify's own count, not summary.json's.
+    # An attack with a record that could not be checked (a mismatch above already) is not compared: what decides
+    # this is verify's own count, not summary.json's.
     incomplete |= {aid for aid in params if read_n[aid] != checked[aid]}
-    listed = [str(a["id"]) for a in run.summary.get("attacks", [])]
-    for aid in params:  # every attack of the run once: one dropped from the summary would vanish from its report
-        if listed.count(aid) != 1:
-            out.mismatches.append(f"summary.json: lists attack {aid} {listed.count(aid)} times, the run ran it once")
-    for a in run.summary.get("attacks", []):
-        aid = a["id"]
-        if aid not in robust:
-            out.mismatches.append(f"summary.json: attack {aid} is not in the run's configuration")
-            continue
-        if aid in incomplete:
-            continue
-        if int(a.get("n") or 0) != checked[aid]:
-            out.mismatches.append(f"summary.json: {aid} counts n={a.get('n')} samples, {checked[aid]} were checked")
-        if a.get("n_eligible") is not None and int(a["n_eligible"]) != eligible[aid]:
-            out.mismatches.append(f"summary.json: {aid} counts {a['n_eligible']} eligible samples, the records "
-                                  f"{eligible[aid]}")  # fmt: skip
-        ci = a.get("ci95") or {}
-        for key, got_k in (("adv_top1", robust[aid]), ("success_rate", success[aid])):
-            want_k = (ci.get(key) or {}).get("k")
-            if want_k is None and a.get(key) is not None:
-                want_k = round(a[key] * (a["n"] if key == "adv_top1" else a["n_eligible"]))
-            if want_k is not None and want_k != got_k:
-                out.mismatches.append(f"summary.json: {aid} {key} counts {want_k} samples, recomputed {got_k}")
-            value = a.get(key)
-            den = a.get("n") if key == "adv_top1" else a.get("n_eligible")
-            if value is not None and den and abs(float(value) - got_k / float(den)) > 1e-9:
-                out.mismatches.append(f"summary.json: {aid} {key} is {value}, recomputed {got_k}/{den}")
+    out.mismatches += identity_mismatches(run, specs)
+    out.mismatches += count_mismatches(run.summary, checked, robust, success, eligible, incomplete)
     out.seconds = time.perf_counter() - start
     return out
 
