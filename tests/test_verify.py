@@ -161,3 +161,46 @@ def test_a_summary_describing_other_attacks_or_another_model_is_caught(chained_r
     model, data, out, _ = chained_run
     v = verify_run(edit_summary(out, tmp_path, edit), model, data)
     assert not v.ok and any(needle in m for m in v.mismatches), v.mismatches
+
+
+@pytest.fixture(scope="module")
+def curves_run(digits_model, tmp_path_factory):
+    model, x, y = digits_model
+    data = Items(x[:16], y[:16])
+    specs = [
+        make_spec("suite_fast", {"eps": 0.2}, id="suite"),
+        make_spec("fmn", {"norm": "linf", "steps": 10}, id="fmn"),
+        make_spec("pgd", {"eps": 0.2, "steps": 3}, id="pgd"),  # the suite's worst-case check compares the two
+    ]
+    out = tmp_path_factory.mktemp("verify") / "run"
+    result = evaluate(model, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True)
+    assert result.summary["robustness"]["linf"]["attacks"]["fmn"]["median_eps"] and result.summary["sanity"]
+    return model, data, out
+
+
+def _scale(d: dict[str, Any], key: str, by: float) -> None:
+    d[key] = d[key] * by
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda s: _scale(s["robustness"]["linf"]["attacks"]["fmn"], "median_eps", 2),
+         "summary.json: robustness.linf.attacks.fmn.median_eps is"),
+        (lambda s: _scale(s["robustness"]["linf"]["ensemble"], "auc", 1.5), "robustness.linf.ensemble.auc is"),
+        (lambda s: s["robustness"]["linf"]["attacks"]["fmn"]["robust_accuracy"].__setitem__(1, 1.0),
+         "robustness.linf.attacks.fmn.robust_accuracy[1] is 1.0"),
+        (lambda s: _scale(s["attacks"][1]["curve"], "median_eps", 2), "summary.json: attack fmn.curve.median_eps is"),
+        (lambda s: _scale(s["attacks"][0]["stages"][1], "robust_after", 2), "attack suite.stages[1].robust_after is"),
+        (lambda s: s["clean"].update(top1=0.5), "summary.json: clean.top1 is 0.5"),
+        (lambda s: s["sanity"]["checks"][-1].update(status="pass" if s["sanity"]["checks"][-1]["status"] == "warn"
+                                                    else "warn"), "summary.json: sanity.checks[0].status"),
+    ],
+)  # fmt: skip
+def test_a_summary_whose_curves_stages_or_checks_are_not_the_records_is_caught(curves_run, tmp_path, edit, needle):
+    # Review 2, F9: summary.json's robustness section (curves, median eps*, AUC), a suite's stages and the rest of
+    # what it states from the records were read as written; now rebuilt from the verified records and compared.
+    model, data, out = curves_run
+    assert verify_run(out, model, data).ok
+    v = verify_run(edit_summary(out, tmp_path, edit), model, data)
+    assert not v.ok and any(needle in m for m in v.mismatches), v.mismatches

@@ -20,7 +20,11 @@ model and data it names, :func:`verify_run` checks:
 - summary.json describes this run (:func:`~advlab.evaluate.verify_summary.identity_mismatches`: its fingerprint,
   model, data, seed and batch size are run.json's, every attack is listed once with run.json's spec fields and
   label), and the counts recomputed from those forward passes equal its own (per attack: n, eligible samples,
-  robust top-1 and success counts and rates), always compared.
+  robust top-1 and success counts and rates), always compared; and everything else summary.json states from
+  the records (each attack's statistics and intervals, a suite's stages, the uint8 counts, the clean accuracy,
+  the robustness curves, median eps* and AUC, the checks the summary answers) is what
+  :func:`~advlab.evaluate.summary.build_summary` gives from the records verify read and checked (timings aside;
+  :func:`~advlab.evaluate.verify_summary.rebuilt_mismatches`).
 
 Cost: the data is read once, every saved file once, and each batch of the run costs ONE forward pass (under
 ``torch.inference_mode``) over every example saved for that batch, all attacks' files together: one image per
@@ -51,7 +55,7 @@ from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
 from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
-from .verify_summary import count_mismatches, identity_mismatches, specs_of
+from .verify_summary import count_mismatches, identity_mismatches, rebuilt_mismatches, specs_of
 
 PROB_TOL = 1e-3
 # A minimal-norm record's distance against the saved example's: float64 sums of the same float32 difference.
@@ -225,6 +229,7 @@ def verify_run(
     checked = {aid: 0 for aid in params}
     incomplete: set[str] = set()  # attacks with a record that failed before its check (already a mismatch)
     read_n = {aid: 0 for aid in params}
+    verified: dict[str, list[dict[str, Any]]] = {aid: [] for aid in params}  # the records read batch by batch
     eligible = {aid: 0 for aid in params}  # success rates count samples whose target is not their label
     success = {aid: 0 for aid in params}
     for batch in plan:
@@ -242,6 +247,7 @@ def verify_run(
         own_file: dict[str, str | None] = {}  # a chained attack's own file of this batch, where it has one
         for aid in params:
             recs = rundir.read_batch(aid, batch)
+            verified[aid] += recs
             recs_by[aid] = {int(r["index"]): r for r in recs}
             seen = [int(r["index"]) for r in recs]
             if sorted(seen) != sorted(kept):  # every readable sample of the batch exactly once, nothing else
@@ -370,6 +376,7 @@ def verify_run(
     incomplete |= {aid for aid in params if read_n[aid] != checked[aid]}
     out.mismatches += identity_mismatches(run, specs)
     out.mismatches += count_mismatches(run.summary, checked, robust, success, eligible, incomplete)
+    out.mismatches += rebuilt_mismatches(run, specs, verified)
     out.seconds = time.perf_counter() - start
     return out
 

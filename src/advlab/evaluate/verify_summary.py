@@ -8,7 +8,13 @@ configuration and the records. So summary.json must describe that very run and t
   the spec fields run.json gives it (name, params incl. eps and norm, targeted, target, only_unbroken) and the
   label those make (:meth:`~advlab.evaluate.specs.AttackSpec.describe`, what reports and the CLI print);
 - :func:`count_mismatches`: each attack's n, eligible count, robust top-1 and success counts and rates equal the
-  counts verify's own forward passes give.
+  counts verify's own forward passes give;
+- :func:`rebuilt_mismatches`: everything else summary.json states from the records (per attack every statistic
+  and interval, a suite's ``stages`` and ``broken_by``, the uint8 counts, the minimal-norm ``curve``; the clean
+  accuracy; the ``robustness`` section's curves, median eps*, AUC and cross-check; the checks a summary answers)
+  equals what :func:`~advlab.evaluate.summary.build_summary`, the code that wrote it, gives from the records
+  verify read and checked (review 2, F9). Timings (``time_s``, ``wall_s``) are not compared; floats agree to a
+  relative 1e-9 (the same code on another machine); the spec fields are :func:`identity_mismatches`' business.
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ from typing import Any
 from .compare import FinishedRun
 from .rundir import fingerprint_of
 from .specs import AttackSpec, make_spec
+from .summary import build_summary
+
+TIMINGS = frozenset({"time_s", "wall_s"})
+FLOAT_RTOL = 1e-9
+MAX_PER_PART = 5  # differences listed per attack (and for the run's own sections); all make verify fail
 
 
 def specs_of(config: Mapping[str, Any]) -> list[AttackSpec]:
@@ -120,3 +131,75 @@ def count_mismatches(
             if value is not None and den and abs(float(value) - got_k / float(den)) > 1e-9:
                 out.append(f"summary.json: {aid} {key} is {value}, recomputed {got_k}/{den}")
     return out
+
+
+def _differences(path: str, want: Any, got: Any, out: list[str]) -> None:
+    """Where ``got`` (summary.json) differs from ``want`` (rebuilt), as ``path: summary.json ..., records ...``."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            out.append(f"{path} is {_short(got)}, the records give {_short(want)}")
+            return
+        for key, value in want.items():
+            if key in TIMINGS:
+                continue
+            if key not in got:
+                out.append(f"{path}.{key} is missing, the records give {_short(value)}")
+            else:
+                _differences(f"{path}.{key}", value, got[key], out)
+    elif isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        for k, (w, g) in enumerate(zip(want, got, strict=True)):
+            _differences(f"{path}[{k}]", w, g, out)
+    elif (
+        isinstance(want, float | int)
+        and isinstance(got, float | int)
+        and not isinstance(want, bool)
+        and not isinstance(got, bool)
+    ):
+        if abs(float(want) - float(got)) > FLOAT_RTOL * max(abs(float(want)), 1e-300):
+            out.append(f"{path} is {got!r}, the records give {want!r}")
+    elif want != got:
+        out.append(f"{path} is {_short(got)}, the records give {_short(want)}")
+
+
+def _capped(found: list[str]) -> list[str]:
+    return found[:MAX_PER_PART] + ([f"... and {len(found) - MAX_PER_PART} more"] if len(found) > MAX_PER_PART else [])
+
+
+def rebuilt_mismatches(
+    run: FinishedRun, specs: Sequence[AttackSpec], records: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[str]:
+    """summary.json's statistics against :func:`~advlab.evaluate.summary.build_summary` of ``records`` (the ones
+    verify read batch by batch and checked), module docstring."""
+    try:
+        rebuilt = build_summary(
+            {aid: list(rs) for aid, rs in records.items()},
+            specs,
+            run.config,
+            fingerprint=fingerprint_of(run.config),
+            complete={s.id: True for s in specs},
+        )
+    except (ValueError, KeyError, TypeError) as e:  # records no advlab run writes (reported per record above)
+        return [f"summary.json: cannot be recomputed from the records ({type(e).__name__}: {e})"]
+    want, got = _plain(rebuilt), run.summary
+    out: list[str] = []
+    spec_keys = {*_plain(specs[0].to_dict()), "label"} if specs else set()
+    entries = {str(a.get("id")): a for a in got.get("attacks", [])}
+    for a in want["attacks"]:
+        if a["id"] not in entries:  # reported by identity_mismatches
+            continue
+        found: list[str] = []
+        _differences(f"attack {a['id']}", {k: v for k, v in a.items() if k not in spec_keys}, entries[a["id"]], found)
+        out += found[:MAX_PER_PART] + (
+            [f"... and {len(found) - MAX_PER_PART} more"] if len(found) > MAX_PER_PART else []
+        )
+    found = []
+    for key in ("complete", "n_unreadable", "clean", "robustness"):
+        if key in want or key in got:
+            _differences(key, want.get(key), got.get(key), found)
+    checks = (want.get("sanity") or {}).get("checks") or []
+    stated = (got.get("sanity") or {}).get("checks") or []
+    if checks:  # the checks the summary answers follow those run on the model (advlab eval --sanity)
+        _differences("sanity.checks", checks, stated[len(stated) - len(checks) :] if len(stated) >= len(checks)
+                     else stated, found)  # fmt: skip
+    out += _capped(found)
+    return [f"summary.json: {m}" for m in out]
