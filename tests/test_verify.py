@@ -204,3 +204,34 @@ def test_a_summary_whose_curves_stages_or_checks_are_not_the_records_is_caught(c
     assert verify_run(out, model, data).ok
     v = verify_run(edit_summary(out, tmp_path, edit), model, data)
     assert not v.ok and any(needle in m for m in v.mismatches), v.mismatches
+
+
+class Counting(torch.nn.Module):
+    """The model as given, remembering how many images each call got (a plain attribute: not in its digest)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        return self.model(x)
+
+
+def test_verify_forwards_no_more_images_at_once_than_the_run_did(digits_model, tmp_path):
+    # Review 2, F10: verify forwarded every saved file of a batch in one call (every suite stage and sweep eps):
+    # up to (number of attacks) x batch size images, which ran a GPU out of memory on runs eval had finished.
+    model, x, y = digits_model
+    counting = Counting(model)
+    data = Items(x[:32], y[:32])
+    specs = [make_spec("fgsm", {"eps": 0.2}, id="fgsm"), make_spec("pgd", {"eps": 0.2, "steps": 2}, id="pgd"),
+             make_spec("pgd", {"eps": 0.1, "steps": 2}, id="pgd_small")]  # fmt: skip
+    out = tmp_path / "run"
+    evaluate(counting, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True, prepare=False)
+    assert max(counting.calls) == 16
+    counting.calls.clear()
+    v = verify_run(out, counting, data)
+    assert v.ok, v.mismatches
+    assert max(counting.calls) <= 16 and sum(counting.calls) == v.images_forwarded == 96
+    assert v.forward_passes == len(counting.calls) == 6

@@ -26,9 +26,10 @@ model and data it names, :func:`verify_run` checks:
   :func:`~advlab.evaluate.summary.build_summary` gives from the records verify read and checked (timings aside;
   :func:`~advlab.evaluate.verify_summary.rebuilt_mismatches`).
 
-Cost: the data is read once, every saved file once, and each batch of the run costs ONE forward pass (under
-``torch.inference_mode``) over every example saved for that batch, all attacks' files together: one image per
-distinct saved example. An example shared by a suite and the attack it was chained on is forwarded once
+Cost: the data is read once, every saved file once, and each batch of the run is forwarded (under
+``torch.inference_mode``) over every example saved for that batch, all attacks' files together, in pieces of the
+run's batch size (eval never forwarded more images at once, so what fitted eval's memory fits verify's): one
+image per distinct saved example. An example shared by a suite and the attack it was chained on is forwarded once
 however many records point at it; a suite stage that attacked a sample left unbroken by the stage before
 saved its own example, so a sample robust after k stages has k examples (on a model that falls at the
 first stage, about one per sample, i.e. the clean evaluation's forward passes). The box and ball checks take
@@ -94,6 +95,12 @@ def _gaps(logits: torch.Tensor) -> list[float]:
         return [1.0] * logits.shape[0]
     top2 = torch.softmax(logits.double(), dim=1).topk(2, dim=1).values
     return (top2[:, 0] - top2[:, 1]).tolist()
+
+
+def _forward(model: nn.Module, x: torch.Tensor, chunk: int, device: torch.device) -> torch.Tensor:
+    """The model's logits on ``x``, ``chunk`` rows per call (under ``torch.inference_mode``)."""
+    with torch.inference_mode():
+        return torch.cat([model(part.to(device)) for part in x.split(chunk)])
 
 
 def _broken(top1: int, record: Mapping[str, Any]) -> bool:
@@ -214,7 +221,8 @@ def verify_run(
     n = int(cfg["data"]["n_samples"])
     if len(dataset) != n:
         raise SpecError(f"the data has {len(dataset)} samples, the run attacked {n}; verify with the run's data")
-    plan = plan_batches(n, int(cfg["batch_size"]))
+    batch_size = int(cfg["batch_size"])
+    plan = plan_batches(n, batch_size)
     enabled = bool((cfg.get("prepare") or {}).get("enabled"))
     attacked: nn.Module | None = None  # prepared as the run did, on the first readable batch (loaded once)
     device = device_of(model)
@@ -238,9 +246,9 @@ def verify_run(
             attacked = prepare_model(model, x) if enabled else model
             attacked.eval()
         pos = {i: k for k, i in enumerate(kept)}
-        # First every record of the batch (all attacks), then every file it names read once, then ONE forward
-        # pass over all those files' rows together, then the checks: a suite's later stages hold few rows each,
-        # and one forward per file would pay the model's per-call cost once per stage.
+        # First every record of the batch (all attacks), then every file it names read once, then one forward
+        # pass over all those files' rows together (in pieces of the batch size), then the checks: a suite's later
+        # stages hold few rows each, and one forward per file would pay the model's per-call cost once per stage.
         todo: list[tuple[str, dict[str, Any], str]] = []
         owners: dict[str, str] = {}
         recs_by: dict[str, dict[int, dict[str, Any]]] = {}
@@ -306,10 +314,11 @@ def verify_run(
         if readable:
             assert attacked is not None  # a record's sample was readable, so this batch prepared the model
             xa_all = [files[name]["x_adv"] for name in readable]  # type: ignore[index]
-            with torch.inference_mode():
-                logits = attacked(torch.cat(xa_all).to(device))
+            # In pieces of the run's batch size: eval never forwarded more at once (review 2, F10: all the files of
+            # a batch, every suite stage's and sweep eps', in one call could run out of GPU memory).
+            logits = _forward(attacked, torch.cat(xa_all), batch_size, device)
             t_all, g_all = logits.argmax(dim=1).tolist(), _gaps(logits)
-            out.forward_passes += 1
+            out.forward_passes += -(-len(t_all) // batch_size)
             out.images_forwarded += len(t_all)
             for name, xa in zip(readable, xa_all, strict=True):
                 top1[name], t_all = t_all[: xa.shape[0]], t_all[xa.shape[0] :]
