@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from advlab.evaluate import evaluate, make_spec
 from advlab.evaluate.compare import load_run
 from advlab.evaluate.rundir import RunDirectory
+from advlab.evaluate.specs import SpecError
 from advlab.evaluate.summary import build_summary
 from advlab.evaluate.verify import verify_run
 
@@ -233,5 +234,53 @@ def test_verify_forwards_no_more_images_at_once_than_the_run_did(digits_model, t
     counting.calls.clear()
     v = verify_run(out, counting, data)
     assert v.ok, v.mismatches
-    assert max(counting.calls) <= 16 and sum(counting.calls) == v.images_forwarded == 96
-    assert v.forward_passes == len(counting.calls) == 6
+    probe, calls = counting.calls[:2], counting.calls[2:]  # first: is the model random? two calls on two images
+    assert probe == [2, 2] and not v.random
+    assert max(calls) <= 16 and sum(calls) == v.images_forwarded == 96 and v.forward_passes == len(calls) == 6
+
+
+@pytest.fixture(scope="module")
+def random_run(digits_model, tmp_path_factory):
+    from advlab.defenses import GaussianNoise, defended
+
+    model, x, y = digits_model
+    noisy = defended(model, GaussianNoise(sigma=0.5))
+    data = Items(x[:32], y[:32])
+    specs = [make_spec("fgsm", {"eps": 0.1}, id="fgsm"),
+             make_spec("pgd", {"eps": 0.1, "steps": 3, "eot_samples": 4}, id="pgd_eot")]  # fmt: skip
+    out = tmp_path_factory.mktemp("verify") / "run"
+    result = evaluate(noisy, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True)
+    return noisy, data, specs, out, result
+
+
+def test_an_honest_run_on_a_random_defence_verifies_exactly(random_run):
+    # Review 2, F4: eval judges each example by the expected prediction over the run's K draws, seeded; verify
+    # forwarded one unseeded draw, so an honest run failed. Now it replays the run's own draws.
+    noisy, data, _, out, _ = random_run
+    v = verify_run(out, noisy, data)
+    assert v.ok, v.mismatches
+    assert v.random
+    assert v.forward_passes == 4 * sum(1 for _ in (out / "adversarial").rglob("*.safetensors"))
+
+
+def test_a_random_defence_is_replayed_only_on_the_device_type_it_ran_on(random_run, tmp_path):
+    noisy, data, _, out, _ = random_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    doc = json.loads((copy / "run.json").read_text())
+    doc["config"]["device_type"] = "cuda"
+    (copy / "run.json").write_text(json.dumps(doc))
+    with pytest.raises(SpecError, match=r"the run's model is random .* verify with --device cuda, not cpu"):
+        verify_run(copy, noisy, data)
+
+
+def test_the_uint8_recheck_of_a_random_defence_does_not_depend_on_the_process_generator(random_run, tmp_path):
+    # Review 2, F4 addendum: the uint8 re-check was one unseeded draw, so uint8_success depended on what the process
+    # had drawn before (a shard, a resumption); it is now the records' rule, seeded per batch and attack.
+    noisy, data, specs, _, result = random_run
+    torch.manual_seed(12345)
+    torch.rand(1000)
+    again = evaluate(noisy, data, specs, out=tmp_path / "again", batch_size=16, quiet=True, save_adversarial=True)
+    for aid in ("fgsm", "pgd_eot"):
+        first = [{**r["adversarial"], "file": None} for r in result.records[aid]]
+        assert first == [{**r["adversarial"], "file": None} for r in again.records[aid]]

@@ -11,7 +11,8 @@ model and data it names, :func:`verify_run` checks:
 - a chained attack's (``only_unbroken``: suite stages chained on other attacks, a chain of chains) records are
   what the engine could have kept: a copied record is its predecessor's, a record is broken where a predecessor's
   or the attack's own saved example is, and a sample without an own example was broken fully before
-  (:func:`_chain_mismatches`; its own file is read and forwarded even where no record points at it);
+  (:func:`~advlab.evaluate.verify_chains.chain_mismatches`; its own file is read and forwarded even where no
+  record points at it);
 - the model's top-1 on it agrees with the record (broken where the record says broken, and the record's
   ``adv_top5[0]``, which claims and reports count from). Another machine or device (CPU vs CUDA) computes
   slightly different logits: a disagreement counts only where the top two probabilities of verify's OWN
@@ -25,6 +26,12 @@ model and data it names, :func:`verify_run` checks:
   the robustness curves, median eps* and AUC, the checks the summary answers) is what
   :func:`~advlab.evaluate.summary.build_summary` gives from the records verify read and checked (timings aside;
   :func:`~advlab.evaluate.verify_summary.rebuilt_mismatches`).
+
+A random model (a randomized defence; found by two forward passes on the first two images under two seeds) is
+judged as eval judged it: every saved file is forwarded by itself, the tensor eval judged, as the expected
+prediction over the run's K draws (the largest ``eot_samples`` of its attacks) seeded as eval seeded them
+(:func:`~advlab.evaluate.engine.judged_logits`), so an honest run verifies exactly. Only the device type the run
+used reproduces those draws (CPU and CUDA generators differ): another is refused with one line.
 
 Cost: the data is read once, every saved file once, and each batch of the run is forwarded (under
 ``torch.inference_mode``) over every example saved for that batch, all attacks' files together, in pieces of the
@@ -50,12 +57,12 @@ from torch import nn
 
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
-from .engine import load_batch, plan_batches
-from .records import fully_broken
+from .engine import eot_samples_of, judged_logits, load_batch, model_rng_seed, plan_batches
 from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
 from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
+from .verify_chains import chain_mismatches, chained_on
 from .verify_summary import count_mismatches, identity_mismatches, rebuilt_mismatches, specs_of
 
 PROB_TOL = 1e-3
@@ -72,6 +79,7 @@ class Verification:
     forward_passes: int = 0
     images_forwarded: int = 0
     seconds: float = 0.0
+    random: bool = False  # a random model: eval's seeded draws replayed (module docstring)
 
     @property
     def ok(self) -> bool:
@@ -101,6 +109,14 @@ def _forward(model: nn.Module, x: torch.Tensor, chunk: int, device: torch.device
     """The model's logits on ``x``, ``chunk`` rows per call (under ``torch.inference_mode``)."""
     with torch.inference_mode():
         return torch.cat([model(part.to(device)) for part in x.split(chunk)])
+
+
+def _is_random(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether two forward passes on the same images, under two seeds, differ beyond float noise (a random defence
+    draws afresh on every call; a deterministic model gives the same logits)."""
+    with torch.inference_mode():
+        a, b = judged_logits(model, x, 1, 1), judged_logits(model, x, 1, 2)
+    return bool(((a - b).abs() > 1e-5 * a.abs().amax().clamp(min=1.0)).any())
 
 
 def _broken(top1: int, record: Mapping[str, Any]) -> bool:
@@ -134,75 +150,6 @@ def _geometry(
     return ball, box, dist
 
 
-def _chained_on(aid: str, deps: Mapping[str, Sequence[str]]) -> set[str]:
-    """``aid`` and every attack it was chained on (``only_unbroken``), directly or through another: a chained
-    record copied from an earlier attack keeps that attack's example and names it in ``from``."""
-    out, stack = {aid}, list(deps.get(aid, ()))
-    while stack:
-        d = stack.pop()
-        if d not in out:
-            out.add(d)
-            stack.extend(deps.get(d, ()))
-    return out
-
-
-def _chain_mismatches(
-    deps: Mapping[str, Sequence[str]],
-    recs_by: Mapping[str, Mapping[int, Mapping[str, Any]]],
-    verdict: Mapping[tuple[str, int], tuple[bool, bool]],
-    own: Mapping[str, Mapping[int, tuple[bool, bool]]],
-    own_file: Mapping[str, str | None],
-) -> list[str]:
-    """One batch's chained records (``only_unbroken``) against what the engine could have written (review 2, F7).
-
-    :func:`~advlab.evaluate.engine.attack_batch` runs a chained attack on every sample none of its predecessors
-    broke fully (saving its example in its own file) and keeps, per sample, the strongest of its own record and
-    theirs (:func:`~advlab.evaluate.records.strength`). So, with the verified top-1 outcomes (``verdict``, ``own``:
-    ``(broken, borderline)``; a borderline outcome decides nothing): a record copied from a predecessor (``from``)
-    is that predecessor's record of the sample; a record is broken where a predecessor's is, and where the
-    attack's own example is; and a sample without an own example was broken fully by some predecessor.
-    Otherwise a broken record swapped for an earlier stage's unbroken one would raise the robust accuracy.
-    """
-    out = []
-    for aid, ds in deps.items():
-        if not ds or (own_file.get(aid) is not None and aid not in own):  # own file unreadable: reported already
-            continue
-        mine = own.get(aid, {})
-        for i, r in recs_by[aid].items():
-            v = verdict.get((aid, i))
-            if v is None:  # its own check failed: reported already
-                continue
-            where, frm = f"{aid}, sample {i}", r.get("from")
-            if frm is not None and not any(
-                (d_rec := recs_by[d].get(i)) is not None
-                and (d_rec.get("from") or d) == frm
-                and {k: w for k, w in d_rec.items() if k not in ("time_s", "from")}
-                == {k: w for k, w in r.items() if k not in ("time_s", "from")}
-                for d in ds
-            ):
-                out.append(f"{where}: says it is {frm!r}'s record, which no attack it was chained on holds for it")
-            unbroken = not v[0] and not v[1]
-            by = [d for d in ds if verdict.get((d, i), (False, True)) == (True, False)]
-            if unbroken and by:
-                out.append(
-                    f"{where}: the record is not broken, but {by[0]!r}, which it was chained on (only_unbroken), "
-                    "broke the sample: a chained record is the worst case of its own and theirs"
-                )
-            elif unbroken and mine.get(i) == (True, False):
-                out.append(f"{where}: the record is not broken, but its own example ({own_file[aid]}) breaks the model")
-            if i not in mine and not any(
-                (d_rec := recs_by[d].get(i)) is not None
-                and fully_broken(d_rec)
-                and verdict.get((d, i), (True, False)) != (False, False)
-                for d in ds
-            ):
-                out.append(
-                    f"{where}: {aid!r} saved no example of its own for the sample, yet no attack it was chained on "
-                    "broke it fully (it attacks every such sample)"
-                )
-    return out
-
-
 def verify_run(
     run_dir: str | Path, model: nn.Module, dataset: Any, *, tol: float = PROB_TOL, run: FinishedRun | None = None
 ) -> Verification:
@@ -221,17 +168,18 @@ def verify_run(
     n = int(cfg["data"]["n_samples"])
     if len(dataset) != n:
         raise SpecError(f"the data has {len(dataset)} samples, the run attacked {n}; verify with the run's data")
-    batch_size = int(cfg["batch_size"])
+    specs = specs_of(cfg)  # run.json's attacks, checked as make_spec checks them
+    batch_size, seed = int(cfg["batch_size"]), int(cfg["seed"])
+    judge_k = max((eot_samples_of(s) for s in specs), default=1)  # the run's prediction rule (engine.attack_batch)
     plan = plan_batches(n, batch_size)
     enabled = bool((cfg.get("prepare") or {}).get("enabled"))
     attacked: nn.Module | None = None  # prepared as the run did, on the first readable batch (loaded once)
     device = device_of(model)
     rundir = RunDirectory(run.path, cfg, origin={})
-    specs = specs_of(cfg)  # run.json's attacks, checked as make_spec checks them
     params = {str(a["id"]): a.get("params") or {} for a in cfg["attacks"]}
     names = {str(a["id"]): str(a["name"]) for a in cfg["attacks"]}
     deps = {str(a["id"]): [str(d) for d in a.get("only_unbroken") or ()] for a in cfg["attacks"]}
-    chained = {aid: _chained_on(aid, deps) for aid in deps}
+    chained = {aid: chained_on(aid, deps) for aid in deps}
     out = Verification()
     robust = {aid: 0 for aid in params}
     checked = {aid: 0 for aid in params}
@@ -245,6 +193,13 @@ def verify_run(
         if attacked is None and kept:
             attacked = prepare_model(model, x) if enabled else model
             attacked.eval()
+            out.random = _is_random(attacked, x[:2])
+            if out.random and device.type != cfg.get("device_type", device.type):
+                raise SpecError(
+                    f"the run's model is random (two forward passes on the same images differ); verify replays the "
+                    f"run's seeded draws, which only the device type the run used reproduces: verify with --device "
+                    f"{cfg.get('device_type')}, not {device.type}"
+                )
         pos = {i: k for k, i in enumerate(kept)}
         # First every record of the batch (all attacks), then every file it names read once, then one forward
         # pass over all those files' rows together (in pieces of the batch size), then the checks: a suite's later
@@ -316,9 +271,18 @@ def verify_run(
             xa_all = [files[name]["x_adv"] for name in readable]  # type: ignore[index]
             # In pieces of the run's batch size: eval never forwarded more at once (review 2, F10: all the files of
             # a batch, every suite stage's and sweep eps', in one call could run out of GPU memory).
-            logits = _forward(attacked, torch.cat(xa_all), batch_size, device)
+            if out.random:  # eval's own draws replayed, file by file (each is the tensor eval judged; F4)
+                parts = []
+                for name, xa in zip(readable, xa_all, strict=True):
+                    draws = model_rng_seed(seed, kept, owners[name], "judge")
+                    with torch.inference_mode():
+                        parts.append(judged_logits(attacked, xa.to(device), judge_k, draws))
+                logits = torch.cat(parts)
+                out.forward_passes += judge_k * len(readable)
+            else:
+                logits = _forward(attacked, torch.cat(xa_all), batch_size, device)
+                out.forward_passes += -(-logits.shape[0] // batch_size)
             t_all, g_all = logits.argmax(dim=1).tolist(), _gaps(logits)
-            out.forward_passes += -(-len(t_all) // batch_size)
             out.images_forwarded += len(t_all)
             for name, xa in zip(readable, xa_all, strict=True):
                 top1[name], t_all = t_all[: xa.shape[0]], t_all[xa.shape[0] :]
@@ -379,7 +343,7 @@ def verify_run(
                 r = recs_by[aid].get(int(j))
                 if r is not None:
                     own[aid][int(j)] = (_broken(top1[name][row], r), gaps[name][row] <= tol)
-        out.mismatches += _chain_mismatches(deps, recs_by, verdict, own, own_file)
+        out.mismatches += chain_mismatches(deps, recs_by, verdict, own, own_file)
     # An attack with a record that could not be checked (a mismatch above already) is not compared: what decides
     # this is verify's own count, not summary.json's.
     incomplete |= {aid for aid in params if read_n[aid] != checked[aid]}
