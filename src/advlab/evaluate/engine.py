@@ -10,7 +10,9 @@ A randomized model (a defence of :mod:`advlab.defenses` that draws noise, say) d
 generator, which advlab never reads for its own numbers. So that its records do not depend on what ran before
 (earlier batches, other attacks, a resumption that skips them), every (batch, attack) runs inside
 ``torch.random.fork_rng`` seeded by a hash of (run seed, the batch's sample indices, attack id), and the clean
-pass by one of (run seed, indices): the user's global stream is left as it was. An attack with
+pass by one of (run seed, indices): the user's global stream is left as it was. The prediction on an attack's
+adversarial examples is drawn from a seed of its own (run seed, indices, attack id, "judge"), not from where the
+attack left the generator, so ``advlab verify`` replays the same draws on the saved examples. An attack with
 ``eot_samples=K`` is scored, like it is run, on the expected prediction: its records hold the mean softmax over
 K draws of the model at the adversarial point (:func:`advlab.attacks.eot.expected_logits`), and the clean
 prediction shared by the batch's attacks is the mean over the largest K among them.
@@ -156,6 +158,14 @@ def model_rng_seed(seed: int, indices: Sequence[int], *part: Any) -> int:
     return stable_hash("model-rng", seed, [int(i) for i in indices], *part, bits=63)
 
 
+def judged_logits(model: nn.Module, x: Tensor, samples: int, seed: int) -> Tensor:
+    """The run's prediction rule at ``x``: the expected logits over ``samples`` draws of the model, its own
+    randomness seeded with ``seed`` (:func:`model_rng_seed`) inside a forked generator, so the same (model, x,
+    samples, seed) gives the same draws in eval, in a resumed or sharded run, and in ``advlab verify``."""
+    with _Forked(seed, x.device):
+        return _logits(model, x, samples)
+
+
 class _Forked:
     """``torch.random.fork_rng`` on x's device, seeded with ``seed``: the model's draws inside are a function of
     the seed alone, and the caller's global generators are restored on exit."""
@@ -211,8 +221,7 @@ def attack_batch(
         # prediction over the run's largest K, so a naive (K = 1) spec beside an EOT one is not scored on one
         # lucky draw of a random model, nor are the samples it passes on through only_unbroken.
         judge_k = judge_samples if judge_samples is not None else max(eot_samples_of(s) for s in specs)
-        with _Forked(model_rng_seed(seed, indices, "clean"), x.device):
-            clean_logits = _logits(model, x, judge_k)
+        clean_logits = judged_logits(model, x, judge_k, model_rng_seed(seed, indices, "clean"))
         clean = topk(clean_logits)
         target_cache: dict[str | int, Tensor] = {}
         for spec in specs:
@@ -239,7 +248,9 @@ def attack_batch(
                     extras = _extras(x_adv, len(run))
                     x_adv = getattr(x_adv, "x_adv", x_adv)
                     model.eval()  # an attack must restore the mode; be robust to one that does not
-                    adv_logits = _logits(model, x_adv, judge_k)
+                # Judged from a seed of its own, not from wherever the attack left the generator, so that verify can
+                # replay the very draws without running the attack (review 2, F4).
+                adv_logits = judged_logits(model, x_adv, judge_k, model_rng_seed(seed, indices, spec.id, "judge"))
                 records = make_records(
                     indices=sub_indices,
                     labels=y[sel].tolist(),

@@ -32,9 +32,10 @@ TOPK = 5
 # The version of the record format and of what its fields mean, part of every run's fingerprint: BUMP it in
 # the change that adds, removes or redefines a field (or L0_TOL, TOPK), so older run directories are refused
 # instead of mixed with new records.
-RECORD_SCHEMA_VERSION = 3  # 2: batch files end with an end-of-batch line; strict JSON
+RECORD_SCHEMA_VERSION = 4  # 2: batch files end with an end-of-batch line; strict JSON
 # (never NaN); minimal-norm attacks' records carry ``distance`` (evaluate/robustness.py); 3: every adversarial
-# prediction is the expected one over the run's largest eot_samples, as the clean one (evaluate/engine.py)
+# prediction is the expected one over the run's largest eot_samples, as the clean one (evaluate/engine.py);
+# 4: a random model's draws for that prediction come from a seed of their own, replayable by verify
 
 
 class NonFiniteError(RunError):

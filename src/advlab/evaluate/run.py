@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..models import preparation_record
 from ..models import prepare as prepare_model
 from ..runtime.lock import lock_folder
-from .engine import attack_batch, check_fits, eot_samples_of, load_batch, plan_batches
+from .engine import attack_batch, check_fits, eot_samples_of, judged_logits, load_batch, model_rng_seed, plan_batches
 from .records import RECORD_SCHEMA_VERSION, atomic_write_text
 from .rundir import RunDirectory
 from .saved import SAVED_VERSION, save_examples, saved_path
@@ -234,6 +234,7 @@ def evaluate(
     device = device_of(model)
     memory: dict[str, list[dict[str, Any]]] = {s.id: [] for s in specs}
     judge_k = max(eot_samples_of(s) for s in specs)  # the whole run's prediction rule, resumed batches included
+    judge = functools.partial(judged_logits, attacked)
 
     def pending(b: range) -> list[AttackSpec]:
         return [s for s in specs if run_dir is None or not run_dir.done(s.id, b)]
@@ -259,11 +260,15 @@ def evaluate(
                     bar.update(1)
 
                 def examples(
-                    spec: AttackSpec, recs: list[dict[str, Any]], xs: Any, x_adv: Any, b: range = batch
+                    spec: AttackSpec, recs: list[dict[str, Any]], xs: Any, x_adv: Any, b: range = batch, at: Any = kept
                 ) -> None:
                     assert run_dir is not None
                     path = saved_path(run_dir.batch_file(spec.id, b))
-                    save_examples(attacked, spec, recs, xs, x_adv, path, run_dir.path)
+                    # The uint8 re-check judged by the records' rule: the run's K draws, seeded per (batch, attack),
+                    # never by one draw of whatever the process's generator holds (review 2, F4 addendum).
+                    draws = model_rng_seed(seed, at, spec.id, "uint8")
+                    rule = functools.partial(judge, samples=judge_k, seed=draws)
+                    save_examples(rule, spec, recs, xs, x_adv, path, run_dir.path)
 
                 if kept:
                     done = attack_batch(

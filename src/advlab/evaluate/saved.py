@@ -22,7 +22,9 @@ check), else the nearest uint8 point inside the ball (``uint8_in_ball_success``)
 nothing about the claim, and checking it too would double the re-check (images off the uint8 grid, as
 resized photos are, round out of an Linf ball of exactly eps almost always). ``null`` also where the float
 example did not succeed (nothing to keep). :data:`SAVED_VERSION` (in the run's configuration, so in its
-fingerprint) is 2 since this single re-check (1 forwarded both versions).
+fingerprint) is 2 since this single re-check (1 forwarded both versions), 3 since the re-check is judged by
+the records' rule (the run's K draws of a random model, seeded per batch and attack, not one draw of the process's
+generator: review 2, F4 addendum).
 The safetensors file is written (atomically, without fsync: a crash before its batch's records are
 written recomputes the batch) before the records file of its batch, so a run killed in between recomputes
 that batch and overwrites the file: no duplicate, no missing example. The field exists only in runs whose
@@ -47,7 +49,7 @@ from .specs import AttackSpec, attack_norm
 SAVED_DIR = "adversarial"
 # What ``save_adversarial`` holds in a run's configuration: the version of the ``adversarial`` record field
 # (module docstring). Runs of another version have another fingerprint, so they are never resumed into.
-SAVED_VERSION = 2
+SAVED_VERSION = 3
 # Slack of "inside the eps-ball" and "inside [0, 1]" in pixel units: float32 round-off of x + delta, far
 # below one uint8 step (1/255).
 BALL_TOL = 1e-6
@@ -149,7 +151,10 @@ def save_examples(
     path: Path,
     run_root: Path,
 ) -> None:
-    """Write one batch's examples to ``path`` (atomically) and add the ``adversarial`` field to ``records``."""
+    """Write one batch's examples to ``path`` (atomically) and add the ``adversarial`` field to ``records``.
+
+    ``model`` gives the logits the re-check judges by: the records' own rule (for a random model, the run's
+    expected prediction over its K draws, seeded: :func:`advlab.evaluate.engine.judged_logits`)."""
     from safetensors.torch import save
 
     ball = ball_of(spec.name, spec.params)

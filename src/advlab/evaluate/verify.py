@@ -8,17 +8,35 @@ model and data it names, :func:`verify_run` checks:
 - every record points at a saved example of its own sample index, and the file is readable;
 - the example lies in [0, 1] and in the eps-ball of its attack (slack :data:`~advlab.evaluate.saved.BALL_TOL`);
 - every readable sample of each batch has exactly one record per attack (none dropped, none repeated);
+- a chained attack's (``only_unbroken``: suite stages chained on other attacks, a chain of chains) records are
+  what the engine could have kept: a copied record is its predecessor's, a record is broken where a predecessor's
+  or the attack's own saved example is, and a sample without an own example was broken fully before
+  (:func:`~advlab.evaluate.verify_chains.chain_mismatches`; its own file is read and forwarded even where no
+  record points at it);
 - the model's top-1 on it agrees with the record (broken where the record says broken, and the record's
   ``adv_top5[0]``, which claims and reports count from). Another machine or device (CPU vs CUDA) computes
   slightly different logits: a disagreement counts only where the top two probabilities of verify's OWN
   forward pass are further apart than ``tol`` (default 1e-3), i.e. where float error cannot explain it (never
   from the record's probabilities, which a tampered record could set);
-- the summary recomputed from those forward passes equals summary.json (per attack: n, robust top-1 and
-  success counts and rates), always compared.
+- summary.json describes this run (:func:`~advlab.evaluate.verify_summary.identity_mismatches`: its fingerprint,
+  model, data, seed and batch size are run.json's, every attack is listed once with run.json's spec fields and
+  label), and the counts recomputed from those forward passes equal its own (per attack: n, eligible samples,
+  robust top-1 and success counts and rates), always compared; and everything else summary.json states from
+  the records (each attack's statistics and intervals, a suite's stages, the uint8 counts, the clean accuracy,
+  the robustness curves, median eps* and AUC, the checks the summary answers) is what
+  :func:`~advlab.evaluate.summary.build_summary` gives from the records verify read and checked (timings aside;
+  :func:`~advlab.evaluate.verify_summary.rebuilt_mismatches`).
 
-Cost: the data is read once, every saved file once, and each batch of the run costs ONE forward pass (under
-``torch.inference_mode``) over every example saved for that batch, all attacks' files together: one image per
-distinct saved example. An example shared by a suite and the attack it was chained on is forwarded once
+A random model (a randomized defence; found by two forward passes on the first two images under two seeds) is
+judged as eval judged it: every saved file is forwarded by itself, the tensor eval judged, as the expected
+prediction over the run's K draws (the largest ``eot_samples`` of its attacks) seeded as eval seeded them
+(:func:`~advlab.evaluate.engine.judged_logits`), so an honest run verifies exactly. Only the device type the run
+used reproduces those draws (CPU and CUDA generators differ): another is refused with one line.
+
+Cost: the data is read once, every saved file once, and each batch of the run is forwarded (under
+``torch.inference_mode``) over every example saved for that batch, all attacks' files together, in pieces of the
+run's batch size (eval never forwarded more images at once, so what fitted eval's memory fits verify's): one
+image per distinct saved example. An example shared by a suite and the attack it was chained on is forwarded once
 however many records point at it; a suite stage that attacked a sample left unbroken by the stage before
 saved its own example, so a sample robust after k stages has k examples (on a model that falls at the
 first stage, about one per sample, i.e. the clean evaluation's forward passes). The box and ball checks take
@@ -39,11 +57,13 @@ from torch import nn
 
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
-from .engine import load_batch, plan_batches
+from .engine import eot_samples_of, judged_logits, load_batch, model_rng_seed, plan_batches
 from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
 from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
+from .verify_chains import chain_mismatches, chained_on
+from .verify_summary import count_mismatches, identity_mismatches, rebuilt_mismatches, specs_of
 
 PROB_TOL = 1e-3
 # A minimal-norm record's distance against the saved example's: float64 sums of the same float32 difference.
@@ -59,6 +79,7 @@ class Verification:
     forward_passes: int = 0
     images_forwarded: int = 0
     seconds: float = 0.0
+    random: bool = False  # a random model: eval's seeded draws replayed (module docstring)
 
     @property
     def ok(self) -> bool:
@@ -82,6 +103,25 @@ def _gaps(logits: torch.Tensor) -> list[float]:
         return [1.0] * logits.shape[0]
     top2 = torch.softmax(logits.double(), dim=1).topk(2, dim=1).values
     return (top2[:, 0] - top2[:, 1]).tolist()
+
+
+def _forward(model: nn.Module, x: torch.Tensor, chunk: int, device: torch.device) -> torch.Tensor:
+    """The model's logits on ``x``, ``chunk`` rows per call (under ``torch.inference_mode``)."""
+    with torch.inference_mode():
+        return torch.cat([model(part.to(device)) for part in x.split(chunk)])
+
+
+def _is_random(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether two forward passes on the same images, under two seeds, differ beyond float noise (a random defence
+    draws afresh on every call; a deterministic model gives the same logits)."""
+    with torch.inference_mode():
+        a, b = judged_logits(model, x, 1, 1), judged_logits(model, x, 1, 2)
+    return bool(((a - b).abs() > 1e-5 * a.abs().amax().clamp(min=1.0)).any())
+
+
+def _broken(top1: int, record: Mapping[str, Any]) -> bool:
+    """Whether a verified top-1 breaks the record's sample (untargeted: not the label; targeted: the target)."""
+    return top1 != record["label"] if record["target"] is None else top1 == record["target"]
 
 
 def _geometry(
@@ -128,19 +168,24 @@ def verify_run(
     n = int(cfg["data"]["n_samples"])
     if len(dataset) != n:
         raise SpecError(f"the data has {len(dataset)} samples, the run attacked {n}; verify with the run's data")
-    plan = plan_batches(n, int(cfg["batch_size"]))
+    specs = specs_of(cfg)  # run.json's attacks, checked as make_spec checks them
+    batch_size, seed = int(cfg["batch_size"]), int(cfg["seed"])
+    judge_k = max((eot_samples_of(s) for s in specs), default=1)  # the run's prediction rule (engine.attack_batch)
+    plan = plan_batches(n, batch_size)
     enabled = bool((cfg.get("prepare") or {}).get("enabled"))
     attacked: nn.Module | None = None  # prepared as the run did, on the first readable batch (loaded once)
     device = device_of(model)
     rundir = RunDirectory(run.path, cfg, origin={})
     params = {str(a["id"]): a.get("params") or {} for a in cfg["attacks"]}
     names = {str(a["id"]): str(a["name"]) for a in cfg["attacks"]}
-    chained = {str(a["id"]): {str(a["id"]), *map(str, a.get("only_unbroken") or ())} for a in cfg["attacks"]}
+    deps = {str(a["id"]): [str(d) for d in a.get("only_unbroken") or ()] for a in cfg["attacks"]}
+    chained = {aid: chained_on(aid, deps) for aid in deps}
     out = Verification()
     robust = {aid: 0 for aid in params}
     checked = {aid: 0 for aid in params}
     incomplete: set[str] = set()  # attacks with a record that failed before its check (already a mismatch)
     read_n = {aid: 0 for aid in params}
+    verified: dict[str, list[dict[str, Any]]] = {aid: [] for aid in params}  # the records read batch by batch
     eligible = {aid: 0 for aid in params}  # success rates count samples whose target is not their label
     success = {aid: 0 for aid in params}
     for batch in plan:
@@ -148,14 +193,25 @@ def verify_run(
         if attacked is None and kept:
             attacked = prepare_model(model, x) if enabled else model
             attacked.eval()
+            out.random = _is_random(attacked, x[:2])
+            if out.random and device.type != cfg.get("device_type", device.type):
+                raise SpecError(
+                    f"the run's model is random (two forward passes on the same images differ); verify replays the "
+                    f"run's seeded draws, which only the device type the run used reproduces: verify with --device "
+                    f"{cfg.get('device_type')}, not {device.type}"
+                )
         pos = {i: k for k, i in enumerate(kept)}
-        # First every record of the batch (all attacks), then every file it names read once, then ONE forward
-        # pass over all those files' rows together, then the checks: a suite's later stages hold few rows each,
-        # and one forward per file would pay the model's per-call cost once per stage.
+        # First every record of the batch (all attacks), then every file it names read once, then one forward
+        # pass over all those files' rows together (in pieces of the batch size), then the checks: a suite's later
+        # stages hold few rows each, and one forward per file would pay the model's per-call cost once per stage.
         todo: list[tuple[str, dict[str, Any], str]] = []
         owners: dict[str, str] = {}
+        recs_by: dict[str, dict[int, dict[str, Any]]] = {}
+        own_file: dict[str, str | None] = {}  # a chained attack's own file of this batch, where it has one
         for aid in params:
             recs = rundir.read_batch(aid, batch)
+            verified[aid] += recs
+            recs_by[aid] = {int(r["index"]): r for r in recs}
             seen = [int(r["index"]) for r in recs]
             if sorted(seen) != sorted(kept):  # every readable sample of the batch exactly once, nothing else
                 lost, twice = sorted(set(kept) - set(seen)), sorted({i for i in seen if seen.count(i) > 1})
@@ -166,6 +222,11 @@ def verify_run(
                 incomplete.add(aid)
             read_n[aid] += len(recs)
             eligible[aid] += sum(r["target"] is None or r["target"] != r["label"] for r in recs)
+            if deps[aid]:  # read (and forwarded) even where no record points at it: review 2, F7
+                mine = saved_path(rundir.batch_file(aid, batch)).relative_to(run.path).as_posix()
+                own_file[aid] = mine if (run.path / mine).exists() else None
+                if own_file[aid] is not None:
+                    owners.setdefault(mine, aid)
             for r in recs:
                 i, where = int(r["index"]), f"{aid}, sample {r['index']}"
                 if i not in pos:
@@ -178,7 +239,8 @@ def verify_run(
                     out.mismatches.append(f"{where}: no saved example")
                 else:
                     # A file holds the examples of the attack that made them: this one, or one it was chained on
-                    # (only_unbroken); the record's file must be that attack's file of this batch, inside the run.
+                    # (only_unbroken, directly or through another); the record's file must be that attack's file
+                    # of this batch, inside the run.
                     owner = str(r.get("from") or aid)
                     owner = owner if owner in params else aid
                     file = str(r["adversarial"]["file"])
@@ -207,10 +269,20 @@ def verify_run(
         if readable:
             assert attacked is not None  # a record's sample was readable, so this batch prepared the model
             xa_all = [files[name]["x_adv"] for name in readable]  # type: ignore[index]
-            with torch.inference_mode():
-                logits = attacked(torch.cat(xa_all).to(device))
+            # In pieces of the run's batch size: eval never forwarded more at once (review 2, F10: all the files of
+            # a batch, every suite stage's and sweep eps', in one call could run out of GPU memory).
+            if out.random:  # eval's own draws replayed, file by file (each is the tensor eval judged; F4)
+                parts = []
+                for name, xa in zip(readable, xa_all, strict=True):
+                    draws = model_rng_seed(seed, kept, owners[name], "judge")
+                    with torch.inference_mode():
+                        parts.append(judged_logits(attacked, xa.to(device), judge_k, draws))
+                logits = torch.cat(parts)
+                out.forward_passes += judge_k * len(readable)
+            else:
+                logits = _forward(attacked, torch.cat(xa_all), batch_size, device)
+                out.forward_passes += -(-logits.shape[0] // batch_size)
             t_all, g_all = logits.argmax(dim=1).tolist(), _gaps(logits)
-            out.forward_passes += 1
             out.images_forwarded += len(t_all)
             for name, xa in zip(readable, xa_all, strict=True):
                 top1[name], t_all = t_all[: xa.shape[0]], t_all[xa.shape[0] :]
@@ -220,6 +292,7 @@ def verify_run(
                 norm = attack_norm(names[owner], params[owner]) if names[owner] in MINIMAL_ATTACKS else None
                 index = files[name]["index"]  # type: ignore[index]
                 geometry[name] = _geometry(x, xa.to(device), pos, index, ball, norm)
+        verdict: dict[tuple[str, int], tuple[bool, bool]] = {}  # (attack, sample): (broken, borderline)
         for aid, r, where in todo:
             i, saved = int(r["index"]), r["adversarial"]
             name = str(saved["file"])
@@ -251,8 +324,9 @@ def verify_run(
                             f"{where}: the record's distance {want:.6g} is not the example's {dist[row]:.6g}"
                         )
             t = top1[name][row]
-            broken = t != r["label"] if r["target"] is None else t == r["target"]
+            broken = _broken(t, r)
             borderline = gaps[name][row] <= tol  # float error (another device) can flip this example's top-1
+            verdict[(aid, i)] = (broken, borderline)
             if broken != bool(r["success"]) and not borderline:
                 said = "broken" if r["success"] else "not broken"
                 out.mismatches.append(f"{where}: the record says {said}, the model's top-1 on the example is {t}")
@@ -260,38 +334,22 @@ def verify_run(
                 out.mismatches.append(f"{where}: the record's top-1 {r['adv_top5'][0]} is not the model's {t}")
             robust[aid] += t == r["label"]
             success[aid] += bool(broken) and (r["target"] is None or r["target"] != r["label"])
-    # The summary is compared with the counts recomputed from the forward passes (never gated on a number
-    # summary.json supplies): its n with the records checked, its robust and success counts with ours.
-    # An attack with a record that could not be checked (a mismatch above already) is not compared: its counts
-    # would differ for that reason alone. What decides this is verify's own count, not summary.json's.
+        own: dict[str, dict[int, tuple[bool, bool]]] = {}  # a chained attack's own rows: sample -> verdict
+        for aid, name in own_file.items():
+            if name is None or files.get(name) is None:
+                continue
+            own[aid] = {}
+            for row, j in enumerate(files[name]["index"].tolist()):  # type: ignore[index]
+                r = recs_by[aid].get(int(j))
+                if r is not None:
+                    own[aid][int(j)] = (_broken(top1[name][row], r), gaps[name][row] <= tol)
+        out.mismatches += chain_mismatches(deps, recs_by, verdict, own, own_file)
+    # An attack with a record that could not be checked (a mismatch above already) is not compared: what decides
+    # this is verify's own count, not summary.json's.
     incomplete |= {aid for aid in params if read_n[aid] != checked[aid]}
-    listed = [str(a["id"]) for a in run.summary.get("attacks", [])]
-    for aid in params:  # every attack of the run once: one dropped from the summary would vanish from its report
-        if listed.count(aid) != 1:
-            out.mismatches.append(f"summary.json: lists attack {aid} {listed.count(aid)} times, the run ran it once")
-    for a in run.summary.get("attacks", []):
-        aid = a["id"]
-        if aid not in robust:
-            out.mismatches.append(f"summary.json: attack {aid} is not in the run's configuration")
-            continue
-        if aid in incomplete:
-            continue
-        if int(a.get("n") or 0) != checked[aid]:
-            out.mismatches.append(f"summary.json: {aid} counts n={a.get('n')} samples, {checked[aid]} were checked")
-        if a.get("n_eligible") is not None and int(a["n_eligible"]) != eligible[aid]:
-            out.mismatches.append(f"summary.json: {aid} counts {a['n_eligible']} eligible samples, the records "
-                                  f"{eligible[aid]}")  # fmt: skip
-        ci = a.get("ci95") or {}
-        for key, got_k in (("adv_top1", robust[aid]), ("success_rate", success[aid])):
-            want_k = (ci.get(key) or {}).get("k")
-            if want_k is None and a.get(key) is not None:
-                want_k = round(a[key] * (a["n"] if key == "adv_top1" else a["n_eligible"]))
-            if want_k is not None and want_k != got_k:
-                out.mismatches.append(f"summary.json: {aid} {key} counts {want_k} samples, recomputed {got_k}")
-            value = a.get(key)
-            den = a.get("n") if key == "adv_top1" else a.get("n_eligible")
-            if value is not None and den and abs(float(value) - got_k / float(den)) > 1e-9:
-                out.mismatches.append(f"summary.json: {aid} {key} is {value}, recomputed {got_k}/{den}")
+    out.mismatches += identity_mismatches(run, specs)
+    out.mismatches += count_mismatches(run.summary, checked, robust, success, eligible, incomplete)
+    out.mismatches += rebuilt_mismatches(run, specs, verified)
     out.seconds = time.perf_counter() - start
     return out
 

@@ -1,0 +1,286 @@
+"""``advlab verify`` against an attacker who edits a run directory (review 2: F7, F9, F10, F12) and against honest
+runs it must pass (chains of chains, randomized defences: F4)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from advlab.evaluate import evaluate, make_spec
+from advlab.evaluate.compare import load_run
+from advlab.evaluate.rundir import RunDirectory
+from advlab.evaluate.specs import SpecError
+from advlab.evaluate.summary import build_summary
+from advlab.evaluate.verify import verify_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Items:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i]), i
+
+
+def specs_of(config: dict[str, Any]) -> list[Any]:
+    return [
+        make_spec(a["name"], a["params"], id=a["id"], target=a["target"], only_unbroken=a["only_unbroken"])
+        for a in config["attacks"]
+    ]
+
+
+def resummarize(out: Path) -> None:
+    """What an attacker does after editing records: summary.json rebuilt by advlab's own code from them."""
+    run = load_run(out)
+    old = run.summary
+    summary = build_summary(run.records, specs_of(run.config), run.config,
+                            fingerprint=RunDirectory(out, run.config).fingerprint, wall_s=old["wall_s"])  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+def records_file(out: Path, aid: str, batch: str = "000000000-000000016") -> Path:
+    return next((out / "records").glob(f"{aid}-*/{batch}.jsonl"))
+
+
+def read_lines(f: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in f.read_text().splitlines()]
+
+
+def write_lines(f: Path, lines: list[dict[str, Any]]) -> None:
+    f.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+@pytest.fixture(scope="module")
+def chained_run(digits_model, tmp_path_factory):
+    model, x, y = digits_model
+    data = Items(x[:32], y[:32])
+    specs = [
+        make_spec("fgsm", {"eps": 0.2}, id="fgsm"),
+        make_spec("pgd", {"eps": 0.2, "steps": 3}, id="pgd", only_unbroken=("fgsm",)),
+        make_spec("pgd", {"eps": 0.2, "steps": 6}, id="pgd6", only_unbroken=("pgd",)),  # a chain of a chain
+    ]
+    out = tmp_path_factory.mktemp("verify") / "run"
+    result = evaluate(model, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True)
+    return model, data, out, result
+
+
+def test_an_honest_chain_of_chains_verifies(chained_run):
+    model, data, out, result = chained_run
+    # pgd6's records copied from fgsm (through pgd) name fgsm and point at fgsm's file: not a mismatch.
+    assert any(r["from"] == "fgsm" for r in result.records["pgd6"])
+    v = verify_run(out, model, data)
+    assert v.ok, v.mismatches
+
+
+@pytest.mark.parametrize("evidence", ["kept", "row_removed"])
+def test_a_chained_record_swapped_for_the_earlier_attacks_unbroken_one_is_caught(chained_run, tmp_path, evidence):
+    # Review 2, F7: pgd broke a sample that fgsm left standing; its record replaced by fgsm's (from=fgsm) and the
+    # summary rebuilt from the edited records raised pgd's robust accuracy, and verify passed.
+    model, data, out, _ = chained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for batch in ("000000000-000000016", "000000016-000000032"):
+        first, last = read_lines(records_file(copy, "fgsm", batch)), read_lines(records_file(copy, "pgd", batch))
+        k = next((k for k, (a, b) in enumerate(zip(first[:-1], last[:-1], strict=True))
+                  if not a["success"] and b["success"] and b["from"] is None), None)  # fmt: skip
+        if k is not None:
+            break
+    i = last[k]["index"]
+    last[k] = {**first[k], "time_s": 0.0, "from": "fgsm"}
+    write_lines(records_file(copy, "pgd", batch), last)
+    if evidence == "row_removed":  # and pgd's own example of the sample taken out of its file
+        f = next((copy / "adversarial").glob(f"pgd-*/{batch}.safetensors"))
+        t = load_file(str(f))
+        keep = t["index"] != i
+        save_file({key: v[keep].contiguous() for key, v in t.items()}, str(f))
+        rows = {int(j): row for row, j in enumerate(t["index"][keep].tolist())}
+        for r in last[:-1]:
+            if r["from"] is None:
+                r["adversarial"]["row"] = rows[r["index"]]
+        write_lines(records_file(copy, "pgd", batch), last)
+    resummarize(copy)
+    assert json.loads((copy / "summary.json").read_text())["attacks"][1]["adv_top1"] > json.loads(
+        (out / "summary.json").read_text())["attacks"][1]["adv_top1"]  # fmt: skip
+    v = verify_run(copy, model, data)
+    needle = {"kept": "the record is not broken, but its own example",
+              "row_removed": "'pgd' saved no example of its own for the sample"}[evidence]  # fmt: skip
+    needle = f"pgd, sample {i}: {needle}"
+    assert not v.ok and any(needle in m for m in v.mismatches), v.mismatches
+
+
+def test_a_from_record_that_is_not_the_predecessors_is_caught(chained_run, tmp_path):
+    model, data, out, _ = chained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    lines = read_lines(records_file(copy, "pgd"))
+    k = next(k for k, r in enumerate(lines[:-1]) if r["from"] == "fgsm")
+    lines[k]["adv_probs"] = [0.9, *lines[k]["adv_probs"][1:]]  # not what fgsm recorded for the sample
+    write_lines(records_file(copy, "pgd"), lines)
+    v = verify_run(copy, model, data)
+    assert any(f"pgd, sample {lines[k]['index']}: says it is 'fgsm''s record" in m for m in v.mismatches), v.mismatches
+
+
+def edit_summary(out: Path, tmp_path: Path, edit) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    edit(summary)
+    (copy / "summary.json").write_text(json.dumps(summary))
+    return copy
+
+
+def _eps(s: dict[str, Any]) -> None:  # the report and claim would read "robust at 8/255"
+    a = s["attacks"][2]
+    a["params"]["eps"] = 8 / 255
+    a["label"] = a["label"].replace("eps=1/5", "eps=8/255")
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (_eps, "summary.json: attack pgd6's params is"),
+        (lambda s: s["attacks"][1].update(label="pgd(eps=8/255, steps=3)"), "summary.json: attack pgd's label is"),
+        (lambda s: s["attacks"][0].update(only_unbroken=["pgd"]), "summary.json: attack fgsm's only_unbroken is"),
+        (lambda s: s["model"].update(name="robustbench:cifar10/Linf/Wang2023"), "summary.json: its model"),
+        (lambda s: s.update(fingerprint="0" * 64), "summary.json: fingerprint 000000000000 is not the run's"),
+        (lambda s: s.update(seed=7), "summary.json: its seed 7 is not run.json's 0"),
+    ],
+)
+def test_a_summary_describing_other_attacks_or_another_model_is_caught(chained_run, tmp_path, edit, needle):
+    # Review 2, F12: summary.json's spec fields, label, model and fingerprint were never compared with run.json.
+    model, data, out, _ = chained_run
+    v = verify_run(edit_summary(out, tmp_path, edit), model, data)
+    assert not v.ok and any(needle in m for m in v.mismatches), v.mismatches
+
+
+@pytest.fixture(scope="module")
+def curves_run(digits_model, tmp_path_factory):
+    model, x, y = digits_model
+    data = Items(x[:16], y[:16])
+    specs = [
+        make_spec("suite_fast", {"eps": 0.2}, id="suite"),
+        make_spec("fmn", {"norm": "linf", "steps": 10}, id="fmn"),
+        make_spec("pgd", {"eps": 0.2, "steps": 3}, id="pgd"),  # the suite's worst-case check compares the two
+    ]
+    out = tmp_path_factory.mktemp("verify") / "run"
+    result = evaluate(model, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True)
+    assert result.summary["robustness"]["linf"]["attacks"]["fmn"]["median_eps"] and result.summary["sanity"]
+    return model, data, out
+
+
+def _scale(d: dict[str, Any], key: str, by: float) -> None:
+    d[key] = d[key] * by
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda s: _scale(s["robustness"]["linf"]["attacks"]["fmn"], "median_eps", 2),
+         "summary.json: robustness.linf.attacks.fmn.median_eps is"),
+        (lambda s: _scale(s["robustness"]["linf"]["ensemble"], "auc", 1.5), "robustness.linf.ensemble.auc is"),
+        (lambda s: s["robustness"]["linf"]["attacks"]["fmn"]["robust_accuracy"].__setitem__(1, 1.0),
+         "robustness.linf.attacks.fmn.robust_accuracy[1] is 1.0"),
+        (lambda s: _scale(s["attacks"][1]["curve"], "median_eps", 2), "summary.json: attack fmn.curve.median_eps is"),
+        (lambda s: _scale(s["attacks"][0]["stages"][1], "robust_after", 2), "attack suite.stages[1].robust_after is"),
+        (lambda s: s["clean"].update(top1=0.5), "summary.json: clean.top1 is 0.5"),
+        (lambda s: s["sanity"]["checks"][-1].update(status="pass" if s["sanity"]["checks"][-1]["status"] == "warn"
+                                                    else "warn"), "summary.json: sanity.checks[0].status"),
+    ],
+)  # fmt: skip
+def test_a_summary_whose_curves_stages_or_checks_are_not_the_records_is_caught(curves_run, tmp_path, edit, needle):
+    # Review 2, F9: summary.json's robustness section (curves, median eps*, AUC), a suite's stages and the rest of
+    # what it states from the records were read as written; now rebuilt from the verified records and compared.
+    model, data, out = curves_run
+    assert verify_run(out, model, data).ok
+    v = verify_run(edit_summary(out, tmp_path, edit), model, data)
+    assert not v.ok and any(needle in m for m in v.mismatches), v.mismatches
+
+
+class Counting(torch.nn.Module):
+    """The model as given, remembering how many images each call got (a plain attribute: not in its digest)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        return self.model(x)
+
+
+def test_verify_forwards_no_more_images_at_once_than_the_run_did(digits_model, tmp_path):
+    # Review 2, F10: verify forwarded every saved file of a batch in one call (every suite stage and sweep eps):
+    # up to (number of attacks) x batch size images, which ran a GPU out of memory on runs eval had finished.
+    model, x, y = digits_model
+    counting = Counting(model)
+    data = Items(x[:32], y[:32])
+    specs = [make_spec("fgsm", {"eps": 0.2}, id="fgsm"), make_spec("pgd", {"eps": 0.2, "steps": 2}, id="pgd"),
+             make_spec("pgd", {"eps": 0.1, "steps": 2}, id="pgd_small")]  # fmt: skip
+    out = tmp_path / "run"
+    evaluate(counting, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True, prepare=False)
+    assert max(counting.calls) == 16
+    counting.calls.clear()
+    v = verify_run(out, counting, data)
+    assert v.ok, v.mismatches
+    probe, calls = counting.calls[:2], counting.calls[2:]  # first: is the model random? two calls on two images
+    assert probe == [2, 2] and not v.random
+    assert max(calls) <= 16 and sum(calls) == v.images_forwarded == 96 and v.forward_passes == len(calls) == 6
+
+
+@pytest.fixture(scope="module")
+def random_run(digits_model, tmp_path_factory):
+    from advlab.defenses import GaussianNoise, defended
+
+    model, x, y = digits_model
+    noisy = defended(model, GaussianNoise(sigma=0.5))
+    data = Items(x[:32], y[:32])
+    specs = [make_spec("fgsm", {"eps": 0.1}, id="fgsm"),
+             make_spec("pgd", {"eps": 0.1, "steps": 3, "eot_samples": 4}, id="pgd_eot")]  # fmt: skip
+    out = tmp_path_factory.mktemp("verify") / "run"
+    result = evaluate(noisy, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True)
+    return noisy, data, specs, out, result
+
+
+def test_an_honest_run_on_a_random_defence_verifies_exactly(random_run):
+    # Review 2, F4: eval judges each example by the expected prediction over the run's K draws, seeded; verify
+    # forwarded one unseeded draw, so an honest run failed. Now it replays the run's own draws.
+    noisy, data, _, out, _ = random_run
+    v = verify_run(out, noisy, data)
+    assert v.ok, v.mismatches
+    assert v.random
+    assert v.forward_passes == 4 * sum(1 for _ in (out / "adversarial").rglob("*.safetensors"))
+
+
+def test_a_random_defence_is_replayed_only_on_the_device_type_it_ran_on(random_run, tmp_path):
+    noisy, data, _, out, _ = random_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    doc = json.loads((copy / "run.json").read_text())
+    doc["config"]["device_type"] = "cuda"
+    (copy / "run.json").write_text(json.dumps(doc))
+    with pytest.raises(SpecError, match=r"the run's model is random .* verify with --device cuda, not cpu"):
+        verify_run(copy, noisy, data)
+
+
+def test_the_uint8_recheck_of_a_random_defence_does_not_depend_on_the_process_generator(random_run, tmp_path):
+    # Review 2, F4 addendum: the uint8 re-check was one unseeded draw, so uint8_success depended on what the process
+    # had drawn before (a shard, a resumption); it is now the records' rule, seeded per batch and attack.
+    noisy, data, specs, _, result = random_run
+    torch.manual_seed(12345)
+    torch.rand(1000)
+    again = evaluate(noisy, data, specs, out=tmp_path / "again", batch_size=16, quiet=True, save_adversarial=True)
+    for aid in ("fgsm", "pgd_eot"):
+        first = [{**r["adversarial"], "file": None} for r in result.records[aid]]
+        assert first == [{**r["adversarial"], "file": None} for r in again.records[aid]]
