@@ -738,3 +738,30 @@ def test_model_digest_tells_apart_models_that_differ_only_in_normalisation() -> 
     assert model_digest(a) != model_digest(b)
     again = ImageClassifier(backbone, mean=[0.0] * 3, std=[1.0] * 3, input_size=(3, 4, 4))
     assert model_digest(a) == model_digest(again)
+
+
+def test_model_digest_is_the_same_under_another_torchs_layer_repr(monkeypatch) -> None:
+    # A run made under one torch version must verify under another (issue 20: "works on another machine"): torch
+    # renders its own layers differently across versions (a torch 2.14 run's digest did not match under 2.11 on
+    # the same weights), so the digest must not read torch's layer text; a defence's settings still count.
+    from advlab.defenses import BitDepth, defended
+    from advlab.evaluate.run import model_digest
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    model = defended(net, BitDepth(3))
+    digest = model_digest(model)
+    for layer in (nn.Conv2d, nn.Linear):
+
+        def other_torchs_text(self: nn.Module) -> str:
+            return "rendered by another torch version"
+
+        other_torchs_text.__module__ = layer.extra_repr.__module__  # torch's own code, another version of it
+        monkeypatch.setattr(layer, "extra_repr", other_torchs_text)
+    assert "another torch version" in repr(model)
+    assert model_digest(model) == digest
+    monkeypatch.undo()
+    assert model_digest(defended(net, BitDepth(4))) != digest  # a defence's setting lives outside the weights
+    with torch.no_grad():
+        net[0].bias[0] += 1e-6
+    assert model_digest(model) != digest

@@ -37,12 +37,27 @@ from .specs import AttackSpec, SpecError, algorithm_versions, validate_specs
 from .summary import build_summary
 
 
+def _module_tree(model: nn.Module) -> str:
+    """The module tree as text that another machine's torch renders the same: each module's path and class, and
+    the settings of modules whose ``extra_repr`` is not torch's own (advlab's defences: ``bits=3``, ``sigma=0.1``;
+    timm's and a user's modules). Torch's layers are identified by their class and their weights: the text torch's
+    ``repr`` gives them changes between torch versions (a run made with torch 2.14 did not verify under 2.11)."""
+    lines = []
+    for path, module in model.named_modules():
+        line = f"{path}:{type(module).__qualname__}"
+        if not getattr(type(module).extra_repr, "__module__", "torch").startswith("torch."):
+            line += f"({module.extra_repr()})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def model_digest(model: nn.Module) -> str:
-    """sha256 of the model's module tree with its settings (``repr``: a defence's ``bits=3`` or ``sigma=0.1``
-    lives there, not in the state dict), of its state dict (names, shapes, dtypes and values) and of its buffers
-    outside the state dict (``persistent=False``, e.g. :class:`~advlab.models.ImageClassifier`'s mean and std,
-    which change the function as much as a weight does): which model, with which weights, was attacked."""
-    h = hashlib.sha256(repr(model).encode())
+    """sha256 of the model's module tree with its settings (:func:`_module_tree`: a defence's ``bits=3`` or
+    ``sigma=0.1`` lives there, not in the state dict), of its state dict (names, shapes, dtypes and values) and of
+    its buffers outside the state dict (``persistent=False``, e.g. :class:`~advlab.models.ImageClassifier`'s mean
+    and std, which change the function as much as a weight does): which model, with which weights, was attacked,
+    the same on every machine and torch version."""
+    h = hashlib.sha256(_module_tree(model).encode())
     state = model.state_dict()
     extra = {f"buffer:{n}": b for n, b in model.named_buffers() if n not in state}
     for name, tensor in {**state, **extra}.items():
