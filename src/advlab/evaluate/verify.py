@@ -363,5 +363,6 @@ def verification_lines(v: Verification, limit: int = 50) -> Sequence[str]:
     lines.append(
         f"verify: {verdict}; {v.checked} records checked against {v.images_forwarded} saved examples in "
         f"{v.forward_passes} forward passes, {v.seconds:.1f} s"
+        + (" (a random model: judged by the run's own seeded draws)" if v.random else "")
     )
     return lines
