@@ -284,3 +284,18 @@ def test_the_uint8_recheck_of_a_random_defence_does_not_depend_on_the_process_ge
     for aid in ("fgsm", "pgd_eot"):
         first = [{**r["adversarial"], "file": None} for r in result.records[aid]]
         assert first == [{**r["adversarial"], "file": None} for r in again.records[aid]]
+
+
+def test_a_records_top5_is_the_models(chained_run, tmp_path):
+    # Robust top-5 accuracy and "fully broken" (which decides whether a chained attack had to run on a sample)
+    # are counted from the records' top-5: a label put back into a broken sample's top-5 must not pass.
+    model, data, out, _ = chained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    lines = read_lines(records_file(copy, "fgsm"))
+    k = next(k for k, r in enumerate(lines[:-1]) if r["success_top5"])
+    lines[k]["adv_top5"][-1], lines[k]["success_top5"] = lines[k]["label"], False
+    write_lines(records_file(copy, "fgsm"), lines)
+    resummarize(copy)
+    v = verify_run(copy, model, data)
+    assert any(f"fgsm, sample {lines[k]['index']}: the record's top-5" in m for m in v.mismatches), v.mismatches
