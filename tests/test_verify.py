@@ -263,14 +263,22 @@ def test_an_honest_run_on_a_random_defence_verifies_exactly(random_run):
     assert v.forward_passes == 4 * sum(1 for _ in (out / "adversarial").rglob("*.safetensors"))
 
 
-def test_a_random_defence_is_replayed_only_on_the_device_type_it_ran_on(random_run, tmp_path):
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("device_type", "cuda", r"the run's model is random .* verify with --device cuda, not cpu"),
+        ("record_schema", 3, r"the run's model is random .* of schema 3, whose draws verify cannot replay"),
+    ],
+)
+def test_a_random_defence_is_replayed_only_where_its_draws_can_be(random_run, tmp_path, key, value, match):
+    # The CPU and CUDA generators draw differently; records of schema 3 drew their judgement after the attack.
     noisy, data, _, out, _ = random_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     doc = json.loads((copy / "run.json").read_text())
-    doc["config"]["device_type"] = "cuda"
+    doc["config"][key] = value
     (copy / "run.json").write_text(json.dumps(doc))
-    with pytest.raises(SpecError, match=r"the run's model is random .* verify with --device cuda, not cpu"):
+    with pytest.raises(SpecError, match=match):
         verify_run(copy, noisy, data)
 
 

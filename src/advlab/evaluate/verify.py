@@ -60,6 +60,7 @@ from torch import nn
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
 from .engine import eot_samples_of, judged_logits, load_batch, model_rng_seed, plan_batches
+from .records import RECORD_SCHEMA_VERSION
 from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
@@ -211,6 +212,12 @@ def verify_run(
             attacked = prepare_model(model, x) if enabled else model
             attacked.eval()
             out.random = _is_random(attacked, x[:2])
+            if out.random and cfg.get("record_schema") != RECORD_SCHEMA_VERSION:
+                raise SpecError(
+                    f"the run's model is random (two forward passes on the same images differ) and its records are of "
+                    f"schema {cfg.get('record_schema')}, whose draws verify cannot replay (schema "
+                    f"{RECORD_SCHEMA_VERSION} seeds them apart from the attack); rerun its advlab eval command"
+                )
             if out.random and device.type != cfg.get("device_type", device.type):
                 raise SpecError(
                     f"the run's model is random (two forward passes on the same images differ); verify replays the "
