@@ -263,14 +263,22 @@ def test_an_honest_run_on_a_random_defence_verifies_exactly(random_run):
     assert v.forward_passes == 4 * sum(1 for _ in (out / "adversarial").rglob("*.safetensors"))
 
 
-def test_a_random_defence_is_replayed_only_on_the_device_type_it_ran_on(random_run, tmp_path):
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("device_type", "cuda", r"the run's model is random .* verify with --device cuda, not cpu"),
+        ("record_schema", 3, r"the run's model is random .* of schema 3, whose draws verify cannot replay"),
+    ],
+)
+def test_a_random_defence_is_replayed_only_where_its_draws_can_be(random_run, tmp_path, key, value, match):
+    # The CPU and CUDA generators draw differently; records of schema 3 drew their judgement after the attack.
     noisy, data, _, out, _ = random_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     doc = json.loads((copy / "run.json").read_text())
-    doc["config"]["device_type"] = "cuda"
+    doc["config"][key] = value
     (copy / "run.json").write_text(json.dumps(doc))
-    with pytest.raises(SpecError, match=r"the run's model is random .* verify with --device cuda, not cpu"):
+    with pytest.raises(SpecError, match=match):
         verify_run(copy, noisy, data)
 
 
@@ -284,3 +292,18 @@ def test_the_uint8_recheck_of_a_random_defence_does_not_depend_on_the_process_ge
     for aid in ("fgsm", "pgd_eot"):
         first = [{**r["adversarial"], "file": None} for r in result.records[aid]]
         assert first == [{**r["adversarial"], "file": None} for r in again.records[aid]]
+
+
+def test_a_records_top5_is_the_models(chained_run, tmp_path):
+    # Robust top-5 accuracy and "fully broken" (which decides whether a chained attack had to run on a sample)
+    # are counted from the records' top-5: a label put back into a broken sample's top-5 must not pass.
+    model, data, out, _ = chained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    lines = read_lines(records_file(copy, "fgsm"))
+    k = next(k for k, r in enumerate(lines[:-1]) if r["success_top5"])
+    lines[k]["adv_top5"][-1], lines[k]["success_top5"] = lines[k]["label"], False
+    write_lines(records_file(copy, "fgsm"), lines)
+    resummarize(copy)
+    v = verify_run(copy, model, data)
+    assert any(f"fgsm, sample {lines[k]['index']}: the record's top-5" in m for m in v.mismatches), v.mismatches

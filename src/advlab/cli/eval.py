@@ -212,10 +212,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..runtime.lock import lock_folder
 
     # One lock over the run and what follows it (the adaptive rows, the claim, the report), so a second writer
-    # cannot replace the folder between the summary and them; a distributed run's rank 0 locks in evaluate_sharded.
-    with lock_folder(args.out, enabled=not info.distributed):
-        if not info.distributed:
-            common["lock"] = False
+    # cannot replace the folder between the summary and them; held by rank 0 under torchrun (review 2, F11).
+    with lock_folder(args.out, enabled=info.is_main):
+        common["lock"] = False
         if adaptive:
             from ..evaluate.adaptive import adaptive_line, evaluate_adaptive
 

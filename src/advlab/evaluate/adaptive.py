@@ -378,11 +378,11 @@ def evaluate_adaptive(
     specs = adaptive_specs(budgets, plan, params, naive)
     sanity = {"checks": plan.checks, "warnings": sum(c["status"] == "warn" for c in plan.checks), "on": plan.checked_on}
     meta = {**dict(extra or {}), "adaptive": {"plan": plan.to_dict()}, "sanity": sanity}
-    # The run and the rewrite of its summary with the adaptive rows under one lock: no second writer in between
-    # (in one process; under torchrun rank 0 holds the lock inside evaluate_sharded, for the run itself).
-    with lock_folder(kwargs.get("out"), enabled=kwargs.pop("lock", True) and not info.distributed):
+    # The run and the rewrite of its summary with the adaptive rows under one lock, held by rank 0 under torchrun:
+    # no second writer in between (review 2, F11); ``lock=False`` where the caller holds it around more.
+    with lock_folder(kwargs.get("out"), enabled=kwargs.pop("lock", True) and info.is_main):
         if info.distributed:
-            run = dict(batch_size=batch_size, seed=seed, extra=meta, info=info)
+            run = dict(batch_size=batch_size, seed=seed, extra=meta, info=info, lock=False)
             result = evaluate_sharded(model, dataset, specs, **run, **kwargs)
         else:
             result = evaluate(model, dataset, specs, batch_size=batch_size, seed=seed, extra=meta, lock=False, **kwargs)

@@ -289,7 +289,9 @@ def summarize_attack(records: Iterable[Mapping[str, Any]], what: str = "attack")
         "n_from_other_attacks": sum(r.get("from") is not None for r in rs),
         "time_s": math.fsum(float(r["time_s"]) for r in rs),
     }
-    broken_by = [r["extras"]["broken_by"] for r in rs if "broken_by" in (r.get("extras") or {})]
+    # A suite's own stages only: a record copied from an attack it was chained on (``from``) is counted under
+    # n_from_other_attacks, and its broken_by (if that attack is a suite too) numbers that suite's stages.
+    broken_by = [r["extras"]["broken_by"] for r in rs if "broken_by" in (r.get("extras") or {}) and not r.get("from")]
     if broken_by:
         summary["broken_by_counts"] = {str(k): broken_by.count(k) for k in sorted(set(broken_by))}
     return summary

@@ -73,8 +73,12 @@ def evaluate_sharded(
     replace: bool = False,
     prepare: bool = True,
     save_adversarial: bool = False,
+    lock: bool = True,
 ) -> RunResult:
     """:func:`advlab.evaluate.evaluate` over the ranks of a distributed run; the same call in one process.
+
+    ``lock``: rank 0 (the one process) holds ``out``'s lock for the whole run; False where the caller holds it
+    already, around the run and what follows it (``advlab eval``: the adaptive rows, the claim, the report).
 
     With ``save_adversarial`` each rank saves the examples of its own batches (:mod:`advlab.evaluate.saved`:
     one file per attack and batch, so no two ranks write the same file) into ``out``; ``advlab verify`` then
@@ -101,9 +105,11 @@ def evaluate_sharded(
         "save_adversarial": save_adversarial,
     }
     if not info.distributed:
-        return evaluate(model, dataset, attacks, out=out, quiet=quiet, replace=replace, prepare=prepare, **common)
+        return evaluate(
+            model, dataset, attacks, out=out, quiet=quiet, replace=replace, prepare=prepare, lock=lock, **common
+        )
     # One writer per run directory: rank 0 holds its lock for the whole run (the ranks' evaluate() do not).
-    with lock_folder(out, enabled=info.is_main):
+    with lock_folder(out, enabled=info.is_main and lock):
         return _evaluate_ranks(model, dataset, attacks, out, quiet, replace, prepare, common, info)
 
 

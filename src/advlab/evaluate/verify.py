@@ -14,10 +14,12 @@ model and data it names, :func:`verify_run` checks:
   (:func:`~advlab.evaluate.verify_chains.chain_mismatches`; its own file is read and forwarded even where no
   record points at it);
 - the model's top-1 on it agrees with the record (broken where the record says broken, and the record's
-  ``adv_top5[0]``, which claims and reports count from). Another machine or device (CPU vs CUDA) computes
-  slightly different logits: a disagreement counts only where the top two probabilities of verify's OWN
-  forward pass are further apart than ``tol`` (default 1e-3), i.e. where float error cannot explain it (never
-  from the record's probabilities, which a tampered record could set);
+  ``adv_top5[0]``, which claims and reports count from), and so does its top-5 (whether the label is in it, and
+  ``success_top5``: robust top-5 accuracy, and what decides a sample "fully broken" for a chained attack).
+  Another machine or device (CPU vs CUDA) computes slightly different logits: a disagreement counts only where
+  the top two probabilities of verify's OWN forward pass are further apart than ``tol`` (default 1e-3; for the
+  top-5, the 5th and 6th log-probabilities more than 10 ``tol``), i.e. where float error cannot explain it
+  (never from the record's probabilities, which a tampered record could set);
 - summary.json describes this run (:func:`~advlab.evaluate.verify_summary.identity_mismatches`: its fingerprint,
   model, data, seed and batch size are run.json's, every attack is listed once with run.json's spec fields and
   label), and the counts recomputed from those forward passes equal its own (per attack: n, eligible samples,
@@ -58,6 +60,7 @@ from torch import nn
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
 from .engine import eot_samples_of, judged_logits, load_batch, model_rng_seed, plan_batches
+from .records import RECORD_SCHEMA_VERSION
 from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
@@ -66,6 +69,7 @@ from .verify_chains import chain_mismatches, chained_on
 from .verify_summary import count_mismatches, identity_mismatches, rebuilt_mismatches, specs_of
 
 PROB_TOL = 1e-3
+TOP5_SLACK = 10.0  # the top-5 boundary's gap, in log-probability, is compared with TOP5_SLACK * tol (_top5)
 # A minimal-norm record's distance against the saved example's: float64 sums of the same float32 difference.
 DISTANCE_RTOL = 1e-5
 
@@ -109,6 +113,20 @@ def _forward(model: nn.Module, x: torch.Tensor, chunk: int, device: torch.device
     """The model's logits on ``x``, ``chunk`` rows per call (under ``torch.inference_mode``)."""
     with torch.inference_mode():
         return torch.cat([model(part.to(device)) for part in x.split(chunk)])
+
+
+def _top5(logits: torch.Tensor, tol: float) -> list[tuple[set[int], bool]]:
+    """Per row: the classes of the verifier's own top-5, and whether the 5th and 6th log-probabilities are within
+    ``TOP5_SLACK * tol`` (then float error can change who is in the top 5, and the row decides nothing about it).
+    Log, i.e. a relative gap: the 5th and 6th probabilities of a confident model are both tiny, always within
+    ``tol``; the slack is wider than the top-1's (logit gap ~4 tol near p = 1/2) since another device's logits
+    (TF32 convolutions on CUDA) differ by up to ~1e-3 relative, and a false alarm on an honest run costs more
+    than a forged top-5 the model nearly agrees with."""
+    logp = torch.log_softmax(logits.double(), dim=1)
+    values, classes = logp.topk(min(6, logp.shape[1]), dim=1)
+    slack = TOP5_SLACK * tol
+    near = (values[:, 4] - values[:, 5] <= slack).tolist() if values.shape[1] == 6 else [False] * len(values)
+    return [(set(c[:5]), n) for c, n in zip(classes.tolist(), near, strict=True)]
 
 
 def _is_random(model: nn.Module, x: torch.Tensor) -> bool:
@@ -194,6 +212,12 @@ def verify_run(
             attacked = prepare_model(model, x) if enabled else model
             attacked.eval()
             out.random = _is_random(attacked, x[:2])
+            if out.random and cfg.get("record_schema") != RECORD_SCHEMA_VERSION:
+                raise SpecError(
+                    f"the run's model is random (two forward passes on the same images differ) and its records are of "
+                    f"schema {cfg.get('record_schema')}, whose draws verify cannot replay (schema "
+                    f"{RECORD_SCHEMA_VERSION} seeds them apart from the attack); rerun its advlab eval command"
+                )
             if out.random and device.type != cfg.get("device_type", device.type):
                 raise SpecError(
                     f"the run's model is random (two forward passes on the same images differ); verify replays the "
@@ -265,6 +289,7 @@ def verify_run(
         readable = [name for name in owners if files[name] is not None]
         top1: dict[str, list[int]] = {}
         gaps: dict[str, list[float]] = {}
+        top5: dict[str, list[tuple[set[int], bool]]] = {}
         geometry: dict[str, Any] = {}
         if readable:
             assert attacked is not None  # a record's sample was readable, so this batch prepared the model
@@ -282,11 +307,12 @@ def verify_run(
             else:
                 logits = _forward(attacked, torch.cat(xa_all), batch_size, device)
                 out.forward_passes += -(-logits.shape[0] // batch_size)
-            t_all, g_all = logits.argmax(dim=1).tolist(), _gaps(logits)
+            t_all, g_all, f_all = logits.argmax(dim=1).tolist(), _gaps(logits), _top5(logits, tol)
             out.images_forwarded += len(t_all)
             for name, xa in zip(readable, xa_all, strict=True):
                 top1[name], t_all = t_all[: xa.shape[0]], t_all[xa.shape[0] :]
                 gaps[name], g_all = g_all[: xa.shape[0]], g_all[xa.shape[0] :]
+                top5[name], f_all = f_all[: xa.shape[0]], f_all[xa.shape[0] :]
                 owner = owners[name]
                 ball = ball_of(names[owner], params[owner])
                 norm = attack_norm(names[owner], params[owner]) if names[owner] in MINIMAL_ATTACKS else None
@@ -332,6 +358,13 @@ def verify_run(
                 out.mismatches.append(f"{where}: the record says {said}, the model's top-1 on the example is {t}")
             elif (r.get("adv_top5") or [t])[0] != t and not borderline:  # what claims and reports count from
                 out.mismatches.append(f"{where}: the record's top-1 {r['adv_top5'][0]} is not the model's {t}")
+            five, near = top5[name][row]  # the top-5 numbers (robust top-5, success_top5, "fully broken")
+            want5 = r["label"] not in five if r["target"] is None else r["target"] in five
+            if not near and (bool(r["success_top5"]) != want5 or (r["label"] in r["adv_top5"]) != (r["label"] in five)):
+                out.mismatches.append(
+                    f"{where}: the record's top-5 {r['adv_top5']} (success_top5 {r['success_top5']}) is not the "
+                    f"model's {sorted(five)}"
+                )
             robust[aid] += t == r["label"]
             success[aid] += bool(broken) and (r["target"] is None or r["target"] != r["label"])
         own: dict[str, dict[int, tuple[bool, bool]]] = {}  # a chained attack's own rows: sample -> verdict
@@ -363,5 +396,6 @@ def verification_lines(v: Verification, limit: int = 50) -> Sequence[str]:
     lines.append(
         f"verify: {verdict}; {v.checked} records checked against {v.images_forwarded} saved examples in "
         f"{v.forward_passes} forward passes, {v.seconds:.1f} s"
+        + (" (a random model: judged by the run's own seeded draws)" if v.random else "")
     )
     return lines
