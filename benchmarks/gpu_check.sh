@@ -40,10 +40,12 @@ stamp "set up: $(tail -2 "$R/env.txt" | tr '\n' ' ')"
 # CPU rows of compare_peers --quick, one pinned process per row, in the background.
 mkdir -p "$R/cpu"
 core=4
+cpu_rows=()
 for model in imagenet fmnist_cnn_pgd; do
     for attack in fgsm bim pgd pgd_l2 apgd_ce cw_l2; do
         OMP_NUM_THREADS=1 timeout 480 taskset -c $core python3 benchmarks/compare_peers.py --quick --threads 1 \
             --models $model --attacks $attack --out "$R/cpu/$model-$attack" >"$R/cpu/$model-$attack.log" 2>&1 &
+        cpu_rows+=($!)
         core=$((core + 1))
     done
 done
@@ -77,5 +79,5 @@ for norms in l2,linf l0,l1; do
         --imagenet ../shared/data/imagenet-30x5 --n 32 --steps 100 --norms $norms --threads 4
 done
 stamp "waiting for the CPU rows"
-wait
+wait "${cpu_rows[@]}"  # not a bare `wait`: it would also wait for the tee of the log, which never ends
 stamp "done"
