@@ -114,7 +114,8 @@ def test_every_record_points_at_its_own_saved_example_and_verify_passes(saved_ru
     for f in (out / "adversarial").rglob("*.safetensors"):
         per_batch[int(f.name[:9]) // 16] += len(load_examples(f)["index"])
     assert v.checked == 80 and v.images_forwarded == sum(per_batch) <= 80
-    assert v.forward_passes == sum(-(-k // 16) for k in per_batch)
+    # ... and each batch's clean images once (40 in batches of 16: 3 calls).
+    assert v.clean_forwarded == 40 and v.forward_passes == 3 + sum(-(-k // 16) for k in per_batch)
 
 
 def test_a_run_killed_while_saving_resumes_without_duplicate_or_missing_examples(saved_run, tmp_path):

@@ -18,6 +18,7 @@ from advlab.evaluate.rundir import RunDirectory
 from advlab.evaluate.specs import SpecError
 from advlab.evaluate.summary import build_summary
 from advlab.evaluate.verify import verify_run
+from advlab.evaluate.verify_predictions import PROB_TOL, clean_mismatches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -236,7 +237,9 @@ def test_verify_forwards_no_more_images_at_once_than_the_run_did(digits_model, t
     assert v.ok, v.mismatches
     probe, calls = counting.calls[:2], counting.calls[2:]  # first: is the model random? two calls on two images
     assert probe == [2, 2] and not v.random
-    assert max(calls) <= 16 and sum(calls) == v.images_forwarded == 96 and v.forward_passes == len(calls) == 6
+    # Per batch: its 16 clean images, then its 48 saved examples (three attacks) in pieces of 16.
+    assert calls == [16, 16, 16, 16] * 2 and v.forward_passes == len(calls) == 8
+    assert v.images_forwarded == 96 and v.clean_forwarded == 32
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +263,8 @@ def test_an_honest_run_on_a_random_defence_verifies_exactly(random_run):
     v = verify_run(out, noisy, data)
     assert v.ok, v.mismatches
     assert v.random
-    assert v.forward_passes == 4 * sum(1 for _ in (out / "adversarial").rglob("*.safetensors"))
+    # K = 4 draws per saved file and per batch's clean images (2 batches).
+    assert v.forward_passes == 4 * (sum(1 for _ in (out / "adversarial").rglob("*.safetensors")) + 2)
 
 
 @pytest.mark.parametrize(
@@ -307,3 +311,83 @@ def test_a_records_top5_is_the_models(chained_run, tmp_path):
     resummarize(copy)
     v = verify_run(copy, model, data)
     assert any(f"fgsm, sample {lines[k]['index']}: the record's top-5" in m for m in v.mismatches), v.mismatches
+
+
+@pytest.fixture(scope="module")
+def mixed_run(digits_model, tmp_path_factory):
+    """A run on held-out images 40-55, three of which (51-53) the model misclassifies without attack."""
+    model, x, y = digits_model
+    data = Items(x[40:56], y[40:56])
+    with torch.no_grad():
+        wrong = (model(data.x).argmax(dim=1) != data.y).nonzero().flatten().tolist()
+    assert wrong, "the run needs a clean-misclassified sample"
+    specs = [make_spec("fgsm", {"eps": 0.1}, id="fgsm"),
+             make_spec("pgd", {"eps": 0.1, "steps": 2}, id="pgd", only_unbroken=("fgsm",))]  # fmt: skip
+    out = tmp_path_factory.mktemp("verify") / "run"
+    evaluate(model, data, specs, out=out, batch_size=16, quiet=True, save_adversarial=True)
+    return model, data, out, wrong
+
+
+def edit_clean(out: Path, tmp_path: Path, index: int, top5: list[int]) -> Path:
+    """Every attack's record of sample ``index`` given the clean top-5 ``top5``; summary.json rebuilt from them."""
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for aid in ("fgsm", "pgd"):
+        f = records_file(copy, aid, "000000000-000000016")
+        lines = read_lines(f)
+        for r in lines[:-1]:
+            if r["index"] == index:
+                r["clean_top5"] = top5
+        write_lines(f, lines)
+    resummarize(copy)
+    return copy
+
+
+def test_a_clean_misclassified_sample_recorded_as_correct_is_caught(mixed_run, tmp_path):
+    # Verify forwarded the saved examples only and took each record's clean prediction as written: a sample the
+    # model misclassifies, marked correctly classified in its records (summary rebuilt by advlab's own code),
+    # raised the run's clean accuracy and verify passed. It now forwards the clean images too.
+    model, data, out, wrong = mixed_run
+    assert verify_run(out, model, data).ok
+    k = wrong[0]
+    said = read_lines(records_file(out, "fgsm", "000000000-000000016"))[k]["clean_top5"]
+    label = int(data.y[k])
+    copy = edit_clean(out, tmp_path, k, [label, *[c for c in said if c != label][:4]])
+    clean = json.loads((copy / "summary.json").read_text())["clean"]
+    assert clean["top1"] > json.loads((out / "summary.json").read_text())["clean"]["top1"]
+    v = verify_run(copy, model, data)
+    for aid in ("fgsm", "pgd"):
+        needle = f"{aid}, sample {k}: the record's clean top-1 {label} (correctly classified) is not the model's"
+        assert any(needle in m for m in v.mismatches), v.mismatches
+
+
+def test_a_records_clean_top5_is_the_models(mixed_run, tmp_path):
+    # The clean top-1 untouched, a class of the clean top-5 replaced by the model's 6th (here the label of a
+    # misclassified sample, lowering the clean top-5 accuracy), where the 5th and 6th are clearly apart.
+    model, data, out, wrong = mixed_run
+    with torch.no_grad():
+        logp = torch.log_softmax(model(data.x).double(), dim=1)
+    values, classes = logp.topk(6, dim=1)
+    k = next(k for k in wrong if values[k, 4] - values[k, 5] > 0.1 and int(data.y[k]) in classes[k, 1:5].tolist())
+    top5 = [c if c != int(data.y[k]) else int(classes[k, 5]) for c in classes[k, :5].tolist()]
+    copy = edit_clean(out, tmp_path, k, top5)
+    assert json.loads((copy / "summary.json").read_text())["clean"]["top5"] < 1.0
+    v = verify_run(copy, model, data)
+    assert any(f"fgsm, sample {k}: the record's clean top-5 {top5} is not the model's" in m for m in v.mismatches)
+
+
+def test_a_clean_prediction_within_float_tolerance_is_not_a_mismatch():
+    # Row 0: classes 0 and 1 within tol of each other (another device may rank them either way); row 1: clearly
+    # apart. A record naming class 0 as top-1 is a mismatch only on row 1.
+    logits = torch.tensor([[0.0, 1e-4, -5.0, -6.0, -7.0, -8.0, -9.0], [0.0, 1.0, -5.0, -6.0, -7.0, -8.0, -9.0]])
+    records = [{"index": j, "label": 0, "clean_top5": [0, 1, 2, 3, 4]} for j in (10, 11)]
+    found = clean_mismatches("a", records, {10: 0, 11: 1}, logits, PROB_TOL)
+    assert found == ["a, sample 11: the record's clean top-1 0 (correctly classified) is not the model's 1 on the "
+                     "clean image (label 0)"]  # fmt: skip
+    record = [{"index": 0, "label": 0, "clean_top5": [0, 1, 2, 3, 5]}]  # its 5th class is the model's 6th
+    near = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0, -1.0 - 1e-3, -9.0]])  # 5th and 6th within 10 tol
+    assert clean_mismatches("a", record, {0: 0}, near, PROB_TOL) == []
+    far = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0, -2.0, -9.0]])
+    assert clean_mismatches("a", record, {0: 0}, far, PROB_TOL) == [
+        "a, sample 0: the record's clean top-5 [0, 1, 2, 3, 5] is not the model's [0, 1, 2, 3, 4] on the clean image"
+    ]

@@ -8,6 +8,11 @@ model and data it names, :func:`verify_run` checks:
 - every record points at a saved example of its own sample index, and the file is readable;
 - the example lies in [0, 1] and in the eps-ball of its attack (slack :data:`~advlab.evaluate.saved.BALL_TOL`);
 - every readable sample of each batch has exactly one record per attack (none dropped, none repeated);
+- every record's clean prediction (``clean_top5``: clean top-1/top-5 accuracy, whether the sample was correctly
+  classified to begin with, so ``success_rate_on_clean_correct``) is the model's on the clean image, forwarded by
+  eval's rule (:func:`~advlab.evaluate.verify_predictions.clean_mismatches`, the same tolerance as below): a
+  record edited from misclassified to correctly classified, with summary.json rebuilt from the records, would
+  otherwise inflate the run's clean accuracy unseen;
 - a chained attack's (``only_unbroken``: suite stages chained on other attacks, a chain of chains) records are
   what the engine could have kept: a copied record is its predecessor's, a record is broken where a predecessor's
   or the attack's own saved example is, and a sample without an own example was broken fully before
@@ -19,7 +24,7 @@ model and data it names, :func:`verify_run` checks:
   Another machine or device (CPU vs CUDA) computes slightly different logits: a disagreement counts only where
   the top two probabilities of verify's OWN forward pass are further apart than ``tol`` (default 1e-3; for the
   top-5, the 5th and 6th log-probabilities more than 10 ``tol``), i.e. where float error cannot explain it
-  (never from the record's probabilities, which a tampered record could set);
+  (never from the record's probabilities, which a tampered record could set; :mod:`.verify_predictions`);
 - summary.json describes this run (:func:`~advlab.evaluate.verify_summary.identity_mismatches`: its fingerprint,
   model, data, seed and batch size are run.json's, every attack is listed once with run.json's spec fields and
   label), and the counts recomputed from those forward passes equal its own (per attack: n, eligible samples,
@@ -30,19 +35,22 @@ model and data it names, :func:`verify_run` checks:
   :func:`~advlab.evaluate.verify_summary.rebuilt_mismatches`).
 
 A random model (a randomized defence; found by two forward passes on the first two images under two seeds) is
-judged as eval judged it: every saved file is forwarded by itself, the tensor eval judged, as the expected
-prediction over the run's K draws (the largest ``eot_samples`` of its attacks) seeded as eval seeded them
-(:func:`~advlab.evaluate.engine.judged_logits`), so an honest run verifies exactly. Only the device type the run
-used reproduces those draws (CPU and CUDA generators differ): another is refused with one line.
+judged as eval judged it: every saved file, and each batch's clean images, is forwarded by itself, the tensor
+eval judged, as the expected prediction over the run's K draws (the largest ``eot_samples`` of its attacks)
+seeded as eval seeded them (:func:`~advlab.evaluate.engine.judged_logits`), so an honest run verifies exactly.
+Only the device type the run used reproduces those draws (CPU and CUDA generators differ): another is refused
+with one line.
 
-Cost: the data is read once, every saved file once, and each batch of the run is forwarded (under
-``torch.inference_mode``) over every example saved for that batch, all attacks' files together, in pieces of the
-run's batch size (eval never forwarded more images at once, so what fitted eval's memory fits verify's): one
-image per distinct saved example. An example shared by a suite and the attack it was chained on is forwarded once
-however many records point at it; a suite stage that attacked a sample left unbroken by the stage before
-saved its own example, so a sample robust after k stages has k examples (on a model that falls at the
-first stage, about one per sample, i.e. the clean evaluation's forward passes). The box and ball checks take
-the difference in float32 and accumulate in float64 (:func:`~advlab.evaluate.saved.distance`).
+Cost: about two clean evaluations. The data is read once, every saved file once; each batch of the run is
+forwarded (under ``torch.inference_mode``) once over its clean images (one image per readable sample: the clean
+evaluation itself) and once over every example saved for that batch, all attacks' files together, in pieces of
+the run's batch size (eval never forwarded more images at once, so what fitted eval's memory fits verify's): one
+image per distinct saved example. A random model costs K calls per batch and per saved file (its K draws). An
+example shared by a suite and the attack it was chained on is forwarded once however many records point at it;
+a suite stage that attacked a sample left unbroken by the stage before saved its own example, so a sample robust
+after k stages has k examples (on a model that falls at the first stage, about one per sample: the saved
+examples cost one more clean evaluation's forward passes). The box and ball checks take the difference in
+float32 and accumulate in float64 (:func:`~advlab.evaluate.saved.distance`).
 """
 
 from __future__ import annotations
@@ -66,10 +74,9 @@ from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
 from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
 from .verify_chains import chain_mismatches, chained_on
+from .verify_predictions import PROB_TOL, clean_mismatches, prediction_gaps, top5_sets
 from .verify_summary import count_mismatches, identity_mismatches, rebuilt_mismatches, specs_of
 
-PROB_TOL = 1e-3
-TOP5_SLACK = 10.0  # the top-5 boundary's gap, in log-probability, is compared with TOP5_SLACK * tol (_top5)
 # A minimal-norm record's distance against the saved example's: float64 sums of the same float32 difference.
 DISTANCE_RTOL = 1e-5
 
@@ -80,8 +87,9 @@ class Verification:
 
     checked: int = 0
     mismatches: list[str] = field(default_factory=list)
-    forward_passes: int = 0
-    images_forwarded: int = 0
+    forward_passes: int = 0  # model calls (a random model's K draws count K), clean and saved images together
+    images_forwarded: int = 0  # saved examples forwarded (each distinct one once)
+    clean_forwarded: int = 0  # clean images forwarded (each readable sample once)
     seconds: float = 0.0
     random: bool = False  # a random model: eval's seeded draws replayed (module docstring)
 
@@ -100,33 +108,10 @@ def check_run_is_verifiable(run: FinishedRun) -> None:
         raise SpecError(f"{run.path} is half-written (not every batch finished); rerun its advlab eval command first")
 
 
-def _gaps(logits: torch.Tensor) -> list[float]:
-    """Per row: the gap between the top two softmax probabilities of the verifier's OWN forward pass (the
-    tolerance never rests on numbers of the record being checked, which a tamperer could set)."""
-    if logits.shape[1] < 2:
-        return [1.0] * logits.shape[0]
-    top2 = torch.softmax(logits.double(), dim=1).topk(2, dim=1).values
-    return (top2[:, 0] - top2[:, 1]).tolist()
-
-
 def _forward(model: nn.Module, x: torch.Tensor, chunk: int, device: torch.device) -> torch.Tensor:
     """The model's logits on ``x``, ``chunk`` rows per call (under ``torch.inference_mode``)."""
     with torch.inference_mode():
         return torch.cat([model(part.to(device)) for part in x.split(chunk)])
-
-
-def _top5(logits: torch.Tensor, tol: float) -> list[tuple[set[int], bool]]:
-    """Per row: the classes of the verifier's own top-5, and whether the 5th and 6th log-probabilities are within
-    ``TOP5_SLACK * tol`` (then float error can change who is in the top 5, and the row decides nothing about it).
-    Log, i.e. a relative gap: the 5th and 6th probabilities of a confident model are both tiny, always within
-    ``tol``; the slack is wider than the top-1's (logit gap ~4 tol near p = 1/2) since another device's logits
-    (TF32 convolutions on CUDA) differ by up to ~1e-3 relative, and a false alarm on an honest run costs more
-    than a forged top-5 the model nearly agrees with."""
-    logp = torch.log_softmax(logits.double(), dim=1)
-    values, classes = logp.topk(min(6, logp.shape[1]), dim=1)
-    slack = TOP5_SLACK * tol
-    near = (values[:, 4] - values[:, 5] <= slack).tolist() if values.shape[1] == 6 else [False] * len(values)
-    return [(set(c[:5]), n) for c, n in zip(classes.tolist(), near, strict=True)]
 
 
 def _is_random(model: nn.Module, x: torch.Tensor) -> bool:
@@ -225,6 +210,18 @@ def verify_run(
                     f"{cfg.get('device_type')}, not {device.type}"
                 )
         pos = {i: k for k, i in enumerate(kept)}
+        labels = y.tolist()
+        clean_logits = None
+        if kept:  # the clean prediction, by eval's rule (engine.attack_batch): the run's K draws, eval's seed
+            assert attacked is not None
+            if out.random:
+                with torch.inference_mode():
+                    clean_logits = judged_logits(attacked, x, judge_k, model_rng_seed(seed, kept, "clean"))
+                out.forward_passes += judge_k
+            else:
+                clean_logits = _forward(attacked, x, batch_size, device)
+                out.forward_passes += -(-len(kept) // batch_size)
+            out.clean_forwarded += len(kept)
         # First every record of the batch (all attacks), then every file it names read once, then one forward
         # pass over all those files' rows together (in pieces of the batch size), then the checks: a suite's later
         # stages hold few rows each, and one forward per file would pay the model's per-call cost once per stage.
@@ -245,6 +242,9 @@ def verify_run(
                 )
                 incomplete.add(aid)
             read_n[aid] += len(recs)
+            if clean_logits is not None:  # records of unreadable samples or wrong labels are reported below
+                ours = [r for r in recs if int(r["index"]) in pos and int(r["label"]) == labels[pos[int(r["index"])]]]
+                out.mismatches += clean_mismatches(aid, ours, pos, clean_logits, tol)
             eligible[aid] += sum(r["target"] is None or r["target"] != r["label"] for r in recs)
             if deps[aid]:  # read (and forwarded) even where no record points at it: review 2, F7
                 mine = saved_path(rundir.batch_file(aid, batch)).relative_to(run.path).as_posix()
@@ -255,10 +255,8 @@ def verify_run(
                 i, where = int(r["index"]), f"{aid}, sample {r['index']}"
                 if i not in pos:
                     out.mismatches.append(f"{where}: the data has no readable image at this index")
-                elif int(r["label"]) != int(y[pos[i]]):
-                    out.mismatches.append(
-                        f"{where}: the record's label {r['label']} is not the data's {int(y[pos[i]])}"
-                    )
+                elif int(r["label"]) != labels[pos[i]]:
+                    out.mismatches.append(f"{where}: the record's label {r['label']} is not the data {labels[pos[i]]}")
                 elif not r.get("adversarial"):
                     out.mismatches.append(f"{where}: no saved example")
                 else:
@@ -307,7 +305,7 @@ def verify_run(
             else:
                 logits = _forward(attacked, torch.cat(xa_all), batch_size, device)
                 out.forward_passes += -(-logits.shape[0] // batch_size)
-            t_all, g_all, f_all = logits.argmax(dim=1).tolist(), _gaps(logits), _top5(logits, tol)
+            t_all, g_all, f_all = logits.argmax(dim=1).tolist(), prediction_gaps(logits), top5_sets(logits, tol)
             out.images_forwarded += len(t_all)
             for name, xa in zip(readable, xa_all, strict=True):
                 top1[name], t_all = t_all[: xa.shape[0]], t_all[xa.shape[0] :]
@@ -394,8 +392,8 @@ def verification_lines(v: Verification, limit: int = 50) -> Sequence[str]:
         lines.append(f"... and {len(v.mismatches) - limit} more mismatches")
     verdict = "OK" if v.ok else f"{len(v.mismatches)} mismatches"
     lines.append(
-        f"verify: {verdict}; {v.checked} records checked against {v.images_forwarded} saved examples in "
-        f"{v.forward_passes} forward passes, {v.seconds:.1f} s"
+        f"verify: {verdict}; {v.checked} records checked against {v.images_forwarded} saved examples and "
+        f"{v.clean_forwarded} clean images in {v.forward_passes} forward passes, {v.seconds:.1f} s"
         + (" (a random model: judged by the run's own seeded draws)" if v.random else "")
     )
     return lines
