@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from advlab.evaluate import evaluate, make_spec
 from advlab.evaluate.compare import load_run
+from advlab.evaluate.records import topk
 from advlab.evaluate.rundir import RunDirectory
 from advlab.evaluate.specs import SpecError
 from advlab.evaluate.summary import build_summary
@@ -391,3 +394,22 @@ def test_a_clean_prediction_within_float_tolerance_is_not_a_mismatch():
     assert clean_mismatches("a", record, {0: 0}, far, PROB_TOL) == [
         "a, sample 0: the record's clean top-5 [0, 1, 2, 3, 5] is not the model's [0, 1, 2, 3, 4] on the clean image"
     ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(2, 12).flatmap(
+        lambda c: st.lists(st.lists(st.floats(-10, 10), min_size=c, max_size=c), min_size=1, max_size=6)
+    ),
+    st.integers(0, 2**31 - 1),
+)
+def test_honest_clean_records_are_never_flagged_under_float_noise(rows, seed):
+    # Another device's logits: the record's own logits moved by at most tol/8 per class (ties included). Its clean
+    # top-1 can then differ only where the top two probabilities are within tol, its top-5 set only where the 5th
+    # and 6th log-probabilities are within 10 tol: never a mismatch.
+    logits = torch.tensor(rows, dtype=torch.float64)
+    noise = torch.rand(logits.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1
+    classes, _ = topk(logits)
+    records = [{"index": j, "label": 0, "clean_top5": c} for j, c in enumerate(classes)]
+    pos = {j: j for j in range(len(rows))}
+    assert clean_mismatches("a", records, pos, logits + noise * PROB_TOL / 8, PROB_TOL) == []
