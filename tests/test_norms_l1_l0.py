@@ -103,6 +103,27 @@ def test_l1_projection_top_k_path_equals_the_full_sort(
     assert torch.equal(fast, full)
 
 
+def test_l0_projection_breaks_ties_per_row_whatever_the_batch_mates_budget() -> None:
+    """Row 0's 784 coordinates all have the same gain and it may keep 3: the first 3, alone or next to a row
+    that keeps 600 (a batch-wide top-k(600) used to order the ties differently, review 2 F13)."""
+    x = torch.full((2, 784), 0.5)
+    p = x.clone()
+    p[0] += 0.25
+    p[1] += torch.linspace(0.01, 0.3, 784)
+    l0 = get_norm("l0")
+    alone = l0.ball(x[:1], torch.tensor([3.0])).project_(p[:1].clone())
+    both = l0.ball(x, torch.tensor([3.0, 600.0])).project_(p.clone())
+    assert torch.equal(both[:1], alone)
+    assert (alone[0] != x[0]).nonzero().view(-1).tolist() == [0, 1, 2]
+    assert int((both[1] != x[1]).sum()) == 600 and bool((both[1, -600:] != x[1, -600:]).all())
+    # Ties at the k-th gain with gains above it: the larger ones first, then the tied in index order.
+    q = x[:1].clone()
+    q[0, [5, 9, 20, 31]] += 0.1
+    q[0, 700] += 0.2
+    kept = l0.ball(x[:1], torch.tensor([3.0])).project_(q.clone())
+    assert (kept[0] != x[0]).nonzero().view(-1).tolist() == [5, 9, 700]
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 30), st.integers(0, 30))
 def test_l0_projection_is_feasible_idempotent_and_nearest(seed: int, n: int, d: int, k: int) -> None:

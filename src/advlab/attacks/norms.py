@@ -265,18 +265,25 @@ class L0(Norm):
 
         Keeping coordinate i costs (d_i - u_i)^2 with u_i = d_i clipped to the box, dropping it costs d_i^2;
         the k kept are those of largest gain d_i^2 - (d_i - u_i)^2 = |u_i| (2 |d_i| - |u_i|), which is |d_i|^2
-        where the box does not bind (keep the k largest |d_i|).
+        where the box does not bind (keep the k largest |d_i|). Where several coordinates tie at a row's k-th
+        gain, the lowest-indexed of them are kept: the row's choice is its own, whatever its batch mates' k.
         """
         x, k = ball.x, ball.eps.round().long()
         d = x_adv.sub_(x).view(x.shape[0], -1)
         u = (x.reshape(x.shape[0], -1) + d).clamp_(0, 1).sub_(x.reshape(x.shape[0], -1))
         gain = u.abs() * (2 * d.abs() - u.abs())
-        # The k largest gains of each row by one top-k of the batch's largest k (a fraction of a full sort).
-        k_max = min(int(k.max().clamp_min(0)), gain.shape[1])
-        top = gain.topk(k_max, dim=1).indices
-        keep = torch.zeros_like(gain, dtype=torch.bool).scatter_(
-            1, top, torch.arange(k_max, device=k.device)[None] < k[:, None]
-        )
+        # Each row's k-th largest gain, from the values of one top-k of the batch's largest k (a fraction of a
+        # full sort; the values, unlike the indices of tied ones, do not depend on that k): every gain above
+        # it is kept, and of those equal to it the first in index order, as many as the row has room for.
+        k = k.clamp(0, gain.shape[1])
+        k_max = int(k.max()) if k.numel() else 0
+        if k_max == 0:
+            return d.zero_().view_as(x_adv).add_(x)
+        kth = gain.topk(k_max, dim=1).values.gather(1, (k - 1).clamp_min(0)[:, None])
+        above = gain > kth
+        tied = gain == kth
+        room = (k - above.sum(dim=1))[:, None]
+        keep = (above | (tied & (tied.cumsum(dim=1) <= room))) & (k > 0)[:, None]
         u.mul_(keep)
         return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
 
