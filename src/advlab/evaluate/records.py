@@ -32,9 +32,11 @@ TOPK = 5
 # The version of the record format and of what its fields mean, part of every run's fingerprint: BUMP it in
 # the change that adds, removes or redefines a field (or L0_TOL, TOPK), so older run directories are refused
 # instead of mixed with new records.
-RECORD_SCHEMA_VERSION = 3  # 2: batch files end with an end-of-batch line; strict JSON
+RECORD_SCHEMA_VERSION = 4  # 2: batch files end with an end-of-batch line; strict JSON
 # (never NaN); minimal-norm attacks' records carry ``distance`` (evaluate/robustness.py); 3: every adversarial
-# prediction is the expected one over the run's largest eot_samples, as the clean one (evaluate/engine.py)
+# prediction is the expected one over the run's largest eot_samples, as the clean one (evaluate/engine.py);
+# 4: a random model's clean and adversarial predictions are judged on common draws (per-sample streams for
+# advlab's random defences, one seed per batch for torch's global generator; engine.py's _Judge)
 
 
 class NonFiniteError(RunError):
