@@ -64,6 +64,51 @@ def test_records_of_a_random_model_do_not_depend_on_the_global_rng_or_on_resumpt
     assert _untimed(other_seed.records) != _untimed(one.records)  # the seed does reach the model's draws
 
 
+class UserNoise(torch.nn.Module):
+    """A user's random module: noise from torch's global generator, shaped like the batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.5 * torch.randn_like(x)
+
+
+@pytest.mark.parametrize("noise", [GaussianNoise(0.5), UserNoise()], ids=["advlab_defence", "user_module"])
+def test_clean_and_adversarial_predictions_are_judged_on_common_draws(digits_model, noise) -> None:
+    """A sample's clean and adversarial expected predictions come from the same K draws of the model's randomness
+    (common random numbers): at a point that is x itself up to 1e-6 they agree on every sample, so no sample
+    counts as broken by draw noise; also for the rows a chained attack (only_unbroken) still runs on. With
+    independent draws (before) heavy noise flips a third of them."""
+    model, x, y = digits_model
+    noisy = defended(model, noise)
+    data = Items(x[:24], y[:24])
+    wide = make_spec("fgsm", {"eps": 0.3}, id="wide")
+    tiny = make_spec("fgsm", {"eps": 1e-6}, id="tiny", only_unbroken=("wide",))
+    for k in (1, 4):
+        specs = [wide, tiny] if k == 1 else [make_spec("fgsm", {"eps": 1e-6, "eot_samples": k}, id="tiny")]
+        run = evaluate(noisy, data, specs, batch_size=8, quiet=True, prepare=False, seed=3).records
+        own = [r for r in run["tiny"] if not r.get("from")]
+        assert len(own) >= 4 and (k > 1 or len(own) < 24)  # a subset of the rows, for the chained attack
+        for r in own:
+            assert r["adv_top5"] == r["clean_top5"] and r["success"] == (r["clean_top5"][0] != r["label"])
+            assert r["adv_probs"][0] == pytest.approx(r["clean_probs"][0], abs=1e-3)
+
+
+def test_judgements_of_advlab_random_defences_do_not_depend_on_the_batching(digits_model) -> None:
+    """The clean prediction of a sample behind a random defence of advlab (per-sample streams keyed by the run seed
+    and the dataset index) is the same whatever the batch size; with per-batch draws (before) it changed."""
+    model, x, y = digits_model
+    noisy = defended(model, GaussianNoise(0.5))
+    data = Items(x[:12], y[:12])
+    spec = make_spec("fgsm", {"eps": 1e-6, "eot_samples": 2}, id="tiny")
+    runs = [evaluate(noisy, data, [spec], batch_size=b, quiet=True, prepare=False, seed=4).records["tiny"]
+            for b in (3, 12)]  # fmt: skip
+    for a, b in zip(*runs, strict=True):
+        assert a["index"] == b["index"] and a["clean_top5"] == b["clean_top5"]
+        assert a["clean_probs"] == pytest.approx(b["clean_probs"], abs=1e-6)
+        assert a["adv_top5"][0] == b["adv_top5"][0]
+    other = evaluate(noisy, data, [spec], batch_size=12, quiet=True, prepare=False, seed=5).records["tiny"]
+    assert [r["clean_probs"] for r in other] != [r["clean_probs"] for r in runs[1]]  # the seed reaches the draws
+
+
 def test_records_of_an_eot_attack_hold_the_expected_prediction(digits_model) -> None:
     """With eot_samples=K the recorded probabilities are the mean softmax over K draws: for heavy noise they sit
     near the mean over many draws, far closer than one draw's."""

@@ -21,6 +21,7 @@ from advlab.defenses import (
     bpda,
     defended,
     parse_defense,
+    sample_streams,
 )
 from tests.conftest import Linear
 
@@ -118,6 +119,43 @@ def test_gaussian_noise_has_the_documented_scale() -> None:
     delta = GaussianNoise(0.05)(x) - x
     assert abs(delta.mean().item()) < 0.005 and abs(delta.std().item() - 0.05) < 0.005
     assert torch.equal(GaussianNoise(0.0)(x), x)
+
+
+@pytest.mark.parametrize("name", sorted(RANDOM))
+def test_sample_streams_replay_each_rows_draws_whatever_the_batch(name: str) -> None:
+    """Inside sample_streams(keys) row r's draws are a function of (keys[r], draw number): the same K draws again
+    in a second block (common random numbers), the same for a row taken alone or in a subset, fresh for another
+    key or the next draw; torch's global generator is neither read nor advanced."""
+    x = _images(side=16).repeat(2, 1, 1, 1)  # rows 0-3 and 4-7 are the same images
+    module = RANDOM[name]()
+    keys = torch.tensor([11, 12, 13, 14, 15, 16, 17, 18])
+    state = torch.random.get_rng_state()
+    with sample_streams(keys):
+        first = [module(x) for _ in range(3)]
+    with sample_streams(keys):
+        again = [module(x) for _ in range(3)]
+    with sample_streams(keys[[6, 1]]):
+        subset = [module(x[[6, 1]]) for _ in range(3)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for k in range(3):
+        assert torch.equal(first[k], again[k]) and torch.equal(subset[k], first[k][[6, 1]])
+    assert not torch.equal(first[0][:4], first[0][4:])  # same image, other key: another draw
+    assert not torch.equal(first[0], first[1])  # the next draw is a fresh one
+    with sample_streams([1, 2]), pytest.raises(ValueError, match="2 keys"):
+        module(x)  # the block's keys name the rows the model sees
+
+
+def test_sample_streams_gaussian_noise_is_standard_normal_and_resize_pad_covers_its_range() -> None:
+    x = torch.full((64, 1, 32, 32), 0.5, dtype=torch.float64)
+    with sample_streams(torch.arange(64)):
+        z = (GaussianNoise(1.0, clip=False)(x) - x).flatten()
+    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
+    assert abs((z.abs() < 1).double().mean().item() - 0.6827) < 0.01  # the normal's shape, not only its scale
+    ones = torch.ones(400, 1, 10, 10)
+    with sample_streams(torch.arange(400)):
+        kept = (RandomResizePad(0.5)(ones) > 0).flatten(1).sum(1)
+    sides = kept.double().sqrt()  # a square image shrinks to a square of side 5..10
+    assert set(sides.round().long().tolist()) == set(range(5, 11)) and torch.equal(sides, sides.round())
 
 
 def _reseeded(module: nn.Module, seed: int) -> nn.Module:

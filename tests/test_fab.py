@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from advlab import attacks
-from advlab.attacks.fab import hyperplane_box_step
+from advlab.attacks.fab import hyperplane_box_step, nearest_boundary
+from advlab.attacks.norms import get_norm
+from tests.conftest import Linear
 from tests.test_fmn import linear_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
@@ -35,6 +37,44 @@ def test_hyperplane_box_step_is_feasible_and_no_larger_than_other_feasible_steps
         ok = ((x + r) >= 0).all(1) & ((x + r) <= 1).all(1)
         ok[0] = False
         assert bool((size[ok] <= r.norm(p=P[norm], dim=1)[ok] + 1e-12).all())
+
+
+def test_the_l1_step_given_the_shared_order_equals_the_one_that_sorts_itself() -> None:
+    """A FAB step's two L1 projections share w, so one sort of |w| serves both: the same steps, bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(5, 40, generator=g)
+    x[:, :8] = (x[:, :8] > 0.5).float()
+    w = torch.randn(5, 40, generator=g)
+    w[0, :10] = 0.5  # ties in |w|
+    order = w.abs().argsort(dim=1, descending=True)
+    for c in (torch.randn(5, generator=g), -torch.rand(5, generator=g) * 50, torch.zeros(5)):
+        assert torch.equal(hyperplane_box_step(x, w, c, "l1", order), hyperplane_box_step(x, w, c, "l1"))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_nearest_boundary_is_the_nearest_linearised_class_with_one_backward_per_other_class(norm: str) -> None:
+    """On a linear model grad (z_j - z_y) = W_j - W_y exactly: FAB's choice is argmin_j |f_j| / ||W_j - W_y||_q
+    over j != y, computed with K - 1 backward passes."""
+    g = torch.Generator().manual_seed(1)
+    k, n, d = 6, 9, 12
+    f64 = torch.float64
+    model = Linear(torch.randn(k, d, generator=g, dtype=f64), torch.randn(k, generator=g, dtype=f64))
+    x = torch.rand(n, d, generator=g, dtype=f64).requires_grad_(True)
+    y = torch.randint(0, k, (n,), generator=g)
+    backwards = []
+    x.register_hook(lambda grad: backwards.append(1))
+    z = model(x)
+    w, f = nearest_boundary(z, x, y, get_norm(norm))
+    assert len(backwards) == k - 1
+    weight, logits = model.weight.detach(), z.detach()
+    for i in range(n):
+        others = [j for j in range(k) if j != int(y[i])]
+        diff = torch.stack([weight[j] - weight[y[i]] for j in others])
+        fs = torch.stack([logits[i, j] - logits[i, y[i]] for j in others])
+        dual = diff.norm(p={"linf": 1.0, "l2": 2.0, "l1": float("inf")}[norm], dim=1)
+        s = int((fs.abs() / dual).argmin())
+        torch.testing.assert_close(w[i], diff[s], atol=1e-12, rtol=0)
+        torch.testing.assert_close(f[i], fs[s], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("targeted", [False, True])

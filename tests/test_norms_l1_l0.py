@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from advlab.attacks.checks import validate
 from advlab.attacks.noise import Noise
-from advlab.attacks.norms import ALL_NORM_NAMES, NORM_NAMES, get_norm
+from advlab.attacks.norms import ALL_NORM_NAMES, L1, NORM_NAMES, Ball, get_norm
 from tests.conftest import Linear
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
@@ -79,6 +79,49 @@ def test_l1_projection_is_feasible_idempotent_and_nearest(seed: int, n: int, d: 
         others.append((x + r).clamp(0, 1))
     for other in others:
         assert bool((dist <= (other - p).norm(dim=1) + 1e-9).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(1, 60), st.floats(0.0, 8.0), st.integers(1, 9),
+    st.booleans(), st.sampled_from([torch.float32, torch.float64]),
+)  # fmt: skip
+def test_l1_projection_top_k_path_equals_the_full_sort(
+    seed: int, n: int, d: int, eps: float, topk: int, grid: bool, dtype: torch.dtype
+) -> None:
+    """The projection's multiplier from the k largest breakpoints (then 8k, 64k, ... for the rows whose crossing
+    lies lower) is the one from all 2n of them, bit for bit, ties included (``grid`` puts the points on a
+    coarse grid, where many breakpoints coincide)."""
+    x, p = _sample(seed, n, d)
+    if grid:
+        x, p = (x * 4).round() / 4, (p * 4).round() / 4
+    x, p = x.to(dtype), p.to(dtype)
+    eps_t = torch.full((n,), eps, dtype=dtype)
+    eps_t[0] = eps / 7  # rows of the same batch whose crossings lie at different depths
+    full = L1(projection_topk=2 * d).project_(p.clone(), Ball(get_norm("l1"), x, eps_t, None))
+    fast = L1(projection_topk=topk).project_(p.clone(), Ball(get_norm("l1"), x, eps_t, None))
+    assert torch.equal(fast, full)
+
+
+def test_l0_projection_breaks_ties_per_row_whatever_the_batch_mates_budget() -> None:
+    """Row 0's 784 coordinates all have the same gain and it may keep 3: the first 3, alone or next to a row
+    that keeps 600 (a batch-wide top-k(600) used to order the ties differently, review 2 F13)."""
+    x = torch.full((2, 784), 0.5)
+    p = x.clone()
+    p[0] += 0.25
+    p[1] += torch.linspace(0.01, 0.3, 784)
+    l0 = get_norm("l0")
+    alone = l0.ball(x[:1], torch.tensor([3.0])).project_(p[:1].clone())
+    both = l0.ball(x, torch.tensor([3.0, 600.0])).project_(p.clone())
+    assert torch.equal(both[:1], alone)
+    assert (alone[0] != x[0]).nonzero().view(-1).tolist() == [0, 1, 2]
+    assert int((both[1] != x[1]).sum()) == 600 and bool((both[1, -600:] != x[1, -600:]).all())
+    # Ties at the k-th gain with gains above it: the larger ones first, then the tied in index order.
+    q = x[:1].clone()
+    q[0, [5, 9, 20, 31]] += 0.1
+    q[0, 700] += 0.2
+    kept = l0.ball(x[:1], torch.tensor([3.0])).project_(q.clone())
+    assert (kept[0] != x[0]).nonzero().view(-1).tolist() == [5, 9, 700]
 
 
 @settings(max_examples=40, deadline=None)

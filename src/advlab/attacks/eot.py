@@ -20,7 +20,10 @@ draws are K successive calls of the model on the same batch, so a model that dra
 ``torch.manual_seed(s)`` before the attack makes the whole run repeatable. An attack's own ``seed`` (random
 starts) uses private per-sample generators and does not touch the model's stream. Per-sample independence
 holds as far as the model's randomness is itself per sample: a model that draws one value for the whole batch
-couples the samples of that batch, whatever the attack does. The attacks run the model in eval mode
+couples the samples of that batch, whatever the attack does. Judging is another matter: advlab's evaluation
+(``advlab.evaluate``) judges a sample's clean and adversarial points on common draws, from per-sample streams
+where advlab's random defences draw (``advlab.defenses.sample_streams``) and from one seed per batch for torch's
+global generator (docs/evaluate.md). The attacks run the model in eval mode
 (:func:`~advlab.attacks.checks.frozen`), so dropout and other train-mode randomness are off: EOT averages the
 randomness that the model keeps in eval mode, as a deployed randomized defence does.
 """

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .checks import check_positive, check_steps, first_logits, frozen, validate
 from .noise import Noise
-from .norms import ALL_NORM_NAMES, batch_view, get_norm
+from .norms import ALL_NORM_NAMES, Norm, batch_view, get_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
 from .state import SmallestPoint
@@ -16,7 +16,7 @@ from .state import SmallestPoint
 FAB_NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 
 
-def hyperplane_box_step(x: Tensor, w: Tensor, c: Tensor, p: str) -> Tensor:
+def hyperplane_box_step(x: Tensor, w: Tensor, c: Tensor, p: str, order: Tensor | None = None) -> Tensor:
     """The smallest d in ``p`` ("linf", "l2" or "l1") with <w, d> = c and x + d in [0, 1], per row of the flat
     (N, n) ``x`` and ``w``: the projection of x onto the hyperplane {z: <w, z - x> = c} intersected with the box
     (FAB's projection proj_p of Croce & Hein 2020). Where the box makes the hyperplane unreachable, the d that
@@ -25,7 +25,9 @@ def hyperplane_box_step(x: Tensor, w: Tensor, c: Tensor, p: str) -> Tensor:
     With s = sign(c) and v = s w (L2) or s sign(w) (Linf), the minimiser is d(t) = clip(t v) to the box for
     the t >= 0 where <w, d(t)> = c: <s w, d(t)> grows piecewise linearly with t, each coordinate saturating at
     t_i = room_i / |v_i|, so sorting the t_i gives it exactly. For L1 the cheapest coordinates are those of
-    largest |w_i|: they are moved to their bound in that order until c is reached (the last one partly).
+    largest |w_i|: they are moved to their bound in that order until c is reached (the last one partly);
+    ``order`` is that order (``w.abs().argsort(dim=1, descending=True)``) when the caller has it already: the
+    two projections of a FAB step share their w.
     """
     s = c.sign()
     ws = w * s[:, None]
@@ -33,11 +35,14 @@ def hyperplane_box_step(x: Tensor, w: Tensor, c: Tensor, p: str) -> Tensor:
     room = torch.where(ws > 0, 1 - x, x)  # how far each coordinate can move in the direction that helps
     gain = ws.abs() * room  # what moving it to its bound adds to <s w, d>
     if p == "l1":
-        order = ws.abs().argsort(dim=1, descending=True)
+        if order is None:
+            order = w.abs().argsort(dim=1, descending=True)
         cum = gain.gather(1, order).cumsum(dim=1)
         k = (cum < target[:, None]).sum(dim=1, keepdim=True)  # coordinates moved fully, in that order
         before = torch.where(k > 0, cum.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(target[:, None]))
-        rank = order.argsort(dim=1)
+        # Each coordinate's place in that order: the inverse permutation, by a scatter rather than a second sort.
+        places = torch.arange(order.shape[1], device=order.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, places)
         weight = ws.abs().gather(1, order).gather(1, k.clamp(max=x.shape[1] - 1))
         last = ((target[:, None] - before) / weight.clamp_min(1e-30)).clamp_min(0)
         amount = torch.where(rank < k, room, torch.where(rank == k, last.minimum(room), torch.zeros_like(room)))
@@ -160,7 +165,6 @@ def _run(
     geometry = get_norm(norm)
     n = x.shape[0]
     flat_x = x.reshape(n, -1)
-    rows = torch.arange(n, device=x.device)
 
     best = SmallestPoint.start(x)
 
@@ -189,26 +193,16 @@ def _run(
             (w,) = torch.autograd.grad(f.sum(), x_i)
             w, f = w.reshape(n, -1), f.detach()
         else:
-            # Every class j != y: f_j = z_j - z_y and its gradient (the Jacobian, one backward per class);
-            # the nearest linearised boundary in the dual norm.
-            k = z.shape[1]
-            grads = [torch.autograd.grad(z[:, j].sum(), x_i, retain_graph=j < k - 1)[0] for j in range(k)]
-            with torch.no_grad():
-                jac = torch.stack(grads, dim=1).reshape(n, k, -1)
-                diff = jac - jac[rows, y][:, None]
-                fs = z.detach() - z.detach().gather(1, y[:, None])
-                dual = geometry.dual_size(diff.flatten(0, 1)).view(n, k)
-                dist = (fs.abs() / dual.clamp_min(1e-12)).scatter(1, y[:, None], float("inf"))
-                s = dist.argmin(dim=1)
-                w, f = diff[rows, s], fs[rows, s]
+            w, f = nearest_boundary(z, x_i, y, geometry)
         with torch.no_grad():
             xi = x_i.detach().reshape(n, -1)
             # Projections onto the linearised boundary (within the box) from the iterate and from x. The
             # boundary is moved past f = 0 by the rounding slack that success requires: aimed at f = 0, the
             # iterates settle inside the slack, short of counting, and the backward step never comes.
             aim = rounding_slack(z) - f
-            d_i = hyperplane_box_step(xi, w, aim, norm)
-            d_o = hyperplane_box_step(flat_x, w, aim - (w * (flat_x - xi)).sum(dim=1), norm)
+            order = w.abs().argsort(dim=1, descending=True) if norm == "l1" else None
+            d_i = hyperplane_box_step(xi, w, aim, norm, order)
+            d_o = hyperplane_box_step(flat_x, w, aim - (w * (flat_x - xi)).sum(dim=1), norm, order)
             size_i, size_o = geometry.size(d_i), geometry.size(d_o)
             alpha = (size_i / (size_i + size_o).clamp_min(1e-30)).clamp(max=alpha_max)[:, None]
             x_next = ((1 - alpha) * (xi + eta * d_i) + alpha * (flat_x + eta * d_o)).clamp_(0, 1).view_as(x)
@@ -217,6 +211,33 @@ def _run(
             x_i = torch.where(batch_view(adversarial, x), (1 - beta) * x + beta * x_next, x_next)
 
     return best
+
+
+def nearest_boundary(z: Tensor, x_i: Tensor, y: Tensor, geometry: Norm) -> tuple[Tensor, Tensor]:
+    """FAB's choice of boundary (Croce & Hein 2020, eq. (6)): among the classes j != y, the f_j = z_j - z_y
+    whose linearisation at x_i is nearest in the norm, argmin_j |f_j| / ||grad f_j||_q (q the dual norm, the
+    first j on ties); its flat gradient (N, n) and value (N,).
+
+    Each grad f_j is one backward of z_j - z_y (K - 1 of them: the graph of the forward pass ``z = model(x_i)``
+    is kept until the last), and only the nearest so far is kept, so memory stays that of one gradient.
+    """
+    n, classes = z.shape
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    best_w = torch.zeros_like(x_i).reshape(n, -1)
+    best_f = torch.zeros_like(z_y).detach()
+    best_dist = torch.full_like(best_f, float("inf"))
+    for c in range(classes - 1):
+        j = c + (c >= y).long()  # the c-th class other than y, per row
+        f = z.gather(1, j[:, None]).squeeze(1) - z_y
+        (g,) = torch.autograd.grad(f.sum(), x_i, retain_graph=c < classes - 2)
+        with torch.no_grad():
+            g = g.reshape(n, -1)
+            dist = f.detach().abs() / geometry.dual_size(g).clamp_min(1e-12)
+            nearer = dist < best_dist
+            best_dist = torch.where(nearer, dist, best_dist)
+            best_f = torch.where(nearer, f.detach(), best_f)
+            best_w = torch.where(nearer[:, None], g, best_w)
+    return best_w, best_f
 
 
 def fab(
@@ -247,7 +268,8 @@ def fab(
     (the extrapolation eta pushes past the boundary, the bias a towards x's own projection keeps
     the point close to x), and where x_{i+1} is adversarial it is recorded and the next iterate steps back,
     x_{i+1} <- (1 - beta) x + beta x_{i+1} (the backward step). The smallest adversarial point met is returned. Each
-    step costs one forward with one backward per class (the Jacobian) and one forward to check x_{i+1}.
+    step costs one forward with one backward per class other than y (:func:`nearest_boundary`) and one
+    forward to check x_{i+1}.
 
     ``targeted=True`` reads y as targets and linearises the margin of the target against the strongest other
     class at x_i (one backward per step), the boundary FAB-T crosses. ``restarts > 1`` adds the paper's random

@@ -22,6 +22,10 @@ from .noise import Noise
 # The L1 steepest-ascent step moves this fraction of the coordinates (at least one), those of largest |grad|.
 L1_STEP_FRACTION = 0.01
 
+# The L1 projection finds its multiplier from this many of the largest breakpoints of a row (a top-k, far
+# cheaper than sorting all 2n), and from all of them for the rows whose crossing lies lower (L1.project_).
+L1_PROJECTION_TOPK = 64
+
 # Fixed-point iterations of the L2 projection onto ball ∩ box (L2.project_); each costs about four elementwise
 # passes over the batch, far below a forward pass.
 L2_PROJECTION_ITERATIONS = 3
@@ -130,8 +134,9 @@ class L2(Norm):
 class L1(Norm):
     name, p, dual_p = "l1", 1.0, math.inf
 
-    def __init__(self, step_fraction: float = L1_STEP_FRACTION) -> None:
+    def __init__(self, step_fraction: float = L1_STEP_FRACTION, projection_topk: int = L1_PROJECTION_TOPK) -> None:
         self.step_fraction = step_fraction
+        self.projection_topk = projection_topk
 
     def random_start(self, x: Tensor, eps: Tensor, noise: Noise) -> Tensor:
         """Uniform in the L1 ball, then put back in the box (which only shrinks |delta|, so stays in the ball).
@@ -166,38 +171,65 @@ class L1(Norm):
         u_i = z_i - x_i minimises (u_i - d_i)^2 + 2 lambda |u_i| over [-x_i, 1 - x_i], which is the soft
         threshold of d_i clipped to the box, u_i = sign(d_i) min(max(|d_i| - lambda, 0), b_i) with b_i the room
         the box leaves in d_i's direction (Duchi et al. 2008's projection generalised to the box). phi(lambda) =
-        ||u(lambda)||_1 is piecewise linear and non-increasing, with breakpoints |d_i| - b_i (coordinate i
-        leaves its box bound) and |d_i| (it reaches 0); sorting the 2n breakpoints gives phi at each of them by
-        a cumulative sum, and lambda on the piece where phi crosses eps (lambda = 0 when phi(0) <= eps).
+        ||u(lambda)||_1 is piecewise linear and non-increasing, with breakpoints |d_i| (coordinate i starts
+        moving as lambda falls below it) and |d_i| - b_i (it reaches its box bound); lambda = 0 where phi(0) <=
+        eps, else the lambda where phi crosses eps, found by :func:`l1_threshold` from the largest breakpoints
+        down (``projection_topk`` of them first, 8 times as many for the rows whose crossing lies lower, and so on).
         """
         x, eps = ball.x, ball.eps
         d = x_adv.sub_(x).view(x.shape[0], -1)
         xf = x.reshape(x.shape[0], -1)
         mag = d.abs()
         room = torch.where(d > 0, 1 - xf, xf)
-        at_zero = torch.minimum(mag, room).sum(dim=1)  # phi(0)
-        # Breakpoints (clamped at 0, where lambda starts) and the change of phi's slope (-1 starts, +1 ends).
-        points = torch.cat([(mag - room).clamp_min_(0), mag], dim=1)
-        order = points.argsort(dim=1)
-        points = points.gather(1, order)
-        change = torch.cat([torch.ones_like(mag), -torch.ones_like(mag)], dim=1).gather(1, order)
-        active = change.cumsum(dim=1)  # coordinates moving with lambda just after each breakpoint
-        widths = points.diff(dim=1, prepend=torch.zeros_like(points[:, :1]))
-        before = torch.cat([torch.zeros_like(active[:, :1]), active[:, :-1]], dim=1)
-        phi = at_zero[:, None] - (before * widths).cumsum(dim=1)  # phi at each breakpoint
-        # The first breakpoint where phi <= eps; lambda lies on the piece that ends there.
-        j = (phi > eps[:, None]).sum(dim=1).clamp_(max=points.shape[1] - 1)
-        start = points.gather(1, (j - 1).clamp_min(0)[:, None]).squeeze(1)
-        start = torch.where(j > 0, start, torch.zeros_like(start))
-        phi_start = torch.where(j > 0, phi.gather(1, (j - 1).clamp_min(0)[:, None]).squeeze(1), at_zero)
-        slope = before.gather(1, j[:, None]).squeeze(1)
-        lam = start + (phi_start - eps) / slope.clamp_min(1)
-        lam = torch.where(at_zero > eps, lam.clamp_min(0), torch.zeros_like(lam))
+        lam = torch.zeros_like(eps)
+        rows = (torch.minimum(mag, room).sum(dim=1) > eps).nonzero().view(-1)  # phi(0) > eps: lambda > 0
+        if rows.numel() > 0:
+            points = torch.cat([mag[rows], (mag[rows] - room[rows]).clamp_min_(0)], dim=1)
+            sub_eps, k = eps[rows], self.projection_topk
+            sub_lam, found = l1_threshold(points, sub_eps, k)
+            lower = (~found).nonzero().view(-1)
+            while lower.numel() > 0:  # the crossing lies below the top-k breakpoints: 8 times as many
+                k *= 8
+                lam_lower, found = l1_threshold(points[lower], sub_eps[lower], k)
+                sub_lam[lower] = lam_lower
+                lower = lower[~found]
+            lam[rows] = sub_lam
         u = torch.minimum((mag - lam[:, None]).clamp_min_(0), room).mul_(d.sign())
         # The cumulative sums round: scale the few ulps of excess away (toward x, so the box still holds).
         size = u.abs().sum(dim=1)
         u.mul_(torch.where(size > eps, eps / size.clamp_min(1e-30), torch.ones_like(size))[:, None])
         return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
+
+
+def l1_threshold(points: Tensor, eps: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The multiplier lambda of the L1 ball ∩ box projection (:meth:`L1.project_`) from the k largest
+    breakpoints of each row, and whether the crossing phi(lambda) = eps lies among them.
+
+    ``points`` (N, 2n) holds per row the breakpoints |d_i| (first n) and max(|d_i| - b_i, 0) (last n). From
+    lambda = +inf (phi = 0) down, phi grows with slope the number of coordinates moving: +1 below an |d_i|, -1
+    below an |d_i| - b_i; its value at each breakpoint is a cumulative sum over the breakpoints above, so the
+    k largest (a top-k, not a sort of all 2n) give phi exactly down to the k-th, which holds the crossing
+    whenever fewer than about k / 2 coordinates end up nonzero (the sparse points an L1 projection makes).
+    Ties among breakpoints do not matter: a tie adds a zero-width piece. Rows where phi stays below eps over
+    the k (``found`` False) need a larger k; with k = 2n every row is found.
+    """
+    k = min(k, points.shape[1])
+    values, indices = points.topk(k, dim=1) if k < points.shape[1] else points.sort(dim=1, descending=True)
+    slope = torch.where(indices < points.shape[1] // 2, 1.0, -1.0).to(values.dtype).cumsum_(dim=1)
+    phi = torch.zeros_like(values)  # phi at each breakpoint
+    if k > 1:
+        torch.cumsum(slope[:, :-1] * (values[:, :-1] - values[:, 1:]), dim=1, out=phi[:, 1:])
+    j = (phi < eps[:, None]).sum(dim=1)  # the first breakpoint where phi >= eps (phi grows along the row)
+    # With all 2n, a row is found even when j = 2n: phi is flat below the last breakpoint (every coordinate at
+    # its bound), so phi(0) > eps puts the crossing there; only rounding keeps the computed phi below eps.
+    found = j < k if k < points.shape[1] else torch.ones_like(j, dtype=torch.bool)
+    # lambda on the piece just above breakpoint j: from breakpoint j - 1 down by the missing (eps - phi) over
+    # the slope there; j = 0 (eps = 0) is lambda at the largest breakpoint, where phi = 0.
+    above = (j - 1).clamp_(min=0)[:, None]
+    start, phi_start = values.gather(1, above).squeeze(1), phi.gather(1, above).squeeze(1)
+    lam = start - (eps - phi_start) / slope.gather(1, above).squeeze(1).clamp_min(1)
+    lam = torch.where(j > 0, lam, values[:, 0])
+    return lam.clamp_min(0), found
 
 
 class L0(Norm):
@@ -233,18 +265,25 @@ class L0(Norm):
 
         Keeping coordinate i costs (d_i - u_i)^2 with u_i = d_i clipped to the box, dropping it costs d_i^2;
         the k kept are those of largest gain d_i^2 - (d_i - u_i)^2 = |u_i| (2 |d_i| - |u_i|), which is |d_i|^2
-        where the box does not bind (keep the k largest |d_i|).
+        where the box does not bind (keep the k largest |d_i|). Where several coordinates tie at a row's k-th
+        gain, the lowest-indexed of them are kept: the row's choice is its own, whatever its batch mates' k.
         """
         x, k = ball.x, ball.eps.round().long()
         d = x_adv.sub_(x).view(x.shape[0], -1)
         u = (x.reshape(x.shape[0], -1) + d).clamp_(0, 1).sub_(x.reshape(x.shape[0], -1))
         gain = u.abs() * (2 * d.abs() - u.abs())
-        # The k largest gains of each row by one top-k of the batch's largest k (a fraction of a full sort).
-        k_max = min(int(k.max().clamp_min(0)), gain.shape[1])
-        top = gain.topk(k_max, dim=1).indices
-        keep = torch.zeros_like(gain, dtype=torch.bool).scatter_(
-            1, top, torch.arange(k_max, device=k.device)[None] < k[:, None]
-        )
+        # Each row's k-th largest gain, from the values of one top-k of the batch's largest k (a fraction of a
+        # full sort; the values, unlike the indices of tied ones, do not depend on that k): every gain above
+        # it is kept, and of those equal to it the first in index order, as many as the row has room for.
+        k = k.clamp(0, gain.shape[1])
+        k_max = int(k.max()) if k.numel() else 0
+        if k_max == 0:
+            return d.zero_().view_as(x_adv).add_(x)
+        kth = gain.topk(k_max, dim=1).values.gather(1, (k - 1).clamp_min(0)[:, None])
+        above = gain > kth
+        tied = gain == kth
+        room = (k - above.sum(dim=1))[:, None]
+        keep = (above | (tied & (tied.cumsum(dim=1) <= room))) & (k > 0)[:, None]
         u.mul_(keep)
         return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
 

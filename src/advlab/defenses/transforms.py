@@ -7,7 +7,8 @@ attack meets the same masked gradients an evaluation of the original defence met
 have a zero gradient (they are piecewise constant), which stalls a sign-gradient attack; BPDA
 (:func:`advlab.defenses.bpda`) is the remedy. The random ones draw fresh randomness on every forward, from
 ``generator`` if one is given and from torch's global generator otherwise (``torch.manual_seed`` makes them
-repeatable); EOT (``eot_samples`` of the gradient attacks) is the remedy for them.
+repeatable), and inside a :func:`~advlab.defenses.sample_streams` block from per-sample streams (what advlab's
+evaluation judges them with); EOT (``eot_samples`` of the gradient attacks) is the remedy for them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bpda import _Bpda
+from .streams import current_streams
 
 
 def _int_in(value: object, name: str, lo: int, hi: int) -> int:
@@ -182,8 +184,9 @@ class RandomResizePad(nn.Module):
     input's size and the image shrinks instead: its height becomes rnd uniform in [ceil(min_ratio * H), H]
     (``min_ratio`` 0.9 ~ 299 / 331 by default), its width the same ratio, and it lands at a uniform random
     offset. Random: one size and offset per image per forward (from ``generator``, a CPU generator, or torch's
-    global CPU generator). Differentiable for a given draw (a selection of pixels; zeros in the padding). One
-    gather for the whole batch, so EOT's many draws stay cheap.
+    global CPU generator; inside :func:`~advlab.defenses.sample_streams`, from each row's own stream).
+    Differentiable for a given draw (a selection of pixels; zeros in the padding). One gather for the whole
+    batch, so EOT's many draws stay cheap.
     """
 
     def __init__(self, min_ratio: float = 0.9, generator: torch.Generator | None = None) -> None:
@@ -195,8 +198,14 @@ class RandomResizePad(nn.Module):
         _check_images(x, "RandomResizePad")
         n, c, h, w = x.shape
         lo = max(1, math.ceil(self.min_ratio * h - 1e-9))
-        rh = torch.randint(lo, h + 1, (n,), generator=self.generator)
-        offsets = torch.rand((n, 2), generator=self.generator, dtype=torch.float64)
+        streams = current_streams()
+        if streams is None:
+            rh = torch.randint(lo, h + 1, (n,), generator=self.generator)
+            offsets = torch.rand((n, 2), generator=self.generator, dtype=torch.float64)
+        else:  # per-sample streams (advlab.defenses.streams): size and offsets from three uniforms per row
+            u = streams.uniform(n, 3, torch.device("cpu"), "RandomResizePad")
+            rh = lo + (u[:, 0] * (h + 1 - lo)).long().clamp(max=h - lo)
+            offsets = u[:, 1:]
         rw = (rh * w + h // 2).div(h, rounding_mode="floor").clamp(1, w)  # the same ratio, rounded
         top = (offsets[:, 0] * (h - rh + 1)).long().clamp(max=h - rh)
         left = (offsets[:, 1] * (w - rw + 1)).long().clamp(max=w - rw)
@@ -228,7 +237,8 @@ class GaussianNoise(nn.Module):
     shrinks the effective budget on dark pixels and keeps genuine robustness that no EOT attack removes
     (docs/benchmarks.md, adaptive.py). Without the clip the noise adds no such robustness.
 
-    Random: from ``generator`` (drawn on its device, then moved to x's) or torch's global generator of x's device.
+    Random: from ``generator`` (drawn on its device, then moved to x's) or torch's global generator of x's device;
+    inside :func:`~advlab.defenses.sample_streams`, from each row's own stream (common random numbers).
     Differentiable (the identity inside the box, zero where the clip is active; everywhere without the clip).
     """
 
@@ -242,7 +252,10 @@ class GaussianNoise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_images(x, "GaussianNoise")
-        if self.generator is None:
+        streams = current_streams()
+        if streams is not None:  # per-sample streams (advlab.defenses.streams)
+            noise = streams.normal(x.shape[0], x[0].numel(), x.device, "GaussianNoise").to(x.dtype).view_as(x)
+        elif self.generator is None:
             noise = torch.randn_like(x)
         else:
             noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=self.generator.device)

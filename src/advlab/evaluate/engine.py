@@ -9,13 +9,14 @@ target draw, so a sample's record does not depend on which batch, shard or proce
 A randomized model (a defence of :mod:`advlab.defenses` that draws noise, say) draws from torch's global
 generator, which advlab never reads for its own numbers. So that its records do not depend on what ran before
 (earlier batches, other attacks, a resumption that skips them), every (batch, attack) runs inside
-``torch.random.fork_rng`` seeded by a hash of (run seed, the batch's sample indices, attack id), and the clean
-pass by one of (run seed, indices): the user's global stream is left as it was. The prediction on an attack's
-adversarial examples is drawn from a seed of its own (run seed, indices, attack id, "judge"), not from where the
-attack left the generator, so ``advlab verify`` replays the same draws on the saved examples. An attack with
-``eot_samples=K`` is scored, like it is run, on the expected prediction: its records hold the mean softmax over
-K draws of the model at the adversarial point (:func:`advlab.attacks.eot.expected_logits`), and the clean
-prediction shared by the batch's attacks is the mean over the largest K among them.
+``torch.random.fork_rng`` seeded by a hash of (run seed, the batch's sample indices, attack id): the user's
+global stream is left as it was. The predictions in the records are judged apart from the attack (:class:`Judge`):
+the expected prediction (mean softmax over the run's largest ``eot_samples``, K) with common random numbers, the
+same K draws for a sample's clean and adversarial points: per-sample streams for advlab's random defences
+(:func:`advlab.defenses.sample_streams`, keyed by (run seed, dataset index): the judgement of sample i is the
+same in any batch), and one seed per batch for torch's global generator (the same draws for a model whose draws
+depend on the batch's shape only). What stays batch-dependent is the attack's own path through a random model:
+its draws during the attack come from the per-(batch, attack) generator, row by row as the model draws them.
 
 :func:`attack_batch` is the unit of work and takes any subset of indices (a shard of a distributed run);
 :func:`advlab.evaluate.evaluate` (:mod:`advlab.evaluate.run`) drives it over a dataset.
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.eot import expected_logits
+from ..defenses import sample_streams
 from .records import fully_broken, make_records, perturbation_norms, strength, topk
 from .robustness import add_distances, is_minimal
 from .specs import AttackSpec, SpecError, run_attack
@@ -159,9 +161,9 @@ def model_rng_seed(seed: int, indices: Sequence[int], *part: Any) -> int:
 
 
 def judged_logits(model: nn.Module, x: Tensor, samples: int, seed: int) -> Tensor:
-    """The run's prediction rule at ``x``: the expected logits over ``samples`` draws of the model, its own
-    randomness seeded with ``seed`` (:func:`model_rng_seed`) inside a forked generator, so the same (model, x,
-    samples, seed) gives the same draws in eval, in a resumed or sharded run, and in ``advlab verify``."""
+    """The expected logits at ``x`` over ``samples`` draws of the model, its own randomness seeded with ``seed``
+    inside a forked generator: the same (model, x, samples, seed) gives the same draws anywhere (``advlab verify``
+    uses it to tell a random model from a deterministic one; the records' rule is :class:`Judge`)."""
     with _Forked(seed, x.device):
         return _logits(model, x, samples)
 
@@ -180,6 +182,40 @@ class _Forked:
 
     def __exit__(self, *exc: Any) -> None:
         self.fork.__exit__(*exc)
+
+
+def stream_keys(seed: int, indices: Sequence[int]) -> Tensor:
+    """The per-sample keys of a run's judgements (:func:`advlab.defenses.sample_streams`): a hash of the run seed
+    plus the dataset index, so sample i's draws are the same in every batch, shard and resumption."""
+    base = stable_hash("model-streams", seed)
+    return torch.tensor([base + int(i) for i in indices], dtype=torch.long)
+
+
+class Judge:
+    """The expected prediction of a batch's points, with common random numbers (CRN) for the clean and every
+    adversarial judgement of a sample.
+
+    Every judgement runs inside :func:`advlab.defenses.sample_streams` over the samples' :func:`stream_keys`, so
+    advlab's random defences give sample i the same K draws at its clean and at each adversarial point, whatever
+    the batch; and inside ``fork_rng`` seeded by (run seed, the batch's indices, "judge"), the same seed for all,
+    so a model that draws from torch's global generator gets the same K draws too where its draws depend on the
+    batch's shape only (``torch.randn_like(x)``): the adversarial points of a subset of the rows are judged in
+    the whole batch (the other rows at their clean points) for that reason.
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, seed: int, indices: Sequence[int], k: int) -> None:
+        self.model, self.x, self.k = model, x, k
+        self.seed = model_rng_seed(seed, indices, "judge")
+        self.keys = stream_keys(seed, indices)
+
+    def logits(self, points: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Expected logits at ``points``: the whole batch, or the rows ``rows`` of it."""
+        if rows is not None and rows.numel() != self.x.shape[0]:
+            full = self.x.clone()
+            full[rows] = points.to(full.dtype)
+            return self.logits(full)[rows]
+        with _Forked(self.seed, self.x.device), sample_streams(self.keys):
+            return _logits(self.model, points, self.k)
 
 
 def attack_batch(
@@ -221,7 +257,8 @@ def attack_batch(
         # prediction over the run's largest K, so a naive (K = 1) spec beside an EOT one is not scored on one
         # lucky draw of a random model, nor are the samples it passes on through only_unbroken.
         judge_k = judge_samples if judge_samples is not None else max(eot_samples_of(s) for s in specs)
-        clean_logits = judged_logits(model, x, judge_k, model_rng_seed(seed, indices, "clean"))
+        judge = Judge(model, x, seed, indices, judge_k)
+        clean_logits = judge.logits(x)
         clean = topk(clean_logits)
         target_cache: dict[str | int, Tensor] = {}
         for spec in specs:
@@ -245,12 +282,10 @@ def attack_batch(
                     start = time.perf_counter()
                     x_adv = run_attack(spec, model, xs, goal, sample_seeds(spec, seed, sub_indices))
                     seconds = time.perf_counter() - start
-                    extras = _extras(x_adv, len(run))
-                    x_adv = getattr(x_adv, "x_adv", x_adv)
-                    model.eval()  # an attack must restore the mode; be robust to one that does not
-                # Judged from a seed of its own, not from wherever the attack left the generator, so that verify can
-                # replay the very draws without running the attack (review 2, F4).
-                adv_logits = judged_logits(model, x_adv, judge_k, model_rng_seed(seed, indices, spec.id, "judge"))
+                extras = _extras(x_adv, len(run))
+                x_adv = getattr(x_adv, "x_adv", x_adv)
+                model.eval()  # an attack must restore the mode; be robust to one that does not
+                adv_logits = judge.logits(x_adv, sel)
                 records = make_records(
                     indices=sub_indices,
                     labels=y[sel].tolist(),

@@ -35,7 +35,8 @@ TOPK = 5
 RECORD_SCHEMA_VERSION = 4  # 2: batch files end with an end-of-batch line; strict JSON
 # (never NaN); minimal-norm attacks' records carry ``distance`` (evaluate/robustness.py); 3: every adversarial
 # prediction is the expected one over the run's largest eot_samples, as the clean one (evaluate/engine.py);
-# 4: a random model's draws for that prediction come from a seed of their own, replayable by verify
+# 4: a random model's clean and adversarial predictions are judged on common draws (per-sample streams for
+# advlab's random defences, one seed per batch for torch's global generator; engine.py's _Judge)
 
 
 class NonFiniteError(RunError):

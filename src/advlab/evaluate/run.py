@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..models import preparation_record
 from ..models import prepare as prepare_model
 from ..runtime.lock import lock_folder
-from .engine import attack_batch, check_fits, eot_samples_of, judged_logits, load_batch, model_rng_seed, plan_batches
+from .engine import Judge, attack_batch, check_fits, eot_samples_of, load_batch, plan_batches
 from .records import RECORD_SCHEMA_VERSION, atomic_write_text
 from .rundir import RunDirectory
 from .saved import SAVED_VERSION, save_examples, saved_path
@@ -249,7 +249,6 @@ def evaluate(
     device = device_of(model)
     memory: dict[str, list[dict[str, Any]]] = {s.id: [] for s in specs}
     judge_k = max(eot_samples_of(s) for s in specs)  # the whole run's prediction rule, resumed batches included
-    judge = functools.partial(judged_logits, attacked)
 
     def pending(b: range) -> list[AttackSpec]:
         return [s for s in specs if run_dir is None or not run_dir.done(s.id, b)]
@@ -274,16 +273,28 @@ def evaluate(
                     bar.set_postfix_str(spec.id[:40], refresh=False)
                     bar.update(1)
 
+                judge = Judge(attacked, x, seed, kept, judge_k)
+
                 def examples(
-                    spec: AttackSpec, recs: list[dict[str, Any]], xs: Any, x_adv: Any, b: range = batch, at: Any = kept
+                    spec: AttackSpec,
+                    recs: list[dict[str, Any]],
+                    xs: Any,
+                    x_adv: Any,
+                    b: range = batch,
+                    at: Any = kept,
+                    rule: Judge = judge,
                 ) -> None:
                     assert run_dir is not None
                     path = saved_path(run_dir.batch_file(spec.id, b))
-                    # The uint8 re-check judged by the records' rule: the run's K draws, seeded per (batch, attack),
-                    # never by one draw of whatever the process's generator holds (review 2, F4 addendum).
-                    draws = model_rng_seed(seed, at, spec.id, "uint8")
-                    rule = functools.partial(judge, samples=judge_k, seed=draws)
-                    save_examples(rule, spec, recs, xs, x_adv, path, run_dir.path)
+                    # The uint8 re-check judged by the records' own rule and draws (Judge: the run's K, common random
+                    # numbers), never by one draw of whatever the process's generator holds (review 2, F4 addendum).
+                    where = {int(i): k for k, i in enumerate(at)}
+                    rows = torch.tensor([where[int(r["index"])] for r in recs], device=xs.device)
+
+                    def judged(points: torch.Tensor, which: list[int]) -> torch.Tensor:
+                        return rule.logits(points, rows[which])
+
+                    save_examples(judged, spec, recs, xs, x_adv, path, run_dir.path)
 
                 if kept:
                     done = attack_batch(

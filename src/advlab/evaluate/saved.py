@@ -143,7 +143,7 @@ def saved_path(records_file: Path) -> Path:
 
 
 def save_examples(
-    model: Callable[[Tensor], Tensor],
+    model: Callable[[Tensor, list[int]], Tensor],
     spec: AttackSpec,
     records: Sequence[dict[str, Any]],
     x: Tensor,
@@ -153,8 +153,9 @@ def save_examples(
 ) -> None:
     """Write one batch's examples to ``path`` (atomically) and add the ``adversarial`` field to ``records``.
 
-    ``model`` gives the logits the re-check judges by: the records' own rule (for a random model, the run's
-    expected prediction over its K draws, seeded: :func:`advlab.evaluate.engine.judged_logits`)."""
+    ``model(points, rows)`` gives the logits the re-check judges by, ``points`` standing in for ``records[rows]``:
+    the records' own rule (for a random model, the run's expected prediction over its K draws with the records'
+    common random numbers, :class:`advlab.evaluate.engine.Judge`)."""
     from safetensors.torch import save
 
     ball = ball_of(spec.name, spec.params)
@@ -179,7 +180,7 @@ def save_examples(
     if hits:
         keep = torch.where(batch_view(torch.tensor(changed, device=u8.device), u8), u8_ball, u8)
         with torch.inference_mode():
-            ok = _succeeds(model(keep[hits].to(x.dtype) / 255), [records[k] for k in hits])
+            ok = _succeeds(model(keep[hits].to(x.dtype) / 255, hits), [records[k] for k in hits])
         for j, k in enumerate(hits):
             fools_ball[k] = ok[j]
             fools[k] = None if changed[k] else ok[j]

@@ -82,13 +82,14 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "cw_l2": 1,
     "apgd": 1,
     "apgd_t": 1,
-    "apgd_l1": 1,
+    "apgd_l1": 2,  # 2: the L1 projection's multiplier summed from the largest breakpoints (rounding differs)
     "square": 1,
-    "fmn": 2,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05)
+    "fmn": 3,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05). 3: L1 projection summed from the
+    # largest breakpoints (rounding differs); L0 ties at the k-th gain kept in index order, per row
     "ddn": 1,
-    "fab": 1,
+    "fab": 2,  # 2: one backward of z_j - z_y per class j != y (was z_j for every j, then subtracted)
     "fab_t": 2,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
-    "minimal": 3,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2)
+    "minimal": 4,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
     "suite_strong": 1,
     "suite_fast": 1,
 }

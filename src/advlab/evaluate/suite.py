@@ -47,6 +47,7 @@ from advlab.attacks.checks import (
 from advlab.attacks.eot import expected_logits
 from advlab.attacks.norms import NORM_NAMES as NORMS
 from advlab.attacks.norms import flat_norm
+from advlab.defenses import sample_streams
 
 StageFn = Callable[[nn.Module, Tensor, Tensor, Tensor, str, Tensor], AttackResult]
 
@@ -330,8 +331,11 @@ def run_suite(
         square_queries: the Square attack's query budget in the "strong" suite.
         eot_samples: K >= 1 draws of a randomized model: the gradient stages run with EOT over K draws, and the
             clean prediction and each stage's break are judged on the expected prediction (the mean softmax
-            over K fresh draws, :mod:`advlab.attacks.eot`), so a sample counts as broken on average, not by one
-            lucky draw. 1 (default): one forward, as before.
+            over K draws, :mod:`advlab.attacks.eot`), so a sample counts as broken on average, not by one
+            lucky draw. 1 (default): one forward, as before. The judgements use common random numbers where
+            advlab's random defences draw: sample i's K draws come from the stream of its seed
+            (:func:`advlab.defenses.sample_streams`), the same at its clean point and at each stage's point.
+            A model's other randomness (torch's global generator) is drawn afresh at each judgement.
     """
     check_model(model)
     x = check_images(x)
@@ -347,8 +351,11 @@ def run_suite(
         else suite_stages(suite, square_queries=square_queries, eot_samples=eot_samples)
     )
 
-    def predict(points: Tensor) -> Tensor:
-        with torch.no_grad(), frozen(model):
+    def predict(points: Tensor, rows: Tensor | None = None) -> Tensor:
+        # Common random numbers: advlab's random defences draw sample i's K draws from its own stream (keyed by
+        # its seed), the same at the clean point and at every stage's point, whatever rows are still running.
+        keys = seeds if rows is None else seeds[rows]
+        with torch.no_grad(), frozen(model), sample_streams(keys):
             return expected_logits([model(points) for _ in range(eot_samples)])
 
     logits = predict(x)
@@ -367,7 +374,7 @@ def run_suite(
         _sync(x)
         start = time.perf_counter()
         result = stage.run(model, xs, ys, es, norm, seeds[index] * 8 + k)
-        broke = predict(result.x_adv).argmax(dim=1) != ys
+        broke = predict(result.x_adv, index).argmax(dim=1) != ys
         _sync(x)
         seconds = time.perf_counter() - start
         _check_budget(result.x_adv, xs, es, norm, stage.name)

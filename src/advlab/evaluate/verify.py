@@ -35,11 +35,11 @@ model and data it names, :func:`verify_run` checks:
   :func:`~advlab.evaluate.verify_summary.rebuilt_mismatches`).
 
 A random model (a randomized defence; found by two forward passes on the first two images under two seeds) is
-judged as eval judged it: every saved file, and each batch's clean images, is forwarded by itself, the tensor
-eval judged, as the expected prediction over the run's K draws (the largest ``eot_samples`` of its attacks)
-seeded as eval seeded them (:func:`~advlab.evaluate.engine.judged_logits`), so an honest run verifies exactly.
-Only the device type the run used reproduces those draws (CPU and CUDA generators differ): another is refused
-with one line.
+judged as eval judged it: each batch's clean images, and every saved file by itself (its rows in the batch's clean
+images as eval judged them), as the expected prediction over the run's K draws (the largest ``eot_samples`` of
+its attacks) with eval's common random numbers (:class:`~advlab.evaluate.engine.Judge`), so an honest run
+verifies exactly. Only the device type the run used reproduces those draws (CPU and CUDA generators differ):
+another is refused with one line.
 
 Cost: about two clean evaluations. The data is read once, every saved file once; each batch of the run is
 forwarded (under ``torch.inference_mode``) once over its clean images (one image per readable sample: the clean
@@ -67,7 +67,7 @@ from torch import nn
 
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
-from .engine import eot_samples_of, judged_logits, load_batch, model_rng_seed, plan_batches
+from .engine import Judge, eot_samples_of, judged_logits, load_batch, plan_batches
 from .records import RECORD_SCHEMA_VERSION
 from .run import device_of, model_digest
 from .rundir import RunDirectory
@@ -211,12 +211,13 @@ def verify_run(
                 )
         pos = {i: k for k, i in enumerate(kept)}
         labels = y.tolist()
-        clean_logits = None
-        if kept:  # the clean prediction, by eval's rule (engine.attack_batch): the run's K draws, eval's seed
+        clean_logits, judge = None, None
+        if kept:  # the clean prediction, by eval's rule (engine.attack_batch): a random model's K draws, eval's CRN
             assert attacked is not None
             if out.random:
+                judge = Judge(attacked, x, seed, kept, judge_k)
                 with torch.inference_mode():
-                    clean_logits = judged_logits(attacked, x, judge_k, model_rng_seed(seed, kept, "clean"))
+                    clean_logits = judge.logits(x)
                 out.forward_passes += judge_k
             else:
                 clean_logits = _forward(attacked, x, batch_size, device)
@@ -294,12 +295,15 @@ def verify_run(
             xa_all = [files[name]["x_adv"] for name in readable]  # type: ignore[index]
             # In pieces of the run's batch size: eval never forwarded more at once (review 2, F10: all the files of
             # a batch, every suite stage's and sweep eps', in one call could run out of GPU memory).
-            if out.random:  # eval's own draws replayed, file by file (each is the tensor eval judged; F4)
+            if out.random:  # eval's own judgement replayed, file by file (each holds the rows eval judged; F4)
                 parts = []
+                assert judge is not None  # made with the batch's clean prediction above
                 for name, xa in zip(readable, xa_all, strict=True):
-                    draws = model_rng_seed(seed, kept, owners[name], "judge")
+                    # A row the data lacks is reported with its record; its place here is any row of the batch.
+                    index = files[name]["index"].tolist()  # type: ignore[index]
+                    rows = torch.tensor([pos.get(int(i), 0) for i in index], device=device)
                     with torch.inference_mode():
-                        parts.append(judged_logits(attacked, xa.to(device), judge_k, draws))
+                        parts.append(judge.logits(xa.to(device), rows))
                 logits = torch.cat(parts)
                 out.forward_passes += judge_k * len(readable)
             else:
