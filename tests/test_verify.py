@@ -413,3 +413,25 @@ def test_honest_clean_records_are_never_flagged_under_float_noise(rows, seed):
     records = [{"index": j, "label": 0, "clean_top5": c} for j, c in enumerate(classes)]
     pos = {j: j for j in range(len(rows))}
     assert clean_mismatches("a", records, pos, logits + noise * PROB_TOL / 8, PROB_TOL) == []
+
+
+@pytest.mark.parametrize("mode", ["random", "least-likely"])
+def test_a_records_target_is_the_one_eval_chose(digits_model, tmp_path, mode):
+    # Verify took each record's target on trust: an unbroken targeted record given as target the class the attack
+    # did reach, and marked successful (summary rebuilt by advlab's own code), raised the targeted success rate and
+    # verify passed. It now recomputes the targets from the verified clean logits (random: from the run's seed).
+    model, x, y = digits_model
+    data = Items(x[60:76], y[60:76])
+    spec = make_spec("pgd", {"eps": 0.05, "alpha": 0.02, "steps": 3, "targeted": True}, id="pgd_t", target=mode)
+    out = tmp_path / "run"
+    evaluate(model, data, [spec], out=out, batch_size=16, quiet=True, save_adversarial=True)
+    assert verify_run(out, model, data).ok
+    f = records_file(out, "pgd_t")
+    lines = read_lines(f)
+    r = next(r for r in lines[:-1] if not r["success"] and r["adv_top5"][0] != r["label"])
+    r.update(target=r["adv_top5"][0], success=True, success_top5=True)
+    write_lines(f, lines)
+    resummarize(out)
+    v = verify_run(out, model, data)
+    assert any(f"pgd_t, sample {r['index']}: the record's target {r['target']} is not the one eval chose" in m
+               for m in v.mismatches), v.mismatches  # fmt: skip

@@ -67,14 +67,14 @@ from torch import nn
 
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
-from .engine import Judge, eot_samples_of, judged_logits, load_batch, plan_batches
+from .engine import Judge, choose_targets, eot_samples_of, judged_logits, load_batch, plan_batches
 from .records import RECORD_SCHEMA_VERSION
 from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
 from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
 from .verify_chains import chain_mismatches, chained_on
-from .verify_predictions import PROB_TOL, clean_mismatches, prediction_gaps, top5_sets
+from .verify_predictions import PROB_TOL, clean_mismatches, prediction_gaps, target_mismatches, top5_sets
 from .verify_summary import count_mismatches, identity_mismatches, rebuilt_mismatches, specs_of
 
 # A minimal-norm record's distance against the saved example's: float64 sums of the same float32 difference.
@@ -172,6 +172,7 @@ def verify_run(
     if len(dataset) != n:
         raise SpecError(f"the data has {len(dataset)} samples, the run attacked {n}; verify with the run's data")
     specs = specs_of(cfg)  # run.json's attacks, checked as make_spec checks them
+    spec_of = {s.id: s for s in specs}
     batch_size, seed = int(cfg["batch_size"]), int(cfg["seed"])
     judge_k = max((eot_samples_of(s) for s in specs), default=1)  # the run's prediction rule (engine.attack_batch)
     plan = plan_batches(n, batch_size)
@@ -212,6 +213,7 @@ def verify_run(
         pos = {i: k for k, i in enumerate(kept)}
         labels = y.tolist()
         clean_logits, judge = None, None
+        targets: dict[str | int, torch.Tensor] = {}  # a targeted attack's targets, as eval chose them per batch
         if kept:  # the clean prediction, by eval's rule (engine.attack_batch): a random model's K draws, eval's CRN
             assert attacked is not None
             if out.random:
@@ -246,6 +248,11 @@ def verify_run(
             if clean_logits is not None:  # records of unreadable samples or wrong labels are reported below
                 ours = [r for r in recs if int(r["index"]) in pos and int(r["label"]) == labels[pos[int(r["index"])]]]
                 out.mismatches += clean_mismatches(aid, ours, pos, clean_logits, tol)
+                mode = spec_of[aid].target if spec_of[aid].targeted else None
+                if mode is not None and mode not in targets:
+                    targets[mode] = choose_targets(mode, y, clean_logits, kept, seed)
+                want = targets[mode] if mode is not None else None
+                out.mismatches += target_mismatches(aid, mode, ours, pos, want, clean_logits, tol)
             eligible[aid] += sum(r["target"] is None or r["target"] != r["label"] for r in recs)
             if deps[aid]:  # read (and forwarded) even where no record points at it: review 2, F7
                 mine = saved_path(rundir.batch_file(aid, batch)).relative_to(run.path).as_posix()

@@ -75,3 +75,40 @@ def clean_mismatches(
         elif not near and (len(said) != len(five) or set(said) != five):
             out.append(f"{where}: the record's clean top-5 {said} is not the model's {sorted(five)} on the clean image")
     return out
+
+
+def target_mismatches(
+    aid: str,
+    mode: str | int | None,
+    records: Sequence[Mapping[str, Any]],
+    pos: Mapping[int, int],
+    want: torch.Tensor | None,
+    logits: torch.Tensor,
+    tol: float,
+) -> list[str]:
+    """One attack's own records of one batch against the targets eval chose (``want``: row ``pos[index]``, from
+    :func:`~advlab.evaluate.engine.choose_targets` on the model's clean logits; None for an untargeted attack). A
+    record copied from an earlier attack (``from``) carries that attack's target and is checked against its record
+    (verify_chains). A least-likely target is not compared where the log-probabilities of the two least likely
+    classes are within ``TOP5_SLACK * tol`` (as the top-5 boundary): another device's rounding can swap them. A
+    forged target (set to what the attack reached) would count an unbroken sample as a targeted success."""
+    out = []
+    if want is not None and mode == "least-likely" and logits.shape[1] > 1:
+        low2 = torch.log_softmax(logits.double(), dim=1).topk(2, dim=1, largest=False).values
+        near = ((low2[:, 1] - low2[:, 0]) <= TOP5_SLACK * tol).tolist()
+    else:
+        near = [False] * logits.shape[0]
+    for r in records:
+        row = pos.get(int(r["index"]))
+        if row is None or r.get("from"):
+            continue
+        said = r.get("target")
+        if want is None:
+            if said is not None:
+                out.append(f"{aid}, sample {r['index']}: the record has target {said!r}, the attack is untargeted")
+        elif said != int(want[row]) and not near[row]:
+            out.append(
+                f"{aid}, sample {r['index']}: the record's target {said!r} is not the one eval chose "
+                f"({int(want[row])}, target {mode!r})"
+            )
+    return out
