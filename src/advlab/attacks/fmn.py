@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_positive, first_logits, frozen, validate
-from .norms import ALL_NORM_NAMES, Ball, Norm, batch_view, flat_norm
+from .norms import ALL_NORM_NAMES, L2, Ball, Norm, batch_view, flat_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
 from .state import SmallestPoint
@@ -116,7 +116,12 @@ def fmn_result(
                 # The step is the L2-normalised gradient in every norm; the projection carries the norm.
                 x_adv.add_(grad.mul_(batch_view(alpha / flat_norm(grad, 2.0).clamp_min(1e-12), grad)))
                 ball = Ball(geometry, x, eps, None) if l0 else geometry.ball(x, eps)
-                ball.project_(x_adv)
+                if isinstance(geometry, L2):
+                    # Until an adversarial point is met, eps is the linear estimate of the distance to the
+                    # boundary: go there (onto the sphere ∩ box) even where the step falls short of it.
+                    geometry.scale_in_box_(x_adv, ball, torch.where(found, 1.0, math.inf))
+                else:
+                    ball.project_(x_adv)
         with torch.no_grad():
             score(model(x_adv), x_adv)
 
@@ -158,6 +163,10 @@ def fmn(
 
     advlab's projections are the exact Euclidean projections onto the eps-ball intersected with the box
     (:mod:`advlab.attacks.norms`) rather than the ball's projection followed by a clip; they coincide for Linf.
+    In L2, until a sample has met an adversarial point, delta is moved along itself onto the sphere of radius
+    eps (as far as the box allows), not just into the ball: eps is then the linearised distance to the boundary,
+    and a step alpha_k shorter than it would leave the iterate short of the boundary for several steps (adv_lib's
+    L2 "projection" rescales onto the sphere at every step, then clips; advlab keeps the ball afterwards).
     A point counts as adversarial once it is past the boundary by ``rounding_slack`` (1e-4 of its largest
     |logit|, so that re-evaluating it with other float rounding gives the same label), and the linear estimate
     aims that far past the boundary. Every iterate is scored on the forward pass that computes its gradient,
