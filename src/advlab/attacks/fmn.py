@@ -78,13 +78,15 @@ def fmn_result(
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     x_adv = x.clone()
 
-    def score(logits: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far."""
-        obj = objective(logits.detach(), y, "margin", targeted)  # > 0 exactly when adversarial
+    def score(logits: Tensor, point: Tensor, obj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far;
+        ``obj`` is the margin of ``logits`` (> 0 exactly when adversarial). Returns whether it is adversarial,
+        how far short of the slack it is, and its size (reused by the step: each op is a kernel on a GPU)."""
         slack = rounding_slack(logits)
         adversarial = obj > slack
-        best.update(point, adversarial, geometry.size(point - x))
-        return adversarial, slack - obj
+        size = geometry.size(point - x)
+        best.update(point, adversarial, size)
+        return adversarial, slack - obj, size
 
     with frozen(model):
         for i in range(steps):
@@ -92,10 +94,11 @@ def fmn_result(
             gamma = cosine_annealing(gamma_init, gamma_final, i, steps)
             x_adv.requires_grad_(True)
             logits = first_logits(model, x_adv, y_max) if i == 0 else model(x_adv)
-            (grad,) = torch.autograd.grad(objective(logits, y, "margin", targeted).sum(), x_adv)
+            obj = objective(logits, y, "margin", targeted)
+            (grad,) = torch.autograd.grad(obj.sum(), x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach()
-                adversarial, short = score(logits, x_adv)
+                adversarial, short, size = score(logits, x_adv, obj.detach())
                 found |= adversarial
                 if l0:
                     # Integer budgets: move by at least one coordinate (Pintor et al.'s L0 rule).
@@ -105,7 +108,6 @@ def fmn_result(
                 else:
                     # Not adversarial yet: the linear estimate of the distance to the boundary (moved by the
                     # rounding slack, which success requires), |L| / ||grad L||_q past the current size.
-                    size = geometry.size(x_adv - x)
                     to_boundary = short / geometry.dual_size(grad).clamp_min(1e-12)
                     eps = torch.where(
                         adversarial,
@@ -123,7 +125,8 @@ def fmn_result(
                 else:
                     ball.project_(x_adv)
         with torch.no_grad():
-            score(model(x_adv), x_adv)
+            logits = model(x_adv)
+            score(logits, x_adv, objective(logits, y, "margin", targeted))
 
     return best.result(x, geometry)
 
