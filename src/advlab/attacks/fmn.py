@@ -100,6 +100,7 @@ def fmn_result(
                 x_adv = x_adv.detach()
                 adversarial, short, size = score(logits, x_adv, obj.detach())
                 found |= adversarial
+                grad_l2 = flat_norm(grad, 2.0).clamp_min(1e-12)  # the step's norm, and L2's dual norm
                 if l0:
                     # Integer budgets: move by at least one coordinate (Pintor et al.'s L0 rule).
                     shrink = torch.minimum(torch.minimum(eps - 1, (eps * (1 - gamma)).floor()), best.size)
@@ -108,7 +109,8 @@ def fmn_result(
                 else:
                     # Not adversarial yet: the linear estimate of the distance to the boundary (moved by the
                     # rounding slack, which success requires), |L| / ||grad L||_q past the current size.
-                    to_boundary = short / geometry.dual_size(grad).clamp_min(1e-12)
+                    dual = grad_l2 if geometry.dual_p == 2.0 else geometry.dual_size(grad).clamp_min(1e-12)
+                    to_boundary = short / dual
                     eps = torch.where(
                         adversarial,
                         torch.minimum(eps * (1 - gamma), best.size),
@@ -116,7 +118,7 @@ def fmn_result(
                     )
                 eps = torch.minimum(eps, worst)
                 # The step is the L2-normalised gradient in every norm; the projection carries the norm.
-                x_adv.add_(grad.mul_(batch_view(alpha / flat_norm(grad, 2.0).clamp_min(1e-12), grad)))
+                x_adv.add_(grad.mul_(batch_view(alpha / grad_l2, grad)))
                 ball = Ball(geometry, x, eps, None) if l0 else geometry.ball(x, eps)
                 if isinstance(geometry, L2):
                     # Until an adversarial point is met, eps is the linear estimate of the distance to the
