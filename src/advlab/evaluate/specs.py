@@ -84,11 +84,11 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "apgd_t": 1,
     "apgd_l1": 1,
     "square": 1,
-    "fmn": 2,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05)
+    "fmn": 3,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05). 3: L2 sphere until adversarial
     "ddn": 1,
     "fab": 1,
     "fab_t": 2,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
-    "minimal": 3,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2)
+    "minimal": 4,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
     "suite_strong": 1,
     "suite_fast": 1,
 }
