@@ -203,3 +203,22 @@ def test_l2_scale_in_box_reaches_the_sphere_or_the_ball(seed: int) -> None:
     free = (along * step.norm(dim=1) >= eps)
     torch.testing.assert_close(size[free], eps[free], rtol=1e-9, atol=0)
     assert bool((size >= (projected - x).norm(dim=1) * (1 - 1e-12)).all())
+
+
+@pytest.mark.parametrize("attack", ["fmn_l2", "fmn_linf", "ddn"])
+def test_fmn_and_ddn_steps_do_not_wait_for_the_device(attack: str) -> None:
+    """No host sync inside a step (each one stalls a GPU's launch queue): the number of scalar reads
+    (``aten::_local_scalar_dense``, what ``.item()``, ``bool()`` and ``int()`` of a tensor run) does not grow
+    with the steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, x, y, _ = linear_problem(1, n=4)
+    name, _, norm = attack.partition("_")
+    kwargs = {"norm": norm} if norm else {}
+
+    def reads(steps: int) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            getattr(attacks, name)(model, x, y, steps=steps, **kwargs)
+        return sum(ev.name == "aten::_local_scalar_dense" for ev in prof.events())
+
+    assert reads(8) == reads(2)
