@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advlab import attacks
+from advlab.attacks.norms import get_norm
 from tests.conftest import Linear
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
@@ -156,3 +159,66 @@ def test_fmn_l0_defaults_beat_the_papers_step_and_eps_factor(digits_model) -> No
     assert int(ours.success.sum()) >= int(paper.success.sum())
     d, p = ours.extras["distance"], paper.extras["distance"]
     assert float(d.median()) < float(p.median()), (d, p)
+
+
+def test_fmn_l2_goes_to_the_linear_estimate_before_any_adversarial_point() -> None:
+    """A boundary 2.5 away in L2, farther than the first steps (alpha_init = 1): until it meets an adversarial
+    point, FMN puts delta at eps, the linearised distance to the boundary (exact here), not merely inside the
+    eps-ball; so two steps reach the boundary, and the distance found is the exact one."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(400, generator=g, dtype=torch.float64)
+    u = w / w.norm()
+    x = torch.stack([0.5 + 2.5 * u, 0.5 - 2.5 * u])  # in the box, the segment to the boundary too
+    assert float(x.min()) > 0 and float(x.max()) < 1
+    model = Linear(torch.stack([torch.zeros_like(w), w]), torch.stack([torch.zeros(()), -0.5 * w.sum()]).double())
+    y = torch.tensor([1, 0])
+    res = attacks.fmn(model, x.view(2, 1, 20, 20), y, norm="l2", steps=2, return_info=True)
+    assert bool(res.success.all())
+    distance = res.extras["distance"]
+    assert bool((distance >= 2.5 * (1 - 1e-9)).all()) and bool((distance <= 2.5 * 1.01).all()), distance
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_l2_scale_in_box_reaches_the_sphere_or_the_ball(seed: int) -> None:
+    """L2.scale_in_box_ with t_max = 1 is the ball ∩ box projection; with t_max = inf it moves along d to
+    ||z - x||_2 = eps wherever the box leaves room for it (z stays in the box and in the ball either way)."""
+    g = torch.Generator().manual_seed(seed)
+    n, d = 6, 50
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    x = torch.where(torch.rand(x.shape, generator=g, dtype=torch.float64) < 0.3, (x > 0.5).double(), x)
+    step = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.rand(n, 1, generator=g, dtype=torch.float64)
+    eps = torch.rand(n, generator=g, dtype=torch.float64) * 2
+    l2 = get_norm("l2")
+    ball = l2.ball(x, eps)
+    projected = l2.ball(x, eps).project_(x + step)
+    same = l2.scale_in_box_(x + step, ball, 1.0)
+    torch.testing.assert_close(same, projected, rtol=0, atol=0)
+    stretched = l2.scale_in_box_(x + step, ball, torch.full_like(eps, math.inf))
+    assert float(stretched.min()) >= 0 and float(stretched.max()) <= 1
+    size = (stretched - x).norm(dim=1)
+    assert bool((size <= eps * (1 + 1e-9)).all())
+    # Room along d: the box does not stop x + t d before the sphere (every coordinate d moves has room).
+    along = ((torch.where(step > 0, 1 - x, x) / step.abs().clamp_min(1e-300)).where(step != 0, math.inf)).amin(1)
+    free = (along * step.norm(dim=1) >= eps)
+    torch.testing.assert_close(size[free], eps[free], rtol=1e-9, atol=0)
+    assert bool((size >= (projected - x).norm(dim=1) * (1 - 1e-12)).all())
+
+
+@pytest.mark.parametrize("attack", ["fmn_l2", "fmn_linf", "ddn"])
+def test_fmn_and_ddn_steps_do_not_wait_for_the_device(attack: str) -> None:
+    """No host sync inside a step (each one stalls a GPU's launch queue): the number of scalar reads
+    (``aten::_local_scalar_dense``, what ``.item()``, ``bool()`` and ``int()`` of a tensor run) does not grow
+    with the steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, x, y, _ = linear_problem(1, n=4)
+    name, _, norm = attack.partition("_")
+    kwargs = {"norm": norm} if norm else {}
+
+    def reads(steps: int) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            getattr(attacks, name)(model, x, y, steps=steps, **kwargs)
+        return sum(ev.name == "aten::_local_scalar_dense" for ev in prof.events())
+
+    assert reads(8) == reads(2)

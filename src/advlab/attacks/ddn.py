@@ -47,10 +47,11 @@ def ddn_result(
     x_adv = x.clone()
     delta = torch.zeros_like(x)
 
-    def score(logits: Tensor, point: Tensor) -> Tensor:
-        """Keep ``point`` where it is adversarial (past the rounding slack) and nearer than the best so far."""
+    def score(logits: Tensor, point: Tensor, delta: Tensor) -> Tensor:
+        """Keep ``point`` = x + ``delta`` where it is adversarial (past the rounding slack) and nearer than the
+        best so far."""
         adversarial = objective(logits.detach(), y, "margin", targeted) > rounding_slack(logits)
-        best.update(point, adversarial, l2.size(point - x))
+        best.update(point, adversarial, l2.size(delta))
         return adversarial
 
     with frozen(model):
@@ -61,7 +62,7 @@ def ddn_result(
             (grad,) = torch.autograd.grad(objective(logits, y, "ce", targeted).sum(), x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach()
-                adversarial = score(logits, x_adv)
+                adversarial = score(logits, x_adv, delta)
                 # The direction: one normalised gradient step of size alpha.
                 delta.add_(grad.mul_(batch_view(alpha / flat_norm(grad, 2.0).clamp_min(1e-12), grad)))
                 # The norm: down by gamma where x_adv is adversarial, up otherwise.
@@ -74,7 +75,7 @@ def ddn_result(
                     x_adv.mul_(levels - 1).round_().div_(levels - 1)
                 delta = x_adv - x
         with torch.no_grad():
-            score(model(x_adv), x_adv)
+            score(model(x_adv), x_adv, delta)
 
     return best.result(x, l2)
 

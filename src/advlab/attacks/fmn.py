@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_positive, first_logits, frozen, validate
-from .norms import ALL_NORM_NAMES, Ball, Norm, batch_view, flat_norm
+from .norms import ALL_NORM_NAMES, L2, Ball, Norm, batch_view, flat_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
 from .state import SmallestPoint
@@ -78,13 +78,15 @@ def fmn_result(
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     x_adv = x.clone()
 
-    def score(logits: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far."""
-        obj = objective(logits.detach(), y, "margin", targeted)  # > 0 exactly when adversarial
+    def score(logits: Tensor, point: Tensor, obj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far;
+        ``obj`` is the margin of ``logits`` (> 0 exactly when adversarial). Returns whether it is adversarial,
+        how far short of the slack it is, and its size (reused by the step: each op is a kernel on a GPU)."""
         slack = rounding_slack(logits)
         adversarial = obj > slack
-        best.update(point, adversarial, geometry.size(point - x))
-        return adversarial, slack - obj
+        size = geometry.size(point - x)
+        best.update(point, adversarial, size)
+        return adversarial, slack - obj, size
 
     with frozen(model):
         for i in range(steps):
@@ -92,11 +94,13 @@ def fmn_result(
             gamma = cosine_annealing(gamma_init, gamma_final, i, steps)
             x_adv.requires_grad_(True)
             logits = first_logits(model, x_adv, y_max) if i == 0 else model(x_adv)
-            (grad,) = torch.autograd.grad(objective(logits, y, "margin", targeted).sum(), x_adv)
+            obj = objective(logits, y, "margin", targeted)
+            (grad,) = torch.autograd.grad(obj.sum(), x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach()
-                adversarial, short = score(logits, x_adv)
+                adversarial, short, size = score(logits, x_adv, obj.detach())
                 found |= adversarial
+                grad_l2 = flat_norm(grad, 2.0).clamp_min(1e-12)  # the step's norm, and L2's dual norm
                 if l0:
                     # Integer budgets: move by at least one coordinate (Pintor et al.'s L0 rule).
                     shrink = torch.minimum(torch.minimum(eps - 1, (eps * (1 - gamma)).floor()), best.size)
@@ -105,8 +109,8 @@ def fmn_result(
                 else:
                     # Not adversarial yet: the linear estimate of the distance to the boundary (moved by the
                     # rounding slack, which success requires), |L| / ||grad L||_q past the current size.
-                    size = geometry.size(x_adv - x)
-                    to_boundary = short / geometry.dual_size(grad).clamp_min(1e-12)
+                    dual = grad_l2 if geometry.dual_p == 2.0 else geometry.dual_size(grad).clamp_min(1e-12)
+                    to_boundary = short / dual
                     eps = torch.where(
                         adversarial,
                         torch.minimum(eps * (1 - gamma), best.size),
@@ -114,11 +118,17 @@ def fmn_result(
                     )
                 eps = torch.minimum(eps, worst)
                 # The step is the L2-normalised gradient in every norm; the projection carries the norm.
-                x_adv.add_(grad.mul_(batch_view(alpha / flat_norm(grad, 2.0).clamp_min(1e-12), grad)))
+                x_adv.add_(grad.mul_(batch_view(alpha / grad_l2, grad)))
                 ball = Ball(geometry, x, eps, None) if l0 else geometry.ball(x, eps)
-                ball.project_(x_adv)
+                if isinstance(geometry, L2):
+                    # Until an adversarial point is met, eps is the linear estimate of the distance to the
+                    # boundary: go there (onto the sphere ∩ box) even where the step falls short of it.
+                    geometry.scale_in_box_(x_adv, ball, torch.where(found, 1.0, math.inf))
+                else:
+                    ball.project_(x_adv)
         with torch.no_grad():
-            score(model(x_adv), x_adv)
+            logits = model(x_adv)
+            score(logits, x_adv, objective(logits, y, "margin", targeted))
 
     return best.result(x, geometry)
 
@@ -158,6 +168,10 @@ def fmn(
 
     advlab's projections are the exact Euclidean projections onto the eps-ball intersected with the box
     (:mod:`advlab.attacks.norms`) rather than the ball's projection followed by a clip; they coincide for Linf.
+    In L2, until a sample has met an adversarial point, delta is moved along itself onto the sphere of radius
+    eps (as far as the box allows), not just into the ball: eps is then the linearised distance to the boundary,
+    and a step alpha_k shorter than it would leave the iterate short of the boundary for several steps (adv_lib's
+    L2 "projection" rescales onto the sphere at every step, then clips; advlab keeps the ball afterwards).
     A point counts as adversarial once it is past the boundary by ``rounding_slack`` (1e-4 of its largest
     |logit|, so that re-evaluating it with other float rounding gives the same label), and the linear estimate
     aims that far past the boundary. Every iterate is scored on the forward pass that computes its gradient,

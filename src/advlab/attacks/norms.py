@@ -119,15 +119,22 @@ class L2(Norm):
         (docs/attacks.md; benchmarks/l2_projection.py measures it against a bisection), and the point is
         feasible after any number.
         """
+        return self.scale_in_box_(x_adv, ball, 1.0)
+
+    def scale_in_box_(self, x_adv: Tensor, ball: Ball, t_max: Tensor | float) -> Tensor:
+        """x_adv <- clip(x + t d, 0, 1), d = x_adv - x, with t the largest in [0, t_max] (per sample) such that
+        ||clip(x + t d, 0, 1) - x||_2 <= eps, by the fixed point of :meth:`project_`. t_max = 1 is the
+        projection onto ball ∩ box; t_max = inf also stretches a short d out to the sphere of radius eps (as
+        far as the box allows along d), which FMN does before it has met an adversarial point."""
         x, eps = ball.x, ball.eps
         d = x_adv.sub_(x)
-        t = (eps / flat_norm(d, 2.0).clamp_min(1e-30)).clamp_(max=1.0)
+        t = torch.clamp(eps / flat_norm(d, 2.0).clamp_min(1e-30), max=t_max)
         z = torch.empty_like(d)  # one buffer for every iterate: a fresh batch-sized tensor each time costs more
         for _ in range(L2_PROJECTION_ITERATIONS):  # than the arithmetic (page faults of a large allocation)
             reached = flat_norm(torch.addcmul(x, batch_view(t, d), d, out=z).clamp_(0, 1).sub_(x), 2.0)
             # reached == 0: x + t d rounds to x (a step far below a float's spacing next to a saturated pixel);
             # the ratio then says nothing, and t stays where it is feasible.
-            t = torch.where(reached > 0, t * eps / reached.clamp_min(1e-30), t).clamp_(max=1.0)
+            t = torch.where(reached > 0, t * eps / reached.clamp_min(1e-30), t).clamp_(max=t_max)
         return d.mul_(batch_view(t, d)).add_(x).clamp_(0, 1)
 
 

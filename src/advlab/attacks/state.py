@@ -93,7 +93,8 @@ class SmallestPoint(PerSample):
         """Keep ``point`` where it is adversarial and smaller than the best so far."""
         better = adversarial & (size < self.size)
         self.size = torch.where(better, size, self.size)
-        self.x = torch.where(batch_view(better, point), point, self.x)
+        # In place (the state's own tensor, from start): no batch-sized allocation per iteration.
+        torch.where(batch_view(better, point), point, self.x, out=self.x)
 
     def result(self, x: Tensor, norm: Norm) -> AttackResult:
         """The attack's result: success where a point was found, ``extras["distance"]`` its size in ``norm``

@@ -85,7 +85,8 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "apgd_l1": 2,  # 2: the L1 projection's multiplier summed from the largest breakpoints (rounding differs)
     "square": 1,
     "fmn": 3,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05). 3: L1 projection summed from the
-    # largest breakpoints (rounding differs); L0 ties at the k-th gain kept in index order, per row
+    # largest breakpoints (rounding differs); L0 ties at the k-th gain kept in index order, per row; L2 onto the
+    # sphere until adversarial
     "ddn": 1,
     "fab": 2,  # 2: one backward of z_j - z_y per class j != y (was z_j for every j, then subtracted)
     "fab_t": 2,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
