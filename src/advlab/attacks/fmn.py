@@ -78,13 +78,15 @@ def fmn_result(
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     x_adv = x.clone()
 
-    def score(logits: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far."""
+    def score(logits: Tensor, point: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far;
+        whether it is, how far it is short of the slack, and its size."""
         obj = objective(logits.detach(), y, "margin", targeted)  # > 0 exactly when adversarial
         slack = rounding_slack(logits)
         adversarial = obj > slack
-        best.update(point, adversarial, geometry.size(point - x))
-        return adversarial, slack - obj
+        size = geometry.size(point - x)
+        best.update(point, adversarial, size)
+        return adversarial, slack - obj, size
 
     with frozen(model):
         for i in range(steps):
@@ -95,7 +97,7 @@ def fmn_result(
             (grad,) = torch.autograd.grad(objective(logits, y, "margin", targeted).sum(), x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach()
-                adversarial, short = score(logits, x_adv)
+                adversarial, short, size = score(logits, x_adv)
                 found |= adversarial
                 if l0:
                     # Integer budgets: move by at least one coordinate (Pintor et al.'s L0 rule).
@@ -105,7 +107,6 @@ def fmn_result(
                 else:
                     # Not adversarial yet: the linear estimate of the distance to the boundary (moved by the
                     # rounding slack, which success requires), |L| / ||grad L||_q past the current size.
-                    size = geometry.size(x_adv - x)
                     to_boundary = short / geometry.dual_size(grad).clamp_min(1e-12)
                     eps = torch.where(
                         adversarial,
