@@ -78,10 +78,12 @@ def fmn_result(
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     x_adv = x.clone()
 
-    def score(logits: Tensor, point: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def score(logits: Tensor, point: Tensor, obj: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far;
-        whether it is, how far it is short of the slack, and its size."""
-        obj = objective(logits.detach(), y, "margin", targeted)  # > 0 exactly when adversarial
+        whether it is, how far it is short of the slack, and its size. ``obj``: the margin of ``logits`` when
+        the caller has it already."""
+        if obj is None:
+            obj = objective(logits.detach(), y, "margin", targeted)  # > 0 exactly when adversarial
         slack = rounding_slack(logits)
         adversarial = obj > slack
         size = geometry.size(point - x)
@@ -94,10 +96,11 @@ def fmn_result(
             gamma = cosine_annealing(gamma_init, gamma_final, i, steps)
             x_adv.requires_grad_(True)
             logits = first_logits(model, x_adv, y_max) if i == 0 else model(x_adv)
-            (grad,) = torch.autograd.grad(objective(logits, y, "margin", targeted).sum(), x_adv)
+            obj = objective(logits, y, "margin", targeted)
+            (grad,) = torch.autograd.grad(obj.sum(), x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach()
-                adversarial, short, size = score(logits, x_adv)
+                adversarial, short, size = score(logits, x_adv, obj.detach())
                 found |= adversarial
                 if l0:
                     # Integer budgets: move by at least one coordinate (Pintor et al.'s L0 rule).
