@@ -11,7 +11,10 @@ Also advlab's FAB-T (targeted FAB towards the 9 likeliest classes) and its ``min
 entries where installed: Foolbox's
 ``L*FMNAttack``/``DDNAttack``/``EADAttack`` (EAD: L1, 9 binary-search steps of ``--steps``), torchattacks'
 ``FAB`` in L2 and Linf (with a budget no attack needs, so that it is minimal-norm; its L1 fails in 3.5.1).
-``--entries`` keeps the entries whose name contains one of the given words (e.g. ``--entries fmn,minimal``).
+``--entries`` keeps the entries whose name contains one of the given words (e.g. ``--entries fmn,minimal``), or
+is one of those given with a leading ``=`` (``--entries "=advlab fab,=adv_lib fab"``).
+``--repeats R`` runs each entry R times, in alternating order (forwards, then backwards, ...), and reports the
+median time (the distances are those of the last run; every entry is deterministic without restarts).
 
 ``--model efficientnet_lite0`` attacks EfficientNet-Lite0 on the correctly classified of the shared ImageNet
 images (../shared/data/imagenet-30x5, or ``--imagenet DIR``; at most ``--n`` of them). With its 1,000 classes
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -136,6 +140,7 @@ def main() -> None:
     parser.add_argument("--norms", default="l0,l1,l2,linf")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--entries", default="", help="comma-separated words; keep entries whose name has one")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each entry, alternating order; median time")
     parser.add_argument("--run-ensemble", action="store_true", help="run attacks.minimal instead of combining rows")
     args = parser.parse_args()
     stub_visdom()
@@ -186,17 +191,24 @@ def main() -> None:
         entries = {k: [e for e in v if e[0] not in JACOBIAN_FABS] for k, v in entries.items()}
     words = [w for w in args.entries.split(",") if w]
     if words:
-        entries = {k: [e for e in v if any(w in e[0] for w in words)] for k, v in entries.items()}
+        def wanted(name: str) -> bool:
+            return any(name == w[1:] if w.startswith("=") else w in name for w in words)
+
+        entries = {k: [e for e in v if wanted(e[0])] for k, v in entries.items()}
 
     clock = "wall s" if device.type == "cuda" else "cpu s"
     print(f"{wl.name}: {len(x)} correctly classified images, {steps} steps, {args.threads} thread(s), {device}")
     print(f"{'norm':5} {'attack':16} {'success':>8} {'median':>9} {'optimality':>10} {clock:>7}")
     for norm, runs in entries.items():
         distances, times = {}, {}
-        for name, run in runs:
-            x_adv, times[name] = timed(run, device)
-            distances[name] = measured(model, x, y, x_adv.detach().to(device), norm)
-            print(f"  ({norm} {name}: {times[name]:.1f} {clock})", file=sys.stderr, flush=True)
+        samples: dict[str, list[float]] = {name: [] for name, _ in runs}
+        for r in range(args.repeats):  # rounds in alternating order (load drifts), the median time of each
+            for name, run in runs if r % 2 == 0 else runs[::-1]:
+                x_adv, seconds = timed(run, device)
+                samples[name].append(seconds)
+                distances[name] = measured(model, x, y, x_adv.detach().to(device), norm)
+                print(f"  ({norm} {name}: {seconds:.1f} {clock})", file=sys.stderr, flush=True)
+        times = {name: statistics.median(v) for name, v in samples.items()}
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
         if not args.run_ensemble and all(m in distances for m in members):
             distances["advlab minimal"] = torch.stack([distances[m] for m in members]).amin(0)

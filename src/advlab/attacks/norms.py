@@ -287,10 +287,12 @@ class L0(Norm):
         if k_max == 0:
             return d.zero_().view_as(x_adv).add_(x)
         kth = gain.topk(k_max, dim=1).values.gather(1, (k - 1).clamp_min(0)[:, None])
-        above = gain > kth
-        tied = gain == kth
-        room = (k - above.sum(dim=1))[:, None]
-        keep = (above | (tied & (tied.cumsum(dim=1) <= room))) & (k > 0)[:, None]
+        kth = torch.where(k[:, None] > 0, kth, torch.full_like(kth, float("inf")))  # k = 0: keep none
+        keep = gain >= kth
+        if bool((keep.sum(dim=1) > k).any()):  # more ties at the k-th gain than room: the first ones
+            above = gain > kth
+            tied = keep & ~above
+            keep = above | (tied & (tied.cumsum(dim=1) <= (k - above.sum(dim=1))[:, None]))
         u.mul_(keep)
         return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
 
