@@ -209,8 +209,12 @@ class Judge:
         self.keys = stream_keys(seed, indices)
 
     def logits(self, points: Tensor, rows: Tensor | None = None) -> Tensor:
-        """Expected logits at ``points``: the whole batch, or the rows ``rows`` of it."""
-        if rows is not None and rows.numel() != self.x.shape[0]:
+        """Expected logits at ``points``: the whole batch in its order, or the rows ``rows`` of it (distinct rows,
+        in any order: each point is judged in its own row, on its own sample's draws)."""
+        n = self.x.shape[0]
+        if rows is not None and not torch.equal(rows.cpu(), torch.arange(n)):
+            if rows.numel() != points.shape[0] or rows.unique().numel() != rows.numel():
+                raise ValueError(f"{points.shape[0]} points for rows {rows.tolist()[:10]}: one point per distinct row")
             full = self.x.clone()
             full[rows] = points.to(full.dtype)
             return self.logits(full)[rows]

@@ -55,6 +55,7 @@ float32 and accumulate in float64 (:func:`~advlab.evaluate.saved.distance`).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -292,6 +293,18 @@ def verify_run(
             except (OSError, SafetensorError) as e:
                 files[name] = None
                 out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
+                continue
+            # eval writes one row per sample it attacked, in the batch's order: a file with a sample twice (its
+            # second example never checked against any record), a sample outside the batch, or as many indices as
+            # images is not one eval wrote (review 3, F1).
+            index, xa = files[name]["index"].tolist(), files[name]["x_adv"]  # type: ignore[index]
+            at = [pos.get(int(i)) for i in index]
+            if len(index) != xa.shape[0] or None in at or any(a >= b for a, b in itertools.pairwise(at)):
+                files[name] = None
+                out.mismatches.append(
+                    f"{name}: holds {xa.shape[0]} examples for samples {index[:10]}, not one example per sample of "
+                    f"this batch in the batch's order; the file is not one eval wrote"
+                )
         readable = [name for name in owners if files[name] is not None]
         top1: dict[str, list[int]] = {}
         gaps: dict[str, list[float]] = {}
