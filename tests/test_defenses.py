@@ -328,3 +328,24 @@ def test_gaussian_noise_without_clip_is_cohen_et_al_noise_and_parses() -> None:
     assert isinstance(parsed, GaussianNoise) and parsed.clip is False and "clip=False" in repr(parsed)
     with pytest.raises(TypeError, match="clip must be True or False"):
         GaussianNoise(0.1, clip=1)  # type: ignore[arg-type]
+
+
+def test_a_model_running_a_random_defence_on_other_rows_than_its_input_is_a_usage_error(digits_model) -> None:
+    # Review 3, F4: judged per sample, a random defence must see the rows of the model's input; a model that ran
+    # it image by image (test-time augmentation, a loop) was a ValueError traceback in eval's clean judgement.
+    from advlab.errors import UsageError
+    from advlab.evaluate import evaluate, make_spec
+
+    model, x, y = digits_model
+
+    class PerImage(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.noise = model, GaussianNoise(0.1)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.net(self.noise(images[i : i + 1])) for i in range(images.shape[0])])
+
+    data = [(x[i], int(y[i]), i) for i in range(4)]
+    with pytest.raises(UsageError, match="cannot be judged per sample"):
+        evaluate(PerImage(), data, [make_spec("fgsm", {"eps": 0.1})], batch_size=4, quiet=True)

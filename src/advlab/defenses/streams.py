@@ -37,6 +37,8 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor
 
+from ..errors import UsageError
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -63,9 +65,11 @@ class SampleStreams:
         """The rows' keys for the next draw (one per row), on the keys' device; ``n`` must be the block's row
         count."""
         if n != self.keys.shape[0]:
-            raise ValueError(
+            raise UsageError(
                 f"{who}: a batch of {n} rows inside sample_streams over {self.keys.shape[0]} keys; the block's keys "
-                "must be those of the rows the model sees (take keys[subset] for a subset)"
+                "must be those of the rows the model sees (take keys[subset] for a subset). A model that runs an "
+                "advlab random defence on other rows than its input's (test-time augmentation, a loop over single "
+                "images) cannot be judged per sample: put the defence in front of the model (advlab.defenses.defended)"
             )
         d = _mix32(torch.tensor(self.draws & _MASK32, dtype=torch.long, device=self.keys.device) ^ 0x68E31DA4)
         self.draws += 1
