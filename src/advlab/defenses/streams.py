@@ -37,7 +37,7 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
+from advlab.errors import UsageError
 
 _MASK32 = 0xFFFFFFFF
 
