@@ -166,10 +166,11 @@ def _suite_attack(suite: str) -> Callable[..., Any]:
         eot_samples: int = 1,
         seed: Any = None,
         return_info: bool = False,
+        judge: Any = None,
     ) -> Any:
         result = _suite.run_suite(
             model, x, y, eps, norm, seed=0 if seed is None else seed, suite=suite, square_queries=square_queries,
-            eot_samples=eot_samples,
+            eot_samples=eot_samples, judge=judge,
         )  # fmt: skip
         return _attacks.AttackResult(result.x_adv, ~result.robust, None, {"broken_by": result.broken_by})
 
@@ -404,10 +405,14 @@ def validate_specs(specs: Iterable[AttackSpec]) -> list[AttackSpec]:
     return specs
 
 
-def run_attack(spec: AttackSpec, model: nn.Module, x: Any, y: Any, seed: Any) -> Any:
-    """Call the spec's attack function; ``seed`` (per-sample int64 tensor) only where the function takes one."""
+def run_attack(spec: AttackSpec, model: nn.Module, x: Any, y: Any, seed: Any, judge: Any = None) -> Any:
+    """Call the spec's attack function; ``seed`` (per-sample int64 tensor) only where the function takes one, and
+    ``judge`` (the run's prediction rule, ``judge(points, rows)``) only where it takes one (the suites)."""
     fn = attack_function(spec.name)
     kwargs = dict(spec.params)
-    if "seed" in inspect.signature(fn).parameters:
+    parameters = inspect.signature(fn).parameters
+    if "seed" in parameters:
         kwargs["seed"] = seed
+    if judge is not None and "judge" in parameters:
+        kwargs["judge"] = judge
     return fn(model, x, y, **kwargs)

@@ -313,6 +313,7 @@ def run_suite(
     square_queries: int = DEFAULT_SQUARE_QUERIES,
     stages: Sequence[Stage] | None = None,
     eot_samples: int = 1,
+    judge: Callable[[Tensor, Tensor | None], Tensor] | None = None,
 ) -> SuiteResult:
     """Run a suite of attacks on one batch and return the per-sample worst case.
 
@@ -336,6 +337,10 @@ def run_suite(
             advlab's random defences draw: sample i's K draws come from the stream of its seed
             (:func:`advlab.defenses.sample_streams`), the same at its clean point and at each stage's point.
             A model's other randomness (torch's global generator) is drawn afresh at each judgement.
+        judge: the caller's prediction rule, ``judge(points, rows)`` the logits of ``points`` standing for the
+            batch's rows ``rows`` (all of them when None), used for the clean prediction and each stage's break in
+            place of the suite's own: an evaluation passes its records' rule (:class:`~advlab.evaluate.engine.Judge`:
+            the run's K and draws), so that what the suite stops attacking is what the records count as broken.
     """
     check_model(model)
     x = check_images(x)
@@ -351,12 +356,18 @@ def run_suite(
         else suite_stages(suite, square_queries=square_queries, eot_samples=eot_samples)
     )
 
-    def predict(points: Tensor, rows: Tensor | None = None) -> Tensor:
+    def own_rule(points: Tensor, rows: Tensor | None = None) -> Tensor:
         # Common random numbers: advlab's random defences draw sample i's K draws from its own stream (keyed by
         # its seed), the same at the clean point and at every stage's point, whatever rows are still running.
         keys = seeds if rows is None else seeds[rows]
         with torch.no_grad(), frozen(model), sample_streams(keys):
             return expected_logits([model(points) for _ in range(eot_samples)])
+
+    def predict(points: Tensor, rows: Tensor | None = None) -> Tensor:
+        if judge is None:
+            return own_rule(points, rows)
+        with torch.no_grad(), frozen(model):
+            return judge(points, rows)
 
     logits = predict(x)
     check_logits(logits, n, y_max)
