@@ -12,6 +12,19 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGENET_30x5 = SHARED_DATA / "imagenet-30x5"
 
 
+class Items:
+    """A dataset of (image, label, index) items over tensors, as advlab's datasets yield them."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        return self.x[i], int(self.y[i]), i
+
+
 class Linear(nn.Module):
     """logits = W flatten(x) + b: the model on which the optimal perturbations are known in closed form."""
 

@@ -18,21 +18,9 @@ from advlab.defenses import BPDA, JPEG, BitDepth, GaussianNoise, MedianSmoothing
 from advlab.evaluate import evaluate, evaluate_adaptive, make_spec, probe_modules
 from advlab.evaluate.adaptive import choose_eot_samples, gradient_variance
 from advlab.evaluate.suite import Stage, apgd_ce_stage, run_suite, suite_stages
+from tests.conftest import Items
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
-
-
-class Items:
-    """(image, label, index) items over tensors."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], int(self.y[i]), i
 
 
 def _untimed(records: dict) -> dict:

@@ -37,6 +37,7 @@ from advlab.evaluate.records import NonFiniteError, RecordsFileError, read_batch
 from advlab.evaluate.rundir import RecordsFileWarning
 from advlab.runtime.lock import LOCK_NAME, RunLock
 from advlab.train.checkpoint import load_checkpoint, save_weights
+from tests.conftest import Items
 
 from .conftest import Linear
 
@@ -343,17 +344,6 @@ def test_damaged_checkpoints_and_weights_are_one_line_naming_the_file(capsys, we
 
 
 # ---------------------------------------------------------------------------------------------- records
-
-
-class Items:
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        return self.x[i], int(self.y[i]), i
 
 
 @pytest.fixture()

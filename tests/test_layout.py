@@ -1,6 +1,6 @@
 """The package layout's rules, checked on the source: dependencies point down, no private names cross packages.
 
-Layers, bottom up: ``errors``, then ``numbers``; ``attacks``, ``data``, ``runtime`` and ``defenses``;
+Layers, bottom up: ``errors``, then ``numbers`` and ``mixing``; ``attacks``, ``data``, ``runtime`` and ``defenses``;
 ``models``; ``evaluate`` and ``train``; ``report``; ``paper``; ``cli``. A module may import its own package and
 the packages of lower layers, never one of its own layer or above (so there are no cycles between packages).
 """
@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "advlab"
 LAYER = {
     "errors": 0,
     "numbers": 0.5,  # reads numbers, raises errors' UsageError
+    "mixing": 0.5,  # the counter-based random numbers' integer mixer (torch only)
     "attacks": 1,
     "data": 1,
     "runtime": 1,

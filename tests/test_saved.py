@@ -17,6 +17,7 @@ from advlab.evaluate import evaluate, make_spec
 from advlab.evaluate.saved import load_examples, nearest_uint8_in_ball, to_uint8
 from advlab.evaluate.specs import SpecError
 from advlab.evaluate.verify import verify_run
+from tests.conftest import Items
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,17 +32,6 @@ class Threshold(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = 100 * (x.flatten(1)[:, :1] - self.t)
         return torch.cat([torch.zeros_like(z), z], dim=1)
-
-
-class Items:
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], int(self.y[i]), i
 
 
 def test_uint8_recheck_where_rounding_provably_crosses_the_boundary(tmp_path):

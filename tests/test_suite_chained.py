@@ -6,19 +6,9 @@ from __future__ import annotations
 import pytest
 
 from advlab.evaluate import evaluate, make_spec
+from tests.conftest import Items
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Items:
-    def __init__(self, x, y) -> None:  # type: ignore[no-untyped-def]
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
-        return self.x[i], int(self.y[i]), i
 
 
 def test_a_suite_chained_on_a_suite_counts_its_own_stages_only(digits_model):

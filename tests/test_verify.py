@@ -22,26 +22,10 @@ from advlab.evaluate.specs import SpecError
 from advlab.evaluate.summary import build_summary
 from advlab.evaluate.verify import verify_run
 from advlab.evaluate.verify_predictions import PROB_TOL, clean_mismatches
+from advlab.evaluate.verify_summary import specs_of
+from tests.conftest import Items
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Items:
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], int(self.y[i]), i
-
-
-def specs_of(config: dict[str, Any]) -> list[Any]:
-    return [
-        make_spec(a["name"], a["params"], id=a["id"], target=a["target"], only_unbroken=a["only_unbroken"])
-        for a in config["attacks"]
-    ]
 
 
 def resummarize(out: Path) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..mixing import MASK32, mix32
+
 
 class Noise:
     """Random numbers drawn per sample.
@@ -61,23 +63,6 @@ def seed_list(seed: int | Tensor, n: int) -> list[int]:
     return [int(s) for s in seed.tolist()]
 
 
-_MASK32 = 0xFFFFFFFF
-
-
-
-def _mix32(h: Tensor) -> Tensor:
-    """A 32-bit integer finaliser (xor-shift / multiply rounds) on int64 tensors holding values < 2**32.
-
-    The multipliers are below 2**31, so no product leaves the int64 range: the arithmetic is exact and the
-    same on every device.
-    """
-    h = h ^ (h >> 16)
-    h = (h * 0x45D9F3B) & _MASK32
-    h = h ^ (h >> 16)
-    h = (h * 0x7FEB352D) & _MASK32
-    return h ^ (h >> 15)
-
-
 class CounterRandom:
     """Per-sample random numbers that are a pure function of (sample seed, counter, stream).
 
@@ -91,8 +76,8 @@ class CounterRandom:
         else:
             seeds = torch.tensor(seed_list(seed, n), dtype=torch.long)
         seeds = seeds.to(device)
-        lo, hi = seeds & _MASK32, (seeds >> 32) & _MASK32
-        self.key = _mix32(lo ^ _mix32(hi ^ 0x2545F491))
+        lo, hi = seeds & MASK32, (seeds >> 32) & MASK32
+        self.key = mix32(lo ^ mix32(hi ^ 0x2545F491))
 
     @classmethod
     def from_keys(cls, key: Tensor) -> CounterRandom:
@@ -108,8 +93,8 @@ class CounterRandom:
     def bits(self, counter: int, width: int) -> Tensor:
         """(N, width) independent 32-bit integers for draw ``counter`` (e.g. the iteration)."""
         stream = torch.arange(width, dtype=torch.long, device=self.key.device)
-        c = _mix32(torch.tensor(counter & _MASK32, dtype=torch.long, device=self.key.device) ^ 0x68E31DA4)
-        return _mix32(_mix32(self.key[:, None] ^ c) ^ _mix32(stream + 0x1B56C4E9))
+        c = mix32(torch.tensor(counter & MASK32, dtype=torch.long, device=self.key.device) ^ 0x68E31DA4)
+        return mix32(mix32(self.key[:, None] ^ c) ^ mix32(stream + 0x1B56C4E9))
 
     def uniform(self, counter: int, width: int, dtype: torch.dtype = torch.float64) -> Tensor:
         """(N, width) floats in [0, 1) with 24 random bits each."""

@@ -38,18 +38,7 @@ import torch
 from torch import Tensor
 
 from advlab.errors import UsageError
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _mix32(h: Tensor) -> Tensor:
-    """A 32-bit integer finaliser on int64 tensors holding values < 2**32 (multipliers < 2**31: exact on every
-    device)."""
-    h = h ^ (h >> 16)
-    h = (h * 0x45D9F3B) & _MASK32
-    h = h ^ (h >> 16)
-    h = (h * 0x7FEB352D) & _MASK32
-    return h ^ (h >> 15)
+from advlab.mixing import MASK32, mix32
 
 
 class SampleStreams:
@@ -57,8 +46,8 @@ class SampleStreams:
     draws made so far."""
 
     def __init__(self, keys: Tensor) -> None:
-        lo, hi = keys & _MASK32, (keys >> 32) & _MASK32
-        self.keys = _mix32(lo ^ _mix32(hi ^ 0x3C6EF372))
+        lo, hi = keys & MASK32, (keys >> 32) & MASK32
+        self.keys = mix32(lo ^ mix32(hi ^ 0x3C6EF372))
         self.draws = 0
 
     def take(self, n: int, who: str) -> Tensor:
@@ -71,15 +60,15 @@ class SampleStreams:
                 "advlab random defence on other rows than its input's (test-time augmentation, a loop over single "
                 "images) cannot be judged per sample: put the defence in front of the model (advlab.defenses.defended)"
             )
-        d = _mix32(torch.tensor(self.draws & _MASK32, dtype=torch.long, device=self.keys.device) ^ 0x68E31DA4)
+        d = mix32(torch.tensor(self.draws & MASK32, dtype=torch.long, device=self.keys.device) ^ 0x68E31DA4)
         self.draws += 1
-        return _mix32(self.keys ^ d)
+        return mix32(self.keys ^ d)
 
     def uniform(self, n: int, width: int, device: torch.device, who: str) -> Tensor:
         """(n, width) float64 uniforms in (0, 1) for the next draw: 24 random bits each, half a step off 0."""
         keys = self.take(n, who).to(device)
-        stream = _mix32(torch.arange(width, dtype=torch.long, device=device) + 0x1B56C4E9)
-        bits = _mix32(_mix32(keys[:, None] ^ stream[None, :]) ^ 0x2545F491)
+        stream = mix32(torch.arange(width, dtype=torch.long, device=device) + 0x1B56C4E9)
+        bits = mix32(mix32(keys[:, None] ^ stream[None, :]) ^ 0x2545F491)
         return ((bits >> 8).double() + 0.5) / float(1 << 24)
 
     def normal(self, n: int, width: int, device: torch.device, who: str) -> Tensor:
