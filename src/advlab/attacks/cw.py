@@ -48,10 +48,10 @@ def cw_l2_result(
     best_x = x.detach().clone()
     check_every = max(steps // 10, 1)
 
-    # Every round restarts from w0, so its first iterate, margin and gradients are the same in every round up
+    # Every round restarts from w0, so its first iterate, margin and gradient are the same in every round up
     # to the factor c on the margin term: the first round computes them, the others reuse them (one forward
     # and one backward fewer per round; with the early abort a round is often only 3 iterates long).
-    start: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
+    start: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
     with frozen(model):
         for _round in range(binary_search_steps):
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -61,38 +61,44 @@ def cw_l2_result(
             previous = torch.full_like(const, float("inf"))
             for t in range(steps):
                 if t == 0 and start is not None:
-                    x_new, gap, l2sq, grad_l2sq, grad_f = start
+                    x_new, gap, l2sq, grad_f = start
+                    hinge = torch.maximum(gap, -kappa_t)
                 else:
-                    w.requires_grad_(True)
-                    x_new = (torch.tanh(w) + 1) * 0.5
-                    logits = first_logits(model, x_new, y_max) if t == 0 else model(x_new)
+                    # Autograd runs through the model only; the change of variables and the distance term have
+                    # their gradients written out below.
+                    x_leaf = torch.tanh(w).add_(1).mul_(0.5).requires_grad_(True)
+                    logits = first_logits(model, x_leaf, y_max) if t == 0 else model(x_leaf)
                     # The CW quantity inside f: positive while not adversarial (minus the margin objective).
                     gap = -objective(logits, y, "margin", targeted)
+                    hinge = torch.maximum(gap, -kappa_t)
+                    x_new = x_leaf.detach()
                     l2sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
-                total = l2sq + const * torch.maximum(gap, -kappa_t)
                 with torch.no_grad():
+                    total = l2sq + const * hinge
                     adversarial = gap < -kappa_t
                     improved = adversarial & (l2sq < best_l2sq)
                     best_l2sq = torch.where(improved, l2sq, best_l2sq)
-                    best_x = torch.where(batch_view(improved, x), x_new.detach(), best_x)
+                    best_x = torch.where(batch_view(improved, x), x_new, best_x)
                     found |= adversarial
                     if abort_early and t % check_every == 0:
                         # One host sync per check, before the backward that a stopped round would waste.
                         if t > 0 and bool((total > previous * 0.9999).all()):
                             break
-                        previous = total.detach()
+                        previous = total
                 if t == steps - 1:
                     break  # the step after the last iterate would never be evaluated
                 if t == 0:
                     if start is None:
-                        # The two parts of the gradient apart, so that later rounds can weigh them by their c.
-                        (grad_f,) = torch.autograd.grad(torch.maximum(gap, -kappa_t).sum(), w, retain_graph=True)
-                        (grad_l2sq,) = torch.autograd.grad(l2sq.sum(), w)
-                        start = (x_new.detach(), gap.detach(), l2sq.detach(), grad_l2sq, grad_f)
-                    grad = grad_l2sq + batch_view(const, grad_f) * grad_f
+                        # d hinge / dx', kept apart from c so that later rounds can weigh it by their own c.
+                        (grad_f,) = torch.autograd.grad(hinge.sum(), x_leaf)
+                        start = (x_new, gap.detach(), l2sq, grad_f)
+                    grad = batch_view(const, grad_f) * grad_f
                 else:
-                    (grad,) = torch.autograd.grad(total.sum(), w)
+                    (grad,) = torch.autograd.grad((const * hinge).sum(), x_leaf)
                 with torch.no_grad():
+                    # d total / dw = (c df/dx' + 2 (x' - x)) dx'/dw, where x' = (tanh(w) + 1) / 2 gives
+                    # dx'/dw = (1 - tanh(w)^2) / 2 = 2 x' (1 - x').
+                    grad.add_(x_new - x, alpha=2).mul_(x_new * (1 - x_new)).mul_(2)
                     w = w.detach()
                     # Adam (Kingma & Ba 2015, algorithm 1), bias corrections folded into two scalars.
                     m.lerp_(grad, 1 - beta1)

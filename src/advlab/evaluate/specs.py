@@ -79,7 +79,7 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "pgd": 1,
     "mifgsm": 1,
     "deepfool": 1,
-    "cw_l2": 1,
+    "cw_l2": 2,  # 2: the gradient through tanh and the distance term written out (rounding differs)
     "apgd": 1,
     "apgd_t": 1,
     "apgd_l1": 2,  # 2: the L1 projection's multiplier summed from the largest breakpoints (rounding differs)
