@@ -3,22 +3,30 @@
 #
 # Runs, from the repository root, within about 9 minutes:
 #   - the CUDA tests (tests/test_cuda.py and the attacks' CUDA smoke test) on the GPU;
-#   - GPU timings: benchmarks/compare_peers.py --device cuda, benchmarks/minimal_norm.py and benchmarks/adaptive.py
-#     on the GPU (one after the other, on CPU cores 0-3);
+#   - GPU timings and results, one step after the other on CPU cores 0-3: benchmarks/minimal_norm.py (FMN and
+#     DDN against adv_lib's on the Fashion-MNIST models; EfficientNet-Lite0 in Linf and L2) and
+#     benchmarks/adaptive.py (EfficientNet-Lite0 with the suites; the command comes in ADAPTIVE_EFFNET);
 #   - at the same time, benchmarks/compare_peers.py --quick on the CPU, one single-threaded process per
-#     (model, attack) pinned to its own core (4-15): the peers and the floor of each row share one process, so
+#     (model, attack) pinned to its own core (4-15), for this advlab and, beside it, the advlab of the commit
+#     before the architecture change (.dev/old): the peers and the floor of each row share one process, so
 #     their ratios are side by side as on a quiet 1-thread machine;
 #   - advlab verify across machines: a run made elsewhere on the CPU (.dev/runs/cpu_effnet) verified here on CUDA,
 #     and a run made here on CUDA left in the results for verification elsewhere on the CPU.
 #
 # Inputs (git-ignored, carried to the machine): .dev/whl (peer and model wheels), .dev/site (pyautoattack without
-# its 45 MB example checkpoint), .dev/data (Fashion-MNIST test files, the 30 x 5 ImageNet set), .dev/runs.
+# its 45 MB example checkpoint), .dev/data (Fashion-MNIST test files, the 30 x 5 ImageNet set), .dev/runs, and
+# .dev/old (`git archive 8220beb src benchmarks`: advlab before the architecture change).
 # Output: $OUT/log.txt and $OUT/results.tgz (every JSON, table and log).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 R=/tmp/res
 mkdir -p "$OUT" "$R"
 exec > >(tee "$OUT/log.txt") 2>&1
+# This session's two measurements whose settings come from elsewhere (the issues' open rows):
+ADAPTIVE_EFFNET=(python3 benchmarks/adaptive.py --suite --device cuda --imagenet ../shared/data/imagenet-30x5
+    --images 150 --defences "gaussian_noise(sigma=0.03)" "random_resize_pad(min_ratio=0.9)" --out "$R/adaptive_effnet.jsonl")
+FMN_TIME=(python3 benchmarks/minimal_norm.py --model fmnist_cnn_pgd --images 40 --steps 100 --norms l1,l0
+    --entries "=advlab fmn,=adv_lib fmn" --repeats 9 --threads 1)
 T0=$SECONDS
 stamp() { echo "[$((SECONDS - T0)) s] $*"; }
 finish() { stamp "packing results"; tar czf "$OUT/results.tgz" -C /tmp res; }
@@ -37,19 +45,61 @@ cp -r .dev/data/imagenet-30x5 ../shared/data/
 } >"$R/env.txt" 2>&1
 stamp "set up: $(tail -2 "$R/env.txt" | tr '\n' ' ')"
 
-# CPU rows of compare_peers --quick, one pinned process per row, in the background.
+# CPU rows of compare_peers --quick, in the background, one single-threaded process per core (4-15). Each row
+# runs twice at the same time on two neighbouring cores: the old advlab (OLD, the commit before the
+# architecture change, carried as .dev/old) and this one, each against the same fastest peers, so "prepared at
+# least as fast as before" compares two programs measured side by side. Rows are paired on a lane (a core) so
+# that a long row shares its lane with short ones.
+OLD=.dev/old
+ln -sfn "$PWD/../shared" "$OLD/../shared" 2>/dev/null || true  # the old _peers looks for ../shared beside its tree
 mkdir -p "$R/cpu"
-core=4
+libs() {  # the peers each row is timed against (the fastest ones of the last full table)
+    case $1 in
+    fgsm) echo "torchattacks ART" ;;
+    cw_l2) echo "adv_lib" ;;
+    *) echo "adv_lib torchattacks" ;;
+    esac
+}
+row() {  # row CORE VERSION MODEL ATTACK: one compare_peers row on one core
+    local core=$1 version=$2 model=$3 attack=$4 repeats="--repeats 5 --long-repeats 3"
+    [ "$model" = imagenet ] && [ "$attack" = cw_l2 ] && repeats="--repeats 5 --long-repeats 1"
+    if [ "$version" = old ]; then
+        PYTHONPATH=$OLD/src:$OLD:/tmp/site OMP_NUM_THREADS=1 timeout 540 taskset -c "$core" python3 \
+            $OLD/benchmarks/compare_peers.py --quick --threads 1 --models "$model" --attacks "$attack" $repeats \
+            --libraries advlab $(libs "$attack") --out "$R/cpu/old-$model-$attack" >"$R/cpu/old-$model-$attack.log" 2>&1
+    else
+        OMP_NUM_THREADS=1 timeout 540 taskset -c "$core" python3 benchmarks/compare_peers.py --quick --threads 1 \
+            --models "$model" --attacks "$attack" $repeats --libraries advlab advlab-prepared $(libs "$attack") \
+            --out "$R/cpu/new-$model-$attack" >"$R/cpu/new-$model-$attack.log" 2>&1
+    fi
+}
+lane() {  # lane CORE VERSION "MODEL ATTACK" ...: rows one after the other on one core
+    local core=$1 version=$2
+    shift 2
+    for r in "$@"; do row "$core" "$version" $r; done
+}
 cpu_rows=()
-for model in imagenet fmnist_cnn_pgd; do
-    for attack in fgsm bim pgd pgd_l2 apgd_ce cw_l2; do
-        OMP_NUM_THREADS=1 timeout 480 taskset -c $core python3 benchmarks/compare_peers.py --quick --threads 1 \
-            --models $model --attacks $attack --out "$R/cpu/$model-$attack" >"$R/cpu/$model-$attack.log" 2>&1 &
-        cpu_rows+=($!)
-        core=$((core + 1))
-    done
+core=4
+for rows in "imagenet cw_l2|fmnist_cnn_pgd fgsm" "fmnist_cnn_pgd cw_l2|imagenet fgsm" \
+    "imagenet apgd_ce|fmnist_cnn_pgd bim|fmnist_cnn_pgd apgd_ce" "imagenet bim|fmnist_cnn_pgd pgd" \
+    "imagenet pgd|fmnist_cnn_pgd pgd_l2|imagenet pgd_l2"; do
+    IFS='|' read -r -a list <<<"$rows"
+    lane $core old "${list[@]}" &
+    cpu_rows+=($!)
+    lane $((core + 1)) new "${list[@]}" &
+    cpu_rows+=($!)
+    core=$((core + 2))
 done
-stamp "12 CPU rows started on cores 4-15"
+stamp "10 CPU lanes started on cores 4-13"
+# Cores 14-15: `advlab eval` in 1 and 2 processes on two quiet cores (the sandbox's run measured its load), then
+# the CPU time of FMN-L1/L0 against adv_lib's on the robust model (FMN_TIME, one process, one core).
+{
+    timeout 330 taskset -c 14,15 python3 benchmarks/distributed_throughput.py --workload both --rounds 2 \
+        --weights src/advlab/models/weights/fmnist_cnn_pgd.safetensors --json "$R/distributed_throughput.json" \
+        >"$R/distributed_throughput.log" 2>&1
+    OMP_NUM_THREADS=1 timeout 180 taskset -c 14 "${FMN_TIME[@]}" >"$R/fmn_time.log" 2>&1
+} &
+cpu_rows+=($!)
 
 DEADLINE=${DEADLINE:-555}  # seconds after the start by which every GPU step has ended (the call's limit is 600)
 gpu() {  # gpu SECONDS NAME COMMAND...: one GPU step on cores 0-3, at most SECONDS and never past DEADLINE
@@ -62,22 +112,20 @@ gpu() {  # gpu SECONDS NAME COMMAND...: one GPU step on cores 0-3, at most SECON
     stamp "$name: exit $? ($(tail -1 "$R/$name.log"))"
 }
 # In the order of what matters most, each step on its own (GPU timings are not shared with another GPU job).
-gpu 90 cuda_tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_attacks.py::test_runs_on_cuda"
+gpu 100 cuda_tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_attacks.py::test_runs_on_cuda"
 gpu 30 verify_cpu_run_on_cuda python3 -m advlab verify .dev/runs/cpu_effnet --device cuda --data ../shared/data/imagenet-30x5
 gpu 40 cuda_run python3 -m advlab eval --model efficientnet_lite0 --data ../shared/data/imagenet-30x5 --sample 8 \
     --batch-size 8 --suite fast --eps 4/255 --save-adversarial --device cuda --out "$R/cuda_effnet" --quiet
-for model in fmnist_cnn_standard fmnist_cnn_pgd; do
-    gpu 75 "minimal_$model" python3 benchmarks/minimal_norm.py --device cuda --model $model --n 1000 --steps 100 \
-        --norms l0,l1,l2,linf --threads 4
+for model in fmnist_cnn_standard fmnist_cnn_pgd; do  # FMN and DDN against adv_lib's: launch-bound on a small CNN
+    gpu 50 "minimal_time_$model" python3 benchmarks/minimal_norm.py --device cuda --model $model --n 1000 \
+        --steps 100 --norms l0,l1,l2,linf --threads 4 --repeats 3 \
+        --entries "=advlab fmn,=adv_lib fmn,=advlab ddn,=adv_lib ddn"
 done
-gpu 100 peers_cuda python3 benchmarks/compare_peers.py --quick --device cuda --models imagenet --batch 128 \
-    --strength-images 128 --repeats 3 --long-repeats 2 --out "$R/peers_cuda"
-gpu 150 adaptive_effnet python3 benchmarks/adaptive.py --suite --device cuda --imagenet ../shared/data/imagenet-30x5 \
-    --images 32 --out "$R/adaptive_effnet.jsonl"
-for norms in l2,linf l0,l1; do
-    gpu 60 "minimal_effnet_$norms" python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
-        --imagenet ../shared/data/imagenet-30x5 --n 32 --steps 100 --norms $norms --threads 4
-done
+gpu 150 adaptive_effnet "${ADAPTIVE_EFFNET[@]}"
+gpu 120 minimal_effnet_linf python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
+    --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms linf --threads 4
+gpu 120 minimal_effnet_l2 python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
+    --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms l2 --threads 4
 stamp "waiting for the CPU rows"
 wait "${cpu_rows[@]}"  # not a bare `wait`: it would also wait for the tee of the log, which never ends
 stamp "done"
