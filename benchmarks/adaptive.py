@@ -23,7 +23,11 @@ checks on the first 16 images, then EOT with K from the gradient variance (cappe
 around the modules the probe flags, plus Square) and the ``strong`` suite on the undefended model; with
 ``--naive-suite`` the naive ``strong`` suite on the defended model as well (a sample then counts robust only if
 both suites left it). A random defence is judged on its expected prediction (mean softmax over
-``--judge-draws``), a deterministic one on one forward.
+``--judge-draws``), a deterministic one on one forward. The clean, naive-PGD and re-judged columns judge by the
+engine's rule (:class:`advlab.evaluate.engine.Judge`, what ``advlab eval`` records): common random numbers, each
+sample's clean and attacked points on the same draws of its own per-sample stream (keyed by the run seed 0 and
+its test-set index); the adaptive column is the suite's own judgement (its K draws, common to a sample's clean
+and stage points).
 
 PGD: Linf eps 0.1, ``--steps`` steps of ``--alpha``, one random start seeded by the test-set index. A sample counts
 as robust under the adaptive attack only if neither the naive nor the adaptive attack broke it (the defender faces
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -83,23 +88,34 @@ def robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
     return correct(model, x_adv, y)
 
 
-def judged(net: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, batch: int = 500) -> torch.Tensor:
-    """Per sample: the expected prediction (mean softmax over ``draws`` forwards) is right; one forward when
-    ``draws`` = 1 (a deterministic defence)."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(y), batch):
-            xb = x[i : i + batch]
-            probs = sum(net(xb).softmax(1) for _ in range(draws)) / draws
-            out.append(probs.argmax(1) == y[i : i + batch])
-    return torch.cat(out)
+def engine_judged(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, draws: int, batch: int = 250
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per chunk of ``batch`` images, the engine's :class:`~advlab.evaluate.engine.Judge` over ``draws`` (run seed
+    0, the test-set indices): ``right(points)`` says per sample whether the expected prediction at its point is
+    its label, judged on the same per-sample draws as its clean point (common random numbers)."""
+    from advlab.evaluate.engine import Judge
+
+    judges = [
+        Judge(net, x[i : i + batch], 0, idx[i : i + batch].tolist(), draws) for i in range(0, len(y), batch)
+    ]
+
+    def right(points: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([
+                j.logits(points[i * batch : (i + 1) * batch]).argmax(1) == y[i * batch : (i + 1) * batch]
+                for i, j in enumerate(judges)
+            ])  # fmt: skip
+
+    return right
 
 
 def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
     """One row per (model, defence): clean, naive PGD, [naive strong suite,] adaptive suite, undefended strong.
 
     Accuracy of a random defence is judged on its expected prediction (the mean softmax over ``--judge-draws``
-    forwards: the smoothed classifier's prediction), of a deterministic one on one forward. The adaptive suite's
+    forwards: the smoothed classifier's prediction; the engine's Judge, common random numbers), of a deterministic
+    one on one forward. The adaptive suite's
     number is its own (it ends with Square on the model as given, so it covers the naive attacks' ground); with
     ``--naive-suite`` the naive ``strong`` suite runs too and the adaptive number counts a sample robust only if
     both suites left it.
@@ -120,9 +136,10 @@ def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: 
             t_plan = clock(args.device) - t0
             draws = args.judge_draws if plan.eot_samples > 1 else 1
             t0 = clock(args.device)
-            clean = judged(net, x, y, draws)
+            right = engine_judged(net, x, y, idx, draws)
+            clean = right(x)
             x_pgd = attacks.pgd(net, x, y, args.eps, alpha=args.alpha, steps=args.steps, seed=idx)
-            naive_pgd = clean & judged(net, x_pgd, y, draws)
+            naive_pgd = clean & right(x_pgd)
             t_pgd = clock(args.device) - t0
             naive_suite, t_naive = None, 0.0
             if args.naive_suite:
@@ -135,7 +152,7 @@ def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: 
             )
             t_adaptive = clock(args.device) - t0
             robust = ~adaptive.success if naive_suite is None else naive_suite & ~adaptive.success
-            judge_robust = clean & judged(net, adaptive.x_adv, y, draws)  # the suite's point, re-judged
+            judge_robust = clean & right(adaptive.x_adv)  # the suite's point, re-judged by the engine's rule
             row = {
                 "model": name,
                 "defence": spec,

@@ -425,16 +425,20 @@ def test_a_resumed_batch_of_a_random_model_is_judged_by_the_whole_runs_rule(tmp_
     assert untimed(again.records["fgsm"]) == untimed(first.records["fgsm"])
 
 
-def test_a_suite_on_a_random_defence_stops_attacking_exactly_the_samples_its_records_count_broken(digits_model) -> None:
+@pytest.mark.parametrize("suite", ["suite_fast", "suite_adaptive"])
+def test_a_suite_on_a_random_defence_stops_attacking_exactly_the_samples_its_records_count_broken(
+    digits_model, suite
+) -> None:
     """Review 3, F3: the suite judged each stage's break on its own draws (its own K, keyed by the attack's seeds)
     while the records are judged by the run's rule (the largest K of the run, the run's draws): a sample the suite
     stopped attacking as broken could be recorded as robust. The suite now judges by the records' rule, so its
-    ``broken_by`` and the records agree on every sample."""
+    ``broken_by`` and the records agree on every sample (the adaptive suite too: it did not take the run's rule)."""
     model, x, y = digits_model
     noisy = defended(model, GaussianNoise(0.5))
     data = Items(x[:32], y[:32])
+    params = {"steps": 3, "n_target_classes": 2, "square_queries": 10} if suite == "suite_adaptive" else {}
     specs = [
-        make_spec("suite_fast", {"eps": 0.05, "eot_samples": 1}, id="suite"),
+        make_spec(suite, {"eps": 0.05, "eot_samples": 1, **params}, id="suite"),
         make_spec("fgsm", {"eps": 0.05, "eot_samples": 8}, id="k8"),  # the run's rule: K = 8
     ]
     records = evaluate(noisy, data, specs, batch_size=16, quiet=True, prepare=False, seed=5).records["suite"]

@@ -6,7 +6,10 @@
 - An ``advlab eval --device cuda --save-adversarial`` run verifies with ``advlab verify`` on the CPU and on CUDA
   (issue 20: "works on another machine or device within a stated float tolerance").
 - ``models.prepare`` on a CUDA model computes the model's function; mixed-precision training (CUDA only) trains.
-- A randomized defence under EOT is reproducible from its seed on CUDA.
+- A randomized defence under EOT is reproducible from its seed on CUDA (under deterministic algorithms).
+- A random defence is judged per sample on CUDA as on the CPU: per-sample streams and ``engine.Judge`` give a
+  sample the same judgement in a batch and alone; a random-defence ``advlab eval --device cuda
+  --save-adversarial`` run verifies with ``advlab verify`` on its own device (the only one that replays its draws).
 
 Every check is a function of the device, so the same bodies can be exercised on the CPU by hand
 (``python -c "from tests.test_cuda import ...; check_...('cpu')"``) before a GPU run.
@@ -14,9 +17,11 @@ Every check is a function of the device, so the same bodies can be exercised on 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -156,6 +161,28 @@ def test_mixed_precision_training_on_cuda_learns() -> None:
     check_training_learns("cuda", amp=True)
 
 
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms`` for the block, restored after, with the cuBLAS workspace setting it
+    requires (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, PyTorch's reproducibility notes). ``warn_only``: an op with no
+    deterministic CUDA kernel warns rather than raising; the checks' models use none (MaxPool2d's backward is
+    not on PyTorch's list, and its windows here do not overlap, so each input gets one gradient)."""
+    mode, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn, old = torch.backends.cudnn.deterministic, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(mode, warn_only=warn)
+        torch.backends.cudnn.deterministic = cudnn
+        if old is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = old
+
+
 def check_eot_is_reproducible(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str) -> None:
     from advlab.defenses import GaussianNoise, defended
 
@@ -164,7 +191,10 @@ def check_eot_is_reproducible(model: nn.Module, x: torch.Tensor, y: torch.Tensor
         target = defended(copy.deepcopy(model), GaussianNoise(0.1)).to(device)
         return attacks.pgd(target, x[:16].to(device), y[:16].to(device), 0.1, 0.02, 5, eot_samples=4, seed=1)
 
-    a, b, c = run(0), run(0), run(1)
+    # Bit for bit only under deterministic algorithms: cuDNN may otherwise pick a convolution backward whose
+    # atomic adds differ from call to call in the last bit, and PGD's sign step can turn that into a whole step.
+    with deterministic():
+        a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -172,3 +202,55 @@ def check_eot_is_reproducible(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 def test_eot_on_a_random_defence_is_reproducible_on_cuda(digits_model) -> None:
     model, x, y = digits_model
     check_eot_is_reproducible(model, x, y, "cuda")
+
+
+def check_random_judgement_is_per_sample(model: nn.Module, x: torch.Tensor, device: str) -> None:
+    """Each random defence, K = 4 draws: a sample's judgement (engine.Judge, per-sample streams) in a batch of 32,
+    alone, and in a subset of the batch's rows, is the same: the same draws (streams on the device), the model's
+    arithmetic rounded for another batch size, and the same top-1 where the batch's top two are not within it."""
+    from advlab.defenses import GaussianNoise, RandomResizePad, defended
+    from advlab.evaluate.engine import Judge
+
+    xs, indices = x[:32].to(device), list(range(500, 532))
+    for transform in (GaussianNoise(0.3), RandomResizePad(0.75)):
+        net = defended(copy.deepcopy(model), transform).to(device).eval()
+        judge = Judge(net, xs, 7, indices, 4)
+        batch = judge.logits(xs)
+        assert batch.device.type == torch.device(device).type and judge.global_draws is False
+        one = [Judge(net, xs[i : i + 1], 7, indices[i : i + 1], 4).logits(xs[i : i + 1]) for i in range(32)]
+        alone = torch.cat(one)
+        rows = torch.tensor([30, 3, 17, 8], device=device)
+        subset = judge.logits(xs[rows], rows)
+        for got, want in ((alone, batch), (subset, batch[rows])):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            top2 = want.topk(2, dim=1).values
+            clear = (top2[:, 0] - top2[:, 1]) > 1e-3
+            assert torch.equal(got.argmax(1)[clear], want.argmax(1)[clear]), type(transform).__name__
+
+
+def test_a_random_defence_is_judged_per_sample_on_cuda(digits_model) -> None:
+    model, x, _ = digits_model
+    check_random_judgement_is_per_sample(model, x, "cuda")
+
+
+def check_random_eval_verifies_on_its_device(tmp_path: Path, device: str) -> None:
+    """``advlab eval --device DEVICE --defense random_resize_pad --save-adversarial`` with EOT (K = 4, so the run's
+    judgement is 4 seeded draws per sample) verifies with ``advlab verify --device DEVICE``: verify replays the
+    run's draws on the device type that made them."""
+    from advlab.cli import main
+
+    run = tmp_path / "run"
+    argv = ["eval", "--model", "fmnist_cnn_pgd", "--data", "fashion-mnist", "--sample", "64", "--batch-size", "32"]
+    argv += ["--defense", "random_resize_pad(min_ratio=0.9)", "--attack", "pgd", "--eps", "0.1", "--steps", "5"]
+    argv += ["-p", "eot_samples=4", "--device", device, "--quiet", "--save-adversarial", "--out", str(run)]
+    assert main(argv) == 0
+    config = json.loads((run / "run.json").read_text())["config"]
+    assert config["device_type"] == torch.device(device).type
+    assert main(["verify", str(run), "--device", device]) == 0
+
+
+@pytest.mark.skipif(not any(FASHION.glob("t10k-images-idx3-ubyte*")), reason="Fashion-MNIST missing")
+def test_a_random_defence_run_on_cuda_verifies_on_cuda(tmp_path: Path, capsys) -> None:
+    check_random_eval_verifies_on_its_device(tmp_path, "cuda")
+    out = capsys.readouterr().out
+    assert "verify: OK; 64 records checked" in out and "a random model" in out, out

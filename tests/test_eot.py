@@ -10,10 +10,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from advlab import attacks
-from advlab.attacks.eot import Expected, expected_logits
+from advlab.attacks.eot import Expected, decisive, expected_logits
 from advlab.attacks.objectives import margin
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
@@ -114,6 +116,47 @@ def test_success_is_judged_on_the_expected_prediction() -> None:
     eot = attacks.pgd_result(Coin(), x, y, 1e-3, steps=3, seed=0, eot_samples=256)
     assert int(plain.success.sum()) >= 8  # one lucky draw among 4 scored iterates breaks most samples
     assert not bool(eot.success.any())
+
+
+def test_apgd_does_not_stop_at_a_break_its_draws_made_by_chance() -> None:
+    """The optimizer's curse (eot.py): z = -1 + 4 n barely depends on x, so the mean softmax gives class 1
+    E[sigmoid(-1 + 4 n)] ~ 0.41 everywhere in the ball and no break exists; 8 draws put the mean past 0.5 about
+    one evaluation in four, so APGD, testing each of its 11 iterates, claimed every sample broken with the plain
+    test on the mean of its draws (32 of 32 before the margin). The margin of K draws leaves few such claims."""
+
+    class Coin(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = -1 + 4 * torch.randn(x.shape[0], dtype=x.dtype) + 1e-3 * x.flatten(1).sum(1)
+            return torch.stack([torch.zeros_like(z), z], dim=1)
+
+    x = torch.full((32, 1, 2, 2), 0.5, dtype=torch.float64)
+    y = torch.zeros(32, dtype=torch.long)
+    torch.manual_seed(0)
+    res = attacks.apgd_result(Coin(), x, y, 1e-3, steps=10, seed=0, eot_samples=8)
+    assert int(res.success.sum()) <= 12, int(res.success.sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(2, 6),
+    st.integers(3, 6),
+    st.booleans(),
+    st.floats(0.0, 3.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_a_decisive_break_is_a_break_of_the_mean_and_needs_no_margin_without_spread(k, c, targeted, z, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    log_probs = torch.randn(k, 5, c, generator=g, dtype=torch.float64).mul(3).log_softmax(2)
+    y = torch.randint(0, c, (5,), generator=g)
+    pred = expected_logits(list(log_probs)).argmax(1)
+    plain = pred == y if targeted else pred != y
+    assert not bool((decisive(log_probs, y, targeted, z) & ~plain).any())  # decisive implies the plain test
+    same = log_probs[:1].expand(k, -1, -1)  # K equal draws: no spread, so decisive is the plain test
+    pred1 = log_probs[0].argmax(1)
+    top2 = log_probs[0].exp().topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-9
+    plain1 = pred1 == y if targeted else pred1 != y
+    assert torch.equal(decisive(same, y, targeted, z)[clear], plain1[clear])
 
 
 def test_each_step_draws_k_forwards_and_seeding_torch_repeats_the_run() -> None:

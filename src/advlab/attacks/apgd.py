@@ -126,7 +126,7 @@ def apgd_run(
             logits, obj, grad = view.value_and_grad(x_adv, f)
         else:
             (logits, obj), grad = view.value(x_adv, f), torch.zeros_like(x_adv)
-        return obj, grad, _success(logits, lab.y, mode)
+        return obj, grad, view.success(logits, lab.y, mode == "targeted")
 
     x_cur = start.detach().clone()
     f_cur, grad, succ = evaluate(x_cur, labels, steps > 0)
