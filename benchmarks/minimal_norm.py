@@ -20,8 +20,10 @@ median time (the distances are those of the last run; every entry is determinist
 images (../shared/data/imagenet-30x5, or ``--imagenet DIR``; at most ``--n`` of them). With its 1,000 classes
 the untargeted FABs (advlab's, adv_lib's, torchattacks') are left out: their Jacobian is one backward per class,
 999 a step; FAB-T (9 targets) stays. ``--device cuda`` puts the model, the images and every library's attack
-on the GPU; the time column is then wall seconds between ``torch.cuda.synchronize()`` calls (after one warm-up
-forward and backward), on the CPU it is process time.
+on the GPU; the time column is then wall seconds between ``torch.cuda.synchronize()`` calls, on the CPU it is
+process time. Before its timed runs, each entry runs once untimed with ``--warmup-steps`` steps (default 2) on
+the same images, on every device: on a GPU the first call of a process otherwise bears the CUDA context, the
+kernels' loading and cuDNN's plans (the first entry of the earlier GPU tables took 2x its time).
 
 The ensemble's row is, by default, not a separate run: ``attacks.minimal`` is deterministic and returns per
 sample the smallest verified distance of its members (attacks.MINIMAL_MEMBERS, each run with the same
@@ -58,6 +60,8 @@ P = {"l0": 0.0, "l1": 1.0, "l2": 2.0, "linf": math.inf}
 # The untargeted FABs: one backward per class a step, left out for a model of more than MAX_JACOBIAN_CLASSES.
 JACOBIAN_FABS = ("advlab fab", "adv_lib fab", "torchattacks fab")
 MAX_JACOBIAN_CLASSES = 100
+# An entry: its attack run with the given number of steps (on the benchmark's model and images).
+Entry = Callable[[int], Tensor]
 # The row of each member of attacks.MINIMAL_MEMBERS (the same call as the ensemble makes).
 ENSEMBLE_ROWS = {
     "fmn": "advlab fmn", "fmn_large_step": "advlab fmn a1000", "ddn": "advlab ddn", "fab_t": "advlab fab_t",
@@ -73,11 +77,9 @@ def measured(model: torch.nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: 
     return torch.where(adversarial, size, torch.full_like(size, math.inf))
 
 
-def peer_entries(
-    model: torch.nn.Module, x: Tensor, y: Tensor, norm: str, steps: int, num_classes: int
-) -> list[tuple[str, Callable]]:
+def peer_entries(model: torch.nn.Module, x: Tensor, y: Tensor, norm: str, num_classes: int) -> list[tuple[str, Entry]]:
     """Foolbox's and torchattacks' minimal-norm attacks of ``norm``, where installed (on ``x``'s device)."""
-    out: list[tuple[str, Callable[[], Tensor]]] = []
+    out: list[tuple[str, Entry]] = []
     try:
         import foolbox as fb
     except ImportError:
@@ -90,11 +92,11 @@ def peer_entries(
         def run_fb(attack: object) -> Tensor:
             return attack(fmodel, x, y, epsilons=None)[1]  # type: ignore[operator]
 
-        out.append(("foolbox fmn", lambda: run_fb(fmn(steps=steps))))
+        out.append(("foolbox fmn", lambda steps: run_fb(fmn(steps=steps))))
         if norm == "l2":
-            out.append(("foolbox ddn", lambda: run_fb(fb.attacks.DDNAttack(steps=steps))))
+            out.append(("foolbox ddn", lambda steps: run_fb(fb.attacks.DDNAttack(steps=steps))))
         if norm == "l1":
-            out.append(("foolbox ead", lambda: run_fb(fb.attacks.EADAttack(steps=steps, binary_search_steps=9))))
+            out.append(("foolbox ead", lambda steps: run_fb(fb.attacks.EADAttack(steps=steps, binary_search_steps=9))))
     try:
         import torchattacks
     except ImportError:
@@ -102,8 +104,12 @@ def peer_entries(
     if torchattacks is not None and norm in ("l2", "linf"):  # its FAB's perturb() fails on "L1" (3.5.1)
         ta_norm = {"l2": "L2", "linf": "Linf"}[norm]
         big = {"l2": 1e3, "linf": 1.0}[norm]  # a budget no attack needs: minimal-norm FAB
-        fab = torchattacks.FAB(model, norm=ta_norm, eps=big, steps=steps, n_restarts=1, n_classes=num_classes)
-        out.append(("torchattacks fab", lambda: fab(x, y)))
+
+        def run_ta(steps: int) -> Tensor:
+            fab = torchattacks.FAB(model, norm=ta_norm, eps=big, steps=steps, n_restarts=1, n_classes=num_classes)
+            return fab(x, y)
+
+        out.append(("torchattacks fab", run_ta))
     return out
 
 
@@ -137,6 +143,7 @@ def main() -> None:
     parser.add_argument("--imagenet", default=str(IMAGENET_30X5), help="the ImageNet folder of efficientnet_lite0")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--warmup-steps", type=int, default=2, help="steps of each entry's untimed warm-up run")
     parser.add_argument("--norms", default="l0,l1,l2,linf")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--entries", default="", help="comma-separated words; keep entries whose name has one")
@@ -152,40 +159,37 @@ def main() -> None:
     device = torch.device(args.device)
     wl = workload(args)
     model, x, y = wl.model.to(device), wl.x.to(device), wl.y.to(device)
-    steps = args.steps
-    model(x[:8].clone().requires_grad_(True)).sum().backward()  # warm-up (CUDA context, cuDNN) outside timings
-    model.zero_grad(set_to_none=True)
 
-    entries: dict[str, list[tuple[str, Callable[[], Tensor]]]] = {}
+    entries: dict[str, list[tuple[str, Entry]]] = {}
     for norm in args.norms.split(","):
         entries[norm] = [
-            ("advlab fmn", lambda norm=norm: attacks.fmn(model, x, y, norm=norm, steps=steps)),
-            ("adv_lib fmn", lambda norm=norm: adv_lib_fmn(model, x, y, norm=P[norm], steps=steps)),
+            ("advlab fmn", lambda s, norm=norm: attacks.fmn(model, x, y, norm=norm, steps=s)),
+            ("adv_lib fmn", lambda s, norm=norm: adv_lib_fmn(model, x, y, norm=P[norm], steps=s)),
         ]
         if norm == "l0":
             entries[norm] += [
-                ("advlab fmn a1000", lambda: attacks.fmn(model, x, y, norm="l0", steps=steps, alpha_init=1000.0,
+                ("advlab fmn a1000", lambda s: attacks.fmn(model, x, y, norm="l0", steps=s, alpha_init=1000.0,
                                                          gamma_init=0.7)),
-                ("advlab fmn a1", lambda: attacks.fmn(model, x, y, norm="l0", steps=steps, alpha_init=1.0,
+                ("advlab fmn a1", lambda s: attacks.fmn(model, x, y, norm="l0", steps=s, alpha_init=1.0,
                                                       gamma_init=0.05)),
             ]  # fmt: skip
         if norm != "l0":
             entries[norm] += [
-                ("advlab fab", lambda norm=norm: attacks.fab(model, x, y, norm=norm, steps=steps)),
-                ("adv_lib fab", lambda norm=norm: adv_lib_fab(model, x, y, norm=P[norm], n_iter=steps)),
+                ("advlab fab", lambda s, norm=norm: attacks.fab(model, x, y, norm=norm, steps=s)),
+                ("adv_lib fab", lambda s, norm=norm: adv_lib_fab(model, x, y, norm=P[norm], n_iter=s)),
             ]
         if norm == "l2":
             entries[norm] += [
-                ("advlab ddn", lambda: attacks.ddn(model, x, y, steps=steps)),
-                ("adv_lib ddn", lambda: adv_lib_ddn(model, x, y, steps=steps, levels=None)),
+                ("advlab ddn", lambda s: attacks.ddn(model, x, y, steps=s)),
+                ("adv_lib ddn", lambda s: adv_lib_ddn(model, x, y, steps=s, levels=None)),
             ]
         if norm != "l0":
-            entries[norm].append(("advlab fab_t", lambda norm=norm: attacks.fab_t(model, x, y, norm=norm, steps=steps)))
+            entries[norm].append(("advlab fab_t", lambda s, norm=norm: attacks.fab_t(model, x, y, norm=norm, steps=s)))
         if args.run_ensemble:
             entries[norm].append(
-                ("advlab minimal", lambda norm=norm: attacks.minimal(model, x, y, norm=norm, steps=steps))
+                ("advlab minimal", lambda s, norm=norm: attacks.minimal(model, x, y, norm=norm, steps=s))
             )
-        entries[norm] += peer_entries(model, x, y, norm, steps, wl.num_classes)
+        entries[norm] += peer_entries(model, x, y, norm, wl.num_classes)
     if wl.num_classes > MAX_JACOBIAN_CLASSES:
         print(f"({wl.num_classes} classes: {', '.join(JACOBIAN_FABS)} left out)", file=sys.stderr)
         entries = {k: [e for e in v if e[0] not in JACOBIAN_FABS] for k, v in entries.items()}
@@ -197,14 +201,16 @@ def main() -> None:
         entries = {k: [e for e in v if wanted(e[0])] for k, v in entries.items()}
 
     clock = "wall s" if device.type == "cuda" else "cpu s"
-    print(f"{wl.name}: {len(x)} correctly classified images, {steps} steps, {args.threads} thread(s), {device}")
+    print(f"{wl.name}: {len(x)} correctly classified images, {args.steps} steps, {args.threads} thread(s), {device}")
     print(f"{'norm':5} {'attack':16} {'success':>8} {'median':>9} {'optimality':>10} {clock:>7}")
     for norm, runs in entries.items():
         distances, times = {}, {}
         samples: dict[str, list[float]] = {name: [] for name, _ in runs}
+        for _name, run in runs:  # warm-up (CUDA context, kernels, cuDNN plans, allocator) outside the timings
+            run(args.warmup_steps)
         for r in range(args.repeats):  # rounds in alternating order (load drifts), the median time of each
             for name, run in runs if r % 2 == 0 else runs[::-1]:
-                x_adv, seconds = timed(run, device)
+                x_adv, seconds = timed(lambda run=run: run(args.steps), device)
                 samples[name].append(seconds)
                 distances[name] = measured(model, x, y, x_adv.detach().to(device), norm)
                 print(f"  ({norm} {name}: {seconds:.1f} {clock})", file=sys.stderr, flush=True)
