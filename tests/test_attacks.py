@@ -487,12 +487,21 @@ def test_margin_loss_and_l2_pgd_break_the_model(digits_model) -> None:
 # ------------------------------------------------------------------------------------------------ bad input
 
 
+def _one_pixel(value: float) -> torch.Tensor:
+    """Valid images but for one pixel of the second (what a corrupted decode gives)."""
+    x = torch.rand(2, 1, 8, 8)
+    x[1, 0, 3, 5] = value
+    return x
+
+
 def _bad_inputs() -> list[tuple[str, dict, type[Exception], str]]:
     return [
         ("x above 1", {"x": torch.full((2, 1, 8, 8), 1.5)}, ValueError, "[0, 1]"),
         ("x below 0", {"x": torch.full((2, 1, 8, 8), -0.1)}, ValueError, "[0, 1]"),
         ("x NaN", {"x": torch.full((2, 1, 8, 8), float("nan"))}, ValueError, "NaN"),
         ("x inf", {"x": torch.full((2, 1, 8, 8), float("inf"))}, ValueError, "NaN or inf"),
+        ("x one NaN", {"x": _one_pixel(float("nan"))}, ValueError, "NaN or inf"),
+        ("x one -inf", {"x": _one_pixel(-float("inf"))}, ValueError, "NaN or inf"),
         ("x int", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.uint8)}, TypeError, "float32 or float64"),
         ("x half", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.float16)}, TypeError, "autocast"),
         ("x double", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.float64)}, TypeError, "x.to(torch.float32)"),
