@@ -3,9 +3,11 @@
 #
 # Runs, from the repository root, within about 9 minutes:
 #   - the CUDA tests (tests/test_cuda.py and the attacks' CUDA smoke test) on the GPU;
-#   - GPU timings and results, one step after the other on CPU cores 0-3: benchmarks/minimal_norm.py (FMN and
-#     DDN against adv_lib's on the Fashion-MNIST models; EfficientNet-Lite0 in Linf and L2) and
-#     benchmarks/adaptive.py (EfficientNet-Lite0 with the suites; the command comes in ADAPTIVE_EFFNET);
+#   - GPU timings, one step after the other on CPU cores 0-3 (benchmarks/minimal_norm.py: FMN and DDN against
+#     adv_lib's on the Fashion-MNIST models; compare_peers.py --device cuda), then GPU results four at once, one
+#     core each: the CUDA tests and cross-machine runs, benchmarks/adaptive.py (EfficientNet-Lite0 with the
+#     suites; the command comes in ADAPTIVE_EFFNET), minimal_norm.py on EfficientNet-Lite0 in Linf and L2, and
+#     suite_vs_autoattack.py on 1,000 Fashion-MNIST images;
 #   - at the same time, benchmarks/compare_peers.py --quick on the CPU, one single-threaded process per
 #     (model, attack) pinned to its own core (4-15), for this advlab and, beside it, the advlab of the commit
 #     before the architecture change (.dev/old): the peers and the floor of each row share one process, so
@@ -102,30 +104,57 @@ stamp "10 CPU lanes started on cores 4-13"
 cpu_rows+=($!)
 
 DEADLINE=${DEADLINE:-555}  # seconds after the start by which every GPU step has ended (the call's limit is 600)
-gpu() {  # gpu SECONDS NAME COMMAND...: one GPU step on cores 0-3, at most SECONDS and never past DEADLINE
-    local limit=$1 name=$2 left=$((DEADLINE - (SECONDS - T0)))
-    shift 2
+gpu() {  # gpu SECONDS CORES NAME COMMAND...: one GPU step on CORES, at most SECONDS and never past DEADLINE
+    local limit=$1 cores=$2 name=$3 left=$((DEADLINE - (SECONDS - T0)))
+    shift 3
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 10 ]; then stamp "$name: skipped (no time left)"; return; fi
     stamp "$name (at most $limit s)"
-    OMP_NUM_THREADS=4 timeout "$limit" taskset -c 0-3 "$@" >"$R/$name.log" 2>&1
+    local threads=1
+    case $cores in *-*) threads=$((${cores#*-} - ${cores%-*} + 1)) ;; esac
+    OMP_NUM_THREADS=$threads timeout "$limit" taskset -c "$cores" "$@" >"$R/$name.log" 2>&1
     stamp "$name: exit $? ($(tail -1 "$R/$name.log"))"
 }
-# In the order of what matters most, each step on its own (GPU timings are not shared with another GPU job).
-gpu 100 cuda_tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_attacks.py::test_runs_on_cuda"
-gpu 30 verify_cpu_run_on_cuda python3 -m advlab verify .dev/runs/cpu_effnet --device cuda --data ../shared/data/imagenet-30x5
-gpu 40 cuda_run python3 -m advlab eval --model efficientnet_lite0 --data ../shared/data/imagenet-30x5 --sample 8 \
-    --batch-size 8 --suite fast --eps 4/255 --save-adversarial --device cuda --out "$R/cuda_effnet" --quiet
+# Phase 1, the GPU timings, each step alone on the GPU (a timing shares it with nothing).
 for model in fmnist_cnn_standard fmnist_cnn_pgd; do  # FMN and DDN against adv_lib's: launch-bound on a small CNN
-    gpu 50 "minimal_time_$model" python3 benchmarks/minimal_norm.py --device cuda --model $model --n 1000 \
+    gpu 50 0-3 "minimal_time_$model" python3 benchmarks/minimal_norm.py --device cuda --model $model --n 1000 \
         --steps 100 --norms l0,l1,l2,linf --threads 4 --repeats 3 \
         --entries "=advlab fmn,=adv_lib fmn,=advlab ddn,=adv_lib ddn"
 done
-gpu 150 adaptive_effnet "${ADAPTIVE_EFFNET[@]}"
-gpu 120 minimal_effnet_linf python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
-    --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms linf --threads 4
-gpu 120 minimal_effnet_l2 python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
-    --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms l2 --threads 4
+gpu 90 0-3 peers_cuda python3 benchmarks/compare_peers.py --quick --device cuda --models imagenet --batch 128 \
+    --strength-images 128 --repeats 3 --long-repeats 2 --attacks fgsm pgd_l2 apgd_ce --out "$R/peers_cuda"
+# Phase 2, results whose times are not the point, four at once (one core each): the CUDA tests and the runs
+# verified across machines; the adaptive suites; minimal-norm attacks on EfficientNet-Lite0; the strong suite
+# against AutoAttack on 1,000 Fashion-MNIST images (robust accuracy is the device's; the CPU run took 45 minutes).
+{
+    gpu 150 0 cuda_tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_attacks.py::test_runs_on_cuda"
+    gpu 30 0 verify_cpu_run_on_cuda python3 -m advlab verify .dev/runs/cpu_effnet --device cuda --data ../shared/data/imagenet-30x5
+    gpu 40 0 cuda_run python3 -m advlab eval --model efficientnet_lite0 --data ../shared/data/imagenet-30x5 --sample 8 \
+        --batch-size 8 --suite fast --eps 4/255 --save-adversarial --device cuda --out "$R/cuda_effnet" --quiet
+} &
+phase2=($!)
+gpu 400 1 adaptive_effnet "${ADAPTIVE_EFFNET[@]}" &
+phase2+=($!)
+{
+    gpu 200 2 minimal_effnet_linf python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
+        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms linf --threads 1
+    gpu 200 2 minimal_effnet_l2 python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
+        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms l2 --threads 1
+} &
+phase2+=($!)
+gpu 400 3 suite_vs_autoattack python3 benchmarks/suite_vs_autoattack.py --device cuda --models fmnist_cnn_pgd,fmnist_cnn_standard \
+    --fmnist-n 1000 --threads 1 --out "$R/suite_vs_autoattack.json" &
+phase2+=($!)
+wait "${phase2[@]}"
 stamp "waiting for the CPU rows"
-wait "${cpu_rows[@]}"  # not a bare `wait`: it would also wait for the tee of the log, which never ends
+# Not a bare `wait`: it would also wait for the tee of the log, which never ends. Rows still running at
+# CPU_DEADLINE are stopped (their logs say how far they got), so the results come back within the call's limit.
+CPU_DEADLINE=${CPU_DEADLINE:-585}
+while [ $((SECONDS - T0)) -lt "$CPU_DEADLINE" ]; do
+    running=0
+    for pid in "${cpu_rows[@]}"; do kill -0 "$pid" 2>/dev/null && running=1; done
+    [ $running = 0 ] && break
+    sleep 2
+done
+for pid in "${cpu_rows[@]}"; do kill -0 "$pid" 2>/dev/null && { stamp "stopping CPU lane $pid"; pkill -P "$pid"; kill "$pid"; }; done
 stamp "done"

@@ -11,6 +11,8 @@ eps 0.1) and the default ImageNet model (``efficientnet_lite0``; a spread of ima
 of the shipped files (for development before they exist).
 
     nice -n 10 .venv/bin/python benchmarks/suite_vs_autoattack.py --threads 2 --out /tmp/suite_vs_aa.json
+
+``--device cuda`` runs both on a GPU (robust accuracies are the device's; times are wall times there).
 """
 
 from __future__ import annotations
@@ -69,18 +71,25 @@ def batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_advlab(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch: int, queries: int) -> dict[str, Any]:
+    sync(x.device)
     start, cpu = time.perf_counter(), time.process_time()
     parts = [
         run_suite(model, x[s], y[s], eps, "linf", seed=torch.arange(s.start, s.stop), square_queries=queries)
         for s in batches(x.shape[0], batch)
     ]
+    sync(x.device)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     from advlab.evaluate.suite import SuiteResult
 
     res = SuiteResult.concat(parts)
     return {
-        "robust": res.robust,
+        "robust": res.robust.cpu(),
         "clean_accuracy": res.clean_accuracy,
         "robust_accuracy": res.robust_accuracy,
         "seconds": seconds,
@@ -93,13 +102,15 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch: in
     from pyautoattack import AutoAttack
 
     logging.getLogger("auto-attack").setLevel(logging.ERROR)
-    adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device="cpu", seed=0)
+    adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=str(x.device), seed=0)
+    sync(x.device)
     start, cpu = time.perf_counter(), time.process_time()
     _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch)
+    sync(x.device)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
-    robust = y_adv == y
+    robust = (y_adv == y).cpu()
     return {
         "robust": robust,
         "clean_accuracy": clean,
@@ -165,6 +176,7 @@ def main() -> None:
     parser.add_argument("--fmnist-weights", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu (default) or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,10 +185,12 @@ def main() -> None:
         if name.startswith("fmnist"):
             model = fmnist_model(name, args.fmnist_weights)
             x, y = fmnist_data(args.fmnist_n)
+            model, x, y = model.to(args.device), x.to(args.device), y.to(args.device)
             rows.append(compare(name, model, x, y, args.fmnist_eps, args.batch, args.square_queries))
         else:
             model = imagenet_model()
             x, y = imagenet_data(model, args.imagenet_n)
+            model, x, y = model.to(args.device), x.to(args.device), y.to(args.device)
             rows.append(compare(name, model, x, y, args.imagenet_eps, args.batch, args.square_queries))
     print(table(rows))
     if args.out:
