@@ -8,6 +8,7 @@ import torch
 from advlab import attacks
 from advlab.attacks.fab import hyperplane_box_step, nearest_boundary
 from advlab.attacks.norms import get_norm
+from advlab.attacks.objectives import margin, rounding_slack
 from tests.conftest import Linear
 from tests.test_fmn import linear_problem
 
@@ -103,6 +104,30 @@ def test_fab_points_are_in_the_box_and_success_agrees_with_the_model(norm: str, 
         assert int(res.success.sum()) > 8
         assert torch.equal(res.x_adv[~res.success], x[~res.success])
         assert bool(torch.isinf(res.extras["distance"][~res.success]).all())
+
+
+@pytest.mark.parametrize("norm", ["l1", "linf", "l2"])
+def test_every_returned_fab_point_is_past_the_boundary_by_the_slack_on_fresh_forward_passes(norm: str, digits_model):
+    """FAB counts a point once the top-1 changes (the paper's rule), so its best points lie just past the
+    boundary; settle must leave each returned point past it by the rounding slack on any fresh forward pass: the
+    batch of all returned points, each point alone, and the batch reversed (another float rounding)."""
+    model, x, y = digits_model
+    x, y = x[:24], y[:24]
+    runs = [
+        (attacks.fab(model, x, y, norm=norm, steps=20, return_info=True), y, False),
+        (attacks.fab(model, x, (y + 3) % 10, norm=norm, steps=20, targeted=True, return_info=True), (y + 3) % 10, True),
+        (attacks.fab_t(model, x, y, norm=norm, steps=10, n_target_classes=2, return_info=True), y, False),
+    ]
+    for res, labels, targeted in runs:
+        ok = res.success
+        assert int(ok.sum()) >= 12
+        with torch.no_grad():
+            alone = torch.cat([model(p[None]) for p in res.x_adv])
+            passes = [model(res.x_adv), alone, model(res.x_adv.flip(0)).flip(0)]
+        for z in passes:
+            past = (-margin(z, labels) if targeted else margin(z, labels)) - rounding_slack(z)
+            assert bool((past[ok] > 0).all()), past[ok].min()
+        torch.testing.assert_close(res.extras["distance"][ok], (res.x_adv - x)[ok].flatten(1).norm(p=P[norm], dim=1))
 
 
 @pytest.mark.parametrize(
