@@ -48,48 +48,19 @@ cp -r .dev/data/imagenet-30x5 ../shared/data/
 } >"$R/env.txt" 2>&1
 stamp "set up: $(tail -2 "$R/env.txt" | tr '\n' ' ')"
 
-# CPU rows of compare_peers --quick, in the background, one single-threaded process per core (4-15). Each row
-# runs twice at the same time on two neighbouring cores: the old advlab (OLD, the commit before the
-# architecture change, carried as .dev/old) and this one, each against the same fastest peers, so "prepared at
-# least as fast as before" compares two programs measured side by side. Rows are paired on a lane (a core) so
-# that a long row shares its lane with short ones.
-OLD=.dev/old
-ln -sfn "$PWD/../shared" "$OLD/../shared" 2>/dev/null || true  # the old _peers looks for ../shared beside its tree
+# CPU rows of compare_peers --quick, in the background, one single-threaded process per core (4-13): each row
+# runs twice at the same time on two neighbouring cores, for the advlab of the commit before the architecture
+# change (.dev/old) and this one (benchmarks/compare_versions.sh), rows paired so that a long row shares its
+# cores with short ones.
 mkdir -p "$R/cpu"
-libs() {  # the peers each row is timed against (the fastest ones of the last full table)
-    case $1 in
-    fgsm) echo "torchattacks ART" ;;
-    cw_l2) echo "adv_lib" ;;
-    *) echo "adv_lib torchattacks" ;;
-    esac
-}
-row() {  # row CORE VERSION MODEL ATTACK: one compare_peers row on one core
-    local core=$1 version=$2 model=$3 attack=$4 repeats="--repeats 5 --long-repeats 3"
-    [ "$model" = imagenet ] && [ "$attack" = cw_l2 ] && repeats="--repeats 5 --long-repeats 1"
-    if [ "$version" = old ]; then
-        PYTHONPATH=$OLD/src:$OLD:/tmp/site OMP_NUM_THREADS=1 timeout 540 taskset -c "$core" python3 \
-            $OLD/benchmarks/compare_peers.py --quick --threads 1 --models "$model" --attacks "$attack" $repeats \
-            --libraries advlab $(libs "$attack") --out "$R/cpu/old-$model-$attack" >"$R/cpu/old-$model-$attack.log" 2>&1
-    else
-        OMP_NUM_THREADS=1 timeout 540 taskset -c "$core" python3 benchmarks/compare_peers.py --quick --threads 1 \
-            --models "$model" --attacks "$attack" $repeats --libraries advlab advlab-prepared $(libs "$attack") \
-            --out "$R/cpu/new-$model-$attack" >"$R/cpu/new-$model-$attack.log" 2>&1
-    fi
-}
-lane() {  # lane CORE VERSION "MODEL ATTACK" ...: rows one after the other on one core
-    local core=$1 version=$2
-    shift 2
-    for r in "$@"; do row "$core" "$version" $r; done
-}
 cpu_rows=()
 core=4
-for rows in "imagenet cw_l2|fmnist_cnn_pgd fgsm" "fmnist_cnn_pgd cw_l2|imagenet fgsm" \
-    "imagenet apgd_ce|fmnist_cnn_pgd bim|fmnist_cnn_pgd apgd_ce" "imagenet bim|fmnist_cnn_pgd pgd" \
-    "imagenet pgd|fmnist_cnn_pgd pgd_l2|imagenet pgd_l2"; do
-    IFS='|' read -r -a list <<<"$rows"
-    lane $core old "${list[@]}" &
-    cpu_rows+=($!)
-    lane $((core + 1)) new "${list[@]}" &
+for rows in "imagenet:cw_l2 fmnist_cnn_pgd:fgsm" "fmnist_cnn_pgd:cw_l2 imagenet:fgsm" \
+    "imagenet:apgd_ce fmnist_cnn_pgd:bim fmnist_cnn_pgd:apgd_ce" "imagenet:bim fmnist_cnn_pgd:pgd" \
+    "imagenet:pgd fmnist_cnn_pgd:pgd_l2 imagenet:pgd_l2"; do
+    # shellcheck disable=SC2086  # one word per row
+    CORES="$core $((core + 1))" PY=python3 timeout 560 bash benchmarks/compare_versions.sh .dev/old "$R/cpu" $rows \
+        >"$R/cpu/lane-$core.log" 2>&1 &
     cpu_rows+=($!)
     core=$((core + 2))
 done
