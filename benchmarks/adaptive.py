@@ -192,7 +192,7 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=None, help="Linf eps (default 0.1; 4/255 with --imagenet)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--alpha", type=float, default=None, help="PGD step (default 0.01; 1/255 with --imagenet)")
-    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu (default) or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--out", default=None, metavar="FILE", help="also append the JSON rows to FILE")
     parser.add_argument("--eot", type=int, default=10, help="EOT draws per step for the random defences")
     parser.add_argument("--subset", type=int, default=20, help="take every N-th test image (20: 500 images)")
@@ -209,6 +209,10 @@ def main() -> None:
         "--judge-draws", type=int, default=32, help="--suite: forwards whose mean softmax judges a random defence"
     )
     args = parser.parse_args()
+    try:
+        args.device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: expected cpu, cuda or cuda:N, got {args.device!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the random defences draw from torch's global generator

@@ -128,5 +128,10 @@ while [ $((SECONDS - T0)) -lt "$CPU_DEADLINE" ]; do
     [ $running = 0 ] && break
     sleep 2
 done
-for pid in "${cpu_rows[@]}"; do kill -0 "$pid" 2>/dev/null && { stamp "stopping CPU lane $pid"; pkill -P "$pid"; kill "$pid"; }; done
+# A lane's pid is its `timeout` (which passes TERM on to its command) or, for the cores 14-15 group, a subshell
+# whose children are `timeout`s: TERM to the pid and to its children reaches every row's timeout either way.
+for pid in "${cpu_rows[@]}"; do
+    kill -0 "$pid" 2>/dev/null && { stamp "stopping CPU lane $pid"; kill "$pid"; pkill -P "$pid"; }
+done
+sleep 3  # the stopped rows' processes end before their results are packed
 stamp "done"

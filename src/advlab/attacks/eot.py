@@ -16,13 +16,15 @@ An attack with ``eot_samples=K`` sees the model through :class:`Expected`:
   deviation and z = ``CONFIDENCE_Z``. Why: APGD tests success at every iterate and keeps (and, with
   ``stop_on_success``, stops at) the first point the test passes, so a plain test on a K-draw estimate picks the
   iterate whose draws happened to fall wrong: the optimizer's curse (Smith & Winkler 2006, "The Optimizer's Curse:
-  Skepticism and Postdecision Surprise in Decision Analysis"). On random resize-and-pad around
-  fmnist_cnn_standard (docs/benchmarks.md, adaptive.py) APGD-CE at K = 7 stopped on 8 of 10 samples at points whose
-  exact expected prediction (all 14 draws of that defence) was still right with p(y) 0.5-0.8; the attack then
-  reported a break that an independent judgement (the suite's, on other draws) did not confirm, and its steps were
-  lost. With the margin it keeps ascending until the break is resolved, as the expectation in Athalye et al.'s EOT
-  is meant: a break of the expected prediction, which Tramer et al. 2020 ("On Adaptive Attacks to Adversarial
-  Example Defenses") ask an adaptive attack to target, not of K samples of it.
+  Skepticism and Postdecision Surprise in Decision Analysis"), a break that an independent judgement does not
+  confirm, and the attack's remaining steps lost. With the margin it keeps ascending until the break is resolved,
+  as the expectation in Athalye et al.'s EOT is meant: a break of the expected prediction, which Tramer et al.
+  2020 ("On Adaptive Attacks to Adversarial Example Defenses") ask an adaptive attack to target, not of K samples
+  of it. What the margin does not do: s is estimated from the K draws, so one test is a one-sided t-test with
+  K - 1 degrees of freedom (a false break where there is none: about 7 % of tests at K = 4, 4 % at K = 10, not
+  the normal tail's 2 %), and APGD tests every iterate, so over a long run the chance of one false stop grows
+  with the steps. It shrinks the curse, it does not remove it (docs/evaluate.md); confirming a claimed break on
+  fresh draws would.
 
 With K = 1 nothing is averaged: the logits, objective and gradient are exactly those of the single forward pass,
 so ``eot_samples=1`` is today's attack, bit for bit.
@@ -52,7 +54,7 @@ from torch import Tensor, nn
 from .checks import first_logits
 
 Score = Callable[[Tensor], Tensor]  # logits -> per-sample values
-CONFIDENCE_Z = 2.0  # one-sided z of the success test on K > 1 draws (module docstring): a ~2% false break per test
+CONFIDENCE_Z = 2.0  # the success test's threshold on K > 1 draws, in standard errors (module docstring)
 
 
 def decisive(log_probs: Tensor, y: Tensor, targeted: bool = False, z: float = CONFIDENCE_Z) -> Tensor:

@@ -1,6 +1,7 @@
 """The adaptive suite: the gradient-masking checks first, then the fix each warning calls for, and the naive and
 adaptive numbers side by side (issue 18; Athalye, Carlini & Wagner 2018, "Obfuscated Gradients Give a False Sense
 of Security"; Tramer, Carlini, Brendel & Madry 2020, "On Adaptive Attacks to Adversarial Example Defenses").
+One file past 400 lines: the plan (checks -> K, BPDA paths), the suite it runs and the probe are read together.
 
 :func:`plan_adaptive` looks at the model on the run's first batch, once per run:
 
@@ -24,12 +25,10 @@ On a random model two rules keep the suite's number an adaptive attacker's (Atha
 4.2, EOT: break the *expected* prediction; Tramer et al. 2020: judge the attack on the defended model's own
 decision). (1) APGD's own success test asks for a break the K draws resolve (:func:`advlab.attacks.eot.decisive`:
 the mean prediction wrong by more than z = 2 standard errors of the K-draw estimate), not one the draws made by
-chance: the plain test, applied at each of APGD's iterates, stopped the attack at the first iterate whose K draws
-fell wrong (the optimizer's curse), a break the suite's judgement on other draws then refuted, and the sample
-survived every stage untouched. Random resize-and-pad around fmnist_cnn_standard kept 5-6% under the suite
-against the undefended model's 1% (200 images), while the same suite on that defence's exact expectation (all 14
-of its draws on a 28 x 28 image, a deterministic model) left 1.5%; with the resolved test the suite leaves 3%
-(docs/benchmarks.md, adaptive.py). (2) The stages judge what they stop attacking by the caller's rule (``judge``,
+chance: the plain test, applied at each of APGD's iterates, stops the attack at the first iterate whose K draws
+fell wrong (the optimizer's curse), a break the suite's judgement on other draws then refutes, and the sample
+survives every stage untouched (docs/benchmarks.md, adaptive.py, measures both on random resize-and-pad).
+(2) The stages judge what they stop attacking by the caller's rule (``judge``,
 the engine's :class:`~advlab.evaluate.engine.Judge`), so a sample the suite counts broken is one the records
 count broken.
 """
