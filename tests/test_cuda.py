@@ -161,15 +161,20 @@ def test_mixed_precision_training_on_cuda_learns() -> None:
     check_training_learns("cuda", amp=True)
 
 
+# cuBLAS reads its workspace setting once per process, when CUDA first runs a GEMM: set here, at import, before
+# any check runs (inside deterministic() it came too late for every check after the first CUDA one; review 5, F9).
+# torch.use_deterministic_algorithms requires it for reproducible cuBLAS results (PyTorch's reproducibility notes).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 @contextlib.contextmanager
 def deterministic() -> Iterator[None]:
-    """``torch.use_deterministic_algorithms`` for the block, restored after, with the cuBLAS workspace setting it
-    requires (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, PyTorch's reproducibility notes). ``warn_only``: an op with no
-    deterministic CUDA kernel warns rather than raising; the checks' models use none (MaxPool2d's backward is
-    not on PyTorch's list, and its windows here do not overlap, so each input gets one gradient)."""
+    """``torch.use_deterministic_algorithms`` for the block, restored after (the cuBLAS workspace setting it needs
+    is made at import, above). ``warn_only``: an op with no deterministic CUDA kernel warns rather than raising;
+    the checks' models use none (MaxPool2d's backward is not on PyTorch's list, and its windows here do not
+    overlap, so each input gets one gradient)."""
     mode, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    cudnn, old = torch.backends.cudnn.deterministic, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    cudnn = torch.backends.cudnn.deterministic
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     try:
@@ -177,10 +182,6 @@ def deterministic() -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(mode, warn_only=warn)
         torch.backends.cudnn.deterministic = cudnn
-        if old is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = old
 
 
 def check_eot_is_reproducible(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str) -> None:
