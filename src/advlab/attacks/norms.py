@@ -191,8 +191,10 @@ class L1(Norm):
         lam = torch.zeros_like(eps)
         rows = (torch.minimum(mag, room).sum(dim=1) > eps).nonzero().view(-1)  # phi(0) > eps: lambda > 0
         if rows.numel() > 0:
-            points = torch.cat([mag[rows], (mag[rows] - room[rows]).clamp_min_(0)], dim=1)
-            sub_eps, k = eps[rows], self.projection_topk
+            every = rows.numel() == eps.numel()  # (often, once FMN's eps shrinks): no row copies
+            mag_rows, room_rows = (mag, room) if every else (mag[rows], room[rows])
+            points = torch.cat([mag_rows, (mag_rows - room_rows).clamp_min_(0)], dim=1)
+            sub_eps, k = (eps if every else eps[rows]), self.projection_topk
             sub_lam, found = l1_threshold(points, sub_eps, k)
             lower = (~found).nonzero().view(-1)
             while lower.numel() > 0:  # the crossing lies below the top-k breakpoints: 8 times as many
@@ -200,12 +202,13 @@ class L1(Norm):
                 lam_lower, found = l1_threshold(points[lower], sub_eps[lower], k)
                 sub_lam[lower] = lam_lower
                 lower = lower[~found]
-            lam[rows] = sub_lam
-        u = torch.minimum((mag - lam[:, None]).clamp_min_(0), room).mul_(d.sign())
+            lam = sub_lam if every else lam.index_put_((rows,), sub_lam)
+        # |u_i| = min(max(|d_i| - lambda, 0), b_i), summed before the signs go on (the same sum as of |u|).
+        u_abs = torch.minimum(mag.sub_(lam[:, None]).clamp_min_(0), room)
         # The cumulative sums round: scale the few ulps of excess away (toward x, so the box still holds).
-        size = u.abs().sum(dim=1)
-        u.mul_(torch.where(size > eps, eps / size.clamp_min(1e-30), torch.ones_like(size))[:, None])
-        return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
+        size = u_abs.sum(dim=1)
+        scale = torch.where(size > eps, eps / size.clamp_min(1e-30), 1.0)[:, None]
+        return torch.mul(u_abs, d.sign_(), out=d).mul_(scale).view_as(x_adv).add_(x).clamp_(0, 1)
 
 
 def l1_threshold(points: Tensor, eps: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -278,7 +281,8 @@ class L0(Norm):
         x, k = ball.x, ball.eps.round().long()
         d = x_adv.sub_(x).view(x.shape[0], -1)
         u = (x.reshape(x.shape[0], -1) + d).clamp_(0, 1).sub_(x.reshape(x.shape[0], -1))
-        gain = u.abs() * (2 * d.abs() - u.abs())
+        u_abs = u.abs()
+        gain = u_abs * (2 * d.abs() - u_abs)
         # Each row's k-th largest gain, from the values of one top-k of the batch's largest k (a fraction of a
         # full sort; the values, unlike the indices of tied ones, do not depend on that k): every gain above
         # it is kept, and of those equal to it the first in index order, as many as the row has room for.
@@ -287,7 +291,7 @@ class L0(Norm):
         if k_max == 0:
             return d.zero_().view_as(x_adv).add_(x)
         kth = gain.topk(k_max, dim=1).values.gather(1, (k - 1).clamp_min(0)[:, None])
-        kth = torch.where(k[:, None] > 0, kth, torch.full_like(kth, float("inf")))  # k = 0: keep none
+        kth = torch.where(k[:, None] > 0, kth, float("inf"))  # k = 0: keep none
         keep = gain >= kth
         if bool((keep.sum(dim=1) > k).any()):  # more ties at the k-th gain than room: the first ones
             above = gain > kth
