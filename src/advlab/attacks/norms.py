@@ -181,28 +181,22 @@ class L1(Norm):
         ||u(lambda)||_1 is piecewise linear and non-increasing, with breakpoints |d_i| (coordinate i starts
         moving as lambda falls below it) and |d_i| - b_i (it reaches its box bound); lambda = 0 where phi(0) <=
         eps, else the lambda where phi crosses eps, found by :func:`l1_threshold` from the largest breakpoints
-        down (``projection_topk`` of them first, 8 times as many for the rows whose crossing lies lower, and so on).
+        down (``projection_topk`` of them first, all of them for the rows whose crossing lies lower).
         """
         x, eps = ball.x, ball.eps
         d = x_adv.sub_(x).view(x.shape[0], -1)
         xf = x.reshape(x.shape[0], -1)
         mag = d.abs()
         room = torch.where(d > 0, 1 - xf, xf)
-        lam = torch.zeros_like(eps)
-        rows = (torch.minimum(mag, room).sum(dim=1) > eps).nonzero().view(-1)  # phi(0) > eps: lambda > 0
-        if rows.numel() > 0:
-            every = rows.numel() == eps.numel()  # (often, once FMN's eps shrinks): no row copies
-            mag_rows, room_rows = (mag, room) if every else (mag[rows], room[rows])
-            points = torch.cat([mag_rows, (mag_rows - room_rows).clamp_min_(0)], dim=1)
-            sub_eps, k = (eps if every else eps[rows]), self.projection_topk
-            sub_lam, found = l1_threshold(points, sub_eps, k)
-            lower = (~found).nonzero().view(-1)
-            while lower.numel() > 0:  # the crossing lies below the top-k breakpoints: 8 times as many
-                k *= 8
-                lam_lower, found = l1_threshold(points[lower], sub_eps[lower], k)
-                sub_lam[lower] = lam_lower
-                lower = lower[~found]
-            lam = sub_lam if every else lam.index_put_((rows,), sub_lam)
+        outside = torch.minimum(mag, room).sum(dim=1) > eps  # phi(0) > eps: lambda > 0
+        # Every row at once (a row inside the ball gets lambda = 0 below): row copies and their scatter back
+        # cost more ops than the few rows they spare.
+        points = torch.cat([mag, (mag - room).clamp_min_(0)], dim=1)
+        lam, found = l1_threshold(points, eps, self.projection_topk)
+        lower = (outside & ~found).nonzero().view(-1)
+        if lower.numel() > 0:  # the crossing lies below the top-k breakpoints: all of them, for those rows
+            lam.index_put_((lower,), l1_threshold(points[lower], eps[lower], points.shape[1])[0])
+        lam = torch.where(outside, lam, 0.0)
         # |u_i| = min(max(|d_i| - lambda, 0), b_i), summed before the signs go on (the same sum as of |u|).
         u_abs = torch.minimum(mag.sub_(lam[:, None]).clamp_min_(0), room)
         # The cumulative sums round: scale the few ulps of excess away (toward x, so the box still holds).
