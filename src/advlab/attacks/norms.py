@@ -24,7 +24,7 @@ L1_STEP_FRACTION = 0.01
 
 # The L1 projection finds its multiplier from this many of the largest breakpoints of a row (a top-k, far
 # cheaper than sorting all 2n), and from all of them for the rows whose crossing lies lower (L1.project_).
-L1_PROJECTION_TOPK = 64
+L1_PROJECTION_TOPK = 128
 
 # Fixed-point iterations of the L2 projection onto ball ∩ box (L2.project_); each costs about four elementwise
 # passes over the batch, far below a forward pass.
@@ -291,8 +291,7 @@ class L0(Norm):
             above = gain > kth
             tied = keep & ~above
             keep = above | (tied & (tied.cumsum(dim=1) <= (k - above.sum(dim=1))[:, None]))
-        u.mul_(keep)
-        return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
+        return torch.add(u.mul_(keep), x.reshape(d.shape), out=d).view_as(x_adv).clamp_(0, 1)
 
 
 def check_count(eps: Tensor, name: str = "eps") -> None:
