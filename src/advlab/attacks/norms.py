@@ -243,8 +243,9 @@ class L0(Norm):
     name, p, dual_p = "l0", 0.0, math.nan
 
     def size(self, delta: Tensor) -> Tensor:
-        """The number of nonzero coordinates of delta per sample (in delta's dtype)."""
-        return (delta.flatten(1) != 0).sum(dim=1).to(delta.dtype)
+        """The number of nonzero coordinates of delta per sample (in delta's dtype), as the p = 0 "norm" (one
+        op, the same count as comparing, summing and converting)."""
+        return flat_norm(delta, 0.0)
 
     def dual_size(self, w: Tensor) -> Tensor:
         raise ValueError("the L0 'norm' is not a norm and has no dual norm")
