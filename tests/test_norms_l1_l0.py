@@ -89,7 +89,7 @@ def test_l1_projection_is_feasible_idempotent_and_nearest(seed: int, n: int, d: 
 def test_l1_projection_top_k_path_equals_the_full_sort(
     seed: int, n: int, d: int, eps: float, topk: int, grid: bool, dtype: torch.dtype
 ) -> None:
-    """The projection's multiplier from the k largest breakpoints (then 8k, 64k, ... for the rows whose crossing
+    """The projection's multiplier from the k largest breakpoints (then all of them for the rows whose crossing
     lies lower) is the one from all 2n of them, bit for bit, ties included (``grid`` puts the points on a
     coarse grid, where many breakpoints coincide)."""
     x, p = _sample(seed, n, d)

@@ -81,12 +81,12 @@ def fmn_result(
     def score(logits: Tensor, point: Tensor, obj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far;
         ``obj`` is the margin of ``logits`` (> 0 exactly when adversarial). Returns whether it is adversarial,
-        how far short of the slack it is, and its size (reused by the step: each op is a kernel on a GPU)."""
+        the slack and its size (reused by the step: each op is a kernel on a GPU)."""
         slack = rounding_slack(logits)
         adversarial = obj > slack
         size = geometry.size(point - x)
         best.update(point, adversarial, size)
-        return adversarial, slack - obj, size
+        return adversarial, slack, size
 
     with frozen(model):
         for i in range(steps):
@@ -98,7 +98,8 @@ def fmn_result(
             (grad,) = torch.autograd.grad(obj.sum(), x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach()
-                adversarial, short, size = score(logits, x_adv, obj.detach())
+                obj = obj.detach()
+                adversarial, slack, size = score(logits, x_adv, obj)
                 found |= adversarial
                 grad_l2 = flat_norm(grad, 2.0).clamp_min(1e-12)  # the step's norm, and L2's dual norm
                 if l0:
@@ -110,7 +111,7 @@ def fmn_result(
                     # Not adversarial yet: the linear estimate of the distance to the boundary (moved by the
                     # rounding slack, which success requires), |L| / ||grad L||_q past the current size.
                     dual = grad_l2 if geometry.dual_p == 2.0 else geometry.dual_size(grad).clamp_min(1e-12)
-                    to_boundary = short / dual
+                    to_boundary = (slack - obj) / dual
                     eps = torch.where(
                         adversarial,
                         torch.minimum(eps * (1 - gamma), best.size),

@@ -24,7 +24,7 @@ L1_STEP_FRACTION = 0.01
 
 # The L1 projection finds its multiplier from this many of the largest breakpoints of a row (a top-k, far
 # cheaper than sorting all 2n), and from all of them for the rows whose crossing lies lower (L1.project_).
-L1_PROJECTION_TOPK = 64
+L1_PROJECTION_TOPK = 128
 
 # Fixed-point iterations of the L2 projection onto ball ∩ box (L2.project_); each costs about four elementwise
 # passes over the batch, far below a forward pass.
@@ -181,31 +181,28 @@ class L1(Norm):
         ||u(lambda)||_1 is piecewise linear and non-increasing, with breakpoints |d_i| (coordinate i starts
         moving as lambda falls below it) and |d_i| - b_i (it reaches its box bound); lambda = 0 where phi(0) <=
         eps, else the lambda where phi crosses eps, found by :func:`l1_threshold` from the largest breakpoints
-        down (``projection_topk`` of them first, 8 times as many for the rows whose crossing lies lower, and so on).
+        down (``projection_topk`` of them first, all of them for the rows whose crossing lies lower).
         """
         x, eps = ball.x, ball.eps
         d = x_adv.sub_(x).view(x.shape[0], -1)
         xf = x.reshape(x.shape[0], -1)
         mag = d.abs()
         room = torch.where(d > 0, 1 - xf, xf)
-        lam = torch.zeros_like(eps)
-        rows = (torch.minimum(mag, room).sum(dim=1) > eps).nonzero().view(-1)  # phi(0) > eps: lambda > 0
-        if rows.numel() > 0:
-            points = torch.cat([mag[rows], (mag[rows] - room[rows]).clamp_min_(0)], dim=1)
-            sub_eps, k = eps[rows], self.projection_topk
-            sub_lam, found = l1_threshold(points, sub_eps, k)
-            lower = (~found).nonzero().view(-1)
-            while lower.numel() > 0:  # the crossing lies below the top-k breakpoints: 8 times as many
-                k *= 8
-                lam_lower, found = l1_threshold(points[lower], sub_eps[lower], k)
-                sub_lam[lower] = lam_lower
-                lower = lower[~found]
-            lam[rows] = sub_lam
-        u = torch.minimum((mag - lam[:, None]).clamp_min_(0), room).mul_(d.sign())
+        outside = torch.minimum(mag, room).sum(dim=1) > eps  # phi(0) > eps: lambda > 0
+        # Every row at once (a row inside the ball gets lambda = 0 below): row copies and their scatter back
+        # cost more ops than the few rows they spare.
+        points = torch.cat([mag, (mag - room).clamp_min_(0)], dim=1)
+        lam, found = l1_threshold(points, eps, self.projection_topk)
+        lower = (outside & ~found).nonzero().view(-1)
+        if lower.numel() > 0:  # the crossing lies below the top-k breakpoints: all of them, for those rows
+            lam.index_put_((lower,), l1_threshold(points[lower], eps[lower], points.shape[1])[0])
+        lam = torch.where(outside, lam, 0.0)
+        # |u_i| = min(max(|d_i| - lambda, 0), b_i), summed before the signs go on (the same sum as of |u|).
+        u_abs = torch.minimum(mag.sub_(lam[:, None]).clamp_min_(0), room)
         # The cumulative sums round: scale the few ulps of excess away (toward x, so the box still holds).
-        size = u.abs().sum(dim=1)
-        u.mul_(torch.where(size > eps, eps / size.clamp_min(1e-30), torch.ones_like(size))[:, None])
-        return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
+        size = u_abs.sum(dim=1)
+        scale = torch.where(size > eps, eps / size.clamp_min(1e-30), 1.0)[:, None]
+        return torch.mul(u_abs, d.sign_(), out=d).mul_(scale).view_as(x_adv).add_(x).clamp_(0, 1)
 
 
 def l1_threshold(points: Tensor, eps: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -246,8 +243,9 @@ class L0(Norm):
     name, p, dual_p = "l0", 0.0, math.nan
 
     def size(self, delta: Tensor) -> Tensor:
-        """The number of nonzero coordinates of delta per sample (in delta's dtype)."""
-        return (delta.flatten(1) != 0).sum(dim=1).to(delta.dtype)
+        """The number of nonzero coordinates of delta per sample (in delta's dtype), as the p = 0 "norm" (one
+        op, the same count as comparing, summing and converting)."""
+        return flat_norm(delta, 0.0)
 
     def dual_size(self, w: Tensor) -> Tensor:
         raise ValueError("the L0 'norm' is not a norm and has no dual norm")
@@ -278,7 +276,8 @@ class L0(Norm):
         x, k = ball.x, ball.eps.round().long()
         d = x_adv.sub_(x).view(x.shape[0], -1)
         u = (x.reshape(x.shape[0], -1) + d).clamp_(0, 1).sub_(x.reshape(x.shape[0], -1))
-        gain = u.abs() * (2 * d.abs() - u.abs())
+        u_abs = u.abs()
+        gain = u_abs * (2 * d.abs() - u_abs)
         # Each row's k-th largest gain, from the values of one top-k of the batch's largest k (a fraction of a
         # full sort; the values, unlike the indices of tied ones, do not depend on that k): every gain above
         # it is kept, and of those equal to it the first in index order, as many as the row has room for.
@@ -287,14 +286,13 @@ class L0(Norm):
         if k_max == 0:
             return d.zero_().view_as(x_adv).add_(x)
         kth = gain.topk(k_max, dim=1).values.gather(1, (k - 1).clamp_min(0)[:, None])
-        kth = torch.where(k[:, None] > 0, kth, torch.full_like(kth, float("inf")))  # k = 0: keep none
+        kth = torch.where(k[:, None] > 0, kth, float("inf"))  # k = 0: keep none
         keep = gain >= kth
         if bool((keep.sum(dim=1) > k).any()):  # more ties at the k-th gain than room: the first ones
             above = gain > kth
             tied = keep & ~above
             keep = above | (tied & (tied.cumsum(dim=1) <= (k - above.sum(dim=1))[:, None]))
-        u.mul_(keep)
-        return d.copy_(u).view_as(x_adv).add_(x).clamp_(0, 1)
+        return torch.add(u.mul_(keep), x.reshape(d.shape), out=d).view_as(x_adv).clamp_(0, 1)
 
 
 def check_count(eps: Tensor, name: str = "eps") -> None:
