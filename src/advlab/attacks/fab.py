@@ -15,7 +15,7 @@ from .state import SmallestPoint
 
 FAB_NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 # Where settle aims a point short of the rounding slack: this multiple of the slack past the boundary (a little
-# past it, so that one step usually clears it; 2 measured the same success with larger pushes).
+# past it, so that one step usually clears it without moving the point further than that).
 SETTLE_TARGET = 1.1
 # The floor of each projection's size in FAB's bias alpha, as in the authors' PyTorch code (AutoAttack's FAB):
 # an iterate exactly on its linearised boundary (f = 0, a tie of two logits) has a zero step of its own and
@@ -160,8 +160,8 @@ def settle(
     it takes FAB's own step once more, from itself: the smallest d in the norm, within the box, with
     <grad m, d> = SETTLE_TARGET s - m (:func:`hyperplane_box_step`), with a fresh forward and backward (of those
     rows only) before each, until a forward pass finds it past the slack (at most ``tries``). The step is of
-    order s / ||grad m||_q, about 1e-4 of the distance (docs/benchmarks.md: 1e-4 at the median on the robust
-    Fashion-MNIST model). A single step aimed further does not do: FAB-L1's step moves one pixel, whose gradient
+    order s / ||grad m||_q, a small fraction of the distance (docs/benchmarks.md, minimal_norm.py, measures it).
+    A single step aimed further does not do: FAB-L1's step moves one pixel, whose gradient
     often holds for a small move only (max-pooling), and moving out along the ray from x stalls at the box. A
     point still short after ``tries`` counts as not broken (x returned, distance inf), as does x itself where
     it was recorded (misclassified from the start) but the fresh margin is not positive.
