@@ -376,16 +376,6 @@ def test_naive_suite_beside_eot_is_judged_on_the_expected_prediction_not_one_dra
     the clean pass's rule (the expected prediction over the run's K), not by one noisy draw (which counted ~20
     points of 'broken' here before)."""
 
-    class Items:
-        def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-            self.x, self.y = x, y
-
-        def __len__(self) -> int:
-            return len(self.x)
-
-        def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-            return self.x[i], int(self.y[i]), i
-
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3)).eval()
     x = torch.rand(64, 3, 4, 4)
@@ -404,8 +394,6 @@ def test_naive_suite_beside_eot_is_judged_on_the_expected_prediction_not_one_dra
 def test_a_resumed_batch_of_a_random_model_is_judged_by_the_whole_runs_rule(tmp_path) -> None:
     """Review 2, F8: the prediction rule's K is the run's largest eot_samples. A batch resumed with only its K = 1
     attack left to run must still be judged over that K, or its records differ from the uninterrupted run's."""
-    from tests.test_evaluate import Items
-
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3)).eval()
     x = torch.rand(16, 3, 4, 4)

@@ -101,13 +101,17 @@ def test_eot_pgd_reaches_the_expected_margin_optimum() -> None:
     assert (res.x_adv - corner).abs().amax() <= eps / 4 + 1e-12
 
 
+class Coin(nn.Module):
+    """z = -1 + 4 n for n ~ N(0, 1), barely dependent on x: one draw in ~40% says class 1, the mean softmax
+    (E[sigmoid(-1 + 4 n)] ~ 0.41) never does, so no break of the expected prediction exists."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = -1 + 4 * torch.randn(x.shape[0], dtype=x.dtype) + 1e-3 * x.flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
 def test_success_is_judged_on_the_expected_prediction() -> None:
     """z = -1 + 4 n (the input barely matters): one draw in ~40% says class 1, the mean softmax never does."""
-
-    class Coin(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = -1 + 4 * torch.randn(x.shape[0], dtype=x.dtype) + 1e-3 * x.flatten(1).sum(1)
-            return torch.stack([torch.zeros_like(z), z], dim=1)
 
     x = torch.full((16, 1, 2, 2), 0.5, dtype=torch.float64)
     y = torch.zeros(16, dtype=torch.long)
@@ -123,11 +127,6 @@ def test_apgd_does_not_stop_at_a_break_its_draws_made_by_chance() -> None:
     E[sigmoid(-1 + 4 n)] ~ 0.41 everywhere in the ball and no break exists; 8 draws put the mean past 0.5 about
     one evaluation in four, so APGD, testing each of its 11 iterates, claimed every sample broken with the plain
     test on the mean of its draws (32 of 32 before the margin). The margin of K draws leaves few such claims."""
-
-    class Coin(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = -1 + 4 * torch.randn(x.shape[0], dtype=x.dtype) + 1e-3 * x.flatten(1).sum(1)
-            return torch.stack([torch.zeros_like(z), z], dim=1)
 
     x = torch.full((32, 1, 2, 2), 0.5, dtype=torch.float64)
     y = torch.zeros(32, dtype=torch.long)

@@ -55,11 +55,6 @@ def _objective(logits: Tensor, y: Tensor, target: Tensor | None, loss: str, mode
     return targeted_dlr_loss(logits, y, target)
 
 
-def _success(logits: Tensor, y: Tensor, mode: str) -> Tensor:
-    pred = logits.argmax(dim=1)
-    return pred == y if mode == "targeted" else pred != y
-
-
 # ------------------------------------------------------------------------------------------ checkpoints
 
 

@@ -15,10 +15,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .apgd import APGD_LOSSES, _objective, _success, check_classes
+from .apgd import APGD_LOSSES, _objective, check_classes
 from .checks import check_steps, first_logits, frozen, validate
 from .noise import Noise
 from .norms import Ball, batch_view
+from .objectives import is_success
 from .result import AttackResult
 from .state import BestPoint
 
@@ -68,7 +69,7 @@ def _run(
             logits = model(p)
             obj = _objective(logits, y, None, loss, mode)
             (grad,) = torch.autograd.grad(obj.sum(), p)
-        return obj.detach(), grad.detach(), _success(logits.detach(), y, mode)
+        return obj.detach(), grad.detach(), is_success(logits.detach(), y, mode == "targeted")
 
     x_adv = start.detach().clone()
     obj, grad, succ = evaluate(x_adv)

@@ -78,8 +78,12 @@ def expected_logits(draws: list[Tensor]) -> Tensor:
     """log of the mean softmax over the draws (K logits tensors (N, C)); the single draw itself when K = 1."""
     if len(draws) == 1:
         return draws[0]
-    log_probs = torch.stack([d.log_softmax(dim=1) for d in draws])
-    return torch.logsumexp(log_probs, dim=0) - math.log(len(draws))
+    return mean_of_log_probs(torch.stack([d.log_softmax(dim=1) for d in draws]))
+
+
+def mean_of_log_probs(log_probs: Tensor) -> Tensor:
+    """log of the mean softmax from the draws' log-softmax stacked (K, N, C)."""
+    return torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])
 
 
 class Expected:
@@ -108,9 +112,11 @@ class Expected:
             return self._mean([self._forward(x) for _ in range(self.samples)])
 
     def _mean(self, draws: list[Tensor]) -> Tensor:
-        if len(draws) > 1:
-            self._draws = torch.stack([d.detach().log_softmax(dim=1) for d in draws])
-        return expected_logits(draws)
+        """:func:`expected_logits` of the draws, keeping their log-softmax (K > 1) for :meth:`success`."""
+        if len(draws) == 1:
+            return draws[0]
+        self._draws = torch.stack([d.detach().log_softmax(dim=1) for d in draws])
+        return mean_of_log_probs(self._draws)
 
     def success(self, logits: Tensor, y: Tensor, targeted: bool = False) -> Tensor:
         """Whether the point of the last evaluation (``logits``: its expected logits) is a break: the argmax

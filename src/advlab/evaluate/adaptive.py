@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -249,7 +249,7 @@ def adaptive_suite(
     square_queries: int = 1000,
     seed: Any = None,
     return_info: bool = False,
-    judge: Any = None,
+    judge: Callable[[Tensor, Tensor | None], Tensor] | None = None,
 ) -> AttackResult:
     """The adaptive suite on one batch: APGD-CE (``steps``) and APGD-T (top-``n_target_classes`` targets,
     ``steps`` each) with EOT over ``eot_samples`` draws through the model with BPDA around the modules at ``bpda``
