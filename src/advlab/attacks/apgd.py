@@ -96,7 +96,9 @@ def apgd_run(
 
     Each iteration is one forward, one input-gradient backward and a few in-place updates: no host syncs. The
     only syncs are at the checkpoints, where the step-size rule is applied and, with ``stop_on_success``,
-    the samples already broken leave the batch, so that the cost falls as samples break. A sample's result does
+    the samples already broken leave the batch, so that the cost falls as samples break. With K > 1 draws a
+    break counts only once fresh draws confirm it (:meth:`~advlab.attacks.eot.Expected.confirm`), at the
+    checkpoints and at the end. A sample's result does
     not depend on when others leave: its own trajectory is the same whatever the batch holds, and it leaves at
     the same (fixed) checkpoint whatever the batch.
 
@@ -121,13 +123,23 @@ def apgd_run(
             logits, obj, grad = view.value_and_grad(x_adv, f)
         else:
             (logits, obj), grad = view.value(x_adv, f), torch.zeros_like(x_adv)
-        return obj, grad, view.success(logits, lab.y, mode == "targeted")
+        return obj, grad, view.success(logits, lab.y, targeted)
+
+    targeted = mode == "targeted"
+
+    def confirm(best: BestPoint, confirmed: Tensor, lab: PerSample) -> Tensor:
+        """With K > 1 draws, test the newly claimed breaks again on fresh draws (Expected.confirm): a claim they
+        do not resolve is withdrawn, so the sample stays in the batch. Returns the confirmed breaks."""
+        fresh = view.confirm(best.x, best.success & ~confirmed, lab.y, targeted)
+        best.success = fresh | (best.success & confirmed)
+        return best.success.clone()
 
     x_cur = start.detach().clone()
     f_cur, grad, succ = evaluate(x_cur, labels, steps > 0)
     trace[0] = f_cur
     best = BestPoint.start(x_cur)
     best.update(x_cur, f_cur, succ)
+    confirmed = torch.zeros_like(best.success)  # per sample: whether its best point's break is confirmed
     # Per-sample state of the samples still in the batch; ``idx`` maps them back to the run's batch.
     st = PerSample(
         idx=torch.arange(n, device=x.device),
@@ -164,7 +176,7 @@ def apgd_run(
             st.f_max = torch.where(improved, f_new, st.f_max)
             st.x_max = torch.where(batch_view(improved, x_new), x_new, st.x_max)
             st.grad_max = torch.where(batch_view(improved, grad), grad, st.grad_max)
-            best.update(x_new, f_new, succ)
+            confirmed &= ~best.update(x_new, f_new, succ)  # a new best point is not yet confirmed
 
         if k + 1 not in marks:
             continue
@@ -181,13 +193,18 @@ def apgd_run(
             st.reduced_last, st.f_max_last = reduce, st.f_max.clone()
             st.increases = torch.zeros_like(st.increases)
             last_mark = k + 1
+        if eot_samples > 1:
+            confirmed = confirm(best, confirmed, labels)
         if stop_on_success and k + 1 < steps:
             keep = ~best.success
             if not bool(keep.all()):  # the one host sync, at a checkpoint
                 best_all.put(st.idx[~keep], best.take(~keep))
                 st, best, ball, labels = st.take(keep), best.take(keep), ball.take(keep), labels.take(keep)
+                confirmed = confirmed[keep]
                 if st.idx.numel() == 0:
                     break
+    if eot_samples > 1:
+        confirm(best, confirmed, labels)
     best_all.put(st.idx, best)
     return best_all, trace
 

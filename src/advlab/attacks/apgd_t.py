@@ -50,7 +50,9 @@ def apgd_t_result(
         order = logits.argsort(dim=1, descending=True)
         best = BestPoint.start(x)
         # Samples misclassified from the start are done (x itself); the others keep -inf until a run scores them.
-        best.update(x, torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device), view.success(logits, y))
+        # With K > 1 draws a clean "misclassification" is confirmed on fresh draws first (Expected.confirm).
+        clean_break = view.confirm(x, view.success(logits, y), y)
+        best.update(x, torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device), clean_break)
         target_rank = torch.where(best.success, 0, -1)
         for rank in range(1, n_target_classes + 1):
             for _ in range(restarts):

@@ -22,9 +22,12 @@ An attack with ``eot_samples=K`` sees the model through :class:`Expected`:
   2020 ("On Adaptive Attacks to Adversarial Example Defenses") ask an adaptive attack to target, not of K samples
   of it. What the margin does not do: s is estimated from the K draws, so one test is a one-sided t-test with
   K - 1 degrees of freedom (a false break where there is none: about 7 % of tests at K = 4, 4 % at K = 10, not
-  the normal tail's 2 %), and APGD tests every iterate, so over a long run the chance of one false stop grows
-  with the steps. It shrinks the curse, it does not remove it (docs/evaluate.md); confirming a claimed break on
-  fresh draws would.
+  the normal tail's 2 %), and APGD tests every iterate, so over a long run the chance of one false claim grows
+  with the steps. So APGD also confirms a claim before it acts on it (:meth:`Expected.confirm`): at each
+  checkpoint, where it stops broken samples, it tests each newly claimed best point again on K fresh draws, which
+  did not take part in choosing it, and a claim they do not resolve is withdrawn (the point stays the sample's
+  best, unbroken, and the attack goes on). A false stop then needs a false claim and an independent false
+  confirmation of the same point (docs/evaluate.md).
 
 With K = 1 nothing is averaged: the logits, objective and gradient are exactly those of the single forward pass,
 so ``eot_samples=1`` is today's attack, bit for bit.
@@ -126,6 +129,25 @@ class Expected:
             pred = logits.argmax(dim=1)
             return pred == y if targeted else pred != y
         return decisive(self._draws, y, targeted)
+
+    def confirm(self, x: Tensor, claimed: Tensor, y: Tensor, targeted: bool = False) -> Tensor:
+        """``claimed`` (bool (N,), breaks claimed at the points ``x``) with each claim tested again on K fresh
+        draws at its point (:func:`decisive`): the claims those draws do not resolve are withdrawn. The claims
+        were chosen by the draws that made them (the module docstring's optimizer's curse); fresh draws are an
+        independent test of the point chosen. Runs the model on the claimed rows only, K times, without a
+        gradient; one host sync. With K = 1 there is nothing to average and ``claimed`` is returned as it is.
+        """
+        if self.samples == 1:
+            return claimed
+        index = claimed.nonzero().view(-1)
+        if index.numel() == 0:
+            return claimed
+        with torch.no_grad():
+            sub = x[index]
+            draws = torch.stack([self._forward(sub).log_softmax(dim=1) for _ in range(self.samples)])
+        out = claimed.clone()
+        out[index] = decisive(draws, y[index], targeted)
+        return out
 
     def value_and_grad(self, x: Tensor, objective: Score) -> tuple[Tensor, Tensor, Tensor]:
         """(expected logits, objective at them, EOT gradient) at ``x``, all detached.

@@ -24,8 +24,9 @@ sample. :func:`evaluate_adaptive` is the Python entry point, ``advlab eval --sui
 On a random model two rules keep the suite's number an adaptive attacker's (Athalye, Carlini & Wagner 2018, sec.
 4.2, EOT: break the *expected* prediction; Tramer et al. 2020: judge the attack on the defended model's own
 decision). (1) APGD's own success test asks for a break the K draws resolve (:func:`advlab.attacks.eot.decisive`:
-the mean prediction wrong by more than z = 2 standard errors of the K-draw estimate), not one the draws made by
-chance: the plain test, applied at each of APGD's iterates, stops the attack at the first iterate whose K draws
+the mean prediction wrong by more than z = 2 standard errors of the K-draw estimate, and confirmed on K fresh
+draws: :meth:`advlab.attacks.eot.Expected.confirm`), not one the draws made by chance: the plain test, applied
+at each of APGD's iterates, stops the attack at the first iterate whose K draws
 fell wrong (the optimizer's curse), a break the suite's judgement on other draws then refutes, and the sample
 survives every stage untouched (docs/benchmarks.md, adaptive.py, measures both on random resize-and-pad).
 (2) The stages judge what they stop attacking by the caller's rule (``judge``,

@@ -80,8 +80,9 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "mifgsm": 1,
     "deepfool": 1,
     "cw_l2": 2,  # 2: the gradient through tanh and the distance term written out (rounding differs)
-    "apgd": 2,  # 2: with eot_samples K > 1 a break must be resolved by the K draws (attacks.eot.decisive)
-    "apgd_t": 2,  # 2: likewise
+    "apgd": 3,  # 2: with eot_samples K > 1 a break must be resolved by the K draws (attacks.eot.decisive);
+    # 3: and confirmed on K fresh draws before it counts (attacks.eot.Expected.confirm)
+    "apgd_t": 3,  # 2, 3: likewise
     "apgd_l1": 2,  # 2: the L1 projection's multiplier summed from the largest breakpoints (rounding differs)
     "square": 1,
     "fmn": 3,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05). 3: L1 projection summed from the
