@@ -114,6 +114,7 @@ def apgd_run(
     labels = PerSample(y=y) if target is None else PerSample(y=y, target=target)
 
     view = Expected(model, eot_samples, y_max)
+    targeted = mode == "targeted"
 
     def evaluate(x_adv: Tensor, lab: PerSample, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
         def f(logits: Tensor) -> Tensor:
@@ -125,9 +126,7 @@ def apgd_run(
             (logits, obj), grad = view.value(x_adv, f), torch.zeros_like(x_adv)
         return obj, grad, view.success(logits, lab.y, targeted)
 
-    targeted = mode == "targeted"
-
-    def confirm(best: BestPoint, confirmed: Tensor, lab: PerSample) -> Tensor:
+    def confirm_claims(best: BestPoint, confirmed: Tensor, lab: PerSample) -> Tensor:
         """With K > 1 draws, test the newly claimed breaks again on fresh draws (Expected.confirm): a claim they
         do not resolve is withdrawn, so the sample stays in the batch. Returns the confirmed breaks."""
         fresh = view.confirm(best.x, best.success & ~confirmed, lab.y, targeted)
@@ -176,7 +175,10 @@ def apgd_run(
             st.f_max = torch.where(improved, f_new, st.f_max)
             st.x_max = torch.where(batch_view(improved, x_new), x_new, st.x_max)
             st.grad_max = torch.where(batch_view(improved, grad), grad, st.grad_max)
-            confirmed &= ~best.update(x_new, f_new, succ)  # a new best point is not yet confirmed
+            # A confirmed break is final (its objective -inf here, so no later iterate replaces it: one that
+            # looked better would be an unconfirmed claim); a new best point is not yet confirmed.
+            f_best = f_new if eot_samples == 1 else torch.where(confirmed, float("-inf"), f_new)
+            confirmed &= ~best.update(x_new, f_best, succ)
 
         if k + 1 not in marks:
             continue
@@ -194,7 +196,7 @@ def apgd_run(
             st.increases = torch.zeros_like(st.increases)
             last_mark = k + 1
         if eot_samples > 1:
-            confirmed = confirm(best, confirmed, labels)
+            confirmed = confirm_claims(best, confirmed, labels)
         if stop_on_success and k + 1 < steps:
             keep = ~best.success
             if not bool(keep.all()):  # the one host sync, at a checkpoint
@@ -204,7 +206,7 @@ def apgd_run(
                 if st.idx.numel() == 0:
                     break
     if eot_samples > 1:
-        confirm(best, confirmed, labels)
+        confirm_claims(best, confirmed, labels)
     best_all.put(st.idx, best)
     return best_all, trace
 

@@ -47,7 +47,9 @@ def apgd_t_result(
         classes = logits.shape[1]
         check_classes(classes, loss, "toward")
         n_target_classes = min(n_target_classes, classes - 1)  # AutoAttack's 9 on a model of fewer classes
-        order = logits.argsort(dim=1, descending=True)
+        # The targets: the other classes by the clean expected prediction, y left out (a sample whose clean
+        # "misclassification" was not confirmed would otherwise be aimed at y itself).
+        order = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
         best = BestPoint.start(x)
         # Samples misclassified from the start are done (x itself); the others keep -inf until a run scores them.
         # With K > 1 draws a clean "misclassification" is confirmed on fresh draws first (Expected.confirm).
@@ -62,7 +64,7 @@ def apgd_t_result(
                 sub = ball.take(index)
                 start = sub.random_start(noise.take(index)) if random_start else sub.x
                 run, _ = apgd_run(
-                    model, sub, y[index], order[index, rank], start, steps, loss, "toward", rho, inp.y_max, True,
+                    model, sub, y[index], order[index, rank - 1], start, steps, loss, "toward", rho, inp.y_max, True,
                     eot_samples,
                 )
                 best.merge(run, index)

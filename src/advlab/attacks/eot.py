@@ -24,10 +24,11 @@ An attack with ``eot_samples=K`` sees the model through :class:`Expected`:
   K - 1 degrees of freedom (a false break where there is none: about 7 % of tests at K = 4, 4 % at K = 10, not
   the normal tail's 2 %), and APGD tests every iterate, so over a long run the chance of one false claim grows
   with the steps. So APGD also confirms a claim before it acts on it (:meth:`Expected.confirm`): at each
-  checkpoint, where it stops broken samples, it tests each newly claimed best point again on K fresh draws, which
-  did not take part in choosing it, and a claim they do not resolve is withdrawn (the point stays the sample's
-  best, unbroken, and the attack goes on). A false stop then needs a false claim and an independent false
-  confirmation of the same point (docs/evaluate.md).
+  checkpoint, where it stops broken samples, and at the end of a run, it tests each newly claimed best point
+  again on fresh draws, which took no part in choosing it (K to choose the rival class, K to test), and a claim
+  they do not resolve is withdrawn (the point stays the sample's best, unbroken, and the attack goes on). A
+  false stop then needs a false claim and an independent false confirmation of the same point; it is rarer, not
+  impossible, and every checkpoint, restart and APGD-T target is another chance (docs/evaluate.md).
 
 With K = 1 nothing is averaged: the logits, objective and gradient are exactly those of the single forward pass,
 so ``eot_samples=1`` is today's attack, bit for bit.
@@ -60,17 +61,27 @@ Score = Callable[[Tensor], Tensor]  # logits -> per-sample values
 CONFIDENCE_Z = 2.0  # the success test's threshold on K > 1 draws, in standard errors (module docstring)
 
 
-def decisive(log_probs: Tensor, y: Tensor, targeted: bool = False, z: float = CONFIDENCE_Z) -> Tensor:
+def strongest_other(probs: Tensor, y: Tensor) -> Tensor:
+    """Per sample, the class other than ``y`` of highest mean probability over the draws (``probs`` (K, N, C))."""
+    rows = torch.arange(probs.shape[1], device=probs.device)
+    return probs.mean(0).index_put((rows, y), torch.tensor(-1.0, dtype=probs.dtype, device=probs.device)).argmax(1)
+
+
+def decisive(
+    log_probs: Tensor, y: Tensor, targeted: bool = False, z: float = CONFIDENCE_Z, rival: Tensor | None = None
+) -> Tensor:
     """Per sample, whether K draws (``log_probs`` (K, N, C), log-softmax per draw) resolve a break of the mean
     prediction: d-bar > z s / sqrt(K) for d_k = p_k(rival) - p_k(y) (``targeted``: p_k(y) - p_k(rival), y the
-    target), the rival the strongest other class of the mean softmax, s the draws' standard deviation of d_k.
-    d-bar > 0 alone is the plain test on the mean prediction; the margin is that estimate's noise (module
-    docstring)."""
+    target), s the draws' standard deviation of d_k. The rival is the strongest other class of these draws' mean
+    softmax unless given (:meth:`Expected.confirm` chooses it on other draws: a rival chosen by the draws that
+    test it is the largest of C - 1 noisy means, and the test is then not at its level). d-bar > 0 with the
+    rival of the same draws is the plain test on the mean prediction; the margin is that estimate's noise
+    (module docstring)."""
     probs = log_probs.exp()
     k, n = probs.shape[0], probs.shape[1]
     rows = torch.arange(n, device=probs.device)
-    others = probs.mean(0).index_put((rows, y), torch.tensor(-1.0, dtype=probs.dtype, device=probs.device))
-    rival = others.argmax(dim=1)
+    if rival is None:
+        rival = strongest_other(probs, y)
     d = probs[:, rows, rival] - probs[:, rows, y]
     if targeted:
         d = -d
@@ -131,22 +142,26 @@ class Expected:
         return decisive(self._draws, y, targeted)
 
     def confirm(self, x: Tensor, claimed: Tensor, y: Tensor, targeted: bool = False) -> Tensor:
-        """``claimed`` (bool (N,), breaks claimed at the points ``x``) with each claim tested again on K fresh
-        draws at its point (:func:`decisive`): the claims those draws do not resolve are withdrawn. The claims
-        were chosen by the draws that made them (the module docstring's optimizer's curse); fresh draws are an
-        independent test of the point chosen. Runs the model on the claimed rows only, K times, without a
-        gradient; one host sync. With K = 1 there is nothing to average and ``claimed`` is returned as it is.
+        """``claimed`` (bool (N,), breaks claimed at the points ``x``) with each claim tested again on fresh
+        draws at its point: the claims those draws do not resolve are withdrawn. The claims were chosen by the
+        draws that made them (the module docstring's optimizer's curse); fresh draws test the point chosen
+        independently. K draws choose the rival class (the strongest other class of their mean) and K more
+        test it (:func:`decisive` with that rival), so that neither the point nor the rival is chosen by the
+        draws that judge it. Runs the model on the claimed rows only, 2K times, without a gradient; one host
+        sync. With K = 1 there is nothing to average and ``claimed`` is returned as it is.
         """
         if self.samples == 1:
             return claimed
         index = claimed.nonzero().view(-1)
         if index.numel() == 0:
             return claimed
+        labels = y[index]
         with torch.no_grad():
             sub = x[index]
-            draws = torch.stack([self._forward(sub).log_softmax(dim=1) for _ in range(self.samples)])
+            pick = torch.stack([self._forward(sub).softmax(dim=1) for _ in range(self.samples)])
+            test = torch.stack([self._forward(sub).log_softmax(dim=1) for _ in range(self.samples)])
         out = claimed.clone()
-        out[index] = decisive(draws, y[index], targeted)
+        out[index] = decisive(test, labels, targeted, rival=strongest_other(pick, labels))
         return out
 
     def value_and_grad(self, x: Tensor, objective: Score) -> tuple[Tensor, Tensor, Tensor]:
