@@ -3,7 +3,8 @@
 A sample counts as robust only if it is classified correctly on the clean image and after every attack of
 the suite; the suite reports, per sample, which attack broke it, and per attack, how long it took. This is
 the protocol of AutoAttack (Croce & Hein 2020, sec. 4): a robustness number is the per-sample worst case
-over a diverse set of parameter-free attacks, one of them gradient-free.
+over a diverse set of parameter-free attacks, one of them gradient-free. (One file past 400 lines: the suites, the
+stage loop that attacks only the samples still standing, and the per-stage records are read together.)
 
 Suites (``SUITES``):
 

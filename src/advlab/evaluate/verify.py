@@ -1,7 +1,8 @@
 """``advlab verify RUN_DIR``: every saved adversarial example checked with forward passes only.
 
-No attack code runs. For a run made with ``--save-adversarial`` (:mod:`advlab.evaluate.saved`) and the
-model and data it names, :func:`verify_run` checks:
+No attack code runs. (One file past 400 lines: the checks of one saved run, read in the order they run.)
+For a run made with ``--save-adversarial`` (:mod:`advlab.evaluate.saved`) and the model and data it names,
+:func:`verify_run` checks:
 
 - the model is the run's (sha256 of its weights, :func:`~advlab.evaluate.run.model_digest`), and the data
   has the run's size and, per sample, the label the records hold;
