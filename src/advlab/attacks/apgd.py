@@ -126,10 +126,16 @@ def apgd_run(
             (logits, obj), grad = view.value(x_adv, f), torch.zeros_like(x_adv)
         return obj, grad, view.success(logits, lab.y, targeted)
 
-    def confirm_claims(best: BestPoint, confirmed: Tensor, lab: PerSample) -> Tensor:
+    def confirm_claims(best: BestPoint, confirmed: Tensor, lab: PerSample, st: PerSample) -> Tensor:
         """With K > 1 draws, test the newly claimed breaks again on fresh draws (Expected.confirm): a claim they
-        do not resolve is withdrawn, so the sample stays in the batch. Returns the confirmed breaks."""
-        fresh = view.confirm(best.x, best.success & ~confirmed, lab.y, targeted)
+        do not resolve is withdrawn, so the sample stays in the batch, and its best point becomes the run's best
+        iterate where that scored higher (while the claim stood, success outranked any objective, so a better
+        unbroken iterate could not replace it). Returns the confirmed breaks."""
+        claimed = best.success & ~confirmed
+        fresh = view.confirm(best.x, claimed, lab.y, targeted)
+        back = claimed & ~fresh & (st.f_max > best.objective)
+        best.x = torch.where(batch_view(back, best.x), st.x_max, best.x)
+        best.objective = torch.where(back, st.f_max, best.objective)
         best.success = fresh | (best.success & confirmed)
         return best.success.clone()
 
@@ -175,10 +181,9 @@ def apgd_run(
             st.f_max = torch.where(improved, f_new, st.f_max)
             st.x_max = torch.where(batch_view(improved, x_new), x_new, st.x_max)
             st.grad_max = torch.where(batch_view(improved, grad), grad, st.grad_max)
-            # A confirmed break is final (its objective -inf here, so no later iterate replaces it: one that
-            # looked better would be an unconfirmed claim); a new best point is not yet confirmed.
-            f_best = f_new if eot_samples == 1 else torch.where(confirmed, float("-inf"), f_new)
-            confirmed &= ~best.update(x_new, f_best, succ)
+            # A confirmed break is final: its objective -inf here, so no later iterate replaces it (one that
+            # looked better would be an unconfirmed claim).
+            best.update(x_new, f_new if eot_samples == 1 else torch.where(confirmed, float("-inf"), f_new), succ)
 
         if k + 1 not in marks:
             continue
@@ -196,7 +201,7 @@ def apgd_run(
             st.increases = torch.zeros_like(st.increases)
             last_mark = k + 1
         if eot_samples > 1:
-            confirmed = confirm_claims(best, confirmed, labels)
+            confirmed = confirm_claims(best, confirmed, labels, st)
         if stop_on_success and k + 1 < steps:
             keep = ~best.success
             if not bool(keep.all()):  # the one host sync, at a checkpoint
@@ -206,7 +211,7 @@ def apgd_run(
                 if st.idx.numel() == 0:
                     break
     if eot_samples > 1:
-        confirm_claims(best, confirmed, labels)
+        confirm_claims(best, confirmed, labels, st)
     best_all.put(st.idx, best)
     return best_all, trace
 
@@ -338,7 +343,9 @@ def apgd(
 
     ``eot_samples=K`` runs APGD on the model's expectation (EOT, Athalye et al. 2018): each gradient is the mean
     of K draws of the model's randomness, and the losses behind the step-size rule, the success test and the
-    best point read the mean softmax of the same K draws (:mod:`advlab.attacks.eot`). 1 is the plain attack.
+    best point read the mean softmax of the same K draws (:mod:`advlab.attacks.eot`), and a break counts only
+    where the K draws resolve it and fresh draws confirm it (:meth:`~advlab.attacks.eot.Expected.confirm`). 1 is
+    the plain attack.
     """
     result = apgd_result(
         model, x, y, eps, norm=norm, steps=steps, loss=loss, targeted=targeted, restarts=restarts, rho=rho,

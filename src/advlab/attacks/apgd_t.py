@@ -92,8 +92,9 @@ def apgd_t(
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """APGD-T, the targeted APGD of AutoAttack (Croce & Hein 2020, sec. 4): an untargeted attack that runs APGD
-    on the targeted DLR loss (eq. (6)) towards each of the ``n_target_classes`` classes ranked 2nd, 3rd, ...
-    by the model's clean logits, in that order, each run only on the samples not yet misclassified
+    on the targeted DLR loss (eq. (6)) towards each of the ``n_target_classes`` classes other than y ranked
+    highest by the model's clean logits (the 2nd, 3rd, ... of a correctly classified sample), in that order,
+    each run only on the samples not yet misclassified
     (``n_target_classes`` is capped at classes - 1, so AutoAttack's default of 9 also suits a 5-class model).
 
     ``y`` holds the true classes; success means any misclassification. Cost: up to
@@ -104,7 +105,8 @@ def apgd_t(
     Returns x_adv, or with ``return_info=True`` an :class:`AttackResult` whose ``loss`` is the untargeted DLR
     at x_adv and whose ``extras["target_rank"]`` (N,) gives the rank of the target class that broke each
     sample (0 if it was misclassified from the start, -1 if never broken). ``eot_samples`` as in
-    :func:`apgd`; the target classes are then ranked by the clean expected prediction.
+    :func:`apgd`; the target classes are then ranked by the clean expected prediction, and a clean
+    misclassification counts only once fresh draws confirm it (:meth:`~advlab.attacks.eot.Expected.confirm`).
     """
     result = apgd_t_result(
         model, x, y, eps, norm=norm, steps=steps, n_target_classes=n_target_classes, loss=loss,

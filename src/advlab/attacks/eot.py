@@ -26,7 +26,8 @@ An attack with ``eot_samples=K`` sees the model through :class:`Expected`:
   with the steps. So APGD also confirms a claim before it acts on it (:meth:`Expected.confirm`): at each
   checkpoint, where it stops broken samples, and at the end of a run, it tests each newly claimed best point
   again on fresh draws, which took no part in choosing it (K to choose the rival class, K to test), and a claim
-  they do not resolve is withdrawn (the point stays the sample's best, unbroken, and the attack goes on). A
+  they do not resolve is withdrawn (the sample's best point is then its best unbroken iterate, and the attack
+  goes on; a confirmed break is final). A
   false stop then needs a false claim and an independent false confirmation of the same point; it is rarer, not
   impossible, and every checkpoint, restart and APGD-T target is another chance (docs/evaluate.md).
 

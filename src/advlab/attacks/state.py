@@ -58,15 +58,13 @@ class BestPoint(PerSample):
         )
 
     @torch.no_grad()
-    def update(self, x: Tensor, objective: Tensor, success: Tensor) -> Tensor:
-        """Keep ``x`` where it is better; returns where it was kept. NaN objectives compare False, so a point
-        with a NaN loss is never kept."""
+    def update(self, x: Tensor, objective: Tensor, success: Tensor) -> None:
+        """Keep ``x`` where it is better. NaN objectives compare False, so a point with a NaN loss is never kept."""
         better = (success & ~self.success) | ((success == self.success) & (objective > self.objective))
         # In place: the best point is this state's own tensor (start, take), so no batch-sized copy per iteration.
         torch.where(batch_view(better, x), x, self.x, out=self.x)
         self.objective = torch.where(better, objective, self.objective)
         self.success = self.success | (better & success)
-        return better
 
     def standing(self) -> Tensor:
         """The indices of the samples not yet broken: what a restart attacks (AutoAttack's rule)."""
