@@ -115,10 +115,9 @@ def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: 
 
     Accuracy of a random defence is judged on its expected prediction (the mean softmax over ``--judge-draws``
     forwards: the smoothed classifier's prediction; the engine's Judge, common random numbers), of a deterministic
-    one on one forward. The adaptive suite's
-    number is its own (it ends with Square on the model as given, so it covers the naive attacks' ground); with
-    ``--naive-suite`` the naive ``strong`` suite runs too and the adaptive number counts a sample robust only if
-    both suites left it.
+    one on one forward. The adaptive suite's number is its own (it ends with Square on the model as given, so it
+    covers the naive attacks' ground); with ``--naive-suite`` the naive ``strong`` suite runs too and the adaptive
+    number counts a sample robust only if both suites left it.
     """
     from advlab.evaluate.adaptive import adaptive_suite, plan_adaptive
     from advlab.evaluate.suite import run_suite

@@ -98,9 +98,8 @@ def apgd_run(
     only syncs are at the checkpoints, where the step-size rule is applied and, with ``stop_on_success``,
     the samples already broken leave the batch, so that the cost falls as samples break. With K > 1 draws a
     break counts only once fresh draws confirm it (:meth:`~advlab.attacks.eot.Expected.confirm`), at the
-    checkpoints and at the end. A sample's result does
-    not depend on when others leave: its own trajectory is the same whatever the batch holds, and it leaves at
-    the same (fixed) checkpoint whatever the batch.
+    checkpoints and at the end. A sample's result does not depend on when others leave: its own trajectory is
+    the same whatever the batch holds, and it leaves at the same (fixed) checkpoint whatever the batch.
 
     The trace (steps + 1, N) holds the objective of every iterate; NaN once a sample has left. With
     ``eot_samples=K`` every gradient is the mean of K draws and every objective, success test and step-size
@@ -137,7 +136,7 @@ def apgd_run(
         best.x = torch.where(batch_view(back, best.x), st.x_max, best.x)
         best.objective = torch.where(back, st.f_max, best.objective)
         best.success = fresh | (best.success & confirmed)
-        return best.success.clone()
+        return best.success  # never changed in place (BestPoint.update assigns a new tensor)
 
     x_cur = start.detach().clone()
     f_cur, grad, succ = evaluate(x_cur, labels, steps > 0)

@@ -27,9 +27,9 @@ An attack with ``eot_samples=K`` sees the model through :class:`Expected`:
   checkpoint, where it stops broken samples, and at the end of a run, it tests each newly claimed best point
   again on fresh draws, which took no part in choosing it (K to choose the rival class, K to test), and a claim
   they do not resolve is withdrawn (the sample's best point is then its best unbroken iterate, and the attack
-  goes on; a confirmed break is final). A
-  false stop then needs a false claim and an independent false confirmation of the same point; it is rarer, not
-  impossible, and every checkpoint, restart and APGD-T target is another chance (docs/evaluate.md).
+  goes on; a confirmed break is final). A false stop then needs a false claim and an independent false
+  confirmation of the same point; it is rarer, not impossible, and every checkpoint, restart and APGD-T target is
+  another chance (docs/evaluate.md).
 
 With K = 1 nothing is averaged: the logits, objective and gradient are exactly those of the single forward pass,
 so ``eot_samples=1`` is today's attack, bit for bit.
@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import first_logits
+from .objectives import is_success
 
 Score = Callable[[Tensor], Tensor]  # logits -> per-sample values
 CONFIDENCE_Z = 2.0  # the success test's threshold on K > 1 draws, in standard errors (module docstring)
@@ -138,8 +139,7 @@ class Expected:
         test with K = 1 (left y, or reached the target y); with K > 1 :func:`decisive` on that evaluation's
         draws (module docstring)."""
         if self.samples == 1 or self._draws is None:
-            pred = logits.argmax(dim=1)
-            return pred == y if targeted else pred != y
+            return is_success(logits, y, targeted)
         return decisive(self._draws, y, targeted)
 
     def confirm(self, x: Tensor, claimed: Tensor, y: Tensor, targeted: bool = False) -> Tensor:

@@ -26,12 +26,11 @@ On a random model two rules keep the suite's number an adaptive attacker's (Atha
 decision). (1) APGD's own success test asks for a break the K draws resolve (:func:`advlab.attacks.eot.decisive`:
 the mean prediction wrong by more than z = 2 standard errors of the K-draw estimate, and confirmed on K fresh
 draws: :meth:`advlab.attacks.eot.Expected.confirm`), not one the draws made by chance: the plain test, applied
-at each of APGD's iterates, stops the attack at the first iterate whose K draws
-fell wrong (the optimizer's curse), a break the suite's judgement on other draws then refutes, and the sample
-survives every stage untouched (docs/benchmarks.md, adaptive.py, measures both on random resize-and-pad).
-(2) The stages judge what they stop attacking by the caller's rule (``judge``,
-the engine's :class:`~advlab.evaluate.engine.Judge`), so a sample the suite counts broken is one the records
-count broken.
+at each of APGD's iterates, stops the attack at the first iterate whose K draws fell wrong (the optimizer's
+curse), a break the suite's judgement on other draws then refutes, and the sample survives every stage untouched
+(docs/benchmarks.md, adaptive.py, measures both on random resize-and-pad). (2) The stages judge what they stop
+attacking by the caller's rule (``judge``, the engine's :class:`~advlab.evaluate.engine.Judge`), so a sample the
+suite counts broken is one the records count broken.
 """
 
 from __future__ import annotations
