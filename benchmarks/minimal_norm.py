@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import resource
 import statistics
 import sys
 import time
@@ -123,17 +124,21 @@ def workload(args: argparse.Namespace) -> Workload:
     return wl
 
 
-def timed(run: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float]:
-    """``run()`` and its time: process seconds on the CPU, wall seconds between synchronisations on a GPU."""
+def timed(run: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float, float]:
+    """``run()``, its time and the kernel's share of it: process seconds (user + system) on the CPU, wall
+    seconds between synchronisations on a GPU (share 0). On the CPU the system share is mostly page faults of
+    fresh allocations, which glibc's malloc makes depend on its own history (docs/benchmarks.md)."""
     if device.type != "cuda":
-        start = time.process_time()
+        start, start_sys = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
         out = run()
-        return out, time.process_time() - start
+        total = time.process_time() - start
+        system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - start_sys
+        return out, total, system / max(total, 1e-9)
     torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start_s = time.perf_counter()
     out = run()
     torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start_s, 0.0
 
 
 def main() -> None:
@@ -210,10 +215,11 @@ def main() -> None:
             run(args.warmup_steps)
         for r in range(args.repeats):  # rounds in alternating order (load drifts), the median time of each
             for name, run in runs if r % 2 == 0 else runs[::-1]:
-                x_adv, seconds = timed(lambda run=run: run(args.steps), device)
+                x_adv, seconds, system = timed(lambda run=run: run(args.steps), device)
                 samples[name].append(seconds)
                 distances[name] = measured(model, x, y, x_adv.detach().to(device), norm)
-                print(f"  ({norm} {name}: {seconds:.1f} {clock})", file=sys.stderr, flush=True)
+                share = f", {100 * system:.0f}% system" if device.type != "cuda" else ""
+                print(f"  ({norm} {name}: {seconds:.1f} {clock}{share})", file=sys.stderr, flush=True)
         times = {name: statistics.median(v) for name, v in samples.items()}
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
         if not args.run_ensemble and all(m in distances for m in members):
