@@ -12,7 +12,8 @@ entries where installed: Foolbox's
 ``L*FMNAttack``/``DDNAttack``/``EADAttack`` (EAD: L1, 9 binary-search steps of ``--steps``), torchattacks'
 ``FAB`` in L2 and Linf (with a budget no attack needs, so that it is minimal-norm; its L1 fails in 3.5.1).
 ``--entries`` keeps the entries whose name contains one of the given words (e.g. ``--entries fmn,minimal``), or
-is one of those given with a leading ``=`` (``--entries "=advlab fab,=adv_lib fab"``).
+is one of those given with a leading ``=`` (``--entries "=advlab fab,=adv_lib fab"``); the kept entries run in
+the order of the words that keep them.
 ``--repeats R`` runs each entry R times, in alternating order (forwards, then backwards, ...), and reports the
 median time (the distances are those of the last run; every entry is deterministic without restarts).
 
@@ -124,21 +125,22 @@ def workload(args: argparse.Namespace) -> Workload:
     return wl
 
 
-def timed(run: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float, float]:
-    """``run()``, its time and the kernel's share of it: process seconds (user + system) on the CPU, wall
-    seconds between synchronisations on a GPU (share 0). On the CPU the system share is mostly page faults of
-    fresh allocations, which glibc's malloc makes depend on its own history (docs/benchmarks.md)."""
+def timed(run: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float, float, int]:
+    """``run()``, its time, the kernel's share of that time and the minor page faults: process seconds (user +
+    system) on the CPU, wall seconds between synchronisations on a GPU (share and faults 0). On the CPU the
+    system share is mostly page faults of fresh allocations, which glibc's malloc makes depend on what the
+    process allocated before (docs/benchmarks.md)."""
     if device.type != "cuda":
-        start, start_sys = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        start, usage = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
         out = run()
         total = time.process_time() - start
-        system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - start_sys
-        return out, total, system / max(total, 1e-9)
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        return out, total, (end.ru_stime - usage.ru_stime) / max(total, 1e-9), end.ru_minflt - usage.ru_minflt
     torch.cuda.synchronize(device)
     start_s = time.perf_counter()
     out = run()
     torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start_s, 0.0
+    return out, time.perf_counter() - start_s, 0.0, 0
 
 
 def main() -> None:
@@ -203,7 +205,13 @@ def main() -> None:
         def wanted(name: str) -> bool:
             return any(name == w[1:] if w.startswith("=") else w in name for w in words)
 
-        entries = {k: [e for e in v if wanted(e[0])] for k, v in entries.items()}
+        def first_word(name: str) -> int:
+            return next(i for i, w in enumerate(words) if (name == w[1:] if w.startswith("=") else w in name))
+
+        # Kept entries run in the order of the words that keep them (a process's first timed run can differ).
+        entries = {
+            k: sorted(filter(lambda e: wanted(e[0]), v), key=lambda e: first_word(e[0])) for k, v in entries.items()
+        }
 
     clock = "wall s" if device.type == "cuda" else "cpu s"
     print(f"{wl.name}: {len(x)} correctly classified images, {args.steps} steps, {args.threads} thread(s), {device}")
@@ -215,10 +223,10 @@ def main() -> None:
             run(args.warmup_steps)
         for r in range(args.repeats):  # rounds in alternating order (load drifts), the median time of each
             for name, run in runs if r % 2 == 0 else runs[::-1]:
-                x_adv, seconds, system = timed(lambda run=run: run(args.steps), device)
+                x_adv, seconds, system, faults = timed(lambda run=run: run(args.steps), device)
                 samples[name].append(seconds)
                 distances[name] = measured(model, x, y, x_adv.detach().to(device), norm)
-                share = f", {100 * system:.0f}% system" if device.type != "cuda" else ""
+                share = f", {100 * system:.0f}% system, {faults} minor faults" if device.type != "cuda" else ""
                 print(f"  ({norm} {name}: {seconds:.1f} {clock}{share})", file=sys.stderr, flush=True)
         times = {name: statistics.median(v) for name, v in samples.items()}
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]

@@ -151,13 +151,13 @@ def test_apgd_does_not_stop_at_a_break_its_draws_made_by_chance(k: int, most: in
 def test_apgd_confirms_the_claims_made_after_its_last_checkpoint() -> None:
     """APGD's checkpoints confirm the claims made before them; 395 steps end 3 iterates after the last checkpoint
     (392), and the claims of those iterates are confirmed at the end of the run. On the coin model (no break
-    exists), K = 4, 256 samples, the reported breaks over 5 seeds were 45-52; left unconfirmed, those 3 iterates'
-    claims add about 20 (63-71)."""
-    x = torch.full((256, 1, 2, 2), 0.5, dtype=torch.float64)
-    y = torch.zeros(256, dtype=torch.long)
+    exists), K = 4, 1,024 samples, the reported breaks over 5 seeds were 188-199; left unconfirmed, those 3
+    iterates' claims add about 75 (266-281). The bound lies about 3 binomial standard deviations from both."""
+    x = torch.full((1024, 1, 2, 2), 0.5, dtype=torch.float64)
+    y = torch.zeros(1024, dtype=torch.long)
     torch.manual_seed(0)
     res = attacks.apgd_result(Coin(), x, y, 1e-3, steps=395, seed=0, eot_samples=4)
-    assert int(res.success.sum()) <= 58, int(res.success.sum())
+    assert int(res.success.sum()) <= 230, int(res.success.sum())
 
 
 class Coin10(nn.Module):
