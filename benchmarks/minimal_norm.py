@@ -42,10 +42,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advlab import attacks
 from benchmarks._peers.libraries import stub_visdom
+from benchmarks._peers.measure import timed
 from benchmarks._peers.workload import IMAGENET_30X5, Workload, fmnist_workload, imagenet_workload
 
 P = {"l0": 0.0, "l1": 1.0, "l2": 2.0, "linf": math.inf}
@@ -125,24 +124,6 @@ def workload(args: argparse.Namespace) -> Workload:
     return wl
 
 
-def timed(run: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float, float, int]:
-    """``run()``, its time, the kernel's share of that time and the minor page faults: process seconds (user +
-    system) on the CPU, wall seconds between synchronisations on a GPU (share and faults 0). On the CPU the
-    system share is mostly page faults of fresh allocations, which glibc's malloc makes depend on what the
-    process allocated before (docs/benchmarks.md)."""
-    if device.type != "cuda":
-        start, usage = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
-        out = run()
-        total = time.process_time() - start
-        end = resource.getrusage(resource.RUSAGE_SELF)
-        return out, total, (end.ru_stime - usage.ru_stime) / max(total, 1e-9), end.ru_minflt - usage.ru_minflt
-    torch.cuda.synchronize(device)
-    start_s = time.perf_counter()
-    out = run()
-    torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start_s, 0.0, 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fmnist_cnn_standard")
@@ -202,15 +183,14 @@ def main() -> None:
         entries = {k: [e for e in v if e[0] not in JACOBIAN_FABS] for k, v in entries.items()}
     words = [w for w in args.entries.split(",") if w]
     if words:
-        def wanted(name: str) -> bool:
-            return any(name == w[1:] if w.startswith("=") else w in name for w in words)
-
-        def first_word(name: str) -> int:
-            return next(i for i, w in enumerate(words) if (name == w[1:] if w.startswith("=") else w in name))
+        def rank(name: str) -> int | None:
+            """The index of the first word that keeps entry ``name``; None where none does."""
+            matches = (i for i, w in enumerate(words) if (name == w[1:] if w.startswith("=") else w in name))
+            return next(matches, None)
 
         # Kept entries run in the order of the words that keep them (a process's first timed run can differ).
         entries = {
-            k: sorted(filter(lambda e: wanted(e[0]), v), key=lambda e: first_word(e[0])) for k, v in entries.items()
+            k: sorted((e for e in v if rank(e[0]) is not None), key=lambda e: rank(e[0])) for k, v in entries.items()
         }
 
     clock = "wall s" if device.type == "cuda" else "cpu s"
@@ -223,10 +203,12 @@ def main() -> None:
             run(args.warmup_steps)
         for r in range(args.repeats):  # rounds in alternating order (load drifts), the median time of each
             for name, run in runs if r % 2 == 0 else runs[::-1]:
-                x_adv, seconds, system, faults = timed(lambda run=run: run(args.steps), device)
+                t, x_adv = timed(lambda run=run: run(args.steps), device)
+                seconds = t.wall if device.type == "cuda" else t.cpu  # process seconds on the CPU
                 samples[name].append(seconds)
                 distances[name] = measured(model, x, y, x_adv.detach().to(device), norm)
-                share = f", {100 * system:.0f}% system, {faults} minor faults" if device.type != "cuda" else ""
+                cpu_only = f", {100 * t.system / max(t.cpu, 1e-9):.0f}% system, {t.faults} minor faults"
+                share = cpu_only if device.type != "cuda" else ""
                 print(f"  ({norm} {name}: {seconds:.1f} {clock}{share})", file=sys.stderr, flush=True)
         times = {name: statistics.median(v) for name, v in samples.items()}
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ TOLERANCE = 1e-6
 class Timing:
     wall: float
     cpu: float
+    system: float = 0.0  # of ``cpu``, the kernel's seconds: mostly page faults of fresh allocations
+    faults: int = 0  # minor page faults
 
 
 def sync(device: torch.device) -> None:
@@ -35,13 +38,16 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Timing, Any]:
 
     CPU time (all threads of this process) is reported next to wall time because the benchmark machine is
     shared: other processes stretch wall time by a varying factor while CPU time counts only this process's
-    work. On a GPU only wall time is meaningful.
+    work. On a GPU only wall time is meaningful. The kernel's share of the CPU time and the minor page faults come
+    with it: on ImageNet-sized batches glibc's malloc makes them depend on what the process allocated before
+    (docs/benchmarks.md, minimal_norm.py).
     """
     sync(device)
-    w, c = time.perf_counter(), time.process_time()
+    w, c, usage = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
     out = fn()
     sync(device)
-    return Timing(time.perf_counter() - w, time.process_time() - c), out
+    cpu, end = time.process_time() - c, resource.getrusage(resource.RUSAGE_SELF)
+    return Timing(time.perf_counter() - w, cpu, end.ru_stime - usage.ru_stime, end.ru_minflt - usage.ru_minflt), out
 
 
 def seed_everything(seed: int = 0) -> None:
