@@ -5,9 +5,9 @@
 #   - the CUDA tests (tests/test_cuda.py and the attacks' CUDA smoke test) on the GPU;
 #   - GPU timings, one step after the other on CPU cores 0-3 (benchmarks/minimal_norm.py: FMN and DDN against
 #     adv_lib's on the Fashion-MNIST models; compare_peers.py --device cuda), then GPU results four at once, one
-#     core each: the CUDA tests and cross-machine runs, benchmarks/adaptive.py (EfficientNet-Lite0 with the
-#     suites; the command comes in ADAPTIVE_EFFNET), minimal_norm.py on EfficientNet-Lite0 in Linf and L2, and
-#     suite_vs_autoattack.py on 1,000 Fashion-MNIST images;
+#     core each: the CUDA tests and cross-machine runs, minimal_norm.py at 1,000 steps on 1,000 images of the
+#     robust Fashion-MNIST model (the command comes in MINIMAL_1000), minimal_norm.py on EfficientNet-Lite0 in
+#     Linf and L2, and suite_vs_autoattack.py on 1,000 Fashion-MNIST images;
 #   - at the same time, benchmarks/compare_peers.py --quick on the CPU, one single-threaded process per
 #     (model, attack) pinned to its own core (4-15), for this advlab and, beside it, the advlab of the commit
 #     before the architecture change (.dev/old): the peers and the floor of each row share one process, so
@@ -25,9 +25,9 @@ R=/tmp/res
 mkdir -p "$OUT" "$R"
 exec > >(tee "$OUT/log.txt") 2>&1
 # This session's two measurements whose settings come from elsewhere (the issues' open rows):
-ADAPTIVE_EFFNET=(python3 benchmarks/adaptive.py --suite --device cuda --imagenet ../shared/data/imagenet-30x5
-    --images 150 --eot-cap 4 --defences "random_resize_pad(min_ratio=0.9)" "gaussian_noise(sigma=0.03)"
-    --out "$R/adaptive_effnet.jsonl")
+# (adaptive.py's EfficientNet-Lite0 rows on 150 images were measured on the CPU; their lane now runs this.)
+MINIMAL_1000=(python3 benchmarks/minimal_norm.py --device cuda --model fmnist_cnn_pgd --n 1000 --steps 1000
+    --norms linf,l2,l1 --threads 1)
 FMN_TIME=(python3 benchmarks/minimal_norm.py --model fmnist_cnn_pgd --images 40 --steps 100 --norms l1,l0
     --entries "=advlab fmn,=adv_lib fmn" --repeats 9 --threads 1)
 T0=$SECONDS
@@ -96,7 +96,7 @@ done
 gpu 90 0-3 peers_cuda python3 benchmarks/compare_peers.py --quick --device cuda --models imagenet --batch 128 \
     --strength-images 128 --repeats 3 --long-repeats 2 --attacks fgsm pgd_l2 apgd_ce --out "$R/peers_cuda"
 # Phase 2, results whose times are not the point, four at once (one core each): the CUDA tests and the runs
-# verified across machines; the adaptive suites; minimal-norm attacks on EfficientNet-Lite0; the strong suite
+# verified across machines; minimal-norm attacks at 1,000 steps, and on EfficientNet-Lite0; the strong suite
 # against AutoAttack on 1,000 Fashion-MNIST images (robust accuracy is the device's; the CPU run took 45 minutes).
 {
     gpu 150 0 cuda_tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_attacks.py::test_runs_on_cuda"
@@ -105,7 +105,7 @@ gpu 90 0-3 peers_cuda python3 benchmarks/compare_peers.py --quick --device cuda 
         --batch-size 8 --suite fast --eps 4/255 --save-adversarial --device cuda --out "$R/cuda_effnet" --quiet
 } &
 phase2=($!)
-gpu 400 1 adaptive_effnet "${ADAPTIVE_EFFNET[@]}" &
+gpu 400 1 minimal_1000 "${MINIMAL_1000[@]}" &
 phase2+=($!)
 {
     gpu 200 2 minimal_effnet_linf python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
