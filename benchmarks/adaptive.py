@@ -98,14 +98,12 @@ def engine_judged(
     its label, judged on the same per-sample draws as its clean point (common random numbers)."""
     from advlab.evaluate.engine import Judge
 
-    judges = [Judge(net, x[i : i + batch], 0, idx[i : i + batch].tolist(), draws) for i in range(0, len(y), batch)]
+    chunks = batch_slices(len(y), batch)
+    judges = [Judge(net, x[c], 0, idx[c].tolist(), draws) for c in chunks]
 
     def right(points: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([
-                j.logits(points[i * batch : (i + 1) * batch]).argmax(1) == y[i * batch : (i + 1) * batch]
-                for i, j in enumerate(judges)
-            ])  # fmt: skip
+            return torch.cat([j.logits(points[c]).argmax(1) == y[c] for c, j in zip(chunks, judges, strict=True)])
 
     return right
 
@@ -157,9 +155,9 @@ def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: 
             naive_suite, t_naive = None, 0.0
             if args.naive_suite:
                 t0 = clock(args.device)
-                naive_suite = torch.cat(
-                    [run_suite(net, x[c], y[c], args.eps, seed=idx[c], suite="strong").robust for c in chunks]
-                )
+                naive_suite = SuiteResult.concat(
+                    [run_suite(net, x[c], y[c], args.eps, seed=idx[c], suite="strong") for c in chunks]
+                ).robust
                 t_naive = clock(args.device) - t0
             t0 = clock(args.device)
             results = [

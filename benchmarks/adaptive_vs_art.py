@@ -39,6 +39,9 @@ from advlab.data.fashion_mnist import load_fashion_mnist, to_float_images
 from advlab.defenses import JPEG, BitDepth, GaussianNoise, MedianSmoothing, bpda, defended
 from advlab.models import load_model
 
+SEED_STRIDE = 10**6  # run s gives sample i the seed idx[i] + s * SEED_STRIDE
+JUDGE_SEED = 1  # torch's generator before each judgement of a random defence
+
 
 def art_preprocessor(name: str, sigma: float, eot: int) -> object:
     from art.defences.preprocessor import FeatureSqueezing, JpegCompression, SpatialSmoothing
@@ -74,6 +77,10 @@ class Float32(nn.Module):
 
 @torch.no_grad()
 def judged_correct(net: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+    """Per sample: the expected prediction (mean softmax over ``draws`` forwards) is the label. The draws of a
+    random defence come from torch's generator reseeded here, so every batch of one shape is judged on the same
+    draws (common random numbers: two libraries' points are compared paired)."""
+    torch.manual_seed(JUDGE_SEED)
     probs = torch.stack([torch.softmax(net(x), 1) for _ in range(draws)]).mean(0)
     return probs.argmax(1) == y
 
@@ -110,9 +117,6 @@ def main() -> None:
                 summarize(name, spec, runs)
 
 
-SEED_STRIDE = 10**6  # run s gives sample i the seed idx[i] + s * SEED_STRIDE
-
-
 def summarize(name: str, spec: str, runs: list[dict]) -> None:
     """Mean and sd over seeds of both accuracies and of their paired difference (ART's minus advlab's: positive
     when advlab is stronger), on how many seeds advlab was stronger or tied, and the median seconds."""
@@ -127,8 +131,8 @@ def summarize(name: str, spec: str, runs: list[dict]) -> None:
         "art_minus_advlab_mean": round(statistics.fmean(diff), 4),
         "art_minus_advlab_sd": round(statistics.stdev(diff), 4),
         "advlab_stronger": sum(o < a for o, a in pairs), "ties": sum(o == a for o, a in pairs),
-        "advlab_s_median": round(statistics.median(r["advlab_s_raw"] for r in runs), 2),
-        "art_s_median": round(statistics.median(r["art_s_raw"] for r in runs), 2),
+        "advlab_s_median": round(statistics.median(r["advlab_s"] for r in runs), 2),
+        "art_s_median": round(statistics.median(r["art_s"] for r in runs), 2),
     }  # fmt: skip
     print(json.dumps(summary), flush=True)
     print(
@@ -145,8 +149,8 @@ def run_once(
 ) -> dict:  # fmt: skip
     """One advlab and one ART attack on the batch with the random starts of ``seed``; prints and returns the row.
 
-    Both libraries' points are judged on the same draws of a random defence (the generator reseeded before each
-    judgement: common random numbers), so the comparison is paired."""
+    Both libraries' points are judged on the same draws of a random defence (:func:`judged_correct`), so the
+    comparison is paired."""
     from art.attacks.evasion import ProjectedGradientDescent
     from art.estimators.classification import PyTorchClassifier
 
@@ -178,16 +182,14 @@ def run_once(
     t0 = time.perf_counter()
     x_art = torch.from_numpy(attack.generate(x.numpy(), y=y.numpy())).to(x.dtype)
     t_art = time.perf_counter() - t0
-    torch.manual_seed(1)
     right_ours = int(judged_correct(net, x_ours, y, draws).sum())
-    torch.manual_seed(1)
     right_art = int(judged_correct(net, x_art, y, draws).sum())
     linf = max(float((x_ours - x).abs().max()), float((x_art - x).abs().max()))
     row = {
         "model": name, "defence": spec if not random else f"gaussian_noise(sigma={args.sigma})", "seed": seed,
         "images": len(y), "advlab_correct": right_ours, "art_correct": right_art,
         "advlab_acc": round(right_ours / len(y), 4), "art_acc": round(right_art / len(y), 4),
-        "advlab_s": round(t_ours, 1), "art_s": round(t_art, 1), "advlab_s_raw": t_ours, "art_s_raw": t_art,
+        "advlab_s": round(t_ours, 3), "art_s": round(t_art, 3),
         "max_linf": round(linf, 6),
         "fix": f"EOT K={args.eot}, judged on {draws} draws" if random else "BPDA (identity)",
         "attack": f"PGD Linf eps={args.eps} steps={args.steps} alpha={args.alpha} 1 random start",

@@ -207,8 +207,9 @@ def main() -> None:
                 seconds = t.wall if device.type == "cuda" else t.cpu  # process seconds on the CPU
                 samples[name].append(seconds)
                 distances[name] = measured(model, x, y, x_adv.detach().to(device), norm)
-                cpu_only = f", {100 * t.system / max(t.cpu, 1e-9):.0f}% system, {t.faults} minor faults"
-                share = cpu_only if device.type != "cuda" else ""
+                share = ""
+                if device.type != "cuda":
+                    share = f", {100 * t.system / max(t.cpu, 1e-9):.0f}% system, {t.faults} minor faults"
                 print(f"  ({norm} {name}: {seconds:.1f} {clock}{share})", file=sys.stderr, flush=True)
         times = {name: statistics.median(v) for name, v in samples.items()}
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
