@@ -7,6 +7,9 @@ fresh forward pass of the model and its distance re-measured in the norm (a poin
 as a failure, distance inf). Scored as AttackBench does (Cina et al. 2025): per sample, the distance relative to
 the smallest distance any entry of the same norm found (optimality: the mean of best / distance over samples,
 1 = always the best, 0 for a failure), the median distance, the success rate and the process CPU time (seconds).
+The ``fragile`` column counts the successes of that check that another evaluation of the same point undoes
+(the point alone, or in float64: the label decided by float rounding; see ``fragile``); they stay counted as
+successes, as AttackBench counts them.
 Also advlab's FAB-T (targeted FAB towards the 9 likeliest classes) and its ``minimal`` ensemble, and the peers'
 entries where installed: Foolbox's
 ``L*FMNAttack``/``DDNAttack``/``EADAttack`` (EAD: L1, 9 binary-search steps of ``--steps``), torchattacks'
@@ -41,6 +44,7 @@ Foolbox's defaults) one more, so that advlab and adv_lib are also compared at th
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -76,6 +80,25 @@ def measured(model: torch.nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: 
     delta = (x_adv - x).flatten(1)
     size = (delta != 0).sum(1).float() if norm == "l0" else delta.norm(p=P[norm], dim=1)
     return torch.where(adversarial, size, torch.full_like(size, math.inf))
+
+
+def fragile(model: torch.nn.Module, model64: torch.nn.Module, y: Tensor, x_adv: Tensor, distance: Tensor) -> Tensor:
+    """Per sample: the returned point passed ``measured``'s check (a fresh forward pass of the whole batch) but
+    is classified correctly by another evaluation of the same point, alone (a batch of one) or in float64.
+
+    Such a point sits so near the decision boundary that float rounding decides its label: a re-check with
+    another batch size, another kernel or another device can undo the success the table counts (advlab's
+    attacks return points past the boundary by ``rounding_slack``, 1e-4 of the largest |logit|, against that).
+    """
+    out = torch.zeros_like(distance, dtype=torch.bool)
+    idx = (torch.isfinite(distance) & (distance > 0)).nonzero().flatten()
+    if idx.numel() == 0:
+        return out
+    with torch.no_grad():
+        alone = torch.cat([model(x_adv[i : i + 1]).argmax(1) for i in idx.tolist()])
+        wide = model64(x_adv[idx].double()).argmax(1)
+    out[idx] = (alone == y[idx]) | (wide == y[idx])
+    return out
 
 
 def peer_entries(model: torch.nn.Module, x: Tensor, y: Tensor, norm: str, num_classes: int) -> list[tuple[str, Entry]]:
@@ -147,6 +170,7 @@ def main() -> None:
     device = torch.device(args.device)
     wl = workload(args)
     model, x, y = wl.model.to(device), wl.x.to(device), wl.y.to(device)
+    model64 = copy.deepcopy(model).double()  # for the "fragile" column's float64 re-check
 
     entries: dict[str, list[tuple[str, Entry]]] = {}
     for norm in args.norms.split(","):
@@ -183,6 +207,7 @@ def main() -> None:
         entries = {k: [e for e in v if e[0] not in JACOBIAN_FABS] for k, v in entries.items()}
     words = [w for w in args.entries.split(",") if w]
     if words:
+
         def rank(name: str) -> int | None:
             """The index of the first word that keeps entry ``name``; None where none does."""
             matches = (i for i, w in enumerate(words) if (name == w[1:] if w.startswith("=") else w in name))
@@ -195,9 +220,9 @@ def main() -> None:
 
     clock = "wall s" if device.type == "cuda" else "cpu s"
     print(f"{wl.name}: {len(x)} correctly classified images, {args.steps} steps, {args.threads} thread(s), {device}")
-    print(f"{'norm':5} {'attack':16} {'success':>8} {'median':>9} {'optimality':>10} {clock:>7}")
+    print(f"{'norm':5} {'attack':16} {'success':>8} {'fragile':>7} {'median':>9} {'optimality':>10} {clock:>7}")
     for norm, runs in entries.items():
-        distances, times = {}, {}
+        distances, times, flips = {}, {}, {}
         samples: dict[str, list[float]] = {name: [] for name, _ in runs}
         for _name, run in runs:  # warm-up (CUDA context, kernels, cuDNN plans, allocator) outside the timings
             run(args.warmup_steps)
@@ -207,6 +232,7 @@ def main() -> None:
                 seconds = t.wall if device.type == "cuda" else t.cpu  # process seconds on the CPU
                 samples[name].append(seconds)
                 distances[name] = measured(model, x, y, x_adv.detach().to(device), norm)
+                flips[name] = fragile(model, model64, y, x_adv.detach().to(device), distances[name])
                 share = ""
                 if device.type != "cuda":
                     share = f", {100 * t.system / max(t.cpu, 1e-9):.0f}% system, {t.faults} minor faults"
@@ -214,7 +240,10 @@ def main() -> None:
         times = {name: statistics.median(v) for name, v in samples.items()}
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
         if not args.run_ensemble and all(m in distances for m in members):
-            distances["advlab minimal"] = torch.stack([distances[m] for m in members]).amin(0)
+            member_distances = torch.stack([distances[m] for m in members])
+            distances["advlab minimal"] = member_distances.amin(0)
+            chosen = member_distances.argmin(0, keepdim=True)  # the member whose point the ensemble returns
+            flips["advlab minimal"] = torch.stack([flips[m] for m in members]).gather(0, chosen)[0]
             times["advlab minimal"] = sum(times[m] for m in members)
         best = torch.stack(list(distances.values())).amin(0)
         for name, d in distances.items():
@@ -223,7 +252,8 @@ def main() -> None:
             ratio = torch.where(ok & (d == 0), torch.ones_like(d), ratio)
             median = float(d.median())
             print(
-                f"{norm:5} {name:16} {float(ok.float().mean()):8.3f} {median:9.4g} {float(ratio.mean()):10.4f} "
+                f"{norm:5} {name:16} {float(ok.float().mean()):8.3f} {int(flips[name].sum()):7d} {median:9.4g} "
+                f"{float(ratio.mean()):10.4f} "
                 f"{times[name]:7.2f}"
             )
 
