@@ -90,7 +90,7 @@ gpu() {  # gpu SECONDS CORES NAME COMMAND...: one GPU step on CORES, at most SEC
 # Phase 1, the GPU timings, each step alone on the GPU (a timing shares it with nothing).
 for model in fmnist_cnn_standard fmnist_cnn_pgd; do  # FMN and DDN against adv_lib's: launch-bound on a small CNN
     gpu 50 0-3 "minimal_time_$model" python3 benchmarks/minimal_norm.py --device cuda --model $model --n 1000 \
-        --steps 100 --norms l0,l1,l2,linf --threads 4 --repeats 3 \
+        --steps 100 --norms l0,l1,l2,linf --threads 4 --repeats 3 --no-fragile \
         --entries "=advlab fmn,=adv_lib fmn,=advlab ddn,=adv_lib ddn"
 done
 gpu 90 0-3 peers_cuda python3 benchmarks/compare_peers.py --quick --device cuda --models imagenet --batch 128 \
