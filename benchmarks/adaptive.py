@@ -133,10 +133,15 @@ def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: 
 
     print(f"{'model':22} {'defence':44} {'clean':>6} {'naive':>6} {'adapt':>6} {'undef':>6}  fix", flush=True)
     chunks = batch_slices(len(y), args.batch)
+
+    def strong_suite(net: torch.nn.Module) -> SuiteResult:
+        """The ``strong`` suite on every image, ``--batch`` images at a time."""
+        return SuiteResult.concat([run_suite(net, x[c], y[c], args.eps, seed=idx[c], suite="strong") for c in chunks])
+
     for name in args.models:
         model = load_model(name).to(args.device)
         t0 = clock(args.device)
-        base = SuiteResult.concat([run_suite(model, x[c], y[c], args.eps, seed=idx[c], suite="strong") for c in chunks])
+        base = strong_suite(model)
         base_s = clock(args.device) - t0
         for spec in args.defences:
             net = defended(model, parse_defense(spec))
@@ -155,9 +160,7 @@ def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: 
             naive_suite, t_naive = None, 0.0
             if args.naive_suite:
                 t0 = clock(args.device)
-                naive_suite = SuiteResult.concat(
-                    [run_suite(net, x[c], y[c], args.eps, seed=idx[c], suite="strong") for c in chunks]
-                ).robust
+                naive_suite = strong_suite(net).robust
                 t_naive = clock(args.device) - t0
             t0 = clock(args.device)
             results = [

@@ -226,7 +226,7 @@ def main() -> None:
     print(f"{wl.name}: {len(x)} correctly classified images, {args.steps} steps, {args.threads} thread(s), {device}")
     print(f"{'norm':5} {'attack':16} {'success':>8} {'fragile':>7} {'median':>9} {'optimality':>10} {clock:>7}")
     for norm, runs in entries.items():
-        distances, times, flips = {}, {}, {}
+        distances, points = {}, {}
         samples: dict[str, list[float]] = {name: [] for name, _ in runs}
         for _name, run in runs:  # warm-up (CUDA context, kernels, cuDNN plans, allocator) outside the timings
             run(args.warmup_steps)
@@ -235,30 +235,27 @@ def main() -> None:
                 t, x_adv = timed(lambda run=run: run(args.steps), device)
                 seconds = t.wall if device.type == "cuda" else t.cpu  # process seconds on the CPU
                 samples[name].append(seconds)
-                points = x_adv.detach().to(device)
-                distances[name] = measured(model, x, y, points, norm)
-                if r == args.repeats - 1:  # the reported distances are the last run's
-                    flips[name] = torch.zeros_like(distances[name], dtype=torch.bool)
-                    if model64 is not None:
-                        flips[name] = fragile(model, model64, y, points, distances[name])
-                share = ""
-                if device.type != "cuda":
-                    share = f", {100 * t.system / max(t.cpu, 1e-9):.0f}% system, {t.faults} minor faults"
+                points[name] = x_adv.detach().to(device)  # the last run's, which the table reports
+                distances[name] = measured(model, x, y, points[name], norm)
+                cpu_only = f", {100 * t.system / max(t.cpu, 1e-9):.0f}% system, {t.faults} minor faults"
+                share = cpu_only if device.type != "cuda" else ""
                 print(f"  ({norm} {name}: {seconds:.1f} {clock}{share})", file=sys.stderr, flush=True)
         times = {name: statistics.median(v) for name, v in samples.items()}
+        flips = {} if model64 is None else {n: fragile(model, model64, y, points[n], d) for n, d in distances.items()}
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
         if not args.run_ensemble and all(m in distances for m in members):
             member_distances = torch.stack([distances[m] for m in members])
             distances["advlab minimal"] = member_distances.amin(0)
             # The member whose point the ensemble returns (the first of the smallest, as attacks.minimal picks;
             # it compares float64 distances, so a near-tie in these float32 ones may name the other member).
-            chosen = member_distances.argmin(0, keepdim=True)
-            flips["advlab minimal"] = torch.stack([flips[m] for m in members]).gather(0, chosen)[0]
+            if flips:
+                chosen = member_distances.argmin(0, keepdim=True)
+                flips["advlab minimal"] = torch.stack([flips[m] for m in members]).gather(0, chosen)[0]
             times["advlab minimal"] = sum(times[m] for m in members)
         best = torch.stack(list(distances.values())).amin(0)
         for name, d in distances.items():
             ok = torch.isfinite(d)
-            fragile_count = "-" if model64 is None else str(int(flips[name].sum()))
+            fragile_count = str(int(flips[name].sum())) if flips else "-"
             ratio = torch.where(ok, best / d.clamp_min(1e-30), torch.zeros_like(d))
             ratio = torch.where(ok & (d == 0), torch.ones_like(d), ratio)
             median = float(d.median())
