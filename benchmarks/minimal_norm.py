@@ -11,6 +11,9 @@ The ``fragile`` column counts the successes of that check that another evaluatio
 (the point alone, or in float64: the label decided by float rounding; see ``fragile``); they stay counted as
 successes, as AttackBench counts them. The check runs once per entry, after its last timed run, outside the
 timings (a forward pass per returned point); ``--no-fragile`` leaves it out (the column then says -).
+``--save FILE`` writes the rows with each entry's per-sample distances (null for a failure), the samples its
+fragile check flagged and every timed run's seconds as JSON, so that a table can be re-derived, rows of
+separate processes combined per sample, and an entry's points compared image by image with another's.
 Also advlab's FAB-T (targeted FAB towards the 9 likeliest classes) and its ``minimal`` ensemble, and the peers'
 entries where installed: Foolbox's
 ``L*FMNAttack``/``DDNAttack``/``EADAttack`` (EAD: L1, 9 binary-search steps of ``--steps``), torchattacks'
@@ -46,10 +49,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import sys
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -66,8 +71,8 @@ P = {"l0": 0.0, "l1": 1.0, "l2": 2.0, "linf": math.inf}
 # The untargeted FABs: one backward per class a step, left out for a model of more than MAX_JACOBIAN_CLASSES.
 JACOBIAN_FABS = ("advlab fab", "adv_lib fab", "torchattacks fab")
 MAX_JACOBIAN_CLASSES = 100
-# An entry: its attack run with the given number of steps (on the benchmark's model and images).
-Entry = Callable[[int], Tensor]
+# An entry: its attack run with the given number of steps on the given images and labels (the benchmark's model).
+Entry = Callable[[int, Tensor, Tensor], Tensor]
 # The row of each member of attacks.MINIMAL_MEMBERS (the same call as the ensemble makes).
 ENSEMBLE_ROWS = {
     "fmn": "advlab fmn", "fmn_large_step": "advlab fmn a1000", "ddn": "advlab ddn", "fab_t": "advlab fab_t",
@@ -75,12 +80,70 @@ ENSEMBLE_ROWS = {
 
 
 def measured(model: torch.nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: str) -> Tensor:
-    """Distance in ``norm`` of each returned point that a fresh forward pass finds adversarial, else inf."""
+    """Distance in ``norm`` of each returned point that a fresh forward pass finds adversarial, else inf.
+
+    Measured in float64, as ``attacks.minimal`` measures its members' points, so that the ensemble's row picks
+    per sample the member ``attacks.minimal`` picks (the first of the smallest distances)."""
     with torch.no_grad():
         adversarial = model(x_adv).argmax(1) != y
-    delta = (x_adv - x).flatten(1)
-    size = (delta != 0).sum(1).float() if norm == "l0" else delta.norm(p=P[norm], dim=1)
+    delta = (x_adv.double() - x.double()).flatten(1)
+    size = (delta != 0).sum(1).double() if norm == "l0" else delta.norm(p=P[norm], dim=1)
     return torch.where(adversarial, size, torch.full_like(size, math.inf))
+
+
+@dataclass
+class Row:
+    """One entry's line of a norm's table."""
+
+    success: float  # share of samples with a verified adversarial point
+    median: float  # the lower median distance (torch's; inf where half or more failed)
+    optimality: float  # AttackBench's score: mean over samples of best / distance, 0 for a failure
+    fragile: int | None  # successes another evaluation undoes (None: not checked)
+
+
+def in_batches(run: Entry, steps: int, x: Tensor, y: Tensor, batch: int) -> Tensor:
+    """``run`` on ``x`` in consecutive batches of ``batch`` images (all at once for 0), the points concatenated.
+    Every attack here treats each sample on its own (no restarts, no batch-wide state), so this changes the
+    memory, the time and the float rounding of batched kernels, nothing else (EfficientNet-Lite0 at 128 images
+    of 224 x 224 takes about 12 GB a process on the CPU)."""
+    if batch <= 0 or batch >= len(x):
+        return run(steps, x, y)
+    return torch.cat([run(steps, x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def json_number(v: float | int | None) -> float | int | None:
+    """JSON has no inf: a failure's distance (or an infinite median) is written as null."""
+    return None if isinstance(v, float) and math.isinf(v) else v
+
+
+def ensemble(
+    distances: dict[str, Tensor], flips: dict[str, Tensor], members: list[str]
+) -> tuple[Tensor, Tensor | None]:
+    """The ``attacks.minimal`` row from its members' rows: per sample the smallest distance, and the fragile
+    flag of the member that gives it (the first of the smallest, as ``attacks.minimal`` keeps it; None when
+    the fragile flags were not computed)."""
+    member_distances = torch.stack([distances[m] for m in members])
+    chosen = member_distances.argmin(0, keepdim=True)  # the first index of the minimum
+    flags = torch.stack([flips[m] for m in members]).gather(0, chosen)[0] if flips else None
+    return member_distances.amin(0), flags
+
+
+def score(distances: dict[str, Tensor], flips: dict[str, Tensor]) -> dict[str, Row]:
+    """Each entry's row, scored against the per-sample smallest distance of all the entries (AttackBench,
+    Cina et al. 2025): a failure (inf) scores 0; a distance of 0 (the image already misclassified) scores 1."""
+    best = torch.stack(list(distances.values())).amin(0)
+    rows = {}
+    for name, d in distances.items():
+        ok = torch.isfinite(d)
+        ratio = torch.where(ok, best / d.clamp_min(1e-30), torch.zeros_like(d))
+        ratio = torch.where(ok & (d == 0), torch.ones_like(d), ratio)
+        rows[name] = Row(
+            float(ok.double().mean()),
+            float(d.median()),
+            float(ratio.mean()),
+            int(flips[name].sum()) if name in flips else None,
+        )
+    return rows
 
 
 def fragile(model: torch.nn.Module, model64: torch.nn.Module, y: Tensor, x_adv: Tensor, distance: Tensor) -> Tensor:
@@ -104,26 +167,27 @@ def fragile(model: torch.nn.Module, model64: torch.nn.Module, y: Tensor, x_adv: 
     return out
 
 
-def peer_entries(model: torch.nn.Module, x: Tensor, y: Tensor, norm: str, num_classes: int) -> list[tuple[str, Entry]]:
-    """Foolbox's and torchattacks' minimal-norm attacks of ``norm``, where installed (on ``x``'s device)."""
+def peer_entries(model: torch.nn.Module, device: torch.device, norm: str, num_classes: int) -> list[tuple[str, Entry]]:
+    """Foolbox's and torchattacks' minimal-norm attacks of ``norm``, where installed (on ``device``)."""
     out: list[tuple[str, Entry]] = []
     try:
         import foolbox as fb
     except ImportError:
         fb = None
     if fb is not None:
-        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=device)
         fmn = {"l0": fb.attacks.L0FMNAttack, "l1": fb.attacks.L1FMNAttack, "l2": fb.attacks.L2FMNAttack,
                "linf": fb.attacks.LInfFMNAttack}[norm]  # fmt: skip
 
-        def run_fb(attack: object) -> Tensor:
+        def run_fb(attack: object, x: Tensor, y: Tensor) -> Tensor:
             return attack(fmodel, x, y, epsilons=None)[1]  # type: ignore[operator]
 
-        out.append(("foolbox fmn", lambda steps: run_fb(fmn(steps=steps))))
+        out.append(("foolbox fmn", lambda s, x, y: run_fb(fmn(steps=s), x, y)))
         if norm == "l2":
-            out.append(("foolbox ddn", lambda steps: run_fb(fb.attacks.DDNAttack(steps=steps))))
+            out.append(("foolbox ddn", lambda s, x, y: run_fb(fb.attacks.DDNAttack(steps=s), x, y)))
         if norm == "l1":
-            out.append(("foolbox ead", lambda steps: run_fb(fb.attacks.EADAttack(steps=steps, binary_search_steps=9))))
+            ead = fb.attacks.EADAttack
+            out.append(("foolbox ead", lambda s, x, y: run_fb(ead(steps=s, binary_search_steps=9), x, y)))
     try:
         import torchattacks
     except ImportError:
@@ -132,7 +196,7 @@ def peer_entries(model: torch.nn.Module, x: Tensor, y: Tensor, norm: str, num_cl
         ta_norm = {"l2": "L2", "linf": "Linf"}[norm]
         big = {"l2": 1e3, "linf": 1.0}[norm]  # a budget no attack needs: minimal-norm FAB
 
-        def run_ta(steps: int) -> Tensor:
+        def run_ta(steps: int, x: Tensor, y: Tensor) -> Tensor:
             fab = torchattacks.FAB(model, norm=ta_norm, eps=big, steps=steps, n_restarts=1, n_classes=num_classes)
             return fab(x, y)
 
@@ -164,6 +228,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each entry, alternating order; median time")
     parser.add_argument("--run-ensemble", action="store_true", help="run attacks.minimal instead of combining rows")
     parser.add_argument("--no-fragile", action="store_true", help="skip the fragile column's re-evaluations")
+    parser.add_argument("--batch", type=int, default=0, help="images per attack call (0: all at once)")
+    parser.add_argument("--save", default="", help="write the rows and per-sample distances to this JSON file")
     args = parser.parse_args()
     stub_visdom()
     from adv_lib.attacks import ddn as adv_lib_ddn
@@ -179,33 +245,35 @@ def main() -> None:
     entries: dict[str, list[tuple[str, Entry]]] = {}
     for norm in args.norms.split(","):
         entries[norm] = [
-            ("advlab fmn", lambda s, norm=norm: attacks.fmn(model, x, y, norm=norm, steps=s)),
-            ("adv_lib fmn", lambda s, norm=norm: adv_lib_fmn(model, x, y, norm=P[norm], steps=s)),
+            ("advlab fmn", lambda s, x, y, norm=norm: attacks.fmn(model, x, y, norm=norm, steps=s)),
+            ("adv_lib fmn", lambda s, x, y, norm=norm: adv_lib_fmn(model, x, y, norm=P[norm], steps=s)),
         ]
         if norm == "l0":
             entries[norm] += [
-                ("advlab fmn a1000", lambda s: attacks.fmn(model, x, y, norm="l0", steps=s, alpha_init=1000.0,
+                ("advlab fmn a1000", lambda s, x, y: attacks.fmn(model, x, y, norm="l0", steps=s, alpha_init=1000.0,
                                                          gamma_init=0.7)),
-                ("advlab fmn a1", lambda s: attacks.fmn(model, x, y, norm="l0", steps=s, alpha_init=1.0,
+                ("advlab fmn a1", lambda s, x, y: attacks.fmn(model, x, y, norm="l0", steps=s, alpha_init=1.0,
                                                       gamma_init=0.05)),
             ]  # fmt: skip
         if norm != "l0":
             entries[norm] += [
-                ("advlab fab", lambda s, norm=norm: attacks.fab(model, x, y, norm=norm, steps=s)),
-                ("adv_lib fab", lambda s, norm=norm: adv_lib_fab(model, x, y, norm=P[norm], n_iter=s)),
+                ("advlab fab", lambda s, x, y, norm=norm: attacks.fab(model, x, y, norm=norm, steps=s)),
+                ("adv_lib fab", lambda s, x, y, norm=norm: adv_lib_fab(model, x, y, norm=P[norm], n_iter=s)),
             ]
         if norm == "l2":
             entries[norm] += [
-                ("advlab ddn", lambda s: attacks.ddn(model, x, y, steps=s)),
-                ("adv_lib ddn", lambda s: adv_lib_ddn(model, x, y, steps=s, levels=None)),
+                ("advlab ddn", lambda s, x, y: attacks.ddn(model, x, y, steps=s)),
+                ("adv_lib ddn", lambda s, x, y: adv_lib_ddn(model, x, y, steps=s, levels=None)),
             ]
         if norm != "l0":
-            entries[norm].append(("advlab fab_t", lambda s, norm=norm: attacks.fab_t(model, x, y, norm=norm, steps=s)))
+            entries[norm].append(
+                ("advlab fab_t", lambda s, x, y, norm=norm: attacks.fab_t(model, x, y, norm=norm, steps=s))
+            )
         if args.run_ensemble:
             entries[norm].append(
-                ("advlab minimal", lambda s, norm=norm: attacks.minimal(model, x, y, norm=norm, steps=s))
+                ("advlab minimal", lambda s, x, y, norm=norm: attacks.minimal(model, x, y, norm=norm, steps=s))
             )
-        entries[norm] += peer_entries(model, x, y, norm, wl.num_classes)
+        entries[norm] += peer_entries(model, device, norm, wl.num_classes)
     if wl.num_classes > MAX_JACOBIAN_CLASSES:
         print(f"({wl.num_classes} classes: {', '.join(JACOBIAN_FABS)} left out)", file=sys.stderr)
         entries = {k: [e for e in v if e[0] not in JACOBIAN_FABS] for k, v in entries.items()}
@@ -225,14 +293,15 @@ def main() -> None:
     clock = "wall s" if device.type == "cuda" else "cpu s"
     print(f"{wl.name}: {len(x)} correctly classified images, {args.steps} steps, {args.threads} thread(s), {device}")
     print(f"{'norm':5} {'attack':16} {'success':>8} {'fragile':>7} {'median':>9} {'optimality':>10} {clock:>7}")
+    saved: dict[str, dict[str, dict[str, object]]] = {}
     for norm, runs in entries.items():
         distances, points = {}, {}
         samples: dict[str, list[float]] = {name: [] for name, _ in runs}
         for _name, run in runs:  # warm-up (CUDA context, kernels, cuDNN plans, allocator) outside the timings
-            run(args.warmup_steps)
+            in_batches(run, args.warmup_steps, x, y, args.batch)
         for r in range(args.repeats):  # rounds in alternating order (load drifts), the median time of each
             for name, run in runs if r % 2 == 0 else runs[::-1]:
-                t, x_adv = timed(lambda run=run: run(args.steps), device)
+                t, x_adv = timed(lambda run=run: in_batches(run, args.steps, x, y, args.batch), device)
                 seconds = t.wall if device.type == "cuda" else t.cpu  # process seconds on the CPU
                 samples[name].append(seconds)
                 points[name] = x_adv.detach().to(device)  # the last run's, which the table reports
@@ -244,26 +313,31 @@ def main() -> None:
         flips = {} if model64 is None else {n: fragile(model, model64, y, points[n], d) for n, d in distances.items()}
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
         if not args.run_ensemble and all(m in distances for m in members):
-            member_distances = torch.stack([distances[m] for m in members])
-            distances["advlab minimal"] = member_distances.amin(0)
-            # The member whose point the ensemble returns (the first of the smallest, as attacks.minimal picks;
-            # it compares float64 distances, so a near-tie in these float32 ones may name the other member).
-            if flips:
-                chosen = member_distances.argmin(0, keepdim=True)
-                flips["advlab minimal"] = torch.stack([flips[m] for m in members]).gather(0, chosen)[0]
+            distances["advlab minimal"], flags = ensemble(distances, flips, members)
+            if flags is not None:
+                flips["advlab minimal"] = flags
             times["advlab minimal"] = sum(times[m] for m in members)
-        best = torch.stack(list(distances.values())).amin(0)
-        for name, d in distances.items():
-            ok = torch.isfinite(d)
-            fragile_count = str(int(flips[name].sum())) if flips else "-"
-            ratio = torch.where(ok, best / d.clamp_min(1e-30), torch.zeros_like(d))
-            ratio = torch.where(ok & (d == 0), torch.ones_like(d), ratio)
-            median = float(d.median())
+            samples["advlab minimal"] = [times["advlab minimal"]]
+        rows = score(distances, flips)
+        for name, row in rows.items():
+            fragile_count = "-" if row.fragile is None else str(row.fragile)
             print(
-                f"{norm:5} {name:16} {float(ok.float().mean()):8.3f} {fragile_count:>7} {median:9.4g} "
-                f"{float(ratio.mean()):10.4f} "
-                f"{times[name]:7.2f}"
+                f"{norm:5} {name:16} {row.success:8.3f} {fragile_count:>7} {row.median:9.4g} "
+                f"{row.optimality:10.4f} {times[name]:7.2f}"
             )
+        saved[norm] = {
+            name: {
+                **{k: json_number(v) for k, v in asdict(row).items()},
+                "seconds": samples[name],
+                "distance": [json_number(v) for v in distances[name].tolist()],
+                "fragile_samples": None if name not in flips else flips[name].nonzero().flatten().tolist(),
+            }
+            for name, row in rows.items()
+        }
+    if args.save:
+        settings = {k: v for k, v in vars(args).items() if k != "save"}
+        record = {"workload": wl.name, "images": len(x), "clock": clock, "settings": settings, "norms": saved}
+        Path(args.save).write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
 
 
 if __name__ == "__main__":
