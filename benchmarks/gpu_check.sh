@@ -27,7 +27,7 @@ exec > >(tee "$OUT/log.txt") 2>&1
 # This session's two measurements whose settings come from elsewhere (the issues' open rows):
 # (adaptive.py's EfficientNet-Lite0 rows on 150 images were measured on the CPU; their lane now runs this.)
 MINIMAL_1000=(python3 benchmarks/minimal_norm.py --device cuda --model fmnist_cnn_pgd --n 1000 --steps 1000
-    --norms linf,l2,l1 --threads 1)
+    --norms linf,l2,l1 --threads 1 --save "$R/minimal_1000.json")
 FMN_TIME=(python3 benchmarks/minimal_norm.py --model fmnist_cnn_pgd --images 40 --steps 100 --norms l1,l0
     --entries "=advlab fmn,=adv_lib fmn" --repeats 9 --threads 1)
 T0=$SECONDS
@@ -91,7 +91,7 @@ gpu() {  # gpu SECONDS CORES NAME COMMAND...: one GPU step on CORES, at most SEC
 for model in fmnist_cnn_standard fmnist_cnn_pgd; do  # FMN and DDN against adv_lib's: launch-bound on a small CNN
     gpu 50 0-3 "minimal_time_$model" python3 benchmarks/minimal_norm.py --device cuda --model $model --n 1000 \
         --steps 100 --norms l0,l1,l2,linf --threads 4 --repeats 3 --no-fragile \
-        --entries "=advlab fmn,=adv_lib fmn,=advlab ddn,=adv_lib ddn"
+        --entries "=advlab fmn,=adv_lib fmn,=advlab ddn,=adv_lib ddn" --save "$R/minimal_time_$model.json"
 done
 gpu 90 0-3 peers_cuda python3 benchmarks/compare_peers.py --quick --device cuda --models imagenet --batch 128 \
     --strength-images 128 --repeats 3 --long-repeats 2 --attacks fgsm pgd_l2 apgd_ce --out "$R/peers_cuda"
@@ -109,9 +109,9 @@ gpu 400 1 minimal_1000 "${MINIMAL_1000[@]}" &
 phase2+=($!)
 {
     gpu 200 2 minimal_effnet_linf python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
-        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms linf --threads 1
+        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms linf --threads 1 --save "$R/minimal_effnet_linf.json"
     gpu 200 2 minimal_effnet_l2 python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
-        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms l2 --threads 1
+        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms l2 --threads 1 --save "$R/minimal_effnet_l2.json"
 } &
 phase2+=($!)
 gpu 400 3 suite_vs_autoattack python3 benchmarks/suite_vs_autoattack.py --device cuda --models fmnist_cnn_pgd,fmnist_cnn_standard \
