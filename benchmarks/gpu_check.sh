@@ -109,9 +109,11 @@ gpu 400 1 minimal_1000 "${MINIMAL_1000[@]}" &
 phase2+=($!)
 {
     gpu 200 2 minimal_effnet_linf python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
-        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms linf --threads 1 --save "$R/minimal_effnet_linf.json"
+        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms linf --threads 1 \
+        --save "$R/minimal_effnet_linf.json"
     gpu 200 2 minimal_effnet_l2 python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
-        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms l2 --threads 1 --save "$R/minimal_effnet_l2.json"
+        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms l2 --threads 1 \
+        --save "$R/minimal_effnet_l2.json"
 } &
 phase2+=($!)
 gpu 400 3 suite_vs_autoattack python3 benchmarks/suite_vs_autoattack.py --device cuda --models fmnist_cnn_pgd,fmnist_cnn_standard \

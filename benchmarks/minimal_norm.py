@@ -12,8 +12,10 @@ The ``fragile`` column counts the successes of that check that another evaluatio
 successes, as AttackBench counts them. The check runs once per entry, after its last timed run, outside the
 timings (a forward pass per returned point); ``--no-fragile`` leaves it out (the column then says -).
 ``--save FILE`` writes the rows with each entry's per-sample distances (null for a failure), the samples its
-fragile check flagged and every timed run's seconds as JSON, so that a table can be re-derived, rows of
-separate processes combined per sample, and an entry's points compared image by image with another's.
+fragile check flagged and every timed run's seconds as JSON (after each norm), so that a table can be
+re-derived, rows of separate processes on the same images (``images_sha256``) combined per sample, and an
+entry's points compared image by image with another's. ``--batch B`` runs every entry on consecutive batches of
+B images (memory) and checks the points on the same batches.
 Also advlab's FAB-T (targeted FAB towards the 9 likeliest classes) and its ``minimal`` ensemble, and the peers'
 entries where installed: Foolbox's
 ``L*FMNAttack``/``DDNAttack``/``EADAttack`` (EAD: L1, 9 binary-search steps of ``--steps``), torchattacks'
@@ -33,10 +35,11 @@ process time. Before its timed runs, each entry runs once untimed with ``--warmu
 the same images, on every device: on a GPU the first call of a process otherwise bears the CUDA context, the
 kernels' loading and cuDNN's plans (the first entry of the earlier GPU tables took 2x its time).
 
-The ensemble's row is, by default, not a separate run: ``attacks.minimal`` is deterministic and returns per
-sample the smallest verified distance of its members (attacks.MINIMAL_MEMBERS, each run with the same
-arguments as its own row here; tests/test_robustness.py checks the equality), so the row is the per-sample
-minimum of its members' rows and its time the sum of theirs. That saves a third of the benchmark's time;
+The ensemble's row is, by default, not a separate run: ``attacks.minimal`` is deterministic (on the CPU; on a
+GPU up to the nondeterminism of some CUDA kernels) and returns per sample the smallest verified distance of its
+members (attacks.MINIMAL_MEMBERS, each run with the same arguments as its own row here; tests/test_robustness.py
+and tests/test_bench_minimal_norm.py check the equality), so the row is the per-sample minimum of its members'
+rows and its time the sum of theirs. That saves a third of the benchmark's time;
 ``--run-ensemble`` runs ``attacks.minimal`` itself instead. In L0 the ensemble's second FMN run (alpha_init 1000,
 gamma_init 0.7) has its own row, and FMN with the paper's L0 step and eps factor (1, 0.05: adv_lib's and
 Foolbox's defaults) one more, so that advlab and adv_lib are also compared at the same settings.
@@ -49,8 +52,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -63,6 +68,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advlab import attacks
+from advlab.attacks.minimal import verified_distance
 from benchmarks._peers.libraries import stub_visdom
 from benchmarks._peers.measure import timed
 from benchmarks._peers.workload import IMAGENET_30X5, Workload, fmnist_workload, imagenet_workload
@@ -79,16 +85,34 @@ ENSEMBLE_ROWS = {
 }  # fmt: skip
 
 
-def measured(model: torch.nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: str) -> Tensor:
-    """Distance in ``norm`` of each returned point that a fresh forward pass finds adversarial, else inf.
+def batches(n: int, batch: int) -> list[slice]:
+    """Consecutive slices of ``batch`` of n samples (one slice of all for 0)."""
+    size = n if batch <= 0 else batch
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
 
-    Measured in float64, as ``attacks.minimal`` measures its members' points, so that the ensemble's row picks
-    per sample the member ``attacks.minimal`` picks (the first of the smallest distances)."""
-    with torch.no_grad():
-        adversarial = model(x_adv).argmax(1) != y
-    delta = (x_adv.double() - x.double()).flatten(1)
-    size = (delta != 0).sum(1).double() if norm == "l0" else delta.norm(p=P[norm], dim=1)
-    return torch.where(adversarial, size, torch.full_like(size, math.inf))
+
+def in_batches(name: str, run: Entry, steps: int, x: Tensor, y: Tensor, batch: int) -> Tensor:
+    """Entry ``name`` on ``x`` in consecutive batches of ``batch`` images (all at once for 0), the points
+    concatenated. Every attack here treats each sample on its own (no restarts, no batch-wide state), so
+    batching changes the memory, the time and the float rounding of batched kernels (EfficientNet-Lite0 at 128
+    images of 224 x 224 takes about 12 GB a process on the CPU); ``measured`` checks the points on forward
+    passes of the same batches, as ``attacks.minimal`` run batch by batch would."""
+    points = []
+    for part in batches(len(x), batch):
+        out = run(steps, x[part], y[part])
+        if out.shape != x[part].shape:
+            raise RuntimeError(f"{name} returned points of shape {tuple(out.shape)} for {tuple(x[part].shape)}")
+        points.append(out.detach())
+    return torch.cat(points)
+
+
+def measured(model: torch.nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: str, batch: int = 0) -> Tensor:
+    """Distance in ``norm`` (float64) of each returned point that a fresh forward pass finds adversarial, else
+    inf: ``attacks.minimal``'s own check of its members' points (``verified_distance``), on the batches of
+    ``in_batches``, so that the ensemble's row is what ``attacks.minimal`` returns. A point with a NaN
+    coordinate (a diverged attack) is a failure."""
+    d = torch.cat([verified_distance(model, x[b], y[b], x_adv[b], norm, False) for b in batches(len(x), batch)])
+    return torch.where(torch.isnan(d), math.inf, d)
 
 
 @dataclass
@@ -96,36 +120,21 @@ class Row:
     """One entry's line of a norm's table."""
 
     success: float  # share of samples with a verified adversarial point
-    median: float  # the lower median distance (torch's; inf where half or more failed)
+    median: float  # the lower median distance (torch's; inf where more than half failed)
     optimality: float  # AttackBench's score: mean over samples of best / distance, 0 for a failure
     fragile: int | None  # successes another evaluation undoes (None: not checked)
 
 
-def in_batches(run: Entry, steps: int, x: Tensor, y: Tensor, batch: int) -> Tensor:
-    """``run`` on ``x`` in consecutive batches of ``batch`` images (all at once for 0), the points concatenated.
-    Every attack here treats each sample on its own (no restarts, no batch-wide state), so this changes the
-    memory, the time and the float rounding of batched kernels, nothing else (EfficientNet-Lite0 at 128 images
-    of 224 x 224 takes about 12 GB a process on the CPU)."""
-    if batch <= 0 or batch >= len(x):
-        return run(steps, x, y)
-    return torch.cat([run(steps, x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)])
-
-
-def json_number(v: float | int | None) -> float | int | None:
-    """JSON has no inf: a failure's distance (or an infinite median) is written as null."""
-    return None if isinstance(v, float) and math.isinf(v) else v
-
-
 def ensemble(
     distances: dict[str, Tensor], flips: dict[str, Tensor], members: list[str]
-) -> tuple[Tensor, Tensor | None]:
-    """The ``attacks.minimal`` row from its members' rows: per sample the smallest distance, and the fragile
-    flag of the member that gives it (the first of the smallest, as ``attacks.minimal`` keeps it; None when
-    the fragile flags were not computed)."""
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The ``attacks.minimal`` row from its members' rows: per sample the smallest distance, the index of the
+    member that gives it (the first of the smallest, as ``attacks.minimal`` keeps it) and that member's fragile
+    flag (None when the fragile flags were not computed)."""
     member_distances = torch.stack([distances[m] for m in members])
-    chosen = member_distances.argmin(0, keepdim=True)  # the first index of the minimum
-    flags = torch.stack([flips[m] for m in members]).gather(0, chosen)[0] if flips else None
-    return member_distances.amin(0), flags
+    chosen = member_distances.argmin(0)  # the first index of the minimum
+    flags = torch.stack([flips[m] for m in members]).gather(0, chosen[None])[0] if flips else None
+    return member_distances.amin(0), chosen, flags
 
 
 def score(distances: dict[str, Tensor], flips: dict[str, Tensor]) -> dict[str, Row]:
@@ -146,8 +155,44 @@ def score(distances: dict[str, Tensor], flips: dict[str, Tensor]) -> dict[str, R
     return rows
 
 
+def json_number(v: float | int | None) -> float | int | None:
+    """JSON has no inf or NaN: a failure's distance (or an infinite median) is written as null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def norm_record(
+    rows: dict[str, Row],
+    distances: dict[str, Tensor],
+    flips: dict[str, Tensor],
+    seconds: dict[str, list[float]],
+    derived: dict[str, list[str]],
+) -> dict[str, dict[str, object]]:
+    """One norm's part of ``--save``'s JSON: per entry its row, the seconds of each timed run, the per-sample
+    distances (null for a failure) and the samples the fragile check flagged (null when it did not run). A row
+    derived from other rows (the ensemble's, by default) has the names of those rows in ``members`` and no
+    seconds of its own."""
+    return {
+        name: {
+            **{k: json_number(v) for k, v in asdict(row).items()},
+            "seconds": seconds.get(name),
+            "members": derived.get(name),
+            "distance": [json_number(v) for v in distances[name].tolist()],
+            "fragile_samples": None if name not in flips else flips[name].nonzero().flatten().tolist(),
+        }
+        for name, row in rows.items()
+    }
+
+
+def write_json(path: Path, record: dict[str, object]) -> None:
+    """``record`` into ``path`` through a temporary file: a run stopped between norms leaves the last complete
+    record, never a half-written one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
 def fragile(model: torch.nn.Module, model64: torch.nn.Module, y: Tensor, x_adv: Tensor, distance: Tensor) -> Tensor:
-    """Per sample: the returned point passed ``measured``'s check (a fresh forward pass of the whole batch) but
+    """Per sample: the returned point passed ``measured``'s check (a fresh forward pass of its batch) but
     is classified correctly by another evaluation of the same point, alone (a batch of one) or in float64.
     A finite distance of 0 (the image itself, which the workload kept as correctly classified in another batch)
     is checked too: that is the plainest case of a label decided by rounding.
@@ -204,6 +249,14 @@ def peer_entries(model: torch.nn.Module, device: torch.device, norm: str, num_cl
     return out
 
 
+def count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {value}")
+    return value
+
+
 def workload(args: argparse.Namespace) -> Workload:
     """The model and images of ``--model``: a shipped Fashion-MNIST model on the first ``--n`` test images, or
     EfficientNet-Lite0 on (at most ``--n`` of) the shared ImageNet images; the correctly classified ones."""
@@ -228,9 +281,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each entry, alternating order; median time")
     parser.add_argument("--run-ensemble", action="store_true", help="run attacks.minimal instead of combining rows")
     parser.add_argument("--no-fragile", action="store_true", help="skip the fragile column's re-evaluations")
-    parser.add_argument("--batch", type=int, default=0, help="images per attack call (0: all at once)")
+    parser.add_argument("--batch", type=count, default=0, help="images per attack call (0: all at once)")
     parser.add_argument("--save", default="", help="write the rows and per-sample distances to this JSON file")
     args = parser.parse_args()
+    save = Path(args.save) if args.save else None
+    if save is not None and not save.parent.is_dir():
+        parser.error(f"--save {args.save}: the folder {save.parent} does not exist")
     stub_visdom()
     from adv_lib.attacks import ddn as adv_lib_ddn
     from adv_lib.attacks import fab as adv_lib_fab
@@ -298,26 +354,27 @@ def main() -> None:
         distances, points = {}, {}
         samples: dict[str, list[float]] = {name: [] for name, _ in runs}
         for _name, run in runs:  # warm-up (CUDA context, kernels, cuDNN plans, allocator) outside the timings
-            in_batches(run, args.warmup_steps, x, y, args.batch)
+            in_batches(_name, run, args.warmup_steps, x, y, args.batch)
         for r in range(args.repeats):  # rounds in alternating order (load drifts), the median time of each
             for name, run in runs if r % 2 == 0 else runs[::-1]:
-                t, x_adv = timed(lambda run=run: in_batches(run, args.steps, x, y, args.batch), device)
+                t, x_adv = timed(lambda name=name, run=run: in_batches(name, run, args.steps, x, y, args.batch), device)
                 seconds = t.wall if device.type == "cuda" else t.cpu  # process seconds on the CPU
                 samples[name].append(seconds)
-                points[name] = x_adv.detach().to(device)  # the last run's, which the table reports
-                distances[name] = measured(model, x, y, points[name], norm)
+                points[name] = x_adv.to(device)  # the last run's, which the table reports
+                distances[name] = measured(model, x, y, points[name], norm, args.batch)
                 cpu_only = f", {100 * t.system / max(t.cpu, 1e-9):.0f}% system, {t.faults} minor faults"
                 share = cpu_only if device.type != "cuda" else ""
                 print(f"  ({norm} {name}: {seconds:.1f} {clock}{share})", file=sys.stderr, flush=True)
         times = {name: statistics.median(v) for name, v in samples.items()}
         flips = {} if model64 is None else {n: fragile(model, model64, y, points[n], d) for n, d in distances.items()}
         members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
+        derived = {}
         if not args.run_ensemble and all(m in distances for m in members):
-            distances["advlab minimal"], flags = ensemble(distances, flips, members)
+            distances["advlab minimal"], _, flags = ensemble(distances, flips, members)
             if flags is not None:
                 flips["advlab minimal"] = flags
             times["advlab minimal"] = sum(times[m] for m in members)
-            samples["advlab minimal"] = [times["advlab minimal"]]
+            derived["advlab minimal"] = members
         rows = score(distances, flips)
         for name, row in rows.items():
             fragile_count = "-" if row.fragile is None else str(row.fragile)
@@ -325,19 +382,12 @@ def main() -> None:
                 f"{norm:5} {name:16} {row.success:8.3f} {fragile_count:>7} {row.median:9.4g} "
                 f"{row.optimality:10.4f} {times[name]:7.2f}"
             )
-        saved[norm] = {
-            name: {
-                **{k: json_number(v) for k, v in asdict(row).items()},
-                "seconds": samples[name],
-                "distance": [json_number(v) for v in distances[name].tolist()],
-                "fragile_samples": None if name not in flips else flips[name].nonzero().flatten().tolist(),
-            }
-            for name, row in rows.items()
-        }
-    if args.save:
-        settings = {k: v for k, v in vars(args).items() if k != "save"}
-        record = {"workload": wl.name, "images": len(x), "clock": clock, "settings": settings, "norms": saved}
-        Path(args.save).write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+        saved[norm] = norm_record(rows, distances, flips, samples, derived)
+        if save is not None:  # after every norm: a run stopped by a time limit keeps the norms it finished
+            settings = {k: v for k, v in vars(args).items() if k != "save"}
+            digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+            record = {"workload": wl.name, "images": len(x), "images_sha256": digest, "clock": clock}
+            write_json(save, {**record, "settings": settings, "norms": saved})
 
 
 if __name__ == "__main__":

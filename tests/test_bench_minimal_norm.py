@@ -5,14 +5,29 @@ distance check and the fragile check, each on inputs whose answer is known."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from benchmarks.minimal_norm import ensemble, fragile, measured, score
+from advlab import attacks
+from advlab.attacks.minimal import minimal_result
+from benchmarks.minimal_norm import (
+    ENSEMBLE_ROWS,
+    ensemble,
+    fragile,
+    in_batches,
+    json_number,
+    measured,
+    norm_record,
+    score,
+    write_json,
+)
 
 INF = math.inf
 
@@ -35,7 +50,8 @@ def test_optimality_is_a_relative_score(columns: list[list[float]], scale: float
     rows = score(dists, {})
     for name, row in rows.items():
         assert 0.0 <= row.optimality <= 1.0 + 1e-12
-        assert row.success == float(torch.isfinite(dists[name]).double().mean())
+        column = columns[int(name[1:])] if name != "best" else [min(c) for c in zip(*columns, strict=True)]
+        assert math.isclose(row.success, sum(math.isfinite(v) for v in column) / len(column))
         assert row.fragile is None
     broken = float(torch.isfinite(dists["best"]).double().mean())
     assert math.isclose(rows["best"].optimality, broken, rel_tol=1e-12)
@@ -56,10 +72,63 @@ def test_optimality_values() -> None:
 def test_ensemble_takes_the_first_smallest_member_and_its_flag() -> None:
     dists = table([[1.0, 3.0, INF, 2.0], [1.0, 2.0, 5.0, INF]])
     flips = {"e0": torch.tensor([True, True, False, False]), "e1": torch.tensor([False, False, True, True])}
-    best, flags = ensemble(dists, flips, ["e0", "e1"])
+    best, chosen, flags = ensemble(dists, flips, ["e0", "e1"])
     assert best.tolist() == [1.0, 2.0, 5.0, 2.0]
-    assert flags is not None and flags.tolist() == [True, False, True, False]  # the tie goes to e0, as in minimal
-    assert ensemble(dists, {}, ["e0", "e1"])[1] is None
+    assert chosen.tolist() == [0, 1, 1, 0]  # the tie goes to e0, as in attacks.minimal
+    assert flags is not None and flags.tolist() == [True, False, True, False]
+    assert ensemble(dists, {}, ["e0", "e1"])[2] is None
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_combined_row_is_what_attacks_minimal_returns(digits_model, norm: str) -> None:
+    """The script's default ensemble row (its members' rows combined, checked batch by batch) against
+    attacks.minimal itself, run batch by batch: the same distance and the same member for every sample."""
+    model, x, y = digits_model
+    x, y = x[:12], y[:12]
+    members = {"fmn": lambda s, x, y: attacks.fmn(model, x, y, norm=norm, steps=s),
+               "ddn": lambda s, x, y: attacks.ddn(model, x, y, steps=s),
+               "fab_t": lambda s, x, y: attacks.fab_t(model, x, y, norm=norm, steps=s)}  # fmt: skip
+    names = attacks.MINIMAL_MEMBERS[norm]
+    dists = {ENSEMBLE_ROWS[m]: measured(model, x, y, in_batches(m, members[m], 8, x, y, 5), norm, 5) for m in names}
+    best, chosen, _ = ensemble(dists, {}, [ENSEMBLE_ROWS[m] for m in names])
+    runs = [minimal_result(model, x[i : i + 5], y[i : i + 5], norm=norm, steps=8) for i in range(0, 12, 5)]
+    expected = torch.cat([r.extras["distance"] for r in runs])
+    found_by = torch.cat([r.extras["found_by"] for r in runs])
+    assert torch.equal(best.float(), expected)
+    broken = found_by > 0
+    assert broken.any() and torch.equal(chosen[broken] + 1, found_by[broken])
+
+
+def test_in_batches_gives_each_batch_its_own_images(digits_model) -> None:
+    """FMN over batches of 5 returns the points it returns on all 12 at once (each sample on its own), and an
+    entry that returns points for other images than its batch's is named."""
+    model, x, y = digits_model
+    x, y = x[:12], y[:12]
+
+    def run(s: int, xb: Tensor, yb: Tensor) -> Tensor:
+        return attacks.fmn(model, xb, yb, norm="l2", steps=s)
+
+    whole = measured(model, x, y, run(10, x, y), "l2")
+    batched = measured(model, x, y, in_batches("fmn", run, 10, x, y, 5), "l2", 5)
+    assert torch.allclose(batched, whole, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="wrong one returned"):
+        in_batches("wrong one", lambda s, xb, yb: run(s, x, y), 10, x, y, 5)
+
+
+def test_saved_record_round_trips(tmp_path: Path) -> None:
+    """--save's JSON: failures and an infinite median as null, derived rows without seconds, valid JSON."""
+    dists = table([[1.0, INF, INF], [2.0, 3.0, INF]])
+    flips = {"e0": torch.tensor([True, False, False])}
+    rows = score(dists, flips)
+    record = norm_record(rows, dists, flips, {"e0": [1.5, 1.25]}, {"e1": ["e0"]})
+    write_json(tmp_path / "out.json", {"norms": {"l2": record}})
+    back = json.loads((tmp_path / "out.json").read_text())["norms"]["l2"]
+    assert back["e0"]["distance"] == [1.0, None, None] and back["e0"]["median"] is None
+    assert back["e0"]["fragile_samples"] == [0] and back["e0"]["fragile"] == 1
+    assert back["e1"]["seconds"] is None and back["e1"]["members"] == ["e0"] and back["e1"]["fragile"] is None
+    assert back["e0"]["seconds"] == [1.5, 1.25] and back["e1"]["median"] == 3.0
+    assert [json_number(v) for v in (INF, -INF, math.nan, 2, 0.5)] == [None, None, None, 2, 0.5]
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 class Linear2(nn.Module):
@@ -76,15 +145,17 @@ class Linear2(nn.Module):
 
 def test_measured_checks_the_label_and_measures_in_float64() -> None:
     model = Linear2(torch.tensor([1.0, 1.0, -1.0]))
-    x = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]])
-    y = torch.zeros(2, dtype=torch.long)
-    x_adv = torch.tensor([[0.0, 0.0, 0.5], [0.5, 0.4, 0.0]])  # the first crosses (w.x = -0.5), the second not
-    d2 = measured(model, x, y, x_adv, "l2")
-    assert d2.dtype == torch.float64 and d2[1] == INF
-    assert d2[0] == torch.tensor([0.5, 0.5, 0.5], dtype=torch.float32).double().norm()
+    x = torch.tensor([[0.1, 0.3, 0.7], [0.5, 0.5, 0.0], [0.5, 0.5, 0.0]])
+    y = torch.zeros(3, dtype=torch.long)
+    x_adv = torch.tensor([[0.7, 0.05, 0.93], [0.5, 0.4, 0.0], [math.nan, 0.0, 0.9]])
+    # the first crosses (w.x = -0.18), the second does not, the third is NaN (a diverged attack: a failure)
+    delta = x_adv[0].double() - x[0].double()  # float64 of the float32 points, not of their float32 difference
+    for norm, p in (("l2", 2), ("l1", 1), ("linf", math.inf)):
+        d = measured(model, x, y, x_adv, norm)
+        assert d.dtype == torch.float64 and d[1:].tolist() == [INF, INF]
+        assert float(d[0]) == float(delta.norm(p=p))
     assert measured(model, x, y, x_adv, "l0")[0] == 3
-    assert math.isclose(float(measured(model, x, y, x_adv, "l1")[0]), 1.5)
-    assert math.isclose(float(measured(model, x, y, x_adv, "linf")[0]), 0.5)
+    assert measured(model, x, y, x_adv, "l2", batch=2).tolist() == measured(model, x, y, x_adv, "l2").tolist()
 
 
 class Cancelling(nn.Module):
