@@ -17,8 +17,10 @@ is drawn on the CPU as everywhere in advlab) and times with ``torch.cuda.synchro
 ``--imagenet`` the defaults are EfficientNet-Lite0, Linf eps 4/255, alpha 1/255 and the defences of
 ``IMAGENET_DEFENCES`` (Gaussian noise at sigma 0.03: 0.1 leaves an ImageNet image unrecognisable).
 ``--out FILE`` also writes the JSON rows there, one a line. ``--suite --batch N`` attacks N images at a time (a
-full batch of 150 EfficientNet-Lite0 images takes 13-14 GB on the CPU); see :func:`batch_slices` for what the
-split can change.
+full batch of 150 EfficientNet-Lite0 images takes 13-14 GB on the CPU). The attacks' per-sample seeds follow the
+samples, so on a deterministic model the split changes a result only through float rounding; a random defence
+draws its noise from torch's global generator in call order, so its attack rows depend on ``--batch``, while
+the judgements (per-sample streams of the engine's Judge) do not.
 
 With ``--suite`` the columns are: clean, naive PGD, the adaptive suite (:mod:`advlab.evaluate.adaptive`: the
 checks on the first 16 images, then EOT with K from the gradient variance (capped at ``--eot-cap``) and BPDA
@@ -41,16 +43,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advlab import attacks
 from advlab.data.fashion_mnist import load_fashion_mnist, to_float_images
 from advlab.defenses import bpda, defended, parse_defense
 from advlab.models import load_model
+from benchmarks._peers.workload import batch_slices
 
 # defence -> how the adaptive attack handles it: "bpda" (identity backward around it) or "eot" (expectation)
 DEFENCES: dict[str, str] = {
@@ -106,17 +113,6 @@ def engine_judged(
             return torch.cat([j.logits(points[c]).argmax(1) == y[c] for c, j in zip(chunks, judges, strict=True)])
 
     return right
-
-
-def batch_slices(n: int, batch: int | None) -> list[slice]:
-    """The consecutive slices of ``--batch`` samples the attacks run on (all ``n`` at once without it).
-
-    The attacks' per-sample seeds follow the samples, so on a deterministic model the split changes a result only
-    through float rounding (another batch size rounds differently). A random defence draws its noise from torch's
-    global generator in call order, so its attack rows depend on ``--batch``; the judgements (per-sample streams
-    of the engine's Judge) do not."""
-    step = batch or max(n, 1)
-    return [slice(i, i + step) for i in range(0, n, step)]
 
 
 def suite_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:

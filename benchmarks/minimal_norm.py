@@ -71,7 +71,13 @@ from advlab import attacks
 from advlab.attacks.minimal import verified_distance
 from benchmarks._peers.libraries import stub_visdom
 from benchmarks._peers.measure import timed
-from benchmarks._peers.workload import IMAGENET_30X5, Workload, fmnist_workload, imagenet_workload
+from benchmarks._peers.workload import (
+    IMAGENET_30X5,
+    Workload,
+    batch_slices,
+    fmnist_workload,
+    imagenet_workload,
+)
 
 P = {"l0": 0.0, "l1": 1.0, "l2": 2.0, "linf": math.inf}
 # The untargeted FABs: one backward per class a step, left out for a model of more than MAX_JACOBIAN_CLASSES.
@@ -85,12 +91,6 @@ ENSEMBLE_ROWS = {
 }  # fmt: skip
 
 
-def batches(n: int, batch: int) -> list[slice]:
-    """Consecutive slices of ``batch`` of n samples (one slice of all for 0)."""
-    size = n if batch <= 0 else batch
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
-
-
 def in_batches(name: str, run: Entry, steps: int, x: Tensor, y: Tensor, batch: int) -> Tensor:
     """Entry ``name`` on ``x`` in consecutive batches of ``batch`` images (all at once for 0), the points
     concatenated. Every attack here treats each sample on its own (no restarts, no batch-wide state), so
@@ -98,7 +98,7 @@ def in_batches(name: str, run: Entry, steps: int, x: Tensor, y: Tensor, batch: i
     images of 224 x 224 takes about 12 GB a process on the CPU); ``measured`` checks the points on forward
     passes of the same batches, as ``attacks.minimal`` run batch by batch would."""
     points = []
-    for part in batches(len(x), batch):
+    for part in batch_slices(len(x), batch):
         out = run(steps, x[part], y[part])
         if out.shape != x[part].shape:
             raise RuntimeError(f"{name} returned points of shape {tuple(out.shape)} for {tuple(x[part].shape)}")
@@ -111,7 +111,7 @@ def measured(model: torch.nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: 
     inf: ``attacks.minimal``'s own check of its members' points (``verified_distance``), on the batches of
     ``in_batches``, so that the ensemble's row is what ``attacks.minimal`` returns. A point with a NaN
     coordinate (a diverged attack) is a failure."""
-    d = torch.cat([verified_distance(model, x[b], y[b], x_adv[b], norm, False) for b in batches(len(x), batch)])
+    d = torch.cat([verified_distance(model, x[b], y[b], x_adv[b], norm, False) for b in batch_slices(len(x), batch)])
     return torch.where(torch.isnan(d), math.inf, d)
 
 
@@ -350,11 +350,18 @@ def main() -> None:
     print(f"{wl.name}: {len(x)} correctly classified images, {args.steps} steps, {args.threads} thread(s), {device}")
     print(f"{'norm':5} {'attack':16} {'success':>8} {'fragile':>7} {'median':>9} {'optimality':>10} {clock:>7}")
     saved: dict[str, dict[str, dict[str, object]]] = {}
+    header = {  # --save's record, less the norms
+        "workload": wl.name,
+        "images": len(x),
+        "images_sha256": hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
+        "clock": clock,
+        "settings": {k: v for k, v in vars(args).items() if k != "save"},
+    }
     for norm, runs in entries.items():
         distances, points = {}, {}
         samples: dict[str, list[float]] = {name: [] for name, _ in runs}
-        for _name, run in runs:  # warm-up (CUDA context, kernels, cuDNN plans, allocator) outside the timings
-            in_batches(_name, run, args.warmup_steps, x, y, args.batch)
+        for name, run in runs:  # warm-up (CUDA context, kernels, cuDNN plans, allocator) outside the timings
+            in_batches(name, run, args.warmup_steps, x, y, args.batch)
         for r in range(args.repeats):  # rounds in alternating order (load drifts), the median time of each
             for name, run in runs if r % 2 == 0 else runs[::-1]:
                 t, x_adv = timed(lambda name=name, run=run: in_batches(name, run, args.steps, x, y, args.batch), device)
@@ -384,10 +391,7 @@ def main() -> None:
             )
         saved[norm] = norm_record(rows, distances, flips, samples, derived)
         if save is not None:  # after every norm: a run stopped by a time limit keeps the norms it finished
-            settings = {k: v for k, v in vars(args).items() if k != "save"}
-            digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-            record = {"workload": wl.name, "images": len(x), "images_sha256": digest, "clock": clock}
-            write_json(save, {**record, "settings": settings, "norms": saved})
+            write_json(save, {**header, "norms": saved})
 
 
 if __name__ == "__main__":

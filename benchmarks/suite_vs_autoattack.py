@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from advlab.evaluate.suite import DEFAULT_SQUARE_QUERIES, run_suite
+from benchmarks._peers.workload import batch_slices
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET = ROOT.parent / "shared" / "data" / "imagenet-30x5" / "labels.csv"
@@ -67,10 +71,6 @@ def imagenet_data(model: nn.Module, n: int) -> tuple[Tensor, Tensor]:
     return torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
 
 
-def batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -81,7 +81,7 @@ def run_advlab(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch: int, q
     start, cpu = time.perf_counter(), time.process_time()
     parts = [
         run_suite(model, x[s], y[s], eps, "linf", seed=torch.arange(s.start, s.stop), square_queries=queries)
-        for s in batches(x.shape[0], batch)
+        for s in batch_slices(x.shape[0], batch)
     ]
     sync(x.device)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu

