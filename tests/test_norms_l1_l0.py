@@ -84,15 +84,14 @@ def test_l1_projection_is_feasible_idempotent_and_nearest(seed: int, n: int, d: 
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(1, 60), st.floats(0.0, 8.0), st.integers(1, 9),
-    st.booleans(), st.sampled_from([torch.float32, torch.float64]),
+    st.integers(2, 4), st.booleans(), st.sampled_from([torch.float32, torch.float64]),
 )  # fmt: skip
 def test_l1_projection_top_k_path_equals_the_full_sort(
-    seed: int, n: int, d: int, eps: float, topk: int, grid: bool, dtype: torch.dtype
+    seed: int, n: int, d: int, eps: float, topk: int, growth: int, grid: bool, dtype: torch.dtype
 ) -> None:
-    """The projection's multiplier from the k largest breakpoints (then 32k, and so on up to all of them, for
-    the rows whose crossing lies lower) is the one from all 2n of them, bit for bit, ties included (``grid``
-    puts the points on a coarse grid, where many breakpoints coincide; k = 1 with d up to 60 passes through
-    three depths)."""
+    """The projection's multiplier from the k largest breakpoints (then ``growth`` times as many, and so on up
+    to all of them, for the rows whose crossing lies lower) is the one from all 2n of them, bit for bit, ties
+    included (``grid`` puts the points on a coarse grid, where many breakpoints coincide)."""
     x, p = _sample(seed, n, d)
     if grid:
         x, p = (x * 4).round() / 4, (p * 4).round() / 4
@@ -100,8 +99,38 @@ def test_l1_projection_top_k_path_equals_the_full_sort(
     eps_t = torch.full((n,), eps, dtype=dtype)
     eps_t[0] = eps / 7  # rows of the same batch whose crossings lie at different depths
     full = L1(projection_topk=2 * d).project_(p.clone(), Ball(get_norm("l1"), x, eps_t, None))
-    fast = L1(projection_topk=topk).project_(p.clone(), Ball(get_norm("l1"), x, eps_t, None))
+    fast = L1(projection_topk=topk, projection_growth=growth).project_(p.clone(), Ball(get_norm("l1"), x, eps_t, None))
     assert torch.equal(fast, full)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l1_projection_equals_the_full_sort_for_crossings_at_every_depth(dtype: torch.dtype) -> None:
+    """Rows of one batch whose crossings lie from the first breakpoint to the last thousand of 2n = 4000 (so a
+    search from 1 breakpoint growing by 2 takes up to 9 depths and then the full sort): the same projection, bit
+    for bit, as from all breakpoints at once."""
+    x, p = _sample(7, 8, 2000)
+    x, p = x.to(dtype), p.to(dtype)
+    phi0 = torch.minimum((p - x).abs(), torch.where(p > x, 1 - x, x)).sum(dim=1)  # the L1 size with lambda = 0
+    eps = phi0 * torch.tensor([1e-5, 1e-3, 0.01, 0.05, 0.2, 0.5, 0.8, 0.99], dtype=dtype)
+    ball = Ball(get_norm("l1"), x, eps, None)
+    full = L1(projection_topk=4000).project_(p.clone(), ball)
+    fast = L1(projection_topk=1, projection_growth=2).project_(p.clone(), ball)
+    assert torch.equal(fast, full)
+    # The rows' crossings do lie at many depths: the coordinates the projection moves span 1 to over 1,000.
+    moved = ((full - x).abs() > 0).sum(dim=1)
+    assert int(moved.min()) <= 2 and int(moved.max()) > 1000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"projection_topk": 0}, "projection_topk must be an int >= 1"),
+     ({"projection_topk": True}, "projection_topk must be an int >= 1"),
+     ({"projection_growth": 1}, "projection_growth must be an int >= 2"),
+     ({"projection_growth": 2.5}, "projection_growth must be an int >= 2")],
+)  # fmt: skip
+def test_l1_geometry_rejects_a_search_that_would_not_go_deeper(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        L1(**kwargs)  # type: ignore[arg-type]
 
 
 def test_l0_projection_breaks_ties_per_row_whatever_the_batch_mates_budget() -> None:

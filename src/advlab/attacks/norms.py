@@ -24,8 +24,9 @@ L1_STEP_FRACTION = 0.01
 
 # The L1 projection finds its multiplier from this many of the largest breakpoints of a row (a top-k, far
 # cheaper than sorting all 2n), then from L1_PROJECTION_GROWTH times as many for the rows whose crossing lies
-# lower, and so on up to all of them (L1.project_). On 224 x 224 images an L1 attack's crossings lie a few
-# hundred to a few thousand breakpoints down: the second top-k finds them at a tenth of a full sort's cost.
+# lower, and so on, sorting all of them once the next top-k would pass a quarter of 2n (L1.project_). The
+# crossings of FMN-L1 on 224 x 224 images lie hundreds to a few thousand breakpoints down, where a top-k costs a
+# fraction of the full sort (docs/benchmarks.md, minimal_norm.py, EfficientNet-Lite0 on 128 images).
 L1_PROJECTION_TOPK = 128
 L1_PROJECTION_GROWTH = 32
 
@@ -144,9 +145,23 @@ class L2(Norm):
 class L1(Norm):
     name, p, dual_p = "l1", 1.0, math.inf
 
-    def __init__(self, step_fraction: float = L1_STEP_FRACTION, projection_topk: int = L1_PROJECTION_TOPK) -> None:
+    def __init__(
+        self,
+        step_fraction: float = L1_STEP_FRACTION,
+        projection_topk: int = L1_PROJECTION_TOPK,
+        projection_growth: int = L1_PROJECTION_GROWTH,
+    ) -> None:
+        """``step_fraction``: the share of coordinates the sparse step moves (:meth:`ascent_step_`);
+        ``projection_topk`` (>= 1) and ``projection_growth`` (>= 2): the first depth of the projection's search
+        for its multiplier and the factor between depths (:meth:`project_`; the result does not depend on
+        them, only its cost)."""
+        limits = (("projection_topk", projection_topk, 1), ("projection_growth", projection_growth, 2))
+        for name, value, least in limits:
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         self.step_fraction = step_fraction
         self.projection_topk = projection_topk
+        self.projection_growth = projection_growth
 
     def random_start(self, x: Tensor, eps: Tensor, noise: Noise) -> Tensor:
         """Uniform in the L1 ball, then put back in the box (which only shrinks |delta|, so stays in the ball).
@@ -184,8 +199,9 @@ class L1(Norm):
         ||u(lambda)||_1 is piecewise linear and non-increasing, with breakpoints |d_i| (coordinate i starts
         moving as lambda falls below it) and |d_i| - b_i (it reaches its box bound); lambda = 0 where phi(0) <=
         eps, else the lambda where phi crosses eps, found by :func:`l1_threshold` from the largest breakpoints
-        down (``projection_topk`` of them first; for the rows whose crossing lies lower, L1_PROJECTION_GROWTH
-        times as many, and so on up to all of them).
+        down (``projection_topk`` of them first; for the rows whose crossing lies lower, ``projection_growth``
+        times as many, and so on; all of them once that would pass a quarter of 2n). On CUDA each further depth
+        costs a host sync (which rows are left).
         """
         x, eps = ball.x, ball.eps
         d = x_adv.sub_(x).view(x.shape[0], -1)
@@ -196,11 +212,11 @@ class L1(Norm):
         # Every row at once (a row inside the ball gets lambda = 0 below): row copies and their scatter back
         # cost more ops than the few rows they spare.
         points = torch.cat([mag, (mag - room).clamp_min_(0)], dim=1)
-        k = min(max(self.projection_topk, 1), points.shape[1])
+        k, all_points = min(self.projection_topk, points.shape[1]), points.shape[1]
         lam, found = l1_threshold(points, eps, k)
         lower = (outside & ~found).nonzero().view(-1)
         while lower.numel() > 0:  # their crossing lies below the k largest breakpoints: look deeper (k = 2n ends)
-            k = min(k * L1_PROJECTION_GROWTH, points.shape[1])
+            k = k * self.projection_growth if 4 * k * self.projection_growth <= all_points else all_points
             lam_lower, found_lower = l1_threshold(points[lower], eps[lower], k)
             lam.index_put_((lower,), lam_lower)
             lower = lower[~found_lower]
