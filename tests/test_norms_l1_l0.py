@@ -105,9 +105,9 @@ def test_l1_projection_top_k_path_equals_the_full_sort(
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_l1_projection_equals_the_full_sort_for_crossings_at_every_depth(dtype: torch.dtype) -> None:
-    """Rows of one batch whose crossings lie from the first breakpoint to the last thousand of 2n = 4000 (so a
-    search from 1 breakpoint growing by 2 takes up to 9 depths and then the full sort): the same projection, bit
-    for bit, as from all breakpoints at once."""
+    """Rows of one batch whose crossings lie from the first breakpoints to over 1,000 of 2n = 4,000 down (a
+    search from 1 breakpoint growing by 2 goes through up to 10 top-k depths, then the sort): the same projection,
+    bit for bit, as from all breakpoints at once."""
     x, p = _sample(7, 8, 2000)
     x, p = x.to(dtype), p.to(dtype)
     phi0 = torch.minimum((p - x).abs(), torch.where(p > x, 1 - x, x)).sum(dim=1)  # the L1 size with lambda = 0
@@ -121,6 +121,20 @@ def test_l1_projection_equals_the_full_sort_for_crossings_at_every_depth(dtype: 
     assert int(moved.min()) <= 2 and int(moved.max()) > 1000
 
 
+def test_l1_projection_with_the_default_search_equals_the_full_sort_on_large_rows() -> None:
+    """The shipped search (128 breakpoints, then 32 times as many) on rows of 8,192 coordinates, where the second
+    depth (4,096) is a top-k and rows below it go on to the sort: the full sort's projection, bit for bit."""
+    x, p = _sample(11, 4, 8192)
+    x, p = x.float(), p.float()
+    phi0 = torch.minimum((p - x).abs(), torch.where(p > x, 1 - x, x)).sum(dim=1)
+    eps = phi0 * torch.tensor([1e-4, 0.02, 0.3, 0.95])  # crossings within 128, within 4,096 and below
+    ball = Ball(get_norm("l1"), x, eps, None)
+    full = L1(projection_topk=2 * 8192).project_(p.clone(), ball)
+    assert torch.equal(L1().project_(p.clone(), ball), full)
+    moved = ((full - x).abs() > 0).sum(dim=1)
+    assert int(moved.min()) < 128 and 128 < int(moved[1]) < 2048 and int(moved.max()) > 4096
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"projection_topk": 0}, "projection_topk must be an int >= 1"),
@@ -128,9 +142,15 @@ def test_l1_projection_equals_the_full_sort_for_crossings_at_every_depth(dtype: 
      ({"projection_growth": 1}, "projection_growth must be an int >= 2"),
      ({"projection_growth": 2.5}, "projection_growth must be an int >= 2")],
 )  # fmt: skip
-def test_l1_geometry_rejects_a_search_that_would_not_go_deeper(kwargs: dict[str, object], message: str) -> None:
+def test_l1_geometry_rejects_bad_projection_search_parameters(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         L1(**kwargs)  # type: ignore[arg-type]
+
+
+def test_l1_geometry_takes_numpy_integers_for_its_search_parameters() -> None:
+    np = pytest.importorskip("numpy")
+    geometry = L1(projection_topk=np.int64(16), projection_growth=np.int32(4))
+    assert (geometry.projection_topk, geometry.projection_growth) == (16, 4)
 
 
 def test_l0_projection_breaks_ties_per_row_whatever_the_batch_mates_budget() -> None:

@@ -12,6 +12,7 @@ onto it and draw random starts from it, and take the rows of the samples still s
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +25,10 @@ L1_STEP_FRACTION = 0.01
 
 # The L1 projection finds its multiplier from this many of the largest breakpoints of a row (a top-k, far
 # cheaper than sorting all 2n), then from L1_PROJECTION_GROWTH times as many for the rows whose crossing lies
-# lower, and so on, sorting all of them once the next top-k would pass a quarter of 2n (L1.project_). The
-# crossings of FMN-L1 on 224 x 224 images lie hundreds to a few thousand breakpoints down, where a top-k costs a
-# fraction of the full sort (docs/benchmarks.md, minimal_norm.py, EfficientNet-Lite0 on 128 images).
+# lower, and so on, sorting all of them once the next top-k would pass a quarter of 2n (L1.project_). On
+# EfficientNet-Lite0's 224 x 224 images most of FMN-L1's crossings lie a few hundred to two thousand breakpoints
+# down, where a top-k costs a fraction of the full sort (docs/benchmarks.md, minimal_norm.py, "EfficientNet-Lite0
+# on all 128").
 L1_PROJECTION_TOPK = 128
 L1_PROJECTION_GROWTH = 32
 
@@ -155,13 +157,9 @@ class L1(Norm):
         ``projection_topk`` (>= 1) and ``projection_growth`` (>= 2): the first depth of the projection's search
         for its multiplier and the factor between depths (:meth:`project_`; the result does not depend on
         them, only its cost)."""
-        limits = (("projection_topk", projection_topk, 1), ("projection_growth", projection_growth, 2))
-        for name, value, least in limits:
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         self.step_fraction = step_fraction
-        self.projection_topk = projection_topk
-        self.projection_growth = projection_growth
+        self.projection_topk = _whole_at_least(projection_topk, 1, "projection_topk")
+        self.projection_growth = _whole_at_least(projection_growth, 2, "projection_growth")
 
     def random_start(self, x: Tensor, eps: Tensor, noise: Noise) -> Tensor:
         """Uniform in the L1 ball, then put back in the box (which only shrinks |delta|, so stays in the ball).
@@ -216,7 +214,8 @@ class L1(Norm):
         lam, found = l1_threshold(points, eps, k)
         lower = (outside & ~found).nonzero().view(-1)
         while lower.numel() > 0:  # their crossing lies below the k largest breakpoints: look deeper (k = 2n ends)
-            k = k * self.projection_growth if 4 * k * self.projection_growth <= all_points else all_points
+            deeper = max(k + 1, k * self.projection_growth)
+            k = deeper if 4 * deeper <= all_points else all_points
             lam_lower, found_lower = l1_threshold(points[lower], eps[lower], k)
             lam.index_put_((lower,), lam_lower)
             lower = lower[~found_lower]
@@ -227,6 +226,17 @@ class L1(Norm):
         size = u_abs.sum(dim=1)
         scale = torch.where(size > eps, eps / size.clamp_min(1e-30), 1.0)[:, None]
         return torch.mul(u_abs, d.sign_(), out=d).mul_(scale).view_as(x_adv).add_(x).clamp_(0, 1)
+
+
+def _whole_at_least(value: object, least: int, name: str) -> int:
+    """``value`` as an int (a Python or NumPy integer, not a bool), at least ``least``."""
+    try:
+        whole = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        whole = None
+    if whole is None or whole < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    return whole
 
 
 def l1_threshold(points: Tensor, eps: Tensor, k: int) -> tuple[Tensor, Tensor]:
