@@ -350,13 +350,17 @@ def main() -> None:
     print(f"{wl.name}: {len(x)} correctly classified images, {args.steps} steps, {args.threads} thread(s), {device}")
     print(f"{'norm':5} {'attack':16} {'success':>8} {'fragile':>7} {'median':>9} {'optimality':>10} {clock:>7}")
     saved: dict[str, dict[str, dict[str, object]]] = {}
-    header = {  # --save's record, less the norms
-        "workload": wl.name,
-        "images": len(x),
-        "images_sha256": hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
-        "clock": clock,
-        "settings": {k: v for k, v in vars(args).items() if k != "save"},
-    }
+    header = (
+        {}
+        if save is None
+        else {  # --save's record, less the norms
+            "workload": wl.name,
+            "images": len(x),
+            "images_sha256": hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
+            "clock": clock,
+            "settings": {k: v for k, v in vars(args).items() if k != "save"},
+        }
+    )
     for norm, runs in entries.items():
         distances, points = {}, {}
         samples: dict[str, list[float]] = {name: [] for name, _ in runs}
@@ -389,8 +393,8 @@ def main() -> None:
                 f"{norm:5} {name:16} {row.success:8.3f} {fragile_count:>7} {row.median:9.4g} "
                 f"{row.optimality:10.4f} {times[name]:7.2f}"
             )
-        saved[norm] = norm_record(rows, distances, flips, samples, derived)
         if save is not None:  # after every norm: a run stopped by a time limit keeps the norms it finished
+            saved[norm] = norm_record(rows, distances, flips, samples, derived)
             write_json(save, {**header, "norms": saved})
 
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advlab.evaluate.suite import DEFAULT_SQUARE_QUERIES, run_suite
+from benchmarks._peers.measure import sync
 from benchmarks._peers.workload import batch_slices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,11 +70,6 @@ def imagenet_data(model: nn.Module, n: int) -> tuple[Tensor, Tensor]:
     step = max(len(data) // n, 1)
     items = [data[i] for i in range(0, step * n, step)]
     return torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_advlab(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch: int, queries: int) -> dict[str, Any]:

@@ -210,7 +210,8 @@ class L1(Norm):
         # Every row at once (a row inside the ball gets lambda = 0 below): row copies and their scatter back
         # cost more ops than the few rows they spare.
         points = torch.cat([mag, (mag - room).clamp_min_(0)], dim=1)
-        k, all_points = min(self.projection_topk, points.shape[1]), points.shape[1]
+        all_points = points.shape[1]
+        k = min(self.projection_topk, all_points)
         lam, found = l1_threshold(points, eps, k)
         lower = (outside & ~found).nonzero().view(-1)
         while lower.numel() > 0:  # their crossing lies below the k largest breakpoints: look deeper (k = 2n ends)
