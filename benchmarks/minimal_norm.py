@@ -23,6 +23,9 @@ entries where installed: Foolbox's
 ``--entries`` keeps the entries whose name contains one of the given words (e.g. ``--entries fmn,minimal``), or
 is one of those given with a leading ``=`` (``--entries "=advlab fab,=adv_lib fab"``); the kept entries run in
 the order of the words that keep them.
+``--shard I/K`` attacks only part I of K of the correctly classified images (consecutive, as equal as can be),
+so that one run can be split over processes; ``benchmarks/minimal_norm_merge.py`` joins their ``--save`` files
+(and those of runs of other entries on the same images) into one table.
 ``--repeats R`` runs each entry R times, in alternating order (forwards, then backwards, ...), and reports the
 median time (the distances are those of the last run; every entry is deterministic without restarts).
 
@@ -77,6 +80,7 @@ from benchmarks._peers.workload import (
     batch_slices,
     fmnist_workload,
     imagenet_workload,
+    shard_slice,
 )
 
 P = {"l0": 0.0, "l1": 1.0, "l2": 2.0, "linf": math.inf}
@@ -257,6 +261,22 @@ def count(text: str) -> int:
     return value
 
 
+def shard(text: str) -> tuple[int, int]:
+    """argparse type: "I/K" with 1 <= I <= K."""
+    part, _, parts = text.partition("/")
+    try:
+        i, k = int(part), int(parts)
+    except ValueError:
+        i = k = 0
+    if not 1 <= i <= k:
+        raise argparse.ArgumentTypeError(f"expected I/K with 1 <= I <= K, got {text!r}")
+    return i, k
+
+
+def images_sha256(x: Tensor) -> str:
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
 def workload(args: argparse.Namespace) -> Workload:
     """The model and images of ``--model``: a shipped Fashion-MNIST model on the first ``--n`` test images, or
     EfficientNet-Lite0 on (at most ``--n`` of) the shared ImageNet images; the correctly classified ones."""
@@ -283,6 +303,7 @@ def main() -> None:
     parser.add_argument("--no-fragile", action="store_true", help="skip the fragile column's re-evaluations")
     parser.add_argument("--batch", type=count, default=0, help="images per attack call (0: all at once)")
     parser.add_argument("--save", default="", help="write the rows and per-sample distances to this JSON file")
+    parser.add_argument("--shard", type=shard, default=None, help="I/K: attack part I of K of the images only")
     args = parser.parse_args()
     save = Path(args.save) if args.save else None
     if save is not None and not save.parent.is_dir():
@@ -295,6 +316,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     wl = workload(args)
+    kept, kept_sha256 = len(wl.x), "" if save is None else images_sha256(wl.x)
+    if args.shard is not None:
+        part = shard_slice(kept, *args.shard)
+        wl.x, wl.y, wl.targets = wl.x[part], wl.y[part], wl.targets[part]
     model, x, y = wl.model.to(device), wl.x.to(device), wl.y.to(device)
     model64 = None if args.no_fragile else copy.deepcopy(model).double()  # the "fragile" column's float64 check
 
@@ -356,7 +381,10 @@ def main() -> None:
         else {  # --save's record, less the norms
             "workload": wl.name,
             "images": len(x),
-            "images_sha256": hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
+            "images_sha256": images_sha256(x),
+            "shard": args.shard,  # [I, K], or null: all the kept images
+            "all_images": kept,  # the kept images of which --shard took a part
+            "all_images_sha256": kept_sha256,
             "clock": clock,
             "settings": {k: v for k, v in vars(args).items() if k != "save"},
         }

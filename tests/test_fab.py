@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from advlab import attacks
-from advlab.attacks.fab import hyperplane_box_step, nearest_boundary
+from advlab.attacks.fab import nearest_boundary
+from advlab.attacks.hyperplane import hyperplane_box_step
 from advlab.attacks.norms import get_norm
 from advlab.attacks.objectives import margin, rounding_slack
 from tests.conftest import Linear
@@ -40,16 +43,58 @@ def test_hyperplane_box_step_is_feasible_and_no_larger_than_other_feasible_steps
         assert bool((size[ok] <= r.norm(p=P[norm], dim=1)[ok] + 1e-12).all())
 
 
-def test_the_l1_step_given_the_shared_order_equals_the_one_that_sorts_itself() -> None:
-    """A FAB step's two L1 projections share w, so one sort of |w| serves both: the same steps, bit for bit."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(5, 40, generator=g)
-    x[:, :8] = (x[:, :8] > 0.5).float()
-    w = torch.randn(5, 40, generator=g)
-    w[0, :10] = 0.5  # ties in |w|
-    order = w.abs().argsort(dim=1, descending=True)
-    for c in (torch.randn(5, generator=g), -torch.rand(5, generator=g) * 50, torch.zeros(5)):
-        assert torch.equal(hyperplane_box_step(x, w, c, "l1", order), hyperplane_box_step(x, w, c, "l1"))
+def reachable_c(x: torch.Tensor, w: torch.Tensor, sign: torch.Tensor, reach: torch.Tensor) -> torch.Tensor:
+    """c = sign * reach * (the largest |<w, d>| the box allows in that direction): reach < 1 puts the crossing
+    that far along the order, reach > 1 out of reach."""
+    room = torch.where(w * sign[:, None] > 0, 1 - x, x)
+    return sign * reach * (w.abs() * room).sum(dim=1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    norm=st.sampled_from(["linf", "l2", "l1"]),
+    rows=st.integers(1, 4),
+    n=st.integers(1, 300),
+    first=st.integers(1, 40),
+    growth=st.integers(2, 5),
+    seed=st.integers(0, 2**31 - 1),
+    at_bounds=st.booleans(),
+)
+def test_the_search_from_the_first_breakpoints_gives_the_full_sorts_step(
+    norm: str, rows: int, n: int, first: int, growth: int, seed: int, at_bounds: bool
+) -> None:
+    """The projection from the ``first`` breakpoints, deepening by ``growth`` for the rows whose crossing lies
+    further, is the step of the full sort (first = n), for crossings from the first breakpoint to out of reach;
+    bit for bit without ties, to rounding where pixels at their bounds tie at t_i = 0 (their order differs)."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    x = torch.rand(rows, n, generator=g, dtype=f64)
+    if at_bounds:
+        x[:, : n // 3] = (x[:, : n // 3] > 0.5).to(f64)
+    w = torch.randn(rows, n, generator=g, dtype=f64)
+    sign = torch.where(torch.rand(rows, generator=g) < 0.5, -1.0, 1.0).to(f64)
+    reach = torch.rand(rows, generator=g, dtype=f64) ** 3 * 1.3  # mostly shallow crossings, some out of reach
+    c = reachable_c(x, w, sign, reach)
+    full = hyperplane_box_step(x, w, c, norm, first=n)
+    searched = hyperplane_box_step(x, w, c, norm, first=first, growth=growth)
+    if at_bounds and norm != "l1":
+        torch.testing.assert_close(searched, full, atol=1e-12, rtol=0)
+    else:
+        assert torch.equal(searched, full)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_the_shipped_search_gives_the_full_sorts_step_on_image_sized_rows(norm: str) -> None:
+    """Rows of 8,192 coordinates with the default depths (1,024 breakpoints, then 4,096, then the sort), the
+    crossings spread from the first breakpoint to out of reach: the step of the full sort, bit for bit."""
+    g = torch.Generator().manual_seed(7)
+    rows, n = 12, 8192
+    x = torch.rand(rows, n, generator=g)
+    w = torch.randn(rows, n, generator=g)
+    sign = torch.where(torch.arange(rows) % 2 == 0, -1.0, 1.0)
+    reach = torch.tensor([0.0, 1e-6, 1e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 0.7, 0.999, 1.5])
+    c = reachable_c(x, w, sign, reach)
+    assert torch.equal(hyperplane_box_step(x, w, c, norm), hyperplane_box_step(x, w, c, norm, first=n))
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])

@@ -96,6 +96,14 @@ class Workload:
     notes: list[str] = field(default_factory=list)
 
 
+def shard_slice(n: int, part: int, parts: int) -> slice:
+    """Part ``part`` (1-based) of ``parts`` consecutive parts of ``n`` samples, their sizes differing by at most
+    one: a long benchmark run split over processes, each on its own part of the same images."""
+    if not 1 <= part <= parts:
+        raise ValueError(f"shard {part}/{parts}: expected 1 <= part <= parts")
+    return slice((part - 1) * n // parts, part * n // parts)
+
+
 def batch_slices(n: int, batch: int | None) -> list[slice]:
     """Consecutive slices of ``batch`` of ``n`` samples, the batches a benchmark attacks at a time (all ``n`` in
     one slice for 0 or None). advlab's attacks treat each sample on its own (per-sample seeds follow the

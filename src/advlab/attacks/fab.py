@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_positive, check_steps, first_logits, frozen, validate
+from .hyperplane import hyperplane_box_step
 from .noise import Noise
 from .norms import ALL_NORM_NAMES, Norm, batch_view, get_norm
 from .objectives import is_success, objective, rounding_slack
@@ -21,56 +22,6 @@ SETTLE_TARGET = 1.1
 # an iterate exactly on its linearised boundary (f = 0, a tie of two logits) has a zero step of its own and
 # would otherwise get alpha = 0, x_{i+1} = x_i, a fixed point.
 SIZE_FLOOR = 1e-8
-
-
-def hyperplane_box_step(x: Tensor, w: Tensor, c: Tensor, p: str, order: Tensor | None = None) -> Tensor:
-    """The smallest d in ``p`` ("linf", "l2" or "l1") with <w, d> = c and x + d in [0, 1], per row of the flat
-    (N, n) ``x`` and ``w``: the projection of x onto the hyperplane {z: <w, z - x> = c} intersected with the box
-    (FAB's projection proj_p of Croce & Hein 2020). Where the box makes the hyperplane unreachable, the d that
-    gets closest (every coordinate that helps at its bound).
-
-    With s = sign(c) and v = s w (L2) or s sign(w) (Linf), the minimiser is d(t) = clip(t v) to the box for
-    the t >= 0 where <w, d(t)> = c: <s w, d(t)> grows piecewise linearly with t, each coordinate saturating at
-    t_i = room_i / |v_i|, so sorting the t_i gives it exactly. For L1 the cheapest coordinates are those of
-    largest |w_i|: they are moved to their bound in that order until c is reached (the last one partly);
-    ``order`` is that order (``w.abs().argsort(dim=1, descending=True)``) when the caller has it already: the
-    two projections of a FAB step share their w.
-    """
-    s = c.sign()
-    ws = w * s[:, None]
-    target = c.abs()
-    room = torch.where(ws > 0, 1 - x, x)  # how far each coordinate can move in the direction that helps
-    gain = ws.abs() * room  # what moving it to its bound adds to <s w, d>
-    if p == "l1":
-        if order is None:
-            order = w.abs().argsort(dim=1, descending=True)
-        cum = gain.gather(1, order).cumsum(dim=1)
-        k = (cum < target[:, None]).sum(dim=1, keepdim=True)  # coordinates moved fully, in that order
-        before = torch.where(k > 0, cum.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(target[:, None]))
-        # Each coordinate's place in that order: the inverse permutation, by a scatter rather than a second sort.
-        places = torch.arange(order.shape[1], device=order.device).expand_as(order)
-        rank = torch.empty_like(order).scatter_(1, order, places)
-        weight = ws.abs().gather(1, order).gather(1, k.clamp(max=x.shape[1] - 1))
-        last = ((target[:, None] - before) / weight.clamp_min(1e-30)).clamp_min(0)
-        amount = torch.where(rank < k, room, torch.where(rank == k, last.minimum(room), torch.zeros_like(room)))
-        return amount * ws.sign() * (c != 0)[:, None]
-    v = ws if p == "l2" else ws.sign()
-    speed = v.abs()
-    moving = speed > 0
-    t_sat = torch.where(moving, room / speed.clamp_min(1e-30), torch.full_like(room, float("inf")))
-    order = t_sat.argsort(dim=1)
-    t_sorted = t_sat.gather(1, order)
-    saturated = gain.gather(1, order).cumsum(dim=1)  # sum of the gains of the coordinates saturated by t_k
-    slope = (ws.abs() * speed).gather(1, order)
-    free = (slope.sum(dim=1, keepdim=True) - slope.cumsum(dim=1)).clamp_min(0)  # slope after t_k
-    reached = torch.where(torch.isfinite(t_sorted), saturated + t_sorted * free, saturated)
-    k = (reached < target[:, None]).sum(dim=1, keepdim=True)  # the piece (t_{k-1}, t_k] where c is reached
-    sat_before = torch.where(k > 0, saturated.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(k, dtype=x.dtype))
-    free_before = torch.where(k > 0, free.gather(1, (k - 1).clamp_min(0)), slope.sum(dim=1, keepdim=True))
-    t = (target[:, None] - sat_before) / free_before.clamp_min(1e-30)
-    t = torch.where(k >= x.shape[1], torch.full_like(t, float("inf")), t)
-    d = torch.minimum(t * speed, room).nan_to_num(0.0) * v.sign()
-    return d * (c != 0)[:, None]
 
 
 def fab_result(
@@ -262,9 +213,8 @@ def _run(
             xi = x_i.detach().reshape(n, -1)
             # Projections onto the linearised boundary f = 0 (within the box) from the iterate and from x.
             aim = -f
-            order = w.abs().argsort(dim=1, descending=True) if norm == "l1" else None
-            d_i = hyperplane_box_step(xi, w, aim, norm, order)
-            d_o = hyperplane_box_step(flat_x, w, aim - (w * (flat_x - xi)).sum(dim=1), norm, order)
+            d_i = hyperplane_box_step(xi, w, aim, norm)
+            d_o = hyperplane_box_step(flat_x, w, aim - (w * (flat_x - xi)).sum(dim=1), norm)
             size_i, size_o = geometry.size(d_i).clamp_min(SIZE_FLOOR), geometry.size(d_o).clamp_min(SIZE_FLOOR)
             alpha = (size_i / (size_i + size_o)).clamp(max=alpha_max)[:, None]
             x_next = ((1 - alpha) * (xi + eta * d_i) + alpha * (flat_x + eta * d_o)).clamp_(0, 1).view_as(x)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .deepening import search_deeper
 from .noise import Noise
 
 # The L1 steepest-ascent step moves this fraction of the coordinates (at least one), those of largest |grad|.
@@ -198,8 +199,7 @@ class L1(Norm):
         moving as lambda falls below it) and |d_i| - b_i (it reaches its box bound); lambda = 0 where phi(0) <=
         eps, else the lambda where phi crosses eps, found by :func:`l1_threshold` from the largest breakpoints
         down (``projection_topk`` of them first; for the rows whose crossing lies lower, ``projection_growth``
-        times as many, and so on; all of them once that would pass a quarter of 2n). On CUDA each further depth
-        costs a host sync (which rows are left).
+        times as many, and so on; all of them once that would pass a quarter of 2n: :func:`search_deeper`).
         """
         x, eps = ball.x, ball.eps
         d = x_adv.sub_(x).view(x.shape[0], -1)
@@ -210,16 +210,14 @@ class L1(Norm):
         # Every row at once (a row inside the ball gets lambda = 0 below): row copies and their scatter back
         # cost more ops than the few rows they spare.
         points = torch.cat([mag, (mag - room).clamp_min_(0)], dim=1)
-        all_points = points.shape[1]
-        k = min(self.projection_topk, all_points)
-        lam, found = l1_threshold(points, eps, k)
-        lower = (outside & ~found).nonzero().view(-1)
-        while lower.numel() > 0:  # their crossing lies below the k largest breakpoints: look deeper (k = 2n ends)
-            deeper = max(k + 1, k * self.projection_growth)
-            k = deeper if 4 * deeper <= all_points else all_points
-            lam_lower, found_lower = l1_threshold(points[lower], eps[lower], k)
-            lam.index_put_((lower,), lam_lower)
-            lower = lower[~found_lower]
+
+        def solve(rows: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+            if rows is None:  # a row inside the ball needs no crossing: lambda = 0 below
+                lam, found = l1_threshold(points, eps, k)
+                return lam, found | ~outside
+            return l1_threshold(points[rows], eps[rows], k)
+
+        lam = search_deeper(solve, points.shape[1], self.projection_topk, self.projection_growth)
         lam = torch.where(outside, lam, 0.0)
         # |u_i| = min(max(|d_i| - lambda, 0), b_i), summed before the signs go on (the same sum as of |u|).
         u_abs = torch.minimum(mag.sub_(lam[:, None]).clamp_min_(0), room)
