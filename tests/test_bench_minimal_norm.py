@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from advlab import attacks
 from advlab.attacks.minimal import minimal_result
+from benchmarks._peers.workload import shard_slice
 from benchmarks.minimal_norm import (
     ENSEMBLE_ROWS,
     ensemble,
@@ -28,6 +29,8 @@ from benchmarks.minimal_norm import (
     score,
     write_json,
 )
+from benchmarks.minimal_norm_merge import merge
+from benchmarks.minimal_norm_merge import table as merge_table
 
 INF = math.inf
 
@@ -175,3 +178,60 @@ def test_fragile_flags_a_label_that_float_rounding_decides() -> None:
     assert torch.isfinite(d).all()  # both pass the table's check (a float32 forward pass of the batch)
     assert fragile(model, Cancelling().double(), y, x_adv, d).tolist() == [True, False]
     assert fragile(model, Cancelling().double(), y, x_adv, torch.tensor([INF, 1.0])).tolist() == [False, False]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 200), st.integers(1, 12))
+def test_shards_cover_the_samples_in_order_in_near_equal_parts(n: int, parts: int) -> None:
+    slices = [shard_slice(n, i, parts) for i in range(1, parts + 1)]
+    assert [i for s in slices for i in range(n)[s]] == list(range(n))
+    sizes = [s.stop - s.start for s in slices]
+    assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="shard"):
+        shard_slice(n, parts + 1, parts)
+
+
+def saved(shard: list[int] | None, norms: dict[str, dict[str, list[float]]], key: str = "abc") -> dict:
+    """A --save record of the given per-sample distances (inf as null), the sample 0 of each flagged fragile."""
+    out: dict = {"workload": "w", "clock": "cpu s", "images_sha256": key + str(shard), "shard": shard}
+    out["all_images_sha256"] = key
+    out["norms"] = {
+        norm: {
+            name: {"distance": [json_number(v) for v in d], "fragile_samples": [0], "seconds": [1.0, 3.0, 2.0]}
+            for name, d in entries.items()
+        }
+        for norm, entries in norms.items()
+    }
+    return out
+
+
+def test_merge_joins_shards_and_entry_runs_into_one_scored_table() -> None:
+    """A sharded entry is joined in shard order whatever the files' order, an entry of all the images is taken
+    as it is, the ensemble's row is rebuilt from its joined members, and the times are the parts' medians."""
+    fmn, ddn, fab_t = ENSEMBLE_ROWS["fmn"], ENSEMBLE_ROWS["ddn"], ENSEMBLE_ROWS["fab_t"]
+    records = {
+        "b.json": saved([2, 2], {"l2": {fmn: [3.0, INF], ddn: [2.0, 1.0]}}),
+        "a.json": saved([1, 2], {"l2": {fmn: [1.0, 2.0], ddn: [INF, 4.0]}}),
+        "all.json": saved(None, {"l2": {fab_t: [0.5, 3.0, 2.5, 2.0]}}),
+    }
+    records["all.json"]["all_images_sha256"] = records["all.json"]["images_sha256"] = "abc"
+    distances, flips, seconds, derived = merge_table(merge(records)["l2"], "l2")
+    assert distances[fmn].tolist() == [1.0, 2.0, 3.0, INF]
+    assert distances[ddn].tolist() == [INF, 4.0, 2.0, 1.0]
+    assert distances["advlab minimal"].tolist() == [0.5, 2.0, 2.0, 1.0]
+    assert derived["advlab minimal"] == [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS["l2"]]
+    assert flips[fmn].tolist() == [True, False, True, False]  # each shard's sample 0
+    assert seconds[fmn] == [4.0] and seconds["advlab minimal"] == [10.0]  # 4 + 4 + 2
+    rows = score(distances, flips)
+    assert rows["advlab minimal"].optimality == 1.0 and rows[fmn].success == 0.75
+
+
+def test_merge_names_what_does_not_fit() -> None:
+    fmn = ENSEMBLE_ROWS["fmn"]
+    half = saved([1, 2], {"l2": {fmn: [1.0]}})
+    with pytest.raises(ValueError, match=r"shards \[2\] of 2 missing"):
+        merge({"a.json": half})
+    with pytest.raises(ValueError, match="repeats it"):
+        merge({"a.json": half, "b.json": saved([1, 2], {"l2": {fmn: [2.0]}})})
+    with pytest.raises(ValueError, match="different images"):
+        merge({"a.json": half, "b.json": saved([2, 2], {"l2": {fmn: [2.0]}}, key="other")})

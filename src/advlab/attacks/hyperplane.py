@@ -10,9 +10,9 @@ from .deepening import Solver, search_deeper
 
 # The projection solves each row from its HYPERPLANE_TOPK first breakpoints (a top-k), then from
 # HYPERPLANE_GROWTH times as many for the rows whose crossing lies further, and so on, sorting all n once the
-# next top-k would pass a quarter of n. FAB-T's steps on EfficientNet-Lite0's 224 x 224 images cross a few
-# dozen to about two thousand breakpoints in (Linf, L2) or within a few dozen (L1), where a top-k of 1,024 of
-# 150,528 costs about 2% of the sort (docs/benchmarks.md, minimal_norm.py, "FAB's projection").
+# next top-k would pass a quarter of n. FAB-T's steps on EfficientNet-Lite0's 224 x 224 images mostly cross
+# within the first thousand or so breakpoints (Linf, L2) or the first few dozen (L1), where a top-k costs a
+# small part of the sort (docs/benchmarks.md, fab_projection.py).
 HYPERPLANE_TOPK = 1024
 HYPERPLANE_GROWTH = 4
 

@@ -1,0 +1,147 @@
+"""One minimal_norm.py table from several of its ``--save`` files on the same images.
+
+A long run splits over processes two ways: by entries (``--entries``: each process runs some of the attacks
+on all the images) and by images (``--shard I/K``: each runs on part I of K). This joins the files: per norm and
+entry, the parts of a sharded entry in order (all K must be there), an entry run on all the images as it is;
+then every entry is scored against all the others (AttackBench's optimality, as minimal_norm.py scores a run),
+and the ensemble's row is added, per sample the smallest distance of its members (attacks.MINIMAL_MEMBERS),
+where all of them are there. Every file must be of the same kept images (``all_images_sha256``, or
+``images_sha256`` for a file of all of them) and entries may not repeat. The time column is the sum of the
+parts' median seconds (the ensemble's, its members' sum), so it means what minimal_norm.py's does only when
+the parts ran alike (same machine, one thread each, the same --batch); the table says which files it joined.
+
+    .venv/bin/python benchmarks/minimal_norm_merge.py a.json b.json [--norms l2] [--save joined.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from advlab import attacks
+from benchmarks.minimal_norm import ENSEMBLE_ROWS, ensemble, norm_record, score, write_json
+
+
+@dataclass
+class Pieces:
+    """One entry of one norm: its per-sample distances and fragile flags, and its seconds, by shard."""
+
+    parts: int
+    distance: dict[int, list[float]] = field(default_factory=dict)
+    fragile: dict[int, list[bool] | None] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def images_key(record: dict) -> str:
+    """The hash of all the kept images the file's run drew from (older files: of its own images)."""
+    return record.get("all_images_sha256") or record["images_sha256"]
+
+
+def merge(records: dict[str, dict], norms: list[str] | None = None) -> dict[str, dict[str, Pieces]]:
+    """Per norm and entry, the pieces of every file; a usage error (ValueError) names what does not fit."""
+    keys = {images_key(r) for r in records.values()}
+    if len(keys) != 1:
+        raise ValueError(f"the files are of different images ({len(keys)} image sets): {', '.join(records)}")
+    joined: dict[str, dict[str, Pieces]] = {}
+    for path, record in records.items():
+        part, parts = record.get("shard") or (1, 1)
+        for norm, entries in record["norms"].items():
+            if norms is not None and norm not in norms:
+                continue
+            for name, entry in entries.items():
+                if entry.get("members"):  # a derived row (the ensemble): rebuilt from the joined members
+                    continue
+                pieces = joined.setdefault(norm, {}).setdefault(name, Pieces(parts))
+                if pieces.parts != parts or part in pieces.distance:
+                    raise ValueError(f"{norm} {name!r}: {path} repeats it or splits it otherwise ({pieces.files})")
+                flagged = None if entry["fragile_samples"] is None else set(entry["fragile_samples"])
+                pieces.distance[part] = [math.inf if v is None else v for v in entry["distance"]]
+                pieces.fragile[part] = (
+                    None if flagged is None else [i in flagged for i in range(len(entry["distance"]))]
+                )
+                pieces.seconds[part] = statistics.median(entry["seconds"])
+                pieces.files.append(path)
+    for norm, entries in joined.items():
+        for name, pieces in entries.items():
+            missing = sorted(set(range(1, pieces.parts + 1)) - set(pieces.distance))
+            if missing:
+                raise ValueError(f"{norm} {name!r}: shards {missing} of {pieces.parts} missing ({pieces.files})")
+    return joined
+
+
+def table(entries: dict[str, Pieces], norm: str) -> tuple[dict, dict, dict, dict]:
+    """The joined distances, fragile flags (where every part has them), seconds and derived rows of one norm,
+    with the ensemble's row where all its members are there."""
+    distances, flips, seconds = {}, {}, {}
+    for name, p in entries.items():
+        order = range(1, p.parts + 1)
+        distances[name] = torch.tensor([v for i in order for v in p.distance[i]], dtype=torch.float64)
+        if all(p.fragile[i] is not None for i in order):
+            flips[name] = torch.tensor([v for i in order for v in p.fragile[i]])
+        seconds[name] = [sum(p.seconds.values())]
+    sizes = {len(d) for d in distances.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"{norm}: the joined entries have {sorted(sizes)} samples; expected one count")
+    members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
+    derived = {}
+    if all(m in distances for m in members):
+        member_flips = flips if all(m in flips for m in members) else {}
+        distances["advlab minimal"], _, flags = ensemble(distances, member_flips, members)
+        if flags is not None:
+            flips["advlab minimal"] = flags
+        seconds["advlab minimal"] = [sum(seconds[m][0] for m in members)]
+        derived["advlab minimal"] = members
+    return distances, flips, seconds, derived
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="minimal_norm.py --save files of the same images")
+    parser.add_argument("--norms", default="", help="comma-separated norms to join (default: all)")
+    parser.add_argument("--save", default="", help="write the joined table as a minimal_norm.py --save file")
+    args = parser.parse_args()
+    records = {}
+    for path in args.files:
+        try:
+            records[path] = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            parser.error(f"{path}: {err}")
+    try:
+        joined = merge(records, [n for n in args.norms.split(",") if n] or None)
+        tables = {norm: table(entries, norm) for norm, entries in joined.items()}
+    except ValueError as err:
+        parser.error(str(err))
+    first = next(iter(records.values()))
+    clock = first["clock"]
+    saved = {}
+    for norm, (distances, flips, seconds, derived) in tables.items():
+        rows = score(distances, flips)
+        n = len(next(iter(distances.values())))
+        print(f"\n{first['workload']}, {norm}: {n} images, from {', '.join(args.files)}")
+        print(f"| entry | success | fragile | median | optimality | {clock} |\n|---|---|---|---|---|---|")
+        for name, row in rows.items():
+            fragile = "-" if row.fragile is None else str(row.fragile)
+            print(
+                f"| {name} | {row.success:.3f} | {fragile} | {row.median:.4g} | {row.optimality:.4f} | "
+                f"{seconds[name][0]:.1f} |"
+            )
+        own = {name: s for name, s in seconds.items() if name not in derived}  # derived rows: no seconds of their own
+        saved[norm] = norm_record(rows, distances, flips, own, derived)
+    if args.save:
+        header = {k: first[k] for k in ("workload", "clock")}
+        header.update(images=n, images_sha256=images_key(first), shard=None, joined=args.files)
+        write_json(Path(args.save), {**header, "norms": saved})
+
+
+if __name__ == "__main__":
+    main()
