@@ -7,7 +7,8 @@ its correctly classified images, ``--steps`` steps, ``--targets`` target classes
 the recording wraps the function for that run only), then times both ways on those same inputs, in
 ``--rounds`` alternating rounds (median CPU seconds), checks that they give the same steps (the largest
 difference; ties among pixels at their bounds may order differently, a rounding difference), and prints where
-the crossings lay (how many breakpoints in, percentiles) and the FAB-T run's CPU time.
+the crossings lay (how many breakpoints in, percentiles) and the FAB-T run's time (the recording's copies
+included). On ``--device cuda`` the times are wall seconds between synchronisations, else process CPU seconds.
 
     .venv/bin/python benchmarks/fab_projection.py --n 16 --steps 10 --targets 1 --norms linf,l2,l1 --threads 1
 """
@@ -18,7 +19,6 @@ import argparse
 import importlib
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,13 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advlab import attacks
 from advlab.attacks.hyperplane import HYPERPLANE_TOPK, hyperplane_box_step
+from benchmarks._peers.measure import timed
 from benchmarks._peers.workload import IMAGENET_30X5, imagenet_workload
 
 Call = tuple[Tensor, Tensor, Tensor, str]
 
 
-def record_calls(run: Callable[[], object]) -> tuple[list[Call], float]:
-    """The (x, w, c, p) of every projection FAB makes while ``run()`` runs, and its CPU seconds."""
+def record_calls(run: Callable[[], object], device: torch.device) -> tuple[list[Call], float]:
+    """The (x, w, c, p) of every projection FAB makes while ``run()`` runs, and its seconds."""
     fab_module = importlib.import_module("advlab.attacks.fab")
     calls: list[Call] = []
 
@@ -45,12 +46,15 @@ def record_calls(run: Callable[[], object]) -> tuple[list[Call], float]:
 
     fab_module.hyperplane_box_step = recording
     try:
-        start = time.process_time()
-        run()
-        seconds = time.process_time() - start
+        timing, _ = timed(run, device)
     finally:
         fab_module.hyperplane_box_step = hyperplane_box_step
-    return calls, seconds
+    return calls, timing.wall if device.type == "cuda" else timing.cpu
+
+
+def project_all(calls: list[Call], full_sort: bool) -> None:
+    for x, w, c, p in calls:
+        hyperplane_box_step(x, w, c, p, first=x.shape[1] if full_sort else HYPERPLANE_TOPK)
 
 
 def crossing_depth(x: Tensor, w: Tensor, c: Tensor, p: str) -> Tensor:
@@ -72,30 +76,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--imagenet", default=str(IMAGENET_30X5))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     wl = imagenet_workload(Path(args.imagenet))
-    x, y = wl.x[: args.n], wl.y[: args.n]
-    print(f"{wl.name}: {len(x)} images, FAB-T {args.targets} target(s) x {args.steps} steps, {args.threads} thread(s)")
+    device = torch.device(args.device)
+    model, x, y = wl.model.to(device), wl.x[: args.n].to(device), wl.y[: args.n].to(device)
+    run = f"FAB-T {args.targets} target(s) x {args.steps} steps, {args.threads} thread(s), {device}"
+    print(f"{wl.name}: {len(x)} images, {run}")
     print("| norm | calls | sort s | search s | ratio | largest difference | FAB-T run s | depth p50 / p90 / max |")
     print("|---|---|---|---|---|---|---|---|")
     for norm in args.norms.split(","):
         calls, run_seconds = record_calls(
-            lambda norm=norm: attacks.fab_t(wl.model, x, y, norm=norm, steps=args.steps, n_target_classes=args.targets)
+            lambda norm=norm: attacks.fab_t(model, x, y, norm=norm, steps=args.steps, n_target_classes=args.targets),
+            device,
         )
         times: dict[str, list[float]] = {"sort": [], "search": []}
         largest = 0.0
         for r in range(args.rounds):
             for way in ("sort", "search") if r % 2 == 0 else ("search", "sort"):
-                start = time.process_time()
-                for cx, cw, cc, p in calls:
-                    first = cx.shape[1] if way == "sort" else HYPERPLANE_TOPK
-                    hyperplane_box_step(cx, cw, cc, p, first=first)
-                times[way].append(time.process_time() - start)
+                timing, _ = timed(lambda way=way, calls=calls: project_all(calls, way == "sort"), device)
+                times[way].append(timing.wall if device.type == "cuda" else timing.cpu)
         for cx, cw, cc, p in calls:
             full = hyperplane_box_step(cx, cw, cc, p, first=cx.shape[1])
             largest = max(largest, float((hyperplane_box_step(cx, cw, cc, p) - full).abs().max()))
-        d = torch.cat([crossing_depth(*call) for call in calls]).double()
+        d = torch.cat([crossing_depth(*call) for call in calls]).double().cpu()
         depths = " / ".join(f"{float(d.quantile(q)):.0f}" for q in (0.5, 0.9)) + f" / {int(d.max())}"
         sort_s, search_s = statistics.median(times["sort"]), statistics.median(times["search"])
         print(

@@ -4,7 +4,8 @@
 # Runs, from the repository root, within about 9 minutes:
 #   - the CUDA tests (tests/test_cuda.py and the attacks' CUDA smoke test) on the GPU;
 #   - GPU timings, one step after the other on CPU cores 0-3 (benchmarks/minimal_norm.py: FMN and DDN against
-#     adv_lib's on the Fashion-MNIST models; compare_peers.py --device cuda), then GPU results four at once, one
+#     adv_lib's on the Fashion-MNIST models; fab_projection.py: FAB's projection search against the full sort;
+#     compare_peers.py --device cuda), then GPU results four at once, one
 #     core each: the CUDA tests and cross-machine runs, minimal_norm.py at 1,000 steps on 1,000 images of the
 #     robust Fashion-MNIST model (the command comes in MINIMAL_1000), minimal_norm.py on EfficientNet-Lite0 in
 #     Linf and L2, and suite_vs_autoattack.py on 1,000 Fashion-MNIST images;
@@ -93,6 +94,8 @@ for model in fmnist_cnn_standard fmnist_cnn_pgd; do  # FMN and DDN against adv_l
         --steps 100 --norms l0,l1,l2,linf --threads 4 --repeats 3 --no-fragile \
         --entries "=advlab fmn,=adv_lib fmn,=advlab ddn,=adv_lib ddn" --save "$R/minimal_time_$model.json"
 done
+gpu 40 0-3 fab_projection python3 benchmarks/fab_projection.py --device cuda --n 32 --steps 20 --targets 1 \
+    --norms linf,l2,l1 --threads 4
 gpu 90 0-3 peers_cuda python3 benchmarks/compare_peers.py --quick --device cuda --models imagenet --batch 128 \
     --strength-images 128 --repeats 3 --long-repeats 2 --attacks fgsm pgd_l2 apgd_ce --out "$R/peers_cuda"
 # Phase 2, results whose times are not the point, four at once (one core each): the CUDA tests and the runs
