@@ -9,6 +9,9 @@ the recording wraps the function for that run only), then times both ways on tho
 difference; ties among pixels at their bounds may order differently, a rounding difference), and prints where
 the crossings lay (how many breakpoints in, percentiles) and the FAB-T run's time (the recording's copies
 included). On ``--device cuda`` the times are wall seconds between synchronisations, else process CPU seconds.
+The "sort" column sorts every call's order afresh; FAB's code before the search shared one sort of |w| between
+a step's two L1 projections, so in L1 it spent about half that column (FAB-T's whole run before and after is
+the end-to-end comparison: docs/benchmarks.md).
 
     .venv/bin/python benchmarks/fab_projection.py --n 16 --steps 10 --targets 1 --norms linf,l2,l1 --threads 1
 """

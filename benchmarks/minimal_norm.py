@@ -49,13 +49,15 @@ Foolbox's defaults) one more, so that advlab and adv_lib are also compared at th
 
     .venv/bin/python benchmarks/minimal_norm.py --model fmnist_cnn_standard --images 200 --steps 100
     .venv/bin/python benchmarks/minimal_norm.py --model efficientnet_lite0 --n 150 --steps 100 --device cuda
+
+One file: the entries, the run loop and the scoring are read together (minimal_norm_merge.py and the tests import
+the scoring from here).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import os
@@ -80,6 +82,8 @@ from benchmarks._peers.workload import (
     batch_slices,
     fmnist_workload,
     imagenet_workload,
+    images_sha256,
+    parse_shard,
     shard_slice,
 )
 
@@ -261,22 +265,6 @@ def count(text: str) -> int:
     return value
 
 
-def shard(text: str) -> tuple[int, int]:
-    """argparse type: "I/K" with 1 <= I <= K."""
-    part, _, parts = text.partition("/")
-    try:
-        i, k = int(part), int(parts)
-    except ValueError:
-        i = k = 0
-    if not 1 <= i <= k:
-        raise argparse.ArgumentTypeError(f"expected I/K with 1 <= I <= K, got {text!r}")
-    return i, k
-
-
-def images_sha256(x: Tensor) -> str:
-    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
 def workload(args: argparse.Namespace) -> Workload:
     """The model and images of ``--model``: a shipped Fashion-MNIST model on the first ``--n`` test images, or
     EfficientNet-Lite0 on (at most ``--n`` of) the shared ImageNet images; the correctly classified ones."""
@@ -303,7 +291,7 @@ def main() -> None:
     parser.add_argument("--no-fragile", action="store_true", help="skip the fragile column's re-evaluations")
     parser.add_argument("--batch", type=count, default=0, help="images per attack call (0: all at once)")
     parser.add_argument("--save", default="", help="write the rows and per-sample distances to this JSON file")
-    parser.add_argument("--shard", type=shard, default=None, help="I/K: attack part I of K of the images only")
+    parser.add_argument("--shard", type=parse_shard, default=None, help="I/K: attack part I of K of the images only")
     args = parser.parse_args()
     save = Path(args.save) if args.save else None
     if save is not None and not save.parent.is_dir():
@@ -318,6 +306,8 @@ def main() -> None:
     wl = workload(args)
     kept, kept_sha256 = len(wl.x), "" if save is None else images_sha256(wl.x)
     if args.shard is not None:
+        if args.shard[1] > kept:
+            parser.error(f"--shard {args.shard[0]}/{args.shard[1]}: only {kept} images to split")
         part = shard_slice(kept, *args.shard)
         wl.x, wl.y, wl.targets = wl.x[part], wl.y[part], wl.targets[part]
     model, x, y = wl.model.to(device), wl.x.to(device), wl.y.to(device)

@@ -5,10 +5,12 @@ on all the images) and by images (``--shard I/K``: each runs on part I of K). Th
 entry, the parts of a sharded entry in order (all K must be there), an entry run on all the images as it is;
 then every entry is scored against all the others (AttackBench's optimality, as minimal_norm.py scores a run),
 and the ensemble's row is added, per sample the smallest distance of its members (attacks.MINIMAL_MEMBERS),
-where all of them are there. Every file must be of the same kept images (``all_images_sha256``, or
-``images_sha256`` for a file of all of them) and entries may not repeat. The time column is the sum of the
-parts' median seconds (the ensemble's, its members' sum), so it means what minimal_norm.py's does only when
-the parts ran alike (same machine, one thread each, the same --batch); the table says which files it joined.
+where all of them are there and no file holds a run of the ensemble itself (``--run-ensemble``: that row is
+kept as it is). Every file must be of the same kept images (``all_images_sha256``, or ``images_sha256`` for a
+file of all of them), model, device, clock and ``--steps``, and entries may not repeat; other settings that
+differ (``--batch``, ``--threads``, ...) are printed. The time column is the sum of the parts' median seconds
+(the ensemble's, its members' sum), so it means what minimal_norm.py's does only when the parts ran alike (same
+machine, one thread each, the same --batch); the table says which files it joined.
 
     .venv/bin/python benchmarks/minimal_norm_merge.py a.json b.json [--norms l2] [--save joined.json]
 """
@@ -47,11 +49,36 @@ def images_key(record: dict) -> str:
     return record.get("all_images_sha256") or record["images_sha256"]
 
 
+# Settings every joined file must share (the rows are otherwise not of one experiment); others are reported.
+SAME = ("model", "images", "device", "steps")
+
+
+def check_alike(records: dict[str, dict]) -> list[str]:
+    """A ValueError where the files are of other images, clocks or SAME settings; the other settings that
+    differ between them, as lines to print."""
+    by_images: dict[str, list[str]] = {}
+    for path, record in records.items():
+        by_images.setdefault(images_key(record), []).append(path)
+    if len(by_images) != 1:
+        sets = "; ".join(", ".join(paths) for paths in by_images.values())
+        raise ValueError(f"the files are of {len(by_images)} different image sets: {sets}")
+    clocks = {r.get("clock") for r in records.values()}
+    if len(clocks) != 1:
+        raise ValueError(f"the files time with different clocks ({', '.join(sorted(map(str, clocks)))})")
+    notes = []
+    per_run = {"shard", "entries", "repeats", "norms", "save"}
+    keys = sorted({k for r in records.values() for k in r.get("settings", {})} - per_run)
+    for key in keys:
+        values = {path: r.get("settings", {}).get(key) for path, r in records.items()}
+        if len({json.dumps(v) for v in values.values()}) > 1:
+            if key in SAME:
+                raise ValueError(f"--{key.replace('_', '-')} differs between the files: {values}")
+            notes.append(f"--{key.replace('_', '-')} differs between the files: {values}")
+    return notes
+
+
 def merge(records: dict[str, dict], norms: list[str] | None = None) -> dict[str, dict[str, Pieces]]:
     """Per norm and entry, the pieces of every file; a usage error (ValueError) names what does not fit."""
-    keys = {images_key(r) for r in records.values()}
-    if len(keys) != 1:
-        raise ValueError(f"the files are of different images ({len(keys)} image sets): {', '.join(records)}")
     joined: dict[str, dict[str, Pieces]] = {}
     for path, record in records.items():
         part, parts = record.get("shard") or (1, 1)
@@ -76,6 +103,10 @@ def merge(records: dict[str, dict], norms: list[str] | None = None) -> dict[str,
             missing = sorted(set(range(1, pieces.parts + 1)) - set(pieces.distance))
             if missing:
                 raise ValueError(f"{norm} {name!r}: shards {missing} of {pieces.parts} missing ({pieces.files})")
+            total = {r.get("all_images") for r in records.values() if r.get("shard")}
+            count = sum(len(d) for d in pieces.distance.values())
+            if pieces.parts > 1 and total != {count}:
+                raise ValueError(f"{norm} {name!r}: its shards hold {count} images, their files say {total}")
     return joined
 
 
@@ -94,7 +125,7 @@ def table(entries: dict[str, Pieces], norm: str) -> tuple[dict, dict, dict, dict
         raise ValueError(f"{norm}: the joined entries have {sorted(sizes)} samples; expected one count")
     members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
     derived = {}
-    if all(m in distances for m in members):
+    if "advlab minimal" not in distances and all(m in distances for m in members):  # not over a run of it
         member_flips = flips if all(m in flips for m in members) else {}
         distances["advlab minimal"], _, flags = ensemble(distances, member_flips, members)
         if flags is not None:
@@ -117,10 +148,15 @@ def main() -> None:
         except (OSError, json.JSONDecodeError) as err:
             parser.error(f"{path}: {err}")
     try:
+        notes = check_alike(records)
         joined = merge(records, [n for n in args.norms.split(",") if n] or None)
         tables = {norm: table(entries, norm) for norm, entries in joined.items()}
     except ValueError as err:
         parser.error(str(err))
+    if not tables:
+        parser.error(f"no norm of --norms {args.norms!r} in the files")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     first = next(iter(records.values()))
     clock = first["clock"]
     saved = {}

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 from advlab import attacks
 from advlab.attacks.minimal import minimal_result
-from benchmarks._peers.workload import shard_slice
 from benchmarks.minimal_norm import (
     ENSEMBLE_ROWS,
     ensemble,
@@ -27,9 +26,10 @@ from benchmarks.minimal_norm import (
     measured,
     norm_record,
     score,
+    shard_slice,
     write_json,
 )
-from benchmarks.minimal_norm_merge import merge
+from benchmarks.minimal_norm_merge import check_alike, merge
 from benchmarks.minimal_norm_merge import table as merge_table
 
 INF = math.inf
@@ -191,10 +191,13 @@ def test_shards_cover_the_samples_in_order_in_near_equal_parts(n: int, parts: in
         shard_slice(n, parts + 1, parts)
 
 
-def saved(shard: list[int] | None, norms: dict[str, dict[str, list[float]]], key: str = "abc") -> dict:
-    """A --save record of the given per-sample distances (inf as null), the sample 0 of each flagged fragile."""
+def saved(
+    shard: list[int] | None, norms: dict[str, dict[str, list[float]]], key: str = "abc", steps: int = 100
+) -> dict:
+    """A --save record of the given per-sample distances (inf as null), the sample 0 of each flagged fragile,
+    of shard ``shard`` of 4 kept images (or all of them)."""
     out: dict = {"workload": "w", "clock": "cpu s", "images_sha256": key + str(shard), "shard": shard}
-    out["all_images_sha256"] = key
+    out.update(all_images_sha256=key, all_images=4, settings={"steps": steps, "batch": 16, "shard": shard})
     out["norms"] = {
         norm: {
             name: {"distance": [json_number(v) for v in d], "fragile_samples": [0], "seconds": [1.0, 3.0, 2.0]}
@@ -226,12 +229,35 @@ def test_merge_joins_shards_and_entry_runs_into_one_scored_table() -> None:
     assert rows["advlab minimal"].optimality == 1.0 and rows[fmn].success == 0.75
 
 
+def test_merge_keeps_a_run_of_the_ensemble_itself() -> None:
+    """A file of ``--run-ensemble`` holds a measured ``advlab minimal`` row: joined with its members' rows, it
+    is kept as measured, not replaced by their minimum."""
+    dists = {ENSEMBLE_ROWS[m]: [1.0, 2.0, 3.0, 4.0] for m in attacks.MINIMAL_MEMBERS["l2"]}
+    records = {
+        "members.json": saved(None, {"l2": dists}),
+        "run.json": saved(None, {"l2": {"advlab minimal": [9.0] * 4}}),
+    }
+    for r in records.values():
+        r["images_sha256"] = "abc"
+    distances, _, seconds, derived = merge_table(merge(records)["l2"], "l2")
+    assert distances["advlab minimal"].tolist() == [9.0] * 4 and not derived and seconds["advlab minimal"] == [2.0]
+
+
 def test_merge_names_what_does_not_fit() -> None:
     fmn = ENSEMBLE_ROWS["fmn"]
-    half = saved([1, 2], {"l2": {fmn: [1.0]}})
+    half = saved([1, 2], {"l2": {fmn: [1.0, 2.0]}})
     with pytest.raises(ValueError, match=r"shards \[2\] of 2 missing"):
         merge({"a.json": half})
     with pytest.raises(ValueError, match="repeats it"):
-        merge({"a.json": half, "b.json": saved([1, 2], {"l2": {fmn: [2.0]}})})
-    with pytest.raises(ValueError, match="different images"):
-        merge({"a.json": half, "b.json": saved([2, 2], {"l2": {fmn: [2.0]}}, key="other")})
+        merge({"a.json": half, "b.json": saved([1, 2], {"l2": {fmn: [2.0, 3.0]}})})
+    with pytest.raises(ValueError, match="hold 3 images"):
+        merge({"a.json": half, "b.json": saved([2, 2], {"l2": {fmn: [2.0]}})})
+    with pytest.raises(ValueError, match=r"2 different image sets: a\.json; b\.json"):
+        check_alike({"a.json": half, "b.json": saved([2, 2], {"l2": {fmn: [2.0]}}, key="other")})
+    with pytest.raises(ValueError, match="--steps differs"):
+        check_alike({"a.json": half, "b.json": saved([2, 2], {"l2": {fmn: [2.0]}}, steps=1000)})
+    other_batch = saved([2, 2], {"l2": {fmn: [2.0]}})
+    other_batch["settings"]["batch"] = 8
+    assert check_alike({"a.json": half, "b.json": other_batch}) == [
+        "--batch differs between the files: {'a.json': 16, 'b.json': 8}"
+    ]

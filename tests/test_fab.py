@@ -43,6 +43,41 @@ def test_hyperplane_box_step_is_feasible_and_no_larger_than_other_feasible_steps
         assert bool((size[ok] <= r.norm(p=P[norm], dim=1)[ok] + 1e-12).all())
 
 
+def sorted_reference(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, p: str) -> torch.Tensor:
+    """FAB's projection the plain way, every coordinate of every row sorted (advlab's before the search from
+    the first breakpoints): the oracle of the tests below, independent of the search's code."""
+    s = c.sign()
+    ws = w * s[:, None]
+    target = c.abs()
+    room = torch.where(ws > 0, 1 - x, x)
+    gain = ws.abs() * room
+    if p == "l1":
+        order = w.abs().argsort(dim=1, descending=True)
+        cum = gain.gather(1, order).cumsum(dim=1)
+        k = (cum < target[:, None]).sum(dim=1, keepdim=True)
+        before = torch.where(k > 0, cum.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(target[:, None]))
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
+        weight = ws.abs().gather(1, order).gather(1, k.clamp(max=x.shape[1] - 1))
+        last = ((target[:, None] - before) / weight.clamp_min(1e-30)).clamp_min(0)
+        amount = torch.where(rank < k, room, torch.where(rank == k, last.minimum(room), torch.zeros_like(room)))
+        return amount * ws.sign() * (c != 0)[:, None]
+    v = ws if p == "l2" else ws.sign()
+    speed = v.abs()
+    t_sat = torch.where(speed > 0, room / speed.clamp_min(1e-30), torch.full_like(room, float("inf")))
+    order = t_sat.argsort(dim=1)
+    t_sorted = t_sat.gather(1, order)
+    saturated = gain.gather(1, order).cumsum(dim=1)
+    slope = (ws.abs() * speed).gather(1, order)
+    free = (slope.sum(dim=1, keepdim=True) - slope.cumsum(dim=1)).clamp_min(0)
+    reached = torch.where(torch.isfinite(t_sorted), saturated + t_sorted * free, saturated)
+    k = (reached < target[:, None]).sum(dim=1, keepdim=True)
+    sat_before = torch.where(k > 0, saturated.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(k, dtype=x.dtype))
+    free_before = torch.where(k > 0, free.gather(1, (k - 1).clamp_min(0)), slope.sum(dim=1, keepdim=True))
+    t = (target[:, None] - sat_before) / free_before.clamp_min(1e-30)
+    t = torch.where(k >= x.shape[1], torch.full_like(t, float("inf")), t)
+    return torch.minimum(t * speed, room).nan_to_num(0.0) * v.sign() * (c != 0)[:, None]
+
+
 def reachable_c(x: torch.Tensor, w: torch.Tensor, sign: torch.Tensor, reach: torch.Tensor) -> torch.Tensor:
     """c = sign * reach * (the largest |<w, d>| the box allows in that direction): reach < 1 puts the crossing
     that far along the order, reach > 1 out of reach."""
@@ -53,48 +88,78 @@ def reachable_c(x: torch.Tensor, w: torch.Tensor, sign: torch.Tensor, reach: tor
 @settings(max_examples=80, deadline=None)
 @given(
     norm=st.sampled_from(["linf", "l2", "l1"]),
-    rows=st.integers(1, 4),
+    rows=st.integers(1, 5),
     n=st.integers(1, 300),
     first=st.integers(1, 40),
     growth=st.integers(2, 5),
     seed=st.integers(0, 2**31 - 1),
     at_bounds=st.booleans(),
+    double=st.booleans(),
 )
 def test_the_search_from_the_first_breakpoints_gives_the_full_sorts_step(
-    norm: str, rows: int, n: int, first: int, growth: int, seed: int, at_bounds: bool
+    norm: str, rows: int, n: int, first: int, growth: int, seed: int, at_bounds: bool, double: bool
 ) -> None:
     """The projection from the ``first`` breakpoints, deepening by ``growth`` for the rows whose crossing lies
-    further, is the step of the full sort (first = n), for crossings from the first breakpoint to out of reach;
-    bit for bit without ties, to rounding where pixels at their bounds tie at t_i = 0 (their order differs)."""
+    further, is the step of the full sort (first = n) bit for bit, for crossings from the first breakpoint to
+    out of reach, rows already on their plane (c = 0) and rows with w = 0 included; and, to float64 rounding,
+    the step of the plain sort of every coordinate (:func:`sorted_reference`)."""
     g = torch.Generator().manual_seed(seed)
-    f64 = torch.float64
-    x = torch.rand(rows, n, generator=g, dtype=f64)
-    if at_bounds:
-        x[:, : n // 3] = (x[:, : n // 3] > 0.5).to(f64)
-    w = torch.randn(rows, n, generator=g, dtype=f64)
-    sign = torch.where(torch.rand(rows, generator=g) < 0.5, -1.0, 1.0).to(f64)
-    reach = torch.rand(rows, generator=g, dtype=f64) ** 3 * 1.3  # mostly shallow crossings, some out of reach
+    dtype = torch.float64 if double else torch.float32
+    x = torch.rand(rows, n, generator=g, dtype=dtype)
+    if at_bounds:  # pixels at their bounds: no room on one side
+        x[:, : n // 3] = (x[:, : n // 3] > 0.5).to(dtype)
+    w = torch.randn(rows, n, generator=g, dtype=dtype)
+    sign = torch.where(torch.rand(rows, generator=g) < 0.5, -1.0, 1.0).to(dtype)
+    reach = torch.rand(rows, generator=g, dtype=dtype) ** 3 * 1.3  # mostly shallow crossings, some out of reach
     c = reachable_c(x, w, sign, reach)
+    c[-1] = 0.0 if rows > 2 else c[-1]  # on its plane already
+    w[0] = 0.0 if rows > 3 else w[0]  # no gradient: out of reach unless c = 0
     full = hyperplane_box_step(x, w, c, norm, first=n)
-    searched = hyperplane_box_step(x, w, c, norm, first=first, growth=growth)
-    if at_bounds and norm != "l1":
-        torch.testing.assert_close(searched, full, atol=1e-12, rtol=0)
-    else:
-        assert torch.equal(searched, full)
+    assert torch.equal(hyperplane_box_step(x, w, c, norm, first=first, growth=growth), full)
+    if double:  # float32 rounds near full saturation by 1e-4 or so in either
+        torch.testing.assert_close(full, sorted_reference(x, w, c, norm), atol=1e-9, rtol=0)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_the_shipped_search_gives_the_full_sorts_step_on_image_sized_rows(norm: str) -> None:
-    """Rows of 8,192 coordinates with the default depths (1,024 breakpoints, then 4,096, then the sort), the
-    crossings spread from the first breakpoint to out of reach: the step of the full sort, bit for bit."""
+    """Rows of 20,000 coordinates with the default depths (1,024 breakpoints, then 4,096, then the sort), the
+    crossings spread from the first breakpoint to out of reach: the step of the full sort, bit for bit, and
+    the plain sort's to float64 rounding."""
     g = torch.Generator().manual_seed(7)
-    rows, n = 12, 8192
+    rows, n = 12, 20000
     x = torch.rand(rows, n, generator=g)
+    x[:, ::7] = 0.0  # no room downwards
     w = torch.randn(rows, n, generator=g)
     sign = torch.where(torch.arange(rows) % 2 == 0, -1.0, 1.0)
     reach = torch.tensor([0.0, 1e-6, 1e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 0.7, 0.999, 1.5])
     c = reachable_c(x, w, sign, reach)
     assert torch.equal(hyperplane_box_step(x, w, c, norm), hyperplane_box_step(x, w, c, norm, first=n))
+    x, w, c = x.double(), w.double(), c.double()  # float32's rounding near full saturation is 1e-4 either way
+    torch.testing.assert_close(hyperplane_box_step(x, w, c, norm), sorted_reference(x, w, c, norm), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_with_ties_in_the_order_the_search_still_finds_a_smallest_step(norm: str) -> None:
+    """Ties (quantised pixels, so equal t_i; blocks of equal |w_i|, as an average-pooled input gives) may be
+    ordered otherwise by a top-k than by the sort: the step is then another minimiser (L1) or the same to
+    rounding; feasible either way, with the full sort's size."""
+    g = torch.Generator().manual_seed(11)
+    rows, n = 6, 6000
+    x = torch.randint(0, 256, (rows, n), generator=g).double() / 255
+    w = torch.randn(rows, n // 4, generator=g, dtype=torch.float64).repeat_interleave(4, dim=1)
+    c = reachable_c(x, w, torch.ones(rows, dtype=torch.float64), torch.tensor([1e-4, 1e-3, 0.01, 0.05, 0.2, 0.6]))
+    searched, full = hyperplane_box_step(x, w, c, norm, first=16), hyperplane_box_step(x, w, c, norm, first=n)
+    torch.testing.assert_close((w * searched).sum(1), c, atol=1e-9, rtol=1e-9)
+    assert float((x + searched).min()) >= 0 and float((x + searched).max()) <= 1
+    size = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}[norm]
+    torch.testing.assert_close(searched.norm(p=size, dim=1), full.norm(p=size, dim=1), atol=1e-9, rtol=1e-9)
+
+
+def test_the_search_depths_are_checked() -> None:
+    x, w, c = torch.rand(2, 5), torch.randn(2, 5), torch.randn(2)
+    for first, growth in ((0, 4), (8, 1)):
+        with pytest.raises(ValueError, match="first >= 1 and growth >= 2"):
+            hyperplane_box_step(x, w, c, "linf", first=first, growth=growth)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])

@@ -7,7 +7,9 @@ parameters with ``requires_grad=True`` (a library that needs frozen parameters m
 
 from __future__ import annotations
 
+import argparse
 import csv
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +96,23 @@ class Workload:
     source: str  # how the model was built (for the record)
     clean_total: int  # images in the set before keeping the correctly classified ones
     notes: list[str] = field(default_factory=list)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """argparse type of ``--shard``: "I/K" with 1 <= I <= K."""
+    part, _, parts = text.partition("/")
+    try:
+        i, k = int(part), int(parts)
+    except ValueError:
+        i = k = 0
+    if not 1 <= i <= k:
+        raise argparse.ArgumentTypeError(f"expected I/K with 1 <= I <= K, got {text!r}")
+    return i, k
+
+
+def images_sha256(x: Tensor) -> str:
+    """The hash of a batch of images (float32 bytes, C order): which images a saved run attacked."""
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def shard_slice(n: int, part: int, parts: int) -> slice:

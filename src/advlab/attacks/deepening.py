@@ -5,8 +5,8 @@ box of :func:`~advlab.attacks.hyperplane.hyperplane_box_step`) each solve, per r
 equation whose breakpoints are the row's coordinates in one order (by size, by saturation time). The textbook
 way sorts all n of them (Duchi et al. 2008); but the solution lies where the running sum along that order
 crosses a target, and for the small or sparse perturbations these attacks make that is near the start of the
-order, so the first k breakpoints (a top-k, on 224 x 224 x 3 images about 50 times cheaper than the sort: the
-projections' comments point to the measurements) decide most rows exactly. :func:`search_deeper` runs a solver
+order, so the first k breakpoints (a top-k, on images of 224 x 224 x 3 far cheaper than the sort:
+docs/benchmarks.md, fab_projection.py) decide most rows exactly. :func:`search_deeper` runs a solver
 at depth k and again, deeper, only on the rows whose crossing lay beyond it, ending with the full sort.
 """
 
@@ -29,6 +29,8 @@ def search_deeper(solve: Solver, width: int, first: int, growth: int) -> Tensor:
     pass a quarter of ``width``: a top-k that deep costs a good part of the sort it may still need. Each
     deeper round reads which rows are left, a host sync on CUDA.
     """
+    if first < 1 or growth < 2:
+        raise ValueError(f"search_deeper: expected first >= 1 and growth >= 2, got first={first}, growth={growth}")
     k = min(first, width)
     answer, found = solve(None, k)
     left = (~found).nonzero().view(-1)

@@ -29,8 +29,13 @@ def hyperplane_box_step(
     the t >= 0 where <w, d(t)> = c: <s w, d(t)> grows piecewise linearly with t, each coordinate saturating at
     t_i = room_i / |v_i|, so the t_i in increasing order give it exactly. For L1 the cheapest coordinates are
     those of largest |w_i|: they are moved to their bound in that order until c is reached (the last one
-    partly). Either order is searched from its ``first`` breakpoints, ``growth`` times deeper for the rows
-    that need it (:func:`~advlab.attacks.deepening.search_deeper`); the step is the one the full sort gives.
+    partly). A coordinate with no room (at the bound it would move to) takes no part in either order, and a
+    row whose c lies beyond what the box allows is settled without one. Either order is searched from its
+    ``first`` breakpoints, ``growth`` times deeper for the rows that need it
+    (:func:`~advlab.attacks.deepening.search_deeper`), which finds what the full sort finds: on the CPU the
+    same step bit for bit where the order has no ties, else to float rounding (the order of tied t_i), and in
+    L1 a minimiser that may move another of several coordinates of equal |w_i| (as the sort's unstable order
+    may).
     """
     n = x.shape[1]
     s = c.sign()
@@ -38,31 +43,35 @@ def hyperplane_box_step(
     target = c.abs()
     room = torch.where(ws > 0, 1 - x, x)  # how far each coordinate can move in the direction that helps
     gain = ws.abs() * room  # what moving it to its bound adds to <s w, d>
+    beyond = gain.sum(dim=1) < target  # out of reach: every coordinate that helps goes to its bound
     if p == "l1":
-        d = search_deeper(_l1_solver(ws.abs(), gain, room, target), n, first, growth)
+        key = torch.where(gain > 0, ws.abs(), -1.0)  # the order: largest |w_i| first, those that cannot move last
+        d = search_deeper(_l1_solver(key, ws.abs(), gain, room, target, beyond), n, first, growth)
         return d * ws.sign() * (c != 0)[:, None]
     v = ws if p == "l2" else ws.sign()
     speed = v.abs()
-    t_sat = torch.where(speed > 0, room / speed.clamp_min(1e-30), torch.full_like(room, float("inf")))
-    slope = ws.abs() * speed  # how fast <s w, d(t)> grows with t while coordinate i moves
-    t = search_deeper(_ray_solver(t_sat, gain, slope, slope.sum(dim=1), target), n, first, growth)
+    moving = (speed > 0) & (room > 0)
+    t_sat = torch.where(moving, room / speed.clamp_min(1e-30), torch.full_like(room, float("inf")))
+    slope = torch.where(moving, ws.abs() * speed, 0.0)  # how fast <s w, d(t)> grows while coordinate i moves
+    t = search_deeper(_ray_solver(t_sat, gain, slope, slope.sum(dim=1), target, beyond), n, first, growth)
     d = torch.minimum(t[:, None] * speed, room).nan_to_num(0.0) * v.sign()
     return d * (c != 0)[:, None]
 
 
-def _ray_solver(t_sat: Tensor, gain: Tensor, slope: Tensor, total: Tensor, target: Tensor) -> Solver:
+def _ray_solver(t_sat: Tensor, gain: Tensor, slope: Tensor, total: Tensor, target: Tensor, beyond: Tensor) -> Solver:
     """solve(rows, k) for Linf and L2: the t where <s w, d(t)> reaches ``target``, from the k smallest t_i.
 
     At the k-th smallest t_(k), <s w, d> = (gains of the coordinates saturated by then) + t_(k) (the slope of
     those still moving: ``total`` less the saturated ones'), both prefix sums along the order; the crossing
     lies in the first piece whose end reaches the target. It is among the k when some t_(j), j < k, reaches
-    it; with all n it may lie beyond the last (t = inf: every coordinate saturates short of the target).
+    it; a row ``beyond`` reach has t = inf (every coordinate saturates short of the target), as has one that
+    the sum along all n leaves short by rounding.
     """
     n = t_sat.shape[1]
 
     def solve(rows: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
-        ts, gs, ss, tot, tg = (t_sat, gain, slope, total, target) if rows is None else (
-            t_sat[rows], gain[rows], slope[rows], total[rows], target[rows])  # fmt: skip
+        ts, gs, ss, tot, tg, out = (t_sat, gain, slope, total, target, beyond) if rows is None else (
+            t_sat[rows], gain[rows], slope[rows], total[rows], target[rows], beyond[rows])  # fmt: skip
         t_k, order = ts.topk(k, dim=1, largest=False) if k < n else ts.sort(dim=1)
         saturated = gs.gather(1, order).cumsum(dim=1)
         free = (tot[:, None] - ss.gather(1, order).cumsum(dim=1)).clamp_min(0)  # the slope after t_(j)
@@ -72,24 +81,25 @@ def _ray_solver(t_sat: Tensor, gain: Tensor, slope: Tensor, total: Tensor, targe
         sat_before = torch.where(j > 0, saturated.gather(1, before), torch.zeros_like(saturated[:, :1]))
         free_before = torch.where(j > 0, free.gather(1, before), tot[:, None])
         t = ((tg[:, None] - sat_before) / free_before.clamp_min(1e-30)).squeeze(1)
-        t = torch.where(j.squeeze(1) >= n, float("inf"), t)
-        found = j.squeeze(1) < k if k < n else torch.ones_like(tg, dtype=torch.bool)
+        j = j.squeeze(1)
+        t = torch.where(out | (j >= n), float("inf"), t)
+        found = out | (j < k) if k < n else torch.ones_like(out)
         return t, found
 
     return solve
 
 
-def _l1_solver(weight: Tensor, gain: Tensor, room: Tensor, target: Tensor) -> Solver:
-    """solve(rows, k) for L1: |d| per coordinate (the ``room`` of those moved fully, in decreasing ``weight``
-    = |w_i|, until the gains reach ``target``; the next one partly), from the k largest |w_i|. The crossing
-    is among the k when the gains of the first j < k reach the target; with all n every row is decided (j =
-    n: all moved, the target out of reach)."""
-    n = weight.shape[1]
+def _l1_solver(key: Tensor, weight: Tensor, gain: Tensor, room: Tensor, target: Tensor, beyond: Tensor) -> Solver:
+    """solve(rows, k) for L1: |d| per coordinate (the ``room`` of those moved fully, in decreasing ``key``
+    (|w_i|, -1 for those that cannot move), until the gains reach ``target``; the next one partly, by
+    (target - gains so far) / ``weight`` |w_i|), from the k first in that order. The crossing is among the k
+    when the gains of the first j < k reach the target; a row ``beyond`` reach moves every coordinate fully."""
+    n = key.shape[1]
 
     def solve(rows: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
-        ws, gs, rs, tg = (weight, gain, room, target) if rows is None else (
-            weight[rows], gain[rows], room[rows], target[rows])  # fmt: skip
-        order = ws.topk(k, dim=1).indices if k < n else ws.argsort(dim=1, descending=True)
+        ks, ws, gs, rs, tg, out = (key, weight, gain, room, target, beyond) if rows is None else (
+            key[rows], weight[rows], gain[rows], room[rows], target[rows], beyond[rows])  # fmt: skip
+        order = ks.topk(k, dim=1).indices if k < n else ks.argsort(dim=1, descending=True)
         cum = gs.gather(1, order).cumsum(dim=1)
         j = (cum < tg[:, None]).sum(dim=1, keepdim=True)  # coordinates moved fully, in that order
         before = torch.where(j > 0, cum.gather(1, (j - 1).clamp_min(0)), torch.zeros_like(cum[:, :1]))
@@ -99,8 +109,8 @@ def _l1_solver(weight: Tensor, gain: Tensor, room: Tensor, target: Tensor) -> So
         moved = torch.where(
             place < j, room_sorted, torch.where(place == j, partly.clamp_min(0).minimum(room_sorted), 0.0)
         )
-        amount = torch.zeros_like(rs).scatter_(1, order, moved)
-        found = j.squeeze(1) < k if k < n else torch.ones_like(tg, dtype=torch.bool)
+        amount = torch.where(out[:, None], rs, torch.zeros_like(rs).scatter_(1, order, moved))
+        found = out | (j.squeeze(1) < k) if k < n else torch.ones_like(out)
         return amount, found
 
     return solve

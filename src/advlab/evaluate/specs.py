@@ -92,7 +92,7 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "ddn": 1,
     "fab": 4,  # 2: one backward of z_j - z_y per class j != y (was z_j for every j, then subtracted). 3: aimed
     # at f = 0 and counted at a changed top-1 (the paper's), returned points settled past the rounding slack.
-    # 4: the Linf and L2 projections' slope summed over the row in index order (rounding differs)
+    # 4: the Linf and L2 projections' slope summed over the row in memory order (rounding differs)
     "fab_t": 4,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
     # 3: fab 3. 4: fab 4
     "minimal": 6,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
