@@ -62,11 +62,11 @@ def project_all(calls: list[Call], full_sort: bool) -> None:
 
 def crossing_depth(x: Tensor, w: Tensor, c: Tensor, p: str) -> Tensor:
     """Per row, how many breakpoints of its order the step passes (a search from fewer goes deeper): the
-    coordinates at their bound in Linf and L2 (saturated before the crossing), the coordinates moved in L1;
-    0 for a row already on its hyperplane (c = 0)."""
+    coordinates brought to their bound in Linf and L2 (saturated before the crossing; those with no room are
+    not in the order), the coordinates moved in L1; 0 for a row already on its hyperplane (c = 0)."""
     d = hyperplane_box_step(x, w, c, p, first=x.shape[1])
     room = torch.where(w * c.sign()[:, None] > 0, 1 - x, x)
-    passed = d != 0 if p == "l1" else (d.abs() >= room) & (w != 0)
+    passed = d != 0 if p == "l1" else (d.abs() >= room) & (w != 0) & (room > 0)
     return torch.where(c != 0, passed.sum(dim=1), 0)
 
 
