@@ -94,6 +94,8 @@ def main() -> None:
             lambda norm=norm: attacks.fab_t(model, x, y, norm=norm, steps=args.steps, n_target_classes=args.targets),
             device,
         )
+        if not calls:
+            raise SystemExit(f"{norm}: no projections recorded (does FAB still call hyperplane_box_step by name?)")
         times: dict[str, list[float]] = {"sort": [], "search": []}
         largest = 0.0
         for r in range(args.rounds):

@@ -54,8 +54,12 @@ SAME = ("model", "images", "device", "steps")
 
 
 def check_alike(records: dict[str, dict]) -> list[str]:
-    """A ValueError where the files are of other images, clocks or SAME settings; the other settings that
-    differ between them, as lines to print."""
+    """A ValueError where a file is not a minimal_norm.py --save record or the files are of other images,
+    clocks or SAME settings; the other settings that differ between them, as lines to print."""
+    for path, record in records.items():
+        shape = isinstance(record, dict) and isinstance(record.get("norms"), dict) and "images_sha256" in record
+        if not shape:
+            raise ValueError(f"{path}: not a minimal_norm.py --save file (no 'norms' and 'images_sha256')")
     by_images: dict[str, list[str]] = {}
     for path, record in records.items():
         by_images.setdefault(images_key(record), []).append(path)
@@ -89,8 +93,10 @@ def merge(records: dict[str, dict], norms: list[str] | None = None) -> dict[str,
                 if entry.get("members"):  # a derived row (the ensemble): rebuilt from the joined members
                     continue
                 pieces = joined.setdefault(norm, {}).setdefault(name, Pieces(parts))
-                if pieces.parts != parts or part in pieces.distance:
-                    raise ValueError(f"{norm} {name!r}: {path} repeats it or splits it otherwise ({pieces.files})")
+                if pieces.parts != parts:
+                    raise ValueError(f"{norm} {name!r}: {path} splits it in {parts}, {pieces.files} in {pieces.parts}")
+                if part in pieces.distance:
+                    raise ValueError(f"{norm} {name!r}: {path} repeats its part {part} of {parts} ({pieces.files})")
                 flagged = None if entry["fragile_samples"] is None else set(entry["fragile_samples"])
                 pieces.distance[part] = [math.inf if v is None else v for v in entry["distance"]]
                 pieces.fragile[part] = (
@@ -173,9 +179,11 @@ def main() -> None:
             )
         own = {name: s for name, s in seconds.items() if name not in derived}  # derived rows: no seconds of their own
         saved[norm] = norm_record(rows, distances, flips, own, derived)
-    if args.save:
+    if args.save:  # a record of all the images, which can be joined again
         header = {k: first[k] for k in ("workload", "clock")}
-        header.update(images=n, images_sha256=images_key(first), shard=None, joined=args.files)
+        key = images_key(first)
+        header.update(images=n, images_sha256=key, shard=None, all_images=n, all_images_sha256=key)
+        header.update(settings={k: first.get("settings", {}).get(k) for k in SAME}, joined=args.files)
         write_json(Path(args.save), {**header, "norms": saved})
 
 

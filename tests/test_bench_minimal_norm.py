@@ -248,7 +248,7 @@ def test_merge_names_what_does_not_fit() -> None:
     half = saved([1, 2], {"l2": {fmn: [1.0, 2.0]}})
     with pytest.raises(ValueError, match=r"shards \[2\] of 2 missing"):
         merge({"a.json": half})
-    with pytest.raises(ValueError, match="repeats it"):
+    with pytest.raises(ValueError, match="repeats its part 1 of 2"):
         merge({"a.json": half, "b.json": saved([1, 2], {"l2": {fmn: [2.0, 3.0]}})})
     with pytest.raises(ValueError, match="hold 3 images"):
         merge({"a.json": half, "b.json": saved([2, 2], {"l2": {fmn: [2.0]}})})

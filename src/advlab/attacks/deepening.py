@@ -12,6 +12,7 @@ at depth k and again, deeper, only on the rows whose crossing lay beyond it, end
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 from torch import Tensor
@@ -26,13 +27,19 @@ def search_deeper(solve: Solver, width: int, first: int, growth: int) -> Tensor:
 
     Depth ``first`` for every row, then ``growth`` times deeper (at least one more) for the rows not found,
     and so on; all ``width`` breakpoints (the full sort, which finds every row) once the next depth would
-    pass a quarter of ``width``: a top-k that deep costs a good part of the sort it may still need. Each
-    deeper round reads which rows are left, a host sync on CUDA.
+    pass a quarter of ``width``: a top-k that deep costs a good part of the sort it may still need. Reading
+    which rows are left after a round short of the full sort is a host sync on CUDA.
     """
+    try:
+        first, growth = operator.index(first), operator.index(growth)
+    except TypeError:
+        first = growth = 0
     if first < 1 or growth < 2:
-        raise ValueError(f"search_deeper: expected first >= 1 and growth >= 2, got first={first}, growth={growth}")
+        raise ValueError(f"expected integer search depths first >= 1 and growth >= 2, got {first!r}, {growth!r}")
     k = min(first, width)
     answer, found = solve(None, k)
+    if k >= width:
+        return answer
     left = (~found).nonzero().view(-1)
     while left.numel() > 0:
         deeper = max(k + 1, k * growth)

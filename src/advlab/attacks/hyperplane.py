@@ -10,9 +10,9 @@ from .deepening import Solver, search_deeper
 
 # The projection solves each row from its HYPERPLANE_TOPK first breakpoints (a top-k), then from
 # HYPERPLANE_GROWTH times as many for the rows whose crossing lies further, and so on, sorting all n once the
-# next top-k would pass a quarter of n. FAB-T's steps on EfficientNet-Lite0's 224 x 224 images mostly cross
-# within the first thousand or so breakpoints (Linf, L2) or the first few dozen (L1), where a top-k costs a
-# small part of the sort (docs/benchmarks.md, fab_projection.py).
+# next top-k would pass a quarter of n. Where FAB-T's steps cross on ImageNet-sized images, and what a top-k
+# costs against the sort there: docs/benchmarks.md, fab_projection.py.
+HYPERPLANE_NORMS = ("linf", "l2", "l1")
 HYPERPLANE_TOPK = 1024
 HYPERPLANE_GROWTH = 4
 
@@ -37,6 +37,8 @@ def hyperplane_box_step(
     L1 a minimiser that may move another of several coordinates of equal |w_i| (as the sort's unstable order
     may).
     """
+    if p not in HYPERPLANE_NORMS:
+        raise ValueError(f"hyperplane_box_step: unknown norm {p!r}; expected one of {HYPERPLANE_NORMS}")
     n = x.shape[1]
     s = c.sign()
     ws = w * s[:, None]

@@ -92,7 +92,9 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "ddn": 1,
     "fab": 4,  # 2: one backward of z_j - z_y per class j != y (was z_j for every j, then subtracted). 3: aimed
     # at f = 0 and counted at a changed top-1 (the paper's), returned points settled past the rounding slack.
-    # 4: the Linf and L2 projections' slope summed over the row in memory order (rounding differs)
+    # 4: the projection from a row's first breakpoints: in Linf and L2 the slope summed over the row in memory
+    # order and the coordinates with no room out of it (rounding differs), in L1 another minimiser among equal
+    # |w_i| possible; a plane out of reach settled directly
     "fab_t": 4,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
     # 3: fab 3. 4: fab 4
     "minimal": 6,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
