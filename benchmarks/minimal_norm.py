@@ -94,6 +94,7 @@ MAX_JACOBIAN_CLASSES = 100
 # An entry: its attack run with the given number of steps on the given images and labels (the benchmark's model).
 Entry = Callable[[int, Tensor, Tensor], Tensor]
 # The row of each member of attacks.MINIMAL_MEMBERS (the same call as the ensemble makes).
+ENSEMBLE = "advlab minimal"  # the ensemble's row
 ENSEMBLE_ROWS = {
     "fmn": "advlab fmn", "fmn_large_step": "advlab fmn a1000", "ddn": "advlab ddn", "fab_t": "advlab fab_t",
 }  # fmt: skip
@@ -143,6 +144,20 @@ def ensemble(
     chosen = member_distances.argmin(0)  # the first index of the minimum
     flags = torch.stack([flips[m] for m in members]).gather(0, chosen[None])[0] if flips else None
     return member_distances.amin(0), chosen, flags
+
+
+def add_ensemble_row(norm: str, distances: dict[str, Tensor], flips: dict[str, Tensor]) -> list[str] | None:
+    """Add the ensemble's row of ``norm`` (:func:`ensemble` of its members' rows, with their fragile flags where
+    each member has them) to ``distances`` and ``flips``, and return its members; None, adding nothing, where a
+    member is missing or the ensemble has a row of its own (a run of ``attacks.minimal``)."""
+    members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
+    if ENSEMBLE in distances or not all(m in distances for m in members):
+        return None
+    member_flips = flips if all(m in flips for m in members) else {}
+    distances[ENSEMBLE], _, flags = ensemble(distances, member_flips, members)
+    if flags is not None:
+        flips[ENSEMBLE] = flags
+    return members
 
 
 def score(distances: dict[str, Tensor], flips: dict[str, Tensor]) -> dict[str, Row]:
@@ -396,14 +411,11 @@ def main() -> None:
                 print(f"  ({norm} {name}: {seconds:.1f} {clock}{share})", file=sys.stderr, flush=True)
         times = {name: statistics.median(v) for name, v in samples.items()}
         flips = {} if model64 is None else {n: fragile(model, model64, y, points[n], d) for n, d in distances.items()}
-        members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
         derived = {}
-        if not args.run_ensemble and all(m in distances for m in members):
-            distances["advlab minimal"], _, flags = ensemble(distances, flips, members)
-            if flags is not None:
-                flips["advlab minimal"] = flags
-            times["advlab minimal"] = sum(times[m] for m in members)
-            derived["advlab minimal"] = members
+        members = add_ensemble_row(norm, distances, flips)  # none with --run-ensemble: its row is measured
+        if members is not None:
+            times[ENSEMBLE] = sum(times[m] for m in members)
+            derived[ENSEMBLE] = members
         rows = score(distances, flips)
         for name, row in rows.items():
             fragile_count = "-" if row.fragile is None else str(row.fragile)

@@ -29,8 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from advlab import attacks
-from benchmarks.minimal_norm import ENSEMBLE_ROWS, ensemble, norm_record, score, write_json
+from benchmarks.minimal_norm import ENSEMBLE, add_ensemble_row, norm_record, score, write_json
 
 
 @dataclass
@@ -129,15 +128,11 @@ def table(entries: dict[str, Pieces], norm: str) -> tuple[dict, dict, dict, dict
     sizes = {len(d) for d in distances.values()}
     if len(sizes) != 1:
         raise ValueError(f"{norm}: the joined entries have {sorted(sizes)} samples; expected one count")
-    members = [ENSEMBLE_ROWS[m] for m in attacks.MINIMAL_MEMBERS[norm]]
     derived = {}
-    if "advlab minimal" not in distances and all(m in distances for m in members):  # not over a run of it
-        member_flips = flips if all(m in flips for m in members) else {}
-        distances["advlab minimal"], _, flags = ensemble(distances, member_flips, members)
-        if flags is not None:
-            flips["advlab minimal"] = flags
-        seconds["advlab minimal"] = [sum(seconds[m][0] for m in members)]
-        derived["advlab minimal"] = members
+    members = add_ensemble_row(norm, distances, flips)  # none over a run of the ensemble itself: that row is kept
+    if members is not None:
+        seconds[ENSEMBLE] = [sum(seconds[m][0] for m in members)]
+        derived[ENSEMBLE] = members
     return distances, flips, seconds, derived
 
 

@@ -22,6 +22,22 @@ from torch import Tensor
 Solver = Callable[[Tensor | None, int], tuple[Tensor, Tensor]]
 
 
+def whole_at_least(value: object, least: int, name: str) -> int:
+    """``value`` as an int (a Python or NumPy integer, not a bool), at least ``least``."""
+    try:
+        whole = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        whole = None
+    if whole is None or whole < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    return whole
+
+
+def rows_of(rows: Tensor | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The ``tensors`` themselves (``rows`` None: every row) or their rows ``rows``, for a :data:`Solver`."""
+    return tensors if rows is None else tuple(t[rows] for t in tensors)
+
+
 def search_deeper(solve: Solver, width: int, first: int, growth: int) -> Tensor:
     """The answer of ``solve`` for every row, each row's from the first depth at which it was found.
 
@@ -30,12 +46,7 @@ def search_deeper(solve: Solver, width: int, first: int, growth: int) -> Tensor:
     pass a quarter of ``width``: a top-k that deep costs a good part of the sort it may still need. Reading
     which rows are left after a round short of the full sort is a host sync on CUDA.
     """
-    try:
-        first, growth = operator.index(first), operator.index(growth)
-    except TypeError:
-        first = growth = 0
-    if first < 1 or growth < 2:
-        raise ValueError(f"expected integer search depths first >= 1 and growth >= 2, got {first!r}, {growth!r}")
+    first, growth = whole_at_least(first, 1, "first"), whole_at_least(growth, 2, "growth")
     k = min(first, width)
     answer, found = solve(None, k)
     if k >= width:

@@ -6,19 +6,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .deepening import Solver, search_deeper
+from .deepening import Solver, rows_of, search_deeper
 
 # The projection solves each row from its HYPERPLANE_TOPK first breakpoints (a top-k), then from
 # HYPERPLANE_GROWTH times as many for the rows whose crossing lies further, and so on, sorting all n once the
 # next top-k would pass a quarter of n. Where FAB-T's steps cross on ImageNet-sized images, and what a top-k
-# costs against the sort there: docs/benchmarks.md, fab_projection.py.
+# costs against the sort there: docs/benchmarks.md, fab_projection.py. Off the CPU the default is the full sort:
+# reading which rows a top-k left would be a host sync in FAB's step (whether the search pays on a GPU anyway is
+# fab_projection.py's GPU lane).
 HYPERPLANE_NORMS = ("linf", "l2", "l1")
 HYPERPLANE_TOPK = 1024
 HYPERPLANE_GROWTH = 4
 
 
 def hyperplane_box_step(
-    x: Tensor, w: Tensor, c: Tensor, p: str, *, first: int = HYPERPLANE_TOPK, growth: int = HYPERPLANE_GROWTH
+    x: Tensor, w: Tensor, c: Tensor, p: str, *, first: int | None = None, growth: int = HYPERPLANE_GROWTH
 ) -> Tensor:
     """The smallest d in ``p`` ("linf", "l2" or "l1") with <w, d> = c and x + d in [0, 1], per row of the flat
     (N, n) ``x`` and ``w``: the projection of x onto the hyperplane {z: <w, z - x> = c} intersected with the box
@@ -31,30 +33,33 @@ def hyperplane_box_step(
     those of largest |w_i|: they are moved to their bound in that order until c is reached (the last one
     partly). A coordinate with no room (at the bound it would move to) takes no part in either order, and a
     row whose c lies beyond what the box allows is settled without one. Either order is searched from its
-    ``first`` breakpoints, ``growth`` times deeper for the rows that need it
-    (:func:`~advlab.attacks.deepening.search_deeper`), which finds what the full sort finds: on the CPU the
-    same step bit for bit where the order has no ties, else to float rounding (the order of tied t_i), and in
-    L1 a minimiser that may move another of several coordinates of equal |w_i| (as the sort's unstable order
-    may).
+    ``first`` breakpoints (default: HYPERPLANE_TOPK on the CPU, all n elsewhere), ``growth`` times deeper for
+    the rows that need it (:func:`~advlab.attacks.deepening.search_deeper`), which finds what the full sort
+    finds: on the CPU the same step bit for bit where the order has no ties, else to float rounding (the order
+    of tied t_i), and in L1 a minimiser that may move another of several coordinates of equal |w_i| (as the
+    sort's unstable order may).
     """
     if p not in HYPERPLANE_NORMS:
         raise ValueError(f"hyperplane_box_step: unknown norm {p!r}; expected one of {HYPERPLANE_NORMS}")
     n = x.shape[1]
+    if first is None:
+        first = HYPERPLANE_TOPK if x.device.type == "cpu" else n
     s = c.sign()
     ws = w * s[:, None]
+    magnitude = w.abs()
     target = c.abs()
     room = torch.where(ws > 0, 1 - x, x)  # how far each coordinate can move in the direction that helps
-    gain = ws.abs() * room  # what moving it to its bound adds to <s w, d>
+    gain = magnitude * room  # what moving it to its bound adds to <s w, d>
     beyond = gain.sum(dim=1) < target  # out of reach: every coordinate that helps goes to its bound
     if p == "l1":
-        key = torch.where(gain > 0, ws.abs(), -1.0)  # the order: largest |w_i| first, those that cannot move last
-        d = search_deeper(_l1_solver(key, ws.abs(), gain, room, target, beyond), n, first, growth)
+        key = torch.where(gain > 0, magnitude, -1.0)  # the order: largest |w_i| first, those that cannot move last
+        d = search_deeper(_l1_solver(key, magnitude, gain, room, target, beyond), n, first, growth)
         return d * ws.sign() * (c != 0)[:, None]
     v = ws if p == "l2" else ws.sign()
     speed = v.abs()
     moving = (speed > 0) & (room > 0)
     t_sat = torch.where(moving, room / speed.clamp_min(1e-30), torch.full_like(room, float("inf")))
-    slope = torch.where(moving, ws.abs() * speed, 0.0)  # how fast <s w, d(t)> grows while coordinate i moves
+    slope = torch.where(moving, magnitude * speed, 0.0)  # how fast <s w, d(t)> grows while coordinate i moves
     t = search_deeper(_ray_solver(t_sat, gain, slope, slope.sum(dim=1), target, beyond), n, first, growth)
     d = torch.minimum(t[:, None] * speed, room).nan_to_num(0.0) * v.sign()
     return d * (c != 0)[:, None]
@@ -72,8 +77,7 @@ def _ray_solver(t_sat: Tensor, gain: Tensor, slope: Tensor, total: Tensor, targe
     n = t_sat.shape[1]
 
     def solve(rows: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
-        ts, gs, ss, tot, tg, out = (t_sat, gain, slope, total, target, beyond) if rows is None else (
-            t_sat[rows], gain[rows], slope[rows], total[rows], target[rows], beyond[rows])  # fmt: skip
+        ts, gs, ss, tot, tg, out = rows_of(rows, t_sat, gain, slope, total, target, beyond)
         t_k, order = ts.topk(k, dim=1, largest=False) if k < n else ts.sort(dim=1)
         saturated = gs.gather(1, order).cumsum(dim=1)
         free = (tot[:, None] - ss.gather(1, order).cumsum(dim=1)).clamp_min(0)  # the slope after t_(j)
@@ -99,8 +103,7 @@ def _l1_solver(key: Tensor, weight: Tensor, gain: Tensor, room: Tensor, target: 
     n = key.shape[1]
 
     def solve(rows: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
-        ks, ws, gs, rs, tg, out = (key, weight, gain, room, target, beyond) if rows is None else (
-            key[rows], weight[rows], gain[rows], room[rows], target[rows], beyond[rows])  # fmt: skip
+        ks, ws, gs, rs, tg, out = rows_of(rows, key, weight, gain, room, target, beyond)
         order = ks.topk(k, dim=1).indices if k < n else ks.argsort(dim=1, descending=True)
         cum = gs.gather(1, order).cumsum(dim=1)
         j = (cum < tg[:, None]).sum(dim=1, keepdim=True)  # coordinates moved fully, in that order

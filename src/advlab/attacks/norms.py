@@ -12,13 +12,12 @@ onto it and draw random starts from it, and take the rows of the samples still s
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .deepening import search_deeper
+from .deepening import rows_of, search_deeper, whole_at_least
 from .noise import Noise
 
 # The L1 steepest-ascent step moves this fraction of the coordinates (at least one), those of largest |grad|.
@@ -26,10 +25,9 @@ L1_STEP_FRACTION = 0.01
 
 # The L1 projection finds its multiplier from this many of the largest breakpoints of a row (a top-k, far
 # cheaper than sorting all 2n), then from L1_PROJECTION_GROWTH times as many for the rows whose crossing lies
-# lower, and so on, sorting all of them once the next top-k would pass a quarter of 2n (L1.project_). On
-# EfficientNet-Lite0's 224 x 224 images most of FMN-L1's crossings lie a few hundred to two thousand breakpoints
-# down, where a top-k costs a fraction of the full sort (docs/benchmarks.md, minimal_norm.py, "EfficientNet-Lite0
-# on all 128").
+# lower, and so on, sorting all of them once the next top-k would pass a quarter of 2n (L1.project_). Where
+# FMN-L1's crossings lie on ImageNet-sized images, and what that saves: docs/benchmarks.md, minimal_norm.py,
+# "EfficientNet-Lite0 on all 128".
 L1_PROJECTION_TOPK = 128
 L1_PROJECTION_GROWTH = 32
 
@@ -159,8 +157,8 @@ class L1(Norm):
         for its multiplier and the factor between depths (:meth:`project_`; the result does not depend on
         them, only its cost)."""
         self.step_fraction = step_fraction
-        self.projection_topk = _whole_at_least(projection_topk, 1, "projection_topk")
-        self.projection_growth = _whole_at_least(projection_growth, 2, "projection_growth")
+        self.projection_topk = whole_at_least(projection_topk, 1, "projection_topk")
+        self.projection_growth = whole_at_least(projection_growth, 2, "projection_growth")
 
     def random_start(self, x: Tensor, eps: Tensor, noise: Noise) -> Tensor:
         """Uniform in the L1 ball, then put back in the box (which only shrinks |delta|, so stays in the ball).
@@ -212,10 +210,8 @@ class L1(Norm):
         points = torch.cat([mag, (mag - room).clamp_min_(0)], dim=1)
 
         def solve(rows: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
-            if rows is None:  # a row inside the ball needs no crossing: lambda = 0 below
-                lam, found = l1_threshold(points, eps, k)
-                return lam, found | ~outside
-            return l1_threshold(points[rows], eps[rows], k)
+            lam, found = l1_threshold(*rows_of(rows, points, eps), k)
+            return lam, found | ~rows_of(rows, outside)[0]  # a row inside the ball needs no crossing: lambda = 0
 
         lam = search_deeper(solve, points.shape[1], self.projection_topk, self.projection_growth)
         lam = torch.where(outside, lam, 0.0)
@@ -225,17 +221,6 @@ class L1(Norm):
         size = u_abs.sum(dim=1)
         scale = torch.where(size > eps, eps / size.clamp_min(1e-30), 1.0)[:, None]
         return torch.mul(u_abs, d.sign_(), out=d).mul_(scale).view_as(x_adv).add_(x).clamp_(0, 1)
-
-
-def _whole_at_least(value: object, least: int, name: str) -> int:
-    """``value`` as an int (a Python or NumPy integer, not a bool), at least ``least``."""
-    try:
-        whole = operator.index(value) if not isinstance(value, bool) else None
-    except TypeError:
-        whole = None
-    if whole is None or whole < least:
-        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
-    return whole
 
 
 def l1_threshold(points: Tensor, eps: Tensor, k: int) -> tuple[Tensor, Tensor]:
