@@ -155,6 +155,18 @@ def test_bad_parameters_are_refused_before_any_work(name, params, kwargs, needle
         make_spec(name, params, **kwargs)
 
 
+@pytest.mark.parametrize("name", ["ddn", "cw_l2", "apgd_l1", "bim"])
+def test_a_one_norm_attack_takes_its_own_norm_and_refuses_another(name):
+    from advlab.evaluate.specs import ONE_NORM
+
+    own = ONE_NORM[name]
+    base = {} if name in ("ddn", "cw_l2") else {"eps": 0.5}
+    assert make_spec(name, {**base, "norm": own.upper()}) == make_spec(name, base)
+    other = "l1" if own != "l1" else "l2"
+    with pytest.raises(SpecError, match=f"{name} attacks in {own} only, got norm='{other}'"):
+        make_spec(name, {**base, "norm": other})
+
+
 def test_every_refused_value_is_a_usage_error_and_accepted_values_run(data):
     """The values make_spec refuses are the ones the attacks refuse: a refused spec is a UsageError (one line,
     exit 2 on the command line), and the attacks run with every value the tables allow."""

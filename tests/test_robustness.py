@@ -262,6 +262,42 @@ def test_eval_minimal_with_a_suite_writes_distances_curves_and_the_cross_check(c
     assert sum("distance" in r for r in records) == 8
 
 
+@pytest.mark.skipif(not FASHION_PRESENT, reason="Fashion-MNIST is missing")
+@pytest.mark.parametrize("how", ["flags", "table"])
+def test_eval_minimal_ddn_in_its_own_norm_runs_from_flags_and_from_a_table(capsys, tmp_path, how) -> None:
+    """``--minimal --attack ddn --norm l2`` (and the ``[[attack]]`` table that says the same) is DDN's run: the
+    norm it names is DDN's own, so the spec is DDN's without it, and summary.json has its L2 curve."""
+    from safetensors.torch import save_file
+
+    from advlab.models import load_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in load_model("mnist_cnn_small", pretrained=False).state_dict().items()},
+              str(weights))  # fmt: skip
+    out = tmp_path / "run"
+    common = ["eval", "--model", "mnist_cnn_small", "--weights", str(weights), "--data", "fashion-mnist",
+              "--limit", "4", "--out", str(out), "--quiet"]  # fmt: skip
+    if how == "flags":
+        argv = [*common, "--minimal", "--attack", "ddn", "--norm", "l2", "--steps", "2"]
+    else:
+        config = tmp_path / "attacks.toml"
+        config.write_text('[[attack]]\nname = "ddn"\nminimal = true\nnorm = "l2"\nsteps = 2\n')
+        argv = [*common, "--config", str(config)]
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    (attack,) = summary["attacks"]
+    assert (attack["name"], attack["params"]) == ("ddn", {"steps": 2})
+    assert summary["robustness"]["l2"]["attacks"][attack["id"]]["n"] == 4
+
+
+def test_eval_minimal_ddn_in_another_norm_is_one_line(capsys) -> None:
+    code = main(["eval", "--model", "/no/such/model.pt", "--minimal", "--attack", "ddn", "--norm", "linf"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "ddn attacks in l2 only, got norm='linf'" in err, err
+
+
 def test_l1_fixed_eps_attacks_cross_check_the_l1_ensemble(digits_model) -> None:
     model, x, y = digits_model
     specs = [

@@ -93,7 +93,9 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--alpha", default=None, help="step size (pixel units)")
     p.add_argument("--steps", type=int_arg(1), default=None, help="iterations")
     p.add_argument("--restarts", type=int_arg(1), default=None, help="random restarts (pgd, apgd, apgd_t)")
-    p.add_argument("--norm", default=None, help="linf or l2")
+    p.add_argument(
+        "--norm", default=None, help="linf, l2, l1 (pgd, fab, fmn; suites: linf or l2) or l0 (fmn, --minimal)"
+    )
     p.add_argument("--loss", default=None, help="ce or margin")
     p.add_argument("--targeted", action="store_true", default=False, help="targeted attack")
     p.add_argument("--target", default=None, help="targets: random, least-likely, or a class index")
@@ -137,7 +139,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         "--minimal",
         action="store_true",
         help="per-sample smallest perturbation in --norm (l0, l1, l2, linf): the ensemble of that norm's "
-        "minimal-norm attacks, or the one --attack (fmn, ddn, fab); summary.json gets robustness curves",
+        "minimal-norm attacks, or the one --attack (fmn, ddn, fab, fab_t); summary.json gets robustness curves",
     )
     p.add_argument("--out", default="runs/eval", help="run directory")
     add_replace_flag(p)

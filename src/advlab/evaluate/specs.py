@@ -353,6 +353,12 @@ def make_spec(
     params = dict(params or {})
     signature = inspect.signature(fn).parameters
     allowed = {k: p for k, p in signature.items() if k not in ENGINE_ARGS}
+    if name in ONE_NORM and "norm" in params and "norm" not in allowed:
+        # Naming a one-norm attack's own norm (``--minimal --attack ddn --norm l2``) says nothing more: dropped,
+        # so the spec is the one without it; any other norm is refused by name.
+        given = params.pop("norm")
+        if not isinstance(given, str) or given.lower() != ONE_NORM[name]:
+            raise SpecError(f"{name} attacks in {ONE_NORM[name]} only, got norm={given!r}")
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise SpecError(
