@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from advlab import attacks
 from advlab.cli import main
-from advlab.evaluate import SpecError, evaluate, make_spec
+from advlab.evaluate import SpecError, evaluate, make_spec, robustness_lines
 from advlab.evaluate.robustness import distance_curve
 from advlab.report import render_run
 from tests.test_evaluate import Items
@@ -162,6 +162,11 @@ def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed
     median = "n/a" if weak["median_eps"] is None else f"{weak['median_eps']:.4g}"
     assert f"| weak | linf | 24 | {median} | {weak['auc']:.4g} | {weak['n_unbroken']} |" in md
     assert f"{check['n_violations']} violations in {check['n_checked']} broken samples checked" in md
+    # advlab eval prints the verdict too: how many samples the minimal-norm attack missed within the budget.
+    (line,) = robustness_lines(result.summary)
+    assert line.startswith(f"cross-check (linf): {len(expected)} samples broken by pgd within a budget below")
+    median = check["corrected"]["median_eps"]
+    assert f"corrected median distance {'inf' if median is None else f'{median:.4g}'}" in line
 
 
 def test_records_of_minimal_attacks_carry_distance_zero_for_misclassified_and_null_for_unbroken(digits_model):
@@ -251,7 +256,9 @@ def test_eval_minimal_with_a_suite_writes_distances_curves_and_the_cross_check(c
             "--minimal", "--norm", "linf", "--steps", "3", "--suite", "fast", "--eps", "0.05", "--out", str(out),
             "--quiet"]  # fmt: skip
     assert main(argv) == 0
+    printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
+    assert robustness_lines(summary)[0] in printed.splitlines()
     assert [a["name"] for a in summary["attacks"]] == ["suite_fast", "minimal"]
     assert summary["attacks"][1]["params"] == {"norm": "linf", "steps": 3}
     section = summary["robustness"]["linf"]

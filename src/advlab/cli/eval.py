@@ -176,7 +176,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, sanity_lines, stage_lines, summary_line
+    from ..evaluate import evaluate, robustness_lines, sanity_lines, stage_lines, summary_line
 
     specs, adaptive = attack_specs(args)
     budget = sanity_budget(specs) if args.sanity and not adaptive else None  # named before the model loads
@@ -238,6 +238,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(summary_line(a, result.summary["model"]))
             for line in stage_lines(a):  # a suite: the robust accuracy after each stage, like AutoAttack's printout
                 print(line)
+        for line in robustness_lines(result.summary):  # minimal-norm attacks beside fixed-eps ones
+            print(line)
         if args.sanity or any(a.get("stages") for a in result.summary["attacks"]):
             for line in sanity_lines(result.summary):  # the gradient-masking checks' verdicts, where they ran
                 print(line)

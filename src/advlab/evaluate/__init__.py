@@ -28,7 +28,7 @@ from .specs import (
     registry,
     validate_specs,
 )
-from .summary import build_summary, sanity_lines, stage_lines, summary_line
+from .summary import build_summary, robustness_lines, sanity_lines, stage_lines, summary_line
 
 __all__ = [
     "ALGORITHM_VERSIONS",
@@ -57,6 +57,7 @@ __all__ = [
     "random_targets",
     "register_attack",
     "registry",
+    "robustness_lines",
     "run_config",
     "run_sanity",
     "sanity_lines",

@@ -234,6 +234,32 @@ def stage_lines(attack: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def robustness_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Per norm with a minimal-norm attack and fixed-eps attacks beside it, the cross-check's verdict
+    (:mod:`advlab.evaluate.robustness`): how many samples a fixed-eps attack broke within a budget below the
+    smallest distance the minimal-norm attacks found, and the corrected median; empty where none ran."""
+    lines = []
+    for norm, section in (summary.get("robustness") or {}).items():
+        check = section.get("cross_check")
+        if not check or not check["attacks"]:
+            continue
+        against = ", ".join(check["attacks"])
+        if check["n_violations"] == 0:
+            lines.append(
+                f"cross-check ({norm}): every sample {against} broke ({check['n_checked']}) has a minimal distance "
+                "within that budget"
+            )
+            continue
+        median = check["corrected"]["median_eps"]
+        lines.append(
+            f"cross-check ({norm}): {check['n_samples_violating']} samples broken by {against} within a budget below "
+            f"the smallest distance the minimal-norm attacks found ({check['n_violations']} of {check['n_checked']} "
+            f"checks); corrected median distance {'inf' if median is None else f'{median:.4g}'} "
+            f"(summary.json: robustness.{norm}.cross_check)"
+        )
+    return lines
+
+
 def sanity_lines(summary: Mapping[str, Any]) -> list[str]:
     """The gradient-masking checks' verdicts, one line each (empty where none ran)."""
     sanity = summary.get("sanity") or {}
