@@ -19,7 +19,9 @@ B images (memory) and checks the points on the same batches.
 Also advlab's FAB-T (targeted FAB towards the 9 likeliest classes) and its ``minimal`` ensemble, and the peers'
 entries where installed: Foolbox's
 ``L*FMNAttack``/``DDNAttack``/``EADAttack`` (EAD: L1, 9 binary-search steps of ``--steps``), torchattacks'
-``FAB`` in L2 and Linf (with a budget no attack needs, so that it is minimal-norm; its L1 fails in 3.5.1).
+``FAB`` in L2 and Linf (with a budget no attack needs, so that it is minimal-norm; its L1 fails in 3.5.1), and
+AutoAttack's FAB-T (pyautoattack's ``FABAttack_PT``, targeted, 9 targets) kept per sample at the smallest
+point of its targeted runs, as advlab's FAB-T keeps (:func:`autoattack_fab_t`).
 ``--entries`` keeps the entries whose name contains one of the given words (e.g. ``--entries fmn,minimal``), or
 is one of those given with a leading ``=`` (``--entries "=advlab fab,=adv_lib fab"``); the kept entries run in
 the order of the words that keep them.
@@ -269,7 +271,33 @@ def peer_entries(model: torch.nn.Module, device: torch.device, norm: str, num_cl
             return fab(x, y)
 
         out.append(("torchattacks fab", run_ta))
+    try:
+        from pyautoattack.fab_pt import FABAttack_PT
+    except ImportError:
+        FABAttack_PT = None
+    if FABAttack_PT is not None and norm != "l0":
+        out.append(("autoattack fab_t", lambda s, x, y: autoattack_fab_t(FABAttack_PT, model, norm, s, x, y)))
     return out
+
+
+def autoattack_fab_t(fab_class: type, model: torch.nn.Module, norm: str, steps: int, x: Tensor, y: Tensor) -> Tensor:
+    """AutoAttack's FAB-T (``FABAttack_PT``, targeted, its 9 targets: the 2nd to 10th likeliest classes) as a
+    minimal-norm attack: per sample the smallest adversarial point of its targeted runs, as advlab's ``fab_t``
+    keeps. (AutoAttack's own ``perturb`` attacks a sample with the next target only while it is unbroken at its
+    eps, so with an eps no attack needs it would keep the first target's point; the runs are the same.)"""
+    fab = fab_class(model, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], n_restarts=1, n_iter=steps,
+                    targeted=True, n_target_classes=9, device=x.device)  # fmt: skip
+    best, best_size = x.clone(), torch.full((len(x),), math.inf, device=x.device)
+    with torch.no_grad():
+        logits_classes = model(x).shape[1]
+        for target_class in range(2, min(9, logits_classes - 1) + 2):
+            fab.target_class = target_class
+            point = fab.attack_single_run(x, y, use_rand_start=False, is_targeted=True)
+            size = (point - x).flatten(1).norm(p=P[norm], dim=1)
+            size = torch.where(model(point).argmax(1) != y, size, math.inf)
+            better = size < best_size
+            best[better], best_size = point[better], torch.minimum(size, best_size)
+    return best
 
 
 def count(text: str) -> int:
