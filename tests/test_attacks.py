@@ -35,6 +35,8 @@ ATTACKS: dict[str, Callable[..., object]] = {
     "ddn": lambda m, x, y, **k: attacks.ddn(m, x, y, steps=8, **k),
     "fab_linf": lambda m, x, y, **k: attacks.fab(m, x, y, norm="linf", steps=4, **k),
     "fab_l1": lambda m, x, y, **k: attacks.fab(m, x, y, norm="l1", steps=4, **k),
+    "fab_l2": lambda m, x, y, **k: attacks.fab(m, x, y, norm="l2", steps=4, **k),
+    "fab_l2_targeted": lambda m, x, y, **k: attacks.fab(m, x, y, norm="l2", steps=4, targeted=True, **k),
     "fab_t_l2": lambda m, x, y, **k: attacks.fab_t(m, x, y, norm="l2", steps=3, n_target_classes=2, **k),
     "minimal_l1": lambda m, x, y, **k: attacks.minimal(m, x, y, norm="l1", steps=4, **k),
     "pgd_l1": lambda m, x, y, **k: attacks.pgd(m, x, y, 2.0, 0.5, 8, norm="l1", restarts=2, seed=k.pop("seed", 0), **k),
@@ -199,6 +201,23 @@ def test_per_sample_eps_zero_leaves_the_sample_unchanged(digits_model) -> None:
     ):
         assert torch.equal(x_adv[0], x[0]) and torch.equal(x_adv[2], x[2])
         assert not torch.equal(x_adv[1], x[1])
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd_l1"])
+def test_l1_attacks_give_each_sample_its_own_eps(name: str, digits_model) -> None:
+    """A per-sample L1 eps: each sample's perturbation within its own eps (0: unchanged), and each gets what it
+    gets alone with that eps as a number."""
+    model, x, y = digits_model
+    x, y = x[:4].double(), y[:4]
+    model = copy.deepcopy(model).double()
+    eps = torch.tensor([0.0, 2.0, 5.0, 1.0], dtype=torch.float64)
+    kwargs = {"norm": "l1", "steps": 8, "seed": 3} if name == "pgd" else {"steps": 8, "seed": 3}
+    batch = getattr(attacks, name)(model, x, y, eps, **kwargs)
+    size = (batch - x).flatten(1).abs().sum(1)
+    assert torch.equal(batch[0], x[0]) and bool((size <= eps * (1 + 1e-9)).all()), size
+    for i in range(4):
+        alone = getattr(attacks, name)(model, x[i : i + 1], y[i : i + 1], float(eps[i]), **{**kwargs, "seed": 3 + i})
+        torch.testing.assert_close(batch[i : i + 1], alone, rtol=0, atol=1e-12)
 
 
 def test_success_flags_match_the_model(digits_model) -> None:
