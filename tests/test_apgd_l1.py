@@ -85,7 +85,7 @@ def test_l1_specs_and_bad_input():
     assert make_spec("apgd_l1", {"eps": 1.0, "loss": "dlr"}).params["loss"] == "dlr"
     with pytest.raises(SpecError, match="pgd: unknown norm 'l0'; expected one of 'linf', 'l2', 'l1'"):
         make_spec("pgd", {"eps": 3, "norm": "l0"})
-    with pytest.raises(SpecError, match="unknown parameter norm for attack 'apgd_l1'"):
+    with pytest.raises(SpecError, match="apgd_l1 attacks in l1 only, got norm='l2'"):
         make_spec("apgd_l1", {"eps": 1.0, "norm": "l2"})
     with pytest.raises(ValueError, match="eps"):
         attacks.apgd_l1(torch.nn.Flatten(), torch.rand(2, 4), torch.zeros(2, dtype=torch.long), -1.0)

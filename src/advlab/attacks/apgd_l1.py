@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .apgd import APGD_LOSSES, _objective, check_classes
 from .checks import check_steps, first_logits, frozen, validate
 from .noise import Noise
-from .norms import Ball, batch_view
+from .norms import Ball, batch_view, get_norm
 from .objectives import is_success
 from .result import AttackResult
 from .state import BestPoint
@@ -41,10 +41,6 @@ def sparse_step(grad: Tensor, fraction: Tensor, size: Tensor) -> Tensor:
     direction = flat.sign() * (mag >= threshold)
     count = direction.abs().sum(dim=1, keepdim=True)
     return (direction * (size[:, None] / (count + 1e-10))).view_as(grad)
-
-
-def _l0(delta: Tensor) -> Tensor:
-    return (delta.flatten(1) != 0).sum(dim=1).to(delta.dtype)
 
 
 def _run(
@@ -77,7 +73,7 @@ def _run(
     best.update(x_adv, obj, succ)
     x_top, obj_top, grad_top = x_adv.clone(), obj.clone(), grad.clone()
     if warm:
-        sparsity_old = _l0(x_adv - x)
+        sparsity_old = get_norm("l0").size(x_adv - x)
         fraction = sparsity_old / d / SPARSITY_MARGIN
     else:
         sparsity_old = torch.full_like(eps, float(d))
@@ -95,7 +91,7 @@ def _run(
             grad_top = torch.where(batch_view(up, grad), grad, grad_top)
             obj_top = torch.where(up, obj, obj_top)
             if (i + 1) % every == 0:
-                sparsity = _l0(x_top - x)
+                sparsity = get_norm("l0").size(x_top - x)
                 fell = sparsity / sparsity_old.clamp_min(1) < SPARSITY_FALL
                 fraction = sparsity / d / SPARSITY_MARGIN
                 size = torch.where(fell, eps, size / STEP_DECAY).clamp(min=eps / MIN_STEP, max=eps)
