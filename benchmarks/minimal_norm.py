@@ -284,13 +284,14 @@ def autoattack_fab_t(fab_class: type, model: torch.nn.Module, norm: str, steps: 
     """AutoAttack's FAB-T (``FABAttack_PT``, targeted, its 9 targets: the 2nd to 10th likeliest classes) as a
     minimal-norm attack: per sample the smallest adversarial point of its targeted runs, as advlab's ``fab_t``
     keeps. (AutoAttack's own ``perturb`` attacks a sample with the next target only while it is unbroken at its
-    eps, so with an eps no attack needs it would keep the first target's point; the runs are the same.)"""
+    eps, so with an eps no attack needs it would keep the first target's point; the runs are the same.)
+    pyautoattack casts the images to float32 inside each run, so the model must take float32."""
     fab = fab_class(model, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], n_restarts=1, n_iter=steps,
                     targeted=True, n_target_classes=9, device=x.device)  # fmt: skip
     best, best_size = x.clone(), torch.full((len(x),), math.inf, device=x.device)
     with torch.no_grad():
         logits_classes = model(x).shape[1]
-        for target_class in range(2, min(9, logits_classes - 1) + 2):
+        for target_class in range(2, min(fab.n_target_classes, logits_classes - 1) + 2):
             fab.target_class = target_class
             point = fab.attack_single_run(x, y, use_rand_start=False, is_targeted=True)
             size = (point - x).flatten(1).norm(p=P[norm], dim=1)

@@ -33,6 +33,8 @@ def exact_distances(w: np.ndarray, x: np.ndarray, z: float) -> dict[str, float]:
     b[-1] = -abs(z)
     linf = linprog(np.eye(d + 1)[d], A_ub=a, b_ub=b, bounds=[*zip(low, high, strict=True), (0, None)], method="highs")
     assert l1.status == 0 and linf.status == 0, (l1.message, linf.message)
+    for delta in (l1.x[:d] - l1.x[d:], linf.x[:d]):  # the optimum reaches the boundary (within the LP's tolerance)
+        assert s * (z + w @ delta) <= 1e-9 * abs(z), (z, w @ delta)
     # L2: by the KKT conditions delta_i = -s sign(w_i) min(lam |w_i|, room_i) (room_i: how far the box lets
     # coordinate i move the helpful way), lam the root of sum |w_i| min(lam |w_i|, room_i) = |z| (bisection).
     room = np.where(-s * w > 0, high, -low)
@@ -66,5 +68,3 @@ def boxed_problems(seed: int = 0, n: int = 6, d: int = 20) -> list[tuple[Linear,
         assert all(exact[k] > 1.01 * free[k] for k in free), (exact, free)  # the box binds in every norm
         problems.append((model, x.view(1, 1, 4, d // 4), torch.tensor([label]), exact))
     return problems
-
-

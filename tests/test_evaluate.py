@@ -161,7 +161,7 @@ def test_a_one_norm_attack_takes_its_own_norm_and_refuses_another(name):
 
     own = ONE_NORM[name]
     base = {} if name in ("ddn", "cw_l2") else {"eps": 0.5}
-    assert make_spec(name, {**base, "norm": own.upper()}) == make_spec(name, base)
+    assert make_spec(name, {**base, "norm": own}) == make_spec(name, base)
     other = "l1" if own != "l1" else "l2"
     with pytest.raises(SpecError, match=f"{name} attacks in {own} only, got norm='{other}'"):
         make_spec(name, {**base, "norm": other})
@@ -317,6 +317,7 @@ def test_a_suite_chained_onto_listed_attacks_is_their_per_sample_worst_case(data
         make_spec("fgsm", {"eps": 0.05}, id="other-eps"),
         make_spec("fgsm", {"eps": 0.1, "norm": "l2"}, id="other-norm"),
         make_spec("fgsm", {"eps": 0.1, "targeted": True}, id="targeted"),
+        make_spec("apgd_l1", {"eps": 0.1, "steps": 2}, id="l1-same-eps"),  # no norm parameter: L1, not Linf
     ]
     (suite,) = suite_specs("fast", [0.1])
     specs = with_suites(listed, [suite])

@@ -14,7 +14,11 @@ from tests.boxed_linear import P, boxed_problems
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend for the 2 shared cores
 
-PROBLEMS = boxed_problems()
+
+@pytest.fixture(scope="module")
+def problems() -> list:
+    return boxed_problems()
+
 
 CASES = [
     *[("fmn", norm, targeted) for norm in ("l0", "l1", "l2", "linf") for targeted in (False, True)],
@@ -27,20 +31,23 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "norm", "targeted"), CASES)
-def test_minimal_norm_attacks_find_the_exact_distance_where_the_box_binds(name: str, norm: str, targeted: bool) -> None:
-    for model, x, y, exact in PROBLEMS:
+def test_minimal_norm_attacks_find_the_exact_distance_where_the_box_binds(
+    name: str, norm: str, targeted: bool, problems: list
+) -> None:
+    for i, (model, x, y, exact) in enumerate(problems):
         kwargs: dict = {"steps": 100, "return_info": True}
         if name != "ddn":
             kwargs["norm"] = norm
         if targeted:
             kwargs["targeted"] = True
         res = getattr(attacks, name)(model, x, 1 - y if targeted else y, **kwargs)  # two classes: the other one
-        assert bool(res.success.all()), (name, norm, targeted)
-        assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+        assert bool(res.success.all()), f"problem {i}: no adversarial point"
+        assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1, f"problem {i}: outside the box"
         distance = float(res.extras["distance"][0])
         assert distance == pytest.approx(float((res.x_adv - x).flatten().norm(p=P[norm])), rel=1e-9)
         if norm == "l0":
-            assert exact[norm] <= distance <= exact[norm] + 1, (distance, exact[norm])
+            assert exact[norm] <= distance <= exact[norm] + 1, f"problem {i}: {distance} for {exact[norm]}"
         else:
             # Never below the optimum (the point is adversarial), within 1% above it.
-            assert exact[norm] * (1 - 1e-9) <= distance <= exact[norm] * 1.01, (name, norm, distance / exact[norm])
+            ratio = distance / exact[norm]
+            assert 1 - 1e-9 <= ratio <= 1.01, f"problem {i}: distance / optimum {ratio}"

@@ -169,6 +169,21 @@ def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed
     assert f"corrected median distance {'inf' if median is None else f'{median:.4g}'}" in line
 
 
+def test_robustness_lines_say_what_was_checked_and_what_was_missed() -> None:
+    def summary(n_checked: int, n_violations: int, samples: int, median: float | None) -> dict:
+        check = {"attacks": ["pgd", "apgd"], "n_checked": n_checked, "n_violations": n_violations,
+                 "n_samples_violating": samples, "corrected": {"median_eps": median}}  # fmt: skip
+        return {"robustness": {"l2": {"cross_check": check}, "linf": {"cross_check": {"attacks": []}}}}
+
+    assert robustness_lines(summary(0, 0, 0, 0.3)) == ["cross-check (l2): pgd, apgd broke no sample, nothing to check"]
+    (clear,) = robustness_lines(summary(7, 0, 0, 0.3))
+    assert clear == "cross-check (l2): 7 checks of samples broken by pgd, apgd: none below the smallest distance " \
+        "the minimal-norm attacks found"
+    (missed,) = robustness_lines(summary(7, 3, 2, None))
+    assert missed.startswith("cross-check (l2): 2 samples broken by pgd, apgd within a budget below")
+    assert "(3 of 7 checks); corrected median distance inf" in missed
+
+
 def test_records_of_minimal_attacks_carry_distance_zero_for_misclassified_and_null_for_unbroken(digits_model):
     model, x, y = digits_model
     x, y = x[:8], y[:8].clone()

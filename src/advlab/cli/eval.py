@@ -94,7 +94,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int_arg(1), default=None, help="iterations")
     p.add_argument("--restarts", type=int_arg(1), default=None, help="random restarts (pgd, apgd, apgd_t)")
     p.add_argument(
-        "--norm", default=None, help="linf, l2, l1 (pgd, fab, fmn; suites: linf or l2) or l0 (fmn, --minimal)"
+        "--norm", default=None, help="attack norm: linf, l2, l1 (pgd, fab, fab_t, fmn; suites: linf, l2), l0 (fmn)"
     )
     p.add_argument("--loss", default=None, help="ce or margin")
     p.add_argument("--targeted", action="store_true", default=False, help="targeted attack")

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .specs import AttackSpec, SpecError, make_spec, registry
+from .specs import AttackSpec, SpecError, attack_norm, make_spec, registry
 
 
 def available_suites() -> list[str]:
@@ -34,9 +34,9 @@ def suite_specs(suite: str, eps: Iterable[Any], params: Mapping[str, Any] | None
 
 def chain_suite(listed: Sequence[AttackSpec], suite: AttackSpec) -> AttackSpec:
     """``suite`` made the per-sample worst case of the untargeted attacks in ``listed`` with its eps and norm."""
-    norm, eps = suite.params.get("norm", "linf"), suite.params["eps"]
+    norm, eps = attack_norm(suite.name, suite.params), suite.params["eps"]
     same = [
-        s.id for s in listed if not s.targeted and s.params.get("eps") == eps and s.params.get("norm", "linf") == norm
+        s.id for s in listed if not s.targeted and s.params.get("eps") == eps and attack_norm(s.name, s.params) == norm
     ]
     return dataclasses.replace(suite, only_unbroken=tuple(same))
 

@@ -244,10 +244,13 @@ def robustness_lines(summary: Mapping[str, Any]) -> list[str]:
         if not check or not check["attacks"]:
             continue
         against = ", ".join(check["attacks"])
+        if check["n_checked"] == 0:
+            lines.append(f"cross-check ({norm}): {against} broke no sample, nothing to check")
+            continue
         if check["n_violations"] == 0:
             lines.append(
-                f"cross-check ({norm}): every sample {against} broke ({check['n_checked']}) has a minimal distance "
-                "within that budget"
+                f"cross-check ({norm}): {check['n_checked']} checks of samples broken by {against}: none below the "
+                "smallest distance the minimal-norm attacks found"
             )
             continue
         median = check["corrected"]["median_eps"]

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .sanity import PASS, WARN, Check, check_monotone, tolerated
+from .specs import attack_norm
 
 _SINGLE_STEP = {"fgsm"}
 _ITERATIVE = {"bim", "pgd", "apgd", "apgd_t", "mifgsm"}
@@ -25,7 +26,7 @@ def _is_suite(name: str) -> bool:
 def _attack_key(a: Mapping[str, Any]) -> tuple[str, float | None]:
     params = a.get("params") or {}
     eps = params.get("eps")
-    return str(params.get("norm", "linf")), None if eps is None else float(eps)
+    return str(attack_norm(a["name"], params)), None if eps is None else float(eps)
 
 
 def _verdict(name: str, ok: bool, numbers: dict[str, Any], message: str, warning: str) -> Check:
