@@ -11,7 +11,7 @@ largest excess in coordinates), and the process CPU seconds of all its calls. A 
 float64 (adv_lib's FAB in L1 indexes a float tensor with a double; AutoAttack's FAB casts the images to
 float32) runs on a float32 copy of the model and image; its row says so.
 
-    .venv/bin/python benchmarks/minimal_boxed.py --seeds 5 --steps 100
+    .venv/bin/python benchmarks/minimal_boxed.py --seeds 5 --steps 100 [--entries "advlab fmn"]
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds of 6 problems each")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--norms", default=",".join(NORMS))
+    parser.add_argument("--entries", default="", help="comma-separated words; keep entries whose name has one")
     args = parser.parse_args()
     torch.set_num_threads(1)
     problems = [p for seed in range(args.seeds) for p in boxed_problems(seed)]
@@ -110,7 +111,10 @@ def main() -> None:
     print("| norm | entry | broken | within 1% (L0: +1) | median over optimum | largest | cpu s |")
     print("|---|---|---|---|---|---|---|")
     for norm in args.norms.split(","):
+        words = [w for w in args.entries.split(",") if w]
         for name, run in entries(norm):
+            if words and not any(w in name for w in words):
+                continue
             ratios, close, float32, cpu = [], 0, False, 0.0
             for model, x, y, exact in problems:
                 x_adv, fallback, seconds = attack_once(name, run, model, x, y, args.steps)

@@ -88,8 +88,8 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "square": 1,
     "fmn": 4,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05). 3: L1 projection summed from the
     # largest breakpoints (rounding differs); L0 ties at the k-th gain kept in index order, per row; L2 onto the
-    # sphere until adversarial. 4: before the first adversarial point eps is at least (1 + gamma) ||delta||
-    # (L1, L2, Linf; L0 runs are unchanged but carry the new version too)
+    # sphere until adversarial. 4: before the first adversarial point eps is at least (1 + gamma) ||delta|| after
+    # a linear estimate below that (L1, L2, Linf; L0 runs are unchanged but carry the new version too)
     "ddn": 1,
     "fab": 4,  # 2: one backward of z_j - z_y per class j != y (was z_j for every j, then subtracted). 3: aimed
     # at f = 0 and counted at a changed top-1 (the paper's), returned points settled past the rounding slack.
