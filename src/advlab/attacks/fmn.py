@@ -184,9 +184,8 @@ def fmn(
     The floor on the linearised distance is advlab's: where the box stops coordinates the estimate counts on
     (pixels at 0 or 1), every estimate falls short, and the paper's rule only creeps up to the boundary, never
     past it, on linear models (tests/test_minimal_boxed.py). It applies from the second estimate in a row that
-    asks for less than gamma_k growth (the first may still cross, and a jump of gamma_k past it would cost
-    optimality at small step counts: docs/benchmarks.md, "FMN 4"); eps then grows as it does once a point
-    was met.
+    asks for less than gamma_k growth: the first may still cross, and a jump of gamma_k past the boundary is
+    an overshoot that a run of few steps cannot shrink back. eps then grows as it does once a point was met.
     A point counts as adversarial once it is past the boundary by ``rounding_slack`` (1e-4 of its largest
     |logit|, so that re-evaluating it with other float rounding gives the same label), and the linear estimate
     aims that far past the boundary. Every iterate is scored on the forward pass that computes its gradient,
