@@ -28,6 +28,7 @@ STEP_DECAY = 1.5  # the step size is divided by this at a checkpoint where the s
 MIN_STEP = 10.0  # ... but not below eps / MIN_STEP
 SPARSITY_MARGIN = 1.5  # the next k is the best point's number of changed coordinates / SPARSITY_MARGIN
 SPARSITY_FALL = 0.95  # "the sparsity fell": ||x_best - x||_0 below 95% of its value at the last checkpoint
+L0 = get_norm("l0")  # the sparsity's count: nonzero coordinates
 
 
 def sparse_step(grad: Tensor, fraction: Tensor, size: Tensor) -> Tensor:
@@ -73,7 +74,7 @@ def _run(
     best.update(x_adv, obj, succ)
     x_top, obj_top, grad_top = x_adv.clone(), obj.clone(), grad.clone()
     if warm:
-        sparsity_old = get_norm("l0").size(x_adv - x)
+        sparsity_old = L0.size(x_adv - x)
         fraction = sparsity_old / d / SPARSITY_MARGIN
     else:
         sparsity_old = torch.full_like(eps, float(d))
@@ -91,7 +92,7 @@ def _run(
             grad_top = torch.where(batch_view(up, grad), grad, grad_top)
             obj_top = torch.where(up, obj, obj_top)
             if (i + 1) % every == 0:
-                sparsity = get_norm("l0").size(x_top - x)
+                sparsity = L0.size(x_top - x)
                 fell = sparsity / sparsity_old.clamp_min(1) < SPARSITY_FALL
                 fraction = sparsity / d / SPARSITY_MARGIN
                 size = torch.where(fell, eps, size / STEP_DECAY).clamp(min=eps / MIN_STEP, max=eps)
