@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -243,27 +242,30 @@ def test_the_adaptive_rows_are_written_under_the_run_lock(digits_model, tmp_path
     RunLock(out).acquire().release()  # and released at the end
 
 
-def full_disk_when(path: Path, ready=lambda: True) -> threading.Thread:
-    """Make ``path``'s next atomic write (by this process) fail with ENOSPC, once ``ready()``: its temporary
-    file becomes a link to /dev/full."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def full_disk_on_write(path: Path, nth: int = 1) -> None:
+    """Make the ``nth`` atomic write of ``path`` by this process fail with ENOSPC: as the writer opens its
+    temporary file, that name becomes a link to /dev/full. Armed by an audit hook on ``open``, so the moment is
+    exact (no thread racing a fast writer); the hook does nothing once it has fired (hooks cannot be removed)."""
+    tmp = str(path.with_name(f".{path.name}.tmp-{os.getpid()}"))
+    opened = [0]
 
-    def arm() -> None:
-        deadline = time.monotonic() + 120
-        while not ready() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.symlink_to("/dev/full")
+    def hook(event: str, args: tuple) -> None:
+        if event != "open" or opened[0] >= nth or not isinstance(args[0], str | os.PathLike):
+            return
+        if os.fspath(args[0]) != tmp:
+            return
+        opened[0] += 1
+        if opened[0] == nth:
+            Path(tmp).parent.mkdir(parents=True, exist_ok=True)
+            Path(tmp).symlink_to("/dev/full")
 
-    thread = threading.Thread(target=arm, daemon=True)
-    thread.start()
-    return thread
+    sys.addaudithook(hook)
 
 
 @needs_fashion
 def test_eval_on_a_full_disk_names_the_file_and_resumes(capsys, weights, tmp_path):
     out = tmp_path / "run"
-    full_disk_when(out / "run.json").join()
+    full_disk_on_write(out / "run.json")
     code, err = cli(capsys, *eval_args(weights, out))
     assert code == 1 and err.count("\n") == 1 and f"cannot write {out / 'run.json'}: no space left" in err, err
     assert cli(capsys, *eval_args(weights, out))[0] == 0  # space is back: the same command runs
@@ -284,12 +286,17 @@ def test_train_killed_at_a_seeded_moment_and_on_a_full_disk_ends_with_byte_ident
     checkpoint intact), then resumed. All three end with the same bytes in final.safetensors."""
     rnd = random.Random(16)
     reference = tmp_path / "reference"
-    assert cli(capsys, *TRAIN, "--out", str(reference))[0] == 0
+    proc = start([*TRAIN, "--out", str(reference)])  # timed, so the kill below falls inside the work on any machine
+    wait_for(proc, lambda: (reference / "checkpoint.pt").exists())
+    first_checkpoint = time.monotonic()
+    assert proc.wait() == 0, proc.stderr.read()
+    proc.stderr.close()
+    rest = time.monotonic() - first_checkpoint  # from the first checkpoint to the end of the run
 
     killed = tmp_path / "killed"
     proc = start([*TRAIN, "--out", str(killed)])
     wait_for(proc, lambda: (killed / "checkpoint.pt").exists())
-    time.sleep(0.3 * rnd.random())
+    time.sleep(0.5 * rest * rnd.random())
     proc.kill()
     proc.wait()
     proc.stderr.close()
@@ -297,7 +304,7 @@ def test_train_killed_at_a_seeded_moment_and_on_a_full_disk_ends_with_byte_ident
     assert cli(capsys, *TRAIN, "--out", str(killed), "--resume")[0] == 0
 
     full = tmp_path / "full"
-    full_disk_when(full / "checkpoint.pt", ready=lambda: (full / "checkpoint.pt").exists())
+    full_disk_on_write(full / "checkpoint.pt", nth=2)
     code, err = cli(capsys, *TRAIN, "--out", str(full))
     assert code == 1 and err.count("\n") == 1 and f"cannot write {full / 'checkpoint.pt'}: no space" in err, err
     assert load_checkpoint(full / "checkpoint.pt")["epoch"] == 1  # the last good checkpoint, whole
