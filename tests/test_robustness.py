@@ -129,6 +129,41 @@ def test_curve_from_distances_equals_fixed_eps_accuracy_on_a_linear_model(norm: 
         assert curve["robust_accuracy"][k] == acc == sum(v > e for v in d) / len(d)
     assert section["cross_check"]["n_violations"] == 0
     assert section["cross_check"]["corrected"] == section["ensemble"]
+    # The sweep's per-sample curve: the same accuracy at its eps, and bounds above the exact distances.
+    per_sample = sweep["curve"]
+    for e, acc in zip(sweep["eps"], sweep["robust_accuracy"], strict=True):
+        k = max(i for i, v in enumerate(per_sample["eps"]) if v <= e)
+        assert per_sample["robust_accuracy"][k] == acc
+    assert per_sample["median_eps"] >= curve["median_eps"] * (1 - 1e-6)
+    assert per_sample["auc"] >= curve["auc"] * (1 - 1e-6) and per_sample["eps_max"] == section["eps_max"]
+
+
+def test_a_sweeps_per_sample_curve_counts_a_sample_broken_at_a_smaller_eps_as_broken_at_the_larger(
+    digits_model,
+) -> None:
+    """Square with 20 queries swept over eps (a random search: a larger eps can miss a sample a smaller one
+    broke): at each eps the curve is the fraction of samples that no row at or below it broke, never above the
+    row's own accuracy, and below it where a row missed."""
+    model, x, y = digits_model
+    eps_values = [0.1, 0.12, 0.14, 0.16, 0.18, 0.2]
+    specs = [make_spec("square", {"eps": e, "queries": 20}, id=f"sq{k}") for k, e in enumerate(eps_values)]
+    result = evaluate(model, Items(x[:48], y[:48]), specs, batch_size=48, quiet=True, prepare=False)
+    sweep = result.summary["robustness"]["linf"]["sweeps"][0]
+    curve = sweep["curve"]
+    records = {s.id: {r["index"]: r for r in result.records[s.id]} for s in specs}
+    n = len(records["sq0"])
+    assert curve["n"] == n
+    below = []
+    for k, (e, row_acc) in enumerate(zip(eps_values, sweep["robust_accuracy"], strict=True)):
+        unbroken = sum(
+            all(records[f"sq{j}"][i]["adv_top5"][0] == records[f"sq{j}"][i]["label"] for j in range(k + 1))
+            for i in records["sq0"]
+        )
+        at = max(i for i, v in enumerate(curve["eps"]) if v <= e)
+        assert curve["robust_accuracy"][at] == unbroken / n <= row_acc
+        below.append(curve["robust_accuracy"][at] < row_acc)
+    assert any(below)
+    assert curve["robust_accuracy"][0] == sum(r["clean_top5"][0] == r["label"] for r in records["sq0"].values()) / n
 
 
 def test_cross_check_counts_lists_and_corrects_what_a_weak_minimal_attack_missed(digits_model, tmp_path) -> None:

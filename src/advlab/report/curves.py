@@ -40,8 +40,10 @@ def robustness_section(summary: Mapping[str, Any]) -> Section | None:
         "Robust top-1 accuracy at every eps. A minimal-norm attack's curve is exact from its per-sample "
         "distances (a sample counts as broken at eps when its smallest adversarial perturbation found is <= eps); "
         "'ensemble' is the per-sample minimum over the minimal-norm attacks, 'corrected' also takes the samples "
-        "that fixed-eps attacks of the same norm broke; a sweep of a fixed-eps attack gives points at its eps. "
-        "AUC is the area under the curve over [0, eps max] divided by eps max."
+        "that fixed-eps attacks of the same norm broke; a sweep of a fixed-eps attack gives points at its eps, and "
+        "a per-sample curve that counts a sample as broken from the smallest perturbation with which the sweep "
+        "broke it (its median and AUC are upper bounds). AUC is the area under the curve over [0, eps max] "
+        "divided by eps max."
     )
     for norm, sec in robustness.items():
         _add_norm(section, norm, sec)
@@ -62,6 +64,10 @@ def _add_norm(section: Section, norm: str, sec: Mapping[str, Any]) -> None:
         series.append(Series(label, xs, ys, "-"))
     for sw in sec["sweeps"]:
         series.append(Series(f"{sw['attack']} (fixed eps)", sw["eps"], sw["robust_accuracy"], "o"))
+        if "curve" in sw:  # summaries written before the sweeps had one have points only
+            curves.append((f"{sw['attack']} (sweep, per sample)", sw["curve"]))
+            xs, ys = step_points(sw["curve"]["eps"], sw["curve"]["robust_accuracy"], eps_max)
+            series.append(Series(curves[-1][0], xs, ys, "--"))
     if series:
         png = curve_png(
             series, title=f"Robust accuracy against eps ({norm})", xlabel=f"eps ({norm}, pixel units)",
@@ -73,10 +79,10 @@ def _add_norm(section: Section, norm: str, sec: Mapping[str, Any]) -> None:
     rows = [
         [label, norm, str(c["n"]), _num(c["median_eps"]), _num(c["auc"]), str(c["n_unbroken"])] for label, c in curves
     ]
-    if rows:  # a run with sweeps only has points, not distances
+    if rows:
         section.tables.append(
             Table(
-                f"Minimal distances ({norm})",
+                f"Median eps* and AUC ({norm})",
                 ["curve", "norm", "samples", "median eps*", "AUC", "unbroken"],
                 rows,
                 note=f"eps max = {_num(sec.get('eps_max'))}",
