@@ -289,9 +289,10 @@ def test_train_killed_at_a_seeded_moment_and_on_a_full_disk_ends_with_byte_ident
     proc = start([*TRAIN, "--out", str(reference)])  # timed, so the kill below falls inside the work on any machine
     wait_for(proc, lambda: (reference / "checkpoint.pt").exists())
     first_checkpoint = time.monotonic()
+    wait_for(proc, lambda: (reference / "final.safetensors").exists())
+    rest = time.monotonic() - first_checkpoint  # from the first checkpoint to the last weights
     assert proc.wait() == 0, proc.stderr.read()
     proc.stderr.close()
-    rest = time.monotonic() - first_checkpoint  # from the first checkpoint to the end of the run
 
     killed = tmp_path / "killed"
     proc = start([*TRAIN, "--out", str(killed)])

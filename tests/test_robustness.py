@@ -403,3 +403,32 @@ def test_a_minimal_norm_attack_is_never_chained_on_another() -> None:
     with pytest.raises(SpecError, match="'m': a minimal-norm attack measures every sample's own smallest"):
         validate_specs([first, make_spec("fmn", {"norm": "l1"}, id="m", only_unbroken=("a",))])
     assert len(validate_specs([first, make_spec("fmn", {"norm": "l1"}, id="m")])) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "norm", "wide", "narrow"), [("fgsm", "linf", 0.3, 0.02), ("pgd", "l1", 30.0, 1.0)]
+)
+def test_a_sweep_row_chained_onto_a_larger_eps_bounds_copied_samples_by_the_larger_perturbation(
+    digits_model, name, norm, wide, narrow
+) -> None:
+    """A row at a small eps chained onto the same attack at a large one holds copies of the large one's
+    points: they say nothing about the small eps, so the per-sample curve counts them as broken only from
+    the copied point's size (l2/linf) or its attack's eps (l1), not from the row's eps."""
+    model, x, y = digits_model
+    params = {"norm": norm, "steps": 3} if name == "pgd" else {}
+    specs = [
+        make_spec(name, {**params, "eps": wide}, id="wide"),
+        make_spec(name, {**params, "eps": narrow}, id="narrow", only_unbroken=("wide",)),
+    ]
+    result = evaluate(model, Items(x[:32], y[:32]), specs, batch_size=32, quiet=True, prepare=False)
+    sweep = result.summary["robustness"][norm]["sweeps"][0]
+    rows = {r["index"]: r for r in result.records["narrow"]}
+    copied = [r for r in rows.values() if r["from"] == "wide" and r["clean_top5"][0] == r["label"]]
+    own_breaks = [r for r in rows.values() if r["from"] is None and r["adv_top5"][0] != r["label"]]
+    clean_wrong = sum(r["clean_top5"][0] != r["label"] for r in rows.values())
+    assert copied, "the large eps must break samples for the row to copy"
+    curve = sweep["curve"]
+    at = max(i for i, v in enumerate(curve["eps"]) if v <= narrow)
+    n = len(rows)
+    assert curve["robust_accuracy"][at] == (n - clean_wrong - len(own_breaks)) / n
+    assert curve["robust_accuracy"][at] > sweep["robust_accuracy"][0]  # the row's own count takes the copies

@@ -103,9 +103,28 @@ def test_run_report_draws_accuracy_against_eps_for_sweeps_and_minimal_norm_attac
     report = run_report(run)
     (curves,) = [s for s in report.sections if s.id == "robustness"]
     assert [f.name for f in curves.figures] == ["robustness_linf.png"]  # the sweep and FMN's curve, one figure
+    (table,) = [t for t in curves.tables if t.title == "Median eps* and AUC (linf)"]
+    sweep = json.loads((run / "summary.json").read_text())["robustness"]["linf"]["sweeps"][0]
+    rows = {row[0]: row for row in table.rows}
+    assert set(rows) == {"fmn", "fgsm (sweep, per sample)"}
+    median, auc = sweep["curve"]["median_eps"], sweep["curve"]["auc"]
+    assert rows["fgsm (sweep, per sample)"][3:5] == ["n/a" if median is None else f"{median:.4g}", f"{auc:.4g}"]
     write_run_report(run)
     md = (run / "tables.md").read_text()
     assert_renders_cleanly(run / "report.html", tables=md.count("\n|---|"), images=1)
+
+
+def test_a_summary_whose_sweeps_have_no_per_sample_curve_still_draws_its_points(digits_model, tmp_path):
+    """Summaries written before sweeps carried a per-sample curve: the points are drawn, no table row."""
+    from advlab.report.curves import robustness_section
+
+    model, x, y = digits_model
+    specs = [make_spec("fgsm", {"eps": e}, id=f"fgsm-{e}") for e in (0.05, 0.1)]
+    summary = evaluate(model, Items(x[:8], y[:8]), specs, batch_size=8, quiet=True, prepare=False).summary
+    del summary["robustness"]["linf"]["sweeps"][0]["curve"]
+    section = robustness_section(summary)
+    assert section is not None and [f.name for f in section.figures] == ["robustness_linf.png"]
+    assert section.tables == []
 
 
 def test_a_robustbench_models_published_autoattack_number_stands_next_to_advlabs(digits_model, tmp_path):

@@ -176,8 +176,9 @@ def _norm_section(
     dists = {s.id: {i: record_distance(r) for i, r in _by_index(records[s.id]).items()} for s in minimal}
     finite = [d for ds in dists.values() for d in ds.values() if math.isfinite(d)]
     eps_max = max([*finite, *(float(s.params["eps"]) for s in fixed)], default=0.0) or None
+    fixed_eps = {s.id: float(s.params["eps"]) for s in fixed}
     for sweep in sweep_curves:
-        bounds = _sweep_bounds(norm, records, sweep["ids"], sweep["eps"])
+        bounds = _sweep_bounds(norm, records, sweep["ids"], sweep["eps"], fixed_eps)
         sweep["curve"] = distance_curve(list(bounds.values()), eps_max)
     section: dict[str, Any] = {"eps_max": eps_max, "attacks": {}, "sweeps": sweep_curves}
     for s in minimal:
@@ -197,11 +198,23 @@ def _broken_within(norm: str, eps: float, record: Mapping[str, Any]) -> float:
 
 
 def _sweep_bounds(
-    norm: str, records: Mapping[str, Sequence[Mapping[str, Any]]], ids: Sequence[str], eps: Sequence[float]
+    norm: str,
+    records: Mapping[str, Sequence[Mapping[str, Any]]],
+    ids: Sequence[str],
+    eps: Sequence[float],
+    fixed_eps: Mapping[str, float],
 ) -> dict[int, float]:
     """Per sample, an upper bound on its minimal distance from a sweep: 0 where the clean image already fails,
     else the smallest b with which a row broke it (inf where none did). A sample broken at eps stays broken
-    at every larger eps, so the curve of these bounds is at or below each row's accuracy at that row's eps."""
+    at every larger eps, so (in a complete run, where every row holds the same samples) the curve of these
+    bounds is at or below each row's accuracy at that row's eps.
+
+    A record copied from an earlier attack (``from``: ``only_unbroken`` chains) holds that attack's point,
+    which may be larger than this row's eps (a chain onto a larger eps; the row then counts a sample as broken
+    at its eps that only a larger perturbation broke, and the curve does not): its bound is the point's
+    measured size (l2, linf), else the eps of the attack it came from where that is of this norm
+    (``fixed_eps``); otherwise it gives none.
+    """
     bounds: dict[int, float] = {}
     for spec_id, e in zip(ids, eps, strict=True):
         for i, r in _by_index(records[spec_id]).items():
@@ -209,7 +222,13 @@ def _sweep_bounds(
             if r["clean_top5"][0] != r["label"]:
                 b = 0.0
             elif r["adv_top5"][0] != r["label"]:
-                b = min(b, _broken_within(norm, e, r))
+                origin = r.get("from")
+                if origin is None:
+                    b = min(b, _broken_within(norm, e, r))
+                elif norm in ("l2", "linf"):
+                    b = min(b, float(r[norm]))
+                elif origin in fixed_eps:
+                    b = min(b, fixed_eps[origin])
             bounds[i] = b
     return bounds
 
