@@ -93,6 +93,20 @@ def test_fmn_more_steps_find_smaller_perturbations(digits_model) -> None:
     assert float(long.extras["distance"][both].median()) < float(short.extras["distance"][both].median())
 
 
+@pytest.mark.parametrize(("norm", "within"), [("l2", 1.02), ("linf", 1.06), ("l1", 1.2)])
+def test_a_short_fmn_run_ends_near_where_a_long_one_does(digits_model, norm: str, within: float) -> None:
+    """Once adversarial, eps shrinks fast enough to reach the boundary linearised along delta by the last step
+    (algorithm version 5): a 10-step run is not left holding its first, overshooting adversarial point. On 9 in
+    10 images its distance is within ``within`` of a 100-step run's (version 4: 1.05, 1.12 and 1.38)."""
+    model, x, y = digits_model
+    x, y = x[:64], y[:64]
+    short = attacks.fmn(model, x, y, norm=norm, steps=10, return_info=True).extras["distance"]
+    long = attacks.fmn(model, x, y, norm=norm, steps=100, return_info=True).extras["distance"]
+    both = torch.isfinite(short) & torch.isfinite(long) & (long > 0)
+    assert int(both.sum()) >= 56
+    assert float((short[both] / long[both]).quantile(0.9)) <= within
+
+
 @pytest.mark.parametrize(
     "kwargs, error, fragment",
     [

@@ -30,6 +30,11 @@ FMN_DEFAULTS: dict[str, tuple[float, float]] = {
 }
 
 
+# Once a sample is adversarial, FMN trusts the linearised boundary along its perturbation this far at most
+# per step: eps shrinks to no less than this fraction of ||delta|| on one estimate (see fmn's docstring).
+RADIAL_TRUST = 0.8
+
+
 def cosine_annealing(start: float, end: float, i: int, steps: int) -> float:
     """end + (start - end) (1 + cos(pi i / steps)) / 2: ``start`` at i = 0, falling to ``end`` at i = steps."""
     return end + (start - end) * (1 + math.cos(math.pi * i / steps)) / 2
@@ -89,10 +94,14 @@ def fmn_result(
         best.update(point, adversarial, size)
         return adversarial, slack, size
 
+    gammas = [cosine_annealing(gamma_init, gamma_final, i, steps) for i in range(steps)]
+    # reach[i]: the factor by which the schedule's (1 - gamma) shrinks after step i can still shrink eps.
+    reach = [math.prod(1 - g for g in gammas[i + 1 :]) for i in range(steps)]
+
     with frozen(model):
         for i in range(steps):
             alpha = cosine_annealing(alpha_init, alpha_final, i, steps)
-            gamma = cosine_annealing(gamma_init, gamma_final, i, steps)
+            gamma = gammas[i]
             x_adv.requires_grad_(True)
             logits = first_logits(model, x_adv, y_max) if i == 0 else model(x_adv)
             obj = objective(logits, y, "margin", targeted)
@@ -119,11 +128,13 @@ def fmn_result(
                     floor = size * (1 + gamma)
                     first = torch.where(near, torch.maximum(estimate, floor), estimate)
                     near = estimate < floor
-                    eps = torch.where(
-                        adversarial,
-                        torch.minimum(eps * (1 - gamma), best.size),
-                        torch.where(found, eps * (1 + gamma), first),
-                    )
+                    # Adversarial: shrink at least fast enough that the schedule's remaining shrinks still reach
+                    # the boundary linearised along delta, t* ||delta|| with L(x + t* delta) = slack.
+                    outward = (grad * (x_adv - x)).flatten(1).sum(dim=1)
+                    t_star = torch.where(outward > 0, 1 - (obj - slack) / outward.clamp_min(1e-30), 1.0)
+                    shrunk = torch.minimum(eps * (1 - gamma), best.size)
+                    shrunk = torch.minimum(shrunk, size * t_star.clamp(RADIAL_TRUST, 1.0) / reach[i])
+                    eps = torch.where(adversarial, shrunk, torch.where(found, eps * (1 + gamma), first))
                 eps = torch.minimum(eps, worst)
                 # The step is the L2-normalised gradient in every norm; the projection carries the norm.
                 x_adv.add_(grad.mul_(batch_view(alpha / grad_l2, grad)))
@@ -164,7 +175,8 @@ def fmn(
       gamma_k, alpha_k: cosine annealing from gamma_init to gamma_final and from alpha_init to alpha_final
         (alpha_init / 100 by default; alpha_init and gamma_init default per norm, :data:`FMN_DEFAULTS`:
         the paper's 1 and 0.05, but 100 and 0.5 in L0);
-      eps_k = min(eps_{k-1} (1 - gamma_k), ||delta*||_p)     if x + delta_{k-1} is adversarial,
+      eps_k = min(eps_{k-1} (1 - gamma_k), ||delta*||_p,     if x + delta_{k-1} is adversarial
+                  R_k t* ||delta_{k-1}||_p)                  (R_k, t*: advlab's, below),
               eps_{k-1} (1 + gamma_k)                        else, if an adversarial point was ever met,
               ||delta_{k-1}||_p + |L| / ||grad L||_q          else (q the dual norm: the linearised distance
                                                              to the boundary; at least ||delta_{k-1}||_p
@@ -186,6 +198,12 @@ def fmn(
     past it, on linear models (tests/test_minimal_boxed.py). It applies from the second estimate in a row that
     asks for less than gamma_k growth: the first may still cross, and a jump of gamma_k past the boundary is
     an overshoot that a run of few steps cannot shrink back. eps then grows as it does once a point was met.
+    The third term of the shrink is advlab's too: t* = 1 - (L - slack) / (grad L . delta) (in [0.8, 1]) is where
+    the boundary lies along delta in the linearisation, and 1 / R_k the factor the remaining (1 - gamma_j), j > k,
+    can still shrink eps by. The paper's rule shrinks by at most gamma_k a step, a fraction of a per cent late in
+    the schedule; in a run of few steps the first adversarial point (often well past the boundary, reached on
+    the linear estimate) then stays close to what is returned. With R_k, eps shrinks only as fast as it must to
+    reach the linearised boundary by the last step: at once in the last steps, not at all early in a long run.
     A point counts as adversarial once it is past the boundary by ``rounding_slack`` (1e-4 of its largest
     |logit|, so that re-evaluating it with other float rounding gives the same label), and the linear estimate
     aims that far past the boundary. Every iterate is scored on the forward pass that computes its gradient,

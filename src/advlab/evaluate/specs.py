@@ -86,10 +86,11 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "apgd_t": 3,  # 2, 3: likewise
     "apgd_l1": 2,  # 2: the L1 projection's multiplier summed from the largest breakpoints (rounding differs)
     "square": 1,
-    "fmn": 4,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05). 3: L1 projection summed from the
+    "fmn": 5,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05). 3: L1 projection summed from the
     # largest breakpoints (rounding differs); L0 ties at the k-th gain kept in index order, per row; L2 onto the
     # sphere until adversarial. 4: before the first adversarial point eps is at least (1 + gamma) ||delta|| after
-    # a linear estimate below that (L1, L2, Linf; L0 runs are unchanged but carry the new version too)
+    # a linear estimate below that (L1, L2, Linf; L0 runs are unchanged but carry the new version too). 5: once
+    # adversarial, eps shrinks fast enough to reach the boundary linearised along delta by the last step
     "ddn": 1,
     "fab": 4,  # 2: one backward of z_j - z_y per class j != y (was z_j for every j, then subtracted). 3: aimed
     # at f = 0 and counted at a changed top-1 (the paper's), returned points settled past the rounding slack.
@@ -98,8 +99,8 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     # |w_i| possible; a plane out of reach settled directly
     "fab_t": 4,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
     # 3: fab 3. 4: fab 4
-    "minimal": 7,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
-    # 5: fab_t 3. 6: fab_t 4. 7: fmn 4
+    "minimal": 8,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
+    # 5: fab_t 3. 6: fab_t 4. 7: fmn 4. 8: fmn 5
     "suite_strong": 1,
     "suite_fast": 1,
 }
