@@ -93,11 +93,12 @@ def test_fmn_more_steps_find_smaller_perturbations(digits_model) -> None:
     assert float(long.extras["distance"][both].median()) < float(short.extras["distance"][both].median())
 
 
-@pytest.mark.parametrize(("norm", "within"), [("l2", 1.02), ("linf", 1.06), ("l1", 1.2)])
+@pytest.mark.parametrize(("norm", "within"), [("l2", 1.025), ("linf", 1.07), ("l1", 1.22)])
 def test_a_short_fmn_run_ends_near_where_a_long_one_does(digits_model, norm: str, within: float) -> None:
     """Once adversarial, eps shrinks fast enough to reach the boundary linearised along delta by the last step
     (algorithm version 5): a 10-step run is not left holding its first, overshooting adversarial point. On 9 in
-    10 images its distance is within ``within`` of a 100-step run's (version 4: 1.05, 1.12 and 1.38)."""
+    10 images its distance is within ``within`` of a 100-step run's (measured: 1.005, 1.03 and 1.11 in L2, Linf
+    and L1; version 4: 1.05, 1.12 and 1.38)."""
     model, x, y = digits_model
     x, y = x[:64], y[:64]
     short = attacks.fmn(model, x, y, norm=norm, steps=10, return_info=True).extras["distance"]
@@ -105,6 +106,27 @@ def test_a_short_fmn_run_ends_near_where_a_long_one_does(digits_model, norm: str
     both = torch.isfinite(short) & torch.isfinite(long) & (long > 0)
     assert int(both.sum()) >= 56
     assert float((short[both] / long[both]).quantile(0.9)) <= within
+
+
+def test_a_long_schedule_never_feeds_the_model_a_nan_for_a_sample_misclassified_from_the_start() -> None:
+    """The shrink left to the schedule, prod (1 - gamma_j), is below float32's smallest number early in a long
+    run with a large gamma: a sample adversarial at delta = 0 must still get eps = 0, not 0 / 0."""
+    model64, x64, y, _ = linear_problem(0)
+
+    class FiniteInputsOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = model64.float()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert bool(torch.isfinite(x).all()), "the attack fed the model a non-finite input"
+            return self.linear(x)
+
+    x = x64.float()
+    y = y.clone()
+    y[0] = 1 - y[0]  # misclassified from the start
+    res = attacks.fmn(FiniteInputsOnly(), x, y, norm="l2", steps=500, gamma_init=0.5, return_info=True)
+    assert float(res.extras["distance"][0]) == 0.0 and bool(res.success.all())
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,8 @@ FMN_DEFAULTS: dict[str, tuple[float, float]] = {
 }
 
 
-# Once a sample is adversarial, FMN trusts the linearised boundary along its perturbation this far at most
-# per step: eps shrinks to no less than this fraction of ||delta|| on one estimate (see fmn's docstring).
+# Once a sample is adversarial, how far FMN trusts one estimate of the boundary linearised along delta: t* is
+# taken as at least this (fmn's docstring; the paper's shrink and the best distance can still take eps lower).
 RADIAL_TRUST = 0.8
 
 
@@ -95,8 +95,14 @@ def fmn_result(
         return adversarial, slack, size
 
     gammas = [cosine_annealing(gamma_init, gamma_final, i, steps) for i in range(steps)]
-    # reach[i]: the factor by which the schedule's (1 - gamma) shrinks after step i can still shrink eps.
-    reach = [math.prod(1 - g for g in gammas[i + 1 :]) for i in range(steps)]
+    # 1 / R_i, R_i = prod_{j > i} (1 - gamma_j): the shrink the schedule has left after step i. Summed in logs
+    # from the end (one pass) and capped below the dtype's largest value, so that 0 * (1 / R_i) stays 0.
+    log_cap = math.log(torch.finfo(x.dtype).max) - 1
+    inv_reach = [0.0] * steps
+    log_reach = 0.0
+    for i in reversed(range(steps)):
+        inv_reach[i] = math.exp(min(-log_reach, log_cap))
+        log_reach += math.log1p(-gammas[i])
 
     with frozen(model):
         for i in range(steps):
@@ -133,7 +139,7 @@ def fmn_result(
                     outward = (grad * (x_adv - x)).flatten(1).sum(dim=1)
                     t_star = torch.where(outward > 0, 1 - (obj - slack) / outward.clamp_min(1e-30), 1.0)
                     shrunk = torch.minimum(eps * (1 - gamma), best.size)
-                    shrunk = torch.minimum(shrunk, size * t_star.clamp(RADIAL_TRUST, 1.0) / reach[i])
+                    shrunk = torch.minimum(shrunk, size * t_star.clamp(RADIAL_TRUST, 1.0) * inv_reach[i])
                     eps = torch.where(adversarial, shrunk, torch.where(found, eps * (1 + gamma), first))
                 eps = torch.minimum(eps, worst)
                 # The step is the L2-normalised gradient in every norm; the projection carries the norm.
@@ -176,7 +182,7 @@ def fmn(
         (alpha_init / 100 by default; alpha_init and gamma_init default per norm, :data:`FMN_DEFAULTS`:
         the paper's 1 and 0.05, but 100 and 0.5 in L0);
       eps_k = min(eps_{k-1} (1 - gamma_k), ||delta*||_p,     if x + delta_{k-1} is adversarial
-                  R_k t* ||delta_{k-1}||_p)                  (R_k, t*: advlab's, below),
+                  t* ||delta_{k-1}||_p / R_k)                (the third term advlab's, below),
               eps_{k-1} (1 + gamma_k)                        else, if an adversarial point was ever met,
               ||delta_{k-1}||_p + |L| / ||grad L||_q          else (q the dual norm: the linearised distance
                                                              to the boundary; at least ||delta_{k-1}||_p
@@ -198,9 +204,10 @@ def fmn(
     past it, on linear models (tests/test_minimal_boxed.py). It applies from the second estimate in a row that
     asks for less than gamma_k growth: the first may still cross, and a jump of gamma_k past the boundary is
     an overshoot that a run of few steps cannot shrink back. eps then grows as it does once a point was met.
-    The third term of the shrink is advlab's too: t* = 1 - (L - slack) / (grad L . delta) (in [0.8, 1]) is where
-    the boundary lies along delta in the linearisation, and 1 / R_k the factor the remaining (1 - gamma_j), j > k,
-    can still shrink eps by. The paper's rule shrinks by at most gamma_k a step, a fraction of a per cent late in
+    The third term of the shrink is advlab's too: t* = 1 - (L + slack) / (grad L . delta), taken in
+    [RADIAL_TRUST, 1] (1 where grad L . delta >= 0), is where the boundary (past the rounding slack) lies along
+    delta in the linearisation, and R_k = prod_{j > k} (1 - gamma_j) is the factor the remaining steps' shrinks
+    can still take eps down by. The paper's rule shrinks by at most gamma_k a step, a fraction of a per cent late in
     the schedule; in a run of few steps the first adversarial point (often well past the boundary, reached on
     the linear estimate) then stays close to what is returned. With R_k, eps shrinks only as fast as it must to
     reach the linearised boundary by the last step: at once in the last steps, not at all early in a long run.
