@@ -135,7 +135,7 @@ def fmn_result(
                     first = torch.where(near, torch.maximum(estimate, floor), estimate)
                     near = estimate < floor
                     # Adversarial: shrink at least fast enough that the schedule's remaining shrinks still reach
-                    # the boundary linearised along delta, t* ||delta|| with L(x + t* delta) = slack.
+                    # the boundary linearised along delta: t* ||delta||, where the margin obj is down to the slack.
                     outward = (grad * (x_adv - x)).flatten(1).sum(dim=1)
                     t_star = torch.where(outward > 0, 1 - (obj - slack) / outward.clamp_min(1e-30), 1.0)
                     shrunk = torch.minimum(eps * (1 - gamma), best.size)
