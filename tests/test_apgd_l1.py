@@ -83,8 +83,8 @@ def test_apgd_l1_samples_are_independent_of_their_batch(digits_model):
 def test_l1_specs_and_bad_input():
     assert make_spec("pgd", {"eps": 1.0, "norm": "l1"}).params["norm"] == "l1"
     assert make_spec("apgd_l1", {"eps": 1.0, "loss": "dlr"}).params["loss"] == "dlr"
-    with pytest.raises(SpecError, match="pgd: unknown norm 'l0'; expected one of 'linf', 'l2', 'l1'"):
-        make_spec("pgd", {"eps": 3, "norm": "l0"})
+    with pytest.raises(SpecError, match="apgd: unknown norm 'l1'; expected one of 'linf', 'l2'"):
+        make_spec("apgd", {"eps": 3, "norm": "l1"})
     with pytest.raises(SpecError, match="apgd_l1 attacks in l1 only, got norm='l2'"):
         make_spec("apgd_l1", {"eps": 1.0, "norm": "l2"})
     with pytest.raises(ValueError, match="eps"):

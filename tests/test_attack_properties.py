@@ -43,7 +43,8 @@ def _check(x: torch.Tensor, x_adv: torch.Tensor, eps: float | torch.Tensor, norm
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
     e = torch.as_tensor(eps, dtype=torch.float64).expand(x.shape[0])
     delta = (x_adv - x).double().flatten(1)
-    dist = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    dist = {"linf": delta.abs().amax(1), "l2": delta.norm(dim=1), "l1": delta.abs().sum(1),
+            "l0": (delta != 0).sum(1).double()}[norm]  # fmt: skip
     assert bool((dist <= e + TOL).all()), (dist, e)
 
 
@@ -65,14 +66,16 @@ def test_bim_stays_in_box_and_ball(p: dict, steps: int) -> None:
 
 @pytest.mark.filterwarnings("ignore:Linf eps:UserWarning")  # eps up to 2 on purpose: the box must hold
 @settings(max_examples=80, deadline=None)
-@given(problems(), st.sampled_from(["linf", "l2"]), st.integers(1, 5), st.integers(1, 3), st.booleans())
+@given(problems(), st.sampled_from(["linf", "l2", "l1", "l0"]), st.integers(1, 5), st.integers(1, 3), st.booleans())
 def test_pgd_stays_in_box_and_ball(p: dict, norm: str, steps: int, restarts: int, random_start: bool) -> None:
+    if norm == "l0":  # a count of coordinates, up to all of them; the default step (an L1 length)
+        p["eps"] = (torch.as_tensor(p["eps"]) * p["x"][0].numel() / 2).round()
     x_adv = attacks.pgd(
         p["model"],
         p["x"],
         p["y"],
         p["eps"],
-        0.3,
+        None if norm == "l0" else 0.3,
         steps,
         norm=norm,
         restarts=restarts,

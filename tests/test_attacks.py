@@ -41,8 +41,9 @@ ATTACKS: dict[str, Callable[..., object]] = {
     "minimal_l1": lambda m, x, y, **k: attacks.minimal(m, x, y, norm="l1", steps=4, **k),
     "pgd_l1": lambda m, x, y, **k: attacks.pgd(m, x, y, 2.0, 0.5, 8, norm="l1", restarts=2, seed=k.pop("seed", 0), **k),
     "apgd_l1": lambda m, x, y, **k: attacks.apgd_l1(m, x, y, 2.0, steps=8, restarts=2, seed=k.pop("seed", 0), **k),
+    "pgd_l0": lambda m, x, y, **k: attacks.pgd(m, x, y, 5, steps=8, norm="l0", restarts=2, seed=k.pop("seed", 0), **k),
 }
-SEEDED = {"pgd_linf", "pgd_l2", "pgd_l1", "apgd_l1"}
+SEEDED = {"pgd_linf", "pgd_l2", "pgd_l1", "apgd_l1", "pgd_l0"}
 
 
 def logistic(d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[Linear, torch.Tensor, float]:
@@ -550,7 +551,9 @@ def test_bad_inputs_raise_clear_errors(name: str, case) -> None:
         (lambda m, x, y: attacks.bim(m, x, y, 0.1, -1.0, 5), ValueError, "alpha must be > 0"),
         (lambda m, x, y: attacks.pgd(m, x, y, 0.1, 0.01, 0), ValueError, "steps must be >= 1"),
         (lambda m, x, y: attacks.pgd(m, x, y, 0.1, 0.01, 2.5), TypeError, "steps must be an int"),
-        (lambda m, x, y: attacks.pgd(m, x, y, 0.1, norm="l0"), ValueError, "unknown norm 'l0'"),
+        (lambda m, x, y: attacks.pgd(m, x, y, 0.1, norm="l3"), ValueError, "unknown norm 'l3'"),
+        (lambda m, x, y: attacks.pgd(m, x, y, 2.5, norm="l0"), ValueError, "must be a whole number, got 2.5"),
+        (lambda m, x, y: attacks.apgd(m, x, y, 0.1, norm="l0"), ValueError, "unknown norm 'l0'"),
         (lambda m, x, y: attacks.fgsm(m, x, y, 0.1, loss="hinge"), ValueError, "unknown loss 'hinge'"),
         (lambda m, x, y: attacks.pgd(m, x, y, torch.tensor([0.1, 0.2, 0.3])), ValueError, "shape (2,)"),
         (lambda m, x, y: attacks.cw_l2(m, x, y, steps=0), ValueError, "steps must be >= 1"),

@@ -178,11 +178,14 @@ def test_every_refused_value_is_a_usage_error_and_accepted_values_run(data):
     with pytest.raises(UsageError):
         make_spec("pgd", {"eps": 0.1, "norm": "l3"})
     for name in ("fgsm", "pgd", "apgd", "mifgsm", "square"):
-        for key in ("norm", "loss"):
-            for value in ATTACK_STRING_CHOICES.get((name, key), STRING_CHOICES[key]):
-                params = {"eps": 0.05, key: value, **({"steps": 1} if name != "fgsm" else {})}
+        for key in ("norm", "loss", "l0_start"):
+            for value in ATTACK_STRING_CHOICES.get((name, key), STRING_CHOICES.get(key, ())):
+                # An L0 budget counts coordinates; l0_start is PGD's in L0.
+                eps = 2.0 if value == "l0" or key == "l0_start" else 0.05
+                params = {"eps": eps, key: value, **({"steps": 1} if name != "fgsm" else {})}
+                params |= {"norm": "l0"} if key == "l0_start" else {}
                 if name == "square":
-                    params = {"eps": 0.05, key: value, "queries": 2}
+                    params = {"eps": eps, key: value, "queries": 2}
                 spec = make_spec(name, params)
                 out = registry()[name](model, x, y, **spec.params)
                 assert out.shape == x.shape, (name, key, value)

@@ -201,19 +201,44 @@ def test_l0_projection_is_feasible_idempotent_and_nearest(seed: int, n: int, d: 
     assert bool((dist <= (naive - p).norm(dim=1) + 1e-12).all())
 
 
-@pytest.mark.parametrize("norm", ["l1", "l0"])
-def test_random_starts_lie_in_box_and_ball_and_follow_their_own_seed(norm: str) -> None:
+@pytest.mark.parametrize("norm, start", [("l1", "random_start"), ("l0", "random_start"), ("l0", "box_start")])
+def test_random_starts_lie_in_box_and_ball_and_follow_their_own_seed(norm: str, start: str) -> None:
     x, _ = _sample(0, 5, 50)
     x = x.view(5, 2, 5, 5)
     eps = torch.tensor([0.0, 1.0, 3.0, 7.0, 20.0], dtype=torch.float64)
     geometry = get_norm(norm)
-    start = geometry.random_start(x, eps, Noise(10, 5))
-    assert float(start.min()) >= 0 and float(start.max()) <= 1
-    assert bool((geometry.size(start - x) <= eps + TOL).all())
-    torch.testing.assert_close(start[0], x[0])
+    draw = getattr(geometry, start)
+    point = draw(x, eps, Noise(10, 5))
+    assert float(point.min()) >= 0 and float(point.max()) <= 1
+    assert bool((geometry.size(point - x) <= eps + TOL).all())
+    torch.testing.assert_close(point[0], x[0])
     # Sample 3 alone with its own seed draws what it drew in the batch.
-    alone = geometry.random_start(x[3:4], eps[3:4], Noise(13, 1))
-    torch.testing.assert_close(alone, start[3:4], atol=0, rtol=0)
+    alone = draw(x[3:4], eps[3:4], Noise(13, 1))
+    torch.testing.assert_close(alone, point[3:4], atol=0, rtol=0)
+
+
+def test_the_two_l0_starts_differ_in_which_coordinates_they_move() -> None:
+    """Croce & Hein's start (a uniform point of the box, projected: the k coordinates drawn farthest from x)
+    and a uniform point of the ball (k coordinates drawn uniformly): on images with a black background the
+    first moves background pixels (room 1) far more often than the second, which moves each coordinate alike."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.where(torch.rand(200, 100, generator=g) < 0.5, 0.0, 0.2 + 0.6 * torch.rand(200, 100, generator=g))
+    eps = torch.full((200,), 5.0)
+    geometry = get_norm("l0")
+    moved = [start(x, eps, Noise(0, 200)) != x for start in (geometry.box_start, geometry.random_start)]
+    assert all(bool(((m.sum(dim=1) <= 5) & (m.sum(dim=1) >= 4)).all()) for m in moved)
+    background = [float((m & (x == 0)).sum() / m.sum()) for m in moved]
+    assert background[0] > 0.8 and 0.35 < background[1] < 0.65, background
+
+
+def test_the_l0_step_follows_the_gradient_with_an_l1_length_of_alpha() -> None:
+    grad = torch.randn(3, 1, 20, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grad[2] = 0  # no gradient: no step
+    alpha = torch.tensor([0.5, 120.0, 3.0], dtype=torch.float64)
+    step = get_norm("l0").ascent_step_(grad.clone(), alpha).flatten(1)
+    torch.testing.assert_close(step.abs().sum(1)[:2], alpha[:2])
+    torch.testing.assert_close(step[:2] / alpha[:2, None], grad.flatten(1)[:2] / grad.flatten(1)[:2].abs().sum(1, True))
+    assert not bool(step[2].any())
 
 
 def test_l1_step_is_sparse_with_size_alpha_along_the_largest_gradients() -> None:

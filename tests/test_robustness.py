@@ -19,6 +19,7 @@ from advlab.cli import main
 from advlab.evaluate import SpecError, evaluate, make_spec, robustness_lines
 from advlab.evaluate.robustness import distance_curve
 from advlab.report import render_run
+from tests.conftest import Linear
 from tests.test_evaluate import Items
 from tests.test_fmn import linear_problem
 
@@ -136,6 +137,48 @@ def test_curve_from_distances_equals_fixed_eps_accuracy_on_a_linear_model(norm: 
         assert per_sample["robust_accuracy"][k] == acc
     assert per_sample["median_eps"] >= curve["median_eps"] * (1 - 1e-6)
     assert per_sample["auc"] >= curve["auc"] * (1 - 1e-6) and per_sample["eps_max"] == section["eps_max"]
+
+
+def l0_problem(n: int = 16, d: int = 24) -> tuple[Linear, torch.Tensor, torch.Tensor, list[float]]:
+    """A two-class linear model (float64) and images pushed along +-sign(w) by different amounts, so that their
+    exact L0 distances (the greedy count of the largest achievable changes |w_i| room_i) spread over several
+    counts."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(d, generator=g, dtype=torch.float64)
+    shift = torch.linspace(-0.25, 0.25, n, dtype=torch.float64)[:, None] * w.sign()
+    x = (0.3 + 0.4 * torch.rand(n, d, generator=g, dtype=torch.float64) + shift).clamp(0, 1)
+    b = -(x @ w).mean()
+    z = x @ w + b
+    room = torch.where((w[None] > 0) == (z[:, None] < 0), 1 - x, x)
+    reach = (room * w.abs()).sort(dim=1, descending=True).values.cumsum(dim=1)
+    exact = ((reach < z.abs()[:, None]).sum(dim=1) + 1).double().tolist()
+    model = Linear(torch.stack([torch.zeros_like(w), w]), torch.stack([torch.zeros_like(b), b]))
+    return model, x.view(n, 1, 4, d // 4), (z > 0).long(), exact
+
+
+def test_an_l0_sweep_of_pgd_cross_checks_the_l0_ensemble_and_corrects_it_to_the_exact_curve() -> None:
+    """On a linear model PGD_0 with a step large against the box breaks a sample with k coordinates iff k >= its
+    exact L0 distance (tests/test_pgd_l0.py), so a sweep over every count is exact. A short run of the minimal-norm
+    ensemble is a few coordinates above it on some samples: the cross-check lists exactly those and corrects
+    the curve to the exact one."""
+    model, x, y, exact = l0_problem()
+    counts = sorted(set(exact))
+    assert len(counts) >= 4
+    specs = [make_spec("minimal", {"norm": "l0", "steps": 2}, id="min")]  # two steps: far from minimal
+    past_the_box = {"norm": "l0", "alpha": 100.0, "steps": 5}
+    specs += [make_spec("pgd", {"eps": int(k), **past_the_box}, id=f"pgd{int(k)}") for k in counts]
+    run = evaluate(model, Items(x, y), specs, batch_size=16, quiet=True, prepare=False)
+    section = run.summary["robustness"]["l0"]
+    (sweep,) = section["sweeps"]
+    assert sweep["eps"] == counts
+    assert sweep["robust_accuracy"] == [sum(v > k for v in exact) / len(exact) for k in counts]
+    found = {r["index"]: math.inf if r["distance"] is None else r["distance"] for r in run.records["min"]}
+    assert all(found[i] >= v for i, v in enumerate(exact))  # never below the optimum
+    missed = [i for i, v in enumerate(exact) if found[i] > v]
+    check = section["cross_check"]
+    assert missed and check["n_samples_violating"] == len(missed)
+    assert sorted({v["index"] for v in check["violations"]}) == missed
+    assert check["corrected"] == distance_curve(exact, section["eps_max"]) == sweep["curve"]
 
 
 def test_a_sweeps_per_sample_curve_counts_a_sample_broken_at_a_smaller_eps_as_broken_at_the_larger(

@@ -50,8 +50,11 @@ def parse_number(text: object, name: str = "eps", *, allow_zero: bool = True) ->
 
 
 def format_number(value: float) -> str:
-    """A short label for a pixel budget: ``8/255`` when it is one, else up to 4 significant digits."""
+    """A short label for a pixel budget: ``8/255`` when it is one, a whole number in full (an L0 count, 12345),
+    else up to 4 significant digits."""
     frac = Fraction(value).limit_denominator(255)
     if frac.denominator == 255 and abs(float(frac) - value) < 1e-12 and frac.numerator != 0:
         return f"{frac.numerator}/255"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
     return f"{value:.4g}"

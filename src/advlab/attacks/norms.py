@@ -1,9 +1,9 @@
 """The norm-specific pieces of a first-order attack, written once (the Foolbox 3 split): one class per norm with
 its random start, steepest-ascent step and projection onto the ball intersected with the [0, 1] box.
 
-Linf and L2 serve the fixed-budget attacks (:data:`NORM_NAMES`); L1 and L0 join them in :data:`NORMS` for the
-minimal-norm attacks (FMN). Every projection is the exact Euclidean projection onto ball ∩ box, not the ball's
-projection followed by a clip.
+Linf and L2 serve every fixed-budget attack (:data:`NORM_NAMES`); L1 and L0 join them in :data:`NORMS` for PGD
+(sparse steps) and the minimal-norm attacks (FMN). Every projection is the exact Euclidean projection onto
+ball ∩ box, not the ball's projection followed by a clip.
 
 A :class:`Ball` is the feasible set of one batch, B_p(x, eps) ∩ [0, 1]^d with a per-sample eps: attacks project
 onto it and draw random starts from it, and take the rows of the samples still standing (:meth:`Ball.take`).
@@ -273,15 +273,25 @@ class L0(Norm):
         return Ball(self, x, eps, None)
 
     def random_start(self, x: Tensor, eps: Tensor, noise: Noise) -> Tensor:
-        """eps coordinates drawn uniformly without replacement, each set to a value uniform in [0, 1]."""
+        """A point drawn uniformly from the ball ∩ box: eps coordinates drawn without replacement, each set to a
+        value uniform in [0, 1]."""
         flat = x.flatten(1)
         rank = noise.uniform(flat).argsort(dim=1).argsort(dim=1)
         chosen = rank < eps.round()[:, None]
         return torch.where(chosen, noise.uniform(flat), flat).view_as(x)
 
+    def box_start(self, x: Tensor, eps: Tensor, noise: Noise) -> Tensor:
+        """Croce & Hein's PGD_0 start: a point drawn uniformly from the box, projected onto the ball ∩ box,
+        i.e. the eps coordinates drawn farthest from x keep their draw (on a dark background, bright pixels)."""
+        return self.project_(noise.uniform(x.flatten(1)).view_as(x), Ball(self, x, eps, None))
+
     def ascent_step_(self, grad: Tensor, alpha: Tensor) -> Tensor:
-        """alpha * grad / ||grad||_2, the step FMN takes in every norm (the projection makes it sparse)."""
-        return grad.mul_(batch_view(alpha, grad) / batch_view(flat_norm(grad, 2.0).clamp_min(1e-12), grad))
+        """alpha * grad / ||grad||_1, the step of PGD_0 (Croce & Hein 2019, "Sparse and Imperceivable
+        Adversarial Attacks"; FMN takes its own). The L0 ball has no steepest-ascent direction: the step
+        follows the gradient with an L1 length of alpha, which moves the coordinates of large |grad| far (with
+        the paper's alpha, most to the box's edge) and the rest little, and the projection then keeps the k of
+        largest gain."""
+        return grad.mul_(batch_view(alpha, grad) / batch_view(flat_norm(grad, 1.0).clamp_min(1e-30), grad))
 
     def project_(self, x_adv: Tensor, ball: Ball) -> Tensor:
         """The exact Euclidean projection onto {||z - x||_0 <= k} ∩ [0, 1]^n.
@@ -342,8 +352,8 @@ class Ball:
 
 
 NORMS: dict[str, Norm] = {"linf": Linf(), "l2": L2(), "l1": L1(), "l0": L0()}
-# The norms of the fixed-budget first-order attacks (PGD, APGD, FGSM, DeepFool, Square) and of the evaluation
-# layer; attacks that also take L1 or L0 (FMN) name their own list.
+# The norms of the fixed-budget first-order attacks (APGD, FGSM, DeepFool, Square; PGD adds L1 and L0) and of
+# the evaluation layer; attacks that also take L1 or L0 (PGD, FMN, FAB) name their own list.
 NORM_NAMES: tuple[str, ...] = ("linf", "l2")
 ALL_NORM_NAMES: tuple[str, ...] = tuple(NORMS)
 

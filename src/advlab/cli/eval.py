@@ -89,13 +89,17 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         help="a random sample of N samples, seeded by --seed and stratified by class (classes in proportion)",
     )
     p.add_argument("--attack", default=None, help="attack name (fgsm, bim, pgd, cw_l2, ...)")
-    p.add_argument("--eps", nargs="+", default=None, help="budget(s) in pixel units: 0.03, 8/255; several = a sweep")
+    p.add_argument(
+        "--eps", nargs="+", default=None,
+        help="budget(s) in pixel units: 0.03, 8/255 (l0: changed coordinates, 12); several = a sweep",
+    )  # fmt: skip
     p.add_argument("--alpha", default=None, help="step size (pixel units)")
     p.add_argument("--steps", type=int_arg(1), default=None, help="iterations")
     p.add_argument("--restarts", type=int_arg(1), default=None, help="random restarts (pgd, apgd, apgd_t)")
     p.add_argument(
-        "--norm", default=None, help="attack norm: linf, l2, l1 (pgd, fab, fab_t, fmn; suites: linf, l2), l0 (fmn)"
-    )
+        "--norm", default=None,
+        help="attack norm: linf, l2, l1 (pgd, fab, fab_t, fmn, --minimal; suites: linf, l2), l0 (pgd, fmn, --minimal)",
+    )  # fmt: skip
     p.add_argument("--loss", default=None, help="ce or margin")
     p.add_argument("--targeted", action="store_true", default=False, help="targeted attack")
     p.add_argument("--target", default=None, help="targets: random, least-likely, or a class index")

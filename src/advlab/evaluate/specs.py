@@ -47,7 +47,8 @@ ATTACK_STRING_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("fab", "norm"): ("l1", "l2", "linf"),
     ("fab_t", "norm"): ("l1", "l2", "linf"),
     ("minimal", "norm"): ("l0", "l1", "l2", "linf"),
-    ("pgd", "norm"): ("linf", "l2", "l1"),
+    ("pgd", "norm"): ("linf", "l2", "l1", "l0"),
+    ("pgd", "l0_start"): ("box", "box_with_clean", "ball"),
 }
 # Integer parameters and their least allowed value.
 INT_MINIMUM: dict[str, int] = {
@@ -325,15 +326,21 @@ def attack_norm(name: str, params: Mapping[str, Any]) -> str | None:
     return None if default is None or not isinstance(default.default, str) else default.default
 
 
-def _check_linf_budget(name: str, params: Mapping[str, Any]) -> None:
+def _check_budget(name: str, params: Mapping[str, Any]) -> None:
     """An Linf eps above 1 allows every image in [0, 1]: a budget meant for [0, 255] pixels (8 for 8/255),
-    refused as ``advlab train --eps`` refuses it (L2 and L1 radii above 1 are meaningful and stay allowed)."""
+    refused as ``advlab train --eps`` refuses it (L2 and L1 radii above 1 are meaningful and stay allowed).
+    An L0 eps counts changed coordinates and must be a whole number."""
     eps = params.get("eps")
-    if isinstance(eps, int | float) and not isinstance(eps, bool) and eps > 1 and attack_norm(name, params) == "linf":
+    if not isinstance(eps, int | float) or isinstance(eps, bool):
+        return
+    norm = attack_norm(name, params)
+    if eps > 1 and norm == "linf":
         raise SpecError(
             f"{name}: Linf eps must be in [0, 1] (pixel units, images in [0, 1]), got {eps:g}; "
             f"8/255 = 0.0314 is written 8/255, not 8"
         )
+    if norm == "l0" and eps != round(eps):
+        raise SpecError(f"{name}: an L0 eps counts changed coordinates and must be a whole number, got {eps:g}")
 
 
 def make_spec(
@@ -369,7 +376,7 @@ def make_spec(
         )
     for key in list(params):
         params[key] = _check_value(name, key, params[key], allowed[key].default)
-    _check_linf_budget(name, params)
+    _check_budget(name, params)
     missing = [k for k, p in allowed.items() if p.default is inspect.Parameter.empty and k not in params]
     if missing:
         raise SpecError(f"attack {name!r} needs {', '.join(missing)} (e.g. eps=8/255)")

@@ -69,8 +69,9 @@ def _add_norm(section: Section, norm: str, sec: Mapping[str, Any]) -> None:
             xs, ys = step_points(sw["curve"]["eps"], sw["curve"]["robust_accuracy"], eps_max)
             series.append(Series(curves[-1][0], xs, ys, "--"))
     if series:
+        unit = "changed coordinates" if norm == "l0" else "pixel units"
         png = curve_png(
-            series, title=f"Robust accuracy against eps ({norm})", xlabel=f"eps ({norm}, pixel units)",
+            series, title=f"Robust accuracy against eps ({norm})", xlabel=f"eps ({norm}, {unit})",
             ylabel="robust top-1 accuracy (%)", log_x=False,
         )  # fmt: skip
         section.figures.append(
