@@ -73,7 +73,8 @@ def cpu_utils_pt(model: nn.Module) -> types.ModuleType:
 
 def reference_pgd0(ref: types.ModuleType, model: nn.Module, x: Tensor, y: Tensor, k: int, steps: int,
                    restarts: int, seed: int, random_start: bool = True) -> Tensor:  # fmt: skip
-    """The reference's PGD_0, restarted on every image, the first found point kept per image."""
+    """The reference's PGD_0, restarted on every image; per image a point found by some restart (which one does
+    not change the robust accuracy)."""
     np.random.seed(seed)
     attack = types.SimpleNamespace(
         model=model, rs=random_start, num_steps=steps + 1, k=k,

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from advlab import attacks
+from advlab.attacks.noise import Noise
+from advlab.attacks.norms import get_norm
 from advlab.evaluate.specs import SpecError, make_spec
 from tests.boxed_linear import boxed_problems
 from tests.test_fmn import linear_problem
@@ -23,7 +25,7 @@ def test_a_step_past_the_box_finds_the_fewest_coordinates_that_break_a_boxed_lin
     """Where every coordinate has its own room in the box (0.01 to 0.31), the fewest coordinates that reach the
     boundary are those of largest |w_i| room_i (a greedy count, tests/boxed_linear.py). A step s_i past the
     box's edge gives coordinate i the gain room_i (2 s_i - room_i) = 2 alpha |w_i| room_i / ||w||_1 - room_i^2,
-    which orders the coordinates by |w_i| room_i once alpha is large against the rooms (0.1 at most here):
+    which orders the coordinates by |w_i| room_i once alpha is large against room_i^2 (0.1 at most here):
     PGD_0 breaks every problem with that many coordinates, and none with one fewer (where no point of the
     ball is adversarial: the ball and the box hold)."""
     problems = boxed_problems(seed=0, n=30)
@@ -90,8 +92,8 @@ def test_l0_specs_take_whole_counts_only():
 
 def test_l0_starts_the_papers_from_the_box_and_box_with_clean_also_from_the_clean_image(digits_model):
     """By default (``l0_start="box"``) every restart starts as Croce & Hein's do; ``"box_with_clean"`` starts
-    restart 1 from the clean image instead, so its first restart is the paper's attack and its second PGD_0
-    without a random start; ``"ball"`` starts elsewhere."""
+    the second restart (index 1) from the clean image instead, so its first is the paper's attack and its
+    second PGD_0 without a random start; ``"ball"`` starts elsewhere."""
     model, x, y = digits_model
     x, y = x[:30], y[:30]
     runs = {
@@ -111,3 +113,21 @@ def test_l0_starts_the_papers_from_the_box_and_box_with_clean_also_from_the_clea
     assert torch.equal(two.x_adv[standing][clean.success], clean.x_adv[clean.success])
     with pytest.raises(ValueError, match="unknown l0_start 'pixels'; expected one of 'box', 'box_with_clean', 'ball'"):
         attacks.pgd(model, x, y, 6, norm="l0", l0_start="pixels")
+
+
+class Constant(torch.nn.Module):
+    """Logits (0, 1) whatever the input, with a zero input gradient: every point is adversarial for label 0 and
+    PGD never moves from its start, so the returned point is the start itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).sum(1, keepdim=True) * 0 + torch.tensor([0.0, 1.0], dtype=x.dtype)
+
+
+@pytest.mark.parametrize("l0_start, draw", [("box", "box_start"), ("ball", "random_start")])
+def test_each_l0_start_option_starts_from_its_own_draw(l0_start: str, draw: str):
+    x = torch.rand(6, 1, 5, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(6, dtype=torch.long)
+    eps = torch.tensor([0.0, 1.0, 2.0, 5.0, 9.0, 25.0])
+    out = attacks.pgd(Constant(), x, y, eps, steps=2, norm="l0", l0_start=l0_start, seed=7)
+    torch.testing.assert_close(out, getattr(get_norm("l0"), draw)(x, eps, Noise(7, 6)), atol=0, rtol=0)
+    assert bool((changed(out, x) <= eps).all()) and bool((changed(out, x)[1:] > 0).all())

@@ -288,9 +288,8 @@ class L0(Norm):
     def ascent_step_(self, grad: Tensor, alpha: Tensor) -> Tensor:
         """alpha * grad / ||grad||_1, the step of PGD_0 (Croce & Hein 2019, "Sparse and Imperceivable
         Adversarial Attacks"; FMN takes its own). The L0 ball has no steepest-ascent direction: the step
-        follows the gradient with an L1 length of alpha, which moves the coordinates of large |grad| far (with
-        the paper's alpha, most to the box's edge) and the rest little, and the projection then keeps the k of
-        largest gain."""
+        follows the gradient with an L1 length of alpha, which moves the coordinates of large |grad| far and the
+        rest little, and the projection then keeps the k of largest gain."""
         return grad.mul_(batch_view(alpha, grad) / batch_view(flat_norm(grad, 1.0).clamp_min(1e-30), grad))
 
     def project_(self, x_adv: Tensor, ball: Ball) -> Tensor:

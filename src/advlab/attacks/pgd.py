@@ -21,8 +21,9 @@ PGD_NORMS: tuple[str, ...] = ("linf", "l2", "l1", "l0")
 # 3 x 32 x 32 coordinates (their code's step_size), scaled to the input's size.
 L0_ALPHA_PER_COORDINATE = 120000 / 255 / 3072
 # PGD_0's random starts (``l0_start``): "box", Croce & Hein's (a uniform point of the box projected onto the
-# ball, :meth:`~advlab.attacks.norms.L0.box_start`); "box_with_clean", restart 1 from the clean image and every
-# other restart from "box"; "ball", a uniform point of the ball ∩ box (:meth:`~advlab.attacks.norms.L0.random_start`).
+# ball, :meth:`~advlab.attacks.norms.L0.box_start`); "box_with_clean", the second restart (index 1; with
+# restarts=1 the same as "box") from the clean image and every other from "box"; "ball", a uniform point of the
+# ball ∩ box (:meth:`~advlab.attacks.norms.L0.random_start`).
 L0_STARTS: tuple[str, ...] = ("box", "box_with_clean", "ball")
 
 
@@ -193,7 +194,8 @@ def pgd(
     PGD_0 of Croce & Hein 2019 ("Sparse and Imperceivable Adversarial Attacks"): s = g/||g||_1 and the exact
     projection onto {||delta||_0 <= eps} ∩ box (keep the eps coordinates of largest gain), every restart from
     their start, a uniform point of the box projected onto the ball (``l0_start="box"``). With
-    ``"box_with_clean"`` restart 1 starts from the clean image instead, the stronger start on undefended models,
+    ``"box_with_clean"`` the second restart (``restarts >= 2``) starts from the clean image instead, the stronger
+    start on undefended models,
     where theirs is weak, and the weaker on adversarially trained ones; ``"ball"``: a uniform point of the
     ball ∩ box (:data:`L0_STARTS`). ``eps`` counts coordinates, not pixels as the paper's k does: on RGB images
     its k pixels are up to 3k here.

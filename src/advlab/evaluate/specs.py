@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from .. import attacks as _attacks
+from ..attacks.pgd import L0_STARTS
 from ..errors import UsageError
 from ..numbers import format_number, parse_number
 from . import suite as _suite
@@ -48,7 +49,7 @@ ATTACK_STRING_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("fab_t", "norm"): ("l1", "l2", "linf"),
     ("minimal", "norm"): ("l0", "l1", "l2", "linf"),
     ("pgd", "norm"): ("linf", "l2", "l1", "l0"),
-    ("pgd", "l0_start"): ("box", "box_with_clean", "ball"),
+    ("pgd", "l0_start"): L0_STARTS,
 }
 # Integer parameters and their least allowed value.
 INT_MINIMUM: dict[str, int] = {
