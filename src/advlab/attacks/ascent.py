@@ -6,8 +6,8 @@ with s the norm's step (sign for Linf, g / ||g||_2 for L2, the sparse step in L1
 ``direction`` the identity (BIM, PGD; Madry et al. 2018, eq. (2.1)) or a momentum rule (MI-FGSM,
 :class:`Momentum`). An evaluation attack scores every iterate and keeps the best point
 (:class:`~advlab.attacks.state.BestPoint`); training's inner maximisation keeps the last iterate, as Madry et
-al.'s code does. With ``eot_samples=K`` the gradient and the
-scores are those of the model's expectation over K draws of its randomness (:mod:`~advlab.attacks.eot`).
+al.'s code does. With ``eot_samples=K`` the gradient and the scores are those of the model's expectation over
+K draws of its randomness (:mod:`~advlab.attacks.eot`).
 """
 
 from __future__ import annotations

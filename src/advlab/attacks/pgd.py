@@ -134,11 +134,13 @@ def _projected_ascent(
     noise = Noise(seed, inp.n)
 
     def start(ball: Ball, noise: Noise, restart: int) -> Tensor:
-        if not random_start or (isinstance(ball.norm, L0) and l0_start == "box_with_clean" and restart == 1):
+        if not random_start:
             return ball.x
-        if isinstance(ball.norm, L0) and l0_start != "ball":
-            return ball.norm.box_start(ball.x, ball.eps, noise)
-        return ball.random_start(noise)
+        if not isinstance(ball.norm, L0) or l0_start == "ball":
+            return ball.random_start(noise)
+        if l0_start == "box_with_clean" and restart == 1:
+            return ball.x
+        return ball.norm.box_start(ball.x, ball.eps, noise)
 
     def run(ball: Ball, y: Tensor, alpha: Tensor, noise: Noise, restart: int) -> BestPoint:
         best = BestPoint.start(ball.x)
@@ -195,10 +197,9 @@ def pgd(
     projection onto {||delta||_0 <= eps} ∩ box (keep the eps coordinates of largest gain), every restart from
     their start, a uniform point of the box projected onto the ball (``l0_start="box"``). With
     ``"box_with_clean"`` the second restart (``restarts >= 2``) starts from the clean image instead, the stronger
-    start on undefended models,
-    where theirs is weak, and the weaker on adversarially trained ones; ``"ball"``: a uniform point of the
-    ball ∩ box (:data:`L0_STARTS`). ``eps`` counts coordinates, not pixels as the paper's k does: on RGB images
-    its k pixels are up to 3k here.
+    start on undefended models, where theirs is weak, and the weaker on adversarially trained ones; ``"ball"``:
+    a uniform point of the ball ∩ box (:data:`L0_STARTS`). ``eps`` counts coordinates, not pixels as the
+    paper's k does: on RGB images its k pixels are up to 3k here.
 
     With ``restarts > 1`` the attack restarts from new random points, only for the samples not yet broken
     (as AutoAttack does), and keeps per sample the best point over all restarts: a successful one, else the
