@@ -46,6 +46,7 @@ def entries(norm: str) -> list[tuple[str, Run]]:
     from adv_lib.attacks import ddn as al_ddn
     from adv_lib.attacks import fab as al_fab
     from adv_lib.attacks import fmn as al_fmn
+    from adv_lib.attacks import sigma_zero as al_sigma_zero
     from pyautoattack.fab_pt import FABAttack_PT
 
     p = P[norm]
@@ -60,6 +61,11 @@ def entries(norm: str) -> list[tuple[str, Run]]:
         ("adv_lib fmn", lambda m, x, y, s: al_fmn(m, x, y, norm=p, steps=s)),
         ("foolbox fmn", foolbox(lambda s: fb_fmn(steps=s))),
     ]
+    if norm == "l0":
+        out += [
+            ("advlab sigma_zero", lambda m, x, y, s: attacks.sigma_zero(m, x, y, steps=s)),
+            ("adv_lib sigma_zero", lambda m, x, y, s: al_sigma_zero(m, x, y, num_steps=s)),
+        ]
     if norm == "l2":
         out += [
             ("advlab ddn", lambda m, x, y, s: attacks.ddn(m, x, y, steps=s)),

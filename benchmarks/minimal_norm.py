@@ -47,7 +47,10 @@ and tests/test_bench_minimal_norm.py check the equality), so the row is the per-
 rows and its time the sum of theirs. That saves a third of the benchmark's time;
 ``--run-ensemble`` runs ``attacks.minimal`` itself instead. In L0 the ensemble's second FMN run (alpha_init 1000,
 gamma_init 0.7) has its own row, and FMN with the paper's L0 step and eps factor (1, 0.05: adv_lib's and
-Foolbox's defaults) one more, so that advlab and adv_lib are also compared at the same settings.
+Foolbox's defaults) one more, so that advlab and adv_lib are also compared at the same settings; sigma-zero
+(Cina et al., ICLR 2025, the ensemble's third L0 member) runs as advlab's and as adv_lib's, both with the paper's
+defaults, and ``--sigma-zero-reference DIR`` adds the authors' own (a checkout of
+github.com/Cinofix/sigma-zero-adversarial-attack).
 
     .venv/bin/python benchmarks/minimal_norm.py --model fmnist_cnn_standard --images 200 --steps 100
     .venv/bin/python benchmarks/minimal_norm.py --model efficientnet_lite0 --n 150 --steps 100 --device cuda
@@ -99,6 +102,7 @@ Entry = Callable[[int, Tensor, Tensor], Tensor]
 ENSEMBLE = "advlab minimal"  # the ensemble's row
 ENSEMBLE_ROWS = {
     "fmn": "advlab fmn", "fmn_large_step": "advlab fmn a1000", "ddn": "advlab ddn", "fab_t": "advlab fab_t",
+    "sigma_zero": "advlab sigma_zero",
 }  # fmt: skip
 
 
@@ -301,6 +305,17 @@ def autoattack_fab_t(fab_class: type, model: torch.nn.Module, norm: str, steps: 
     return best
 
 
+def authors_sigma_zero(checkout: Path, model: torch.nn.Module) -> Entry:
+    """The authors' sigma-zero (``sigma_zero_attack.py`` of github.com/Cinofix/sigma-zero-adversarial-attack,
+    which imports adv_lib's ``difference_of_logits``) as an entry, with its defaults."""
+    if not (checkout / "sigma_zero_attack.py").is_file():
+        raise SystemExit(f"--sigma-zero-reference {checkout}: no sigma_zero_attack.py there")
+    sys.path.insert(0, str(checkout))
+    from sigma_zero_attack import sigma_zero as reference  # type: ignore[import-not-found]
+
+    return lambda s, x, y: reference(model, x, y, steps=s)
+
+
 def count(text: str) -> int:
     """argparse type: an integer >= 0."""
     value = int(text)
@@ -336,6 +351,10 @@ def main() -> None:
     parser.add_argument("--batch", type=count, default=0, help="images per attack call (0: all at once)")
     parser.add_argument("--save", default="", help="write the rows and per-sample distances to this JSON file")
     parser.add_argument("--shard", type=parse_shard, default=None, help="I/K: attack part I of K of the images only")
+    parser.add_argument(
+        "--sigma-zero-reference", default="",
+        help="a checkout of Cinofix/sigma-zero-adversarial-attack: adds its sigma_zero in L0",
+    )  # fmt: skip
     args = parser.parse_args()
     save = Path(args.save) if args.save else None
     if save is not None and not save.parent.is_dir():
@@ -344,6 +363,7 @@ def main() -> None:
     from adv_lib.attacks import ddn as adv_lib_ddn
     from adv_lib.attacks import fab as adv_lib_fab
     from adv_lib.attacks import fmn as adv_lib_fmn
+    from adv_lib.attacks import sigma_zero as adv_lib_sigma_zero
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -369,6 +389,8 @@ def main() -> None:
                                                          gamma_init=0.7)),
                 ("advlab fmn a1", lambda s, x, y: attacks.fmn(model, x, y, norm="l0", steps=s, alpha_init=1.0,
                                                       gamma_init=0.05)),
+                ("advlab sigma_zero", lambda s, x, y: attacks.sigma_zero(model, x, y, steps=s)),
+                ("adv_lib sigma_zero", lambda s, x, y: adv_lib_sigma_zero(model, x, y, num_steps=s)),
             ]  # fmt: skip
         if norm != "l0":
             entries[norm] += [
@@ -389,6 +411,8 @@ def main() -> None:
                 ("advlab minimal", lambda s, x, y, norm=norm: attacks.minimal(model, x, y, norm=norm, steps=s))
             )
         entries[norm] += peer_entries(model, device, norm, wl.num_classes)
+        if norm == "l0" and args.sigma_zero_reference:
+            entries[norm].append(("authors sigma_zero", authors_sigma_zero(Path(args.sigma_zero_reference), model)))
     if wl.num_classes > MAX_JACOBIAN_CLASSES:
         print(f"({wl.num_classes} classes: {', '.join(JACOBIAN_FABS)} left out)", file=sys.stderr)
         entries = {k: [e for e in v if e[0] not in JACOBIAN_FABS] for k, v in entries.items()}

@@ -42,6 +42,7 @@ ATTACKS: dict[str, Callable[..., object]] = {
     "pgd_l1": lambda m, x, y, **k: attacks.pgd(m, x, y, 2.0, 0.5, 8, norm="l1", restarts=2, seed=k.pop("seed", 0), **k),
     "apgd_l1": lambda m, x, y, **k: attacks.apgd_l1(m, x, y, 2.0, steps=8, restarts=2, seed=k.pop("seed", 0), **k),
     "pgd_l0": lambda m, x, y, **k: attacks.pgd(m, x, y, 5, steps=8, norm="l0", restarts=2, seed=k.pop("seed", 0), **k),
+    "sigma_zero": lambda m, x, y, **k: attacks.sigma_zero(m, x, y, steps=8, **k),
 }
 SEEDED = {"pgd_linf", "pgd_l2", "pgd_l1", "apgd_l1", "pgd_l0"}
 

@@ -82,13 +82,16 @@ def test_ensemble_takes_the_first_smallest_member_and_its_flag() -> None:
     assert ensemble(dists, {}, ["e0", "e1"])[2] is None
 
 
-@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("norm", ["l0", "l2", "linf"])
 def test_combined_row_is_what_attacks_minimal_returns(digits_model, norm: str) -> None:
     """The script's default ensemble row (its members' rows combined, checked batch by batch) against
     attacks.minimal itself, run batch by batch: the same distance and the same member for every sample."""
     model, x, y = digits_model
     x, y = x[:12], y[:12]
     members = {"fmn": lambda s, x, y: attacks.fmn(model, x, y, norm=norm, steps=s),
+               "fmn_large_step": lambda s, x, y: attacks.fmn(model, x, y, norm=norm, steps=s, alpha_init=1000.0,
+                                                             gamma_init=0.7),
+               "sigma_zero": lambda s, x, y: attacks.sigma_zero(model, x, y, steps=s),
                "ddn": lambda s, x, y: attacks.ddn(model, x, y, steps=s),
                "fab_t": lambda s, x, y: attacks.fab_t(model, x, y, norm=norm, steps=s)}  # fmt: skip
     names = attacks.MINIMAL_MEMBERS[norm]

@@ -69,19 +69,19 @@ def run_member(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tens
     """One member of the ensemble as a user would call it (attacks/minimal.py's MINIMAL_MEMBERS)."""
     if name == "fmn_large_step":
         return attacks.fmn(model, x, y, norm=norm, steps=steps, alpha_init=1000.0, gamma_init=0.7, return_info=True)
-    kwargs = {} if name == "ddn" else {"norm": norm}
+    kwargs = {} if name in ("ddn", "sigma_zero") else {"norm": norm}
     return getattr(attacks, name)(model, x, y, steps=steps, return_info=True, **kwargs)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l0"])
 def test_minimal_ensemble_keeps_per_sample_the_smallest_verified_member_distance(norm: str, digits_model) -> None:
     """FAB-T (more optimal than FAB on the robust Fashion-MNIST model in Linf) is a member in Linf, and two FMN
-    runs in L0; per sample the ensemble's distance is the smallest any member reached, and it is that of the
-    member ``found_by`` names."""
+    runs and sigma-zero in L0; per sample the ensemble's distance is the smallest any member reached, and it is
+    that of the member ``found_by`` names."""
     model, x, y = digits_model
     x, y = x[:10], y[:10]
     members = attacks.MINIMAL_MEMBERS[norm]
-    assert members == (("fmn", "fab_t") if norm == "linf" else ("fmn", "fmn_large_step"))
+    assert members == (("fmn", "fab_t") if norm == "linf" else ("fmn", "fmn_large_step", "sigma_zero"))
     res = attacks.minimal(model, x, y, norm=norm, steps=10, return_info=True)
     d = res.extras["distance"].double()
     own = torch.stack([run_member(m, model, x, y, norm, 10).extras["distance"].double() for m in members])
@@ -364,9 +364,13 @@ def test_eval_minimal_with_a_suite_writes_distances_curves_and_the_cross_check(c
 
 @pytest.mark.skipif(not FASHION_PRESENT, reason="Fashion-MNIST is missing")
 @pytest.mark.parametrize("how", ["flags", "table"])
-def test_eval_minimal_ddn_in_its_own_norm_runs_from_flags_and_from_a_table(capsys, tmp_path, how) -> None:
+@pytest.mark.parametrize(("name", "norm"), [("ddn", "l2"), ("sigma_zero", "l0")])
+def test_eval_minimal_one_norm_attack_in_its_own_norm_runs_from_flags_and_from_a_table(
+    capsys, tmp_path, how: str, name: str, norm: str
+) -> None:
     """``--minimal --attack ddn --norm l2`` (and the ``[[attack]]`` table that says the same) is DDN's run: the
-    norm it names is DDN's own, so the spec is DDN's without it, and summary.json has its L2 curve."""
+    norm it names is DDN's own, so the spec is DDN's without it, and summary.json has its L2 curve; likewise
+    sigma-zero in L0."""
     from safetensors.torch import save_file
 
     from advlab.models import load_model
@@ -379,23 +383,24 @@ def test_eval_minimal_ddn_in_its_own_norm_runs_from_flags_and_from_a_table(capsy
     common = ["eval", "--model", "mnist_cnn_small", "--weights", str(weights), "--data", "fashion-mnist",
               "--limit", "4", "--out", str(out), "--quiet"]  # fmt: skip
     if how == "flags":
-        argv = [*common, "--minimal", "--attack", "ddn", "--norm", "l2", "--steps", "2"]
+        argv = [*common, "--minimal", "--attack", name, "--norm", norm, "--steps", "2"]
     else:
         config = tmp_path / "attacks.toml"
-        config.write_text('[[attack]]\nname = "ddn"\nminimal = true\nnorm = "l2"\nsteps = 2\n')
+        config.write_text(f'[[attack]]\nname = "{name}"\nminimal = true\nnorm = "{norm}"\nsteps = 2\n')
         argv = [*common, "--config", str(config)]
     assert main(argv) == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     (attack,) = summary["attacks"]
-    assert (attack["name"], attack["params"]) == ("ddn", {"steps": 2})
-    assert summary["robustness"]["l2"]["attacks"][attack["id"]]["n"] == 4
+    assert (attack["name"], attack["params"]) == (name, {"steps": 2})
+    assert summary["robustness"][norm]["attacks"][attack["id"]]["n"] == 4
 
 
-def test_eval_minimal_ddn_in_another_norm_is_one_line(capsys) -> None:
-    code = main(["eval", "--model", "/no/such/model.pt", "--minimal", "--attack", "ddn", "--norm", "linf"])
+@pytest.mark.parametrize(("name", "own"), [("ddn", "l2"), ("sigma_zero", "l0")])
+def test_eval_minimal_one_norm_attack_in_another_norm_is_one_line(capsys, name: str, own: str) -> None:
+    code = main(["eval", "--model", "/no/such/model.pt", "--minimal", "--attack", name, "--norm", "linf"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "ddn attacks in l2 only, got norm='linf'" in err, err
+    assert f"{name} attacks in {own} only, got norm='linf'" in err, err
 
 
 def test_l1_fixed_eps_attacks_cross_check_the_l1_ensemble(digits_model) -> None:

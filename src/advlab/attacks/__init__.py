@@ -27,12 +27,13 @@ from .mifgsm import mifgsm, mifgsm_result
 from .minimal import MINIMAL_MEMBERS, minimal, minimal_result
 from .pgd import bim, bim_result, pgd, pgd_result
 from .result import AttackResult
+from .sigma_zero import sigma_zero, sigma_zero_result
 from .square import square, square_result
 
 # The attacks by name, as the evaluation layer registers them (each also has an ``<name>_result`` form).
 ATTACKS: tuple[str, ...] = (
     "apgd", "apgd_l1", "apgd_t", "bim", "cw_l2", "ddn", "deepfool", "fab", "fab_t", "fgsm", "fmn", "mifgsm", "minimal",
-    "pgd", "square",
+    "pgd", "sigma_zero", "square",
 )
 
 __all__ = [
@@ -67,6 +68,8 @@ __all__ = [
     "minimal_result",
     "pgd",
     "pgd_result",
+    "sigma_zero",
+    "sigma_zero_result",
     "square",
     "square_result",
 ]

@@ -1,5 +1,6 @@
 """The minimal-norm ensemble: per sample, the smallest verified adversarial perturbation that FMN (Pintor et
-al., NeurIPS 2021), DDN (Rony et al., CVPR 2019) and FAB-T (Croce & Hein, ICML 2020) find in one norm.
+al., NeurIPS 2021), DDN (Rony et al., CVPR 2019), FAB-T (Croce & Hein, ICML 2020) and, in L0, sigma-zero (Cina
+et al., ICLR 2025) find in one norm.
 
 No single minimal-norm attack is best on every sample (AttackBench, Cina et al. 2025, ranks them per sample
 against the best distance any attack found); taking the per-sample minimum over several is the cheap way to
@@ -11,14 +12,15 @@ Members (:data:`MINIMAL_MEMBERS`). FAB enters as FAB-T, AutoAttack's targeted fo
 each of the 9 likeliest other classes): it follows one boundary to its end and was the more optimal of the
 two in every norm and model of benchmarks/minimal_norm.py, where the robust Fashion-MNIST model in Linf was
 the one entry better than the FMN + FAB ensemble. A targeted ensemble (``targeted=True``) runs targeted FAB
-instead, towards the given class. In L0, where FMN is the one attack, two FMN runs with different step sizes
-and eps factors: their per-sample minimum is clearly more optimal than either alone (they break different
-samples with fewer coordinates).
+instead, towards the given class. In L0, two FMN runs with different step sizes and eps factors (they break
+different samples with fewer coordinates) and sigma-zero: FMN is the more optimal on the standard Fashion-MNIST
+model, sigma-zero by far on the adversarially trained one, where the two FMN runs alone left samples that
+PGD_0 breaks at a fixed count (the cross-check of benchmarks/pgd_l0.py).
 
 Budget, in forward (F) and backward (B) passes per sample for ``steps`` = s on a model with C classes, each
-member run once (the verification: one more F per member): FMN and DDN s + 1 F, s B; FAB (untargeted) 2s F,
-C s B; targeted FAB 2s F, s B; FAB-T min(9, C - 1) targeted FAB runs. So L0: 2s B; L1 and Linf:
-FMN + FAB-T = s + 9s = 10s B and 19s F for C = 10; L2: 11s B, 20s F (C = 10).
+member run once (the verification: one more F per member): FMN, DDN and sigma-zero s + 1 F, s B; FAB
+(untargeted) 2s F, C s B; targeted FAB 2s F, s B; FAB-T min(9, C - 1) targeted FAB runs. So L0: 3s B; L1 and
+Linf: FMN + FAB-T = s + 9s = 10s B and 19s F for C = 10; L2: 11s B, 20s F (C = 10).
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from .fab_t import fab_t_result
 from .fmn import fmn_result
 from .norms import ALL_NORM_NAMES, get_norm
 from .result import AttackResult
+from .sigma_zero import sigma_zero_result
 
 # The attacks of the ensemble per norm, in the order they run (ties keep the earlier one). "fmn" runs with its
 # defaults for the norm (fmn.FMN_DEFAULTS), "fmn_large_step" with alpha_init 1000 and gamma_init 0.7 (L0's
-# second run), "fab_t" is FAB-T untargeted and targeted FAB when the ensemble is targeted.
+# second run), "fab_t" is FAB-T untargeted and targeted FAB when the ensemble is targeted, "sigma_zero" runs with
+# the paper's defaults.
 MINIMAL_MEMBERS: dict[str, tuple[str, ...]] = {
-    "l0": ("fmn", "fmn_large_step"),
+    "l0": ("fmn", "fmn_large_step", "sigma_zero"),
     "l1": ("fmn", "fab_t"),
     "l2": ("fmn", "ddn", "fab_t"),
     "linf": ("fmn", "fab_t"),
@@ -54,6 +58,8 @@ def _member(name: str, model: nn.Module, x: Tensor, y: Tensor, norm: str, steps:
         ).x_adv
     if name == "ddn":
         return ddn_result(model, x, y, steps=steps, targeted=targeted).x_adv
+    if name == "sigma_zero":
+        return sigma_zero_result(model, x, y, steps=steps, targeted=targeted).x_adv
     if targeted:
         return fab_result(model, x, y, norm=norm, steps=steps, targeted=True).x_adv
     return fab_t_result(model, x, y, norm=norm, steps=steps).x_adv
@@ -113,9 +119,9 @@ def minimal(
     return_info: bool = False,
 ) -> Tensor | AttackResult:
     """The per-sample smallest adversarial perturbation in ``norm`` over the minimal-norm attacks of that norm
-    (:data:`MINIMAL_MEMBERS`: two FMN runs in L0; FMN and FAB-T in L1 and Linf; FMN, DDN and FAB-T in L2;
-    targeted FAB in place of FAB-T when ``targeted``), each run for ``steps`` iterations; the module docstring
-    gives the budget in forward and backward passes.
+    (:data:`MINIMAL_MEMBERS`: two FMN runs and sigma-zero in L0; FMN and FAB-T in L1 and Linf; FMN, DDN and
+    FAB-T in L2; targeted FAB in place of FAB-T when ``targeted``), each run for ``steps`` iterations; the
+    module docstring gives the budget in forward and backward passes.
 
     Every candidate is verified on a fresh forward pass and re-measured in the norm from the returned point;
     the smallest verified one is kept (x itself, distance 0, where x is already adversarial). Returns that

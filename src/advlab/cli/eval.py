@@ -98,7 +98,8 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int_arg(1), default=None, help="random restarts (pgd, apgd, apgd_t)")
     p.add_argument(
         "--norm", default=None,
-        help="attack norm: linf, l2, l1 (pgd, fab, fab_t, fmn, --minimal; suites: linf, l2), l0 (pgd, fmn, --minimal)",
+        help="attack norm: linf, l2, l1 (pgd, fab, fab_t, fmn, --minimal; suites: linf, l2), l0 (pgd, fmn, sigma_zero, "
+        "--minimal)",
     )  # fmt: skip
     p.add_argument("--loss", default=None, help="ce or margin")
     p.add_argument("--targeted", action="store_true", default=False, help="targeted attack")
@@ -143,7 +144,8 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         "--minimal",
         action="store_true",
         help="per-sample smallest perturbation in --norm (l0, l1, l2, linf): the ensemble of that norm's "
-        "minimal-norm attacks, or the one --attack (fmn, ddn, fab, fab_t); summary.json gets robustness curves",
+        "minimal-norm attacks, or the one --attack (fmn, ddn, fab, fab_t, sigma_zero); summary.json gets robustness "
+        "curves",
     )
     p.add_argument("--out", default="runs/eval", help="run directory")
     add_replace_flag(p)

@@ -78,7 +78,7 @@ def check_minimal(name: str, where: str) -> None:
 
 
 def minimal_attack(args: argparse.Namespace) -> list[Any]:
-    """``--minimal [--attack fmn|ddn|fab] [--norm N] [--steps S]``: one minimal-norm attack spec."""
+    """``--minimal [--attack fmn|ddn|fab|fab_t|sigma_zero] [--norm N] [--steps S]``: one minimal-norm attack spec."""
     from ..evaluate import make_spec
 
     name = args.attack or "minimal"

@@ -69,6 +69,9 @@ REAL_RANGE: dict[str, tuple[float, float, bool]] = {
     "p_init": (0.0, 1.0, False),
     "decay": (0.0, math.inf, True),
     "overshoot": (0.0, math.inf, True),
+    "sigma": (0.0, math.inf, False),
+    "tau_init": (0.0, 1.0, False),
+    "tau_factor": (0.0, math.inf, False),
 }
 
 # The version of each attack's algorithm, part of every run's fingerprint (advlab.evaluate.rundir): a run
@@ -101,8 +104,9 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     # |w_i| possible; a plane out of reach settled directly
     "fab_t": 4,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
     # 3: fab 3. 4: fab 4
-    "minimal": 8,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
-    # 5: fab_t 3. 6: fab_t 4. 7: fmn 4. 8: fmn 5
+    "minimal": 9,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
+    # 5: fab_t 3. 6: fab_t 4. 7: fmn 4. 8: fmn 5. 9: sigma-zero joins the L0 members
+    "sigma_zero": 1,
     "suite_strong": 1,
     "suite_fast": 1,
 }
@@ -313,7 +317,7 @@ def _check_value(attack: str, key: str, value: Any, default: Any) -> Any:
 
 
 # Attacks that work in one norm and take no ``norm`` parameter.
-ONE_NORM: dict[str, str] = {"bim": "linf", "apgd_l1": "l1", "ddn": "l2", "cw_l2": "l2"}
+ONE_NORM: dict[str, str] = {"bim": "linf", "apgd_l1": "l1", "ddn": "l2", "cw_l2": "l2", "sigma_zero": "l0"}
 
 
 def attack_norm(name: str, params: Mapping[str, Any]) -> str | None:
@@ -397,7 +401,7 @@ def make_spec(
 
 
 # The minimal-norm attacks: per sample the smallest perturbation, recorded as ``distance`` (evaluate.robustness).
-MINIMAL_ATTACKS: frozenset[str] = frozenset({"fmn", "ddn", "fab", "fab_t", "minimal"})
+MINIMAL_ATTACKS: frozenset[str] = frozenset({"fmn", "ddn", "fab", "fab_t", "sigma_zero", "minimal"})
 
 
 def validate_specs(specs: Iterable[AttackSpec]) -> list[AttackSpec]:

@@ -1,0 +1,122 @@
+"""sigma-zero (Cina et al., ICLR 2025): the exact L0 count on linear models, the adaptive threshold where the box
+binds, its smooth L0 norm, points and distances on a trained network, and its parameters as a spec.
+
+The boxed linear problems with the exact count for sigma-zero and the ensemble are in tests/test_minimal_boxed.py,
+the contract every attack keeps (per-sample independence, model hygiene, bad inputs) in tests/test_attacks.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advlab import attacks
+from advlab.attacks.sigma_zero import smooth_l0
+from advlab.evaluate.specs import SpecError, make_spec
+from tests.boxed_linear import boxed_problems
+from tests.test_fmn import linear_problem
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def changed(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (x_adv != x).flatten(1).sum(dim=1).double()
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_sigma_zero_finds_the_exact_l0_count_of_a_linear_boundary(targeted: bool) -> None:
+    """On a two-class linear model the fewest coordinates that cross the boundary are those of largest reach
+    |w_i| room_i (tests/test_fmn.py's greedy count): sigma-zero returns exactly that many, every sample."""
+    model, x, y, exact = linear_problem(0, n=12)
+    labels = 1 - y if targeted else y  # two classes: the target is the other one
+    res = attacks.sigma_zero(model, x, labels, steps=60, targeted=targeted, return_info=True)
+    assert bool(res.success.all())
+    torch.testing.assert_close(res.extras["distance"], changed(res.x_adv, x))
+    torch.testing.assert_close(res.extras["distance"], exact["l0"])
+    assert bool((model(res.x_adv).argmax(1) != y).all())
+
+
+def test_the_adaptive_threshold_keeps_changes_smaller_than_its_start() -> None:
+    """Where the box lets a coordinate move by less than tau_init (0.3; rooms here are 0.01 to 0.31), only a
+    threshold that falls while the point is not adversarial lets it change: with the paper's adjustment factor
+    sigma-zero breaks every boxed problem, with a threshold that practically stays at tau_init none."""
+    problems = boxed_problems(seed=0, n=10)
+    adaptive = [attacks.sigma_zero(m, x, y, steps=100, return_info=True) for m, x, y, _ in problems]
+    frozen = [attacks.sigma_zero(m, x, y, steps=100, tau_factor=1e-9, return_info=True) for m, x, y, _ in problems]
+    assert all(bool(r.success.all()) for r in adaptive)
+    assert not any(bool(r.success.any()) for r in frozen)
+    for r, (_, _, _, exact) in zip(adaptive, problems, strict=True):
+        assert exact["l0"] <= float(r.extras["distance"][0]) <= exact["l0"] + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.one_of(st.just(0.0), st.floats(-1.0, -0.05), st.floats(0.05, 1.0)), min_size=1, max_size=40),
+    st.floats(1e-6, 1e-1),
+)
+def test_smooth_l0_lies_below_the_count_and_reaches_it_as_sigma_shrinks(values: list[float], sigma: float) -> None:
+    delta = torch.tensor(values, dtype=torch.float64).view(1, 1, 1, -1)
+    count = float((delta != 0).sum())
+    smooth = float(smooth_l0(delta, sigma)[0])
+    assert 0 <= smooth <= count
+    assert smooth <= float(smooth_l0(delta, sigma / 10)[0]) + 1e-12  # sharper as sigma falls
+    # Every change here is at least 0.05: each term is within sigma / 0.05^2 of 1.
+    assert float(smooth_l0(delta, 1e-9)[0]) == pytest.approx(count, abs=count * 1e-9 / 0.05**2 + 1e-12)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_points_on_a_trained_network_are_sparse_adversarial_and_their_distance_is_their_count(
+    targeted: bool, digits_model
+) -> None:
+    model, x, y = digits_model
+    x, y = x[:16], y[:16].clone()
+    labels = (y + 1) % 10 if targeted else y
+    if not targeted:
+        with torch.no_grad():
+            labels[0] = (model(x[:1]).argmax(1) + 1) % 10  # sample 0 is misclassified from the start
+    res = attacks.sigma_zero(model, x, labels, steps=50, targeted=targeted, return_info=True)
+    assert float(res.success.float().mean()) >= 0.9
+    d = res.extras["distance"]
+    torch.testing.assert_close(d[res.success], changed(res.x_adv, x)[res.success].to(d.dtype))
+    assert bool(torch.isinf(d[~res.success]).all()) and torch.equal(res.x_adv[~res.success], x[~res.success])
+    assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+    with torch.no_grad():
+        top1 = model(res.x_adv).argmax(1)
+    hit = top1 == labels if targeted else top1 != labels
+    assert bool(hit[res.success].all())
+    if not targeted:
+        assert float(d[0]) == 0 and torch.equal(res.x_adv[0], x[0])
+        assert float(d[1:][res.success[1:]].median()) < x[0].numel() / 4  # sparse: a few of the 64 pixels
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "fragment"),
+    [
+        ({"tau_init": 1.5}, ValueError, "tau_init is a threshold on |delta_i| for images in [0, 1] and must be <= 1"),
+        ({"sigma": 0.0}, ValueError, "sigma must be a finite number > 0"),
+        ({"tau_factor": -0.01}, ValueError, "tau_factor must be a finite number > 0"),
+        ({"lr": float("inf")}, ValueError, "lr must be a finite number > 0"),
+        ({"steps": 0}, ValueError, "steps must be >= 1"),
+    ],
+)
+def test_bad_parameters_say_what_is_expected(kwargs: dict, error: type, fragment: str, digits_model) -> None:
+    model, x, y = digits_model
+    with pytest.raises(error) as info:
+        attacks.sigma_zero(model, x[:2], y[:2], **kwargs)
+    assert fragment in str(info.value)
+
+
+def test_specs_take_its_l0_only_and_its_parameters_in_range() -> None:
+    spec = make_spec("sigma_zero", {"norm": "l0", "steps": 20, "tau_init": 0.2})
+    assert spec.params == {"steps": 20, "tau_init": 0.2}  # its own norm says nothing more
+    for params, fragment in [
+        ({"norm": "l2"}, "sigma_zero attacks in l0 only, got norm='l2'"),
+        ({"tau_init": 2.0}, "sigma_zero: tau_init must be in (0, 1]"),
+        ({"sigma": 0.0}, "sigma_zero: sigma must be in (0, inf)"),
+        ({"eps": 5}, "unknown parameter eps for attack 'sigma_zero'"),
+    ]:
+        with pytest.raises(SpecError) as info:
+            make_spec("sigma_zero", params)
+        assert fragment in str(info.value)
