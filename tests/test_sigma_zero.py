@@ -1,21 +1,27 @@
-"""sigma-zero (Cina et al., ICLR 2025): the exact L0 count on linear models, the adaptive threshold where the box
-binds, its smooth L0 norm, points and distances on a trained network, and its parameters as a spec.
+"""sigma-zero (Cina et al., ICLR 2025): Algorithm 1 step for step, its budget, the exact L0 count on linear
+models, the adaptive threshold where the box binds, its smooth L0 norm, points and distances on a trained network,
+and its parameters as a spec.
 
-The boxed linear problems with the exact count for sigma-zero and the ensemble are in tests/test_minimal_boxed.py,
-the contract every attack keeps (per-sample independence, model hygiene, bad inputs) in tests/test_attacks.py.
+The contract every attack keeps (per-sample independence, model hygiene, bad inputs) is in tests/test_attacks.py,
+the ensemble's exact counts on boxed problems in tests/test_minimal_boxed.py.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from advlab import attacks
+from advlab.attacks.objectives import margin, rounding_slack
 from advlab.attacks.sigma_zero import smooth_l0
 from advlab.evaluate.specs import SpecError, make_spec
 from tests.boxed_linear import boxed_problems
+from tests.conftest import digits_cnn
 from tests.test_fmn import linear_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,13 +44,95 @@ def test_sigma_zero_finds_the_exact_l0_count_of_a_linear_boundary(targeted: bool
     assert bool((model(res.x_adv).argmax(1) != y).all())
 
 
-def test_the_adaptive_threshold_keeps_changes_smaller_than_its_start() -> None:
+def algorithm_1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+    """Algorithm 1 of the paper written out plainly, untargeted, with the paper's settings (eta_0 = 1 cosine-annealed
+    to 0.1, sigma = 1e-3, tau_0 = 0.3, t = 0.01, Adam's 0.9 / 0.999 / 1e-8) and advlab's success rule (the margin
+    past the rounding slack), scoring every iterate and the last: the point with the fewest changed coordinates."""
+    n, d = x.shape[0], x[0].numel()
+    col = (-1,) + (1,) * (x.dim() - 1)
+    delta, m, v = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
+    tau = torch.full((n,), 0.3, dtype=x.dtype)
+    best, best_count = x.clone(), torch.full((n,), math.inf, dtype=x.dtype)
+
+    def eta(k: int) -> float:
+        return 0.1 + 0.9 * (1 + math.cos(math.pi * k / steps)) / 2
+
+    for k in range(steps + 1):
+        point = (x + delta).requires_grad_(True)
+        logits = model(point)
+        slack = 1e-4 * logits.detach().abs().amax(dim=1)
+        adversarial = margin(logits, y).detach() > slack
+        count = (delta != 0).flatten(1).sum(dim=1).to(x.dtype)
+        keep = adversarial & (count < best_count)
+        best[keep], best_count[keep] = point.detach()[keep], count[keep]
+        if k == steps:
+            return best
+        change = point - x
+        loss = (slack - margin(logits, y)).clamp(min=0) + (change**2 / (change**2 + 1e-3)).flatten(1).sum(dim=1) / d
+        (g,) = torch.autograd.grad(loss.sum(), point)
+        g = g / g.flatten(1).abs().amax(dim=1).view(col)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g**2
+        delta = delta - eta(k) * (m / (1 - 0.9 ** (k + 1))) / ((v / (1 - 0.999 ** (k + 1))).sqrt() + 1e-8)
+        delta = (x + delta).clamp(0, 1) - x
+        tau = (tau + torch.where(adversarial, 0.01, -0.01) * eta(k + 1)).clamp(0, 1)
+        delta = torch.where(delta.abs() < tau.view(col), 0.0, delta)
+    raise AssertionError("unreachable")
+
+
+def test_sigma_zero_is_algorithm_1_of_the_paper(digits_model) -> None:
+    """Step for step the paper's algorithm (its loss weights, Adam with both bias corrections, the rate of step k
+    and the threshold's move by the rate of step k + 1), in float64 on a trained CNN."""
+    trained, x, y = digits_model
+    model = digits_cnn().double().eval()
+    model.load_state_dict(trained.state_dict())
+    x, y = x[:8].double(), y[:8]
+    expected = algorithm_1(model, x, y, steps=30)
+    torch.testing.assert_close(attacks.sigma_zero(model, x, y, steps=30), expected, rtol=0, atol=1e-12)
+
+
+class Counting(nn.Module):
+    """Counts the forward passes of ``model``, and those that build a graph (each then takes one backward)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.forwards, self.with_grad = model, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        self.with_grad += torch.is_grad_enabled()
+        return self.model(x)
+
+
+def test_a_run_of_s_steps_costs_s_plus_one_forwards_and_s_backwards_and_its_points_hold(digits_model) -> None:
+    """The documented budget (every iterate scored, the last one too), and every returned point past the rounding
+    slack, so that a re-evaluation in other float rounding keeps it adversarial."""
+    model, x, y = digits_model
+    counted = Counting(model)
+    res = attacks.sigma_zero(counted, x[:12], y[:12], steps=15, return_info=True)
+    assert (counted.forwards, counted.with_grad) == (16, 15)
+    with torch.no_grad():
+        logits = model(res.x_adv)
+    assert bool(res.success.any())
+    assert bool((margin(logits, y[:12]) > rounding_slack(logits))[res.success].all())
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_the_adaptive_threshold_keeps_changes_smaller_than_its_start(targeted: bool) -> None:
     """Where the box lets a coordinate move by less than tau_init (0.3; rooms here are 0.01 to 0.31), only a
     threshold that falls while the point is not adversarial lets it change: with the paper's adjustment factor
-    sigma-zero breaks every boxed problem, with a threshold that practically stays at tau_init none."""
+    sigma-zero breaks every boxed problem, with a threshold that practically stays at tau_init none.
+
+    On these ten problems it is also within one coordinate of the exact count. That is a check of this draw, not
+    a guarantee: sigma-zero has none, and on the 30 problems of benchmarks/minimal_boxed.py it is up to 3 over on
+    2 of them (the ensemble's FMN is exact there, tests/test_minimal_boxed.py)."""
     problems = boxed_problems(seed=0, n=10)
-    adaptive = [attacks.sigma_zero(m, x, y, steps=100, return_info=True) for m, x, y, _ in problems]
-    frozen = [attacks.sigma_zero(m, x, y, steps=100, tau_factor=1e-9, return_info=True) for m, x, y, _ in problems]
+
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs: float):
+        labels = 1 - y if targeted else y  # two classes: the target is the other one
+        return attacks.sigma_zero(model, x, labels, steps=100, targeted=targeted, return_info=True, **kwargs)
+
+    adaptive = [run(m, x, y) for m, x, y, _ in problems]
+    frozen = [run(m, x, y, tau_factor=1e-9) for m, x, y, _ in problems]
     assert all(bool(r.success.all()) for r in adaptive)
     assert not any(bool(r.success.any()) for r in frozen)
     for r, (_, _, _, exact) in zip(adaptive, problems, strict=True):

@@ -40,7 +40,7 @@ from .sigma_zero import sigma_zero_result
 # The attacks of the ensemble per norm, in the order they run (ties keep the earlier one). "fmn" runs with its
 # defaults for the norm (fmn.FMN_DEFAULTS), "fmn_large_step" with alpha_init 1000 and gamma_init 0.7 (L0's
 # second run), "fab_t" is FAB-T untargeted and targeted FAB when the ensemble is targeted, "sigma_zero" runs with
-# the paper's defaults.
+# the paper's defaults (targeted: advlab's targeted form, the paper's attack being untargeted).
 MINIMAL_MEMBERS: dict[str, tuple[str, ...]] = {
     "l0": ("fmn", "fmn_large_step", "sigma_zero"),
     "l1": ("fmn", "fab_t"),

@@ -47,7 +47,7 @@ def sigma_zero_result(
     if tau_init > 1:
         raise ValueError(f"tau_init is a threshold on |delta_i| for images in [0, 1] and must be <= 1, got {tau_init}")
     l0 = get_norm("l0")
-    dims = x[0].numel()
+    d = x[0].numel()  # the paper's d: the L0 term is normalised by the number of coordinates
 
     best = SmallestPoint.start(x)
     delta = torch.zeros_like(x)
@@ -69,7 +69,7 @@ def sigma_zero_result(
                 best.update(x_adv.detach(), adversarial, l0.size(delta.detach()))
                 if last:
                     break
-                loss = (slack - obj).clamp_min(0) + smooth_l0(delta, sigma) / dims
+                loss = (slack - obj).clamp_min(0) + smooth_l0(delta, sigma) / d
                 (grad,) = torch.autograd.grad(loss.sum(), delta)
             with torch.no_grad():
                 delta = delta.detach()
@@ -103,7 +103,8 @@ def sigma_zero(
 
     It minimises, per sample, max(-L(x + delta), 0) + l0_sigma(delta) / d over delta, with L the margin
     max_{j != y} Z_j - Z_y (> 0 exactly when adversarial; Z_t - max_{j != t} Z_j towards target t when
-    ``targeted``), d the number of coordinates and l0_sigma the smooth L0 norm of :func:`smooth_l0` (eq. 3).
+    ``targeted``: advlab's extension, the paper's attack is untargeted), d the number of coordinates and l0_sigma
+    the smooth L0 norm of :func:`smooth_l0` (eq. 3).
     Not adversarial, the margin term pulls towards the boundary; adversarial, only the L0 term acts and shrinks
     the perturbation. At step k = 0 .. steps - 1, with eta_k cosine-annealed from ``lr`` to lr / 10:
 
@@ -124,10 +125,10 @@ def sigma_zero(
     (the authors' at 0, which a re-evaluation in other float rounding can undo). Each sample's run depends on
     itself alone (no randomness; the gradient is normalised per sample and Adam works per coordinate).
 
-    Returns the adversarial point with the fewest changed coordinates met (x itself where none was: a sample
-    already misclassified comes back unchanged with distance 0), or with ``return_info=True`` an
-    :class:`AttackResult` whose ``extras["distance"]`` is ||x_adv - x||_0 (inf where no adversarial point was
-    found) and whose ``loss`` is minus that distance.
+    Returns the adversarial point with the fewest changed coordinates met, or x itself where none was met
+    (distance inf); a sample already misclassified (past the rounding slack) comes back unchanged with distance 0.
+    With ``return_info=True`` an :class:`AttackResult` whose ``extras["distance"]`` is ||x_adv - x||_0 and whose
+    ``loss`` is minus that distance.
     """
     result = sigma_zero_result(
         model, x, y, steps=steps, lr=lr, sigma=sigma, tau_init=tau_init, tau_factor=tau_factor, targeted=targeted
