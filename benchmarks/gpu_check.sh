@@ -3,12 +3,13 @@
 #
 # Runs, from the repository root, within about 9 minutes:
 #   - the CUDA tests (tests/test_cuda.py and the attacks' CUDA smoke test) on the GPU;
-#   - GPU timings, one step after the other on CPU cores 0-3 (benchmarks/minimal_norm.py: FMN and DDN against
-#     adv_lib's on the Fashion-MNIST models; fab_projection.py: FAB's projection search against the full sort;
-#     compare_peers.py --device cuda), then GPU results four at once, one
-#     core each: the CUDA tests and cross-machine runs, minimal_norm.py at 1,000 steps on 1,000 images of the
-#     robust Fashion-MNIST model (the command comes in MINIMAL_1000), minimal_norm.py on EfficientNet-Lite0 in
-#     Linf and L2, and suite_vs_autoattack.py on 1,000 Fashion-MNIST images;
+#   - GPU timings, one step after the other on CPU cores 0-3 (benchmarks/minimal_norm.py: FMN, DDN and
+#     sigma-zero against adv_lib's on the Fashion-MNIST models; fab_projection.py: FAB's projection search
+#     against the full sort; compare_peers.py --device cuda), then GPU results four at once, one core each:
+#     the CUDA tests and cross-machine runs, minimal_norm.py at 1,000 steps on 1,000 images of the robust
+#     Fashion-MNIST model (the command comes in MINIMAL_1000), minimal_norm.py on EfficientNet-Lite0 in
+#     Linf, L2 and L0 (the L0 ensemble's members and their adv_lib peers; last in its lane, so it may get less
+#     than its 150 s and then saves nothing), and suite_vs_autoattack.py on 1,000 Fashion-MNIST images;
 #   - at the same time, benchmarks/compare_peers.py --quick on the CPU, one single-threaded process per
 #     (model, attack) pinned to its own core (4-15), for this advlab and, beside it, the advlab of the commit
 #     before the architecture change (.dev/old): the peers and the floor of each row share one process, so
@@ -16,7 +17,8 @@
 #   - advlab verify across machines: a run made elsewhere on the CPU (.dev/runs/cpu_effnet) verified here on CUDA,
 #     and a run made here on CUDA left in the results for verification elsewhere on the CPU.
 #
-# Inputs (git-ignored, carried to the machine): .dev/whl (peer and model wheels), .dev/site (pyautoattack without
+# Inputs (git-ignored, carried to the machine): .dev/whl (peer and model wheels; adv-lib 0.2.8 or later,
+# whose sigma_zero minimal_norm.py imports), .dev/site (pyautoattack without
 # its 45 MB example checkpoint), .dev/data (Fashion-MNIST test files, the 30 x 5 ImageNet set), .dev/runs, and
 # .dev/old (`git archive 8220beb src benchmarks`: advlab before the architecture change).
 # Output: $OUT/log.txt and $OUT/results.tgz (every JSON, table and log).
@@ -89,10 +91,11 @@ gpu() {  # gpu SECONDS CORES NAME COMMAND...: one GPU step on CORES, at most SEC
     stamp "$name: exit $? ($(tail -1 "$R/$name.log"))"
 }
 # Phase 1, the GPU timings, each step alone on the GPU (a timing shares it with nothing).
-for model in fmnist_cnn_standard fmnist_cnn_pgd; do  # FMN and DDN against adv_lib's: launch-bound on a small CNN
+for model in fmnist_cnn_standard fmnist_cnn_pgd; do  # FMN, DDN, sigma-zero against adv_lib's: launch-bound here
     gpu 50 0-3 "minimal_time_$model" python3 benchmarks/minimal_norm.py --device cuda --model $model --n 1000 \
         --steps 100 --norms l0,l1,l2,linf --threads 4 --repeats 3 --no-fragile \
-        --entries "=advlab fmn,=adv_lib fmn,=advlab ddn,=adv_lib ddn" --save "$R/minimal_time_$model.json"
+        --entries "=advlab fmn,=adv_lib fmn,=advlab ddn,=adv_lib ddn,=advlab sigma_zero,=adv_lib sigma_zero" \
+        --save "$R/minimal_time_$model.json"
 done
 gpu 40 0-3 fab_projection python3 benchmarks/fab_projection.py --device cuda --n 32 --steps 20 --targets 1 \
     --norms linf,l2,l1 --threads 4
@@ -106,6 +109,10 @@ gpu 90 0-3 peers_cuda python3 benchmarks/compare_peers.py --quick --device cuda 
     gpu 30 0 verify_cpu_run_on_cuda python3 -m advlab verify .dev/runs/cpu_effnet --device cuda --data ../shared/data/imagenet-30x5
     gpu 40 0 cuda_run python3 -m advlab eval --model efficientnet_lite0 --data ../shared/data/imagenet-30x5 --sample 8 \
         --batch-size 8 --suite fast --eps 4/255 --save-adversarial --device cuda --out "$R/cuda_effnet" --quiet
+    gpu 150 0 minimal_effnet_l0 python3 benchmarks/minimal_norm.py --device cuda --model efficientnet_lite0 \
+        --imagenet ../shared/data/imagenet-30x5 --n 150 --steps 100 --norms l0 --threads 1 --no-fragile \
+        --entries "=advlab fmn,=advlab fmn a1000,=advlab sigma_zero,=adv_lib fmn,=adv_lib sigma_zero" \
+        --save "$R/minimal_effnet_l0.json"
 } &
 phase2=($!)
 gpu 400 1 minimal_1000 "${MINIMAL_1000[@]}" &
