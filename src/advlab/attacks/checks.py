@@ -220,6 +220,15 @@ def check_positive(value: object, name: str) -> float:
     return float(value)
 
 
+def check_non_negative(value: object, name: str) -> float:
+    """A finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value) + 0.0  # -0.0 as 0.0
+
+
 def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     """One of ``choices``."""
     if value not in choices:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import check_positive, first_logits, frozen, validate
+from .checks import check_non_negative, check_positive, first_logits, frozen, validate
 from .fmn import cosine_annealing
 from .norms import batch_view, get_norm
 from .objectives import objective, rounding_slack
@@ -43,7 +43,7 @@ def sigma_zero_result(
     lr = check_positive(lr, "lr")
     sigma = check_positive(sigma, "sigma")
     tau_init = check_positive(tau_init, "tau_init")
-    tau_factor = check_positive(tau_factor, "tau_factor")
+    tau_factor = check_non_negative(tau_factor, "tau_factor")
     if tau_init > 1:
         raise ValueError(f"tau_init is a threshold on |delta_i| for images in [0, 1] and must be <= 1, got {tau_init}")
     l0 = get_norm("l0")
@@ -117,7 +117,8 @@ def sigma_zero(
 
     from delta = 0 and tau = ``tau_init``. The threshold rises while the point is adversarial (more small
     components dropped) and falls while it is not (more allowed back), so it settles near the sparsest delta
-    that stays adversarial. Defaults are the paper's (sigma = 1e-3, tau_init = 0.3, t = 0.01, eta_0 = 1).
+    that stays adversarial. Defaults are the paper's (sigma = 1e-3, tau_init = 0.3, t = 0.01, eta_0 = 1);
+    ``tau_factor=0`` holds tau at ``tau_init``, as the authors' current code does (docs/attacks.md).
 
     Every iterate is scored on the forward pass that computes its gradient, and the last one on one more
     forward (steps + 1 forwards, steps backwards); a point counts as adversarial once its margin clears

@@ -71,7 +71,7 @@ REAL_RANGE: dict[str, tuple[float, float, bool]] = {
     "overshoot": (0.0, math.inf, True),
     "sigma": (0.0, math.inf, False),
     "tau_init": (0.0, 1.0, False),
-    "tau_factor": (0.0, math.inf, False),
+    "tau_factor": (0.0, math.inf, True),
 }
 
 # The version of each attack's algorithm, part of every run's fingerprint (advlab.evaluate.rundir): a run
