@@ -417,7 +417,44 @@ def test_l1_fixed_eps_attacks_cross_check_the_l1_ensemble(digits_model) -> None:
     rows = [r for a in ("apgd_l1", "pgd_l1") for r in result.records[a]]
     broken = [(r["index"], r) for r in rows if r["adv_top5"][0] != r["label"]]
     assert broken and check["n_checked"] == len(broken)
-    assert check["n_violations"] == sum(dist[i] > 3.0 * (1 + 1e-5) + 1e-12 for i, _ in broken)
+    assert check["n_violations"] == sum(dist[i] > min(3.0, r["l1"]) * (1 + 1e-5) + 1e-12 for i, r in broken)
+
+
+def test_l1_rows_bound_a_broken_sample_by_the_measured_size_of_their_point(digits_model) -> None:
+    """A PGD-L1 row at a large eps breaks samples with points well inside its ball: the sweep's per-sample curve
+    and the cross-check take the point's own L1 size (records carry ``l1``), as in L2 and Linf, so they count a
+    sample as broken from that size, not from the row's eps."""
+    model, x, y = digits_model
+    specs = [
+        make_spec("fmn", {"norm": "l1", "steps": 1}, id="weak"),
+        make_spec("pgd", {"eps": 20.0, "norm": "l1", "steps": 3}, id="p20"),
+        make_spec("pgd", {"eps": 30.0, "norm": "l1", "steps": 3}, id="p30"),
+    ]
+    result = evaluate(model, Items(x[:24], y[:24]), specs, batch_size=24, quiet=True, prepare=False)
+    section = result.summary["robustness"]["l1"]
+    n = 24
+    size = {i: math.inf for i in range(n)}  # per sample, the smallest L1 point a row broke it with
+    for aid in ("p20", "p30"):
+        for r in result.records[aid]:
+            if r["clean_top5"][0] != r["label"]:
+                size[r["index"]] = 0.0
+            elif r["adv_top5"][0] != r["label"]:
+                size[r["index"]] = min(size[r["index"]], r["l1"])
+    broken = [s for s in size.values() if 0 < s < math.inf]
+    assert broken and max(broken) < 20, "the rows' points must lie inside the smaller ball for this test"
+    curve = section["sweeps"][0]["curve"]
+    for e, acc in zip(curve["eps"], curve["robust_accuracy"], strict=True):
+        assert acc == sum(s > e for s in size.values()) / n
+    assert curve["median_eps"] < 20
+    weak = {r["index"]: math.inf if r["distance"] is None else r["distance"] for r in result.records["weak"]}
+    check = section["cross_check"]
+    missed = {i for i in range(n) if weak[i] > size[i] * (1 + 1e-5) + 1e-12}
+    assert missed and {v["index"] for v in check["violations"]} == missed
+    own = {(r["index"], aid): r["l1"] for aid in ("p20", "p30") for r in result.records[aid]}
+    assert all(v["bound"] == own[v["index"], v["attack"]] for v in check["violations"])
+    corrected = [min(weak[i], size[i]) for i in range(n)]
+    for e, acc in zip(check["corrected"]["eps"], check["corrected"]["robust_accuracy"], strict=True):
+        assert acc == sum(d > e for d in corrected) / n
 
 
 def test_robustness_summary_does_not_depend_on_record_order(digits_model) -> None:
@@ -444,7 +481,7 @@ def test_robustness_summary_does_not_depend_on_record_order(digits_model) -> Non
 
 def test_a_minimal_norm_attack_is_never_chained_on_another() -> None:
     # Chained, it would skip the samples the first attack broke and give them that attack's size (or none, in L1
-    # and L0, whose sizes records do not carry): a curve of someone else's distances (review F16).
+    # and L0, whose sizes records did not carry or do not bound): a curve of someone else's distances (review F16).
     from advlab.evaluate import validate_specs
 
     first = make_spec("apgd_l1", {"eps": 10.0}, id="a")
@@ -461,7 +498,7 @@ def test_a_sweep_row_chained_onto_a_larger_eps_bounds_copied_samples_by_the_larg
 ) -> None:
     """A row at a small eps chained onto the same attack at a large one holds copies of the large one's
     points: they say nothing about the small eps, so the per-sample curve counts them as broken only from
-    the copied point's size (l2/linf) or its attack's eps (l1), not from the row's eps."""
+    the copied point's size (l1/l2/linf), not from the row's eps."""
     model, x, y = digits_model
     params = {"norm": norm, "steps": 3} if name == "pgd" else {}
     specs = [

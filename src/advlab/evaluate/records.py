@@ -32,11 +32,12 @@ TOPK = 5
 # The version of the record format and of what its fields mean, part of every run's fingerprint: BUMP it in
 # the change that adds, removes or redefines a field (or L0_TOL, TOPK), so older run directories are refused
 # instead of mixed with new records.
-RECORD_SCHEMA_VERSION = 4  # 2: batch files end with an end-of-batch line; strict JSON
+RECORD_SCHEMA_VERSION = 5  # 2: batch files end with an end-of-batch line; strict JSON
 # (never NaN); minimal-norm attacks' records carry ``distance`` (evaluate/robustness.py); 3: every adversarial
 # prediction is the expected one over the run's largest eot_samples, as the clean one (evaluate/engine.py);
 # 4: a random model's clean and adversarial predictions are judged on common draws (per-sample streams for
-# advlab's random defences, one seed per batch for torch's global generator; engine.py's _Judge)
+# advlab's random defences, one seed per batch for torch's global generator; engine.py's _Judge); 5: records carry
+# ``l1``, and L1 sweep curves and the L1 cross-check bound a sample by its point's measured L1 size
 
 
 class NonFiniteError(RunError):
@@ -54,13 +55,17 @@ def topk(logits: Tensor, k: int = TOPK) -> tuple[list[list[int]], list[list[floa
     return classes.tolist(), [[float(v) for v in row] for row in values.tolist()]
 
 
-def perturbation_norms(x: Tensor, x_adv: Tensor) -> tuple[list[int], list[float], list[float]]:
-    """L0 (elements moved by more than :data:`L0_TOL`), L2 and Linf of x_adv - x per sample, in pixel units."""
+def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, list[float]]:
+    """Per sample, the norms of x_adv - x in pixel units (float64): ``l0`` (elements moved by more than
+    :data:`L0_TOL`, a whole number), ``l1``, ``l2`` and ``linf``."""
     delta = (x_adv.detach().double() - x.detach().double()).flatten(1)
-    l0 = (delta.abs() > L0_TOL).sum(dim=1).tolist()
-    l2 = delta.norm(p=2, dim=1).tolist()
-    linf = delta.abs().amax(dim=1).tolist() if delta.shape[1] else [0.0] * delta.shape[0]
-    return [int(v) for v in l0], l2, linf
+    n = delta.shape[0]
+    return {
+        "l0": [float(v) for v in (delta.abs() > L0_TOL).sum(dim=1).tolist()],
+        "l1": delta.abs().sum(dim=1).tolist(),
+        "l2": delta.norm(p=2, dim=1).tolist(),
+        "linf": delta.abs().amax(dim=1).tolist() if delta.shape[1] else [0.0] * n,
+    }
 
 
 def make_records(
@@ -70,7 +75,7 @@ def make_records(
     targets: Sequence[int] | None,
     clean: tuple[list[list[int]], list[list[float]]],
     adv: tuple[list[list[int]], list[list[float]]],
-    norms: tuple[list[int], list[float], list[float]],
+    norms: Mapping[str, Sequence[float]],
     seconds: float,
     attack: str = "the attack",
 ) -> list[dict[str, Any]]:
@@ -84,7 +89,7 @@ def make_records(
     n = len(indices)
     records = []
     for i in range(n):
-        check_finite(int(indices[i]), attack, clean[1][i], adv[1][i], [norms[1][i], norms[2][i]])
+        check_finite(int(indices[i]), attack, clean[1][i], adv[1][i], [norms[k][i] for k in ("l1", "l2", "linf")])
         label = int(labels[i])
         target = None if targets is None else int(targets[i])
         adv_top = adv[0][i]
@@ -103,9 +108,10 @@ def make_records(
                 "adv_probs": adv[1][i],
                 "success": bool(success),
                 "success_top5": bool(success5),
-                "l0": norms[0][i],
-                "l2": norms[1][i],
-                "linf": norms[2][i],
+                "l0": int(norms["l0"][i]),
+                "l1": norms["l1"][i],
+                "l2": norms["l2"][i],
+                "linf": norms["linf"][i],
                 "time_s": seconds / n,
                 "from": None,
             }
@@ -238,7 +244,7 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 
 def _norm_stats(records: list[Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
-    return {key: _stats([float(r[key]) for r in records]) for key in ("l0", "l2", "linf")}
+    return {key: _stats([float(r[key]) for r in records]) for key in ("l0", "l1", "l2", "linf")}
 
 
 def _dedupe(records: Iterable[Mapping[str, Any]], what: str) -> list[Mapping[str, Any]]:

@@ -42,6 +42,8 @@ from .specs import MINIMAL_ATTACKS, AttackSpec, attack_norm
 CROSS_CHECK_RTOL = 1e-5
 # At most this many violations are listed in summary.json (all are counted).
 MAX_LISTED = 1000
+# The norms whose per-sample size every record carries and that bound a broken sample's distance.
+MEASURED = ("l1", "l2", "linf")
 
 
 def is_minimal(spec: AttackSpec) -> bool:
@@ -192,9 +194,10 @@ def _norm_section(
 
 
 def _broken_within(norm: str, eps: float, record: Mapping[str, Any]) -> float:
-    """The size b <= eps of the perturbation with which a fixed-eps attack broke a sample (its record's own
-    measure where records carry the norm, else eps)."""
-    return min(eps, float(record[norm])) if norm in ("l2", "linf") else eps
+    """The size b <= eps of the perturbation with which a fixed-eps attack broke a sample: its record's own
+    measure in L1, L2 and Linf; eps in L0 (a record's ``l0`` ignores moves below ``L0_TOL``, so it can be
+    smaller than the point's count of changed coordinates and is no bound)."""
+    return min(eps, float(record[norm])) if norm in MEASURED else eps
 
 
 def _sweep_bounds(
@@ -212,7 +215,7 @@ def _sweep_bounds(
     A record copied from an earlier attack (``from``: ``only_unbroken`` chains) holds that attack's point,
     which may be larger than this row's eps (a chain onto a larger eps; the row then counts a sample as broken
     at its eps that only a larger perturbation broke, and the curve does not): its bound is the point's
-    measured size (l2, linf), else the eps of the attack it came from where that is of this norm
+    measured size (l1, l2, linf), else (L0) the eps of the attack it came from where that is of this norm
     (``fixed_eps``); otherwise it gives none.
     """
     bounds: dict[int, float] = {}
@@ -225,7 +228,7 @@ def _sweep_bounds(
                 origin = r.get("from")
                 if origin is None:
                     b = min(b, _broken_within(norm, e, r))
-                elif norm in ("l2", "linf"):
+                elif norm in MEASURED:
                     b = min(b, float(r[norm]))
                 elif origin in fixed_eps:
                     b = min(b, fixed_eps[origin])

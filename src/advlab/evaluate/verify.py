@@ -101,7 +101,14 @@ class Verification:
 
 
 def check_run_is_verifiable(run: FinishedRun) -> None:
-    """Refuse (one line) a run without saved examples or one that did not finish."""
+    """Refuse (one line) a run without saved examples, one that did not finish, or one whose records are of
+    another schema (verify recomputes the summary from the records as this advlab writes them)."""
+    schema = run.config.get("record_schema")
+    if schema != RECORD_SCHEMA_VERSION:
+        raise SpecError(
+            f"{run.path} holds records of schema {schema}, this advlab reads schema {RECORD_SCHEMA_VERSION}; verify "
+            "it with the advlab that wrote it (run.json's provenance) or rerun its advlab eval command"
+        )
     if not run.config.get("save_adversarial"):
         raise SpecError(
             f"{run.path} holds no saved adversarial examples; rerun its advlab eval command with --save-adversarial"
@@ -200,12 +207,6 @@ def verify_run(
             attacked = prepare_model(model, x) if enabled else model
             attacked.eval()
             out.random = _is_random(attacked, x[:2])
-            if out.random and cfg.get("record_schema") != RECORD_SCHEMA_VERSION:
-                raise SpecError(
-                    f"the run's model is random (two forward passes on the same images differ) and its records are of "
-                    f"schema {cfg.get('record_schema')}, whose draws verify cannot replay (schema "
-                    f"{RECORD_SCHEMA_VERSION} seeds them apart from the attack); rerun its advlab eval command"
-                )
             if out.random and device.type != cfg.get("device_type", device.type):
                 raise SpecError(
                     f"the run's model is random (two forward passes on the same images differ); verify replays the "
