@@ -17,8 +17,9 @@ forward pass misclassifies it. Entries:
   ``--reference-starts none`` runs it from the clean image (their ``rs = False``). Their module imports
   ``utils_pt``, which moves every batch to CUDA; this script puts a CPU module of that name in front of it
   (same predictions, gradient of the batch-mean cross-entropy, as theirs: the whole set is one batch).
-- ``advlab minimal``: robust accuracy at k read from the ``minimal(norm="l0", steps=S)`` distances, and the
-  cross-check: the samples some PGD_0 entry broke at k whose minimal distance is above k.
+- ``advlab minimal sM``: robust accuracy at k read from the ``minimal(norm="l0", steps=M)`` distances (M is
+  ``--minimal-steps``, by default S), and the cross-check: the samples some PGD_0 entry broke at k whose
+  minimal distance is above k.
 
     .venv/bin/python benchmarks/pgd_l0.py --model fmnist_cnn_standard --images 1000 --k 4,8,16 --steps 100 \\
         --restarts 1,5 --reference /tmp/sparse-imperceivable-attacks
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--k", default="4,8,16", help="budgets, changed coordinates")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--minimal-steps", type=int, help="steps of the minimal-norm ensemble (default: --steps)")
     parser.add_argument("--restarts", default="1,5")
     parser.add_argument("--alpha-scales", default="1", help="advlab rows at these multiples of the default step")
     parser.add_argument("--reference", type=Path, help="a checkout of fra31/sparse-imperceivable-attacks")
@@ -132,7 +134,8 @@ def main() -> None:
         sys.path.insert(0, str(args.reference))
         import pgd_attacks_pt as ref  # type: ignore[import-not-found]
 
-    t_min, res = timed(lambda: attacks.minimal(model, x, y, norm="l0", steps=args.steps, return_info=True), device)
+    minimal_steps = args.steps if args.minimal_steps is None else args.minimal_steps
+    t_min, res = timed(lambda: attacks.minimal(model, x, y, norm="l0", steps=minimal_steps, return_info=True), device)
     distance = res.extras["distance"]
     n = len(y)
     rows = []
@@ -159,15 +162,16 @@ def main() -> None:
             broke_any |= ok
             rows.append({"k": k, "entry": name, "robust": 1 - float(ok.float().mean()), "cpu_s": cpu})
         missed = int((broke_any & (distance > k)).sum())
-        rows.append({"k": k, "entry": "advlab minimal", "robust": float((distance > k).float().mean()),
-                     "cpu_s": t_min.cpu, "cross_check_misses": missed})  # fmt: skip
+        rows.append({"k": k, "entry": f"advlab minimal s{minimal_steps}",
+                     "robust": float((distance > k).float().mean()), "cpu_s": t_min.cpu,
+                     "cross_check_misses": missed})  # fmt: skip
     print("| k | entry | robust accuracy | cpu s |")
     print("|---|---|---|---|")
     for row in rows:
         extra = f" (misses {row['cross_check_misses']})" if "cross_check_misses" in row else ""
         print(f"| {row['k']} | {row['entry']} | {row['robust']:.4f}{extra} | {row['cpu_s']:.1f} |")
     if args.save:
-        meta = {"model": wl.name, "n": n, "steps": args.steps, "seed": args.seed}
+        meta = {"model": wl.name, "n": n, "steps": args.steps, "minimal_steps": minimal_steps, "seed": args.seed}
         args.save.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
