@@ -28,7 +28,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagene
 
 
 def compare(a: dict, b: dict, ids: list[str]) -> dict[str, float]:
-    out = {"records": 0, "success": 0, "adv_top5": 0, "l0": 0, "l2/linf": 0, "max |d prob|": 0.0}
+    out = {"records": 0, "success": 0, "adv_top5": 0, "l0": 0, "l1/l2/linf": 0, "max |d prob|": 0.0}
     for aid in ids:
         ra = sorted(a[aid], key=lambda r: r["index"])
         rb = sorted(b[aid], key=lambda r: r["index"])
@@ -37,7 +37,7 @@ def compare(a: dict, b: dict, ids: list[str]) -> dict[str, float]:
             out["success"] += x["success"] != y["success"]
             out["adv_top5"] += x["adv_top5"] != y["adv_top5"]
             out["l0"] += x["l0"] != y["l0"]
-            out["l2/linf"] += any(abs(x[k] - y[k]) > 1e-9 * max(abs(x[k]), 1e-12) for k in ("l2", "linf"))
+            out["l1/l2/linf"] += any(abs(x[k] - y[k]) > 1e-9 * max(abs(x[k]), 1e-12) for k in ("l1", "l2", "linf"))
             d = max(abs(p - q) for p, q in zip(x["adv_probs"], y["adv_probs"], strict=True))
             out["max |d prob|"] = max(out["max |d prob|"], d)
     return out

@@ -498,7 +498,7 @@ def test_a_sweep_row_chained_onto_a_larger_eps_bounds_copied_samples_by_the_larg
 ) -> None:
     """A row at a small eps chained onto the same attack at a large one holds copies of the large one's
     points: they say nothing about the small eps, so the per-sample curve counts them as broken only from
-    the copied point's size (l1/l2/linf), not from the row's eps."""
+    the copied point's size (l1/l2/linf), not from the row's eps nor from the eps of the attack it came from."""
     model, x, y = digits_model
     params = {"norm": norm, "steps": 3} if name == "pgd" else {}
     specs = [
@@ -517,3 +517,15 @@ def test_a_sweep_row_chained_onto_a_larger_eps_bounds_copied_samples_by_the_larg
     n = len(rows)
     assert curve["robust_accuracy"][at] == (n - clean_wrong - len(own_breaks)) / n
     assert curve["robust_accuracy"][at] > sweep["robust_accuracy"][0]  # the row's own count takes the copies
+    # The whole curve: per sample the smallest measured size of a point that broke it (own or copied), the row's
+    # eps capping its own points' sizes.
+    bound = {i: 0.0 if r["clean_top5"][0] != r["label"] else math.inf for i, r in rows.items()}
+    for aid, e in (("wide", wide), ("narrow", narrow)):
+        for r in result.records[aid]:
+            if bound[r["index"]] and r["adv_top5"][0] != r["label"]:
+                size = r[norm] if r["from"] is not None else min(e, r[norm])
+                bound[r["index"]] = min(bound[r["index"]], size)
+    for e, acc in zip(curve["eps"], curve["robust_accuracy"], strict=True):
+        assert acc == sum(b > e for b in bound.values()) / n
+    if norm == "l1":  # PGD-L1's copied points lie inside the wide ball: their size, not eps, bounds them
+        assert any(r[norm] < 0.9 * wide for r in copied)

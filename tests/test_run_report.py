@@ -155,3 +155,26 @@ def test_a_robustbench_models_published_autoattack_number_stands_next_to_advlabs
     assert f"| at-0.1 | {fmt_interval(ci01['clean_top1'])} | {fmt_interval(ci01['adv_top1'])} |" in md
     assert f"AutoAttack robust accuracy {published['autoattack_acc']}%, clean {published['clean_acc']}%" in md
     assert published["source"] in md
+
+
+def test_the_results_table_gives_each_attacks_median_in_the_norm_it_works_in(digits_model, tmp_path):
+    # An L1 or L0 attack's L2 and Linf medians say little of its budget: the table also gives the median of the
+    # successful examples in the attack's own norm (records carry l0, l1, l2 and linf).
+    import statistics
+
+    from advlab.report import render_markdown, run_report
+
+    model, x, y = digits_model
+    specs = [
+        make_spec("pgd", {"eps": 6.0, "norm": "l1", "steps": 5}, id="l1"),
+        make_spec("pgd", {"eps": 12, "norm": "l0", "steps": 5}, id="l0"),
+        make_spec("fgsm", {"eps": 0.2}, id="linf"),
+    ]
+    run = tmp_path / "run"
+    result = evaluate(model, Items(x[:24], y[:24]), specs, out=run, batch_size=24, quiet=True)
+    md = render_markdown(run_report(run))
+    for aid, norm, name in (("l1", "l1", "L1"), ("l0", "l0", "L0"), ("linf", "linf", "Linf")):
+        sizes = [r[norm] for r in result.records[aid] if r["success"]]
+        assert sizes, aid
+        row = next(line for line in md.splitlines() if line.startswith(f"| {aid} | "))
+        assert f"| {name} {statistics.median(sizes):.4g} |" in row, row

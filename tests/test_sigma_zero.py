@@ -8,6 +8,7 @@ the ensemble's exact counts on boxed problems in tests/test_minimal_boxed.py.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -219,5 +220,8 @@ def test_a_run_spec_takes_a_held_threshold_and_refuses_a_negative_factor() -> No
     """``-p tau_factor=0`` (the threshold held, as the authors' code does) is a valid setting of a run; a
     negative factor is refused with the range it must be in."""
     assert make_spec("sigma_zero", {"tau_factor": 0}).params["tau_factor"] == 0.0
+    # -0.0 is the same setting: one fingerprint for both (a run resumed with either continues)
+    negative_zero = make_spec("sigma_zero", {"tau_factor": -0.0})
+    assert json.dumps(negative_zero.to_dict()) == json.dumps(make_spec("sigma_zero", {"tau_factor": 0.0}).to_dict())
     with pytest.raises(SpecError, match=r"sigma_zero: tau_factor must be in \[0, inf\), got -0\.01"):
         make_spec("sigma_zero", {"tau_factor": -0.01})

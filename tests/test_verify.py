@@ -79,6 +79,26 @@ def test_a_run_whose_records_are_of_another_schema_is_refused_in_one_line(chaine
         verify_run(copy, model, data)
 
 
+@pytest.mark.parametrize(("key", "factor"), [("l1", 0.5), ("l2", 1.01), ("linf", 0.9), ("l0", None)])
+def test_a_record_whose_stated_size_is_not_its_examples_is_caught(chained_run, tmp_path, key, factor):
+    # Records state each point's sizes, and the sweep curves and the cross-check bound a broken sample by them
+    # (an L1 row by its point's l1 since record schema 5): a smaller size edited in, with summary.json rebuilt
+    # by advlab's own code, would lower the curves unseen unless verify re-measures the saved example.
+    model, data, out, _ = chained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    f = records_file(copy, "pgd")
+    lines = read_lines(f)
+    r = next(r for r in lines[:-1] if r["from"] is None and r[key] > 0)
+    r[key] = r[key] - 1 if factor is None else r[key] * factor
+    write_lines(f, lines)
+    resummarize(copy)
+    v = verify_run(copy, model, data)
+    assert not v.ok
+    assert any(f"pgd, sample {r['index']}: the record's {key} " in m and "is not the example's" in m
+               for m in v.mismatches), v.mismatches  # fmt: skip
+
+
 def test_an_honest_chain_of_chains_verifies(chained_run):
     model, data, out, result = chained_run
     # pgd6's records copied from fgsm (through pgd) name fgsm and point at fgsm's file: not a mismatch.

@@ -106,12 +106,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from ..evaluate.claim import check_claim, read_claim
 
         claimed = list(check_claim(read_claim(args.claim), run))
+    for line in claimed:  # before the run's own checks, which may refuse it (e.g. an older record schema)
+        print(f"claim mismatch: {line}")
     check_run_is_verifiable(run)
     where = {"data_root": args.data_root, "model_dir": args.model_dir, "model": args.model}
     model, dataset = reopen_run(run, device=args.device, data=args.data, weights=args.weights, **where)
     result = verify_run(run.path, model, dataset, tol=args.tol, run=run)
-    for line in claimed:
-        print(f"claim mismatch: {line}")
     for line in verification_lines(result):
         print(line)
     if args.claim is not None:

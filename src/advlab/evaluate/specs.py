@@ -305,7 +305,7 @@ def _check_value(attack: str, key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise SpecError(f"{attack}: {key} must be a finite number, got {value!r}")
-        value = float(value)
+        value = float(value) + 0.0  # -0.0 as 0.0: one setting, one fingerprint
         if key in REAL_RANGE:
             low, high, closed = REAL_RANGE[key]
             if not (low <= value if closed else low < value) or value > high:

@@ -7,7 +7,9 @@ For a run made with ``--save-adversarial`` (:mod:`advlab.evaluate.saved`) and th
 - the model is the run's (sha256 of its weights, :func:`~advlab.evaluate.run.model_digest`), and the data
   has the run's size and, per sample, the label the records hold;
 - every record points at a saved example of its own sample index, and the file is readable;
-- the example lies in [0, 1] and in the eps-ball of its attack (slack :data:`~advlab.evaluate.saved.BALL_TOL`);
+- the example lies in [0, 1] and in the eps-ball of its attack (slack :data:`~advlab.evaluate.saved.BALL_TOL`),
+  and the sizes its record states (``l0``, ``l1``, ``l2``, ``linf``: the sweep curves and the cross-check bound
+  a sample by them) are the example's (:data:`DISTANCE_RTOL`);
 - every readable sample of each batch has exactly one record per attack (none dropped, none repeated);
 - every record's clean prediction (``clean_top5``: clean top-1/top-5 accuracy, whether the sample was correctly
   classified to begin with, so ``success_rate_on_clean_correct``) is the model's on the clean image, forwarded by
@@ -61,7 +63,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -70,7 +72,7 @@ from torch import nn
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
 from .engine import Judge, choose_targets, eot_samples_of, judged_logits, load_batch, plan_batches
-from .records import RECORD_SCHEMA_VERSION
+from .records import L0_TOL, RECORD_SCHEMA_VERSION
 from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
@@ -81,6 +83,20 @@ from .verify_summary import count_mismatches, identity_mismatches, rebuilt_misma
 
 # A minimal-norm record's distance against the saved example's: float64 sums of the same float32 difference.
 DISTANCE_RTOL = 1e-5
+# The sizes every record states (records.perturbation_norms), re-measured on its saved example.
+RECORD_NORMS = ("l0", "l1", "l2", "linf")
+# How far from L0_TOL a float32 difference may land on the other side of it in float64 (|delta| <= 1: the
+# float32 subtraction's rounding, 2^-24 relative, is below 6e-8).
+RECORD_L0_ULP = 1e-7
+
+
+class Geometry(NamedTuple):
+    """What one saved file's rows are, against their clean images (:func:`_geometry`)."""
+
+    ball: tuple[str, float] | None
+    box: list[bool]
+    dist: list[float]
+    sizes: list[dict[str, float] | None]
 
 
 @dataclass
@@ -107,7 +123,8 @@ def check_run_is_verifiable(run: FinishedRun) -> None:
     if schema != RECORD_SCHEMA_VERSION:
         raise SpecError(
             f"{run.path} holds records of schema {schema}, this advlab reads schema {RECORD_SCHEMA_VERSION}; verify "
-            "it with the advlab that wrote it (run.json's provenance) or rerun its advlab eval command"
+            "it with the advlab that wrote it (run.json's provenance names its version) or rerun its advlab eval "
+            "command"
         )
     if not run.config.get("save_adversarial"):
         raise SpecError(
@@ -143,23 +160,45 @@ def _geometry(
     index: torch.Tensor,
     ball: tuple[str, float] | None,
     norm: str | None = None,
-) -> tuple[tuple[str, float] | None, list[bool], list[float]]:
-    """Per row of one saved file: inside [0, 1], and the distance to its clean image in the ball's norm, else in
-    ``norm`` (a minimal-norm attack's; 0 without either or without a clean image; a row whose sample the data
-    lacks is reported by the caller and never read here)."""
+) -> Geometry:
+    """Per row of one saved file: inside [0, 1]; the distance to its clean image in the ball's norm, else in
+    ``norm`` (a minimal-norm attack's; 0 without either or without a clean image); and the four sizes a record
+    states (``l0``, ``l1``, ``l2``, ``linf``; None without a clean image). A row whose sample the data lacks is
+    reported by the caller and never read here."""
     at = [pos.get(int(j)) for j in index.tolist()]
     rows = [k for k, p in enumerate(at) if p is not None]
     lo, hi = torch.aminmax(xa.flatten(1), dim=1)
     box = ((lo >= -BALL_TOL) & (hi <= 1 + BALL_TOL)).tolist()
     dist = [0.0] * len(at)
+    sizes: list[dict[str, float] | None] = [None] * len(at)
     exact_l0 = ball is None and norm == "l0"  # a minimal-norm L0 distance counts every changed coordinate
     norm = ball[0] if ball is not None else norm
-    if rows and norm is not None:
+    if rows:
         clean = x[[at[k] for k in rows]]
-        sizes = ((xa[rows] - clean).flatten(1) != 0).sum(dim=1) if exact_l0 else distance(clean, xa[rows], norm)
-        for k, d in zip(rows, sizes.double().tolist(), strict=True):
-            dist[k] = d
-    return ball, box, dist
+        if norm is not None:
+            d = ((xa[rows] - clean).flatten(1) != 0).sum(dim=1) if exact_l0 else distance(clean, xa[rows], norm)
+            for k, v in zip(rows, d.double().tolist(), strict=True):
+                dist[k] = v
+        measured = {n: distance(clean, xa[rows], n).tolist() for n in RECORD_NORMS}
+        # float32 differences within RECORD_L0_ULP of L0_TOL may fall on the other side of it in the records'
+        # float64 ones: the l0 check allows one changed coordinate per such element
+        delta = (xa[rows] - clean).flatten(1).abs()
+        near = ((delta - L0_TOL).abs() <= RECORD_L0_ULP).sum(dim=1).tolist()
+        for j, k in enumerate(rows):
+            sizes[k] = {n: measured[n][j] for n in RECORD_NORMS} | {"l0_slack": float(near[j])}
+    return Geometry(ball, box, dist, sizes)
+
+
+def _size_mismatches(where: str, record: Mapping[str, Any], sizes: Mapping[str, float]) -> list[str]:
+    """The record's ``l0``, ``l1``, ``l2`` and ``linf`` against those of its saved example (the sweep curves and
+    the cross-check bound a sample by them, evaluate/robustness.py)."""
+    out = []
+    for n in RECORD_NORMS:
+        want, got = float(record[n]), sizes[n]
+        slack = sizes["l0_slack"] if n == "l0" else DISTANCE_RTOL * abs(got) + 1e-7
+        if not abs(want - got) <= slack:
+            out.append(f"{where}: the record's {n} {want:.6g} is not the example's {got:.6g}")
+    return out
 
 
 def verify_run(
@@ -311,7 +350,7 @@ def verify_run(
         top1: dict[str, list[int]] = {}
         gaps: dict[str, list[float]] = {}
         top5: dict[str, list[tuple[set[int], bool]]] = {}
-        geometry: dict[str, Any] = {}
+        geometry: dict[str, Geometry] = {}
         if readable:
             assert attacked is not None  # a record's sample was readable, so this batch prepared the model
             xa_all = [files[name]["x_adv"] for name in readable]  # type: ignore[index]
@@ -355,7 +394,9 @@ def verify_run(
                 continue
             out.checked += 1
             checked[aid] += 1
-            ball, box_ok, dist = geometry[name]
+            ball, box_ok, dist, sizes = geometry[name]
+            if sizes[row] is not None:
+                out.mismatches += _size_mismatches(where, r, sizes[row])
             if not box_ok[row]:
                 out.mismatches.append(f"{where}: the example leaves [0, 1]")
             elif ball is not None and not dist[row] <= ball[1] + (0.5 if ball[0] == "l0" else BALL_TOL):

@@ -98,8 +98,9 @@ def _add_norm(section: Section, norm: str, sec: Mapping[str, Any]) -> None:
                 f"{check['n_checked']} broken samples checked",
                 ["sample", "fixed-eps attack", "eps", "its perturbation", "minimal distance found"],
                 [[str(v["index"]), v["attack"], _num(v["eps"]), _num(v["bound"]), _num(v["distance"])] for v in shown],
-                note="every sample a fixed-eps attack broke at eps must have a minimal distance <= eps; a violation "
-                "means the minimal-norm attacks were weak on that sample"
+                note="every sample a fixed-eps attack broke at eps must have a minimal distance <= the size of the "
+                "perturbation it broke it with (its record's L1, L2 or Linf size, at most eps; in L0, eps); a "
+                "violation means the minimal-norm attacks were weak on that sample"
                 + (f" (first 20 of {check['n_violations']} shown)" if check["n_violations"] > 20 else ""),
                 id=f"cross-check-{norm}",
             )

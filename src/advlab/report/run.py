@@ -17,6 +17,7 @@ from typing import Any
 from ..evaluate.compare import FinishedRun, load_run
 from ..evaluate.intervals import fmt_interval, proportion
 from ..evaluate.saved import load_examples
+from ..evaluate.specs import SpecError, attack_norm
 from ..evaluate.summary import published_for, published_text
 from .document import Figure, Report, Section, Table
 from .plots import panel_png
@@ -71,6 +72,22 @@ def about_section(run: FinishedRun) -> Section:
     return Section("About this run", items=items, id="about")
 
 
+NORM_NAMES = {"l0": "L0", "l1": "L1", "l2": "L2", "linf": "Linf"}
+RESULT_COLUMNS = [
+    "attack", "clean top-1", "robust top-1", "robust top-5", "success", "n", "median, its norm", "median L2",
+    "median Linf",
+]  # fmt: skip
+
+
+def _own_norm(attack: Mapping[str, Any]) -> str | None:
+    """The norm a summary's attack works in (None for an attack this advlab does not know, e.g. a run's own)."""
+    try:
+        norm = attack_norm(str(attack["name"]), attack.get("params") or {})
+    except SpecError:
+        return None
+    return norm if norm in NORM_NAMES else None
+
+
 def results_table(summary: Mapping[str, Any]) -> Table:
     """One row per attack: clean and robust top-1/top-5 and success with 95% intervals, n, distances."""
     rows = []
@@ -80,6 +97,8 @@ def results_table(summary: Mapping[str, Any]) -> Table:
         succ = a.get("norms_successful") or {}
         pub = published_for(summary.get("model"), a)
         l2, linf = (succ.get("l2") or {}).get("median"), (succ.get("linf") or {}).get("median")
+        norm = _own_norm(a)
+        own = None if norm is None else (succ.get(norm) or {}).get("median")
         rows.append(
             [
                 a["id"],
@@ -88,16 +107,18 @@ def results_table(summary: Mapping[str, Any]) -> Table:
                 fmt_interval(ci.get("adv_top5")),
                 fmt_interval(ci.get("success_rate")),
                 str(a["n"]),
+                "n/a" if own is None else f"{NORM_NAMES[norm]} {own:.4g}",
                 "n/a" if l2 is None else f"{l2:.4f}",
                 "n/a" if linf is None else f"{linf:.4f}",
             ]
         )
     return Table(
         "Every attack, with 95% intervals",
-        ["attack", "clean top-1", "robust top-1", "robust top-5", "success", "n", "median L2", "median Linf"],
+        RESULT_COLUMNS,
         rows,
         "Percentages with their 95% Wilson score interval over n samples (success over the eligible samples). "
-        "Median L2 and Linf (pixel units) over the successful examples."
+        "Medians over the successful examples (pixel units): in the norm the attack works in (L0: changed "
+        "coordinates; n/a where the run's records do not carry it), and in L2 and Linf."
         + (
             " In brackets after robust top-1, for attacks in the threat model RobustBench evaluated: its published "
             "AutoAttack accuracy on the full test set (source under About this run)."
