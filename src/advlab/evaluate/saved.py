@@ -53,6 +53,9 @@ SAVED_VERSION = 3
 # Slack of "inside the eps-ball" and "inside [0, 1]" in pixel units: float32 round-off of x + delta, far
 # below one uint8 step (1/255).
 BALL_TOL = 1e-6
+# How far from L0_TOL a float32 difference of images in [0, 1] may land on the other side of it in float64 (the
+# float32 subtraction's rounding is below 6e-8).
+L0_NEAR = 1e-7
 
 
 def ball_of(name: str, params: Mapping[str, Any]) -> tuple[str, float] | None:
@@ -72,13 +75,29 @@ def distance(x: Tensor, x_adv: Tensor, norm: str) -> Tensor:
     below 6e-8, far under :data:`BALL_TOL`) and only the sums accumulate in float64, so no float64 copy of the
     images is made (verify and the uint8 re-check call this on every saved example)."""
     d = (x_adv - x).flatten(1)
+    return _size(d, d.abs(), norm)
+
+
+def distances(x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+    """:func:`distance` in every norm at once (one difference, one absolute value), and ``l0_near``: per sample,
+    the elements whose float32 difference lies within :data:`L0_NEAR` of ``L0_TOL``, where a float64 difference
+    (the records', evaluate/records.py) may fall on the other side of it."""
+    d = (x_adv - x).flatten(1)
+    a = d.abs()
+    out = {norm: _size(d, a, norm) for norm in ("l0", "l1", "l2", "linf")}
+    out["l0_near"] = ((a - L0_TOL).abs() <= L0_NEAR).sum(dim=1).double()
+    return out
+
+
+def _size(d: Tensor, a: Tensor, norm: str) -> Tensor:
+    """The norm of each row of ``d`` (``a`` = |d|), accumulated in float64."""
     if norm == "linf":
-        return d.abs().amax(dim=1).double()
+        return a.amax(dim=1).double()
     if norm == "l2":
         return torch.linalg.vector_norm(d, dim=1, dtype=torch.float64)
     if norm == "l1":
-        return d.abs().sum(dim=1, dtype=torch.float64)
-    return (d.abs() > L0_TOL).sum(dim=1).double()
+        return a.sum(dim=1, dtype=torch.float64)
+    return (a > L0_TOL).sum(dim=1).double()
 
 
 def in_ball(x: Tensor, x_adv: Tensor, ball: tuple[str, float] | None, tol: float = BALL_TOL) -> Tensor:

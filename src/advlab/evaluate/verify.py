@@ -72,10 +72,10 @@ from torch import nn
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
 from .engine import Judge, choose_targets, eot_samples_of, judged_logits, load_batch, plan_batches
-from .records import L0_TOL, RECORD_SCHEMA_VERSION
+from .records import RECORD_SCHEMA_VERSION
 from .run import device_of, model_digest
 from .rundir import RunDirectory
-from .saved import BALL_TOL, ball_of, distance, load_examples, saved_path
+from .saved import BALL_TOL, ball_of, distances, load_examples, saved_path
 from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
 from .verify_chains import chain_mismatches, chained_on
 from .verify_predictions import PROB_TOL, clean_mismatches, prediction_gaps, target_mismatches, top5_sets
@@ -85,9 +85,6 @@ from .verify_summary import count_mismatches, identity_mismatches, rebuilt_misma
 DISTANCE_RTOL = 1e-5
 # The sizes every record states (records.perturbation_norms), re-measured on its saved example.
 RECORD_NORMS = ("l0", "l1", "l2", "linf")
-# How far from L0_TOL a float32 difference may land on the other side of it in float64 (|delta| <= 1: the
-# float32 subtraction's rounding, 2^-24 relative, is below 6e-8).
-RECORD_L0_ULP = 1e-7
 
 
 class Geometry(NamedTuple):
@@ -175,17 +172,14 @@ def _geometry(
     norm = ball[0] if ball is not None else norm
     if rows:
         clean = x[[at[k] for k in rows]]
+        measured = distances(clean, xa[rows])
         if norm is not None:
-            d = ((xa[rows] - clean).flatten(1) != 0).sum(dim=1) if exact_l0 else distance(clean, xa[rows], norm)
+            d = ((xa[rows] - clean).flatten(1) != 0).sum(dim=1) if exact_l0 else measured[norm]
             for k, v in zip(rows, d.double().tolist(), strict=True):
                 dist[k] = v
-        measured = {n: distance(clean, xa[rows], n).tolist() for n in RECORD_NORMS}
-        # float32 differences within RECORD_L0_ULP of L0_TOL may fall on the other side of it in the records'
-        # float64 ones: the l0 check allows one changed coordinate per such element
-        delta = (xa[rows] - clean).flatten(1).abs()
-        near = ((delta - L0_TOL).abs() <= RECORD_L0_ULP).sum(dim=1).tolist()
+        listed = {n: v.tolist() for n, v in measured.items()}
         for j, k in enumerate(rows):
-            sizes[k] = {n: measured[n][j] for n in RECORD_NORMS} | {"l0_slack": float(near[j])}
+            sizes[k] = {n: listed[n][j] for n in listed}
     return Geometry(ball, box, dist, sizes)
 
 
@@ -195,7 +189,8 @@ def _size_mismatches(where: str, record: Mapping[str, Any], sizes: Mapping[str, 
     out = []
     for n in RECORD_NORMS:
         want, got = float(record[n]), sizes[n]
-        slack = sizes["l0_slack"] if n == "l0" else DISTANCE_RTOL * abs(got) + 1e-7
+        # an l0 may differ by the elements whose float32 difference is within L0_NEAR of L0_TOL
+        slack = sizes["l0_near"] if n == "l0" else DISTANCE_RTOL * abs(got) + 1e-7
         if not abs(want - got) <= slack:
             out.append(f"{where}: the record's {n} {want:.6g} is not the example's {got:.6g}")
     return out
