@@ -2,7 +2,7 @@
 
 For the model as given (``prepare=False``) and prepared (``prepare=True``, eval's default): run the attacks at
 each batch size, then count the records whose fields differ between the batch sizes: the top-1 outcome
-(``success``), the adversarial top-5 order, l0, and l2/linf beyond 1e-9 (relative), and the largest difference
+(``success``), the adversarial top-5 order, l0, and l1/l2/linf beyond 1e-9 (relative), and the largest difference
 of an adversarial probability. Differences come from float rounding of batched convolutions (a kernel's
 reduction order depends on the batch size), amplified by the attacks' iterations (PGD's sign steps, CW's Adam
 steps), and for CW with its default ``abort_early`` from the batch-wide end of a binary-search round; the
@@ -62,7 +62,7 @@ def main() -> None:
         make_spec("cw_l2", {"steps": 20, "binary_search_steps": 2, "abort_early": False}),
     ]
     print(f"{args.model}, first {args.limit} images of {args.data}, batch sizes {args.batch[0]} vs {args.batch[1]}")
-    print("| model | attack | records | success | adv top-5 order | l0 | l2 or linf | max abs dprob |")
+    print("| model | attack | records | success | adv top-5 order | l0 | l1, l2 or linf | max abs dprob |")
     print("|---|---|---|---|---|---|---|---|")
     for prepare in {"both": (False, True), "yes": (True,), "no": (False,)}[args.prepare]:
         runs = []
@@ -76,7 +76,7 @@ def main() -> None:
             name = ids[0] if len(ids) == 1 else "all"
             print(
                 f"| {label} | {name} | {c['records']} | {c['success']} | {c['adv_top5']} | {c['l0']} | "
-                f"{c['l2/linf']} | {c['max |d prob|']:.2e} |",
+                f"{c['l1/l2/linf']} | {c['max |d prob|']:.2e} |",
                 flush=True,
             )
         print(f"({label}: {time.perf_counter() - start:.0f} s)", flush=True)

@@ -270,6 +270,16 @@ def test_cli_suite_prints_its_stages_and_verify_exits_by_what_it_found(tmp_path,
     assert main(["verify", str(run), "--claim", str(claim)]) == 1
     out, _ = capsys.readouterr()
     assert "claim mismatch: threat_models[0].robust_top1.k: the claim says" in out
+    # A run verify refuses (records of an older schema) still has its claim checked and printed first.
+    older = tmp_path / "older"
+    shutil.copytree(run, older)
+    doc = json.loads((older / "run.json").read_text())
+    doc["config"]["record_schema"] -= 1
+    (older / "run.json").write_text(json.dumps(doc))
+    assert main(["verify", str(older), "--claim", str(claim)]) == 2
+    out, err = capsys.readouterr()
+    assert "claim mismatch: threat_models[0].robust_top1.k: the claim says" in out
+    assert "holds records of schema" in err and len(err.strip().splitlines()) == 1, err
     f = sorted((run / "adversarial").rglob("*.safetensors"))[0]
     f.write_bytes(f.read_bytes()[:64])
     assert main(["verify", str(run)]) == 1

@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from advlab.evaluate import evaluate, make_spec
 from advlab.evaluate.compare import load_run
@@ -81,22 +82,64 @@ def test_a_run_whose_records_are_of_another_schema_is_refused_in_one_line(chaine
 
 @pytest.mark.parametrize(("key", "factor"), [("l1", 0.5), ("l2", 1.01), ("linf", 0.9), ("l0", None)])
 def test_a_record_whose_stated_size_is_not_its_examples_is_caught(chained_run, tmp_path, key, factor):
-    # Records state each point's sizes, and the sweep curves and the cross-check bound a broken sample by them
-    # (an L1 row by its point's l1 since record schema 5): a smaller size edited in, with summary.json rebuilt
-    # by advlab's own code, would lower the curves unseen unless verify re-measures the saved example.
+    # Records state each point's sizes, and the sweep curves and the cross-check bound a broken sample by its
+    # l1/l2/linf (an L1 row by its point's l1 since record schema 5): a smaller size edited in, with summary.json
+    # rebuilt by advlab's own code, would lower the curves unseen unless verify re-measures the saved example.
+    # The edited records are copies (a chain of chains, pgd6 from pgd or fgsm): checked against their origin's file.
     model, data, out, _ = chained_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
-    f = records_file(copy, "pgd")
+    f = records_file(copy, "pgd6")
     lines = read_lines(f)
-    r = next(r for r in lines[:-1] if r["from"] is None and r[key] > 0)
+    r = next(r for r in lines[:-1] if r["from"] == ("fgsm" if key == "l0" else "pgd") and r[key] > 0)
     r[key] = r[key] - 1 if factor is None else r[key] * factor
     write_lines(f, lines)
     resummarize(copy)
     v = verify_run(copy, model, data)
     assert not v.ok
-    assert any(f"pgd, sample {r['index']}: the record's {key} " in m and "is not the example's" in m
+    assert any(f"pgd6, sample {r['index']}: the record's {key} " in m and "is not the example's" in m
                for m in v.mismatches), v.mismatches  # fmt: skip
+
+
+def test_honest_runs_in_every_norm_on_larger_images_verify(tmp_path):
+    """Every size a record states and every ball hold on re-measurement for attacks in each norm, on 3 x 64 x 64
+    images: CW-L2 (moves every element by ~1e-7), PGD-L1 at a large eps (its projection's float32 sum over many
+    changed elements lands a few 1e-8 of eps past it), PGD-L2, PGD_0 and a chained L0 row, DDN, FGSM at eps 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 5, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 15 * 15, 10)).eval()
+    x = (torch.rand(32, 3, 64, 64) * 255).round() / 255
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    specs = [
+        make_spec("pgd", {"eps": 20.0, "norm": "l1", "steps": 5}, id="pgd1"),
+        make_spec("pgd", {"eps": 0.5, "norm": "l2", "steps": 5}, id="pgd2"),
+        make_spec("pgd", {"eps": 50, "norm": "l0", "steps": 5}, id="pgd0"),
+        make_spec("pgd", {"eps": 20, "norm": "l0", "steps": 5}, id="pgd0_small", only_unbroken=("pgd0",)),
+        make_spec("cw_l2", {"steps": 10}, id="cw"),
+        make_spec("ddn", {"steps": 10}, id="ddn"),
+        make_spec("fgsm", {"eps": 0.0}, id="zero"),
+    ]
+    out = tmp_path / "run"
+    result = evaluate(model, Items(x, y), specs, out=out, batch_size=16, quiet=True, save_adversarial=True)
+    assert max(r["l1"] for r in result.records["pgd1"]) > 19.9  # points on the L1 sphere
+    v = verify_run(out, model, Items(x, y))
+    assert v.ok, v.mismatches[:5]
+
+
+def test_an_l0_count_may_differ_only_by_the_elements_at_the_threshold() -> None:
+    # The records count |delta| > L0_TOL on float64 differences, verify on float32 ones: an element within L0_NEAR
+    # of the threshold may fall on either side, and only those are allowed for.
+    from advlab.evaluate.records import L0_TOL, perturbation_norms
+    from advlab.evaluate.saved import L0_NEAR, distances
+
+    x = torch.full((1, 1, 4, 4), 0.3)
+    x_adv = x.clone().flatten()
+    x_adv[:3] += torch.tensor([L0_TOL + 2e-3, L0_TOL - 3e-8, L0_TOL + 5e-1 * L0_NEAR])
+    x_adv = x_adv.view_as(x)
+    got = distances(x, x_adv)
+    assert got["l0_near"].tolist() == [2.0]
+    assert abs(got["l0"].item() - perturbation_norms(x, x_adv)["l0"][0]) <= got["l0_near"].item()
+    assert got["l1"].item() == pytest.approx(perturbation_norms(x, x_adv)["l1"][0], rel=1e-6)
 
 
 def test_an_honest_chain_of_chains_verifies(chained_run):

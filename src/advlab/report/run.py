@@ -83,7 +83,7 @@ def _own_norm(attack: Mapping[str, Any]) -> str | None:
     """The norm a summary's attack works in (None for an attack this advlab does not know, e.g. a run's own)."""
     try:
         norm = attack_norm(str(attack["name"]), attack.get("params") or {})
-    except SpecError:
+    except (SpecError, TypeError, ValueError):  # not registered, or a callable whose signature cannot be read
         return None
     return norm if norm in NORM_NAMES else None
 
@@ -107,7 +107,7 @@ def results_table(summary: Mapping[str, Any]) -> Table:
                 fmt_interval(ci.get("adv_top5")),
                 fmt_interval(ci.get("success_rate")),
                 str(a["n"]),
-                "n/a" if own is None else f"{NORM_NAMES[norm]} {own:.4g}",
+                "n/a" if norm is None or own is None else f"{NORM_NAMES[norm]} {own:.{10 if norm == 'l0' else 4}g}",
                 "n/a" if l2 is None else f"{l2:.4f}",
                 "n/a" if linf is None else f"{linf:.4f}",
             ]
@@ -118,7 +118,8 @@ def results_table(summary: Mapping[str, Any]) -> Table:
         rows,
         "Percentages with their 95% Wilson score interval over n samples (success over the eligible samples). "
         "Medians over the successful examples (pixel units): in the norm the attack works in (L0: changed "
-        "coordinates; n/a where the run's records do not carry it), and in L2 and Linf."
+        "coordinates; n/a without successes, for an attack this advlab does not know, or where the run's records do "
+        "not carry that norm), and in L2 and Linf."
         + (
             " In brackets after robust top-1, for attacks in the threat model RobustBench evaluated: its published "
             "AutoAttack accuracy on the full test set (source under About this run)."
