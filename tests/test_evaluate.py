@@ -476,6 +476,21 @@ def test_summary_line_quotes_the_l2_of_successful_examples(data):
     line = summary_line(attack)
     assert f"mean L2 of successes {attack['norms_successful']['l2']['mean']:.4g}" in line
     assert attack["norms_successful"]["l2"]["mean"] > attack["norms"]["l2"]["mean"]
+    assert ", max L1 " not in line and ", max L0 " not in line
+
+
+@pytest.mark.parametrize(("name", "params", "norm"), [("pgd", {"norm": "l1", "eps": 4.0}, "l1"),
+                                                      ("apgd_l1", {"eps": 4.0}, "l1"),
+                                                      ("pgd", {"norm": "l0", "eps": 6}, "l0")])  # fmt: skip
+def test_summary_line_of_an_l1_or_l0_attack_shows_its_budget_held_in_its_norm(data, name, params, norm):
+    from advlab.evaluate.summary import summary_line
+
+    model, ds = data
+    result = evaluate(model, Items(ds.x[:16], ds.y[:16]), [make_spec(name, {**params, "steps": 3}, id="a")],
+                      batch_size=16, quiet=True)  # fmt: skip
+    largest = max(r[norm] for r in result.records["a"])
+    assert 0 < largest <= params["eps"] * (1 + 1e-6)
+    assert f", max {norm.upper()} {largest:.4g}, " in summary_line(result.summary["attacks"][0])
 
 
 def test_source_digest_follows_the_code_that_makes_records(tmp_path):
