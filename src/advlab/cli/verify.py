@@ -16,8 +16,8 @@ def add_verify_parser(sub: Any) -> argparse.ArgumentParser:
         help="check a --save-adversarial run's examples with forward passes only (box, ball, misclassified)",
         description="Reload the model and data a run names, check every saved adversarial example (inside [0, 1] "
         "and its eps-ball, of the L0/L1/L2/Linf sizes its record states, misclassified where the record says "
-        "broken) and recompute the summary. Prints the "
-        "mismatches; exit status 1 if there are any, 2 for a run that cannot be verified.",
+        "broken) and recompute the summary. Prints the mismatches; exit status 1 if there are any, 2 for a run that "
+        "cannot be verified.",
         formatter_class=DefaultsFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by advlab eval --save-adversarial")

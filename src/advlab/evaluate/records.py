@@ -29,6 +29,8 @@ from ..runtime.files import atomic_write_bytes
 # moves every pixel by ~1e-7 without meaning to).
 L0_TOL = 1e-5
 TOPK = 5
+# The sizes of its point every record states (perturbation_norms).
+RECORD_NORMS = ("l0", "l1", "l2", "linf")
 # The version of the record format and of what its fields mean, part of every run's fingerprint: BUMP it in
 # the change that adds, removes or redefines a field (or L0_TOL, TOPK), so older run directories are refused
 # instead of mixed with new records.
@@ -59,12 +61,12 @@ def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, list[float]]:
     """Per sample, the norms of x_adv - x in pixel units (float64): ``l0`` (elements moved by more than
     :data:`L0_TOL`, a whole number), ``l1``, ``l2`` and ``linf``."""
     delta = (x_adv.detach().double() - x.detach().double()).flatten(1)
-    n = delta.shape[0]
+    a = delta.abs()
     return {
-        "l0": [float(v) for v in (delta.abs() > L0_TOL).sum(dim=1).tolist()],
-        "l1": delta.abs().sum(dim=1).tolist(),
+        "l0": [float(v) for v in (a > L0_TOL).sum(dim=1).tolist()],
+        "l1": a.sum(dim=1).tolist(),
         "l2": delta.norm(p=2, dim=1).tolist(),
-        "linf": delta.abs().amax(dim=1).tolist() if delta.shape[1] else [0.0] * n,
+        "linf": a.amax(dim=1).tolist() if delta.shape[1] else [0.0] * delta.shape[0],
     }
 
 
@@ -244,7 +246,7 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 
 def _norm_stats(records: list[Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
-    return {key: _stats([float(r[key]) for r in records]) for key in ("l0", "l1", "l2", "linf")}
+    return {key: _stats([float(r[key]) for r in records]) for key in RECORD_NORMS}
 
 
 def _dedupe(records: Iterable[Mapping[str, Any]], what: str) -> list[Mapping[str, Any]]:

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ..attacks.norms import batch_view
 from ..runtime.files import atomic_write_bytes
-from .records import L0_TOL
+from .records import L0_TOL, RECORD_NORMS
 from .specs import AttackSpec, attack_norm
 
 SAVED_DIR = "adversarial"
@@ -84,7 +84,7 @@ def distances(x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
     (the records', evaluate/records.py) may fall on the other side of it."""
     d = (x_adv - x).flatten(1)
     a = d.abs()
-    out = {norm: _size(d, a, norm) for norm in ("l0", "l1", "l2", "linf")}
+    out = {norm: _size(d, a, norm) for norm in RECORD_NORMS}
     out["l0_near"] = ((a - L0_TOL).abs() <= L0_NEAR).sum(dim=1).double()
     return out
 

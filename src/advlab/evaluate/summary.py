@@ -14,7 +14,7 @@ from typing import Any
 from .. import __version__
 from ..numbers import parse_number
 from .intervals import CONFIDENCE, METHOD, fmt_interval, proportion, with_interval
-from .records import summarize
+from .records import RECORD_NORMS, summarize
 from .robustness import attach_robustness
 from .specs import AttackSpec, SpecError, attack_norm, suite_stage_names
 from .suite import DEFAULT_SQUARE_QUERIES, SUITES, suite_stages
@@ -216,10 +216,10 @@ def summary_line(attack: Mapping[str, Any], model: Mapping[str, Any] | None = No
     linf, l2 = attack["norms"]["linf"]["max"], (attack.get("norms_successful") or {}).get("l2", {}).get("mean")
     if linf is not None:
         line += f", max Linf {linf:.4g}, mean L2 of successes {'n/a' if l2 is None else f'{l2:.4g}'}"
-    sparse = _sparse_norm(attack)  # an L1 or L0 attack: the largest perturbation in its own norm, its budget held
-    own = (attack["norms"].get(sparse) or {}).get("max") if sparse is not None else None
+    sparse = summary_attack_norm(attack)  # an L1 or L0 attack: its largest perturbation in its norm, budget held
+    own = (attack["norms"].get(sparse) or {}).get("max") if sparse in ("l1", "l0") else None
     if own is not None:
-        line += f", max {sparse.upper()} {own:.4g}"
+        line += f", max {str(sparse).upper()} {own:.4g}"
     curve = attack.get("curve")  # minimal-norm attacks: the median smallest distance (advlab.evaluate.robustness)
     if curve is not None:
         median = curve["median_eps"]
@@ -227,14 +227,14 @@ def summary_line(attack: Mapping[str, Any], model: Mapping[str, Any] | None = No
     return line + f", {attack['time_s']:.1f} s over n={attack['n']} samples (95% Wilson intervals)"
 
 
-def _sparse_norm(attack: Mapping[str, Any]) -> str | None:
-    """"l1" or "l0" for a summary's attack in that norm, else None (Linf and L2 are on the line already; an attack
-    this advlab does not know has no norm here)."""
+def summary_attack_norm(attack: Mapping[str, Any]) -> str | None:
+    """The norm (l0, l1, l2 or linf) a summary's attack works in; None for one without a norm or one this advlab
+    does not know (not registered, or a callable whose signature cannot be read)."""
     try:
         norm = attack_norm(str(attack.get("name")), attack.get("params") or {})
     except (SpecError, TypeError, ValueError):
         return None
-    return norm if norm in ("l1", "l0") else None
+    return norm if norm in RECORD_NORMS else None
 
 
 def stage_lines(attack: Mapping[str, Any]) -> list[str]:

@@ -73,7 +73,7 @@ from torch import nn
 from ..models import prepare as prepare_model
 from .compare import FinishedRun, load_run
 from .engine import Judge, choose_targets, eot_samples_of, judged_logits, load_batch, plan_batches
-from .records import RECORD_SCHEMA_VERSION
+from .records import RECORD_NORMS, RECORD_SCHEMA_VERSION
 from .run import device_of, model_digest
 from .rundir import RunDirectory
 from .saved import BALL_TOL, ball_of, distances, load_examples, saved_path
@@ -86,8 +86,6 @@ from .verify_summary import count_mismatches, identity_mismatches, rebuilt_misma
 DISTANCE_RTOL = 1e-5
 # Relative slack of the L1 and L2 ball checks (ball_slack).
 BALL_RTOL = 1e-6
-# The sizes every record states (records.perturbation_norms), re-measured on its saved example.
-RECORD_NORMS = ("l0", "l1", "l2", "linf")
 
 
 class Geometry(NamedTuple):

@@ -17,8 +17,7 @@ from typing import Any
 from ..evaluate.compare import FinishedRun, load_run
 from ..evaluate.intervals import fmt_interval, proportion
 from ..evaluate.saved import load_examples
-from ..evaluate.specs import SpecError, attack_norm
-from ..evaluate.summary import published_for, published_text
+from ..evaluate.summary import published_for, published_text, summary_attack_norm
 from .document import Figure, Report, Section, Table
 from .plots import panel_png
 from .summary import summary_report, write_report
@@ -79,15 +78,6 @@ RESULT_COLUMNS = [
 ]  # fmt: skip
 
 
-def _own_norm(attack: Mapping[str, Any]) -> str | None:
-    """The norm a summary's attack works in (None for an attack this advlab does not know, e.g. a run's own)."""
-    try:
-        norm = attack_norm(str(attack["name"]), attack.get("params") or {})
-    except (SpecError, TypeError, ValueError):  # not registered, or a callable whose signature cannot be read
-        return None
-    return norm if norm in NORM_NAMES else None
-
-
 def results_table(summary: Mapping[str, Any]) -> Table:
     """One row per attack: clean and robust top-1/top-5 and success with 95% intervals, n, distances."""
     rows = []
@@ -97,7 +87,7 @@ def results_table(summary: Mapping[str, Any]) -> Table:
         succ = a.get("norms_successful") or {}
         pub = published_for(summary.get("model"), a)
         l2, linf = (succ.get("l2") or {}).get("median"), (succ.get("linf") or {}).get("median")
-        norm = _own_norm(a)
+        norm = summary_attack_norm(a)
         own = None if norm is None else (succ.get(norm) or {}).get("median")
         rows.append(
             [
