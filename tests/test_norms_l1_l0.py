@@ -174,6 +174,20 @@ def test_l0_projection_breaks_ties_per_row_whatever_the_batch_mates_budget() -> 
     assert (kept[0] != x[0]).nonzero().view(-1).tolist() == [5, 9, 700]
 
 
+def test_l0_projection_keeps_ties_that_fill_the_room_and_everything_at_a_full_budget() -> None:
+    """Row 0's gains tie at its k-th with exactly as many as it has room for (no tie to break); row 1 may keep
+    all its coordinates (k = n, no (k + 1)-th gain); row 2 keeps none (k = 0)."""
+    x = torch.full((3, 784), 0.5)
+    q = x.clone()
+    q[:, [5, 9, 20, 31]] += 0.1
+    q[:, 700] += 0.2
+    q[1] += torch.linspace(-0.9, 0.9, 784)  # half of it past the box
+    z = get_norm("l0").ball(x, torch.tensor([5.0, 784.0, 0.0])).project_(q.clone())
+    assert (z[0] != x[0]).nonzero().view(-1).tolist() == [5, 9, 20, 31, 700]
+    assert torch.equal(z[1], q[1].clamp(0, 1))
+    assert torch.equal(z[2], x[2])
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 30), st.integers(0, 30))
 def test_l0_projection_is_feasible_idempotent_and_nearest(seed: int, n: int, d: int, k: int) -> None:

@@ -84,15 +84,17 @@ def fmn_result(
     near = torch.zeros(n, dtype=torch.bool, device=x.device)  # the last estimate asked for less than gamma growth
     x_adv = x.clone()
 
-    def score(logits: Tensor, point: Tensor, obj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def score(logits: Tensor, point: Tensor, obj: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Keep ``point`` where it is adversarial (past the rounding slack) and smaller than the best so far;
         ``obj`` is the margin of ``logits`` (> 0 exactly when adversarial). Returns whether it is adversarial,
-        the slack and its size (reused by the step: each op is a kernel on a GPU)."""
+        the slack, the perturbation point - x and its size (reused by the step: each is a pass over the batch
+        on a CPU, a kernel on a GPU)."""
         slack = rounding_slack(logits)
         adversarial = obj > slack
-        size = geometry.size(point - x)
+        delta = point - x
+        size = geometry.size(delta)
         best.update(point, adversarial, size)
-        return adversarial, slack, size
+        return adversarial, slack, delta, size
 
     gammas = [cosine_annealing(gamma_init, gamma_final, i, steps) for i in range(steps)]
     # 1 / R_i, R_i = prod_{j > i} (1 - gamma_j): the shrink the schedule has left after step i. Summed in logs
@@ -115,7 +117,7 @@ def fmn_result(
             with torch.no_grad():
                 x_adv = x_adv.detach()
                 obj = obj.detach()
-                adversarial, slack, size = score(logits, x_adv, obj)
+                adversarial, slack, delta, size = score(logits, x_adv, obj)
                 found |= adversarial
                 grad_l2 = flat_norm(grad, 2.0).clamp_min(1e-12)  # the step's norm, and L2's dual norm
                 if l0:
@@ -136,7 +138,7 @@ def fmn_result(
                     near = estimate < floor
                     # Adversarial: shrink at least fast enough that the schedule's remaining shrinks still reach
                     # the boundary linearised along delta: t* ||delta||, where the margin obj is down to the slack.
-                    outward = (grad * (x_adv - x)).flatten(1).sum(dim=1)
+                    outward = (grad * delta).flatten(1).sum(dim=1)
                     t_star = torch.where(outward > 0, 1 - (obj - slack) / outward.clamp_min(1e-30), 1.0)
                     shrunk = torch.minimum(eps * (1 - gamma), best.size)
                     shrunk = torch.minimum(shrunk, size * t_star.clamp(RADIAL_TRUST, 1.0) * inv_reach[i])

@@ -301,25 +301,32 @@ class L0(Norm):
         gain, the lowest-indexed of them are kept: the row's choice is its own, whatever its batch mates' k.
         """
         x, k = ball.x, ball.eps.round().long()
-        d = x_adv.sub_(x).view(x.shape[0], -1)
-        u = (x.reshape(x.shape[0], -1) + d).clamp_(0, 1).sub_(x.reshape(x.shape[0], -1))
-        u_abs = u.abs()
-        gain = u_abs * (2 * d.abs() - u_abs)
-        # Each row's k-th largest gain, from the values of one top-k of the batch's largest k (a fraction of a
-        # full sort; the values, unlike the indices of tied ones, do not depend on that k): every gain above
-        # it is kept, and of those equal to it the first in index order, as many as the row has room for.
-        k = k.clamp(0, gain.shape[1])
+        xf = x.reshape(x.shape[0], -1)
+        d = x_adv.sub_(x).view(xf.shape)
+        u = (xf + d).clamp_(0, 1).sub_(xf)
+        # |u| (2 |d| - |u|) as u (2 d - u): u and d have one sign (or u = 0), so the two are the same number
+        # (up to the sign of a zero) in three passes over the batch where the absolute values took five.
+        gain = (d * 2).sub_(u).mul_(u)
+        # Each row's k-th largest gain, from the values of one top-k of the batch's largest k + 1 (a fraction of
+        # a full sort; the values, unlike the indices of tied ones, do not depend on that k): every gain above
+        # it is kept, and of those equal to it the first in index order, as many as the row has room for. The
+        # (k + 1)-th value says whether a row has more gains tied at its k-th than room, without counting.
+        n_coords = gain.shape[1]
+        k = k.clamp(0, n_coords)
         k_max = int(k.max()) if k.numel() else 0
         if k_max == 0:
             return d.zero_().view_as(x_adv).add_(x)
-        kth = gain.topk(k_max, dim=1).values.gather(1, (k - 1).clamp_min(0)[:, None])
+        top = gain.topk(min(k_max + 1, n_coords), dim=1).values
+        kth = top.gather(1, (k - 1).clamp_min(0)[:, None])
         kth = torch.where(k[:, None] > 0, kth, float("inf"))  # k = 0: keep none
         keep = gain >= kth
-        if bool((keep.sum(dim=1) > k).any()):  # more ties at the k-th gain than room: the first ones
+        after = top.gather(1, k.clamp_max(top.shape[1] - 1)[:, None])
+        crowded = (after == kth) & ((k > 0) & (k < n_coords))[:, None]
+        if bool(crowded.any()):  # more ties at the k-th gain than room: the first ones
             above = gain > kth
             tied = keep & ~above
             keep = above | (tied & (tied.cumsum(dim=1) <= (k - above.sum(dim=1))[:, None]))
-        return torch.add(u.mul_(keep), x.reshape(d.shape), out=d).view_as(x_adv).clamp_(0, 1)
+        return torch.add(torch.where(keep, u, 0.0), xf, out=d).view_as(x_adv).clamp_(0, 1)
 
 
 def check_count(eps: Tensor, name: str = "eps") -> None:

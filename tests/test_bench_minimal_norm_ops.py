@@ -1,0 +1,36 @@
+"""benchmarks/minimal_norm_ops.py's split of an attack's CPU time into the model's and the attack's own (the
+"outside it" column of docs/benchmarks.md), on runs whose heavy part is known to lie on one side."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from benchmarks.minimal_norm_ops import Scoped, time_outside_model
+
+
+def _wide_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(512, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(),
+                         nn.Linear(2048, 10))
+
+
+def test_the_model_and_its_input_gradient_count_inside_and_the_rest_outside() -> None:
+    model = Scoped(_wide_model())
+    x = torch.rand(64, 512, requires_grad=True)
+    big = torch.rand(256, 256)
+
+    def model_heavy() -> None:  # forward and input gradient: the model's work
+        for _ in range(3):
+            torch.autograd.grad(model(x).sum(), x)
+
+    def attack_heavy() -> None:  # one cheap forward, then a long computation of the attack's own
+        with torch.no_grad():
+            model(x[:4])
+        for _ in range(100):
+            big.matmul(big).topk(8, dim=1)
+
+    inside, outside = time_outside_model(model_heavy)
+    assert inside > 4 * outside > 0
+    inside, outside = time_outside_model(attack_heavy)
+    assert outside > 4 * inside > 0
