@@ -1,4 +1,4 @@
-"""Aten ops per step of advlab's FMN (L0, L1, L2, Linf) and DDN against adv_lib's, their CPU time outside the
+"""Aten ops per step of advlab's FMN (L0, L1, L2, Linf) and DDN against adv_lib's, their time outside the
 model, and their CPU time side by side.
 
 On a GPU, 100 steps of these attacks on a small CNN are launch-bound: the number of kernels per step decides
@@ -6,13 +6,15 @@ the wall time. This script counts, with torch.profiler on the CPU, the aten ops 
 launch a kernel (leaf ops, less views and allocations; ``item``/``_local_scalar_dense``, a host sync, counted
 apart), as the difference between a run of 2s and one of s steps divided by s (the set-up and the last
 scoring cancel), the model's forward and input-gradient backward included. Then, with ``--outside``, it
-profiles one run of ``--time-steps`` steps of each attack and splits its CPU time into the model's (its
-forward, and every op the autograd engine runs for the input gradient) and the attack's own (everything
-else: the loss, the step, the projection, the bookkeeping), per step in milliseconds: on a large model the
+profiles one run of ``--time-steps`` steps of each attack and splits its time into the model's (the elapsed
+time of its forward, and of every node the autograd engine runs for the input gradient, the loss's few
+included) and the attack's own (the rest of the run's elapsed time: the loss's forward, the step, the
+projection, the bookkeeping and the Python between them), per step in milliseconds: on a large model the
 attack's own time is a few percent of the whole, below the noise of end-to-end timings on a shared machine,
-and this column measures it apart (the profiler adds a few microseconds to every op; both libraries run about
-as many ops a step). Then it times each attack (median process time of ``--repeats`` runs, attacks
-alternating) on the same images. ``--entries`` keeps the entries whose name contains one of the given words.
+and this column measures it apart. Elapsed time on one thread, not process CPU time; the profiler adds a few
+microseconds to every op, on each side. Then it times each attack (median process time of ``--repeats`` runs,
+attacks alternating) on the same images. ``--entries`` keeps the entries whose name contains one of the given
+words.
 
     PYTHONPATH=src .venv/bin/python benchmarks/minimal_norm_ops.py --model fmnist_cnn_standard --n 100
     PYTHONPATH=src .venv/bin/python benchmarks/minimal_norm_ops.py --model efficientnet_lite0 --n 16 \
@@ -57,11 +59,13 @@ BACKWARD_SCOPE = "autograd::engine::evaluate_function"  # how the profiler names
 
 
 class Scoped(nn.Module):
-    """The model, its forward marked for the profiler, so that its time can be told from the attack's."""
+    """The model, its forward marked for the profiler, so that its time can be told from the attack's (in the
+    model's train/eval mode)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.train(model.training)
 
     def forward(self, x: Tensor) -> Tensor:
         with record_function(MODEL_SCOPE):
@@ -69,25 +73,27 @@ class Scoped(nn.Module):
 
 
 def time_outside_model(run: Callable[[], object]) -> tuple[float, float]:
-    """CPU seconds of one call (by torch.profiler) in the model, its forward and the autograd engine's
-    backward nodes (the model's and the loss's), and outside it, every other op's own time."""
+    """Seconds of one call (under torch.profiler) in the model, the elapsed time of its forwards
+    (:class:`Scoped`) and of the autograd engine's backward nodes (the model's and the loss's), and outside it,
+    the rest of the call's elapsed time."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
         run()
-    inside = outside = 0.0
+        elapsed = time.perf_counter() - start
+    inside = 0.0
 
     def visit(ev: FunctionEvent) -> None:
-        nonlocal inside, outside
+        nonlocal inside
         if ev.name == MODEL_SCOPE or ev.name.startswith(BACKWARD_SCOPE):
-            inside += ev.cpu_time_total
+            inside += ev.cpu_time_total / 1e6
             return
-        outside += ev.self_cpu_time_total
         for child in ev.cpu_children:
             visit(child)
 
     for ev in prof.events():
         if ev.cpu_parent is None:
             visit(ev)
-    return inside / 1e6, outside / 1e6
+    return inside, elapsed - inside
 
 
 def kernel_ops(run: Callable[[], object]) -> tuple[Counter[str], int]:
@@ -121,7 +127,8 @@ def kernel_ops(run: Callable[[], object]) -> tuple[Counter[str], int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fmnist_cnn_standard")
-    parser.add_argument("--n", type=int, default=100, help="test images (before keeping the correct)")
+    parser.add_argument("--n", type=int, default=100,
+                        help="test images before keeping the correct (efficientnet_lite0: its first n correct)")
     parser.add_argument("--steps", type=int, default=10, help="s: ops per step are (ops(2s) - ops(s)) / s")
     parser.add_argument("--time-steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
@@ -140,7 +147,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.model == "efficientnet_lite0":
         wl = imagenet_workload(Path(args.imagenet))
-        wl.x, wl.y = wl.x[: args.n], wl.y[: args.n]
+        wl.x, wl.y, wl.targets = wl.x[: args.n], wl.y[: args.n], wl.targets[: args.n]
     else:
         wl = fmnist_workload(args.model, args.n)
     model, x, y = Scoped(wl.model), wl.x, wl.y
@@ -157,8 +164,9 @@ def main() -> None:
         words = [w.strip() for w in args.entries.split(",") if w.strip()]
         entries = {k: v for k, v in entries.items() if any(w in k for w in words)}
     s = args.steps
-    print(f"{args.model}, {len(y)} images; ops per step from {s} and {2 * s} steps; cpu s: median of "
-          f"{args.repeats} runs of {args.time_steps} steps, 1 thread")
+    print(f"{args.model}, {len(y)} images, 1 thread; ops per step from {s} and {2 * s} steps"
+          + (f"; model and attack ms per step from one profiled run of {args.time_steps} steps" if args.outside else "")
+          + (f"; cpu s: median of {args.repeats} runs of {args.time_steps} steps" if args.repeats else ""))
     counts = {}
     for name, run in entries.items():
         run(2)  # warm-up
@@ -176,7 +184,7 @@ def main() -> None:
             t = time.process_time()
             entries[name](args.time_steps)
             times[name].append(time.process_time() - t)
-    print("| entry | ops per step | syncs per step | model cpu ms per step | outside it | cpu s |")
+    print("| entry | ops per step | syncs per step | model ms per step | attack's own | cpu s |")
     print("|---|---|---|---|---|---|")
     for name, (total, syncs, _) in counts.items():
         split = outside.get(name)

@@ -188,6 +188,40 @@ def test_l0_projection_keeps_ties_that_fill_the_room_and_everything_at_a_full_bu
     assert torch.equal(z[2], x[2])
 
 
+def test_l0_projection_keeps_nothing_at_a_zero_budget_even_an_infinite_move() -> None:
+    """A row with k = 0 next to one with k > 0 (so that the batch's top-k runs): not even a coordinate whose
+    move is infinite or overflows 2 d, whose gain is inf, is kept."""
+    x = torch.full((3, 3), 0.5)
+    q = torch.tensor([[float("inf"), 0.6, 0.5], [3e38, 0.6, 0.5], [0.7, 0.6, 0.5]])
+    z = get_norm("l0").ball(x, torch.tensor([0.0, 0.0, 1.0])).project_(q.clone())
+    assert torch.equal(z[:2], x[:2])
+    assert z[2].tolist() == pytest.approx([0.7, 0.5, 0.5])
+
+
+def _l0_reference(x: torch.Tensor, p: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The L0 ball ∩ box projection by a stable descending sort of each row's gains: the first k are kept."""
+    u = p.clamp(0, 1) - x
+    gain = u.abs() * (2 * (p - x).abs() - u.abs())
+    z = x.clone()
+    for i in range(x.shape[0]):
+        kept = gain[i].sort(descending=True, stable=True).indices[: int(k[i])]
+        z[i, kept] = p[i, kept].clamp(0, 1)
+    return z
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(1, 24), st.integers(0, 3))
+def test_l0_projection_matches_a_sort_reference_ties_included(seed: int, n: int, d: int, grid: int) -> None:
+    """Against :func:`_l0_reference` on points rounded to a grid of 2^-grid (grid 0-2: many equal gains, so
+    the tie rule decides), every budget from 0 to past d."""
+    x, p = _sample(seed, n, d)
+    if grid < 3:
+        x, p = (x * 2**grid).round() / 2**grid, (p * 2**grid).round() / 2**grid
+    k = torch.randint(0, d + 2, (n,), generator=torch.Generator().manual_seed(seed)).double()
+    z = get_norm("l0").ball(x, k).project_(p.clone())
+    assert torch.equal(z, _l0_reference(x, p, k.clamp(max=d)))
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 30), st.integers(0, 30))
 def test_l0_projection_is_feasible_idempotent_and_nearest(seed: int, n: int, d: int, k: int) -> None:

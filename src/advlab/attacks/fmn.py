@@ -121,6 +121,7 @@ def fmn_result(
                 found |= adversarial
                 grad_l2 = flat_norm(grad, 2.0).clamp_min(1e-12)  # the step's norm, and L2's dual norm
                 if l0:
+                    del delta  # not used in L0: no batch-sized tensor held through the next forward and backward
                     # Integer budgets: move by at least one coordinate (Pintor et al.'s L0 rule).
                     shrink = torch.minimum(torch.minimum(eps - 1, (eps * (1 - gamma)).floor()), best.size)
                     grow = torch.maximum(eps + 1, (eps * (1 + gamma)).floor())

@@ -304,8 +304,9 @@ class L0(Norm):
         xf = x.reshape(x.shape[0], -1)
         d = x_adv.sub_(x).view(xf.shape)
         u = (xf + d).clamp_(0, 1).sub_(xf)
-        # |u| (2 |d| - |u|) as u (2 d - u): u and d have one sign (or u = 0), so the two are the same number
-        # (up to the sign of a zero) in three passes over the batch where the absolute values took five.
+        # |u| (2 |d| - |u|) as u (2 d - u): with x in the box, |fl(x + d) - x| <= 2 |d|, so u and 2 d - u have
+        # d's sign (or are 0) and the two are the same number (up to the sign of a zero) in three passes over the
+        # batch where the absolute values took five.
         gain = (d * 2).sub_(u).mul_(u)
         # Each row's k-th largest gain, from the values of one top-k of the batch's largest k + 1 (a fraction of
         # a full sort; the values, unlike the indices of tied ones, do not depend on that k): every gain above
@@ -318,10 +319,12 @@ class L0(Norm):
             return d.zero_().view_as(x_adv).add_(x)
         top = gain.topk(min(k_max + 1, n_coords), dim=1).values
         kth = top.gather(1, (k - 1).clamp_min(0)[:, None])
-        kth = torch.where(k[:, None] > 0, kth, float("inf"))  # k = 0: keep none
+        kth = torch.where(k[:, None] > 0, kth, float("nan"))  # k = 0: keep none (no gain is >= NaN, not even inf)
         keep = gain >= kth
-        after = top.gather(1, k.clamp_max(top.shape[1] - 1)[:, None])
-        crowded = (after == kth) & ((k > 0) & (k < n_coords))[:, None]
+        next_value = top.gather(1, k.clamp_max(top.shape[1] - 1)[:, None])
+        crowded = next_value == kth
+        if k_max == n_coords:  # a row that keeps everything has no (k + 1)-th value: it read its own k-th
+            crowded &= (k < n_coords)[:, None]
         if bool(crowded.any()):  # more ties at the k-th gain than room: the first ones
             above = gain > kth
             tied = keep & ~above
