@@ -65,7 +65,7 @@ class Scoped(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.train(model.training)
+        self.training = model.training  # the wrapper's own flag; the model's submodules keep theirs
 
     def forward(self, x: Tensor) -> Tensor:
         with record_function(MODEL_SCOPE):

@@ -15,6 +15,11 @@ def _wide_model() -> nn.Module:
                          nn.Linear(2048, 10))
 
 
+def test_the_wrapper_keeps_the_models_mode() -> None:
+    assert Scoped(_wide_model().eval()).training is False
+    assert Scoped(_wide_model().train()).training is True
+
+
 def test_the_model_and_its_input_gradient_count_inside_and_the_rest_outside() -> None:
     model = Scoped(_wide_model())
     x = torch.rand(64, 512, requires_grad=True)
@@ -24,11 +29,21 @@ def test_the_model_and_its_input_gradient_count_inside_and_the_rest_outside() ->
         for _ in range(3):
             torch.autograd.grad(model(x).sum(), x)
 
-    def attack_heavy() -> None:  # one cheap forward, then a long computation of the attack's own
+    def attack_heavy() -> None:  # one cheap forward, then a long computation of the attack's own: ops, and
+        with torch.no_grad():  # Python between them, which no profiler event covers
+            model(x[:4])
+        for _ in range(100):
+            big.matmul(big).topk(8, dim=1)
+        total = 0
+        for i in range(300_000):
+            total += i * i
+
+    def python_only() -> None:
         with torch.no_grad():
             model(x[:4])
-        for _ in range(200):
-            big.matmul(big).topk(8, dim=1)
+        total = 0
+        for i in range(300_000):
+            total += i * i
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # elapsed time on one thread, as the benchmark runs
@@ -36,6 +51,8 @@ def test_the_model_and_its_input_gradient_count_inside_and_the_rest_outside() ->
         inside, outside = time_outside_model(model_heavy)
         assert inside > 4 * outside >= 0
         inside, outside = time_outside_model(attack_heavy)
+        assert outside > 4 * inside > 0
+        inside, outside = time_outside_model(python_only)
         assert outside > 4 * inside > 0
     finally:
         torch.set_num_threads(threads)

@@ -198,26 +198,44 @@ def test_l0_projection_keeps_nothing_at_a_zero_budget_even_an_infinite_move() ->
     assert z[2].tolist() == pytest.approx([0.7, 0.5, 0.5])
 
 
+def test_l0_projection_tells_a_tie_that_overflows_the_room_by_the_next_gain() -> None:
+    """Row 0's two largest gains tie and it may keep 1, beside a row that keeps 3 (so the batch's top-k is
+    deeper than row 0's k + 1): the first of the tied only. Row 0's (k + 1)-th gain is what says the tie
+    overflows; its (k + 2)-th does not."""
+    x = torch.full((2, 4), 0.5)
+    p = x + torch.tensor([[0.2, 0.2, 0.1, 0.0], [0.3, 0.2, 0.1, 0.05]])
+    z = get_norm("l0").ball(x, torch.tensor([1.0, 3.0])).project_(p.clone())
+    assert (z[0] != x[0]).nonzero().view(-1).tolist() == [0]
+    assert (z[1] != x[1]).nonzero().view(-1).tolist() == [0, 1, 2]
+
+
 def _l0_reference(x: torch.Tensor, p: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The L0 ball ∩ box projection by a stable descending sort of each row's gains: the first k are kept."""
-    u = p.clamp(0, 1) - x
-    gain = u.abs() * (2 * (p - x).abs() - u.abs())
+    """The L0 ball ∩ box projection by a stable descending sort of each row's gains: the first k are kept. A
+    reference for which coordinates are kept; the arithmetic is the projection's (d = p - x, the kept
+    coordinate's move clip(x + d) - x added back to x), so that in float32 the values agree bit for bit too."""
+    d = p - x
+    u = (x + d).clamp(0, 1) - x
+    gain = u.abs() * (2 * d.abs() - u.abs())
     z = x.clone()
     for i in range(x.shape[0]):
         kept = gain[i].sort(descending=True, stable=True).indices[: int(k[i])]
-        z[i, kept] = p[i, kept].clamp(0, 1)
+        z[i, kept] = (x[i, kept] + u[i, kept]).clamp(0, 1)
     return z
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(1, 24), st.integers(0, 3))
-def test_l0_projection_matches_a_sort_reference_ties_included(seed: int, n: int, d: int, grid: int) -> None:
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(1, 24), st.integers(0, 3),
+       st.sampled_from([torch.float32, torch.float64]))
+def test_l0_projection_matches_a_sort_reference_ties_included(
+    seed: int, n: int, d: int, grid: int, dtype: torch.dtype
+) -> None:
     """Against :func:`_l0_reference` on points rounded to a grid of 2^-grid (grid 0-2: many equal gains, so
     the tie rule decides), every budget from 0 to past d."""
     x, p = _sample(seed, n, d)
     if grid < 3:
         x, p = (x * 2**grid).round() / 2**grid, (p * 2**grid).round() / 2**grid
-    k = torch.randint(0, d + 2, (n,), generator=torch.Generator().manual_seed(seed)).double()
+    x, p = x.to(dtype), p.to(dtype)
+    k = torch.randint(0, d + 2, (n,), generator=torch.Generator().manual_seed(seed)).to(dtype)
     z = get_norm("l0").ball(x, k).project_(p.clone())
     assert torch.equal(z, _l0_reference(x, p, k.clamp(max=d)))
 

@@ -121,7 +121,7 @@ def fmn_result(
                 found |= adversarial
                 grad_l2 = flat_norm(grad, 2.0).clamp_min(1e-12)  # the step's norm, and L2's dual norm
                 if l0:
-                    del delta  # not used in L0: no batch-sized tensor held through the next forward and backward
+                    del delta  # not used in L0 (and freed before the next forward and backward)
                     # Integer budgets: move by at least one coordinate (Pintor et al.'s L0 rule).
                     shrink = torch.minimum(torch.minimum(eps - 1, (eps * (1 - gamma)).floor()), best.size)
                     grow = torch.maximum(eps + 1, (eps * (1 + gamma)).floor())
@@ -140,6 +140,7 @@ def fmn_result(
                     # Adversarial: shrink at least fast enough that the schedule's remaining shrinks still reach
                     # the boundary linearised along delta: t* ||delta||, where the margin obj is down to the slack.
                     outward = (grad * delta).flatten(1).sum(dim=1)
+                    del delta
                     t_star = torch.where(outward > 0, 1 - (obj - slack) / outward.clamp_min(1e-30), 1.0)
                     shrunk = torch.minimum(eps * (1 - gamma), best.size)
                     shrunk = torch.minimum(shrunk, size * t_star.clamp(RADIAL_TRUST, 1.0) * inv_reach[i])

@@ -299,9 +299,13 @@ class L0(Norm):
         the k kept are those of largest gain d_i^2 - (d_i - u_i)^2 = |u_i| (2 |d_i| - |u_i|), which is |d_i|^2
         where the box does not bind (keep the k largest |d_i|). Where several coordinates tie at a row's k-th
         gain, the lowest-indexed of them are kept: the row's choice is its own, whatever its batch mates' k.
+        The moves d must not be NaN (a NaN gain ranks first and is never kept); a row with k = 0 keeps nothing,
+        whatever its moves.
         """
-        x, k = ball.x, ball.eps.round().long()
+        x = ball.x
         xf = x.reshape(x.shape[0], -1)
+        n_coords = xf.shape[1]
+        k = ball.eps.clamp(0, n_coords).round().long()  # clamped first: a huge eps would overflow the long
         d = x_adv.sub_(x).view(xf.shape)
         u = (xf + d).clamp_(0, 1).sub_(xf)
         # |u| (2 |d| - |u|) as u (2 d - u): with x in the box, |fl(x + d) - x| <= 2 |d|, so u and 2 d - u have
@@ -312,8 +316,6 @@ class L0(Norm):
         # a full sort; the values, unlike the indices of tied ones, do not depend on that k): every gain above
         # it is kept, and of those equal to it the first in index order, as many as the row has room for. The
         # (k + 1)-th value says whether a row has more gains tied at its k-th than room, without counting.
-        n_coords = gain.shape[1]
-        k = k.clamp(0, n_coords)
         k_max = int(k.max()) if k.numel() else 0
         if k_max == 0:
             return d.zero_().view_as(x_adv).add_(x)
