@@ -30,6 +30,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advlab import attacks
+from benchmarks._peers.entries import entry_rank, entry_words
 from benchmarks._peers.libraries import stub_visdom
 from benchmarks.minimal_norm import autoattack_fab_t
 from tests.boxed_linear import P, boxed_problems
@@ -107,7 +108,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds of 6 problems each")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--norms", default=",".join(NORMS))
-    parser.add_argument("--entries", default="", help="comma-separated words; keep entries whose name has one")
+    parser.add_argument("--entries", default="",
+                        help="comma-separated words: keep the entries containing one (or, with a leading =, so named)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     problems = [p for seed in range(args.seeds) for p in boxed_problems(seed)]
@@ -117,9 +119,9 @@ def main() -> None:
     print("| norm | entry | broken | within 1% (L0: +1) | median over optimum | largest | cpu s |")
     print("|---|---|---|---|---|---|---|")
     for norm in args.norms.split(","):
-        words = [w for w in args.entries.split(",") if w]
+        words = entry_words(args.entries)
         for name, run in entries(norm):
-            if words and not any(w in name for w in words):
+            if words and entry_rank(name, words) is None:
                 continue
             ratios, close, float32, cpu = [], 0, False, 0.0
             for model, x, y, exact in problems:

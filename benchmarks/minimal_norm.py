@@ -79,14 +79,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advlab import attacks
 from advlab.attacks.minimal import verified_distance
+from benchmarks._peers.entries import entry_rank, entry_words
 from benchmarks._peers.libraries import stub_visdom
 from benchmarks._peers.measure import timed
 from benchmarks._peers.workload import (
     IMAGENET_30X5,
-    Workload,
+    attack_workload,
     batch_slices,
-    fmnist_workload,
-    imagenet_workload,
     images_sha256,
     parse_shard,
     shard_slice,
@@ -324,16 +323,6 @@ def count(text: str) -> int:
     return value
 
 
-def workload(args: argparse.Namespace) -> Workload:
-    """The model and images of ``--model``: a shipped Fashion-MNIST model on the first ``--n`` test images, or
-    EfficientNet-Lite0 on (at most ``--n`` of) the shared ImageNet images; the correctly classified ones."""
-    if args.model != "efficientnet_lite0":
-        return fmnist_workload(args.model, args.images)
-    wl = imagenet_workload(Path(args.imagenet))
-    wl.x, wl.y, wl.targets = wl.x[: args.images], wl.y[: args.images], wl.targets[: args.images]
-    return wl
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fmnist_cnn_standard")
@@ -367,7 +356,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    wl = workload(args)
+    wl = attack_workload(args.model, args.images, Path(args.imagenet))
     kept, kept_sha256 = len(wl.x), "" if save is None else images_sha256(wl.x)
     if args.shard is not None:
         if args.shard[1] > kept:
@@ -416,13 +405,11 @@ def main() -> None:
     if wl.num_classes > MAX_JACOBIAN_CLASSES:
         print(f"({wl.num_classes} classes: {', '.join(JACOBIAN_FABS)} left out)", file=sys.stderr)
         entries = {k: [e for e in v if e[0] not in JACOBIAN_FABS] for k, v in entries.items()}
-    words = [w for w in args.entries.split(",") if w]
+    words = entry_words(args.entries)
     if words:
 
         def rank(name: str) -> int | None:
-            """The index of the first word that keeps entry ``name``; None where none does."""
-            matches = (i for i, w in enumerate(words) if (name == w[1:] if w.startswith("=") else w in name))
-            return next(matches, None)
+            return entry_rank(name, words)
 
         # Kept entries run in the order of the words that keep them (a process's first timed run can differ).
         entries = {

@@ -14,7 +14,7 @@ attack's own time is a few percent of the whole, below the noise of end-to-end t
 and this column measures it apart. Elapsed time on one thread, not process CPU time; the profiler adds a few
 microseconds to every op, on each side. Then it times each attack (median process time of ``--repeats`` runs,
 attacks alternating) on the same images. ``--entries`` keeps the entries whose name contains one of the given
-words.
+words (or is one given with a leading ``=``).
 
     PYTHONPATH=src .venv/bin/python benchmarks/minimal_norm_ops.py --model fmnist_cnn_standard --n 100
     PYTHONPATH=src .venv/bin/python benchmarks/minimal_norm_ops.py --model efficientnet_lite0 --n 16 \
@@ -38,8 +38,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._peers.entries import entry_rank, entry_words
 from benchmarks._peers.libraries import stub_visdom
-from benchmarks._peers.workload import IMAGENET_30X5, fmnist_workload, imagenet_workload
+from benchmarks._peers.workload import IMAGENET_30X5, attack_workload
 
 # Ops that launch no kernel: views, metadata and allocations.
 NO_KERNEL = {
@@ -133,7 +134,8 @@ def main() -> None:
     parser.add_argument("--time-steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--detail", action="store_true", help="print each entry's ops per step by name")
-    parser.add_argument("--entries", default="", help="comma-separated words: keep the entries containing one")
+    parser.add_argument("--entries", default="",
+                        help="comma-separated words: keep the entries containing one (or, with a leading =, so named)")
     parser.add_argument("--outside", action="store_true",
                         help="profile one run of --time-steps steps: the attack's CPU ms a step outside the model")
     parser.add_argument("--imagenet", default=str(IMAGENET_30X5), help="the ImageNet folder of efficientnet_lite0")
@@ -145,11 +147,7 @@ def main() -> None:
     from advlab import attacks
 
     torch.set_num_threads(1)
-    if args.model == "efficientnet_lite0":
-        wl = imagenet_workload(Path(args.imagenet))
-        wl.x, wl.y, wl.targets = wl.x[: args.n], wl.y[: args.n], wl.targets[: args.n]
-    else:
-        wl = fmnist_workload(args.model, args.n)
+    wl = attack_workload(args.model, args.n, Path(args.imagenet))
     model, x, y = Scoped(wl.model), wl.x, wl.y
     entries: dict[str, Callable[[int], Tensor]] = {}
     for norm, p in (("l0", 0.0), ("l1", 1.0), ("l2", 2.0), ("linf", float("inf"))):
@@ -160,9 +158,9 @@ def main() -> None:
                                                         gamma_init=0.05)
     entries["advlab ddn"] = lambda s: attacks.ddn(model, x, y, steps=s)
     entries["adv_lib ddn"] = lambda s: adv_lib_ddn(model, x, y, steps=s)
-    if args.entries:
-        words = [w.strip() for w in args.entries.split(",") if w.strip()]
-        entries = {k: v for k, v in entries.items() if any(w in k for w in words)}
+    words = entry_words(args.entries)
+    if words:
+        entries = {k: v for k, v in entries.items() if entry_rank(k, words) is not None}
     s = args.steps
     print(f"{args.model}, {len(y)} images, 1 thread; ops per step from {s} and {2 * s} steps"
           + (f"; model and attack ms per step from one profiled run of {args.time_steps} steps" if args.outside else "")

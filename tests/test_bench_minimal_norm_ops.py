@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from benchmarks._peers.entries import entry_rank, entry_words
 from benchmarks.minimal_norm_ops import Scoped, time_outside_model
 
 
@@ -56,3 +57,12 @@ def test_the_model_and_its_input_gradient_count_inside_and_the_rest_outside() ->
         assert outside > 4 * inside > 0
     finally:
         torch.set_num_threads(threads)
+
+
+def test_entries_keep_names_containing_a_word_or_named_exactly_after_an_equals_sign() -> None:
+    words = entry_words(" =advlab fmn l0 , ,fab ")
+    assert words == ["=advlab fmn l0", "fab"]
+    assert entry_rank("advlab fmn l0", words) == 0
+    assert entry_rank("advlab fmn l0 a1", words) is None  # "=" keeps the one so named only
+    assert entry_rank("adv_lib fab", words) == 1
+    assert entry_rank("advlab fmn l0 a1", ["fmn l0"]) == 0

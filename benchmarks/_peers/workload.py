@@ -230,3 +230,14 @@ def fmnist_workload(name: str, count: int) -> Workload:
     return Workload(
         f"{name} / fashion-mnist test[:{count}]", Counted(model), xs, ys, _targets(ys, 10), 10, source, len(x)
     )
+
+
+def attack_workload(model: str, count: int, imagenet: Path = IMAGENET_30X5) -> Workload:
+    """The model and images of a benchmark's ``--model``: a shipped Fashion-MNIST model on the correctly classified
+    of its first ``count`` test images, or EfficientNet-Lite0 on (at most ``count`` of) the correctly classified
+    images of ``imagenet``."""
+    if model != "efficientnet_lite0":
+        return fmnist_workload(model, count)
+    wl = imagenet_workload(imagenet)
+    wl.x, wl.y, wl.targets = wl.x[:count], wl.y[:count], wl.targets[:count]
+    return wl
