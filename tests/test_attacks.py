@@ -527,6 +527,7 @@ def _bad_inputs() -> list[tuple[str, dict, type[Exception], str]]:
         ("x half", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.float16)}, TypeError, "autocast"),
         ("x double", {"x": torch.zeros((2, 1, 8, 8), dtype=torch.float64)}, TypeError, "x.to(torch.float32)"),
         ("y length", {"y": torch.tensor([1, 2, 3])}, ValueError, "shape (2,)"),
+        ("x one image", {"x": torch.rand(3, 8, 8), "y": torch.tensor([1])}, ValueError, "x[None]"),
         ("y float", {"y": torch.tensor([1.0, 2.0])}, TypeError, "integer"),
         ("y too big", {"y": torch.tensor([1, 10])}, ValueError, "10 classes"),
         ("y negative", {"y": torch.tensor([-1, 0])}, ValueError, ">= 0"),
@@ -548,6 +549,9 @@ def test_bad_inputs_raise_clear_errors(name: str, case) -> None:
     "call, error, fragment",
     [
         (lambda m, x, y: attacks.fgsm(m, x, y, -0.1), ValueError, "eps must be >= 0"),
+        (lambda m, x, y: attacks.fgsm(m, x, y, float("inf")), ValueError, "eps must be finite, got inf"),
+        (lambda m, x, y: attacks.pgd(m, x, y, 1e39, norm="l2"), ValueError,
+         "eps 1e+39 overflows x's dtype torch.float32 (largest 3.4e+38)"),
         (lambda m, x, y: attacks.pgd(m, x, y, 0.1, 0.0, 5), ValueError, "alpha must be > 0"),
         (lambda m, x, y: attacks.bim(m, x, y, 0.1, -1.0, 5), ValueError, "alpha must be > 0"),
         (lambda m, x, y: attacks.pgd(m, x, y, 0.1, 0.01, 0), ValueError, "steps must be >= 1"),

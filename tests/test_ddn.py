@@ -54,8 +54,10 @@ def test_ddn_quantised_points_lie_on_the_grid(digits_model) -> None:
         ({"steps": 0}, ValueError, "steps must be >= 1"),
         ({"gamma": 1.0}, ValueError, "gamma must be < 1"),
         ({"init_norm": -1.0}, ValueError, "init_norm"),
-        ({"levels": 1}, ValueError, "levels"),
-        ({"levels": 2.5}, TypeError, "levels must be an int"),
+        ({"levels": 1}, ValueError, "levels must be None (no quantisation) or an int >= 2"),
+        ({"levels": 0}, ValueError, "an int >= 2, got 0"),
+        ({"levels": True}, TypeError, "an int >= 2, got True"),
+        ({"levels": 2.5}, TypeError, "an int >= 2, got 2.5"),
     ],
 )
 def test_ddn_bad_parameters_raise_clear_errors(kwargs: dict, error: type, fragment: str) -> None:

@@ -208,6 +208,33 @@ def test_fab_finds_the_exact_distance_to_a_linear_boundary(norm: str, targeted: 
     assert bool((distance <= exact[norm] * 1.01).all()), distance / exact[norm]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_fab_leaves_an_exact_tie_of_two_logits(norm: str, targeted: bool, dtype: torch.dtype) -> None:
+    # x exactly on the boundary of a linear model, in exact (dyadic) arithmetic: both logits 1, argmax takes
+    # class 0, so x is not adversarial for y = 0 (nor classified as target 1). Any move along w crosses: the
+    # minimal distance is 0+, and FAB must not sit on the tie (its projection onto the boundary is x itself).
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    w1 = torch.randint(-3, 4, (d,), generator=g).to(dtype)
+    x = torch.full((2, 1, 4, 4), 0.5, dtype=dtype)
+    weight = torch.stack([torch.zeros(d, dtype=dtype), w1])
+    bias = torch.tensor([1.0, 1.0 - 0.5 * float(w1.sum())], dtype=dtype)
+    model = Linear(weight, bias)
+    with torch.no_grad():
+        z = model(x)
+    assert bool((z[:, 0] == z[:, 1]).all()) and bool((z.argmax(1) == 0).all())
+    labels = torch.ones(2, dtype=torch.long) if targeted else torch.zeros(2, dtype=torch.long)
+    res = attacks.fab(model, x, labels, norm=norm, steps=10, targeted=targeted, return_info=True)
+    assert bool(res.success.all())
+    with torch.no_grad():
+        margin_after = (model(res.x_adv) @ torch.tensor([-1.0, 1.0], dtype=dtype))
+    assert bool((margin_after > 0).all())
+    # Just past the tie: the rounding slack (1e-4 of the largest |logit|) over ||w1||_dual, with room to spare.
+    assert bool((res.extras["distance"] < 1e-3).all()), res.extras["distance"]
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_fab_points_are_in_the_box_and_success_agrees_with_the_model(norm: str, digits_model) -> None:
     model, x, y = digits_model

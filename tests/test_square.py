@@ -120,6 +120,30 @@ def test_square_breaks_the_digits_cnn_and_respects_the_budget(digits_model) -> N
     assert torch.equal(model(targeted.x_adv).argmax(1)[targeted.success], ((y + 1) % 10)[targeted.success])
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_samples_adversarial_at_x_come_back_as_x_without_queries(norm: str, digits_model) -> None:
+    # Labels no image of the batch has: every clean image is already "broken". A search from the stripes could
+    # land back in class y; the attack must not spend queries there and must report x, successful.
+    model, x, y = digits_model
+    x, y = x[:40], digits_model[0](x[:40]).argmax(1)
+    wrong = (y + 1) % 10
+    labels = torch.where(torch.arange(40) % 2 == 0, wrong, y)  # half already adversarial, half to attack
+    eps = 0.3 if norm == "linf" else 3.0
+    res = attacks.square(model, x, labels, eps, norm=norm, queries=10, seed=0, return_info=True)
+    clean = torch.arange(40) % 2 == 0
+    assert bool(res.success[clean].all())
+    assert torch.equal(res.x_adv[clean], x[clean]) and bool((res.extras["queries"][clean] == 0).all())
+    assert bool((res.extras["queries"][~clean] >= 1).all())
+    # Targeted: x already classified as the target is the answer too.
+    res_t = attacks.square(model, x, y, eps, norm=norm, queries=10, targeted=True, seed=0, return_info=True)
+    assert bool(res_t.success.all()) and torch.equal(res_t.x_adv, x)
+    # The samples to attack get what they would get in a batch of their own.
+    alone = attacks.square(model, x[~clean], labels[~clean], eps, norm=norm, queries=10,
+                           seed=torch.arange(40)[~clean], return_info=True)  # fmt: skip
+    mixed = attacks.square(model, x, labels, eps, norm=norm, queries=10, seed=torch.arange(40), return_info=True)
+    torch.testing.assert_close(mixed.x_adv[~clean], alone.x_adv, rtol=0, atol=0)
+
+
 def test_model_left_as_it_was_and_no_gradient_needed() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.5))
     model.train()

@@ -117,7 +117,9 @@ def apgd_run(
 
     def evaluate(x_adv: Tensor, lab: PerSample, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
         def f(logits: Tensor) -> Tensor:
-            return _objective(logits, lab.y, lab.target if target is not None else None, loss, mode)
+            # In x's dtype: a model that autocasts returns half logits, whose objective would neither fit the
+            # state below nor resolve the differences the step-size rule compares (a no-op otherwise).
+            return _objective(logits.to(x.dtype), lab.y, lab.target if target is not None else None, loss, mode)
 
         if need_grad:
             logits, obj, grad = view.value_and_grad(x_adv, f)

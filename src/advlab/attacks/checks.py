@@ -115,7 +115,12 @@ def check_labels(y: object, n: int, device: torch.device) -> tuple[Tensor, int]:
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"y must hold integer class indices (e.g. torch.int64), got dtype {y.dtype}")
     if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"y must have shape ({n},), one class index per image in x, got shape {tuple(y.shape)}")
+        hint = ""
+        if y.ndim == 1 and y.shape[0] == 1 and n > 1:  # one label for x read as a batch: an image without N?
+            hint = f"; if x is one image, give it as a batch of one, x[None] (shape (1, {n}, ...))"
+        raise ValueError(
+            f"y must have shape ({n},), one class index per image in x, got shape {tuple(y.shape)}{hint}"
+        )
     lo, hi = (int(v) for v in torch.stack([y.min(), y.max()]).tolist())
     if lo < 0:
         raise ValueError(f"y holds class index {lo}; class indices must be >= 0")
@@ -144,10 +149,13 @@ def first_logits(model: nn.Module, x: Tensor, y_max: int) -> Tensor:
     except RuntimeError as e:
         dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
         if dtypes and str(x.dtype) not in dtypes:
-            raise TypeError(
-                f"x is {x.dtype} but the model's parameters are {', '.join(dtypes)}; give x in the model's "
-                f"dtype (x.to({dtypes[0]})) or convert the model"
-            ) from e
+            usable = [d for d in dtypes if d in (str(torch.float32), str(torch.float64))]  # x's (check_images)
+            if usable:
+                fix = f"give x in the model's dtype (x.to({usable[0]})) or convert the model"
+            else:  # a half-precision model: it must come up to x
+                fix = (f"convert the model (model.to({x.dtype})); for half precision, keep its parameters in "
+                       "float32 and autocast inside its forward")
+            raise TypeError(f"x is {x.dtype} but the model's parameters are {', '.join(dtypes)}; {fix}") from e
         raise
     check_logits(logits, x.shape[0], y_max)
     return logits
@@ -166,6 +174,10 @@ def per_sample(value: float | Tensor, n: int, name: str, like: Tensor, *, strict
         raise ValueError(f"{name} must be a number or a tensor of shape ({n},), got shape {tuple(t.shape)}")
     lo = float(t.min()) if t.numel() else 0.0
     if not bool(torch.isfinite(t).all()):
+        given = value.double() if isinstance(value, Tensor) else torch.as_tensor(float(value), dtype=torch.float64)
+        if bool(torch.isfinite(given).all()):  # finite as given, not in x's dtype
+            largest = torch.finfo(like.dtype).max
+            raise ValueError(f"{name} {value} overflows x's dtype {like.dtype} (largest {largest:.3g})")
         raise ValueError(f"{name} must be finite, got {value}")
     if strictly_positive and lo <= 0:
         raise ValueError(f"{name} must be > 0, got {lo:.6g}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import check_positive, check_steps, first_logits, frozen, validate
+from .checks import check_positive, first_logits, frozen, validate
 from .fmn import cosine_annealing, worst_size
 from .norms import batch_view, flat_norm, get_norm
 from .objectives import objective, rounding_slack
@@ -37,8 +37,10 @@ def ddn_result(
     init_norm = check_positive(init_norm, "init_norm")
     alpha_init = check_positive(alpha_init, "alpha_init")
     alpha_final = check_positive(alpha_final, "alpha_final")
-    if levels is not None and check_steps(levels, "levels") < 2:
-        raise ValueError(f"levels must be None (no quantisation) or an int >= 2, got {levels}")
+    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 2):
+        raise (ValueError if isinstance(levels, int) and not isinstance(levels, bool) else TypeError)(
+            f"levels must be None (no quantisation) or an int >= 2, got {levels!r} (the grey levels to round to)"
+        )
     l2 = get_norm("l2")
 
     worst = worst_size(l2, x)

@@ -19,8 +19,8 @@ FAB_NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 # past it, so that one step usually clears it without moving the point further than that).
 SETTLE_TARGET = 1.1
 # The floor of each projection's size in FAB's bias alpha, as in the authors' PyTorch code (AutoAttack's FAB):
-# an iterate exactly on its linearised boundary (f = 0, a tie of two logits) has a zero step of its own and
-# would otherwise get alpha = 0, x_{i+1} = x_i, a fixed point.
+# alpha = size_i / (size_i + size_o) stays defined where both steps are zero. (An iterate exactly on a tie of
+# two logits, f = 0, has a zero step of its own: the step aims past the tie instead, :func:`tie_push`.)
 SIZE_FLOOR = 1e-8
 
 
@@ -211,8 +211,10 @@ def _run(
             w, f = nearest_boundary(z, x_i, y, geometry)
         with torch.no_grad():
             xi = x_i.detach().reshape(n, -1)
-            # Projections onto the linearised boundary f = 0 (within the box) from the iterate and from x.
-            aim = -f
+            # Projections onto the linearised boundary f = 0 (within the box) from the iterate and from x. An
+            # iterate on a tie (f = 0 exactly: routine with half-precision logits) would project onto itself, a
+            # zero step that the extrapolation eta cannot lengthen; it aims a little past the tie (tie_push).
+            aim = torch.where(f == 0, tie_push(z), -f)
             d_i = hyperplane_box_step(xi, w, aim, norm)
             d_o = hyperplane_box_step(flat_x, w, aim - (w * (flat_x - xi)).sum(dim=1), norm)
             size_i, size_o = geometry.size(d_i).clamp_min(SIZE_FLOOR), geometry.size(d_o).clamp_min(SIZE_FLOOR)
@@ -226,6 +228,15 @@ def _run(
             x_i = torch.where(batch_view(adversarial, x), x + beta * (x_next - x), x_next)
 
     return best
+
+
+def tie_push(z: Tensor) -> Tensor:
+    """Per sample, how far past a tie of two logits FAB aims: as far as settle would push a point found there
+    (``SETTLE_TARGET`` times the rounding slack), and at least one resolution of ``z``'s dtype at its magnitude
+    (machine epsilon times the largest |logit|: half-precision logits resolve less than the slack)."""
+    largest = z.detach().abs().amax(dim=1)
+    push = torch.maximum(SETTLE_TARGET * rounding_slack(z), torch.finfo(z.dtype).eps * largest)
+    return push.to(torch.promote_types(z.dtype, torch.float32))
 
 
 def nearest_boundary(z: Tensor, x_i: Tensor, y: Tensor, geometry: Norm) -> tuple[Tensor, Tensor]:

@@ -180,7 +180,7 @@ class L1(Norm):
         moving a small fraction instead is the sparse step of Tramer & Boneh 2019 (SLIDE) and of Croce & Hein
         2021 ("Mind the box", sec. 3), which makes progress when one coordinate at a time would not.
         """
-        flat = grad.view(grad.shape[0], -1)
+        flat = grad.reshape(grad.shape[0], -1)  # a copy where grad is not row-major (a channels-last input's)
         k = max(1, math.ceil(self.step_fraction * flat.shape[1]))
         top = flat.abs().topk(k, dim=1).indices
         step = torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top).sign())
@@ -199,6 +199,8 @@ class L1(Norm):
         down (``projection_topk`` of them first; for the rows whose crossing lies lower, ``projection_growth``
         times as many, and so on; all of them once that would pass a quarter of 2n: :func:`search_deeper`).
         """
+        if not x_adv.is_contiguous():  # channels-last or strided: projected as a row-major copy, written back
+            return x_adv.copy_(self.project_(x_adv.contiguous(), ball))
         x, eps = ball.x, ball.eps
         d = x_adv.sub_(x).view(x.shape[0], -1)
         xf = x.reshape(x.shape[0], -1)
@@ -302,6 +304,8 @@ class L0(Norm):
         The moves d must not be NaN (a NaN gain ranks first and is never kept); a row with k = 0 keeps nothing,
         whatever its moves.
         """
+        if not x_adv.is_contiguous():  # channels-last or strided: projected as a row-major copy, written back
+            return x_adv.copy_(self.project_(x_adv.contiguous(), ball))
         x = ball.x
         xf = x.reshape(x.shape[0], -1)
         n_coords = xf.shape[1]

@@ -216,11 +216,18 @@ def square_result(
         out.put(state.idx, PerSample(x_best=state.x_best, obj=state.obj, success=state.success, used=state.used))
 
     with frozen(model), torch.no_grad():
+        # x itself first (not a query of the search): where it is already adversarial, it is the answer, as in
+        # AutoAttack, which runs Square on the correctly classified only; the stripes could land back in class.
+        logits = first_logits(model, x, y_max)
+        clean_obj, clean = objective(logits.to(x.dtype), y, loss, targeted), is_success(logits, y, targeted)
         st.x_best = _linf_init(st, rng) if norm == "linf" else _l2_init(st, rng)
-        logits = first_logits(model, st.x_best, y_max)
-        st.obj = objective(logits, y, loss, targeted)
+        logits = model(st.x_best)
+        st.obj = objective(logits.to(x.dtype), y, loss, targeted)  # x's dtype: half logits of an autocast model
         st.success = is_success(logits, y, targeted)
-        st.used = torch.ones(n, dtype=torch.long, device=x.device)
+        st.x_best = torch.where(batch_view(clean, x), x, st.x_best)
+        st.obj = torch.where(clean, clean_obj, st.obj)
+        st.used = torch.where(clean, 0, 1)  # no query spent where x already was adversarial
+        st.success = st.success | clean
         for i in range(queries - 1):
             if i % _COMPACT_EVERY == 0:
                 keep = ~st.success
@@ -239,7 +246,7 @@ def square_result(
                 s = min(s + 1 if s % 2 == 0 else s, min(h, w))
                 x_new = _l2_proposal(st, CounterRandom.from_keys(st.key), i + 1, s)
             logits = model(x_new)
-            obj = objective(logits, st.y, loss, targeted)
+            obj = objective(logits.to(x.dtype), st.y, loss, targeted)
             success = is_success(logits, st.y, targeted)
             # A broken sample is frozen at once (not at the next compaction), so nothing depends on the batch.
             active = ~st.success
@@ -285,9 +292,12 @@ def square(
         seed: per-sample seeds (see :class:`CounterRandom`); with an int or tensor the attack is deterministic
             and each sample's result is independent of its batch.
 
+    A sample already adversarial at x (misclassified, or classified as the target) is not searched: it comes
+    back as x itself, successful, with 0 queries (one forward pass of the batch at x, before the search).
+
     Returns x_adv (the best point found; in the box and the ball), or with ``return_info=True`` an
     :class:`AttackResult` whose ``loss`` is the objective that was ascended and ``extras["queries"]`` the number
-    of model evaluations each sample used.
+    of model evaluations each sample's search used.
     """
     result = square_result(
         model, x, y, eps, norm=norm, queries=queries, p_init=p_init, targeted=targeted, loss=loss,

@@ -90,22 +90,23 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     # 3: and confirmed on K fresh draws before it counts (attacks.eot.Expected.confirm)
     "apgd_t": 3,  # 2, 3: likewise
     "apgd_l1": 2,  # 2: the L1 projection's multiplier summed from the largest breakpoints (rounding differs)
-    "square": 1,
+    "square": 2,  # 2: a sample adversarial at x comes back as x, successful, with 0 queries (was searched)
     "fmn": 5,  # 2: L0 defaults alpha_init 100, gamma_init 0.5 (were 1, 0.05). 3: L1 projection summed from the
     # largest breakpoints (rounding differs); L0 ties at the k-th gain kept in index order, per row; L2 onto the
     # sphere until adversarial. 4: before the first adversarial point eps is at least (1 + gamma) ||delta|| after
     # a linear estimate below that (L1, L2, Linf; L0 runs are unchanged but carry the new version too). 5: once
     # adversarial, eps shrinks fast enough to reach the boundary linearised along delta by the last step
     "ddn": 1,
-    "fab": 4,  # 2: one backward of z_j - z_y per class j != y (was z_j for every j, then subtracted). 3: aimed
+    "fab": 5,  # 2: one backward of z_j - z_y per class j != y (was z_j for every j, then subtracted). 3: aimed
     # at f = 0 and counted at a changed top-1 (the paper's), returned points settled past the rounding slack.
     # 4: the projection from a row's first breakpoints: in Linf and L2 the slope summed over the row in memory
     # order and the coordinates with no room out of it (rounding differs), in L1 another minimiser among equal
-    # |w_i| possible; a plane out of reach settled directly
-    "fab_t": 4,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
-    # 3: fab 3. 4: fab 4
-    "minimal": 9,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
-    # 5: fab_t 3. 6: fab_t 4. 7: fmn 4. 8: fmn 5. 9: sigma-zero joins the L0 members
+    # |w_i| possible; a plane out of reach settled directly. 5: an iterate on an exact tie of two logits (f = 0)
+    # aims past it (fab.tie_push), where it had a zero step for the rest of the run
+    "fab_t": 5,  # 2: target linearised against the true label, any misclassification counts (AutoAttack's FAB-T)
+    # 3: fab 3. 4: fab 4. 5: fab 5
+    "minimal": 10,  # 2: FAB-T in place of FAB; a second FMN run in L0. 3: FAB-T as AutoAttack's (fab_t 2). 4: fmn 3
+    # 5: fab_t 3. 6: fab_t 4. 7: fmn 4. 8: fmn 5. 9: sigma-zero joins the L0 members. 10: fab_t 5
     "sigma_zero": 1,
     "suite_strong": 1,
     "suite_fast": 1,
