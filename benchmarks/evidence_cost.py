@@ -7,7 +7,8 @@ shared 30 x 5 ImageNet images. Per round, in alternating order, the same run wit
 run against a clean evaluation as ``evaluate`` runs it (data loading, the model prepared once on the first
 batch, one forward pass per image, the same batches). Targets: saving
 costs <= 5% more time; verify <= the clean evaluation (since it checks the records' clean predictions, verify
-forwards the clean images too: about two clean evaluations). Disk use per image is measured on the saved files.
+forwards the clean images too, and since it checks the uint8 evidence the kept uint8 images: about three clean
+evaluations). Disk use per image is measured on the saved files.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evidence_cost.py --n 32 --rounds 2
 

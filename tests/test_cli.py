@@ -102,6 +102,10 @@ def test_console_script_and_module_entry_point():
         (["train", "--train-subset", "0"], "--train-subset must be >= 1, got 0"),
         (["train", "--val-size", "59990", "--train-subset", "256"], "--train-subset 256 is more than the 10"),
         (["reproduce", "--model", "fmnist_cnn_pgd"], "fmnist_cnn_pgd has 10 classes, but the labels of the default"),
+        *[(["verify", "/no/run", "--tol", t], f"argument --tol: must be a number in [0, 1), got '{t}'")
+          for t in ("nan", "-1", "1")],
+        (["eval", "--model", "fmnist_cnn_pgd", "--attack", "fgsm", "--eps", "0.1"],  # --data forgotten
+         "data default has labels up to 990 but model fmnist_cnn_pgd has 10 classes"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "0"], "argument --steps: must be >= 1, got '0'"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "-p", "eps=0.2"], "eps is set twice, by --eps and by -p eps=0.2"),
         (["eval", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "-p", "steps=4"], "steps is set twice"),
@@ -123,6 +127,15 @@ def test_user_mistakes_are_one_line_and_exit_2(capsys, argv, needle):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("advlab: error: ") and needle in lines[0], err
     assert "Traceback" not in err
+
+
+def test_an_out_path_through_a_file_is_one_line_and_exit_2(capsys, tmp_path):
+    # Review: NotADirectoryError came out as a traceback (exit 1) for --out under a regular file.
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code, _, err = run_cli(capsys, "eval", "--attack", "fgsm", "--eps", "0.1", "--limit", "1", "--out",
+                           str(afile / "run"))  # fmt: skip
+    assert code == 2 and err == f"advlab: error: cannot create the folder {afile / 'run'} for --out: Not a directory\n"
 
 
 class _BuggyBackbone(torch.nn.Module):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -201,6 +202,28 @@ def test_specs_are_validated_together():
         validate_specs([a, make_spec("pgd", {"eps": 0.1, "targeted": True}, id="b", only_unbroken=["a"])])
     with pytest.raises(SpecError, match="no attacks"):
         validate_specs([])
+
+
+@pytest.mark.parametrize(
+    "dep, fragment",
+    [
+        (make_spec("pgd", {"eps": 0.2}, id="d"), "eps 0.2 is larger than this attack's 0.1"),
+        (make_spec("pgd", {"eps": 0.1, "norm": "l2"}, id="d"), "an attack in l2; chain attacks of the same norm"),
+        (make_spec("minimal", {"norm": "linf"}, id="d"), "whose points have no budget"),
+        (make_spec("fmn", {"norm": "linf"}, id="d"), "whose points have no budget"),
+        (make_spec("deepfool", {}, id="d"), "whose points have no budget"),
+    ],
+)
+def test_a_chained_attack_takes_no_break_from_outside_its_own_ball(dep, fragment: str):
+    # Its row would hold the dependency's points where they broke a sample: a break at eps 0.2 or at a minimal
+    # distance is not one within eps 0.1, and the row's robust accuracy would be the dependency's.
+    chained = make_spec("pgd", {"eps": 0.1}, id="c", only_unbroken=["d"])
+    with pytest.raises(SpecError, match=re.escape(fragment)):
+        validate_specs([dep, chained])
+    # Within its ball: the same norm at the same or a smaller eps; an attack without a budget may chain onto any.
+    for ok in (make_spec("fgsm", {"eps": 0.1}, id="d"), make_spec("pgd", {"eps": 0.05}, id="d")):
+        validate_specs([ok, chained])
+    validate_specs([dep, make_spec("cw_l2", {}, id="c", only_unbroken=["d"])])
 
 
 def test_registry_holds_every_exported_attack():

@@ -89,6 +89,40 @@ def test_run_report_states_intervals_sampling_stages_and_classes_and_renders_in_
     assert "How the samples were chosen" in page.text or "how the samples were chosen" in page.text
     code = main(["report", str(tmp_path / "nothing")])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+    afile = tmp_path / "afile"  # --out through a regular file: one line, exit 2 (was a NotADirectoryError traceback)
+    afile.write_text("")
+    assert main(["report", str(run), "--out", str(afile / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"advlab: error: cannot create the folder {afile / 'x'} for --out: Not a directory\n", err
+
+
+def test_the_per_class_table_has_one_robust_column_per_threat_model(digits_model, tmp_path):
+    # Review (session 20): one worst case over every untargeted attack mixed eps and norms, and a minimal-norm
+    # attack (which breaks every sample at some size) made it 0% in every class.
+    from advlab.evaluate.claim import robust_per_threat_model
+    from advlab.evaluate.compare import load_run
+    from advlab.evaluate.intervals import fmt_interval, proportion
+    from advlab.report.run import per_class_table
+
+    model, x, y = digits_model
+    specs = [make_spec("fgsm", {"eps": 0.2}, id="big"), make_spec("pgd", {"eps": 0.1, "steps": 3}, id="small"),
+             make_spec("minimal", {"norm": "linf", "steps": 5}, id="m")]  # fmt: skip
+    run_dir = tmp_path / "run"
+    evaluate(model, Items(x[:40], y[:40]), specs, out=run_dir, batch_size=20, quiet=True)
+    run = load_run(run_dir)
+    table = per_class_table(run.records, run.config["attacks"])
+    assert table.columns[3:] == ["robust top-1, linf eps 0.1", "robust top-1, linf eps 0.2"]
+    models = robust_per_threat_model(run.config["attacks"], run.records)
+    label = {int(r["index"]): int(r["label"]) for r in run.records["big"]}
+    for row in table.rows:
+        c = int(row[0])
+        for tm, cell in zip(models, row[3:], strict=True):
+            mine = [ok for i, ok in tm.robust.items() if label[i] == c]
+            assert cell == fmt_interval(proportion(sum(mine), len(mine)))
+    assert any(sum(tm.robust.values()) > 0 for tm in models)  # not 0 everywhere, as one column over all was
+    # The smaller eps's column is never below the larger's: its evidence is a subset.
+    small, big = models
+    assert all(small.robust[i] or not big.robust[i] for i in big.robust)
 
 
 def test_run_report_draws_accuracy_against_eps_for_sweeps_and_minimal_norm_attacks(digits_model, tmp_path):

@@ -105,7 +105,8 @@ def test_every_record_points_at_its_own_saved_example_and_verify_passes(saved_ru
         per_batch[int(f.name[:9]) // 16] += len(load_examples(f)["index"])
     assert v.checked == 80 and v.images_forwarded == sum(per_batch) <= 80
     # ... and each batch's clean images once (40 in batches of 16: 3 calls).
-    assert v.clean_forwarded == 40 and v.forward_passes == 3 + sum(-(-k // 16) for k in per_batch)
+    # Per batch one clean pass, and the saved examples twice (floats, then the kept uint8 images) in pieces of 16.
+    assert v.clean_forwarded == 40 and v.forward_passes == 3 + 2 * sum(-(-k // 16) for k in per_batch)
 
 
 def test_a_run_killed_while_saving_resumes_without_duplicate_or_missing_examples(saved_run, tmp_path):
@@ -308,6 +309,34 @@ def test_claim_robust_accuracy_is_the_per_sample_worst_case(saved_run):
     assert tm["robust_top1"]["rate"] <= min(a["adv_top1"] for a in result.summary["attacks"])
     assert check_claim(claim, run) == []
     assert check_claim({**claim, "seed": 7}, run) == ["seed: the claim says 7, the run gives 0"]
+
+
+def test_a_claims_threat_model_takes_smaller_eps_and_minimal_norm_evidence(digits_model, tmp_path):
+    # A sample broken at eps 0.1, or by a minimal-norm point within 0.2, is not robust at eps 0.2: the claim at
+    # (linf, 0.2) must not be that of the eps-0.2 attack alone.
+    from advlab.evaluate.claim import check_claim, make_claim
+    from advlab.evaluate.compare import load_run
+    from advlab.evaluate.robustness import record_distance
+
+    model, x, y = digits_model
+    specs = [make_spec("fgsm", {"eps": 0.2}, id="big"), make_spec("pgd", {"eps": 0.1, "steps": 5}, id="small"),
+             make_spec("minimal", {"norm": "linf", "steps": 10}, id="m")]  # fmt: skip
+    out = tmp_path / "run"
+    result = evaluate(model, Items(x[:40], y[:40]), specs, out=out, batch_size=20, quiet=True)
+    claim = make_claim(load_run(out))
+    by_eps = {tm["eps"]: tm for tm in claim["threat_models"]}
+    assert sorted(by_eps) == [0.1, 0.2] and all(tm["norm"] == "linf" for tm in by_eps.values())
+    assert [a["id"] for a in by_eps[0.1]["attacks"]] == ["small", "m"]
+    assert [a["id"] for a in by_eps[0.2]["attacks"]] == ["big", "small", "m"]
+    for eps, ids in ((0.1, ["small"]), (0.2, ["big", "small"])):
+        robust = {r["index"] for r in result.records["m"] if r["clean_top5"][0] == r["label"]
+                  and record_distance(r) > eps}  # fmt: skip
+        for aid in ids:
+            robust &= {r["index"] for r in result.records[aid] if r["adv_top5"][0] == r["label"]}
+        assert by_eps[eps]["robust_top1"]["k"] == len(robust), eps
+    fgsm_alone = next(a["adv_top1"] for a in result.summary["attacks"] if a["id"] == "big")
+    assert by_eps[0.2]["robust_top1"]["rate"] < fgsm_alone  # the evidence it ignored before
+    assert check_claim(claim, load_run(out)) == []
 
 
 def test_cli_verify_reopens_data_other_than_fashion_mnist(tmp_path, capsys):

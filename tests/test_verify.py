@@ -113,8 +113,8 @@ def test_honest_runs_in_every_norm_on_larger_images_verify(tmp_path):
     specs = [
         make_spec("pgd", {"eps": 20.0, "norm": "l1", "steps": 5}, id="pgd1"),
         make_spec("pgd", {"eps": 0.5, "norm": "l2", "steps": 5}, id="pgd2"),
-        make_spec("pgd", {"eps": 50, "norm": "l0", "steps": 5}, id="pgd0"),
-        make_spec("pgd", {"eps": 20, "norm": "l0", "steps": 5}, id="pgd0_small", only_unbroken=("pgd0",)),
+        make_spec("pgd", {"eps": 20, "norm": "l0", "steps": 5}, id="pgd0_small"),
+        make_spec("pgd", {"eps": 50, "norm": "l0", "steps": 5}, id="pgd0", only_unbroken=("pgd0_small",)),
         make_spec("cw_l2", {"steps": 10}, id="cw"),
         make_spec("ddn", {"steps": 10}, id="ddn"),
         make_spec("fgsm", {"eps": 0.0}, id="zero"),
@@ -196,6 +196,53 @@ def test_a_from_record_that_is_not_the_predecessors_is_caught(chained_run, tmp_p
     write_lines(records_file(copy, "pgd"), lines)
     v = verify_run(copy, model, data)
     assert any(f"pgd, sample {lines[k]['index']}: says it is 'fgsm''s record" in m for m in v.mismatches), v.mismatches
+
+
+def test_a_chained_record_from_outside_the_attacks_own_ball_is_caught(chained_run, tmp_path):
+    # A run made before validate_specs refused chains onto a larger eps: pgd's row counted fgsm's breaks at eps
+    # 0.2 as its own at a smaller eps. Such a run.json is this one with pgd's eps lowered; verify must see that
+    # the copied examples lie outside pgd's ball, not only inside fgsm's.
+    model, data, out, _ = chained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    run_json = json.loads((copy / "run.json").read_text())
+    chained = next(a for a in run_json["config"]["attacks"] if a["id"] == "pgd")
+    chained["params"]["eps"] = 0.05
+    (copy / "run.json").write_text(json.dumps(run_json))
+    copied = [r for r in read_lines(records_file(copy, "pgd")) if r.get("from") == "fgsm" and r["adversarial"]]
+    assert copied, "want records pgd copied from fgsm"
+    v = verify_run(copy, model, data)
+    for r in copied:
+        needle = f"pgd, sample {r['index']}: the example (from 'fgsm') leaves this attack's linf ball"
+        assert any(needle in m for m in v.mismatches), (needle, v.mismatches[:5])
+
+
+@pytest.mark.parametrize("tamper", ["uint8 image", "kept image", "flags"])
+def test_tampered_uint8_evidence_is_caught(chained_run, tmp_path, tamper):
+    # Review (session 20): verify read only the float examples; the uint8 images and the records' flags of the
+    # "8-bit re-check" were taken on trust, so zeroing an image or turning a success flag off verified OK.
+    from safetensors.torch import load_file, save_file
+
+    model, data, out, _ = chained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    f = records_file(copy, "fgsm")
+    lines = read_lines(f)
+    k = next(k for k, r in enumerate(lines) if r["success"] and r["adversarial"]["uint8_in_ball_success"])
+    saved = copy / lines[k]["adversarial"]["file"]
+    if tamper == "flags":  # and the summary's uint8 counts rebuilt to match, as an attacker would
+        lines[k]["adversarial"].update(uint8_success=False, uint8_in_ball_success=False)
+        write_lines(f, lines)
+        resummarize(copy)
+        needle = f"fgsm, sample {lines[k]['index']}: the record's uint8_in_ball_success False"
+    else:
+        key = "uint8" if tamper == "uint8 image" else "uint8_in_ball"
+        tensors = load_file(saved)
+        tensors[key][lines[k]["adversarial"]["row"]] = 0
+        save_file(tensors, saved)
+        needle = f"{key} of rows [{lines[k]['adversarial']['row']}] is not"
+    v = verify_run(copy, model, data)
+    assert any(needle in m for m in v.mismatches), v.mismatches[:5]
 
 
 def edit_summary(out: Path, tmp_path: Path, edit) -> Path:
@@ -303,8 +350,9 @@ def test_verify_forwards_no_more_images_at_once_than_the_run_did(digits_model, t
     assert v.ok, v.mismatches
     probe, calls = counting.calls[:2], counting.calls[2:]  # first: is the model random? two calls on two images
     assert probe == [2, 2] and not v.random
-    # Per batch: its 16 clean images, then its 48 saved examples (three attacks) in pieces of 16.
-    assert calls == [16, 16, 16, 16] * 2 and v.forward_passes == len(calls) == 8
+    # Per batch: its 16 clean images, then its 48 saved examples (three attacks) in pieces of 16, then their 48
+    # kept uint8 images likewise.
+    assert calls == [16, 16, 16, 16, 16, 16, 16] * 2 and v.forward_passes == len(calls) == 14
     assert v.images_forwarded == 96 and v.clean_forwarded == 32
 
 
@@ -329,8 +377,8 @@ def test_an_honest_run_on_a_random_defence_verifies_exactly(random_run):
     v = verify_run(out, noisy, data)
     assert v.ok, v.mismatches
     assert v.random
-    # K = 4 draws per saved file and per batch's clean images (2 batches).
-    assert v.forward_passes == 4 * (sum(1 for _ in (out / "adversarial").rglob("*.safetensors")) + 2)
+    # K = 4 draws per call: each batch's clean images, then every saved file twice (its floats, its uint8 images).
+    assert v.forward_passes == 4 * (2 * sum(1 for _ in (out / "adversarial").rglob("*.safetensors")) + 2)
 
 
 @pytest.mark.parametrize(

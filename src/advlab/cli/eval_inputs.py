@@ -33,8 +33,13 @@ def attack_specs(args: argparse.Namespace) -> tuple[list[Any], bool]:
             raise UsageError("--minimal does not combine with --suite adaptive; run them as two evaluations")
         specs = adaptive_check(args, specs)
     elif args.minimal:
-        minimal = minimal_attack(args)
-        specs += suite_specs_of(args) + minimal if args.suite is not None else minimal
+        if args.suite is None:
+            specs += minimal_attack(args)
+        else:  # one norm for both, the suite's unless --norm gives it, so that the two are cross-checked
+            from ..evaluate import attack_norm
+
+            suites = suite_specs_of(args)
+            specs += suites + minimal_attack(args, norm=attack_norm(suites[0].name, suites[0].params))
     elif args.suite is not None:
         from ..evaluate import with_suites
 
@@ -77,8 +82,18 @@ def check_minimal(name: str, where: str) -> None:
         )
 
 
-def minimal_attack(args: argparse.Namespace) -> list[Any]:
-    """``--minimal [--attack fmn|ddn|fab|fab_t|sigma_zero] [--norm N] [--steps S]``: one minimal-norm attack spec."""
+def takes_norm(name: str) -> bool:
+    """Whether attack ``name`` has a ``norm`` parameter."""
+    import inspect
+
+    from ..evaluate import registry
+
+    return "norm" in inspect.signature(registry()[name]).parameters
+
+
+def minimal_attack(args: argparse.Namespace, norm: str | None = None) -> list[Any]:
+    """``--minimal [--attack fmn|ddn|fab|fab_t|sigma_zero] [--norm N] [--steps S]``: one minimal-norm attack spec
+    (``norm``: the norm where --norm gives none, the suite's beside --suite)."""
     from ..evaluate import make_spec
 
     name = args.attack or "minimal"
@@ -98,6 +113,8 @@ def minimal_attack(args: argparse.Namespace) -> list[Any]:
     for key in ("steps", "norm"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
+    if "norm" not in params and norm is not None and takes_norm(name):  # ddn, sigma_zero: their one norm
+        params["norm"] = norm
     if args.targeted:
         params["targeted"] = True
     if args.suite is None:
@@ -148,9 +165,13 @@ def table_attacks(tables: Any, path: str) -> list[Any]:
             check_minimal(name, f"{path}: attack #{k} (minimal = true)")
         elif name is None:
             raise UsageError(f"{path}: attack #{k} has no 'name' (e.g. name = \"pgd\")")
-        specs.append(
-            make_spec(name, params, id=t.get("id"), target=t.get("target"), only_unbroken=t.get("only_unbroken", ()))
-        )
+        only_unbroken = t.get("only_unbroken", [])
+        if not isinstance(only_unbroken, list) or not all(isinstance(d, str) for d in only_unbroken):
+            raise UsageError(
+                f"{path}: attack #{k}: only_unbroken must be a list of attack ids (e.g. only_unbroken = "
+                f"[\"pgd\"]), got {only_unbroken!r}"
+            )
+        specs.append(make_spec(name, params, id=t.get("id"), target=t.get("target"), only_unbroken=only_unbroken))
     return specs
 
 

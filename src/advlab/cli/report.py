@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
@@ -30,6 +31,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .verify import reopen_run
 
     run = load_run(args.run_dir)
+    if args.out is not None:  # a file on the way is the user's mistake, found before any work
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError, PermissionError) as e:
+            raise UsageError(f"cannot create the folder {args.out} for --out: {e.strerror}") from None
     dataset, names = None, []
     if run.config.get("save_adversarial") and run.config["model"].get("name"):
         # The panel of examples needs the clean images: reopen the data as the run opened it, or go without the

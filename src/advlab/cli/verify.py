@@ -35,8 +35,9 @@ def add_verify_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--model-dir", dest="model_dir", default=None, help="RobustBench model directory, as the run's "
                    "--model-dir (default ./models)")  # fmt: skip
     p.add_argument(
-        "--tol", type=float, default=1e-3, help="a top-1 disagreement counts only where the top-2 probabilities "
-        "of verify's own forward pass are further apart than this (float differences between machines)"
+        "--tol", type=_tolerance, default=1e-3, help="a top-1 disagreement counts only where the top-2 "
+        "probabilities of verify's own forward pass are further apart than this, in [0, 1) (float differences "
+        "between machines)"
     )  # fmt: skip
     p.add_argument(
         "--claim", default=None, metavar="CLAIM.json", help="also check a claim (advlab eval --claim) against the run"
@@ -95,6 +96,17 @@ def reopen_run(
 
         net, _ = defend(net, m.get("defenses") or [], m.get("bpda") or [])
     return net, dataset
+
+
+def _tolerance(text: str) -> float:
+    """--tol: a probability gap in [0, 1) (1 or more would excuse every top-1 disagreement)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

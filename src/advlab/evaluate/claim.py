@@ -3,9 +3,10 @@
 In the spirit of a leaderboard entry (RobustBench's model cards), but with the evidence named: the model and
 its weights hash, the data and the sample ids, per threat model (norm, eps) the clean and robust accuracy
 with 95% Wilson intervals and sample counts, the attacks and their budgets, the advlab version, the run's
-fingerprint and date. The robust accuracy of a threat model is the per-sample worst case over every
-untargeted attack of the run at that budget (a sample counts as robust only if none of them changed its
-top-1), which is at most the lowest single attack's accuracy.
+fingerprint and date. The robust accuracy of a threat model is the per-sample worst case over all the run's
+evidence for it: every untargeted attack of that norm at that eps or a smaller one (a sample counts as robust
+only if none of them changed its top-1) and every untargeted minimal-norm attack of that norm (a sample it
+found an adversarial point for within eps is not robust), which is at most the lowest single attack's accuracy.
 
 :func:`make_claim` is a function of the run's configuration, summary and records, so :func:`check_claim`
 recomputes it from a run directory and names every field that differs (the date excepted).
@@ -17,40 +18,76 @@ import datetime as _dt
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .compare import FinishedRun, load_run
 from .intervals import proportion
 from .records import atomic_write_text
+from .robustness import record_distance
 from .saved import ball_of
-from .specs import SpecError
+from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
 
-CLAIM_SCHEMA = "advlab.claim/1"
+CLAIM_SCHEMA = "advlab.claim/2"  # 2: a threat model takes smaller eps and minimal-norm evidence
+
+
+class ThreatModel(NamedTuple):
+    """One (norm, eps) of a run: the attacks whose records it takes and, per sample index, whether it is robust."""
+
+    norm: str
+    eps: float
+    attacks: list[Mapping[str, Any]]
+    robust: dict[int, bool]
+
+
+def robust_per_threat_model(
+    attacks: Sequence[Mapping[str, Any]], records: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[ThreatModel]:
+    """Per (norm, eps) of the untargeted fixed-eps attacks (run.json's ``attacks``), sorted: the per-sample worst
+    case over all the run's evidence for it. A sample is robust only if no untargeted attack of that norm at that
+    eps or a smaller one (a point in a smaller ball lies in this one) changed its top-1, and no untargeted
+    minimal-norm attack of that norm found an adversarial point within eps (or it was misclassified)."""
+    balls: dict[str, tuple[str, float]] = {}
+    minimal: dict[str, str] = {}
+    for a in attacks:
+        if a.get("targeted"):
+            continue
+        name, params = str(a["name"]), a.get("params") or {}
+        ball = ball_of(name, params)
+        if ball is not None:
+            balls[str(a["id"])] = ball
+        elif name in MINIMAL_ATTACKS and (norm := attack_norm(name, params)) is not None:
+            minimal[str(a["id"])] = norm
+    by_id = {str(a["id"]): a for a in attacks}
+    out = []
+    for norm, eps in sorted(set(balls.values())):
+        within = [aid for aid, (n, e) in balls.items() if n == norm and e <= eps]
+        measured = [aid for aid, n in minimal.items() if n == norm]
+        robust: dict[int, bool] = {}
+        for aid in within:
+            for r in records.get(aid, []):
+                i = int(r["index"])
+                robust[i] = robust.get(i, True) and r["adv_top5"][0] == r["label"]
+        for aid in measured:
+            for r in records.get(aid, []):
+                i = int(r["index"])
+                broken = r["clean_top5"][0] != r["label"] or record_distance(r) <= eps
+                robust[i] = robust.get(i, True) and not broken
+        out.append(ThreatModel(norm, eps, [by_id[aid] for aid in [*within, *measured]], robust))
+    return out
 
 
 def threat_models(run: FinishedRun) -> list[dict[str, Any]]:
-    """Per (norm, eps) of the untargeted attacks: the per-sample worst-case robust accuracy and the attacks."""
-    groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
-    for a in run.config.get("attacks", []):
-        ball = ball_of(str(a["name"]), a.get("params") or {})
-        if ball is not None and not a.get("targeted"):
-            groups.setdefault(ball, []).append(a)
-    out = []
-    for (norm, eps), attacks in sorted(groups.items()):
-        robust: dict[int, bool] = {}
-        for a in attacks:
-            for r in run.records.get(str(a["id"]), []):
-                i = int(r["index"])
-                robust[i] = robust.get(i, True) and r["adv_top5"][0] == r["label"]
-        out.append(
-            {
-                "norm": norm,
-                "eps": eps,
-                "robust_top1": proportion(sum(robust.values()), len(robust)),
-                "attacks": [{"id": a["id"], "name": a["name"], "params": a.get("params") or {}} for a in attacks],
-            }
-        )
-    return out
+    """Per (norm, eps): the per-sample worst-case robust accuracy and the attacks it took
+    (:func:`robust_per_threat_model`)."""
+    return [
+        {
+            "norm": tm.norm,
+            "eps": tm.eps,
+            "robust_top1": proportion(sum(tm.robust.values()), len(tm.robust)),
+            "attacks": [{"id": a["id"], "name": a["name"], "params": a.get("params") or {}} for a in tm.attacks],
+        }
+        for tm in robust_per_threat_model(run.config.get("attacks", []), run.records)
+    ]
 
 
 def make_claim(run: FinishedRun, *, date: str | None = None) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -148,6 +148,36 @@ def nearest_uint8_in_ball(x: Tensor, x_adv: Tensor, ball: tuple[str, float] | No
     return out
 
 
+class Uint8Versions(NamedTuple):
+    """The two uint8 images of a batch of saved examples and what the records say of them (module docstring)."""
+
+    u8: Tensor  # round(255 x_adv)
+    u8_ball: Tensor  # the image to keep: u8 where it is inside the ball, else the nearest uint8 point inside
+    inside: list[bool]  # u8 is inside [0, 1] and the ball
+    changed: list[bool]  # u8_ball differs from u8
+    inside_ball: list[bool]  # u8_ball is inside (False only where no uint8 point inside was found)
+
+
+def uint8_versions(x: Tensor, x_adv: Tensor, ball: tuple[str, float] | None) -> Uint8Versions:
+    """What ``save_examples`` writes besides the floats, a function of the clean images, the examples and the
+    attack's ball alone (so ``advlab verify`` recomputes it)."""
+    u8 = to_uint8(x_adv)
+    # float32 pixels (k / 255 is within 6e-8 of exact, far below BALL_TOL). Where the plain rounding is inside the
+    # ball it is the point to keep; the nearest in-ball point only where it is not (the Linf clamp's bounds, in
+    # 255-units, can move a pixel sitting exactly at x +- eps one level inwards although it is inside).
+    inside_t = in_ball(x, u8.float() / 255, ball)
+    u8_ball = torch.where(batch_view(inside_t, u8), u8, nearest_uint8_in_ball(x, x_adv, ball))
+    changed = (u8 != u8_ball).flatten(1).any(dim=1).tolist()
+    inside = inside_t.tolist()
+    inside_ball = list(inside)
+    moved = [k for k, c in enumerate(changed) if c]
+    if moved:
+        for k, v in zip(moved, in_ball(x[moved], u8_ball[moved].float() / 255, ball).tolist(), strict=True):
+            inside_ball[k] = v
+    return Uint8Versions(u8, u8_ball, [bool(v) for v in inside], [bool(c) for c in changed],
+                         [bool(v) for v in inside_ball])  # fmt: skip
+
+
 def _succeeds(logits: Tensor, records: Sequence[Mapping[str, Any]]) -> list[bool]:
     top1 = logits.argmax(dim=1).tolist()
     out = []
@@ -177,37 +207,23 @@ def save_examples(
     common random numbers, :class:`advlab.evaluate.engine.Judge`)."""
     from safetensors.torch import save
 
-    ball = ball_of(spec.name, spec.params)
-    u8 = to_uint8(x_adv)
-    # float32 pixels (k / 255 is within 6e-8 of exact, far below BALL_TOL). Where the plain rounding is inside the
-    # ball it is the point to keep; the nearest in-ball point only where it is not (the Linf clamp's bounds, in
-    # 255-units, can move a pixel sitting exactly at x +- eps one level inwards although it is inside).
-    inside_t = in_ball(x, u8.float() / 255, ball)
-    u8_ball = torch.where(batch_view(inside_t, u8), u8, nearest_uint8_in_ball(x, x_adv, ball))
-    changed = (u8 != u8_ball).flatten(1).any(dim=1).tolist()
-    inside = inside_t.tolist()
-    inside_ball = list(inside)
-    moved = [k for k, c in enumerate(changed) if c]
-    if moved:
-        for k, v in zip(moved, in_ball(x[moved], u8_ball[moved].float() / 255, ball).tolist(), strict=True):
-            inside_ball[k] = v
+    v = uint8_versions(x, x_adv, ball_of(spec.name, spec.params))
     # One forward pass over the successful rows only, one image each: the uint8 point a user should keep
     # (the plain rounding where it stays in the ball, else the nearest one inside; module docstring).
     hits = [k for k, r in enumerate(records) if r["success"]]
     fools: list[bool | None] = [None] * len(records)
     fools_ball: list[bool | None] = [None] * len(records)
     if hits:
-        keep = torch.where(batch_view(torch.tensor(changed, device=u8.device), u8), u8_ball, u8)
         with torch.inference_mode():
-            ok = _succeeds(model(keep[hits].to(x.dtype) / 255, hits), [records[k] for k in hits])
+            ok = _succeeds(model(v.u8_ball[hits].to(x.dtype) / 255, hits), [records[k] for k in hits])
         for j, k in enumerate(hits):
             fools_ball[k] = ok[j]
-            fools[k] = None if changed[k] else ok[j]
+            fools[k] = None if v.changed[k] else ok[j]
     tensors = {
         "index": torch.tensor([int(r["index"]) for r in records], dtype=torch.int64),
         "x_adv": x_adv.detach().float().cpu().contiguous(),
-        "uint8": u8.cpu().contiguous(),
-        "uint8_in_ball": u8_ball.cpu().contiguous(),
+        "uint8": v.u8.cpu().contiguous(),
+        "uint8_in_ball": v.u8_ball.cpu().contiguous(),
     }
     # Durable before the records that point at it are written (temp file, fsync, rename: a full disk is one line
     # naming the file, and a crash never leaves a records file pointing at a half-written example file).
@@ -218,16 +234,15 @@ def save_examples(
             "file": rel,
             "row": k,
             "uint8_success": fools[k],
-            "uint8_in_ball": bool(inside[k]),
-            "uint8_in_ball_changed": bool(changed[k]),
+            "uint8_in_ball": v.inside[k],
+            "uint8_in_ball_changed": v.changed[k],
             "uint8_in_ball_success": fools_ball[k],
-            "uint8_in_ball_inside": bool(inside_ball[k]),
+            "uint8_in_ball_inside": v.inside_ball[k],
         }
 
 
 def load_examples(path: Path, names: Sequence[str] | None = None) -> dict[str, Tensor]:
-    """The tensors of one saved batch (safetensors: no code is unpickled); only ``names`` when given (verify
-    reads ``index`` and ``x_adv``, not the two uint8 copies: a third less to read)."""
+    """The tensors of one saved batch (safetensors: no code is unpickled); only ``names`` when given."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:

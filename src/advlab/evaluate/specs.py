@@ -406,7 +406,8 @@ MINIMAL_ATTACKS: frozenset[str] = frozenset({"fmn", "ddn", "fab", "fab_t", "sigm
 
 
 def validate_specs(specs: Iterable[AttackSpec]) -> list[AttackSpec]:
-    """Check a run's specs together: unique ids, and ``only_unbroken`` naming earlier attacks only."""
+    """Check a run's specs together: unique ids, and ``only_unbroken`` naming earlier attacks only, of the same
+    targets and, for an attack with a budget, of the same norm and an eps no larger (:func:`_check_chain_ball`)."""
     specs = list(specs)
     if not specs:
         raise SpecError("no attacks given; name at least one (e.g. --attack pgd --eps 8/255)")
@@ -430,8 +431,41 @@ def validate_specs(specs: Iterable[AttackSpec]) -> list[AttackSpec]:
                 raise SpecError(f"attack {spec.id!r}: only_unbroken names {dep!r}, which is not an earlier attack")
             if (seen[dep].targeted, seen[dep].target) != (spec.targeted, spec.target):
                 raise SpecError(f"attack {spec.id!r}: only_unbroken names {dep!r}, which has other targets")
+            _check_chain_ball(spec, seen[dep])
         seen[spec.id] = spec
     return specs
+
+
+def _spec_ball(spec: AttackSpec) -> tuple[str, float] | None:
+    """The (norm, eps) ball a spec's points lie in; None where they have no budget (minimal-norm attacks, cw_l2,
+    deepfool)."""
+    eps, norm = spec.params.get("eps"), attack_norm(spec.name, spec.params)
+    if spec.name in MINIMAL_ATTACKS or eps is None or isinstance(eps, list | tuple) or norm is None:
+        return None
+    return norm, float(eps)
+
+
+def _check_chain_ball(spec: AttackSpec, dep: AttackSpec) -> None:
+    """A chained attack's row holds its dependencies' points where they broke a sample, so they must lie in its
+    own ball: a dependency with a budget, in the same norm, with an eps no larger (a break at a larger eps, or
+    by a minimal-norm attack, is not a break within this one's)."""
+    own = _spec_ball(spec)
+    if own is None:
+        return
+    theirs = _spec_ball(dep)
+    where = f"attack {spec.id!r}: only_unbroken names {dep.id!r}"
+    if theirs is None:
+        raise SpecError(
+            f"{where}, whose points have no budget (a minimal-norm attack, or one without an eps): a sample it broke "
+            f"is not broken within {own[0]} eps {own[1]:g}; list both (the run cross-checks minimal-norm attacks)"
+        )
+    if theirs[0] != own[0]:
+        raise SpecError(f"{where}, an attack in {theirs[0]}; chain attacks of the same norm ({own[0]})")
+    if theirs[1] > own[1]:
+        raise SpecError(
+            f"{where}, whose eps {theirs[1]:g} is larger than this attack's {own[1]:g}: its breaks would count at "
+            "the smaller eps; chain onto attacks of the same or a smaller eps"
+        )
 
 
 def run_attack(spec: AttackSpec, model: nn.Module, x: Any, y: Any, seed: Any, judge: Any = None) -> Any:

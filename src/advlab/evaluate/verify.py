@@ -11,6 +11,9 @@ For a run made with ``--save-adversarial`` (:mod:`advlab.evaluate.saved`) and th
   and the sizes its record states are the example's (``l1``, ``l2``, ``linf`` to :data:`DISTANCE_RTOL`: the sweep
   curves and the cross-check bound a sample by them; ``l0``, a reported statistic, up to the elements within
   ``L0_NEAR`` of ``L0_TOL``);
+- the file's two uint8 images are the ones its float examples give, and each record's uint8 flags are what they
+  are: the geometric ones exactly, the success ones from verify's own forward pass of the kept uint8 image (the
+  same tolerance as below; :mod:`.verify_uint8`);
 - every readable sample of each batch has exactly one record per attack (none dropped, none repeated);
 - every record's clean prediction (``clean_top5``: clean top-1/top-5 accuracy, whether the sample was correctly
   classified to begin with, so ``success_rate_on_clean_correct``) is the model's on the clean image, forwarded by
@@ -45,9 +48,10 @@ its attacks) with eval's common random numbers (:class:`~advlab.evaluate.engine.
 verifies exactly. Only the device type the run used reproduces those draws (CPU and CUDA generators differ):
 another is refused with one line.
 
-Cost: about two clean evaluations. The data is read once, every saved file once; each batch of the run is
+Cost: about three clean evaluations. The data is read once, every saved file once; each batch of the run is
 forwarded (under ``torch.inference_mode``) once over its clean images (one image per readable sample: the clean
-evaluation itself) and once over every example saved for that batch, all attacks' files together, in pieces of
+evaluation itself) and twice over every example saved for that batch (its floats, then its kept uint8 image),
+all attacks' files together, in pieces of
 the run's batch size (eval never forwarded more images at once, so what fitted eval's memory fits verify's): one
 image per distinct saved example. A random model costs K calls per batch and per saved file (its K draws). An
 example shared by a suite and the attack it was chained on is forwarded once however many records point at it;
@@ -76,11 +80,12 @@ from .engine import Judge, choose_targets, eot_samples_of, judged_logits, load_b
 from .records import RECORD_NORMS, RECORD_SCHEMA_VERSION
 from .run import device_of, model_digest
 from .rundir import RunDirectory
-from .saved import BALL_TOL, ball_of, distances, load_examples, saved_path
+from .saved import BALL_TOL, Uint8Versions, ball_of, distances, load_examples, saved_path, uint8_versions
 from .specs import MINIMAL_ATTACKS, SpecError, attack_norm
 from .verify_chains import chain_mismatches, chained_on
 from .verify_predictions import PROB_TOL, clean_mismatches, prediction_gaps, target_mismatches, top5_sets
 from .verify_summary import count_mismatches, identity_mismatches, rebuilt_mismatches, specs_of
+from .verify_uint8 import uint8_file_mismatches, uint8_record_mismatches
 
 # A minimal-norm record's distance against the saved example's: float64 sums of the same float32 difference.
 DISTANCE_RTOL = 1e-5
@@ -136,6 +141,39 @@ def _forward(model: nn.Module, x: torch.Tensor, chunk: int, device: torch.device
     """The model's logits on ``x``, ``chunk`` rows per call (under ``torch.inference_mode``)."""
     with torch.inference_mode():
         return torch.cat([model(part.to(device)) for part in x.split(chunk)])
+
+
+@dataclass
+class _Forwarding:
+    """How one batch's saved images are forwarded: by eval's rule, in pieces of the run's batch size."""
+
+    model: nn.Module
+    judge: Judge | None  # a random model's replayed draws (None: a deterministic model)
+    judge_k: int
+    readable: list[str]  # the batch's readable files, in order
+    files: Mapping[str, Mapping[str, torch.Tensor] | None]
+    pos: Mapping[int, int]  # sample index -> row of the batch's clean images
+    batch_size: int
+    device: torch.device
+    out: Verification  # counts the forward passes
+
+    def logits(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """The logits of each readable file's images (one tensor per file, in ``readable``'s order), concatenated.
+        In pieces of the run's batch size: eval never forwarded more at once (review 2, F10: all the files of a
+        batch, every suite stage's and sweep eps', in one call could run out of GPU memory)."""
+        if self.judge is not None:  # eval's own judgement replayed, file by file (each holds the rows eval judged)
+            parts = []
+            for name, xa in zip(self.readable, images, strict=True):
+                # A row the data lacks is reported with its record; its place here is any row of the batch.
+                index = self.files[name]["index"].tolist()  # type: ignore[index]
+                rows = torch.tensor([self.pos.get(int(i), 0) for i in index], device=self.device)
+                with torch.inference_mode():
+                    parts.append(self.judge.logits(xa.to(self.device), rows))
+            self.out.forward_passes += self.judge_k * len(self.readable)
+            return torch.cat(parts)
+        logits = _forward(self.model, torch.cat(images), self.batch_size, self.device)
+        self.out.forward_passes += -(-logits.shape[0] // self.batch_size)
+        return logits
 
 
 def _is_random(model: nn.Module, x: torch.Tensor) -> bool:
@@ -335,7 +373,7 @@ def verify_run(
         files: dict[str, dict[str, torch.Tensor] | None] = {}
         for name in owners:
             try:
-                files[name] = load_examples(run.path / name, ("index", "x_adv"))
+                files[name] = load_examples(run.path / name)
             except (OSError, SafetensorError) as e:
                 files[name] = None
                 out.mismatches.append(f"{name}: unreadable ({e}); the file is missing, truncated or damaged")
@@ -356,25 +394,14 @@ def verify_run(
         gaps: dict[str, list[float]] = {}
         top5: dict[str, list[tuple[set[int], bool]]] = {}
         geometry: dict[str, Geometry] = {}
+        uint8: dict[str, Uint8Versions] = {}  # per file: its uint8 images and flags, recomputed
+        kept_top1: dict[str, list[int]] = {}  # per file: the top-1 and top-2 gap on the kept uint8 images
+        kept_gaps: dict[str, list[float]] = {}
         if readable:
             assert attacked is not None  # a record's sample was readable, so this batch prepared the model
             xa_all = [files[name]["x_adv"] for name in readable]  # type: ignore[index]
-            # In pieces of the run's batch size: eval never forwarded more at once (review 2, F10: all the files of
-            # a batch, every suite stage's and sweep eps', in one call could run out of GPU memory).
-            if out.random:  # eval's own judgement replayed, file by file (each holds the rows eval judged; F4)
-                parts = []
-                assert judge is not None  # made with the batch's clean prediction above
-                for name, xa in zip(readable, xa_all, strict=True):
-                    # A row the data lacks is reported with its record; its place here is any row of the batch.
-                    index = files[name]["index"].tolist()  # type: ignore[index]
-                    rows = torch.tensor([pos.get(int(i), 0) for i in index], device=device)
-                    with torch.inference_mode():
-                        parts.append(judge.logits(xa.to(device), rows))
-                logits = torch.cat(parts)
-                out.forward_passes += judge_k * len(readable)
-            else:
-                logits = _forward(attacked, torch.cat(xa_all), batch_size, device)
-                out.forward_passes += -(-logits.shape[0] // batch_size)
+            ctx = _Forwarding(attacked, judge, judge_k, readable, files, pos, batch_size, device, out)
+            logits = ctx.logits(xa_all)
             t_all, g_all, f_all = logits.argmax(dim=1).tolist(), prediction_gaps(logits), top5_sets(logits, tol)
             out.images_forwarded += len(t_all)
             for name, xa in zip(readable, xa_all, strict=True):
@@ -386,6 +413,15 @@ def verify_run(
                 norm = attack_norm(names[owner], params[owner]) if names[owner] in MINIMAL_ATTACKS else None
                 index = files[name]["index"]  # type: ignore[index]
                 geometry[name] = _geometry(x, xa.to(device), pos, index, ball, norm)
+                # The uint8 images eval wrote and the flags its records state, recomputed (verify_uint8).
+                clean = x[[pos[int(j)] for j in index.tolist()]]
+                uint8[name] = uint8_versions(clean, xa.to(device=device, dtype=clean.dtype), ball)
+                out.mismatches += uint8_file_mismatches(name, files[name], uint8[name])  # type: ignore[arg-type]
+            kept_logits = ctx.logits([uint8[name].u8_ball.to(x.dtype) / 255 for name in readable])
+            k_all, kg_all = kept_logits.argmax(dim=1).tolist(), prediction_gaps(kept_logits)
+            for name, xa in zip(readable, xa_all, strict=True):
+                kept_top1[name], k_all = k_all[: xa.shape[0]], k_all[xa.shape[0] :]
+                kept_gaps[name], kg_all = kg_all[: xa.shape[0]], kg_all[xa.shape[0] :]
         verdict: dict[tuple[str, int], tuple[bool, bool]] = {}  # (attack, sample): (broken, borderline)
         for aid, r, where in todo:
             i, saved = int(r["index"]), r["adversarial"]
@@ -400,6 +436,9 @@ def verify_run(
             out.checked += 1
             checked[aid] += 1
             ball, box_ok, dist, sizes = geometry[name]
+            out.mismatches += uint8_record_mismatches(
+                where, r, uint8[name], row, _broken(kept_top1[name][row], r), kept_gaps[name][row] <= tol
+            )
             if sizes[row] is not None:
                 out.mismatches += _size_mismatches(where, r, sizes[row])
             if not box_ok[row]:
@@ -408,6 +447,19 @@ def verify_run(
                 out.mismatches.append(
                     f"{where}: the example leaves the {ball[0]} ball: {dist[row]:.9g} > eps {ball[1]:.9g}"
                 )
+            elif owners[name] != aid and (own := ball_of(names[aid], params[aid])) is not None:
+                # A chained attack's row counts its dependencies' breaks as its own: they must lie in its ball too
+                # (runs made before validate_specs refused other norms and larger eps could hold such rows).
+                if ball is None or ball[0] != own[0]:
+                    out.mismatches.append(
+                        f"{where}: the example comes from {owners[name]!r}, whose points are not bounded in "
+                        f"{aid!r}'s {own[0]} ball"
+                    )
+                elif not dist[row] <= own[1] + ball_slack(*own):
+                    out.mismatches.append(
+                        f"{where}: the example (from {owners[name]!r}) leaves this attack's {own[0]} ball: "
+                        f"{dist[row]:.9g} > eps {own[1]:.9g}"
+                    )
             if names[aid] in MINIMAL_ATTACKS and owners[name] == aid:  # the curves are computed from distance
                 if (r.get("distance") is None) == bool(r["success"]):
                     out.mismatches.append(

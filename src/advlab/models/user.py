@@ -221,7 +221,16 @@ def load_user_model(
 
 
 def check_fits(model: Any, dataset: Any, data: str) -> None:
-    """One clear line when the dataset's first image is not the shape the model takes (before any attack)."""
+    """One clear line when the dataset's first image is not the shape the model takes, or its labels name classes
+    the model does not have (before any attack)."""
+    classes, labels = getattr(model, "num_classes", None), getattr(dataset, "labels", None)
+    if isinstance(classes, int) and isinstance(labels, torch.Tensor) and labels.numel() > 0:
+        largest = int(labels.max())
+        if largest >= classes:
+            raise UsageError(
+                f"data {data} has labels up to {largest} but model {getattr(model, 'name', '') or 'model'} has "
+                f"{classes} classes (0..{classes - 1}); give the data the model was trained on (--data)"
+            )
     size = tuple(getattr(model, "input_size", ()) or ())
     if len(dataset) == 0 or not size:
         return

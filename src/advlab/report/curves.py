@@ -94,8 +94,9 @@ def _add_norm(section: Section, norm: str, sec: Mapping[str, Any]) -> None:
         shown = check["violations"][:20]
         section.tables.append(
             Table(
-                f"Cross-check against fixed-eps attacks ({norm}): {check['n_violations']} violations in "
-                f"{check['n_checked']} broken samples checked",
+                f"Cross-check against fixed-eps attacks ({norm}): {check['n_violations']} violations "
+                f"({check.get('n_samples_violating', '?')} samples) in {check['n_checked']} checks (a sample a "
+                "fixed-eps attack broke, per attack)",
                 ["sample", "fixed-eps attack", "eps", "its perturbation", "minimal distance found"],
                 [[str(v["index"]), v["attack"], _num(v["eps"]), _num(v["bound"]), _num(v["distance"])] for v in shown],
                 note="every sample a fixed-eps attack broke at eps must have a minimal distance <= the size of the "

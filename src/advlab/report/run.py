@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.claim import robust_per_threat_model
 from ..evaluate.compare import FinishedRun, load_run
 from ..evaluate.intervals import fmt_interval, proportion
 from ..evaluate.saved import load_examples
@@ -141,35 +142,33 @@ def stage_tables(summary: Mapping[str, Any]) -> list[Table]:
     return tables
 
 
-def per_class_table(records: Mapping[str, Sequence[Mapping[str, Any]]], attack_ids: Sequence[str]) -> Table:
-    """Clean and worst-case robust top-1 accuracy per true class, over the untargeted attacks of the run."""
+def per_class_table(records: Mapping[str, Sequence[Mapping[str, Any]]], attacks: Sequence[Mapping[str, Any]]) -> Table:
+    """Clean top-1 accuracy per true class and, per threat model (norm, eps) of the run, the worst-case robust
+    top-1 (:func:`advlab.evaluate.claim.robust_per_threat_model`: the claim's rule). One worst case over every
+    attack would mix budgets and norms, and a minimal-norm attack, which breaks every sample at some size, would
+    make it 0 everywhere."""
     clean: dict[int, dict[int, bool]] = {}
-    robust: dict[int, dict[int, bool]] = {}
-    for aid in attack_ids:
-        for r in records.get(aid, []):
-            c, i = int(r["label"]), int(r["index"])
-            clean.setdefault(c, {})[i] = r["clean_top5"][0] == c
-            if r["target"] is None:
-                robust.setdefault(c, {})
-                robust[c][i] = robust[c].get(i, True) and r["adv_top5"][0] == c
+    for a in attacks:
+        for r in records.get(str(a["id"]), []):
+            c = int(r["label"])
+            clean.setdefault(c, {})[int(r["index"])] = r["clean_top5"][0] == c
+    models = robust_per_threat_model(attacks, records)
+    label_of = {i: c for c, samples in clean.items() for i in samples}
     rows = []
     for c in sorted(clean):
         n = len(clean[c])
-        k_clean = sum(clean[c].values())
-        k_rob = sum((robust.get(c) or {}).values())
-        rows.append(
-            [
-                str(c),
-                str(n),
-                fmt_interval(proportion(k_clean, n)),
-                fmt_interval(proportion(k_rob, n)) if c in robust else "n/a",
-            ]
-        )
+        row = [str(c), str(n), fmt_interval(proportion(sum(clean[c].values()), n))]
+        for tm in models:
+            mine = [ok for i, ok in tm.robust.items() if label_of.get(i) == c]
+            row.append(fmt_interval(proportion(sum(mine), len(mine))) if mine else "n/a")
+        rows.append(row)
     return Table(
         "Accuracy per class",
-        ["class", "n", "clean top-1", "robust top-1 (worst case over the untargeted attacks)"],
+        ["class", "n", "clean top-1", *(f"robust top-1, {tm.norm} eps {tm.eps:.4g}" for tm in models)],
         rows,
-        "95% Wilson intervals; a sample counts as robust only if no untargeted attack of the run changed its top-1.",
+        "95% Wilson intervals. Robust per threat model (norm, eps): a sample counts as robust only if no untargeted "
+        "attack of that norm at that eps or a smaller one changed its top-1 and no minimal-norm attack of that "
+        "norm found an adversarial point within eps (the claim's rule, advlab verify --claim).",
         id="per-class",
     )
 
@@ -282,7 +281,8 @@ def run_report(
     s = run.summary
     u8 = uint8_table(s)
     results = Section("Results", tables=[results_table(s), *stage_tables(s), *([u8] if u8 else [])], id="results")
-    per_class = Section("Per class", tables=[per_class_table(run.records, run.attack_ids)], id="per-class-section")
+    by_class = per_class_table(run.records, run.config.get("attacks", []))
+    per_class = Section("Per class", tables=[by_class], id="per-class-section")
     intro = about_section(run)
     intro.paragraphs += list(about)
     panels = [examples_section(run, dataset, class_names)] if examples else []

@@ -59,7 +59,10 @@ class RunLock:
     def acquire(self) -> RunLock:
         if self.folder.exists() and not self.folder.is_dir():
             raise UsageError(f"{self.folder} is a file; give a folder path for --out")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError, PermissionError) as e:  # a file on the way, or no rights
+            raise UsageError(f"cannot create the folder {self.folder} for --out: {e.strerror}") from None
         try:  # never through a link: a planted .advlab.lock -> ~/.bashrc would be truncated by the holder record
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
