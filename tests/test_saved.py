@@ -266,6 +266,19 @@ def test_cli_suite_prints_its_stages_and_verify_exits_by_what_it_found(tmp_path,
     assert (
         stated["data"]["sample_indices"] == summary["data"]["sample_indices"] and stated["model"]["state_dict_sha256"]
     )
+    # advlab report --claim writes the same claim from the finished run (no attack runs), and it verifies.
+    again = tmp_path / "again.json"
+    assert main(["report", str(run), "--claim", str(again)]) == 0
+    capsys.readouterr()
+    assert {k: v for k, v in json.loads(again.read_text()).items() if k != "date"} == {
+        k: v for k, v in stated.items() if k != "date"
+    }
+    # A claim of the older schema is named as such, with the way to write it again.
+    old_claim = tmp_path / "old.json"
+    old_claim.write_text(json.dumps({**stated, "schema": "advlab.claim/1"}))
+    assert main(["verify", str(run), "--claim", str(old_claim)]) == 2
+    err = capsys.readouterr().err
+    assert "a claim of an older advlab (schema advlab.claim/1" in err and "advlab report RUN_DIR --claim" in err, err
     stated["threat_models"][0]["robust_top1"]["k"] += 1  # a claim of one more robust sample than the run shows
     claim.write_text(json.dumps(stated))
     assert main(["verify", str(run), "--claim", str(claim)]) == 1

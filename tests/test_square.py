@@ -144,6 +144,17 @@ def test_samples_adversarial_at_x_come_back_as_x_without_queries(norm: str, digi
     torch.testing.assert_close(mixed.x_adv[~clean], alone.x_adv, rtol=0, atol=0)
 
 
+def test_a_sample_adversarial_at_x_only_within_the_rounding_slack_is_searched() -> None:
+    # x's top-1 leaves y by 1e-7 of a logit of 1, below the slack (1e-4 of it) that another batch's rounding could
+    # undo: a suite that judged x standing must get Square's search there, not x back unsearched.
+    w = torch.zeros(2, 16, dtype=torch.float64)
+    w[1, :8] = 1.0  # moving the first 8 pixels up raises class 1's lead
+    model = Linear(w, torch.tensor([1.0, 1.0 + 1e-7], dtype=torch.float64))
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    res = attacks.square(model, x, torch.tensor([0]), 0.1, queries=20, seed=0, return_info=True)
+    assert int(res.extras["queries"][0]) >= 1 and bool(res.success[0])
+
+
 def test_model_left_as_it_was_and_no_gradient_needed() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.5))
     model.train()

@@ -215,6 +215,14 @@ def test_a_chained_record_from_outside_the_attacks_own_ball_is_caught(chained_ru
     for r in copied:
         needle = f"pgd, sample {r['index']}: the example (from 'fgsm') leaves this attack's linf ball"
         assert any(needle in m for m in v.mismatches), (needle, v.mismatches[:5])
+    # An example inside the chained attack's ball is fine whoever made it: here fgsm restated as an L2 attack of a
+    # huge eps (its copied points are still inside pgd's Linf ball of 0.2), which must not be flagged.
+    run_json = json.loads((out / "run.json").read_text())
+    dep = next(a for a in run_json["config"]["attacks"] if a["id"] == "fgsm")
+    dep["params"] = {"eps": 100.0, "norm": "l2"}
+    (copy / "run.json").write_text(json.dumps(run_json))
+    v = verify_run(copy, model, data)
+    assert not any("leaves this attack's" in m or "leaves the" in m for m in v.mismatches), v.mismatches[:5]
 
 
 @pytest.mark.parametrize("tamper", ["uint8 image", "kept image", "flags"])

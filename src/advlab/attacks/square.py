@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .checks import check_choice, check_positive, check_steps, first_logits, frozen, validate
 from .noise import CounterRandom
 from .norms import batch_view, flat_norm
-from .objectives import is_success, objective
+from .objectives import is_success, objective, rounding_slack
 from .result import AttackResult
 from .state import PerSample
 
@@ -218,8 +218,11 @@ def square_result(
     with frozen(model), torch.no_grad():
         # x itself first (not a query of the search): where it is already adversarial, it is the answer, as in
         # AutoAttack, which runs Square on the correctly classified only; the stripes could land back in class.
-        logits = first_logits(model, x, y_max)
-        clean_obj, clean = objective(logits.to(x.dtype), y, loss, targeted), is_success(logits, y, targeted)
+        # Only past the rounding slack: a near-tie that this batch's rounding calls adversarial is searched (a
+        # suite hands Square the samples its own judgement left standing).
+        logits = first_logits(model, x, y_max).to(x.dtype)
+        clean_obj = objective(logits, y, loss, targeted)
+        clean = objective(logits, y, "margin", targeted) > rounding_slack(logits)
         st.x_best = _linf_init(st, rng) if norm == "linf" else _l2_init(st, rng)
         logits = model(st.x_best)
         st.obj = objective(logits.to(x.dtype), y, loss, targeted)  # x's dtype: half logits of an autocast model
@@ -292,8 +295,9 @@ def square(
         seed: per-sample seeds (see :class:`CounterRandom`); with an int or tensor the attack is deterministic
             and each sample's result is independent of its batch.
 
-    A sample already adversarial at x (misclassified, or classified as the target) is not searched: it comes
-    back as x itself, successful, with 0 queries (one forward pass of the batch at x, before the search).
+    A sample already adversarial at x (misclassified, or classified as the target, past the rounding slack of
+    :func:`~advlab.attacks.objectives.rounding_slack`) is not searched: it comes back as x itself, successful,
+    with 0 queries (one forward pass of the batch at x, before the search, not counted).
 
     Returns x_adv (the best point found; in the box and the ball), or with ``return_info=True`` an
     :class:`AttackResult` whose ``loss`` is the objective that was ascended and ``extras["queries"]`` the number

@@ -21,6 +21,10 @@ def add_report_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by advlab eval")
     p.add_argument("--out", default=None, help="folder for report.html (default: RUN_DIR)")
+    p.add_argument(
+        "--claim", default=None, metavar="CLAIM.json", help="also write the run's shareable claim (as advlab eval "
+        "--claim does; from the finished run's records, no attack runs), checked by advlab verify --claim"
+    )
     p.set_defaults(run=cmd_report)
     return p
 
@@ -46,4 +50,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         except UsageError as e:
             print(f"advlab: no panel of examples: {e}", file=sys.stderr)
     print(write_run_report(args.run_dir, args.out, dataset=dataset, class_names=names))
+    if args.claim is not None:
+        from ..evaluate.claim import write_claim
+
+        write_claim(args.run_dir, args.claim)
+        print(f"claim: {args.claim}")
     return 0

@@ -153,6 +153,15 @@ def read_claim(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"claim file {p} cannot be read ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise SpecError(f"claim file {p} is not JSON ({e})") from None
+    if isinstance(claim, dict) and claim.get("schema") == "advlab.claim/1":
+        raise SpecError(
+            f"{p} is a claim of an older advlab (schema advlab.claim/1: a threat model took the attacks at that exact "
+            f"eps only); write the run's claim again with advlab report RUN_DIR --claim {p.name} (schema "
+            f"{CLAIM_SCHEMA}: smaller eps and minimal-norm evidence count too)"
+        )
     if not isinstance(claim, dict) or claim.get("schema") != CLAIM_SCHEMA:
-        raise SpecError(f"{p} is not an advlab claim (schema {CLAIM_SCHEMA}); write one with advlab eval --claim")
+        raise SpecError(
+            f"{p} is not an advlab claim (schema {CLAIM_SCHEMA}); write one with advlab eval --claim or advlab report "
+            "RUN_DIR --claim"
+        )
     return claim

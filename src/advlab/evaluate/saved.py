@@ -44,7 +44,7 @@ from torch import Tensor
 from ..attacks.norms import batch_view
 from ..runtime.files import atomic_write_bytes
 from .records import L0_TOL, RECORD_NORMS
-from .specs import AttackSpec, attack_norm
+from .specs import AttackSpec, ball_of
 
 SAVED_DIR = "adversarial"
 # What ``save_adversarial`` holds in a run's configuration: the version of the ``adversarial`` record field
@@ -56,16 +56,6 @@ BALL_TOL = 1e-6
 # How far from L0_TOL a float32 difference of images in [0, 1] may land on the other side of it in float64 (the
 # float32 subtraction's rounding is below 6e-8).
 L0_NEAR = 1e-7
-
-
-def ball_of(name: str, params: Mapping[str, Any]) -> tuple[str, float] | None:
-    """The (norm, eps) ball of attack ``name`` with ``params``; None for an attack without an eps (the
-    minimal-norm attacks, cw_l2)."""
-    eps = params.get("eps")
-    norm = attack_norm(name, params)
-    if eps is None or isinstance(eps, list | tuple) or norm is None:
-        return None
-    return norm, float(eps)
 
 
 def distance(x: Tensor, x_adv: Tensor, norm: str) -> Tensor:

@@ -332,6 +332,16 @@ def attack_norm(name: str, params: Mapping[str, Any]) -> str | None:
     return None if default is None or not isinstance(default.default, str) else default.default
 
 
+def ball_of(name: str, params: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The (norm, eps) ball of attack ``name`` with ``params``; None for an attack without an eps (the
+    minimal-norm attacks, cw_l2)."""
+    eps = params.get("eps")
+    norm = attack_norm(name, params)
+    if eps is None or isinstance(eps, list | tuple) or norm is None:
+        return None
+    return norm, float(eps)
+
+
 def _check_budget(name: str, params: Mapping[str, Any]) -> None:
     """An Linf eps above 1 allows every image in [0, 1]: a budget meant for [0, 255] pixels (8 for 8/255),
     refused as ``advlab train --eps`` refuses it (L2 and L1 radii above 1 are meaningful and stay allowed).
@@ -436,23 +446,14 @@ def validate_specs(specs: Iterable[AttackSpec]) -> list[AttackSpec]:
     return specs
 
 
-def _spec_ball(spec: AttackSpec) -> tuple[str, float] | None:
-    """The (norm, eps) ball a spec's points lie in; None where they have no budget (minimal-norm attacks, cw_l2,
-    deepfool)."""
-    eps, norm = spec.params.get("eps"), attack_norm(spec.name, spec.params)
-    if spec.name in MINIMAL_ATTACKS or eps is None or isinstance(eps, list | tuple) or norm is None:
-        return None
-    return norm, float(eps)
-
-
 def _check_chain_ball(spec: AttackSpec, dep: AttackSpec) -> None:
     """A chained attack's row holds its dependencies' points where they broke a sample, so they must lie in its
     own ball: a dependency with a budget, in the same norm, with an eps no larger (a break at a larger eps, or
     by a minimal-norm attack, is not a break within this one's)."""
-    own = _spec_ball(spec)
+    own = ball_of(spec.name, spec.params)
     if own is None:
         return
-    theirs = _spec_ball(dep)
+    theirs = ball_of(dep.name, dep.params)
     where = f"attack {spec.id!r}: only_unbroken names {dep.id!r}"
     if theirs is None:
         raise SpecError(

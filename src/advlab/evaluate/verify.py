@@ -64,6 +64,7 @@ float32 and accumulate in float64 (:func:`~advlab.evaluate.saved.distance`).
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -414,8 +415,10 @@ def verify_run(
                 index = files[name]["index"]  # type: ignore[index]
                 geometry[name] = _geometry(x, xa.to(device), pos, index, ball, norm)
                 # The uint8 images eval wrote and the flags its records state, recomputed (verify_uint8).
-                clean = x[[pos[int(j)] for j in index.tolist()]]
-                uint8[name] = uint8_versions(clean, xa.to(device=device, dtype=clean.dtype), ball)
+                # On the CPU, beside the file's floats: _forward moves the kept images to the device a piece at a
+                # time (all of a batch's files at once could fill a GPU; review 2, F10).
+                clean = x[[pos[int(j)] for j in index.tolist()]].cpu()
+                uint8[name] = uint8_versions(clean, xa.to(clean.dtype), ball)
                 out.mismatches += uint8_file_mismatches(name, files[name], uint8[name])  # type: ignore[arg-type]
             kept_logits = ctx.logits([uint8[name].u8_ball.to(x.dtype) / 255 for name in readable])
             k_all, kg_all = kept_logits.argmax(dim=1).tolist(), prediction_gaps(kept_logits)
@@ -448,17 +451,14 @@ def verify_run(
                     f"{where}: the example leaves the {ball[0]} ball: {dist[row]:.9g} > eps {ball[1]:.9g}"
                 )
             elif owners[name] != aid and (own := ball_of(names[aid], params[aid])) is not None:
-                # A chained attack's row counts its dependencies' breaks as its own: they must lie in its ball too
-                # (runs made before validate_specs refused other norms and larger eps could hold such rows).
-                if ball is None or ball[0] != own[0]:
-                    out.mismatches.append(
-                        f"{where}: the example comes from {owners[name]!r}, whose points are not bounded in "
-                        f"{aid!r}'s {own[0]} ball"
-                    )
-                elif not dist[row] <= own[1] + ball_slack(*own):
+                # A chained attack's row counts its dependencies' breaks as its own: they must lie in its ball too,
+                # measured in its norm (runs made before validate_specs refused larger eps, other norms and
+                # minimal-norm dependencies can hold such rows; an example inside is fine whoever made it).
+                size = (sizes[row] or {}).get(own[0], math.inf)
+                if not size <= own[1] + ball_slack(*own):
                     out.mismatches.append(
                         f"{where}: the example (from {owners[name]!r}) leaves this attack's {own[0]} ball: "
-                        f"{dist[row]:.9g} > eps {own[1]:.9g}"
+                        f"{size:.9g} > eps {own[1]:.9g}"
                     )
             if names[aid] in MINIMAL_ATTACKS and owners[name] == aid:  # the curves are computed from distance
                 if (r.get("distance") is None) == bool(r["success"]):

@@ -19,6 +19,7 @@ from ..evaluate.compare import FinishedRun, load_run
 from ..evaluate.intervals import fmt_interval, proportion
 from ..evaluate.saved import load_examples
 from ..evaluate.summary import published_for, published_text, summary_attack_norm
+from ..numbers import format_number
 from .document import Figure, Report, Section, Table
 from .plots import panel_png
 from .summary import summary_report, write_report
@@ -164,7 +165,7 @@ def per_class_table(records: Mapping[str, Sequence[Mapping[str, Any]]], attacks:
         rows.append(row)
     return Table(
         "Accuracy per class",
-        ["class", "n", "clean top-1", *(f"robust top-1, {tm.norm} eps {tm.eps:.4g}" for tm in models)],
+        ["class", "n", "clean top-1", *(f"robust top-1, {tm.norm} eps {format_number(tm.eps)}" for tm in models)],
         rows,
         "95% Wilson intervals. Robust per threat model (norm, eps): a sample counts as robust only if no untargeted "
         "attack of that norm at that eps or a smaller one changed its top-1 and no minimal-norm attack of that "
