@@ -50,15 +50,14 @@ another is refused with one line.
 
 Cost: about three clean evaluations. The data is read once, every saved file once; each batch of the run is
 forwarded (under ``torch.inference_mode``) once over its clean images (one image per readable sample: the clean
-evaluation itself) and twice over every example saved for that batch (its floats, then its kept uint8 image),
-all attacks' files together, in pieces of
-the run's batch size (eval never forwarded more images at once, so what fitted eval's memory fits verify's): one
-image per distinct saved example. A random model costs K calls per batch and per saved file (its K draws). An
-example shared by a suite and the attack it was chained on is forwarded once however many records point at it;
-a suite stage that attacked a sample left unbroken by the stage before saved its own example, so a sample robust
-after k stages has k examples (on a model that falls at the first stage, about one per sample: the saved
-examples cost one more clean evaluation's forward passes). The box and ball checks take the difference in
-float32 and accumulate in float64 (:func:`~advlab.evaluate.saved.distance`).
+evaluation itself) and twice over every example saved for that batch (its floats, then its kept uint8 image), all
+attacks' files together, in pieces of the run's batch size (eval never forwarded more images at once, so what fitted
+eval's memory fits verify's): one image per distinct saved example, each twice. A random model costs K calls per
+batch and per saved file, twice (its K draws). An example shared by a suite and the attack it was chained on is
+forwarded once however many records point at it; a suite stage that attacked a sample left unbroken by the stage
+before saved its own example, so a sample robust after k stages has k examples (on a model that falls at the first
+stage, about one per sample: the saved examples cost two more clean evaluations' forward passes). The box and ball
+checks take the difference in float32 and accumulate in float64 (:func:`~advlab.evaluate.saved.distance`).
 """
 
 from __future__ import annotations
