@@ -188,6 +188,17 @@ def test_modes_become_rgb(tmp_path: Path, mode: str) -> None:
         assert torch.allclose(x[:, 0, 0], torch.tensor([200, 100, 50]) / 255, atol=12 / 255)  # JPEG loss
 
 
+def test_a_dark_16_bit_image_is_scaled_from_its_full_range() -> None:
+    # Review (session 20): the scale was chosen by the image's own maximum, so a 16-bit image whose pixels stay
+    # below 256 was read as 8-bit: 200/65535 came out as 200/255, 250 times too bright.
+    arr = np.full((3, 4), 200, dtype=np.uint16)
+    img = Image.fromarray(arr)
+    if not img.mode.startswith("I;16"):
+        img = Image.fromarray(arr, mode="I;16")
+    rgb = np.asarray(to_rgb(img))
+    assert img.mode.startswith("I;16") and int(rgb.max()) == round(200 * 255 / 65535)
+
+
 def test_to_rgb_keeps_rgb_object() -> None:
     img = Image.new("RGB", (2, 2))
     assert to_rgb(img) is img
@@ -346,3 +357,30 @@ def test_farthest_point_invariants(n: int, k: int, dim: int, seed: int, data: st
         assert gap[chosen[step]] >= max(gap.values()) - 1e-9  # the farthest remaining point of its tier
     again = farthest_point_classes(vectors, candidates, priority, k, np.random.default_rng(seed))
     assert again == chosen
+
+
+class _HeldOut(_Points):
+    """The same points, but each item reports the index it had in a larger set (a held-out split's, a sample's)."""
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        x, y, _ = super().__getitem__(i)
+        return x, y, 9000 + 7 * i
+
+
+def test_select_subset_reads_labels_and_images_by_position_not_by_the_index_items_report() -> None:
+    # Review (session 20): the index an item reports was used as its position, so a held-out split raised
+    # IndexError and a reordered one picked misclassified images.
+    angles = torch.tensor([0.0, 10.0, 20.0, 90.0, 180.0, 270.0]) * torch.pi / 180
+    rows = torch.stack([angles.cos(), angles.sin()], dim=1)
+    model = _linear_model(rows)
+    labels = torch.arange(6).repeat_interleave(4).flip(0)  # reversed: positions and natural order disagree
+    points = rows[labels].clone()
+    points[labels == 5] = rows[3]  # misclassified
+    ds = _HeldOut(points, labels)
+    sub = select_subset(model, ds, classes=3, per_class=2, seed=0)
+    assert all(0 <= i < len(ds) for i in sub.indices)  # positions
+    assert sub.indices == select_subset(model, _Points(points, labels), classes=3, per_class=2, seed=0).indices
+    with torch.no_grad():
+        for j in range(len(sub)):
+            x, y, reported = sub[j]
+            assert int(model(x[None]).argmax()) == y and reported == 9000 + 7 * sub.indices[j]

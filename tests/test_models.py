@@ -9,12 +9,14 @@ import socket
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from advlab.errors import UsageError
 from advlab.models import (
     ImageClassifier,
     WeightsNotFoundError,
@@ -407,3 +409,29 @@ def test_bad_normalisation_is_rejected() -> None:
         load_model("mnist_cnn", pretrained=False, mean=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="std must be positive"):
         load_model("mnist_cnn", pretrained=False, std=(0.0,))
+
+
+@pytest.mark.parametrize("arch", ["coat_lite_medium_384.in1k", "resnet18.a1_in1k"])  # crop modes squash, center
+def test_a_timm_models_images_are_the_ones_timms_own_eval_transform_makes(arch: str) -> None:
+    # Review (session 20): timm's crop_mode "squash" (131 pretrained configs) resizes to h x w ignoring the aspect
+    # ratio; advlab resized the short side and cropped, another view of every non-square photo.
+    timm = pytest.importorskip("timm")
+    from PIL import Image
+
+    from advlab.data import transform_for
+
+    model = load_model(f"timm:{arch}", pretrained=False)
+    cfg = timm.data.resolve_data_config(model=model.backbone)
+    theirs = timm.data.create_transform(**cfg)  # normalised; advlab normalises inside the model
+    img = Image.fromarray((np.random.default_rng(0).random((300, 640, 3)) * 255).astype(np.uint8))
+    mean, std = torch.tensor(cfg["mean"])[:, None, None], torch.tensor(cfg["std"])[:, None, None]
+    torch.testing.assert_close(transform_for(model)(img), theirs(img) * std + mean, rtol=0, atol=1e-6)
+
+
+def test_a_timm_crop_mode_advlab_does_not_reproduce_is_refused() -> None:
+    timm = pytest.importorskip("timm")
+    border = [n for n in timm.list_pretrained() if timm.models.get_pretrained_cfg(n).crop_mode == "border"]
+    if not border:
+        pytest.skip("this timm has no pretrained config with crop_mode 'border'")
+    with pytest.raises(UsageError, match="crop_mode 'border', which advlab does not reproduce"):
+        load_model(f"timm:{border[0]}", pretrained=False)

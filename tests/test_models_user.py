@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 import warnings
 from pathlib import Path
@@ -235,6 +236,25 @@ def test_trained_run_checkpoint_opens_by_itself(tmp_path, capsys) -> None:
     argv = ["eval", "--weights", str(path), "--data", "fashion-mnist", "--limit", "2", "--attack", "fgsm"]
     assert main([*argv, "--eps", "0.1", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["model"]["name"] == "mnist_cnn_small"
+
+
+@pytest.mark.parametrize("recorded", ["factory file", "os:getpid", "resnet18"])
+def test_a_checkpoints_recorded_name_never_runs_code_or_picks_another_source(tmp_path, recorded: str) -> None:
+    # Review (session 20): the architecture a received file's metadata names chose the model; a FILE.py:FACTORY or
+    # module:callable there was imported and called though the user never named it.
+    from safetensors.torch import save_file
+
+    marker = tmp_path / "ran"
+    if recorded == "factory file":
+        code = tmp_path / "evil.py"
+        code.write_text(f"import pathlib\ndef make():\n    pathlib.Path({str(marker)!r}).write_text('x')\n")
+        recorded = f"{code}:make"
+    net = load_model("mnist_cnn_small", pretrained=False).backbone
+    path = tmp_path / "received.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={"architecture": recorded})
+    with pytest.raises(UsageError, match=re.escape(f"names the model {recorded!r} in its metadata")):
+        load_model(weights=path)
+    assert not marker.exists()
 
 
 def test_onnx_graph_that_does_not_convert(tmp_path) -> None:

@@ -366,3 +366,37 @@ def test_attacks_on_a_one_channel_model_agree_with_the_model_as_given() -> None:
     assert torch.equal(plain.success, prepared.success)
     torch.testing.assert_close(prepared.loss, plain.loss, rtol=1e-4, atol=1e-5)
     assert (prepared.x_adv - plain.x_adv).abs().le(1e-6).float().mean() > 0.99
+
+
+class _Flattened(nn.Module):
+    """The tutorial CNN: ``x.view(N, -1)`` after the convolutions (a view needs row-major activations)."""
+
+    def __init__(self, channels: int, norm: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 6, 5)
+        self.norm = nn.BatchNorm2d(6) if norm else nn.Identity()
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(nn.functional.relu(self.norm(self.conv1(x))), 2)
+        x = nn.functional.max_pool2d(nn.functional.relu(self.conv2(x)), 2)
+        return self.fc(x.view(x.size(0), -1))
+
+
+@pytest.mark.parametrize(("channels", "norm"), [(1, False), (3, False), (1, True), (3, True)])
+def test_a_model_that_views_its_activations_is_prepared_without_channels_last(channels: int, norm: bool) -> None:
+    # Review (session 20): channels-last weights make the activations channels-last even for a row-major input, so
+    # `view` raised inside prepare (advlab eval's default) on every one-channel CNN of this kind.
+    torch.manual_seed(0)
+    model = _Flattened(channels, norm).eval()
+    if norm:  # statistics that make folding change the numbers
+        model.norm.running_mean.uniform_(-1, 1)
+        model.norm.running_var.uniform_(0.5, 2)
+    x = torch.rand(8, channels, 28, 28)
+    prepared = prepare(model, x)
+    changes = getattr(prepared, "changes", ())
+    assert not any("channels-last" in c for c in changes), changes
+    assert ("1 batchnorm folded" in changes) == norm  # BN is still folded, only the layout is left alone
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), model(x), rtol=1e-5, atol=1e-5)

@@ -89,13 +89,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode (grey L/I/I;16, LA, P with or without transparency, RGBA, CMYK, YCbCr) to RGB.
 
     Alpha is dropped, not composited: that is what the ImageNet training pipelines did, so models saw
-    the colour channels only. 16/32-bit grey is rescaled to 8 bits rather than clipped.
+    the colour channels only. 16/32-bit grey is rescaled to 8 bits rather than clipped: a 16-bit mode (I;16*)
+    from its full range 0..65535 whatever the image's own maximum (a dark 16-bit image stays dark); the 32-bit
+    I and F modes, which do not say their range, from 0..65535 where a value passes 255, else 0..255.
     """
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I") or img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0.0) > 255 else 255.0
+        sixteen_bit = img.mode.startswith("I;16")
+        top = 65535.0 if sixteen_bit or arr.max(initial=0.0) > 255 else 255.0
         img = Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
     elif img.mode == "P":
         # Palette images can carry transparency in the palette; PIL wants them converted via RGBA.

@@ -104,15 +104,31 @@ def farthest_point_classes(
     return [int(candidates[i]) for i in chosen]
 
 
+class _Positions(Dataset):
+    """``dataset`` whose items carry their position in it as their index (an item reports its own index, which
+    differs from its position in a held-out split, a sample or a subset)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[i]
+        return None if item is None else (item[0], item[1], i)
+
+
 @torch.no_grad()
 def predict_top1(model: nn.Module, dataset: Dataset, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-1 predictions over the dataset: (dataset indices, predicted classes); unreadable images are absent."""
+    """Top-1 predictions over the dataset: (positions in the dataset, predicted classes); unreadable images are
+    absent. Positions, not the indices items report: ``dataset.labels`` and a subset of it are read by position."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     idx_all, pred_all = [], []
     try:
-        for x, _, idx in iter_batches(dataset, batch_size):
+        for x, _, idx in iter_batches(_Positions(dataset), batch_size):
             pred_all.append(model(x.to(device)).argmax(dim=1).cpu())
             idx_all.append(idx)
     finally:
@@ -135,8 +151,9 @@ def select_subset(
 
     See the module docstring for the method. ``dataset`` yields ``(image, label, index)`` with images already
     transformed for ``model`` (build it with ``transform=advlab.data.transform_for(model)``).
-    ``predictions`` (optional) reuses an earlier pass: the model's top-1 class for every dataset index
-    (shape ``(len(dataset),)``), negative for images to leave out; without it the model is run here.
+    ``predictions`` (optional) reuses an earlier pass: the model's top-1 class for every position in the dataset
+    (shape ``(len(dataset),)``), negative for images to leave out; without it the model is run here. The subset
+    holds positions in ``dataset`` (its items keep the index they report).
 
     Raises:
         ValueError: bad counts, or fewer than ``classes`` classes with at least one correctly classified image.

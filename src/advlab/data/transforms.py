@@ -6,7 +6,7 @@ only resizes the short side, centre-crops and converts to a float tensor in [0, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,12 +26,13 @@ INTERPOLATIONS = {
 
 def make_transform(
     *,
-    resize_size: int | None,
+    resize_size: int | Sequence[int] | None,
     crop_size: int | tuple[int, int] | None,
     interpolation: str = "bilinear",
     channels: int = 3,
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the short side to ``resize_size`` (antialiased), centre-crop ``crop_size``, to tensor in [0, 1].
+    """Resize the short side to ``resize_size`` (antialiased; a pair (h, w) resizes to exactly that, aspect ratio
+    ignored: timm's "squash"), centre-crop ``crop_size``, to tensor in [0, 1].
 
     ``None`` skips that step. ``channels=1`` converts to grey (ITU-R 601-2 luma) before the tensor.
     """
@@ -41,7 +42,8 @@ def make_transform(
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     steps: list[Any] = []
     if resize_size is not None:
-        steps.append(T.Resize(resize_size, interpolation=INTERPOLATIONS[interpolation], antialias=True))
+        size = resize_size if isinstance(resize_size, int) else [int(v) for v in resize_size]
+        steps.append(T.Resize(size, interpolation=INTERPOLATIONS[interpolation], antialias=True))
     if crop_size is not None:
         steps.append(T.CenterCrop(crop_size))
     if channels == 1:

@@ -39,7 +39,8 @@ class ImageClassifier(nn.Module):
         input_size: (C, H, W) the model is meant to see. Default: ``(len(mean), 224, 224)`` (3 channels
             when no mean is given), checked with one forward pass when ``class_names`` is not given.
         resize_size, crop_size, interpolation: preprocessing (short side resize, centre crop) that
-            ``preprocess`` / ``advlab.data.transform_for`` applies to PIL images.
+            ``preprocess`` / ``advlab.data.transform_for`` applies to PIL images; a ``resize_size`` pair (h, w)
+            resizes to exactly that size, aspect ratio ignored (timm's "squash" crop mode).
         class_names: one name per output logit. Default ``"0", "1", ...``, as many as the backbone's outputs
             for one zero image of ``input_size`` (one forward pass).
         name, source: the name it was loaded by and where its weights came from (for provenance).
@@ -59,7 +60,7 @@ class ImageClassifier(nn.Module):
         std: Sequence[float] | None = None,
         input_size: tuple[int, int, int] | None = None,
         class_names: Sequence[str] | None = None,
-        resize_size: int | None = None,
+        resize_size: int | tuple[int, int] | None = None,
         crop_size: int | None = None,
         interpolation: str = "bilinear",
         name: str = "",

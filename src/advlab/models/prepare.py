@@ -112,26 +112,33 @@ def preparation_record(model: nn.Module) -> dict[str, object]:
 
 def _prepare(model: nn.Module, probe: Tensor) -> nn.Module:
     conv_path = _channels_last_path(model, probe)
-    layout = torch.channels_last if conv_path and probe.shape[1] > 1 else None
-    try:
-        copied = _rewritten_copy(model, probe, conv_path)
-    except Exception:  # a model the rewrite cannot copy, hook or run is used as given
-        copied = None
-    if copied is not None:
+    # Channels-last weights make the activations channels-last even for a row-major input, so a model that
+    # ``view``s them cannot run with them: then the copy is made again without (BN folded, layout untouched).
+    for channels_last in (True, False) if conv_path else (False,):
+        layout = torch.channels_last if channels_last and probe.shape[1] > 1 else None
+        try:
+            copied = _rewritten_copy(model, probe, channels_last)
+        except Exception:  # a model the rewrite cannot copy, hook or run is used as given
+            copied = None
+        if copied is None:
+            # Nothing to rewrite: the model as given (a wrapper around the caller's own modules would share their
+            # mode and parameters, so it could not be the frozen, eval-mode module a prepared model promises).
+            return model
         module, changes = copied
         if layout is not None:
             changes = (*changes, "channels-last input")
         prepared = PreparedModel(module, changes, layout)
-    else:
-        # Nothing to rewrite: the model as given (a wrapper around the caller's own modules would share their
-        # mode and parameters, so it could not be the frozen, eval-mode module a prepared model promises).
-        return model
-    with torch.no_grad():
-        want, got = model(probe), _reference_call(prepared, probe)
-    if got is None or want.shape != got.shape:
-        return model
-    tol = TOLERANCE * float(want.abs().max()) + 1e-5
-    return prepared if bool(((want - got).abs() <= tol).all()) else model
+        with torch.no_grad():
+            want = model(probe)
+            try:
+                got = _reference_call(prepared, probe)
+            except RuntimeError:
+                continue
+        if got is None or want.shape != got.shape:
+            return model
+        tol = TOLERANCE * float(want.abs().max()) + 1e-5
+        return prepared if bool(((want - got).abs() <= tol).all()) else model
+    return model
 
 
 def _reference_call(prepared: PreparedModel, probe: Tensor) -> Tensor | None:

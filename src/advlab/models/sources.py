@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -241,6 +242,12 @@ def load_timm(
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join('timm:' + c for c in close)}?)" if close else ""
         raise UsageError(f"unknown timm model {full!r}{hint}; see timm.list_models()")
+    crop_mode = getattr(timm.models.get_pretrained_cfg(full), "crop_mode", None) or "center"
+    if crop_mode not in ("center", "squash"):  # before building what may be a large network
+        raise UsageError(
+            f"timm:{full} is evaluated with timm's crop_mode {crop_mode!r}, which advlab does not reproduce (it does "
+            "'center' and 'squash'); its accuracy here would not be the published one"
+        )
     n = num_classes or 1000
     backbone = timm.create_model(full, pretrained=False, num_classes=n)
     if user_file is not None and num_classes is None:  # a fine-tuned head: its class count from the file
@@ -271,13 +278,18 @@ def load_timm(
         source = f"timm {full} ({path})"
     input_size = tuple(int(v) for v in cfg.get("input_size", (3, 224, 224)))
     crop_pct = float(cfg.get("crop_pct", 0.875))
+    # timm's eval transform (transforms_factory): "center" resizes the short side to floor(size / crop_pct) and
+    # centre-crops; "squash" resizes to floor(h / crop_pct) x floor(w / crop_pct), aspect ratio ignored, then crops.
+    resize: int | tuple[int, int] = math.floor(input_size[1] / crop_pct)
+    if str(cfg.get("crop_mode") or "center") == "squash":
+        resize = (math.floor(input_size[1] / crop_pct), math.floor(input_size[2] / crop_pct))
     return ImageClassifier(
         backbone.eval(),
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
         input_size=input_size,  # type: ignore[arg-type]
         class_names=imagenet_names_or_numbers(n),
-        resize_size=int(input_size[1] / crop_pct),
+        resize_size=resize,
         crop_size=input_size[1],
         interpolation=str(cfg.get("interpolation", "bicubic")),
         name=f"timm:{arch}",

@@ -134,7 +134,15 @@ def load_model(
         "interpolation": interpolation,
     }
     if name is None:
-        name = (recorded_architecture(weights) if weights is not None else None) or DEFAULT_MODEL
+        recorded = recorded_architecture(weights) if weights is not None else None
+        if recorded is not None and recorded not in small_models() and recorded not in efficientnet_lite.WEIGHT_FILES:
+            # The file's metadata is the sender's word: naming code (FILE.py:FACTORY, module:callable) or any other
+            # source there must not make advlab run it (advlab train records its own small models only).
+            raise UsageError(
+                f"weights file {weights} names the model {recorded!r} in its metadata; advlab uses a recorded name "
+                f"only for its own small models: pass --model {recorded} (model=...) yourself to use it"
+            )
+        name = recorded or DEFAULT_MODEL
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"num_classes must be >= 1, got {num_classes}")
     user_file = _as_weights_file(weights)
