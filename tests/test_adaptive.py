@@ -280,11 +280,22 @@ def test_eot_samples_follow_the_gradient_variance(digits_model) -> None:
     assert choose_eot_samples(1.0, random=True) == 12 and choose_eot_samples(1e6, random=True, cap=16) == 16
 
 
+class NoGraphQuantize(torch.nn.Module):
+    """Round to 16 grey levels without a graph, as a NumPy or OpenCV preprocessor would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (x * 15).round() / 15
+
+
 @pytest.mark.parametrize(
     "transform, check, fix",
     [
         (BitDepth(1), "module_probe (zero local Jacobian)", "BPDA around transforms.0"),
         (GaussianNoise(0.3), "deterministic_logits", "EOT over"),
+        # A preprocessor with no graph at all (a NumPy round trip): the checks and the naive suite raised in
+        # autograd before the probe could wrap it (review, session 20).
+        (NoGraphQuantize(), "module_probe (undefined local Jacobian)", "BPDA around transforms.0"),
     ],
 )
 def test_adaptive_suite_records_the_trigger_and_fix_and_is_never_above_naive(

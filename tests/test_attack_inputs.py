@@ -160,3 +160,29 @@ def test_a_half_precision_model_is_told_to_come_up_to_x(dtype: torch.dtype, prob
             run(half, x, y)
         message = str(info.value)  # x cannot be half (check_images): the advice must not be x.to(half)
         assert "model.to(torch.float32)" in message and "autocast" in message and "x.to(" not in message
+
+
+class NoGraph(nn.Module):
+    """``inner`` behind a preprocessor run without a graph (a NumPy or OpenCV round trip): no input gradient."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = (x * 15).round() / 15
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attacks_run_on_a_model_without_an_input_gradient(name: str, problem: tuple) -> None:
+    # Review (session 20): autograd raised on such a model, the very case the gradient-masking checks and BPDA
+    # exist for; a masked gradient must give a masked (zero-gradient) result that the checks can report.
+    model, x, _ = problem
+    masked = NoGraph(model).eval()
+    with torch.no_grad():
+        y = masked(x).argmax(1)
+    run, ball = ATTACKS[name]
+    res = run(masked, x, y)
+    _check_contract(res, masked, x, y, ball)

@@ -267,6 +267,35 @@ def test_images_outside_unit_range_are_refused(fmnist_test: tuple[torch.Tensor, 
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+class _NaNGradient(nn.Module):
+    """A linear model plus ||z||, z a feature that is exactly 0 on images with a black first pixel: a finite loss
+    whose gradient is NaN on those images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x.flatten(1))
+        z = h[:, :1] * (x.flatten(1)[:, :1] != 0)
+        return h + (z * z).sum(1, keepdim=True).sqrt()
+
+
+def test_nan_gradient_with_a_finite_loss_never_reaches_a_checkpoint(tmp_path: Path) -> None:
+    # Review (session 20): divergence was found only from the next batch's loss, so NaN weights from an epoch's
+    # last step were evaluated, marked best and saved, while the error said the last good checkpoint was kept.
+    torch.manual_seed(0)
+    x = torch.rand(128, 1, 28, 28) * 0.5 + 0.25
+    y = torch.randint(0, 10, (128,))
+    x[64:, 0, 0, 0] = 0.0  # every image of epoch 2's last batch: its step gives NaN weights
+    model = _NaNGradient()
+    cfg = quiet(method="standard", epochs=2, batch_size=64, out=str(tmp_path))
+    with pytest.raises(TrainingDivergedError, match=r"non-finite during epoch 1 \(fc.weight, fc.bias"):
+        fit(model, TensorLoader(x, y, 64), TensorLoader(x[:32], y[:32], 32), torch.optim.SGD(model.parameters(),
+            lr=0.1), cfg, log=lambda s: None)  # fmt: skip
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "best.safetensors").exists()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     fmnist_test: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
 ) -> None:

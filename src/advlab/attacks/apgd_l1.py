@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .apgd import APGD_LOSSES, _objective, check_classes
 from .checks import check_steps, first_logits, frozen, validate
+from .gradient import input_gradient
 from .noise import Noise
 from .norms import Ball, batch_view, get_norm
 from .objectives import is_success
@@ -65,7 +66,7 @@ def _run(
             p = point.detach().requires_grad_(True)
             logits = model(p)
             obj = _objective(logits, y, None, loss, mode)
-            (grad,) = torch.autograd.grad(obj.sum(), p)
+            grad = input_gradient(obj.sum(), p)
         return obj.detach(), grad.detach(), is_success(logits.detach(), y, mode == "targeted")
 
     x_adv = start.detach().clone()

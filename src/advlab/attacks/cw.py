@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_positive, first_logits, frozen, per_sample, validate
+from .gradient import input_gradient
 from .norms import batch_view
 from .objectives import objective, rounding_slack
 from .result import AttackResult
@@ -90,11 +91,11 @@ def cw_l2_result(
                 if t == 0:
                     if start is None:
                         # d hinge / dx', kept apart from c so that later rounds can weigh it by their own c.
-                        (grad_f,) = torch.autograd.grad(hinge.sum(), x_leaf)
+                        grad_f = input_gradient(hinge.sum(), x_leaf)
                         start = (x_new, gap.detach(), l2sq, grad_f)
                     grad = batch_view(const, grad_f) * grad_f
                 else:
-                    (grad,) = torch.autograd.grad((const * hinge).sum(), x_leaf)
+                    grad = input_gradient((const * hinge).sum(), x_leaf)
                 with torch.no_grad():
                     # d total / dw = (c df/dx' + 2 (x' - x)) dx'/dw, where x' = (tanh(w) + 1) / 2 gives
                     # dx'/dw = (1 - tanh(w)^2) / 2 = 2 x' (1 - x').

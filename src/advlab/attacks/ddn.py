@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .checks import check_positive, first_logits, frozen, validate
 from .fmn import cosine_annealing, worst_size
+from .gradient import input_gradient
 from .norms import batch_view, flat_norm, get_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
@@ -61,7 +62,7 @@ def ddn_result(
             alpha = cosine_annealing(alpha_init, alpha_final, i, steps)
             x_adv.requires_grad_(True)
             logits = first_logits(model, x_adv, y_max) if i == 0 else model(x_adv)
-            (grad,) = torch.autograd.grad(objective(logits, y, "ce", targeted).sum(), x_adv)
+            grad = input_gradient(objective(logits, y, "ce", targeted).sum(), x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach()
                 adversarial = score(logits, x_adv, delta)

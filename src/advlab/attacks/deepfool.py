@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_steps, first_logits, frozen, validate
+from .gradient import input_gradient
 from .norms import batch_view
 from .objectives import margin, rounding_slack
 from .result import AttackResult
@@ -50,7 +51,7 @@ def deepfool_result(
             if i == steps or bool(done.all()):
                 break
             f = z.gather(1, others) - z.gather(1, y[:, None])  # (N, k): f'_k
-            grads = [torch.autograd.grad(f[:, j].sum(), x_i, retain_graph=j < k - 1)[0] for j in range(k)]
+            grads = [input_gradient(f[:, j].sum(), x_i, retain_graph=j < k - 1) for j in range(k)]
             with torch.no_grad():
                 w = torch.stack(grads, dim=1)  # (N, k, ...)
                 dual = geometry.dual_size(w.flatten(0, 1)).view(n, k)

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import first_logits
+from .gradient import input_gradient
 from .objectives import is_success
 
 Score = Callable[[Tensor], Tensor]  # logits -> per-sample values
@@ -176,7 +177,7 @@ class Expected:
         if self.samples == 1:
             logits = self._forward(x_in)
             obj = objective(logits)
-            (grad,) = torch.autograd.grad(obj.sum(), x_in)
+            grad = input_gradient(obj.sum(), x_in)
             # Autograd may return a broadcast view (stride 0, e.g. for a model that sums its input), which the
             # in-place step rules cannot write to; a dense copy changes no value.
             return logits.detach(), obj.detach(), grad.contiguous()
@@ -184,8 +185,7 @@ class Expected:
         grad = torch.zeros_like(x_in)
         for _ in range(self.samples):
             logits = self._forward(x_in)
-            (g,) = torch.autograd.grad(objective(logits).sum(), x_in)
-            grad.add_(g)
+            grad.add_(input_gradient(objective(logits).sum(), x_in))
             draws.append(logits.detach())
         grad.div_(self.samples)
         mean = self._mean(draws)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_positive, check_steps, first_logits, frozen, validate
+from .gradient import input_gradient
 from .hyperplane import hyperplane_box_step
 from .noise import Noise
 from .norms import ALL_NORM_NAMES, Norm, batch_view, get_norm
@@ -136,7 +137,7 @@ def settle(
             q = p.clone().requires_grad_(True)
             zq = model(q)
             mq = objective(zq, lab, "margin", targeted)
-            (w,) = torch.autograd.grad(mq.sum(), q)
+            w = input_gradient(mq.sum(), q)
         slack = rounding_slack(zq)
         done |= mq.detach() > slack
         if bool(done.all()):
@@ -205,7 +206,7 @@ def _run(
             # boundary, one gradient.
             rival = label if label is not None else others.argmax(dim=1)
             f = z.gather(1, y[:, None]).squeeze(1) - z.gather(1, rival[:, None]).squeeze(1)
-            (w,) = torch.autograd.grad(f.sum(), x_i)
+            w = input_gradient(f.sum(), x_i)
             w, f = w.reshape(n, -1), f.detach()
         else:
             w, f = nearest_boundary(z, x_i, y, geometry)
@@ -255,7 +256,7 @@ def nearest_boundary(z: Tensor, x_i: Tensor, y: Tensor, geometry: Norm) -> tuple
     for c in range(classes - 1):
         j = c + (c >= y).long()  # the c-th class other than y, per row
         f = z.gather(1, j[:, None]).squeeze(1) - z_y
-        (g,) = torch.autograd.grad(f.sum(), x_i, retain_graph=c < classes - 2)
+        g = input_gradient(f.sum(), x_i, retain_graph=c < classes - 2)
         with torch.no_grad():
             g = g.reshape(n, -1)
             dist = f.detach().abs() / geometry.dual_size(g).clamp_min(1e-12)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_positive, first_logits, frozen, validate
+from .gradient import input_gradient
 from .norms import ALL_NORM_NAMES, L2, Ball, Norm, batch_view, flat_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
@@ -113,7 +114,7 @@ def fmn_result(
             x_adv.requires_grad_(True)
             logits = first_logits(model, x_adv, y_max) if i == 0 else model(x_adv)
             obj = objective(logits, y, "margin", targeted)
-            (grad,) = torch.autograd.grad(obj.sum(), x_adv)
+            grad = input_gradient(obj.sum(), x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach()
                 obj = obj.detach()

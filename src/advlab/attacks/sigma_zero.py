@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .checks import check_non_negative, check_positive, first_logits, frozen, validate
 from .fmn import cosine_annealing
+from .gradient import input_gradient
 from .norms import batch_view, get_norm
 from .objectives import objective, rounding_slack
 from .result import AttackResult
@@ -70,7 +71,7 @@ def sigma_zero_result(
                 if last:
                     break
                 loss = (slack - obj).clamp_min(0) + smooth_l0(delta, sigma) / d
-                (grad,) = torch.autograd.grad(loss.sum(), delta)
+                grad = input_gradient(loss.sum(), delta)
             with torch.no_grad():
                 delta = delta.detach()
                 grad.div_(batch_view(grad.flatten(1).abs().amax(dim=1).clamp_min(1e-12), grad))

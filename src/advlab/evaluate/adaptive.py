@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from ..attacks import AttackResult
 from ..attacks.checks import check_steps, frozen
+from ..attacks.gradient import input_gradient
 from ..attacks.objectives import margin
 from ..defenses import bpda_at
 from ..runtime import RankInfo, broadcast, current
@@ -142,7 +143,7 @@ def gradient_variance(model: nn.Module, x: Tensor, y: Tensor, draws: int = VARIA
     with frozen(model):
         for _ in range(draws):
             x_in = x.detach().clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(margin(model(x_in), y).sum(), x_in)
+            g = input_gradient(margin(model(x_in), y).sum(), x_in)
             grads.append(g.detach().flatten(1).double())
     g = torch.stack(grads)  # (draws, N, d)
     mean = g.mean(0)

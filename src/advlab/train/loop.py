@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -336,6 +337,20 @@ def fit(
         lr_first = optimizer.param_groups[0]["lr"]  # after the epoch the scheduler already points past it
         stats = train_epoch(model, train_loader, optimizer, config, epoch=epoch, scheduler=scheduler)
         seconds = time.perf_counter() - t0
+        # A finite loss can still have a NaN or infinite gradient (the norm of a zero vector): the weights it
+        # broke must not be evaluated, marked best and saved over the last good checkpoint.
+        broken = [
+            name
+            for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
+        if broken:
+            raise TrainingDivergedError(
+                f"the weights became non-finite during epoch {epoch + 1} ({', '.join(broken[:3])}"
+                f"{', ...' if len(broken) > 3 else ''}: a NaN or infinite gradient with a finite loss); stopped "
+                "before evaluating or saving them. The last good checkpoint (end of the previous epoch) is kept; "
+                "lower the learning rate (--lr) or ramp eps up (--eps-ramp-epochs)"
+            )
         if val_loader is not None:
             val_clean, val_pgd = evaluate(
                 model,
