@@ -389,8 +389,17 @@ def test_a_run_json_naming_model_code_is_not_run_by_verify_or_report_unless_name
     capsys.readouterr()
     assert main(["verify", str(run)]) == 2
     err = capsys.readouterr().err
-    assert f"names the model '{factory}:make', Python code" in err and f"--model {factory}:make" in err, err
+    assert f"names the model '{factory}:make', code or a program file" in err and "pass --model yourself" in err, err
     assert not marker.exists()
+    # A TorchScript file named by run.json is a program too: refused the same way (review, session 20).
+    doc = json.loads((run / "run.json").read_text())
+    scripted = tmp_path / "net.ts"
+    doc["config"]["model"]["name"] = str(scripted)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    (other / "run.json").write_text(json.dumps(doc))
+    assert main(["verify", str(other)]) == 2
+    assert f"names the model {str(scripted)!r}, code or a program file" in capsys.readouterr().err
     assert main(["report", str(run)]) == 0
     assert "no panel of examples" in capsys.readouterr().err and not marker.exists()
     assert (run / "report.html").exists()

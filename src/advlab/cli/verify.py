@@ -59,17 +59,17 @@ def reopen_run(
     """The model and dataset of a run made by ``advlab eval``, reopened from its configuration (the data at
     ``data``, the weights at ``weights`` where they moved; CIFAR under ``data_root`` and RobustBench models
     under ``model_dir`` as the run's ``--data-root`` and ``--model-dir``): ``(model, dataset)``."""
-    from ..models import check_device, is_factory, load_model
+    from ..models import check_device, load_model, runs_user_code
     from .eval_inputs import open_data
 
     m, d = run.config["model"], run.config["data"]
     if not m.get("name") or not d.get("source"):
         raise UsageError(f"{run.path} was not made by advlab eval (no model name or data source); use the Python API")
     name = model or m["name"]
-    if model is None and is_factory(name):  # a received run.json must not choose code for advlab to run
+    if model is None and runs_user_code(name):  # a received run.json must not choose code for advlab to run
         raise UsageError(
-            f"{run.path}/run.json names the model {name!r}, Python code that reopening the model would run; "
-            f"pass --model {name} to run it (for a run you trust)"
+            f"{run.path}/run.json names the model {name!r}, code or a program file that reopening the model would "
+            "run; pass --model yourself (for a run you trust)"
         )
     if device is not None:
         check_device(device)

@@ -9,7 +9,15 @@ from advlab.models.prepare import PreparedModel, preparation_record, prepare
 from advlab.models.robustbench import published_result
 from advlab.models.user import check_fits, is_factory, parse_floats, parse_input_size
 from advlab.models.weights import WeightsNotFoundError, load_state_dict_file, recorded_architecture
-from advlab.models.zoo import DEFAULT_MODEL, builtin_models, check_device, list_models, load_model, torchvision_models
+from advlab.models.zoo import (
+    DEFAULT_MODEL,
+    builtin_models,
+    check_device,
+    list_models,
+    load_model,
+    runs_user_code,
+    torchvision_models,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -31,5 +39,6 @@ __all__ = [
     "prepare",
     "published_result",
     "recorded_architecture",
+    "runs_user_code",
     "torchvision_models",
 ]

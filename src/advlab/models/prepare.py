@@ -132,7 +132,9 @@ def _prepare(model: nn.Module, probe: Tensor) -> nn.Module:
             want = model(probe)
             try:
                 got = _reference_call(prepared, probe)
-            except RuntimeError:
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:  # e.g. a view of activations that channels-last weights made channels-last
                 continue
         if got is None or want.shape != got.shape:
             return model
@@ -153,10 +155,10 @@ def _reference_call(prepared: PreparedModel, probe: Tensor) -> Tensor | None:
         return prepared(probe) if prepared.changes else None
 
 
-def _rewritten_copy(model: nn.Module, probe: Tensor, conv_path: bool) -> tuple[nn.Module, tuple[str, ...]] | None:
+def _rewritten_copy(model: nn.Module, probe: Tensor, channels_last: bool) -> tuple[nn.Module, tuple[str, ...]] | None:
     """A frozen copy with BN folded, ReLU/pool swapped and channels-last weights, or None when none applies."""
     has_norms = any(_foldable_norm(m) for m in model.modules())
-    one_channel = conv_path and probe.shape[1] == 1
+    one_channel = channels_last and probe.shape[1] == 1
     if not has_norms and not one_channel:
         # Three channels and no BN: the input layout carries channels-last; a copy would only double the weights.
         return None
@@ -185,7 +187,7 @@ def _rewritten_copy(model: nn.Module, probe: Tensor, conv_path: bool) -> tuple[n
             setattr(modules[parent_name] if parent_name else prepared, attr, after)
     if pairs:
         changes.append(f"{len(pairs)} batchnorm folded")
-    if conv_path:
+    if channels_last:
         prepared.to(memory_format=torch.channels_last)
         changes.append("channels-last weights")
     for p in prepared.parameters():

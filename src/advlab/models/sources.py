@@ -290,7 +290,7 @@ def load_timm(
         input_size=input_size,  # type: ignore[arg-type]
         class_names=imagenet_names_or_numbers(n),
         resize_size=resize,
-        crop_size=input_size[1],
+        crop_size=input_size[1] if input_size[1] == input_size[2] else (input_size[1], input_size[2]),
         interpolation=str(cfg.get("interpolation", "bicubic")),
         name=f"timm:{arch}",
         source=source,

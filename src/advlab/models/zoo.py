@@ -139,8 +139,8 @@ def load_model(
             # The file's metadata is the sender's word: naming code (FILE.py:FACTORY, module:callable) or any other
             # source there must not make advlab run it (advlab train records its own small models only).
             raise UsageError(
-                f"weights file {weights} names the model {recorded!r} in its metadata; advlab uses a recorded name "
-                f"only for its own small models: pass --model {recorded} (model=...) yourself to use it"
+                f"weights file {weights} names the model {recorded!r} in its metadata; advlab takes a recorded name "
+                "only for its own small models: pass --model (model=...) with an architecture you trust"
             )
         name = recorded or DEFAULT_MODEL
     if num_classes is not None and num_classes < 1:
@@ -197,6 +197,17 @@ def _as_weights_file(weights: PathLike | None) -> Path | None:
             raise MissingInputError(f"weights file {path} does not exist")
         return path
     return None
+
+
+def runs_user_code(name: str) -> bool:
+    """Whether loading model ``name`` would run what a file says: a ``FILE.py:FACTORY`` or ``module:callable``, or a
+    TorchScript/ONNX file (a program). A name read from a file someone sent (run.json, a checkpoint's metadata)
+    must not get that far unless the user names it."""
+    if name.startswith(("timm:", "hf:", "robustbench:")) or name in small_models():
+        return False
+    if name in efficientnet_lite.WEIGHT_FILES or name in _torchvision_names():
+        return False
+    return is_factory(name) or _looks_like_path(name)
 
 
 def _looks_like_path(name: str) -> bool:

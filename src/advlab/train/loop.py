@@ -46,6 +46,16 @@ class TrainingDivergedError(RunError):
     """The training loss became NaN or infinite; the last good checkpoint is kept as it was."""
 
 
+def _finite_tensors(model: nn.Module) -> set[str]:
+    """The names of the model's floating parameters and buffers whose every value is finite (one host sync each,
+    once an epoch)."""
+    return {
+        name
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
+        if t.is_floating_point() and bool(torch.isfinite(t).all())
+    }
+
+
 class TensorLoader:
     """Batches of in-memory tensors, reshuffled each epoch from ``(seed, epoch)`` alone.
 
@@ -335,21 +345,20 @@ def fit(
                 obj.set_epoch(epoch)
         t0 = time.perf_counter()
         lr_first = optimizer.param_groups[0]["lr"]  # after the epoch the scheduler already points past it
+        finite_before = _finite_tensors(model)  # a buffer may be inf on purpose (a clamp limit, a mask)
         stats = train_epoch(model, train_loader, optimizer, config, epoch=epoch, scheduler=scheduler)
         seconds = time.perf_counter() - t0
         # A finite loss can still have a NaN or infinite gradient (the norm of a zero vector): the weights it
         # broke must not be evaluated, marked best and saved over the last good checkpoint.
-        broken = [
-            name
-            for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
-            if t.is_floating_point() and not bool(torch.isfinite(t).all())
-        ]
+        broken = sorted(finite_before - _finite_tensors(model))
         if broken:
+            kept = ("The last good checkpoint (end of the previous epoch) is kept" if epoch > 0
+                    else "No checkpoint was written")  # fmt: skip
             raise TrainingDivergedError(
                 f"the weights became non-finite during epoch {epoch + 1} ({', '.join(broken[:3])}"
                 f"{', ...' if len(broken) > 3 else ''}: a NaN or infinite gradient with a finite loss); stopped "
-                "before evaluating or saving them. The last good checkpoint (end of the previous epoch) is kept; "
-                "lower the learning rate (--lr) or ramp eps up (--eps-ramp-epochs)"
+                f"before evaluating or saving them. {kept}; lower the learning rate (--lr) or ramp eps up "
+                "(--eps-ramp-epochs)"
             )
         if val_loader is not None:
             val_clean, val_pgd = evaluate(
