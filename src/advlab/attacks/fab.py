@@ -11,7 +11,7 @@ from .gradient import input_gradient
 from .hyperplane import hyperplane_box_step
 from .noise import Noise
 from .norms import ALL_NORM_NAMES, Norm, batch_view, get_norm
-from .objectives import is_success, objective, rounding_slack
+from .objectives import ROUNDING_SLACK, is_success, objective, rounding_slack
 from .result import AttackResult
 from .state import SmallestPoint
 
@@ -235,9 +235,8 @@ def tie_push(z: Tensor) -> Tensor:
     """Per sample, how far past a tie of two logits FAB aims: as far as settle would push a point found there
     (``SETTLE_TARGET`` times the rounding slack), and at least one resolution of ``z``'s dtype at its magnitude
     (machine epsilon times the largest |logit|: half-precision logits resolve less than the slack)."""
-    largest = z.detach().abs().amax(dim=1)
-    push = torch.maximum(SETTLE_TARGET * rounding_slack(z), torch.finfo(z.dtype).eps * largest)
-    return push.to(torch.promote_types(z.dtype, torch.float32))
+    factor = max(SETTLE_TARGET * ROUNDING_SLACK, torch.finfo(z.dtype).eps)  # a Python float: one reduction
+    return (z.detach().abs().amax(dim=1) * factor).to(torch.promote_types(z.dtype, torch.float32))
 
 
 def nearest_boundary(z: Tensor, x_i: Tensor, y: Tensor, geometry: Norm) -> tuple[Tensor, Tensor]:
